@@ -1,0 +1,433 @@
+#include "absl/strings/string_view.h"
+#include "common/model_config.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "nlohmann/json.hpp"
+
+namespace moe {
+namespace {
+
+using Json = nlohmann::json;
+
+absl::string_view TypeName(const Json& j) {
+  if (j.is_null()) return "null";
+  if (j.is_boolean()) return "a boolean";
+  if (j.is_number_integer() || j.is_number_unsigned()) return "an integer";
+  if (j.is_number_float()) return "a float";
+  if (j.is_string()) return "a string";
+  if (j.is_array()) return "an array";
+  return "an object";
+}
+
+// Typed access to the fields of one JSON object; errors name `<where>.<field>`.
+class Fields {
+ public:
+  Fields(const Json& obj, std::string where) : obj_(obj), where_(std::move(where)) {}
+
+  bool Has(const char* key) const { return obj_.contains(key) && !obj_.at(key).is_null(); }
+
+  absl::Status Error(const char* key, absl::string_view what) const {
+    return absl::InvalidArgumentError(absl::StrCat(where_, "field \"", key, "\": ", what));
+  }
+  absl::Status TypeError(const char* key, absl::string_view expected) const {
+    return Error(key, absl::StrCat("expected ", expected, ", got ", TypeName(obj_.at(key))));
+  }
+
+  absl::Status Int(const char* key, int64_t* out, bool required, int64_t min_value) const {
+    if (!Has(key)) return required ? Error(key, "missing (required)") : absl::OkStatus();
+    const Json& v = obj_.at(key);
+    int64_t value;
+    if (v.is_number_integer()) {
+      value = v.get<int64_t>();
+    } else if (v.is_number_unsigned()) {
+      if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return Error(key, "out of range");
+      value = static_cast<int64_t>(v.get<uint64_t>());
+    } else if (v.is_number_float() && v.get<double>() == static_cast<double>(
+                                                            static_cast<int64_t>(v.get<double>()))) {
+      value = static_cast<int64_t>(v.get<double>());  // e.g. 4096.0
+    } else {
+      return TypeError(key, "an integer");
+    }
+    if (value < min_value) return Error(key, absl::StrCat("must be >= ", min_value, ", got ", value));
+    *out = value;
+    return absl::OkStatus();
+  }
+
+  absl::Status Double(const char* key, double* out, bool required) const {
+    if (!Has(key)) return required ? Error(key, "missing (required)") : absl::OkStatus();
+    const Json& v = obj_.at(key);
+    if (!v.is_number()) return TypeError(key, "a number");
+    *out = v.get<double>();
+    return absl::OkStatus();
+  }
+
+  absl::Status Bool(const char* key, bool* out) const {
+    if (!Has(key)) return absl::OkStatus();
+    const Json& v = obj_.at(key);
+    if (!v.is_boolean()) return TypeError(key, "a boolean");
+    *out = v.get<bool>();
+    return absl::OkStatus();
+  }
+
+  absl::Status String(const char* key, std::string* out, bool required) const {
+    if (!Has(key)) return required ? Error(key, "missing (required)") : absl::OkStatus();
+    const Json& v = obj_.at(key);
+    if (!v.is_string()) return TypeError(key, "a string");
+    *out = v.get<std::string>();
+    return absl::OkStatus();
+  }
+
+  absl::Status OneOf(const char* key, const std::string& value,
+                     std::initializer_list<absl::string_view> allowed) const {
+    for (absl::string_view a : allowed) {
+      if (value == a) return absl::OkStatus();
+    }
+    return Error(key, absl::StrCat("unsupported value \"", value, "\" (supported: ",
+                                   absl::StrJoin(allowed, ", "), ")"));
+  }
+
+  const Json& obj() const { return obj_; }
+
+ private:
+  const Json& obj_;
+  std::string where_;
+};
+
+absl::Status ParseRopeScaling(const Json& j, RopeScaling* rs) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("config.json field \"rope_scaling\": expected an object, got ", TypeName(j)));
+  }
+  Fields f(j, "config.json rope_scaling ");
+  // HF accepts both spellings.
+  if (f.Has("rope_type")) {
+    MOE_RETURN_IF_ERROR(f.String("rope_type", &rs->type, true));
+    MOE_RETURN_IF_ERROR(f.OneOf("rope_type", rs->type, {"yarn"}));
+  } else {
+    MOE_RETURN_IF_ERROR(f.String("type", &rs->type, true));
+    MOE_RETURN_IF_ERROR(f.OneOf("type", rs->type, {"yarn"}));
+  }
+  MOE_RETURN_IF_ERROR(f.Double("factor", &rs->factor, true));
+  if (!(rs->factor >= 1.0)) return f.Error("factor", "must be >= 1");
+  MOE_RETURN_IF_ERROR(
+      f.Int("original_max_position_embeddings", &rs->original_max_position_embeddings, false, 1));
+  MOE_RETURN_IF_ERROR(f.Double("beta_fast", &rs->beta_fast, false));
+  MOE_RETURN_IF_ERROR(f.Double("beta_slow", &rs->beta_slow, false));
+  MOE_RETURN_IF_ERROR(f.Double("mscale", &rs->mscale, false));
+  MOE_RETURN_IF_ERROR(f.Double("mscale_all_dim", &rs->mscale_all_dim, false));
+  if (!(rs->beta_fast > 0) || !(rs->beta_slow > 0)) {
+    return f.Error("beta_fast", "beta_fast and beta_slow must be positive");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseQuantization(const Json& j, QuantizationConfig* q) {
+  if (!j.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "config.json field \"quantization_config\": expected an object, got ", TypeName(j)));
+  }
+  Fields f(j, "config.json quantization_config ");
+  MOE_RETURN_IF_ERROR(f.String("quant_method", &q->quant_method, true));
+  MOE_RETURN_IF_ERROR(f.OneOf("quant_method", q->quant_method, {"fp8"}));
+  MOE_RETURN_IF_ERROR(f.String("fmt", &q->fmt, false));
+  MOE_RETURN_IF_ERROR(f.OneOf("fmt", q->fmt, {"e4m3"}));
+  MOE_RETURN_IF_ERROR(f.String("activation_scheme", &q->activation_scheme, false));
+  MOE_RETURN_IF_ERROR(f.OneOf("activation_scheme", q->activation_scheme, {"dynamic"}));
+  if (f.Has("weight_block_size")) {
+    const Json& b = j.at("weight_block_size");
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() ||
+        !b[1].is_number_integer() || b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0) {
+      return f.Error("weight_block_size", "expected two positive integers [rows, cols]");
+    }
+    q->block_rows = b[0].get<int64_t>();
+    q->block_cols = b[1].get<int64_t>();
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTokenIds(const Fields& f, const char* key, std::vector<int64_t>* out) {
+  if (!f.Has(key)) return absl::OkStatus();
+  const Json& v = f.obj().at(key);
+  auto one = [&](const Json& e) -> absl::Status {
+    if (!e.is_number_integer() || e.get<int64_t>() < 0) {
+      return f.Error(key, "expected a non-negative integer or a list of them");
+    }
+    out->push_back(e.get<int64_t>());
+    return absl::OkStatus();
+  };
+  if (v.is_array()) {
+    for (const Json& e : v) MOE_RETURN_IF_ERROR(one(e));
+    return absl::OkStatus();
+  }
+  return one(v);
+}
+
+absl::Status Validate(const ModelConfig& c) {
+  auto err = [](const char* field, absl::string_view what) {
+    return absl::InvalidArgumentError(absl::StrCat("config.json field \"", field, "\": ", what));
+  };
+  if (c.num_experts_per_tok > c.n_routed_experts) {
+    return err("num_experts_per_tok",
+               absl::StrCat(c.num_experts_per_tok, " exceeds n_routed_experts ", c.n_routed_experts));
+  }
+  if (c.n_routed_experts % c.n_group != 0) {
+    return err("n_group", absl::StrCat(c.n_group, " does not divide n_routed_experts ",
+                                       c.n_routed_experts));
+  }
+  if (c.topk_group > c.n_group) {
+    return err("topk_group", absl::StrCat(c.topk_group, " exceeds n_group ", c.n_group));
+  }
+  const int64_t group_size = c.n_routed_experts / c.n_group;
+  if (c.topk_group * group_size < c.num_experts_per_tok) {
+    return err("topk_group", absl::StrCat("the ", c.topk_group, " selected groups hold only ",
+                                          c.topk_group * group_size, " experts, fewer than ",
+                                          "num_experts_per_tok ", c.num_experts_per_tok));
+  }
+  if (c.topk_method == "noaux_tc" && c.n_group > 1 && group_size < 2) {
+    return err("n_group", "noaux_tc ranks groups by their top-2 scores: groups need >= 2 experts");
+  }
+  if (c.first_k_dense_replace > c.num_hidden_layers) {
+    return err("first_k_dense_replace",
+               absl::StrCat(c.first_k_dense_replace, " exceeds num_hidden_layers ",
+                            c.num_hidden_layers));
+  }
+  if (c.qk_rope_head_dim % 2 != 0) {
+    return err("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
+  }
+  if (c.rope_scaling && c.rope_scaling->original_max_position_embeddings >
+                            c.max_position_embeddings) {
+    return err("rope_scaling", "original_max_position_embeddings exceeds max_position_embeddings");
+  }
+  if (c.tie_word_embeddings) {
+    return err("tie_word_embeddings", "tied embeddings are not supported for this architecture");
+  }
+  if (c.attention_bias) return err("attention_bias", "attention biases are not supported");
+  for (int64_t id : c.eos_token_ids) {
+    if (id >= c.vocab_size) return err("eos_token_id", "outside the vocabulary");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+bool ModelConfig::IsMoeLayer(int64_t layer) const {
+  return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+}
+
+int64_t ModelConfig::num_moe_layers() const {
+  int64_t n = 0;
+  for (int64_t l = 0; l < num_hidden_layers; ++l) n += IsMoeLayer(l) ? 1 : 0;
+  return n;
+}
+
+ParamCounts ModelConfig::CountParameters() const {
+  ParamCounts p;
+  const int64_t h = hidden_size, heads = num_attention_heads;
+  p.embedding = 2 * vocab_size * h;
+  int64_t attn = 0;
+  if (q_lora_rank) {
+    attn += h * *q_lora_rank + *q_lora_rank + *q_lora_rank * heads * qk_head_dim();
+  } else {
+    attn += h * heads * qk_head_dim();
+  }
+  attn += h * kv_cache_dim() + kv_lora_rank;
+  attn += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
+  attn += heads * v_head_dim * h;
+  const int64_t expert = 3 * h * moe_intermediate_size;
+  int64_t moe_active = 0;
+  for (int64_t l = 0; l < num_hidden_layers; ++l) {
+    p.attention += attn;
+    p.norms += 2 * h;
+    if (IsMoeLayer(l)) {
+      p.routed_experts += n_routed_experts * expert;
+      p.shared_experts += n_shared_experts * expert;
+      p.router += h * n_routed_experts + n_routed_experts;
+      moe_active += num_experts_per_tok * expert;
+    } else {
+      p.dense_mlp += 3 * h * intermediate_size;
+    }
+  }
+  p.norms += h;
+  p.total = p.embedding + p.attention + p.dense_mlp + p.routed_experts + p.shared_experts +
+            p.router + p.norms;
+  p.active = p.total - p.routed_experts + moe_active;
+  return p;
+}
+
+std::string ModelConfig::ToJson() const {
+  Json j;
+  j["architectures"] = architectures;
+  j["model_type"] = model_type;
+  j["vocab_size"] = vocab_size;
+  j["hidden_size"] = hidden_size;
+  j["intermediate_size"] = intermediate_size;
+  j["moe_intermediate_size"] = moe_intermediate_size;
+  j["num_hidden_layers"] = num_hidden_layers;
+  j["num_nextn_predict_layers"] = num_nextn_predict_layers;
+  j["num_attention_heads"] = num_attention_heads;
+  j["num_key_value_heads"] = num_key_value_heads;
+  j["n_shared_experts"] = n_shared_experts;
+  j["n_routed_experts"] = n_routed_experts;
+  j["num_experts_per_tok"] = num_experts_per_tok;
+  j["routed_scaling_factor"] = routed_scaling_factor;
+  j["kv_lora_rank"] = kv_lora_rank;
+  j["q_lora_rank"] = q_lora_rank ? Json(*q_lora_rank) : Json(nullptr);
+  j["qk_rope_head_dim"] = qk_rope_head_dim;
+  j["qk_nope_head_dim"] = qk_nope_head_dim;
+  j["v_head_dim"] = v_head_dim;
+  j["topk_method"] = topk_method;
+  j["scoring_func"] = scoring_func;
+  j["n_group"] = n_group;
+  j["topk_group"] = topk_group;
+  j["norm_topk_prob"] = norm_topk_prob;
+  j["moe_layer_freq"] = moe_layer_freq;
+  j["first_k_dense_replace"] = first_k_dense_replace;
+  j["hidden_act"] = hidden_act;
+  j["max_position_embeddings"] = max_position_embeddings;
+  j["rms_norm_eps"] = rms_norm_eps;
+  j["rope_theta"] = rope_theta;
+  if (rope_scaling) {
+    Json r;
+    r["type"] = rope_scaling->type;
+    r["factor"] = rope_scaling->factor;
+    if (rope_scaling->original_max_position_embeddings > 0) {
+      r["original_max_position_embeddings"] = rope_scaling->original_max_position_embeddings;
+    }
+    r["beta_fast"] = rope_scaling->beta_fast;
+    r["beta_slow"] = rope_scaling->beta_slow;
+    r["mscale"] = rope_scaling->mscale;
+    r["mscale_all_dim"] = rope_scaling->mscale_all_dim;
+    j["rope_scaling"] = r;
+  } else {
+    j["rope_scaling"] = nullptr;
+  }
+  j["attention_bias"] = attention_bias;
+  j["tie_word_embeddings"] = tie_word_embeddings;
+  if (bos_token_id) j["bos_token_id"] = *bos_token_id;
+  if (eos_token_ids.size() == 1) {
+    j["eos_token_id"] = eos_token_ids[0];
+  } else if (!eos_token_ids.empty()) {
+    j["eos_token_id"] = eos_token_ids;
+  }
+  j["torch_dtype"] = torch_dtype;
+  if (quantization_config) {
+    Json q;
+    q["quant_method"] = quantization_config->quant_method;
+    q["fmt"] = quantization_config->fmt;
+    q["activation_scheme"] = quantization_config->activation_scheme;
+    q["weight_block_size"] = {quantization_config->block_rows, quantization_config->block_cols};
+    j["quantization_config"] = q;
+  }
+  return j.dump(2) + "\n";
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
+  Json j = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("config.json: expected a JSON object");
+  Fields f(j, "config.json ");
+  ModelConfig c;
+
+  if (!f.Has("architectures")) return f.Error("architectures", "missing (required)");
+  const Json& arch = j.at("architectures");
+  if (!arch.is_array()) return f.TypeError("architectures", "an array of strings");
+  for (const Json& a : arch) {
+    if (!a.is_string()) return f.TypeError("architectures", "an array of strings");
+    c.architectures.push_back(a.get<std::string>());
+  }
+  if (c.architectures.size() != 1 || c.architectures[0] != "DeepseekV3ForCausalLM") {
+    return f.Error("architectures",
+                   absl::StrCat("unsupported architecture [", absl::StrJoin(c.architectures, ", "),
+                                "] (supported: DeepseekV3ForCausalLM)"));
+  }
+  MOE_RETURN_IF_ERROR(f.String("model_type", &c.model_type, true));
+  MOE_RETURN_IF_ERROR(f.OneOf("model_type", c.model_type, {"deepseek_v3", "kimi_k2"}));
+
+  MOE_RETURN_IF_ERROR(f.Int("vocab_size", &c.vocab_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("hidden_size", &c.hidden_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("intermediate_size", &c.intermediate_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("moe_intermediate_size", &c.moe_intermediate_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_hidden_layers", &c.num_hidden_layers, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_nextn_predict_layers", &c.num_nextn_predict_layers, false, 0));
+  MOE_RETURN_IF_ERROR(f.Int("num_attention_heads", &c.num_attention_heads, true, 1));
+  c.num_key_value_heads = c.num_attention_heads;
+  MOE_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c.num_key_value_heads, false, 1));
+  MOE_RETURN_IF_ERROR(f.Int("n_shared_experts", &c.n_shared_experts, false, 0));
+  MOE_RETURN_IF_ERROR(f.Int("n_routed_experts", &c.n_routed_experts, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_experts_per_tok", &c.num_experts_per_tok, true, 1));
+  MOE_RETURN_IF_ERROR(f.Double("routed_scaling_factor", &c.routed_scaling_factor, false));
+  if (!(c.routed_scaling_factor > 0)) return f.Error("routed_scaling_factor", "must be positive");
+  MOE_RETURN_IF_ERROR(f.Int("kv_lora_rank", &c.kv_lora_rank, true, 1));
+  if (f.Has("q_lora_rank")) {
+    int64_t q = 0;
+    MOE_RETURN_IF_ERROR(f.Int("q_lora_rank", &q, true, 1));
+    c.q_lora_rank = q;
+  } else if (!j.contains("q_lora_rank")) {
+    return f.Error("q_lora_rank", "missing (required; null selects a direct q_proj)");
+  }
+  MOE_RETURN_IF_ERROR(f.Int("qk_rope_head_dim", &c.qk_rope_head_dim, true, 2));
+  MOE_RETURN_IF_ERROR(f.Int("qk_nope_head_dim", &c.qk_nope_head_dim, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("v_head_dim", &c.v_head_dim, true, 1));
+  MOE_RETURN_IF_ERROR(f.String("topk_method", &c.topk_method, false));
+  MOE_RETURN_IF_ERROR(
+      f.OneOf("topk_method", c.topk_method, {"noaux_tc", "greedy", "group_limited_greedy"}));
+  MOE_RETURN_IF_ERROR(f.String("scoring_func", &c.scoring_func, false));
+  MOE_RETURN_IF_ERROR(f.OneOf("scoring_func", c.scoring_func, {"sigmoid", "softmax"}));
+  MOE_RETURN_IF_ERROR(f.Int("n_group", &c.n_group, false, 1));
+  MOE_RETURN_IF_ERROR(f.Int("topk_group", &c.topk_group, false, 1));
+  MOE_RETURN_IF_ERROR(f.Bool("norm_topk_prob", &c.norm_topk_prob));
+  MOE_RETURN_IF_ERROR(f.Int("moe_layer_freq", &c.moe_layer_freq, false, 1));
+  MOE_RETURN_IF_ERROR(f.Int("first_k_dense_replace", &c.first_k_dense_replace, false, 0));
+  MOE_RETURN_IF_ERROR(f.String("hidden_act", &c.hidden_act, false));
+  MOE_RETURN_IF_ERROR(f.OneOf("hidden_act", c.hidden_act, {"silu"}));
+  MOE_RETURN_IF_ERROR(f.Int("max_position_embeddings", &c.max_position_embeddings, true, 1));
+  MOE_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c.rms_norm_eps, false));
+  if (!(c.rms_norm_eps > 0)) return f.Error("rms_norm_eps", "must be positive");
+  MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
+  if (!(c.rope_theta > 1)) return f.Error("rope_theta", "must be > 1");
+  if (f.Has("rope_scaling")) {
+    RopeScaling rs;
+    MOE_RETURN_IF_ERROR(ParseRopeScaling(j.at("rope_scaling"), &rs));
+    c.rope_scaling = rs;
+  }
+  MOE_RETURN_IF_ERROR(f.Bool("attention_bias", &c.attention_bias));
+  MOE_RETURN_IF_ERROR(f.Bool("tie_word_embeddings", &c.tie_word_embeddings));
+  if (f.Has("bos_token_id")) {
+    int64_t bos = 0;
+    MOE_RETURN_IF_ERROR(f.Int("bos_token_id", &bos, true, 0));
+    c.bos_token_id = bos;
+  }
+  MOE_RETURN_IF_ERROR(ParseTokenIds(f, "eos_token_id", &c.eos_token_ids));
+  MOE_RETURN_IF_ERROR(f.String("torch_dtype", &c.torch_dtype, false));
+  if (f.Has("quantization_config")) {
+    QuantizationConfig q;
+    MOE_RETURN_IF_ERROR(ParseQuantization(j.at("quantization_config"), &q));
+    c.quantization_config = q;
+  }
+  MOE_RETURN_IF_ERROR(Validate(c));
+  return c;
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
+  std::filesystem::path p(path);
+  std::error_code ec;
+  if (std::filesystem::is_directory(p, ec)) p /= "config.json";
+  std::ifstream in(p, std::ios::binary);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot open ", p.string()));
+  std::stringstream ss;
+  ss << in.rdbuf();
+  auto config = ParseModelConfig(ss.str());
+  if (!config.ok()) {
+    return absl::Status(config.status().code(),
+                        absl::StrCat(p.string(), ": ", config.status().message()));
+  }
+  return config;
+}
+
+}  // namespace moe

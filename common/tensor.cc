@@ -1,0 +1,35 @@
+#include "common/tensor.h"
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+
+namespace moe {
+
+int64_t NumElements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::string ShapeString(const std::vector<int64_t>& shape) {
+  return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
+}
+
+Tensor::Tensor(std::vector<int64_t> shape)
+    : shape_(std::move(shape)), data_(static_cast<size_t>(NumElements(shape_)), 0.0f) {}
+
+Tensor::Tensor(std::vector<int64_t> shape, FloatVector data)
+    : shape_(std::move(shape)), data_(std::move(data)) {
+  MOE_CHECK(NumElements(shape_) == static_cast<int64_t>(data_.size()));
+}
+
+Tensor Tensor::Reshaped(std::vector<int64_t> shape) && {
+  MOE_CHECK(NumElements(shape) == numel());
+  shape_ = std::move(shape);
+  return std::move(*this);
+}
+
+std::string Tensor::ShapeString() const { return moe::ShapeString(shape_); }
+
+}  // namespace moe

@@ -1,0 +1,207 @@
+#include "common/model_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tools/model_maker.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string ReadFile(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+std::string PresetPath(const std::string& name) {
+  return std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json";
+}
+
+TEST(ModelConfigTest, ParsesDeepSeekV3) {
+  auto c = LoadModelConfig(PresetPath("deepseek-v3"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "deepseek_v3");
+  EXPECT_EQ(c->hidden_size, 7168);
+  EXPECT_EQ(c->num_hidden_layers, 61);
+  EXPECT_EQ(c->num_nextn_predict_layers, 1);
+  EXPECT_EQ(c->n_routed_experts, 256);
+  EXPECT_EQ(c->n_group, 8);
+  EXPECT_EQ(c->topk_group, 4);
+  EXPECT_EQ(c->q_lora_rank, 1536);
+  EXPECT_EQ(c->kv_cache_dim(), 576);
+  EXPECT_EQ(c->qk_head_dim(), 192);
+  EXPECT_EQ(c->first_k_dense_replace, 3);
+  EXPECT_DOUBLE_EQ(c->routed_scaling_factor, 2.5);
+  EXPECT_EQ(c->topk_method, "noaux_tc");
+  EXPECT_EQ(c->scoring_func, "sigmoid");
+  EXPECT_TRUE(c->norm_topk_prob);
+  ASSERT_TRUE(c->rope_scaling.has_value());
+  EXPECT_EQ(c->rope_scaling->type, "yarn");
+  EXPECT_DOUBLE_EQ(c->rope_scaling->factor, 40.0);
+  EXPECT_EQ(c->rope_scaling->original_max_position_embeddings, 4096);
+  EXPECT_DOUBLE_EQ(c->rope_scaling->beta_fast, 32.0);
+  EXPECT_DOUBLE_EQ(c->rope_scaling->mscale_all_dim, 1.0);
+  ASSERT_TRUE(c->quantization_config.has_value());
+  EXPECT_EQ(c->quantization_config->block_rows, 128);
+  EXPECT_EQ(c->quantization_config->block_cols, 128);
+  EXPECT_EQ(c->eos_token_ids, std::vector<int64_t>{1});
+  EXPECT_FALSE(c->IsMoeLayer(2));
+  EXPECT_TRUE(c->IsMoeLayer(3));
+  EXPECT_EQ(c->num_moe_layers(), 58);
+}
+
+TEST(ModelConfigTest, ParsesKimiK2) {
+  auto c = LoadModelConfig(PresetPath("kimi-k2"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->model_type, "kimi_k2");
+  EXPECT_EQ(c->n_routed_experts, 384);
+  EXPECT_EQ(c->n_group, 1);
+  EXPECT_EQ(c->num_attention_heads, 64);
+  EXPECT_DOUBLE_EQ(c->routed_scaling_factor, 2.827);
+  EXPECT_EQ(c->num_moe_layers(), 60);
+  EXPECT_EQ(c->bos_token_id, 163584);
+}
+
+// Published: DeepSeek-V3 671B total / 37B active (37.6B with both embedding matrices);
+// Kimi K2 1.04T total / 32.9B active. Counted here without the MTP module.
+TEST(ModelConfigTest, ParameterCountsMatchPublishedFigures) {
+  auto ds = LoadModelConfig(PresetPath("deepseek-v3"));
+  ASSERT_TRUE(ds.ok());
+  const ParamCounts d = ds->CountParameters();
+  EXPECT_NEAR(d.total / 671.0e9, 1.0, 0.005) << d.total;
+  EXPECT_NEAR(d.active / 37.6e9, 1.0, 0.005) << d.active;
+  auto kimi = LoadModelConfig(PresetPath("kimi-k2"));
+  ASSERT_TRUE(kimi.ok());
+  const ParamCounts k = kimi->CountParameters();
+  EXPECT_NEAR(k.total / 1.026e12, 1.0, 0.005) << k.total;
+  EXPECT_NEAR(k.active / 32.9e9, 1.0, 0.005) << k.active;
+  // Parts add up.
+  EXPECT_EQ(d.total, d.embedding + d.attention + d.dense_mlp + d.routed_experts + d.shared_experts +
+                         d.router + d.norms);
+}
+
+TEST(ModelConfigTest, ParameterCountOfHandWorkedTinyConfig) {
+  // tiny-v2lite by hand: h=64, heads=4, q_proj (no LoRA), kv_lora=32, rope=16, nope=24, v=24,
+  // 3 layers (1 dense, 2 MoE), 16 experts of width 32, 2 shared, vocab 384, dense width 96.
+  auto c = PresetConfig("tiny-v2lite");
+  ASSERT_TRUE(c.ok());
+  const int64_t attn = 64 * 4 * 40 + 64 * 48 + 32 + 32 * 4 * 48 + 4 * 24 * 64;
+  const int64_t expert = 3 * 64 * 32;
+  const ParamCounts p = c->CountParameters();
+  EXPECT_EQ(p.attention, 3 * attn);
+  EXPECT_EQ(p.dense_mlp, 3 * 64 * 96);
+  EXPECT_EQ(p.routed_experts, 2 * 16 * expert);
+  EXPECT_EQ(p.shared_experts, 2 * 2 * expert);
+  EXPECT_EQ(p.router, 2 * (64 * 16 + 16));
+  EXPECT_EQ(p.embedding, 2 * 384 * 64);
+  EXPECT_EQ(p.norms, 3 * 2 * 64 + 64);
+  EXPECT_EQ(p.active, p.total - 2 * 16 * expert + 2 * 6 * expert);
+}
+
+TEST(ModelConfigTest, QLoraRankNullSelectsDirectQProj) {
+  auto j = nlohmann::json::parse(ReadFile(PresetPath("deepseek-v3")));
+  j["q_lora_rank"] = nullptr;
+  auto c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_FALSE(c->q_lora_rank.has_value());
+}
+
+TEST(ModelConfigTest, RoundTripsThroughJson) {
+  for (const std::string& name : PresetNames()) {
+    auto c = PresetConfig(name);
+    ASSERT_TRUE(c.ok()) << name << ": " << c.status();
+    auto again = ParseModelConfig(c->ToJson());
+    ASSERT_TRUE(again.ok()) << again.status();
+    EXPECT_EQ(again->ToJson(), c->ToJson());
+  }
+}
+
+struct BadCase {
+  std::string label;
+  std::function<void(nlohmann::json&)> edit;
+  std::string expected_field;
+};
+
+class ModelConfigErrorTest : public ::testing::TestWithParam<BadCase> {};
+
+TEST_P(ModelConfigErrorTest, NamesTheField) {
+  auto j = nlohmann::json::parse(ReadFile(PresetPath("deepseek-v3")));
+  GetParam().edit(j);
+  auto c = ParseModelConfig(j.dump());
+  ASSERT_FALSE(c.ok()) << GetParam().label;
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(GetParam().expected_field))
+      << c.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    BadConfigs, ModelConfigErrorTest,
+    ::testing::Values(
+        BadCase{"unknown_architecture", [](auto& j) { j["architectures"] = {"LlamaForCausalLM"}; },
+                "\"architectures\""},
+        BadCase{"unknown_model_type", [](auto& j) { j["model_type"] = "mixtral"; },
+                "\"model_type\""},
+        BadCase{"hidden_size_string", [](auto& j) { j["hidden_size"] = "7168"; },
+                "\"hidden_size\": expected an integer, got a string"},
+        BadCase{"layers_float", [](auto& j) { j["num_hidden_layers"] = 61.5; },
+                "\"num_hidden_layers\""},
+        BadCase{"missing_vocab", [](auto& j) { j.erase("vocab_size"); },
+                "\"vocab_size\": missing"},
+        BadCase{"missing_kv_lora", [](auto& j) { j.erase("kv_lora_rank"); }, "\"kv_lora_rank\""},
+        BadCase{"missing_q_lora_key", [](auto& j) { j.erase("q_lora_rank"); }, "\"q_lora_rank\""},
+        BadCase{"negative_heads", [](auto& j) { j["num_attention_heads"] = -1; },
+                "\"num_attention_heads\": must be >= 1"},
+        BadCase{"topk_too_large", [](auto& j) { j["num_experts_per_tok"] = 300; },
+                "\"num_experts_per_tok\""},
+        BadCase{"groups_not_dividing", [](auto& j) { j["n_group"] = 7; }, "\"n_group\""},
+        BadCase{"topk_group_too_large", [](auto& j) { j["topk_group"] = 9; }, "\"topk_group\""},
+        BadCase{"groups_too_few_experts",
+                [](auto& j) {
+                  j["topk_group"] = 1;
+                  j["num_experts_per_tok"] = 40;
+                },
+                "\"topk_group\""},
+        BadCase{"norm_topk_not_bool", [](auto& j) { j["norm_topk_prob"] = 1; },
+                "\"norm_topk_prob\""},
+        BadCase{"bad_scoring", [](auto& j) { j["scoring_func"] = "relu"; }, "\"scoring_func\""},
+        BadCase{"bad_topk_method", [](auto& j) { j["topk_method"] = "random"; },
+                "\"topk_method\""},
+        BadCase{"bad_act", [](auto& j) { j["hidden_act"] = "gelu"; }, "\"hidden_act\""},
+        BadCase{"rope_type", [](auto& j) { j["rope_scaling"]["type"] = "dynamic"; }, "\"type\""},
+        BadCase{"rope_factor", [](auto& j) { j["rope_scaling"]["factor"] = "big"; }, "\"factor\""},
+        BadCase{"rope_not_object", [](auto& j) { j["rope_scaling"] = 4; }, "\"rope_scaling\""},
+        BadCase{"quant_method", [](auto& j) { j["quantization_config"]["quant_method"] = "awq"; },
+                "\"quant_method\""},
+        BadCase{"quant_block", [](auto& j) { j["quantization_config"]["weight_block_size"] = {128}; },
+                "\"weight_block_size\""},
+        BadCase{"dense_beyond_layers", [](auto& j) { j["first_k_dense_replace"] = 62; },
+                "\"first_k_dense_replace\""},
+        BadCase{"odd_rope_dim", [](auto& j) { j["qk_rope_head_dim"] = 63; },
+                "\"qk_rope_head_dim\""},
+        BadCase{"eos_outside_vocab", [](auto& j) { j["eos_token_id"] = 200000; },
+                "\"eos_token_id\""},
+        BadCase{"tied_embeddings", [](auto& j) { j["tie_word_embeddings"] = true; },
+                "\"tie_word_embeddings\""}),
+    [](const auto& info) { return info.param.label; });
+
+TEST(ModelConfigTest, RejectsNonJson) {
+  for (const char* text : {"", "{", "[1,2]", "null", "{\"a\":}"}) {
+    auto c = ParseModelConfig(text);
+    EXPECT_FALSE(c.ok()) << text;
+  }
+}
+
+TEST(ModelConfigTest, MissingFileIsNotFound) {
+  auto c = LoadModelConfig("/nonexistent/config.json");
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kNotFound);
+}
+
+}  // namespace
+}  // namespace moe

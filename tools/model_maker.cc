@@ -1,0 +1,365 @@
+#include "tools/model_maker.h"
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/dtype.h"
+#include "common/status_macros.h"
+#include "common/tensor.h"
+#include "nlohmann/json.hpp"
+#include "worker/safetensors_writer.h"
+#include "worker/weight_names.h"
+
+namespace moe {
+namespace fs = std::filesystem;
+
+namespace {
+
+ModelConfig BaseConfig() {
+  ModelConfig c;
+  c.architectures = {"DeepseekV3ForCausalLM"};
+  c.model_type = "deepseek_v3";
+  c.topk_method = "noaux_tc";
+  c.scoring_func = "sigmoid";
+  c.norm_topk_prob = true;
+  c.moe_layer_freq = 1;
+  c.hidden_act = "silu";
+  c.rms_norm_eps = 1e-6;
+  c.bos_token_id = 0;
+  c.eos_token_ids = {1};
+  return c;
+}
+
+ModelConfig TinyDsv3() {
+  ModelConfig c = BaseConfig();
+  c.vocab_size = 512;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.moe_intermediate_size = 32;
+  c.num_hidden_layers = 4;
+  c.num_nextn_predict_layers = 1;  // an MTP layer in the files, as DeepSeek-V3 ships one
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 8;
+  c.n_shared_experts = 2;
+  c.n_routed_experts = 16;
+  c.num_experts_per_tok = 4;
+  c.routed_scaling_factor = 2.5;
+  c.kv_lora_rank = 32;
+  c.q_lora_rank = 48;
+  c.qk_rope_head_dim = 16;
+  c.qk_nope_head_dim = 16;
+  c.v_head_dim = 16;
+  c.n_group = 4;
+  c.topk_group = 2;
+  c.first_k_dense_replace = 1;
+  c.max_position_embeddings = 512;
+  c.rope_theta = 10000.0;
+  // factor = max_position_embeddings / original, as in the real checkpoints; mscale_all_dim != mscale
+  // so both YaRN corrections (cos/sin and softmax scale) are exercised.
+  c.rope_scaling = RopeScaling{"yarn", 8.0, 64, 32.0, 1.0, 1.0, 0.8};
+  return c;
+}
+
+ModelConfig TinyKimiK2() {
+  ModelConfig c = BaseConfig();
+  c.model_type = "kimi_k2";
+  c.vocab_size = 512;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.moe_intermediate_size = 32;
+  c.num_hidden_layers = 3;
+  c.num_nextn_predict_layers = 0;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.n_shared_experts = 1;
+  c.n_routed_experts = 32;
+  c.num_experts_per_tok = 4;
+  c.routed_scaling_factor = 2.827;
+  c.kv_lora_rank = 32;
+  c.q_lora_rank = 48;
+  c.qk_rope_head_dim = 16;
+  c.qk_nope_head_dim = 16;
+  c.v_head_dim = 16;
+  c.n_group = 1;
+  c.topk_group = 1;
+  c.first_k_dense_replace = 1;
+  c.max_position_embeddings = 256;
+  c.rope_theta = 50000.0;
+  c.rope_scaling = RopeScaling{"yarn", 4.0, 64, 1.0, 1.0, 1.0, 1.0};
+  c.bos_token_id = 510;
+  c.eos_token_ids = {511};
+  return c;
+}
+
+ModelConfig TinyV2Lite() {
+  ModelConfig c = BaseConfig();
+  c.vocab_size = 384;
+  c.hidden_size = 64;
+  c.intermediate_size = 96;
+  c.moe_intermediate_size = 32;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.n_shared_experts = 2;
+  c.n_routed_experts = 16;
+  c.num_experts_per_tok = 6;
+  c.routed_scaling_factor = 1.0;
+  c.kv_lora_rank = 32;
+  c.q_lora_rank = std::nullopt;  // a direct q_proj, as DeepSeek-V2-Lite
+  c.qk_rope_head_dim = 16;
+  c.qk_nope_head_dim = 24;
+  c.v_head_dim = 24;
+  c.n_group = 1;
+  c.topk_group = 1;
+  c.first_k_dense_replace = 1;
+  c.max_position_embeddings = 512;
+  c.rope_theta = 10000.0;
+  c.rope_scaling = std::nullopt;  // plain RoPE
+  return c;
+}
+
+ModelConfig SmallDsv3() {  // ~0.8B parameters (~1.6 GB in bf16), for benchmarks
+  ModelConfig c = BaseConfig();
+  c.vocab_size = 32000;
+  c.hidden_size = 1024;
+  c.intermediate_size = 2816;
+  c.moe_intermediate_size = 512;
+  c.num_hidden_layers = 8;
+  c.num_attention_heads = 16;
+  c.num_key_value_heads = 16;
+  c.n_shared_experts = 1;
+  c.n_routed_experts = 64;
+  c.num_experts_per_tok = 8;
+  c.routed_scaling_factor = 2.5;
+  c.kv_lora_rank = 256;
+  c.q_lora_rank = 384;
+  c.qk_rope_head_dim = 32;
+  c.qk_nope_head_dim = 64;
+  c.v_head_dim = 64;
+  c.n_group = 8;
+  c.topk_group = 4;
+  c.first_k_dense_replace = 1;
+  c.max_position_embeddings = 16384;
+  c.rope_theta = 10000.0;
+  c.rope_scaling = RopeScaling{"yarn", 4.0, 4096, 32.0, 1.0, 1.0, 1.0};
+  return c;
+}
+
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t HashName(uint64_t seed, const std::string& name) {
+  uint64_t h = 1469598103934665603ull ^ SplitMix64(seed);
+  for (unsigned char ch : name) h = (h ^ ch) * 1099511628211ull;
+  return SplitMix64(h);
+}
+
+// Standard normal from a counter (Box-Muller over two hashed uniforms).
+float NormalAt(uint64_t key, uint64_t i) {
+  const uint64_t a = SplitMix64(key ^ (2 * i)), b = SplitMix64(key ^ (2 * i + 1));
+  const double u1 = (static_cast<double>(a >> 11) + 0.5) * 0x1.0p-53;
+  const double u2 = static_cast<double>(b >> 11) * 0x1.0p-53;
+  return static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * M_PI * u2));
+}
+
+float UniformAt(uint64_t key, uint64_t i) {
+  return static_cast<float>((SplitMix64(key ^ (2 * i)) >> 11) * 0x1.0p-53);
+}
+
+// Scales that keep activations well conditioned: projections preserve the RMS of their input,
+// norms sit near 1, router logits are O(1), and the correction bias is positive (so biased scores
+// stay positive and group masking is unambiguous).
+float ValueFor(const WeightSpec& spec, uint64_t key, uint64_t i) {
+  switch (spec.kind) {
+    case WeightSpec::Kind::kEmbedding: {
+      const bool head = spec.name.find("embed_tokens") == std::string::npos;
+      return NormalAt(key, i) * (head ? 2.0f / std::sqrt(static_cast<float>(spec.shape[1])) : 1.0f);
+    }
+    case WeightSpec::Kind::kNorm:
+      return 1.0f + 0.2f * (UniformAt(key, i) - 0.5f);
+    case WeightSpec::Kind::kRouterBias:
+      return 0.01f + 0.2f * UniformAt(key, i);
+    case WeightSpec::Kind::kRouter:
+    case WeightSpec::Kind::kLinear:
+      return NormalAt(key, i) / std::sqrt(static_cast<float>(spec.shape[1]));
+  }
+  return 0.0f;
+}
+
+struct Planned {
+  std::string name;
+  DType dtype;
+  std::vector<int64_t> shape;
+  const WeightSpec* spec;  // null for a scale tensor (made with the weight before it)
+  uint64_t bytes() const { return static_cast<uint64_t>(NumElements(shape)) * DTypeSize(dtype); }
+};
+
+// Quantizes a [rows, cols] weight to e4m3 in block_rows x block_cols blocks; scale_inv per block is
+// amax / 448, so that weight = fp8 * scale_inv.
+void QuantizeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t br, int64_t bc,
+                 std::vector<uint8_t>* q, std::vector<float>* scale_inv) {
+  const int64_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
+  q->assign(static_cast<size_t>(rows * cols), 0);
+  scale_inv->assign(static_cast<size_t>(nbr * nbc), 1.0f);
+  for (int64_t bi = 0; bi < nbr; ++bi) {
+    for (int64_t bj = 0; bj < nbc; ++bj) {
+      float amax = 0.0f;
+      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
+        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
+          amax = std::max(amax, std::fabs(w[r * cols + c]));
+        }
+      }
+      const float s = amax > 0 ? amax / kF8E4M3Max : 1.0f;
+      (*scale_inv)[bi * nbc + bj] = s;
+      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
+        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
+          (*q)[r * cols + c] = F32ToF8E4M3(w[r * cols + c] / s);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+std::vector<std::string> PresetNames() {
+  return {"tiny-dsv3", "tiny-kimi-k2", "tiny-v2lite", "small-dsv3"};
+}
+
+absl::StatusOr<ModelConfig> PresetConfig(const std::string& name) {
+  ModelConfig c;
+  if (name == "tiny-dsv3") {
+    c = TinyDsv3();
+  } else if (name == "tiny-kimi-k2") {
+    c = TinyKimiK2();
+  } else if (name == "tiny-v2lite") {
+    c = TinyV2Lite();
+  } else if (name == "small-dsv3") {
+    c = SmallDsv3();
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "unknown preset \"", name, "\" (known: tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3)"));
+  }
+  // Round-trip through JSON so a preset is exactly what a reader of its config.json sees.
+  return ParseModelConfig(c.ToJson());
+}
+
+absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s) {
+  if (s == "f32") return WeightDType::kF32;
+  if (s == "bf16") return WeightDType::kBF16;
+  if (s == "fp8") return WeightDType::kFP8;
+  return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", s, "\" (f32, bf16 or fp8)"));
+}
+
+float GeneratedValue(const WeightSpec& spec, uint64_t seed, uint64_t i) {
+  return ValueFor(spec, HashName(seed, spec.name), i);
+}
+
+absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOptions& opt) {
+  ModelConfig config = config_in;
+  const DType float_dtype = opt.dtype == WeightDType::kF32 ? DType::kF32 : DType::kBF16;
+  config.torch_dtype = float_dtype == DType::kF32 ? "float32" : "bfloat16";
+  config.quantization_config.reset();
+  if (opt.dtype == WeightDType::kFP8) config.quantization_config = QuantizationConfig{};
+  std::error_code ec;
+  fs::create_directories(opt.out_dir, ec);
+  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", opt.out_dir, ": ", ec.message()));
+  {
+    std::ofstream cfg(fs::path(opt.out_dir) / "config.json");
+    cfg << config.ToJson();
+    if (!cfg) return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
+  }
+
+  const std::vector<WeightSpec> specs = CheckpointWeightSpecs(config, /*include_mtp=*/true);
+  std::vector<Planned> plan;
+  for (const WeightSpec& s : specs) {
+    if (opt.dtype == WeightDType::kFP8 && s.quantizable()) {
+      plan.push_back({s.name, DType::kF8E4M3, s.shape, &s});
+      const auto& q = *config.quantization_config;
+      plan.push_back({s.name + "_scale_inv",
+                      DType::kF32,
+                      {(s.shape[0] + q.block_rows - 1) / q.block_rows,
+                       (s.shape[1] + q.block_cols - 1) / q.block_cols},
+                      nullptr});
+    } else {
+      const DType d = s.kind == WeightSpec::Kind::kRouterBias ? DType::kF32 : float_dtype;
+      plan.push_back({s.name, d, s.shape, &s});
+    }
+  }
+  // Group into shards; a weight and its scale stay together.
+  std::vector<std::vector<size_t>> shards(1);
+  uint64_t shard_bytes = 0;
+  for (size_t i = 0; i < plan.size(); ++i) {
+    const uint64_t b = plan[i].bytes() + (i + 1 < plan.size() && !plan[i + 1].spec ? plan[i + 1].bytes() : 0);
+    if (plan[i].spec && shard_bytes > 0 && shard_bytes + b > opt.max_shard_bytes) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(i);
+    shard_bytes += plan[i].bytes();
+  }
+  const size_t n = shards.size();
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  uint64_t total = 0;
+  std::vector<float> values;
+  std::vector<uint8_t> bytes;
+  std::vector<float> scale;
+  for (size_t s = 0; s < n; ++s) {
+    const std::string file = n == 1 ? "model.safetensors"
+                                    : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
+    SafetensorsWriter w;
+    for (size_t i : shards[s]) {
+      w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
+      weight_map[plan[i].name] = file;
+    }
+    MOE_RETURN_IF_ERROR(w.Begin((fs::path(opt.out_dir) / file).string(), {{"format", "pt"}}));
+    for (size_t i : shards[s]) {
+      const Planned& p = plan[i];
+      if (!p.spec) continue;  // written with its weight
+      const WeightSpec& spec = *p.spec;
+      const uint64_t count = static_cast<uint64_t>(NumElements(spec.shape));
+      const uint64_t key = HashName(opt.seed, spec.name);
+      values.resize(count);
+#pragma omp parallel for schedule(static)
+      for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
+      if (p.dtype == DType::kF8E4M3) {
+        const auto& q = *config.quantization_config;
+        QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
+        MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
+        MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
+      } else if (p.dtype == DType::kBF16) {
+        bytes.resize(count * 2);
+        auto* out = reinterpret_cast<uint16_t*>(bytes.data());
+        for (uint64_t k = 0; k < count; ++k) out[k] = F32ToBF16(values[k]);
+        MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
+      } else {
+        MOE_RETURN_IF_ERROR(w.Write(p.name, values.data(), count * 4));
+      }
+    }
+    MOE_RETURN_IF_ERROR(w.Finish());
+    total += w.data_bytes();
+    if (opt.progress) {
+      std::fprintf(stderr, "moe-make-model: wrote %s (%zu tensors, %.1f MB) [%zu/%zu]\n",
+                   file.c_str(), shards[s].size(), w.data_bytes() / 1e6, s + 1, n);
+    }
+  }
+  if (n > 1) {
+    nlohmann::ordered_json index;
+    index["metadata"] = {{"total_size", total}};
+    index["weight_map"] = weight_map;
+    std::ofstream out(fs::path(opt.out_dir) / "model.safetensors.index.json");
+    out << index.dump(2) << "\n";
+    if (!out) return absl::DataLossError("cannot write model.safetensors.index.json");
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe

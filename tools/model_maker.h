@@ -1,0 +1,38 @@
+// Synthetic DeepSeek-V3-architecture checkpoints: named presets of real architecture fields at
+// small sizes, filled with deterministic random weights, written as HF-style folders
+// (config.json + safetensors with the official tensor names; fp8 with weight_scale_inv blocks).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "worker/weight_names.h"
+
+namespace moe {
+
+std::vector<std::string> PresetNames();
+// tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3.
+absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
+
+enum class WeightDType { kF32, kBF16, kFP8 };
+absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s);  // f32 | bf16 | fp8
+
+struct MakeModelOptions {
+  std::string out_dir;
+  uint64_t seed = 0;
+  WeightDType dtype = WeightDType::kBF16;
+  uint64_t max_shard_bytes = 4ull << 30;  // split into model-0000i-of-0000n files beyond this
+  bool progress = false;                  // print a line per file to stderr
+};
+
+// Writes config.json and the weights of `config` to options.out_dir (created if needed).
+absl::Status WriteCheckpoint(const ModelConfig& config, const MakeModelOptions& options);
+
+// The value the generator assigns to element `i` of a tensor before any dtype rounding.
+// Deterministic in (seed, spec.name, i); exposed so tests can check what was written.
+float GeneratedValue(const WeightSpec& spec, uint64_t seed, uint64_t i);
+
+}  // namespace moe

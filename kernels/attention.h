@@ -1,0 +1,25 @@
+// Attention kernels of MLA on the CPU.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::cpu {
+
+// Absorbed MLA decode for one query token over a paged latent KV cache.
+//   q:      [heads, kv_lora + rope] — per head the absorbed query (W_UK^T q_nope) then q_pe
+//   cache:  the layer's block pool; block b holds `block_size` rows of (kv_lora + rope) values,
+//           [c_kv | k_pe], at cache + b * block_size * (kv_lora + rope)
+//   blocks: the sequence's block table, covering ctx_len tokens
+//   out:    [heads, kv_lora] — sum_t softmax_t(scale * q·row_t) * c_kv_t (W_UV applied by the caller)
+void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
+                        const float* cache, const int32_t* blocks, int64_t block_size,
+                        int64_t ctx_len, float scale, float* out);
+
+// Causal multi-head attention over expanded keys and values for one chunk of queries.
+//   q [q_len, heads, dqk], k [ctx, heads, dqk], v [ctx, heads, dv], out [q_len, heads, dv].
+//   Query i sits at position start + i and sees keys 0 .. start + i (ctx = start + q_len).
+void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
+                     int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale,
+                     float* out);
+
+}  // namespace moe::cpu

@@ -1,0 +1,46 @@
+// Communicator: the collectives one engine of W ranks needs, behind one interface. Backends:
+// self (a single rank, no MPI at all), Open MPI (host memory) and NCCL (device memory).
+// Buffers are byte ranges except for the reductions; every call is collective over the group.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace moe {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual const char* backend() const = 0;
+
+  virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
+  virtual absl::Status AllReduceSum(int64_t* data, size_t count) = 0;
+  // recv holds size() * bytes: rank r's `bytes` at offset r * bytes.
+  virtual absl::Status AllGather(const void* send, size_t bytes, void* recv) = 0;
+  // recv_bytes[r] bytes from rank r, packed in rank order.
+  virtual absl::Status AllGatherV(const void* send, size_t bytes, void* recv,
+                                  const std::vector<size_t>& recv_bytes) = 0;
+  // send holds size() * bytes (the part for rank r at r * bytes); recv likewise.
+  virtual absl::Status AllToAll(const void* send, size_t bytes, void* recv) = 0;
+  // send_bytes[r] bytes for rank r packed in rank order; recv_bytes[r] from rank r likewise.
+  virtual absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes,
+                                 void* recv, const std::vector<size_t>& recv_bytes) = 0;
+  virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+  virtual absl::Status Barrier() = 0;
+  // Sub-groups: ranks passing the same color form one group, ordered by key.
+  virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
+};
+
+// The trivial group of one rank.
+std::unique_ptr<Communicator> MakeSelfCommunicator();
+
+// Offsets of a packed layout: offsets[r] = sum of sizes[0..r).
+std::vector<size_t> PrefixOffsets(const std::vector<size_t>& sizes);
+
+}  // namespace moe

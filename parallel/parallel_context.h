@@ -1,0 +1,36 @@
+// ParallelContext: one rank's view of the engine — its shard of the plan, the world group (expert
+// parallel all-to-all) and its tensor-parallel group (attention heads, vocab, dense layers).
+#pragma once
+
+#include <memory>
+
+#include "absl/status/statusor.h"
+#include "parallel/communicator.h"
+#include "parallel/shard_plan.h"
+
+namespace moe {
+
+class ParallelContext {
+ public:
+  // Splits `world` into TP groups of `tp_size` consecutive ranks.
+  static absl::StatusOr<std::unique_ptr<ParallelContext>> Create(
+      const ModelConfig& config, std::unique_ptr<Communicator> world, int tp_size);
+  // World size 1, no MPI.
+  static std::unique_ptr<ParallelContext> Single(const ModelConfig& config);
+
+  const ShardPlan& plan() const { return plan_; }
+  const RankShard& shard() const { return shard_; }
+  int rank() const { return shard_.rank; }
+  Communicator& world() const { return *world_; }
+  Communicator& tp() const { return *tp_; }
+
+ private:
+  ParallelContext(ShardPlan plan, std::unique_ptr<Communicator> world,
+                  std::unique_ptr<Communicator> tp);
+  ShardPlan plan_;
+  RankShard shard_;
+  std::unique_ptr<Communicator> world_;
+  std::unique_ptr<Communicator> tp_;
+};
+
+}  // namespace moe

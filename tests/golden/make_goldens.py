@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Makes the golden outputs the engine is tested against, with HF transformers as the oracle.
+
+For each case (a preset checkpoint written by moe-make-model), loads the checkpoint into
+transformers' DeepseekV3ForCausalLM (CPU, float32, eager attention), runs greedy generation on
+several prompts by recomputing the full sequence at every step (no KV cache), and writes
+
+  tests/golden/data/<case>/prompt<i>.npy   float32 logits [1 + steps, vocab]: the prompt's last
+                                           position, then the position after each new token
+  tests/golden/data/manifest.json          prompts, greedy tokens, checkpoint checksums, versions
+
+The checkpoint is loaded by this script, not by transformers' loader: per-expert tensors are
+stacked into transformers' [experts, 2*inter, hidden] layout and fp8 weights are dequantized here
+(fp8 value x its 128x128 block's weight_scale_inv), independently of the C++ reader.
+
+Usage (needs torch, transformers, safetensors, numpy; CI does not run this):
+  python3 tests/golden/make_goldens.py --build-dir build
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import transformers
+from safetensors.torch import load_file
+from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+
+# (case, preset, dtype, seed, prompt lengths). Lengths: 1; 17 crosses 16-token KV blocks; 70 is
+# past original_max_position_embeddings (64) of the YaRN presets and crosses a 64-token block.
+CASES = [
+    ("tiny-dsv3-f32", "tiny-dsv3", "f32", 11, [1, 17, 70]),
+    ("tiny-kimi-k2-f32", "tiny-kimi-k2", "f32", 12, [1, 17, 70]),
+    ("tiny-v2lite-f32", "tiny-v2lite", "f32", 13, [1, 17, 40]),
+    ("tiny-dsv3-fp8", "tiny-dsv3", "fp8", 14, [5, 33]),
+]
+DECODE_STEPS = 16
+
+
+def fnv1a64(path):
+    h = 0xCBF29CE484222325
+    data = np.fromfile(path, dtype=np.uint8)
+    for b in data.tobytes():
+        h ^= b
+        h = (h * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return "%016x" % h
+
+
+def prompt_ids(vocab, length, seed):
+    rng = np.random.default_rng(seed)
+    return [int(x) for x in rng.integers(2, vocab, size=length)]
+
+
+def load_weights(ckpt, cfg):
+    tensors = {}
+    index = os.path.join(ckpt, "model.safetensors.index.json")
+    files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) \
+        else ["model.safetensors"]
+    for f in files:
+        tensors.update(load_file(os.path.join(ckpt, f)))
+    out = {}
+    for name, t in tensors.items():
+        if name.endswith("_scale_inv"):
+            continue
+        if t.dtype == torch.float8_e4m3fn:
+            s = tensors[name + "_scale_inv"].float()
+            rows, cols = t.shape
+            s = s.repeat_interleave(128, 0)[:rows].repeat_interleave(128, 1)[:, :cols]
+            t = t.float() * s
+        out[name] = t.float()
+    sd = {}
+    n_layers = cfg["num_hidden_layers"]
+    for name, t in out.items():
+        parts = name.split(".")
+        if parts[0] == "model" and parts[1] == "layers" and int(parts[2]) >= n_layers:
+            continue  # MTP layers: not part of the decoder
+        if ".mlp.experts." in name:
+            continue
+        sd[name] = t
+    for l in range(n_layers):
+        p = f"model.layers.{l}.mlp."
+        if f"{p}experts.0.gate_proj.weight" not in out:
+            continue
+        E = cfg["n_routed_experts"]
+        sd[p + "experts.gate_up_proj"] = torch.stack([
+            torch.cat([out[f"{p}experts.{e}.gate_proj.weight"], out[f"{p}experts.{e}.up_proj.weight"]])
+            for e in range(E)])
+        sd[p + "experts.down_proj"] = torch.stack(
+            [out[f"{p}experts.{e}.down_proj.weight"] for e in range(E)])
+    return sd
+
+
+def hf_model(ckpt):
+    cfg = json.load(open(os.path.join(ckpt, "config.json")))
+    hf_cfg = dict(cfg)
+    hf_cfg.pop("model_type", None)  # kimi_k2 is this architecture under another name
+    hf_cfg.pop("quantization_config", None)  # dequantized here
+    rs = cfg.get("rope_scaling")
+    if rs:
+        # The engine, like transformers 5, uses rope_scaling.factor; the presets keep it equal to
+        # max_position_embeddings / original_max_position_embeddings, as the real checkpoints do.
+        assert rs["factor"] * rs["original_max_position_embeddings"] == cfg["max_position_embeddings"]
+    config = DeepseekV3Config(**hf_cfg)
+    config._attn_implementation = "eager"
+    model = DeepseekV3ForCausalLM(config).float().eval()
+    missing, unexpected = model.load_state_dict(load_weights(ckpt, cfg), strict=False)
+    assert not unexpected, unexpected
+    assert not missing, missing
+    return model, cfg
+
+
+@torch.no_grad()
+def greedy(model, prompt, steps):
+    ids = list(prompt)
+    rows, new = [], []
+    for i in range(steps + 1):
+        logits = model(torch.tensor([ids])).logits[0, -1].float()
+        assert torch.isfinite(logits).all()
+        rows.append(logits.numpy().copy())
+        if i < steps:
+            tok = int(torch.argmax(logits))
+            new.append(tok)
+            ids.append(tok)
+    return np.stack(rows).astype(np.float32), new
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--build-dir", default="build")
+    args = ap.parse_args()
+    maker = os.path.join(args.build_dir, "tools", "moe-make-model")
+    torch.manual_seed(0)
+    manifest = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+                "decode_steps": DECODE_STEPS, "cases": {}}
+    for case, preset, dtype, seed, lengths in CASES:
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, case)
+            subprocess.run([maker, "--preset", preset, "--out", ckpt, "--dtype", dtype, "--seed", str(seed)],
+                           check=True, stderr=subprocess.DEVNULL)
+            checksum = fnv1a64(os.path.join(ckpt, "model.safetensors"))
+            model, cfg = hf_model(ckpt)
+            os.makedirs(os.path.join(DATA, case), exist_ok=True)
+            entry = {"preset": preset, "dtype": dtype, "seed": seed, "checkpoint_fnv1a64": checksum,
+                     "prompts": [], "tokens": [], "logits": []}
+            for i, n in enumerate(lengths):
+                prompt = prompt_ids(cfg["vocab_size"], n, seed * 100 + i)
+                logits, new = greedy(model, prompt, DECODE_STEPS)
+                rel = f"{case}/prompt{i}.npy"
+                np.save(os.path.join(DATA, rel), logits)
+                entry["prompts"].append(prompt)
+                entry["tokens"].append(new)
+                entry["logits"].append(rel)
+                print(f"{case}: prompt {i} ({n} tokens) -> {new}", file=sys.stderr)
+            manifest["cases"][case] = entry
+    with open(os.path.join(DATA, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()

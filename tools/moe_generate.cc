@@ -1,0 +1,92 @@
+// moe-generate: greedy generation with the engine, on one rank or under mpirun.
+#include <cstdio>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/cli.h"
+#include "common/logging.h"
+#include "common/npy.h"
+#include "kernels/ops.h"
+#include "parallel/parallel_context.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+
+namespace {
+
+absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id)) {
+      return absl::InvalidArgumentError("--prompt-ids: \"" + std::string(part) +
+                                        "\" is not an integer token id");
+    }
+    ids.push_back(id);
+  }
+  if (ids.empty()) return absl::InvalidArgumentError("--prompt-ids: the prompt is empty");
+  return ids;
+}
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "moe-generate: %s\n", std::string(s.message()).c_str());
+  return 1;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string model, prompt_ids, logits_out;
+  int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0;
+  bool ignore_eos = false;
+  moe::FlagParser flags("moe-generate",
+                        "Greedy generation from a prompt of token ids with the CPU engine; prints "
+                        "the new token ids\n(space-separated) on stdout.");
+  flags.AddString("model", &model, "Checkpoint folder (config.json + safetensors).", true);
+  flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids, e.g. \"1,2,3\".",
+                  true);
+  flags.AddInt("max-new-tokens", &max_new, "Tokens to generate.");
+  flags.AddString("logits-out", &logits_out,
+                  "Write float32 logits [1+N, vocab] to this .npy: the prompt's last position, "
+                  "then the step after each new token.");
+  flags.AddBool("ignore-eos", &ignore_eos, "Keep generating after an EOS token.");
+  flags.AddInt("threads", &threads, "CPU threads (0: all cores).");
+  flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
+  flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size in MB.");
+  flags.AddInt("prefill-chunk", &prefill_chunk, "Prefill the prompt in chunks of this many tokens "
+                                                "(0: all at once).");
+  flags.ParseOrExit(argc, argv);
+
+  auto prompt = ParseIds(prompt_ids);
+  if (!prompt.ok()) return Fail(prompt.status());
+  if (max_new < 1) return Fail(absl::InvalidArgumentError("--max-new-tokens must be >= 1"));
+  if (kv_mb < 1 || block_size < 1) {
+    return Fail(absl::InvalidArgumentError("--kv-cache-mb and --block-size must be >= 1"));
+  }
+  moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads)
+                                      : static_cast<int>(std::thread::hardware_concurrency()));
+
+  auto config = moe::LoadModelConfig(model);
+  if (!config.ok()) return Fail(config.status());
+  moe::EngineOptions opt;
+  opt.block_size = block_size;
+  opt.kv_cache_bytes = static_cast<uint64_t>(kv_mb) << 20;
+  auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), opt);
+  if (!engine.ok()) return Fail(engine.status());
+  moe::BlockAllocator allocator((*engine)->num_blocks());
+  moe::GenerateOptions gen;
+  gen.max_new_tokens = max_new;
+  gen.stop_at_eos = !ignore_eos;
+  gen.prefill_chunk = prefill_chunk;
+  auto out = moe::GenerateGreedy(**engine, allocator, *prompt, gen);
+  if (!out.ok()) return Fail(out.status());
+  for (size_t i = 0; i < out->tokens.size(); ++i) {
+    std::printf("%s%d", i ? " " : "", out->tokens[i]);
+  }
+  std::printf("\n");
+  if (!logits_out.empty()) {
+    if (absl::Status s = moe::WriteNpy(logits_out, out->logits); !s.ok()) return Fail(s);
+  }
+  return 0;
+}

@@ -1,0 +1,87 @@
+#include "worker/engine.h"
+
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+
+namespace moe {
+
+absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir,
+                                                     std::unique_ptr<ParallelContext> ctx,
+                                                     const EngineOptions& options) {
+  MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
+  MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(model_dir, config, *ctx));
+  MOE_ASSIGN_OR_RETURN(KvCache cache,
+                       KvCache::WithBudget(config, options.block_size, options.kv_cache_bytes));
+  return std::unique_ptr<Engine>(new Engine(std::move(ctx), std::move(model), std::move(cache)));
+}
+
+absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
+  const ModelConfig& c = config();
+  std::set<int64_t> seen;
+  for (const SequenceStep& s : step) {
+    auto bad = [&](const std::string& what) {
+      return absl::InvalidArgumentError(absl::StrCat("sequence ", s.seq_id, ": ", what));
+    };
+    if (!seen.insert(s.seq_id).second) return bad("appears twice in one step");
+    if (s.tokens.empty()) return bad("no tokens to process");
+    for (int32_t t : s.tokens) {
+      if (t < 0 || t >= c.vocab_size) {
+        return bad(absl::StrCat("token id ", t, " outside the vocabulary [0, ", c.vocab_size, ")"));
+      }
+    }
+    const int64_t end = s.start_pos + static_cast<int64_t>(s.tokens.size());
+    if (s.start_pos < 0 || end > c.max_position_embeddings) {
+      return bad(absl::StrCat("positions [", s.start_pos, ", ", end,
+                              ") exceed max_position_embeddings ", c.max_position_embeddings));
+    }
+    if (static_cast<int64_t>(s.block_table.size()) * block_size() < end) {
+      return bad(absl::StrCat(s.block_table.size(), " KV blocks of ", block_size(),
+                              " tokens cannot hold ", end, " positions"));
+    }
+    for (int32_t b : s.block_table) {
+      if (b < 0 || b >= num_blocks()) {
+        return bad(absl::StrCat("KV block ", b, " outside the cache's ", num_blocks(), " blocks"));
+      }
+    }
+    if (s.dp_group < 0 || s.dp_group >= ctx_->plan().dp_size()) {
+      return bad(absl::StrCat("DP group ", s.dp_group, " outside [0, ", ctx_->plan().dp_size(), ")"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step) {
+  MOE_RETURN_IF_ERROR(Validate(step));
+  const int my_group = ctx_->shard().dp_rank;
+  ForwardBatch batch;
+  std::vector<int32_t> tokens;
+  std::vector<int64_t> logit_rows;
+  StepResult result;
+  for (const SequenceStep& s : step) {
+    if (s.dp_group != my_group) continue;
+    ForwardChunk c;
+    c.first_token = static_cast<int64_t>(tokens.size());
+    c.num_tokens = static_cast<int64_t>(s.tokens.size());
+    c.start_pos = s.start_pos;
+    c.block_table = &s.block_table;
+    batch.chunks.push_back(c);
+    tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
+    for (int64_t i = 0; i < c.num_tokens; ++i) batch.positions.push_back(s.start_pos + i);
+    if (s.want_logits) {
+      logit_rows.push_back(c.first_token + c.num_tokens - 1);
+      result.seq_ids.push_back(s.seq_id);
+    }
+  }
+  const int64_t n = batch.num_tokens(), half = config().qk_rope_head_dim / 2;
+  batch.rope_cos = Tensor({n, half});
+  batch.rope_sin = Tensor({n, half});
+  for (int64_t t = 0; t < n; ++t) {
+    model_->rope().CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
+  }
+  MOE_ASSIGN_OR_RETURN(result.logits, model_->Forward(tokens, batch, cache_, logit_rows));
+  return result;
+}
+
+}  // namespace moe

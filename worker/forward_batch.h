@@ -1,0 +1,27 @@
+// One step's tokens as the layers see them: the chunks of several sequences (prefill chunks and
+// decode tokens mixed) laid end to end, with each token's position and RoPE angles.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/tensor.h"
+
+namespace moe {
+
+struct ForwardChunk {
+  int64_t first_token = 0;  // row of its first token in the step's [num_tokens, hidden] buffers
+  int64_t num_tokens = 0;
+  int64_t start_pos = 0;    // position of its first token; the cache holds positions before it
+  const std::vector<int32_t>* block_table = nullptr;
+  int64_t context() const { return start_pos + num_tokens; }
+};
+
+struct ForwardBatch {
+  std::vector<ForwardChunk> chunks;
+  std::vector<int64_t> positions;  // per token
+  Tensor rope_cos, rope_sin;       // [num_tokens, qk_rope_head_dim / 2]
+  int64_t num_tokens() const { return static_cast<int64_t>(positions.size()); }
+};
+
+}  // namespace moe

@@ -1,0 +1,37 @@
+// Offline greedy generation on an Engine: prefill the prompt (in chunks), then decode one token
+// per step, keeping each step's logits. The reference path for tests and `moe-generate`.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/tensor.h"
+#include "worker/engine.h"
+
+namespace moe {
+
+struct GenerateOptions {
+  int64_t max_new_tokens = 16;
+  int64_t prefill_chunk = 0;  // tokens per prefill step; 0: the whole prompt at once
+  bool stop_at_eos = false;
+  bool use_cache = true;      // false: recompute every step from the full sequence (a check)
+};
+
+struct Generation {
+  std::vector<int32_t> tokens;  // the new tokens
+  // [1 + tokens.size(), vocab]: the prompt's last position, then the step after each new token.
+  Tensor logits;
+};
+
+// Runs one sequence alone. Uses (and returns) blocks of `allocator`.
+absl::StatusOr<Generation> GenerateGreedy(Engine& engine, BlockAllocator& allocator,
+                                          const std::vector<int32_t>& prompt,
+                                          const GenerateOptions& options);
+
+// Several sequences at once: all prompts prefilled in one step, then decoded together.
+absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
+    Engine& engine, BlockAllocator& allocator, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerateOptions& options);
+
+}  // namespace moe

@@ -1,0 +1,101 @@
+#include "worker/model.h"
+
+#include <cstring>
+
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kernels/ops.h"
+#include "worker/weight_names.h"
+
+namespace moe {
+
+absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConfig& c,
+                                                                 Checkpoint& ck, int64_t layer,
+                                                                 const ParallelContext& ctx,
+                                                                 float softmax_scale) {
+  auto d = std::make_unique<DecoderLayer>();
+  const std::string p = LayerPrefix(layer);
+  d->hidden_ = c.hidden_size;
+  d->tp_ = &ctx.tp();
+  MOE_ASSIGN_OR_RETURN(d->input_layernorm_, RmsNorm::Load(ck, p + "input_layernorm.weight",
+                                                          c.hidden_size, c.rms_norm_eps));
+  MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_,
+                       RmsNorm::Load(ck, p + "post_attention_layernorm.weight", c.hidden_size,
+                                     c.rms_norm_eps));
+  MOE_ASSIGN_OR_RETURN(d->self_attn_, MlaAttention::Load(c, ck, layer, ctx, softmax_scale));
+  if (c.IsMoeLayer(layer)) {
+    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx));
+  } else {
+    MOE_ASSIGN_OR_RETURN(d->dense_, GatedMlp::Load(ck, p + "mlp.", c.hidden_size,
+                                                   c.intermediate_size, ctx.shard().dense_inter));
+  }
+  return d;
+}
+
+absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache) {
+  const int64_t n = batch.num_tokens();
+  const size_t count = static_cast<size_t>(n * hidden_);
+  FloatVector normed(count), delta(count);
+  input_layernorm_.Forward(x, n, normed.data());
+  MOE_RETURN_IF_ERROR(self_attn_->Forward(normed.data(), batch, cache, delta.data()));
+  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  post_attention_layernorm_.Forward(x, n, normed.data());
+  if (moe_) {
+    MOE_RETURN_IF_ERROR(moe_->Forward(normed.data(), n, delta.data()));
+  } else {
+    dense_->Forward(normed.data(), n, delta.data());
+    if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
+  }
+  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
+                                                                       const ModelConfig& c,
+                                                                       const ParallelContext& ctx) {
+  MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
+  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c));
+  MOE_ASSIGN_OR_RETURN(m->embed_tokens_,
+                       VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight", c.vocab_size,
+                                                    c.hidden_size, ctx.shard().vocab, &ctx.tp()));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    // Layers keep a reference to the config: give them the model's own copy.
+    MOE_ASSIGN_OR_RETURN(auto layer,
+                         DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale()));
+    m->layers_.push_back(std::move(layer));
+    MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
+  }
+  MOE_ASSIGN_OR_RETURN(m->norm_, RmsNorm::Load(*ck, "model.norm.weight", c.hidden_size,
+                                               c.rms_norm_eps));
+  MOE_ASSIGN_OR_RETURN(m->lm_head_, ParallelLmHead::Load(*ck, "lm_head.weight", c.vocab_size,
+                                                         c.hidden_size, ctx.plan().tp_size(),
+                                                         &ctx.tp()));
+  m->bytes_read_ = ck->bytes_read();
+  return m;
+}
+
+absl::StatusOr<Tensor> DeepseekV3Model::Forward(const std::vector<int32_t>& tokens,
+                                                const ForwardBatch& batch, KvCache& cache,
+                                                const std::vector<int64_t>& logit_rows) {
+  MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
+  for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache));
+  const int64_t h = config_.hidden_size;
+  const int64_t m = static_cast<int64_t>(logit_rows.size());
+  Tensor last({m, h});
+  for (int64_t i = 0; i < m; ++i) {
+    std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
+  }
+  norm_.Forward(last.data(), m, last.data());
+  return lm_head_.Forward(last.data(), m);
+}
+
+std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {
+  std::vector<int64_t> counts(static_cast<size_t>(config_.n_routed_experts), 0);
+  for (const auto& l : layers_) {
+    if (l->moe() == nullptr) continue;
+    for (size_t e = 0; e < counts.size(); ++e) counts[e] += l->moe()->expert_tokens()[e];
+  }
+  return counts;
+}
+
+}  // namespace moe

@@ -1,0 +1,72 @@
+// DeepseekV3ForCausalLM on one rank: embed_tokens -> num_hidden_layers x (input_layernorm -> MLA
+// -> residual -> post_attention_layernorm -> dense MLP or MoE -> residual) -> norm -> lm_head.
+// Loads only this rank's shard of the checkpoint; the MTP layers (model.layers.<L>.* for
+// L >= num_hidden_layers) are not read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+#include "parallel/parallel_context.h"
+#include "worker/checkpoint.h"
+#include "worker/forward_batch.h"
+#include "worker/kv_cache.h"
+#include "worker/layers.h"
+#include "worker/mla_attention.h"
+#include "worker/mlp.h"
+#include "worker/moe_layer.h"
+#include "worker/rope.h"
+
+namespace moe {
+
+class DecoderLayer {
+ public:
+  static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(const ModelConfig& config,
+                                                            Checkpoint& ck, int64_t layer,
+                                                            const ParallelContext& ctx,
+                                                            float softmax_scale);
+  absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
+  const MoeLayer* moe() const { return moe_.get(); }
+
+ private:
+  int64_t hidden_ = 0;
+  RmsNorm input_layernorm_, post_attention_layernorm_;
+  std::optional<MlaAttention> self_attn_;
+  std::optional<GatedMlp> dense_;  // first_k_dense_replace layers (TP-split rows)
+  std::unique_ptr<MoeLayer> moe_;
+  Communicator* tp_ = nullptr;
+};
+
+class DeepseekV3Model {
+ public:
+  // Reads config.json and this rank's shard of the weights in `dir`.
+  static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
+                                                               const ModelConfig& config,
+                                                               const ParallelContext& ctx);
+
+  // Runs the decoder over the batch's tokens, writing their latent KV into `cache`, and returns
+  // the logits [rows.size(), vocab] of the token rows listed in `logit_rows`.
+  absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                                 KvCache& cache, const std::vector<int64_t>& logit_rows);
+
+  const ModelConfig& config() const { return config_; }
+  const RotaryEmbedding& rope() const { return rope_; }
+  uint64_t weight_bytes_read() const { return bytes_read_; }
+  // Tokens this rank routed to each expert, summed over the MoE layers.
+  std::vector<int64_t> ExpertTokenCounts() const;
+
+ private:
+  explicit DeepseekV3Model(const ModelConfig& config) : config_(config), rope_(config) {}
+  ModelConfig config_;
+  RotaryEmbedding rope_;
+  VocabParallelEmbedding embed_tokens_;
+  std::vector<std::unique_ptr<DecoderLayer>> layers_;
+  RmsNorm norm_;
+  ParallelLmHead lm_head_;
+  uint64_t bytes_read_ = 0;
+};
+
+}  // namespace moe

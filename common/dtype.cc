@@ -1,6 +1,7 @@
 #include "absl/strings/string_view.h"
 #include "common/dtype.h"
 
+#include <array>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
@@ -126,8 +127,13 @@ void ConvertToF32(DType t, const void* src, float* dst, size_t n) {
       return;
     }
     case DType::kF8E4M3: {
+      static const std::array<float, 256> table = [] {
+        std::array<float, 256> t;
+        for (int v = 0; v < 256; ++v) t[v] = F8E4M3ToF32(static_cast<uint8_t>(v));
+        return t;
+      }();
       const auto* s = static_cast<const uint8_t*>(src);
-      for (size_t i = 0; i < n; ++i) dst[i] = F8E4M3ToF32(s[i]);
+      for (size_t i = 0; i < n; ++i) dst[i] = table[s[i]];
       return;
     }
   }

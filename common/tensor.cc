@@ -19,6 +19,11 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
 Tensor::Tensor(std::vector<int64_t> shape)
     : shape_(std::move(shape)), data_(static_cast<size_t>(NumElements(shape_)), 0.0f) {}
 
+Tensor Tensor::Uninitialized(std::vector<int64_t> shape) {
+  FloatVector data(static_cast<size_t>(NumElements(shape)));
+  return Tensor(std::move(shape), std::move(data));
+}
+
 Tensor::Tensor(std::vector<int64_t> shape, FloatVector data)
     : shape_(std::move(shape)), data_(std::move(data)) {
   MOE_CHECK(NumElements(shape_) == static_cast<int64_t>(data_.size()));

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <new>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,16 @@ struct AlignedAllocator {
     return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t(kAlign)));
   }
   void deallocate(T* p, size_t) { ::operator delete(p, std::align_val_t(kAlign)); }
+  // Default-initialise: `FloatVector v(n)` leaves the floats unset (it is filled next anyway);
+  // `FloatVector v(n, 0.0f)` still zeroes.
+  template <typename U>
+  void construct(U* p) noexcept {
+    ::new (static_cast<void*>(p)) U;
+  }
+  template <typename U, typename... Args>
+  void construct(U* p, Args&&... args) {
+    ::new (static_cast<void*>(p)) U(std::forward<Args>(args)...);
+  }
   bool operator==(const AlignedAllocator&) const { return true; }
   bool operator!=(const AlignedAllocator&) const { return false; }
 };
@@ -34,6 +45,8 @@ class Tensor {
  public:
   Tensor() = default;
   explicit Tensor(std::vector<int64_t> shape);  // zero-filled
+  // Contents unset: for tensors about to be overwritten entirely.
+  static Tensor Uninitialized(std::vector<int64_t> shape);
   Tensor(std::vector<int64_t> shape, FloatVector data);
 
   const std::vector<int64_t>& shape() const { return shape_; }

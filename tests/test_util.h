@@ -6,7 +6,10 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <cstdlib>
 
 #include "gtest/gtest.h"
 
@@ -31,6 +34,32 @@ class ScratchDir {
  private:
   std::filesystem::path path_;
 };
+
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;  // stdout
+  std::string err;  // stderr
+};
+
+// Runs `command` through the shell, capturing stdout and stderr.
+inline CommandResult RunCommand(const std::string& command) {
+  ScratchDir dir;
+  const std::string out = dir.file("out"), err = dir.file("err");
+  const int status = std::system((command + " >" + out + " 2>" + err).c_str());
+  CommandResult r;
+  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  auto slurp = [](const std::string& p) {
+    std::ifstream in(p);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  };
+  r.out = slurp(out);
+  r.err = slurp(err);
+  return r;
+}
+
+inline std::string BinaryPath(const std::string& relative) {
+  return std::string(MOE_BINARY_DIR) + "/" + relative;
+}
 
 inline void WriteFile(const std::string& path, const std::string& bytes) {
   std::ofstream out(path, std::ios::binary | std::ios::trunc);

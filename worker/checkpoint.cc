@@ -156,49 +156,51 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
   const int64_t out_rows = r1 - r0, out_cols = c1 - c0;
   std::vector<int64_t> out_shape = e.shape;
   if (e.shape.size() == 2) out_shape = {out_rows, out_cols};
-  Tensor out(out_shape);
+  Tensor out = Tensor::Uninitialized(out_shape);
   const size_t esize = DTypeSize(e.dtype);
   const uint8_t* base = loc.file->Data(e);
-  for (int64_t r = r0; r < r1; ++r) {
-    ConvertToF32(e.dtype, base + (r * cols + c0) * esize, out.data() + (r - r0) * out_cols,
-                 static_cast<size_t>(out_cols));
-  }
   uint64_t read = static_cast<uint64_t>(out_rows * out_cols) * esize;
-
+  const float* scales = nullptr;
+  int64_t br = 1, bc = 1, scale_cols = 0;
   if (e.dtype == DType::kF8E4M3) {
     if (!quant_) {
-      return TensorError(file, name,
-                         "is F8_E4M3 but config.json has no quantization_config");
+      return TensorError(file, name, "is F8_E4M3 but config.json has no quantization_config");
     }
     if (e.shape.size() != 2) return TensorError(file, name, "F8_E4M3 tensor must be 2-D");
-    const int64_t br = quant_->block_rows, bc = quant_->block_cols;
+    br = quant_->block_rows;
+    bc = quant_->block_cols;
     const std::string scale_name = ScaleName(name);
     auto scale_loc = Find(scale_name);
     if (!scale_loc.ok()) {
       return TensorError(file, name, absl::StrCat("F8_E4M3 weight without its block scales \"",
-                                                        scale_name, "\""));
+                                                  scale_name, "\""));
     }
     const TensorEntry& s = *scale_loc->entry;
     const std::vector<int64_t> scale_shape = {CeilDiv(rows, br), CeilDiv(cols, bc)};
     if (s.dtype != DType::kF32 || s.shape != scale_shape) {
-      return TensorError(scale_loc->file->path(),
-                         scale_name,
+      return TensorError(scale_loc->file->path(), scale_name,
                          absl::StrCat("block scales must be F32 ", ShapeString(scale_shape),
                                       " for a ", ShapeString(e.shape), " weight in ", br, "x", bc,
                                       " blocks; got ", DTypeName(s.dtype), " ",
                                       ShapeString(s.shape)));
     }
-    const auto* scales = reinterpret_cast<const uint8_t*>(scale_loc->file->Data(s));
-    const int64_t sb0 = c0 / bc, sb1 = CeilDiv(c1, bc);
-    for (int64_t r = r0; r < r1; ++r) {
-      float* dst = out.data() + (r - r0) * out_cols;
-      for (int64_t c = c0; c < c1; ++c) {
-        float scale;
-        std::memcpy(&scale, scales + ((r / br) * scale_shape[1] + c / bc) * 4, 4);
-        dst[c - c0] *= scale;
-      }
+    scales = reinterpret_cast<const float*>(scale_loc->file->Data(s));  // 8-byte aligned data
+    scale_cols = scale_shape[1];
+    read += static_cast<uint64_t>((CeilDiv(r1, br) - r0 / br) * (CeilDiv(c1, bc) - c0 / bc)) * 4;
+  }
+#pragma omp parallel for schedule(static) if (out_rows * out_cols > (1 << 16))
+  for (int64_t r = r0; r < r1; ++r) {
+    float* dst = out.data() + (r - r0) * out_cols;
+    ConvertToF32(e.dtype, base + (r * cols + c0) * esize, dst, static_cast<size_t>(out_cols));
+    if (scales == nullptr) continue;
+    // Multiply each run of columns inside one scale block by that block's scale.
+    for (int64_t c = c0; c < c1;) {
+      const int64_t run_end = std::min(c1, (c / bc + 1) * bc);
+      float scale;
+      std::memcpy(&scale, scales + (r / br) * scale_cols + c / bc, sizeof(float));
+      for (int64_t i = c; i < run_end; ++i) dst[i - c0] *= scale;
+      c = run_end;
     }
-    read += static_cast<uint64_t>((CeilDiv(r1, br) - r0 / br) * (sb1 - sb0)) * 4;
   }
   bytes_read_ += read;
   return out;

@@ -134,36 +134,53 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
   const int64_t qk = nope_ + rope_, dim = kv_lora_ + rope_, kvh = nope_ + v_;
   const int64_t b = static_cast<int64_t>(chunks.size());
   const float* w = kv_b_proj_.weight().data();
-  // Absorb W_UK into the queries: q_cat[token, head] = [W_UK_h^T q_nope | q_pe].
+  // Absorb W_UK into the queries: q_cat[token, head] = [W_UK_h^T q_nope | q_pe]. One parallel
+  // region over heads; the per-head products inside it run single-threaded.
   FloatVector q_cat(static_cast<size_t>(b * heads_ * dim));
-  FloatVector q_nope(static_cast<size_t>(b * nope_));
   FloatVector o_lat(static_cast<size_t>(b * heads_ * kv_lora_));
-  for (int64_t hd = 0; hd < heads_; ++hd) {
-    for (int64_t i = 0; i < b; ++i) {
-      const float* qi = q + (chunks[i]->first_token * heads_ + hd) * qk;
-      std::memcpy(q_nope.data() + i * nope_, qi, static_cast<size_t>(nope_) * sizeof(float));
-      std::memcpy(q_cat.data() + (i * heads_ + hd) * dim + kv_lora_, qi + nope_,
-                  static_cast<size_t>(rope_) * sizeof(float));
+#pragma omp parallel
+  {
+    FloatVector q_nope(static_cast<size_t>(b * nope_));
+#pragma omp for schedule(static)
+    for (int64_t hd = 0; hd < heads_; ++hd) {
+      for (int64_t i = 0; i < b; ++i) {
+        const float* qi = q + (chunks[i]->first_token * heads_ + hd) * qk;
+        std::memcpy(q_nope.data() + i * nope_, qi, static_cast<size_t>(nope_) * sizeof(float));
+        std::memcpy(q_cat.data() + (i * heads_ + hd) * dim + kv_lora_, qi + nope_,
+                    static_cast<size_t>(rope_) * sizeof(float));
+      }
+      // [b, nope] x W_UK_h [nope, kv_lora] -> rows of q_cat (stride heads * dim).
+      cpu::MatMulNN(b, kv_lora_, nope_, q_nope.data(), nope_, w + hd * kvh * kv_lora_, kv_lora_,
+                    q_cat.data() + hd * dim, heads_ * dim);
     }
-    // [b, nope] x W_UK_h [nope, kv_lora] -> rows of q_cat (stride heads * dim).
-    cpu::MatMulNN(b, kv_lora_, nope_, q_nope.data(), nope_, w + hd * kvh * kv_lora_, kv_lora_,
-                  q_cat.data() + hd * dim, heads_ * dim);
   }
-#pragma omp parallel for schedule(dynamic) if (b > 1)
-  for (int64_t i = 0; i < b; ++i) {
+  // Attention over the latent cache: for one token the kernel parallelises over heads; for
+  // several, tokens run in parallel (each kernel call then single-threaded). Not an `if`-clause
+  // region: even inactive, it would make the kernel's own region nested and serial.
+  auto attend = [&](int64_t i) {
     cpu::MlaDecodeAttention(q_cat.data() + i * heads_ * dim, heads_, kv_lora_, rope_,
                             cache.Layer(layer_), chunks[i]->block_table->data(),
                             cache.block_size(), chunks[i]->context(), scale_,
                             o_lat.data() + i * heads_ * kv_lora_);
+  };
+  if (b == 1) {
+    attend(0);
+  } else {
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < b; ++i) attend(i);
   }
   // out_h = W_UV_h o_lat_h: [b, kv_lora] x W_UV_h^T -> [b, v], written into attn rows.
-  for (int64_t hd = 0; hd < heads_; ++hd) {
+#pragma omp parallel
+  {
     FloatVector o_h(static_cast<size_t>(b * v_));
-    cpu::MatMulNT(b, v_, kv_lora_, o_lat.data() + hd * kv_lora_, heads_ * kv_lora_,
-                  w + (hd * kvh + nope_) * kv_lora_, kv_lora_, o_h.data(), v_);
-    for (int64_t i = 0; i < b; ++i) {
-      std::memcpy(attn + (chunks[i]->first_token * heads_ + hd) * v_, o_h.data() + i * v_,
-                  static_cast<size_t>(v_) * sizeof(float));
+#pragma omp for schedule(static)
+    for (int64_t hd = 0; hd < heads_; ++hd) {
+      cpu::MatMulNT(b, v_, kv_lora_, o_lat.data() + hd * kv_lora_, heads_ * kv_lora_,
+                    w + (hd * kvh + nope_) * kv_lora_, kv_lora_, o_h.data(), v_);
+      for (int64_t i = 0; i < b; ++i) {
+        std::memcpy(attn + (chunks[i]->first_token * heads_ + hd) * v_, o_h.data() + i * v_,
+                    static_cast<size_t>(v_) * sizeof(float));
+      }
     }
   }
 }

@@ -55,8 +55,8 @@ Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
       if (e >= 0) work[e].push_back({i, d.weight[i * k + j]});
     }
   }
-  size_t largest = 0;
-  for (const auto& w : work) largest = std::max(largest, w.size());
+  size_t active = 0;
+  for (const auto& w : work) active += w.empty() ? 0 : 1;
   auto run = [&](size_t e, float* acc_y) {
     const auto& w = work[e];
     const int64_t n = static_cast<int64_t>(w.size());
@@ -72,15 +72,15 @@ Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
       for (int64_t c = 0; c < h; ++c) dst[c] += wt * src[c];
     }
   };
-  if (largest >= 32 || cpu::NumThreads() == 1) {
-    // Big groups: experts one after another, each product using all threads.
+  const int threads = cpu::NumThreads();
+  if (static_cast<int>(active) < 2 * threads) {
+    // Few active experts: one after another, each product using all threads.
     for (size_t e = 0; e < experts_.size(); ++e) {
       if (!work[e].empty()) run(e, y.data());
     }
   } else {
-    // Few tokens per expert (decode): experts in parallel, each product single-threaded; each
-    // thread accumulates privately, then the partial outputs are summed.
-    const int threads = cpu::NumThreads();
+    // Many active experts: experts in parallel, each product single-threaded; each thread
+    // accumulates privately, then the partial outputs are summed.
     std::vector<FloatVector> partial(static_cast<size_t>(threads));
 #pragma omp parallel num_threads(threads)
     {

@@ -42,29 +42,30 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
                      int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale,
                      float* out) {
-#pragma omp parallel if (q_len * heads * ctx * dqk > 65536)
+  // Per head and tile of query rows: S = Q K^T (one GEMM over the strided head slices), causal
+  // mask, softmax per row, O = P V. Heads and tiles run in parallel; the products inside are
+  // single-threaded BLAS calls.
+  constexpr int64_t kTile = 128;
+  const int64_t tiles = (q_len + kTile - 1) / kTile;
+#pragma omp parallel
   {
-    std::vector<float> p(static_cast<size_t>(ctx));
-#pragma omp for collapse(2) schedule(static)
-    for (int64_t i = 0; i < q_len; ++i) {
-      for (int64_t h = 0; h < heads; ++h) {
-        const int64_t visible = std::min(ctx, start + i + 1);
-        const float* qi = q + (i * heads + h) * dqk;
-        for (int64_t t = 0; t < visible; ++t) {
-          const float* kt = k + (t * heads + h) * dqk;
-          float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < dqk; ++d) s += qi[d] * kt[d];
-          p[t] = s * scale;
+    std::vector<float> s(static_cast<size_t>(kTile * ctx));
+#pragma omp for collapse(2) schedule(dynamic)
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t tile = 0; tile < tiles; ++tile) {
+        const int64_t i0 = tile * kTile, rows = std::min(kTile, q_len - i0);
+        const int64_t visible = std::min(ctx, start + i0 + rows);  // keys any row of the tile sees
+        MatMulNT(rows, visible, dqk, q + (i0 * heads + h) * dqk, heads * dqk, k + h * dqk,
+                 heads * dqk, s.data(), visible);
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = s.data() + r * visible;
+          const int64_t sees = std::min(ctx, start + i0 + r + 1);
+          for (int64_t t = 0; t < sees; ++t) row[t] *= scale;
+          SoftmaxInPlace(row, sees);
+          std::fill(row + sees, row + visible, 0.0f);
         }
-        SoftmaxInPlace(p.data(), visible);
-        float* o = out + (i * heads + h) * dv;
-        std::fill(o, o + dv, 0.0f);
-        for (int64_t t = 0; t < visible; ++t) {
-          const float* vt = v + (t * heads + h) * dv;
-          const float w = p[t];
-          for (int64_t d = 0; d < dv; ++d) o[d] += w * vt[d];
-        }
+        MatMulNN(rows, dv, visible, s.data(), visible, v + h * dv, heads * dv,
+                 out + (i0 * heads + h) * dv, heads * dv);
       }
     }
   }

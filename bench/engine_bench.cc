@@ -1,0 +1,177 @@
+// Engine throughput on the CPU backend, each figure against a bound measured in the same run:
+//   decode tokens/s at batch 1, 8, 32 — batch-1 weight bytes touched per second over the
+//   machine's memory-copy bandwidth;
+//   prefill tokens/s of a 512-token prompt — FLOP/s over the BLAS GEMM rate at a similar shape.
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <set>
+#include <thread>
+
+#include "absl/strings/str_format.h"
+#include "bench/bandwidth.h"
+#include "common/cli.h"
+#include "kernels/ops.h"
+#include "tools/model_maker.h"
+#include "worker/engine.h"
+
+namespace moe {
+namespace {
+
+double Now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+// float32 bytes of the weights one decode token reads: everything but the routed experts, plus
+// the experts it was routed to (counted from the model's routing counters).
+double DecodeWeightBytes(const ModelConfig& c, int64_t distinct_experts_touched) {
+  const ParamCounts p = c.CountParameters();
+  const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
+  const double dense = p.total - p.routed_experts - c.vocab_size * c.hidden_size  // one embed row
+                       + c.hidden_size;
+  return 4.0 * (dense + expert * distinct_experts_touched);
+}
+
+struct DecodeResult {
+  double tokens_per_s;
+  double experts_per_step;  // distinct (layer, expert) pairs read per step
+};
+
+DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
+  const ModelConfig& c = engine.config();
+  BlockAllocator alloc(engine.num_blocks());
+  std::vector<SequenceStep> seqs(static_cast<size_t>(batch));
+  for (int b = 0; b < batch; ++b) {
+    SequenceStep& s = seqs[b];
+    s.seq_id = b;
+    for (int i = 0; i < prompt_len; ++i) s.tokens.push_back((b * 131 + i * 17 + 5) % c.vocab_size);
+    (void)alloc.EnsureCapacity(&s.block_table, prompt_len + 3 * steps + 2, engine.block_size());
+  }
+  auto must = [](const absl::StatusOr<StepResult>& r) {
+    if (!r.ok()) {
+      std::fprintf(stderr, "engine_bench: %s\n", std::string(r.status().message()).c_str());
+      std::exit(1);
+    }
+  };
+  must(engine.Step(seqs));  // prefill
+  for (auto& s : seqs) {
+    s.start_pos = prompt_len;
+    s.tokens = {static_cast<int32_t>(s.seq_id % c.vocab_size)};
+  }
+  must(engine.Step(seqs));  // warm-up decode
+  const auto before = engine.model().ExpertTokenCounts();
+  // Best of three runs of `steps` decode steps (the machine is shared; take the least disturbed).
+  double dt = 1e30;
+  for (int rep = 0; rep < 3; ++rep) {
+    const double t0 = Now();
+    for (int i = 0; i < steps; ++i) {
+      for (auto& s : seqs) ++s.start_pos;
+      must(engine.Step(seqs));
+    }
+    dt = std::min(dt, Now() - t0);
+  }
+  steps *= 3;  // for the routing counts below, which cover all three runs
+  const auto after = engine.model().ExpertTokenCounts();
+  double assignments = 0;
+  for (size_t e = 0; e < after.size(); ++e) assignments += after[e] - before[e];
+  // Distinct experts per layer per step: at batch 1 exactly top-k; at larger batches estimated
+  // from the assignments (an upper bound when tokens share experts is all of them).
+  const double per_layer = std::min<double>(c.n_routed_experts,
+                                            assignments / steps / c.num_moe_layers());
+  for (auto& s : seqs) alloc.Free(&s.block_table);
+  return {batch * (steps / 3) / dt, per_layer * c.num_moe_layers()};
+}
+
+}  // namespace
+}  // namespace moe
+
+int main(int argc, char** argv) {
+  std::string model;
+  int64_t threads = 0, steps = 32;
+  moe::FlagParser flags("engine_bench",
+                        "Decode and prefill throughput of the CPU engine on small-dsv3, with the "
+                        "machine bounds\nmeasured in the same run.");
+  flags.AddString("model", &model,
+                  "Checkpoint folder; written from the small-dsv3 preset (fp8) if missing.");
+  flags.AddInt("threads", &threads, "Threads (0: all cores).");
+  flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
+  flags.ParseOrExit(argc, argv);
+  if (model.empty()) model = "models/small-dsv3";
+  const int nthreads = threads > 0 ? static_cast<int>(threads)
+                                   : static_cast<int>(std::thread::hardware_concurrency());
+  moe::cpu::SetNumThreads(nthreads);
+  if (!std::filesystem::exists(model + "/config.json")) {
+    moe::MakeModelOptions opt;
+    opt.out_dir = model;
+    opt.dtype = moe::WeightDType::kFP8;
+    opt.progress = true;
+    std::fprintf(stderr, "engine_bench: writing small-dsv3 to %s\n", model.c_str());
+    if (auto s = moe::WriteCheckpoint(*moe::PresetConfig("small-dsv3"), opt); !s.ok()) {
+      std::fprintf(stderr, "engine_bench: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+  }
+  auto config = moe::LoadModelConfig(model);
+  if (!config.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(config.status().message()).c_str());
+    return 1;
+  }
+  moe::EngineOptions eo;
+  eo.kv_cache_bytes = 1ull << 30;
+  std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
+  auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(engine.status().message()).c_str());
+    return 1;
+  }
+  const moe::ModelConfig& c = *config;
+
+  std::fprintf(stderr, "engine_bench: measuring bounds\n");
+  const double copy_bw = moe::bench::MemoryCopyBandwidth(1ull << 30, 5);
+  const double read_bw = moe::bench::MemoryReadBandwidth(1ull << 30, 5);
+  const double gemm = moe::bench::GemmFlops(512, 2 * c.moe_intermediate_size * 2, c.hidden_size, 5);
+
+  std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %d threads\n",
+              c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, nthreads);
+  std::printf("bounds: memory copy %.1f GB/s (read+write), memory read %.1f GB/s, "
+              "sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
+              copy_bw / 1e9, read_bw / 1e9,
+              static_cast<long long>(2 * c.moe_intermediate_size * 2),
+              static_cast<long long>(c.hidden_size), gemm / 1e9);
+  std::printf("%-22s %14s %22s %22s %8s\n", "case", "tokens/s", "figure", "bound", "ratio");
+  for (int batch : {1, 8, 32}) {
+    std::fprintf(stderr, "engine_bench: decode batch %d\n", batch);
+    const auto r = moe::RunDecode(**engine, batch, 64, static_cast<int>(steps));
+    const double bytes_per_step = moe::DecodeWeightBytes(c, static_cast<int64_t>(
+        r.experts_per_step + 0.5));
+    const double bw = bytes_per_step * r.tokens_per_s / batch;
+    std::printf("%-22s %14.1f %17.1f GB/s %17.1f GB/s %8.2f\n",
+                absl::StrFormat("decode batch %d", batch).c_str(), r.tokens_per_s, bw / 1e9,
+                copy_bw / 1e9, bw / copy_bw);
+  }
+  // Prefill: one 512-token prompt.
+  {
+    std::fprintf(stderr, "engine_bench: prefill 512\n");
+    moe::BlockAllocator alloc((*engine)->num_blocks());
+    moe::SequenceStep s;
+    for (int i = 0; i < 512; ++i) s.tokens.push_back((i * 29 + 3) % c.vocab_size);
+    (void)alloc.EnsureCapacity(&s.block_table, 512, (*engine)->block_size());
+    (void)(*engine)->Step({s});  // warm-up
+    double best = 1e30;
+    for (int r = 0; r < 3; ++r) {
+      const double t0 = moe::Now();
+      auto out = (*engine)->Step({s});
+      if (!out.ok()) return 1;
+      best = std::min(best, moe::Now() - t0);
+    }
+    // FLOPs: 2 x active parameters per token (lm_head only for the last token) + attention.
+    const moe::ParamCounts p = c.CountParameters();
+    const double per_token = 2.0 * (p.active - 2.0 * c.vocab_size * c.hidden_size);
+    const double attn = 2.0 * c.num_hidden_layers * c.num_attention_heads *
+                        (c.qk_head_dim() + c.v_head_dim) * (512.0 * 513.0 / 2.0);
+    const double flops = 512.0 * per_token + attn + 2.0 * c.vocab_size * c.hidden_size;
+    std::printf("%-22s %14.1f %16.1f GFLOP/s %16.1f GFLOP/s %8.2f\n", "prefill 512 tokens",
+                512.0 / best, flops / best / 1e9, gemm / 1e9, flops / best / gemm);
+  }
+  return 0;
+}

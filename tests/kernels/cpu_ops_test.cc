@@ -1,0 +1,178 @@
+// CPU kernels against direct double-precision computations.
+#include <cmath>
+#include <complex>
+#include <random>
+
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/ops.h"
+
+namespace moe::cpu {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
+
+TEST(CpuOpsTest, MatMulNTAndNNMatchNaive) {
+  for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{{1, 7, 5}, {3, 4, 9}, {17, 33, 64}}) {
+    const auto x = Random(m * k, 1), w = Random(n * k, 2), wt = Random(k * n, 3);
+    std::vector<float> y(m * n, 1.0f), z(m * n, 1.0f);
+    MatMulNT(m, n, k, x.data(), k, w.data(), k, y.data(), n);
+    MatMulNN(m, n, k, x.data(), k, wt.data(), n, z.data(), n);
+    for (int i = 0; i < m; ++i) {
+      for (int j = 0; j < n; ++j) {
+        double a = 0, b = 0;
+        for (int p = 0; p < k; ++p) {
+          a += static_cast<double>(x[i * k + p]) * w[j * k + p];
+          b += static_cast<double>(x[i * k + p]) * wt[p * n + j];
+        }
+        EXPECT_NEAR(y[i * n + j], a, 1e-4);
+        EXPECT_NEAR(z[i * n + j], b, 1e-4);
+      }
+    }
+  }
+}
+
+TEST(CpuOpsTest, MatMulAccumulatesWithBeta) {
+  const auto x = Random(2 * 3, 4), w = Random(4 * 3, 5);
+  std::vector<float> y(8, 2.0f), ref(8);
+  MatMulNT(2, 4, 3, x.data(), 3, w.data(), 3, ref.data(), 4);
+  MatMulNT(2, 4, 3, x.data(), 3, w.data(), 3, y.data(), 4, 1.0f);
+  for (int i = 0; i < 8; ++i) EXPECT_NEAR(y[i], ref[i] + 2.0f, 1e-5);
+}
+
+TEST(CpuOpsTest, RmsNorm) {
+  const auto x = Random(3 * 10, 6), w = Random(10, 7);
+  std::vector<float> y(30);
+  RmsNorm(x.data(), 3, 10, 10, w.data(), 1e-6f, y.data());
+  for (int r = 0; r < 3; ++r) {
+    double ss = 0;
+    for (int i = 0; i < 10; ++i) ss += static_cast<double>(x[r * 10 + i]) * x[r * 10 + i];
+    const double inv = 1 / std::sqrt(ss / 10 + 1e-6);
+    for (int i = 0; i < 10; ++i) EXPECT_NEAR(y[r * 10 + i], w[i] * x[r * 10 + i] * inv, 1e-5);
+  }
+}
+
+TEST(CpuOpsTest, SiluAndMul) {
+  const auto gu = Random(2 * 8, 8);
+  std::vector<float> out(8);
+  SiluAndMul(gu.data(), 2, 4, out.data());
+  for (int r = 0; r < 2; ++r) {
+    for (int i = 0; i < 4; ++i) {
+      const double g = gu[r * 8 + i], u = gu[r * 8 + 4 + i];
+      EXPECT_NEAR(out[r * 4 + i], g / (1 + std::exp(-g)) * u, 1e-6);
+    }
+  }
+}
+
+TEST(CpuOpsTest, SoftmaxIsStableForLargeInputs) {
+  std::vector<float> x = {1000.0f, 1001.0f, 999.0f};
+  SoftmaxInPlace(x.data(), 3);
+  const double z = std::exp(-1.0) + 1 + std::exp(-2.0);
+  EXPECT_NEAR(x[1], 1 / z, 1e-6);
+  EXPECT_NEAR(x[0] + x[1] + x[2], 1.0, 1e-6);
+}
+
+TEST(CpuOpsTest, RopeInterleavedIsComplexRotation) {
+  // DeepSeek's formulation: pairs as complex numbers times e^{i theta}.
+  auto x = Random(8, 9);
+  const std::vector<float> theta = {0.3f, -1.2f, 2.5f, 0.01f};
+  std::vector<float> cos(4), sin(4);
+  for (int i = 0; i < 4; ++i) {
+    cos[i] = std::cos(theta[i]);
+    sin[i] = std::sin(theta[i]);
+  }
+  const auto orig = x;
+  RopeInterleaved(x.data(), 8, cos.data(), sin.data());
+  for (int i = 0; i < 4; ++i) {
+    const std::complex<double> z =
+        std::complex<double>(orig[2 * i], orig[2 * i + 1]) * std::polar(1.0, double(theta[i]));
+    EXPECT_NEAR(x[2 * i], z.real(), 1e-6);
+    EXPECT_NEAR(x[2 * i + 1], z.imag(), 1e-6);
+  }
+}
+
+TEST(CpuOpsTest, CausalAttentionMatchesNaive) {
+  const int q_len = 5, start = 3, ctx = start + q_len, heads = 2, dqk = 6, dv = 4;
+  const auto q = Random(q_len * heads * dqk, 10), k = Random(ctx * heads * dqk, 11),
+             v = Random(ctx * heads * dv, 12);
+  std::vector<float> out(q_len * heads * dv);
+  CausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, dqk, dv, start, 0.4f, out.data());
+  for (int i = 0; i < q_len; ++i) {
+    for (int h = 0; h < heads; ++h) {
+      std::vector<double> p;
+      double z = 0;
+      for (int t = 0; t <= start + i; ++t) {
+        double s = 0;
+        for (int d = 0; d < dqk; ++d) s += q[(i * heads + h) * dqk + d] * k[(t * heads + h) * dqk + d];
+        p.push_back(std::exp(0.4 * s));
+        z += p.back();
+      }
+      for (int d = 0; d < dv; ++d) {
+        double o = 0;
+        for (int t = 0; t <= start + i; ++t) o += p[t] / z * v[(t * heads + h) * dv + d];
+        EXPECT_NEAR(out[(i * heads + h) * dv + d], o, 1e-5);
+      }
+    }
+  }
+}
+
+// The absorption identity: attention with expanded per-head keys k = [W_UK c | k_pe] and values
+// v = W_UV c equals attention of the absorbed query over the latent rows, then W_UV.
+TEST(CpuOpsTest, MlaDecodeEqualsExpandedAttention) {
+  const int heads = 3, lora = 8, rope = 4, nope = 5, vdim = 6, bs = 4, ctx = 11;
+  const int row = lora + rope;
+  const std::vector<int32_t> blocks = {2, 0, 3};  // scattered blocks
+  auto cache = Random(4 * bs * row, 13);
+  const auto w_uk = Random(heads * nope * lora, 14), w_uv = Random(heads * vdim * lora, 15);
+  const auto q_nope = Random(heads * nope, 16), q_pe = Random(heads * rope, 17);
+  auto latent = [&](int t) { return &cache[(blocks[t / bs] * bs + t % bs) * row]; };
+  // Absorbed query.
+  std::vector<float> q(heads * row);
+  for (int h = 0; h < heads; ++h) {
+    for (int c = 0; c < lora; ++c) {
+      double s = 0;
+      for (int n = 0; n < nope; ++n) s += q_nope[h * nope + n] * w_uk[(h * nope + n) * lora + c];
+      q[h * row + c] = static_cast<float>(s);
+    }
+    for (int r = 0; r < rope; ++r) q[h * row + lora + r] = q_pe[h * rope + r];
+  }
+  std::vector<float> o_lat(heads * lora);
+  const float scale = 0.3f;
+  MlaDecodeAttention(q.data(), heads, lora, rope, cache.data(), blocks.data(), bs, ctx, scale,
+                     o_lat.data());
+  for (int h = 0; h < heads; ++h) {
+    std::vector<double> p(ctx);
+    double z = 0;
+    for (int t = 0; t < ctx; ++t) {
+      const float* l = latent(t);
+      double s = 0;
+      for (int n = 0; n < nope; ++n) {
+        double k = 0;
+        for (int c = 0; c < lora; ++c) k += w_uk[(h * nope + n) * lora + c] * l[c];
+        s += q_nope[h * nope + n] * k;
+      }
+      for (int r = 0; r < rope; ++r) s += q_pe[h * rope + r] * l[lora + r];
+      p[t] = std::exp(scale * s);
+      z += p[t];
+    }
+    for (int d = 0; d < vdim; ++d) {
+      double expanded = 0, absorbed = 0;
+      for (int t = 0; t < ctx; ++t) {
+        double v = 0;
+        for (int c = 0; c < lora; ++c) v += w_uv[(h * vdim + d) * lora + c] * latent(t)[c];
+        expanded += p[t] / z * v;
+      }
+      for (int c = 0; c < lora; ++c) absorbed += w_uv[(h * vdim + d) * lora + c] * o_lat[h * lora + c];
+      EXPECT_NEAR(absorbed, expanded, 1e-4);
+    }
+  }
+}
+
+}  // namespace
+}  // namespace moe::cpu

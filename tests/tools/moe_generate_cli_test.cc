@@ -1,0 +1,108 @@
+// moe-generate as a user runs it: real processes, exit codes and messages.
+#include <fstream>
+
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "common/npy.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/test_util.h"
+#include "tools/model_maker.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::BinaryPath;
+using ::moe::testing::RunCommand;
+using ::moe::testing::ScratchDir;
+using ::testing::HasSubstr;
+
+class MoeGenerateCliTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new ScratchDir();
+    MakeModelOptions opt;
+    opt.out_dir = dir_->file("tiny");
+    opt.seed = 11;
+    opt.dtype = WeightDType::kF32;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-dsv3"), opt).ok());
+  }
+  static void TearDownTestSuite() { delete dir_; }
+  static std::string Gen(const std::string& args) {
+    return BinaryPath("tools/moe-generate") + " --threads 2 --model " + dir_->file("tiny") + " " +
+           args;
+  }
+  static ScratchDir* dir_;
+};
+ScratchDir* MoeGenerateCliTest::dir_ = nullptr;
+
+TEST_F(MoeGenerateCliTest, HelpExplainsEveryFlag) {
+  auto r = RunCommand(BinaryPath("tools/moe-generate") + " --help");
+  EXPECT_EQ(r.exit_code, 0);
+  for (const char* flag : {"--model", "--prompt-ids", "--max-new-tokens", "--logits-out",
+                           "--threads", "--block-size", "--kv-cache-mb", "--ignore-eos"}) {
+    EXPECT_THAT(r.out, HasSubstr(flag));
+  }
+}
+
+TEST_F(MoeGenerateCliTest, MatchesTransformersEndToEnd) {
+  // The golden case tiny-dsv3-f32 (seed 11): the first prompt and HF's greedy tokens.
+  std::ifstream in(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/manifest.json");
+  const auto spec = nlohmann::json::parse(in)["cases"]["tiny-dsv3-f32"];
+  const std::vector<int> prompt = spec["prompts"][1], want = spec["tokens"][1];
+  const std::string npy = dir_->file("logits.npy");
+  auto r = RunCommand(Gen("--ignore-eos --max-new-tokens 16 --logits-out " + npy +
+                          " --prompt-ids " + absl::StrJoin(prompt, ",")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
+  auto logits = ReadNpy(npy);
+  ASSERT_TRUE(logits.ok());
+  EXPECT_EQ(logits->shape(), (std::vector<int64_t>{17, 512}));
+}
+
+TEST_F(MoeGenerateCliTest, BadInputIsAClearErrorNotACrash) {
+  struct Case {
+    std::string args, message;
+  };
+  for (const Case& c : std::vector<Case>{
+           {"--prompt-ids 1,2,512", "token id 512 outside the vocabulary"},
+           {"--prompt-ids -4", "token id -4 outside the vocabulary"},
+           {"--prompt-ids ''", "the prompt is empty"},
+           {"--prompt-ids 1,x", "\"x\" is not an integer"},
+           {"--prompt-ids 1 --max-new-tokens 600", "max_position_embeddings 512"},
+           {"--prompt-ids 1 --max-new-tokens 0", "--max-new-tokens must be >= 1"},
+           {"--prompt-ids 1 --bogus", "unknown flag --bogus"},
+           {"--prompt-ids 1 --kv-cache-mb 1 --block-size 100000", "KV cache"},
+       }) {
+    auto r = RunCommand(Gen(c.args));
+    EXPECT_NE(r.exit_code, 0) << c.args;
+    EXPECT_LT(r.exit_code, 128) << c.args << ": killed by a signal";
+    EXPECT_THAT(r.err, HasSubstr(c.message)) << c.args;
+  }
+}
+
+TEST_F(MoeGenerateCliTest, MissingTensorIsNamed) {
+  // A config asking for q-LoRA over a checkpoint without it (tiny-v2lite has a plain q_proj).
+  ScratchDir dir;
+  MakeModelOptions opt;
+  opt.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-v2lite"), opt).ok());
+  std::ifstream in(dir.file("config.json"));
+  auto cfg = nlohmann::json::parse(in);
+  cfg["q_lora_rank"] = 16;
+  std::ofstream(dir.file("config.json")) << cfg.dump();
+  auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model " + dir.path() +
+                      " --prompt-ids 1,2");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("missing tensor \"model.layers.0.self_attn.q_a_proj.weight\""));
+}
+
+TEST_F(MoeGenerateCliTest, MissingModelFolder) {
+  auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model /nonexistent --prompt-ids 1");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.err, HasSubstr("/nonexistent"));
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,143 @@
+// Engine behaviour that the goldens do not cover: bad steps are refused with messages naming the
+// sequence, the cache layout has the documented size, and activations stay finite.
+#include "worker/engine.h"
+
+#include <cmath>
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "tests/test_util.h"
+#include "tools/model_maker.h"
+#include "worker/generator.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::ScratchDir;
+using ::testing::HasSubstr;
+
+class EngineTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    cpu::SetNumThreads(2);
+    dir_ = new ScratchDir();
+    MakeModelOptions opt;
+    opt.out_dir = dir_->path();
+    opt.seed = 5;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-dsv3"), opt).ok());
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  std::unique_ptr<Engine> Load(int64_t block_size = 16, uint64_t kv_bytes = 8 << 20) {
+    auto config = LoadModelConfig(dir_->path());
+    EngineOptions opt;
+    opt.block_size = block_size;
+    opt.kv_cache_bytes = kv_bytes;
+    auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return std::move(*e);
+  }
+  static ScratchDir* dir_;
+};
+ScratchDir* EngineTest::dir_ = nullptr;
+
+SequenceStep Seq(int64_t id, std::vector<int32_t> tokens, std::vector<int32_t> blocks) {
+  SequenceStep s;
+  s.seq_id = id;
+  s.tokens = std::move(tokens);
+  s.block_table = std::move(blocks);
+  return s;
+}
+
+TEST_F(EngineTest, RefusesBadSteps) {
+  auto e = Load();
+  auto expect = [&](std::vector<SequenceStep> step, const std::string& what) {
+    auto r = e->Step(step);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
+    EXPECT_THAT(std::string(r.status().message()), HasSubstr(what));
+  };
+  expect({Seq(7, {1, 600}, {0})}, "sequence 7: token id 600 outside the vocabulary");
+  expect({Seq(7, {-1}, {0})}, "token id -1");
+  expect({Seq(3, {}, {0})}, "no tokens");
+  expect({Seq(3, std::vector<int32_t>(20, 1), {0})}, "cannot hold 20 positions");
+  expect({Seq(3, {1}, {100000})}, "outside the cache");
+  expect({Seq(1, {1}, {0}), Seq(1, {2}, {1})}, "appears twice");
+  SequenceStep far = Seq(4, {1}, std::vector<int32_t>(40, 0));
+  far.start_pos = 512;
+  expect({far}, "max_position_embeddings 512");
+}
+
+TEST_F(EngineTest, GeneratorRefusesTooLongAndEmpty) {
+  auto e = Load();
+  BlockAllocator alloc(e->num_blocks());
+  GenerateOptions g;
+  g.max_new_tokens = 10;
+  EXPECT_FALSE(GenerateGreedy(*e, alloc, {}, g).ok());
+  auto r = GenerateGreedy(*e, alloc, std::vector<int32_t>(505, 3), g);
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("max_position_embeddings"));
+}
+
+TEST_F(EngineTest, CacheExhaustionIsAnErrorAndReturnsBlocks) {
+  // One 16-token block per layer budget: a 40-token prompt cannot fit.
+  const uint64_t one_block = 16ull * KvCache::LatentBytesPerToken(*PresetConfig("tiny-dsv3"), 4);
+  auto e = Load(16, one_block * 2);
+  ASSERT_EQ(e->num_blocks(), 2);
+  BlockAllocator alloc(e->num_blocks());
+  GenerateOptions g;
+  auto r = GenerateGreedy(*e, alloc, std::vector<int32_t>(40, 3), g);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_EQ(alloc.free_blocks(), 2);
+}
+
+TEST_F(EngineTest, ActivationsStayFiniteOver256Tokens) {
+  for (const char* preset : {"tiny-dsv3", "tiny-kimi-k2", "tiny-v2lite"}) {
+    ScratchDir dir;
+    MakeModelOptions opt;
+    opt.out_dir = dir.path();
+    opt.dtype = WeightDType::kBF16;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
+    auto config = LoadModelConfig(dir.path());
+    EngineOptions eo;
+    eo.kv_cache_bytes = 16 << 20;
+    auto e = Engine::Load(dir.path(), ParallelContext::Single(*config), eo);
+    ASSERT_TRUE(e.ok());
+    BlockAllocator alloc((*e)->num_blocks());
+    std::vector<int32_t> prompt;
+    for (int i = 0; i < 200; ++i) prompt.push_back((i * 37 + 11) % 300);
+    GenerateOptions g;
+    g.max_new_tokens = 55;  // 200 + 56 positions
+    auto r = GenerateGreedy(**e, alloc, prompt, g);
+    ASSERT_TRUE(r.ok()) << r.status();
+    for (int64_t i = 0; i < r->logits.numel(); ++i) ASSERT_TRUE(std::isfinite(r->logits[i])) << preset;
+  }
+}
+
+TEST(KvCacheTest, BytesPerTokenOfTheRealModels) {
+  // DeepSeek-V3 / Kimi K2: 61 layers x (512 + 64) values; per-head K/V: 61 x heads x (192 + 128).
+  for (const char* name : {"deepseek-v3", "kimi-k2"}) {
+    auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json");
+    ASSERT_TRUE(c.ok());
+    EXPECT_EQ(KvCache::LatentBytesPerToken(*c, 2), 61 * 576 * 2);
+    EXPECT_EQ(KvCache::ExpandedBytesPerToken(*c, 2), 61 * c->num_attention_heads * 320 * 2);
+  }
+}
+
+TEST(BlockAllocatorTest, AllocatesAndFrees) {
+  BlockAllocator a(4);
+  std::vector<int32_t> t;
+  ASSERT_TRUE(a.EnsureCapacity(&t, 33, 16).ok());
+  EXPECT_EQ(t.size(), 3u);
+  EXPECT_EQ(a.free_blocks(), 1);
+  std::vector<int32_t> u;
+  EXPECT_EQ(a.EnsureCapacity(&u, 40, 16).code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(u.empty());
+  EXPECT_EQ(a.free_blocks(), 1);
+  a.Free(&t);
+  EXPECT_EQ(a.free_blocks(), 4);
+  EXPECT_TRUE(t.empty());
+}
+
+}  // namespace
+}  // namespace moe

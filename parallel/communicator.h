@@ -12,6 +12,17 @@
 
 namespace moe {
 
+// Memory every rank of a group can read and write: one segment per rank, allocated together.
+// Only where all ranks share one host's memory (MPI shared-memory windows); writes become
+// visible to the other ranks after Sync() on both sides and a Barrier() between.
+class SharedWindow {
+ public:
+  virtual ~SharedWindow() = default;
+  virtual char* segment(int rank) = 0;  // rank's segment, mapped into this process
+  virtual size_t bytes() const = 0;     // size of each segment
+  virtual void Sync() = 0;              // memory barrier for the window
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -33,6 +44,10 @@ class Communicator {
                                  void* recv, const std::vector<size_t>& recv_bytes) = 0;
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
   virtual absl::Status Barrier() = 0;
+  // True when every rank of the group shares this host's memory.
+  virtual bool on_one_host() const = 0;
+  // Collective: a window of `bytes` per rank; Unimplemented unless on_one_host().
+  virtual absl::StatusOr<std::unique_ptr<SharedWindow>> AllocateShared(size_t bytes) = 0;
   // Sub-groups: ranks passing the same color form one group, ordered by key.
   virtual absl::StatusOr<std::unique_ptr<Communicator>> Split(int color, int key) = 0;
 };

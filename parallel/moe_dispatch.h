@@ -1,14 +1,24 @@
-// MoE dispatch and combine over all-to-all-v, shaped like DeepEP's Buffer:
+// MoE dispatch and combine, shaped like DeepEP's Buffer:
 //   dispatch(x, topk_ids, topk_weights) -> (rows for my local experts, handle)
-//   combine(y, handle)                  -> outputs in the original token order
+//   the caller writes each row's expert output into the dispatcher's y rows
+//   combine(handle)                     -> outputs in the original token order
 // A token travels once to each rank hosting at least one of its experts (several of its experts
 // on one rank share the row); the row carries the token's top-k entries filtered to that rank,
-// as local expert indices (-1 elsewhere) and routing weights. The receiver computes
-// y_row = sum_j weight_j * expert_j(x_row) over its entries; combine returns each row to its
-// origin and sums the rows of each token. Callers never see counts, offsets or permutations.
+// as local expert indices (-1 elsewhere) and routing weights. The receiver writes
+// y_row = sum_j weight_j * expert_j(x_row) over its entries; combine sums the rows of each token.
+// Callers never see counts, offsets or permutations.
+//
+// Two transports, same results:
+//   shared memory (every rank on one host): senders write rows straight into the receiver's
+//     segment of an MPI shared-memory window, and combine reads the experts' outputs straight
+//     from the peers' segments — one pass over the bytes each way, like DeepEP's intranode path;
+//   all-to-all-v (any layout, e.g. across hosts): pack by destination, exchange, return, sum.
+// The dispatcher owns its buffers and reuses them (no fresh pages per call): a Dispatched's
+// pointers stay valid until the next Dispatch on the same dispatcher.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -20,38 +30,62 @@ namespace moe {
 
 struct DispatchHandle {
   int64_t num_tokens = 0;
-  std::vector<size_t> send_rows;      // rows sent to each rank
-  std::vector<size_t> recv_rows;      // rows received from each rank
-  std::vector<int64_t> sent_token;    // the source token of each sent row, packed by rank
+  std::vector<int64_t> counts;          // [world x world]: rows sent from rank s to rank r
+  std::vector<int64_t> token_begin;     // [num_tokens + 1]: this rank's rows of each token ...
+  std::vector<int32_t> row_rank;        // ... the rank each row went to
+  std::vector<int64_t> row_index;       // ... and its index in that rank's received rows
 };
 
 struct Dispatched {
-  Tensor x;                           // [rows, hidden]
-  std::vector<int32_t> local_expert;  // [rows, top_k]: local expert index, -1 for none
-  std::vector<float> weight;          // [rows, top_k]
+  int64_t rows = 0;
+  const float* x = nullptr;               // [rows, hidden]
+  const int32_t* local_expert = nullptr;  // [rows, top_k]: local expert index, -1 for none
+  const float* weight = nullptr;          // [rows, top_k]
+  float* y = nullptr;                     // [rows, hidden]: the caller writes the outputs here
   DispatchHandle handle;
-  int64_t rows() const { return x.empty() ? 0 : x.dim(0); }
 };
 
 class MoeDispatcher {
  public:
+  enum class Transport { kAuto, kSharedMemory, kAllToAllV };
+
+  // kAuto picks shared memory when every rank is on one host, unless the environment variable
+  // MOE_DISPATCH=alltoallv asks for the portable path.
   MoeDispatcher(Communicator* comm, const ExpertPlacement* placement, int64_t hidden,
-                int64_t top_k);
+                int64_t top_k, Transport transport = Transport::kAuto);
 
   // x [num_tokens, hidden]; topk_ids / topk_weights [num_tokens, top_k] (global expert ids).
   absl::StatusOr<Dispatched> Dispatch(const float* x, int64_t num_tokens, const int32_t* topk_ids,
                                       const float* topk_weights);
-  // y [rows, hidden] as received; returns [num_tokens, hidden].
-  absl::StatusOr<Tensor> Combine(const Tensor& y, const DispatchHandle& handle);
+  // Sums each token's rows of y (written by the caller since Dispatch) into out [num_tokens,
+  // hidden].
+  absl::Status Combine(const DispatchHandle& handle, float* out);
 
+  Transport transport() const { return transport_; }
   // Hidden-state bytes this rank sent and received (both directions), for benchmarks.
   uint64_t payload_bytes() const { return payload_bytes_; }
 
  private:
+  absl::Status EnsureWindow(int64_t rows);
+  char* Segment(int rank) { return window_->segment(rank); }
+  float* SegmentX(int rank) { return reinterpret_cast<float*>(Segment(rank)); }
+  float* SegmentY(int rank) { return SegmentX(rank) + capacity_ * hidden_; }
+  int32_t* SegmentMeta(int rank) { return reinterpret_cast<int32_t*>(SegmentY(rank) + capacity_ * hidden_); }
+
   Communicator* comm_;
   const ExpertPlacement* placement_;
   int64_t hidden_, top_k_;
+  Transport transport_;
   uint64_t payload_bytes_ = 0;
+  // Shared-memory transport: per rank [x rows | y rows | meta rows] of capacity_ rows each.
+  std::unique_ptr<SharedWindow> window_;
+  int64_t capacity_ = 0;
+  // All-to-all-v transport.
+  FloatVector send_, recv_, y_, back_;
+  std::vector<int32_t> meta_send_, meta_recv_;
+  // Received routing entries, unpacked.
+  std::vector<int32_t> recv_ids_;
+  std::vector<float> recv_weights_;
 };
 
 }  // namespace moe

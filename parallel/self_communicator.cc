@@ -1,9 +1,21 @@
 #include <cstring>
+#include <vector>
 
 #include "parallel/communicator.h"
 
 namespace moe {
 namespace {
+
+class LocalWindow final : public SharedWindow {
+ public:
+  explicit LocalWindow(size_t bytes) : data_(bytes) {}
+  char* segment(int) override { return data_.data(); }
+  size_t bytes() const override { return data_.size(); }
+  void Sync() override {}
+
+ private:
+  std::vector<char> data_;
+};
 
 class SelfCommunicator final : public Communicator {
  public:
@@ -32,6 +44,10 @@ class SelfCommunicator final : public Communicator {
   }
   absl::Status Broadcast(void*, size_t, int) override { return absl::OkStatus(); }
   absl::Status Barrier() override { return absl::OkStatus(); }
+  bool on_one_host() const override { return true; }
+  absl::StatusOr<std::unique_ptr<SharedWindow>> AllocateShared(size_t bytes) override {
+    return std::unique_ptr<SharedWindow>(new LocalWindow(bytes));
+  }
   absl::StatusOr<std::unique_ptr<Communicator>> Split(int, int) override {
     return std::unique_ptr<Communicator>(new SelfCommunicator());
   }

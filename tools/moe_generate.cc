@@ -1,5 +1,6 @@
 // moe-generate: greedy generation with the engine, on one rank or under mpirun.
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -9,6 +10,7 @@
 #include "common/logging.h"
 #include "common/npy.h"
 #include "kernels/ops.h"
+#include "parallel/mpi_communicator.h"
 #include "parallel/parallel_context.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -29,20 +31,36 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   return ids;
 }
 
+int g_rank = 0, g_world = 1;
+
 int Fail(const absl::Status& s) {
-  std::fprintf(stderr, "moe-generate: %s\n", std::string(s.message()).c_str());
+  if (g_world > 1) {
+    std::fprintf(stderr, "moe-generate: rank %d: %s\n", g_rank, std::string(s.message()).c_str());
+  } else {
+    std::fprintf(stderr, "moe-generate: %s\n", std::string(s.message()).c_str());
+  }
   return 1;
+}
+
+// Threads per rank: the machine's cores shared among the ranks on this host.
+int DefaultThreads() {
+  int local = 1;
+  if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local = std::max(1, std::atoi(v));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model, prompt_ids, logits_out;
-  int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0;
+  int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0, tp = 0;
   bool ignore_eos = false;
-  moe::FlagParser flags("moe-generate",
-                        "Greedy generation from a prompt of token ids with the CPU engine; prints "
-                        "the new token ids\n(space-separated) on stdout.");
+  moe::FlagParser flags(
+      "moe-generate",
+      "Greedy generation from a prompt of token ids with the CPU engine; prints the new token ids\n"
+      "(space-separated) on stdout. Under mpirun (`mpirun -np W moe-generate --tp T ...`) the\n"
+      "model is split over the W ranks: attention heads over groups of T ranks, routed experts over\n"
+      "all W; each rank reads only its shard.");
   flags.AddString("model", &model, "Checkpoint folder (config.json + safetensors).", true);
   flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids, e.g. \"1,2,3\".",
                   true);
@@ -51,12 +69,23 @@ int main(int argc, char** argv) {
                   "Write float32 logits [1+N, vocab] to this .npy: the prompt's last position, "
                   "then the step after each new token.");
   flags.AddBool("ignore-eos", &ignore_eos, "Keep generating after an EOS token.");
-  flags.AddInt("threads", &threads, "CPU threads (0: all cores).");
+  flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides the world size; 0: all ranks).");
+  flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
-  flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size in MB.");
+  flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");
   flags.AddInt("prefill-chunk", &prefill_chunk, "Prefill the prompt in chunks of this many tokens "
                                                 "(0: all at once).");
   flags.ParseOrExit(argc, argv);
+
+  std::unique_ptr<moe::Communicator> world = moe::MakeSelfCommunicator();
+  if (moe::MpiRuntime::LaunchedByMpi()) {
+    if (absl::Status s = moe::MpiRuntime::Init(&argc, &argv); !s.ok()) return Fail(s);
+    auto w = moe::MakeMpiWorldCommunicator();
+    if (!w.ok()) return Fail(w.status());
+    world = std::move(*w);
+  }
+  g_rank = world->rank();
+  g_world = world->size();
 
   auto prompt = ParseIds(prompt_ids);
   if (!prompt.ok()) return Fail(prompt.status());
@@ -64,16 +93,24 @@ int main(int argc, char** argv) {
   if (kv_mb < 1 || block_size < 1) {
     return Fail(absl::InvalidArgumentError("--kv-cache-mb and --block-size must be >= 1"));
   }
-  moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads)
-                                      : static_cast<int>(std::thread::hardware_concurrency()));
+  moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads) : DefaultThreads());
 
   auto config = moe::LoadModelConfig(model);
   if (!config.ok()) return Fail(config.status());
+  auto ctx = moe::ParallelContext::Create(*config, std::move(world),
+                                          tp > 0 ? static_cast<int>(tp) : g_world);
+  if (!ctx.ok()) return Fail(ctx.status());
   moe::EngineOptions opt;
   opt.block_size = block_size;
   opt.kv_cache_bytes = static_cast<uint64_t>(kv_mb) << 20;
-  auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), opt);
+  const moe::RankShard shard = (*ctx)->shard();
+  auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());
+  const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
+  std::fprintf(stderr, "moe-generate: rank %d/%d (dp %d, tp %d, %zu experts/layer): read %s\n",
+               g_rank, g_world, shard.dp_rank, shard.tp_rank, shard.experts.size(),
+               wb.Describe().c_str());
+
   moe::BlockAllocator allocator((*engine)->num_blocks());
   moe::GenerateOptions gen;
   gen.max_new_tokens = max_new;
@@ -81,6 +118,7 @@ int main(int argc, char** argv) {
   gen.prefill_chunk = prefill_chunk;
   auto out = moe::GenerateGreedy(**engine, allocator, *prompt, gen);
   if (!out.ok()) return Fail(out.status());
+  if (g_rank != 0) return 0;
   for (size_t i = 0; i < out->tokens.size(); ++i) {
     std::printf("%s%d", i ? " " : "", out->tokens[i]);
   }

@@ -11,10 +11,20 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
                                                      std::unique_ptr<ParallelContext> ctx,
                                                      const EngineOptions& options) {
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
-  MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(model_dir, config, *ctx));
-  MOE_ASSIGN_OR_RETURN(KvCache cache,
-                       KvCache::WithBudget(config, options.block_size, options.kv_cache_bytes));
-  return std::unique_ptr<Engine>(new Engine(std::move(ctx), std::move(model), std::move(cache)));
+  auto model = DeepseekV3Model::Load(model_dir, config, *ctx);
+  absl::StatusOr<KvCache> cache =
+      model.ok() ? KvCache::WithBudget(config, options.block_size, options.kv_cache_bytes)
+                 : absl::StatusOr<KvCache>(model.status());
+  // Every rank learns whether every rank loaded its shard: one rank's failure must not leave the
+  // others waiting in the first collective.
+  int64_t failed = cache.ok() ? 0 : 1;
+  MOE_RETURN_IF_ERROR(ctx->world().AllReduceSum(&failed, 1));
+  if (!cache.ok()) return cache.status();
+  if (failed > 0) {
+    return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to load their shard"));
+  }
+  return std::unique_ptr<Engine>(
+      new Engine(std::move(ctx), std::move(*model), std::move(*cache)));
 }
 
 absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {

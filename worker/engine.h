@@ -39,6 +39,7 @@ struct EngineOptions {
 
 class Engine {
  public:
+  // Collective over the context's world: returns an error on every rank if any rank failed.
   static absl::StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir,
                                                       std::unique_ptr<ParallelContext> ctx,
                                                       const EngineOptions& options);

@@ -48,6 +48,7 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
       if (r.done) continue;
       SequenceStep s;
       s.seq_id = static_cast<int64_t>(i);
+      s.dp_group = static_cast<int>(i % static_cast<size_t>(engine.parallel().plan().dp_size()));
       const int64_t len = static_cast<int64_t>(r.all.size());
       s.start_pos = opt.use_cache ? r.cached : 0;
       int64_t end = len;
@@ -67,10 +68,11 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
       release();
       return result.status();
     }
-    // Rank 0 (DP group 0, which owns every sequence here) decides; all ranks follow, so every
-    // rank of a multi-rank engine runs the same steps. kDone marks a finished sequence.
-    constexpr int32_t kDone = -1, kIdle = -2;
-    std::vector<int32_t> decision(seqs.size(), kIdle);
+    // Each sequence belongs to one attention-DP group (round-robin); that group's TP-rank 0
+    // decides for it, and a sum over the world tells every rank, so all ranks run the same steps.
+    // decision: 0 nothing (a prefill chunk that is not the last), 1 done, token + 2.
+    const bool decides = engine.parallel().shard().tp_rank == 0;
+    std::vector<int64_t> decision(seqs.size(), 0);
     for (size_t j = 0; j < result->seq_ids.size(); ++j) {
       const size_t i = static_cast<size_t>(result->seq_ids[j]);
       Running& r = seqs[i];
@@ -81,25 +83,21 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
                              std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(),
                                         r.gen.tokens.back()) > 0;
       // The step after the last new token only supplies its logits.
-      decision[i] = produced == opt.max_new_tokens || after_eos
-                        ? kDone
-                        : static_cast<int32_t>(cpu::ArgMax(row, vocab));
+      if (decides) decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : cpu::ArgMax(row, vocab) + 2;
     }
     Communicator& world = engine.parallel().world();
     if (world.size() > 1) {
-      if (absl::Status st = world.Broadcast(decision.data(), decision.size() * sizeof(int32_t), 0);
-          !st.ok()) {
+      if (absl::Status st = world.AllReduceSum(decision.data(), decision.size()); !st.ok()) {
         release();
         return st;
       }
     }
     for (size_t i = 0; i < seqs.size(); ++i) {
-      if (decision[i] == kIdle) continue;
-      if (decision[i] == kDone) {
+      if (decision[i] == 1) {
         seqs[i].done = true;
-      } else {
-        seqs[i].gen.tokens.push_back(decision[i]);
-        seqs[i].all.push_back(decision[i]);
+      } else if (decision[i] >= 2) {
+        seqs[i].gen.tokens.push_back(static_cast<int32_t>(decision[i] - 2));
+        seqs[i].all.push_back(static_cast<int32_t>(decision[i] - 2));
       }
     }
     any = false;

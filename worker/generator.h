@@ -1,5 +1,6 @@
 // Offline greedy generation on an Engine: prefill the prompt (in chunks), then decode one token
-// per step, keeping each step's logits. The reference path for tests and `moe-generate`.
+// per step, keeping each step's logits. The reference path for tests and `moe-generate`. On a
+// multi-rank engine every rank calls it with the same arguments.
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,9 @@ absl::StatusOr<Generation> GenerateGreedy(Engine& engine, BlockAllocator& alloca
                                           const std::vector<int32_t>& prompt,
                                           const GenerateOptions& options);
 
-// Several sequences at once: all prompts prefilled in one step, then decoded together.
+// Several sequences at once: all prompts prefilled in one step, then decoded together. On a
+// multi-rank engine sequence i belongs to attention-DP group i % D; every rank returns every
+// sequence's tokens, and logits for the sequences of its own DP group (others: no rows).
 absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
     Engine& engine, BlockAllocator& allocator, const std::vector<std::vector<int32_t>>& prompts,
     const GenerateOptions& options);

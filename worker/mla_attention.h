@@ -18,6 +18,7 @@
 #include "worker/forward_batch.h"
 #include "worker/kv_cache.h"
 #include "worker/layers.h"
+#include "worker/weight_bytes.h"
 
 namespace moe {
 
@@ -25,7 +26,7 @@ class MlaAttention {
  public:
   static absl::StatusOr<MlaAttention> Load(const ModelConfig& config, Checkpoint& ck,
                                            int64_t layer, const ParallelContext& ctx,
-                                           float softmax_scale);
+                                           float softmax_scale, WeightBytes* bytes);
   // out [n, hidden] for x [n, hidden] (already input-normalised); writes this layer's cache rows.
   absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
 

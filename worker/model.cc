@@ -12,22 +12,28 @@ namespace moe {
 absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConfig& c,
                                                                  Checkpoint& ck, int64_t layer,
                                                                  const ParallelContext& ctx,
-                                                                 float softmax_scale) {
+                                                                 float softmax_scale,
+                                                                 WeightBytes* bytes) {
   auto d = std::make_unique<DecoderLayer>();
   const std::string p = LayerPrefix(layer);
   d->hidden_ = c.hidden_size;
   d->tp_ = &ctx.tp();
-  MOE_ASSIGN_OR_RETURN(d->input_layernorm_, RmsNorm::Load(ck, p + "input_layernorm.weight",
-                                                          c.hidden_size, c.rms_norm_eps));
-  MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_,
-                       RmsNorm::Load(ck, p + "post_attention_layernorm.weight", c.hidden_size,
-                                     c.rms_norm_eps));
-  MOE_ASSIGN_OR_RETURN(d->self_attn_, MlaAttention::Load(c, ck, layer, ctx, softmax_scale));
+  MOE_ASSIGN_OR_RETURN(d->input_layernorm_, Metered(ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(ck, p + "input_layernorm.weight", c.hidden_size,
+                                              c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_, Metered(ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(ck, p + "post_attention_layernorm.weight",
+                                              c.hidden_size, c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(d->self_attn_, MlaAttention::Load(c, ck, layer, ctx, softmax_scale, bytes));
   if (c.IsMoeLayer(layer)) {
-    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx));
+    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx, bytes));
   } else {
-    MOE_ASSIGN_OR_RETURN(d->dense_, GatedMlp::Load(ck, p + "mlp.", c.hidden_size,
-                                                   c.intermediate_size, ctx.shard().dense_inter));
+    MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
+                           return GatedMlp::Load(ck, p + "mlp.", c.hidden_size,
+                                                 c.intermediate_size, ctx.shard().dense_inter);
+                         }));
   }
   return d;
 }
@@ -55,22 +61,30 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
                                                                        const ParallelContext& ctx) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c));
-  MOE_ASSIGN_OR_RETURN(m->embed_tokens_,
-                       VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight", c.vocab_size,
-                                                    c.hidden_size, ctx.shard().vocab, &ctx.tp()));
+  WeightBytes* bytes = &m->weight_bytes_;
+  MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
+                         return VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight",
+                                                             c.vocab_size, c.hidden_size,
+                                                             ctx.shard().vocab, &ctx.tp());
+                       }));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Layers keep a reference to the config: give them the model's own copy.
     MOE_ASSIGN_OR_RETURN(auto layer,
-                         DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale()));
+                         DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale(),
+                                            bytes));
     m->layers_.push_back(std::move(layer));
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
-  MOE_ASSIGN_OR_RETURN(m->norm_, RmsNorm::Load(*ck, "model.norm.weight", c.hidden_size,
-                                               c.rms_norm_eps));
-  MOE_ASSIGN_OR_RETURN(m->lm_head_, ParallelLmHead::Load(*ck, "lm_head.weight", c.vocab_size,
-                                                         c.hidden_size, ctx.plan().tp_size(),
-                                                         &ctx.tp()));
-  m->bytes_read_ = ck->bytes_read();
+  MOE_ASSIGN_OR_RETURN(m->norm_, Metered(*ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(*ck, "model.norm.weight", c.hidden_size,
+                                              c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(m->lm_head_, Metered(*ck, &bytes->embedding, [&] {
+                         return ParallelLmHead::Load(*ck, "lm_head.weight", c.vocab_size,
+                                                     c.hidden_size, ctx.plan().tp_size(),
+                                                     &ctx.tp());
+                       }));
+  MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
   return m;
 }
 

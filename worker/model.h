@@ -19,6 +19,7 @@
 #include "worker/mlp.h"
 #include "worker/moe_layer.h"
 #include "worker/rope.h"
+#include "worker/weight_bytes.h"
 
 namespace moe {
 
@@ -27,7 +28,7 @@ class DecoderLayer {
   static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(const ModelConfig& config,
                                                             Checkpoint& ck, int64_t layer,
                                                             const ParallelContext& ctx,
-                                                            float softmax_scale);
+                                                            float softmax_scale, WeightBytes* bytes);
   absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
   const MoeLayer* moe() const { return moe_.get(); }
 
@@ -54,7 +55,8 @@ class DeepseekV3Model {
 
   const ModelConfig& config() const { return config_; }
   const RotaryEmbedding& rope() const { return rope_; }
-  uint64_t weight_bytes_read() const { return bytes_read_; }
+  // What this rank read from the checkpoint, by part.
+  const WeightBytes& weight_bytes() const { return weight_bytes_; }
   // Tokens this rank routed to each expert, summed over the MoE layers.
   std::vector<int64_t> ExpertTokenCounts() const;
 
@@ -66,7 +68,7 @@ class DeepseekV3Model {
   std::vector<std::unique_ptr<DecoderLayer>> layers_;
   RmsNorm norm_;
   ParallelLmHead lm_head_;
-  uint64_t bytes_read_ = 0;
+  WeightBytes weight_bytes_;
 };
 
 }  // namespace moe

@@ -20,33 +20,43 @@ MoeLayer::MoeLayer(const ModelConfig& config, const ParallelContext& ctx)
       expert_tokens_(static_cast<size_t>(config.n_routed_experts), 0) {}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, Checkpoint& ck,
-                                                         int64_t layer, const ParallelContext& ctx) {
+                                                         int64_t layer, const ParallelContext& ctx,
+                                                         WeightBytes* bytes) {
   std::unique_ptr<MoeLayer> m(new MoeLayer(c, ctx));
   const std::string p = LayerPrefix(layer) + "mlp.";
   const int64_t h = c.hidden_size;
-  MOE_ASSIGN_OR_RETURN(m->gate_, ck.Load(p + "gate.weight", {c.n_routed_experts, h}));
+  MOE_ASSIGN_OR_RETURN(m->gate_, Metered(ck, &bytes->router, [&] {
+                         return ck.Load(p + "gate.weight", {c.n_routed_experts, h});
+                       }));
   if (c.topk_method == "noaux_tc") {
-    MOE_ASSIGN_OR_RETURN(m->bias_, ck.Load(p + "gate.e_score_correction_bias", {c.n_routed_experts}));
+    MOE_ASSIGN_OR_RETURN(m->bias_, Metered(ck, &bytes->router, [&] {
+                           return ck.Load(p + "gate.e_score_correction_bias", {c.n_routed_experts});
+                         }));
   }
   for (int64_t e : ctx.shard().experts) {
-    MOE_ASSIGN_OR_RETURN(GatedMlp expert,
-                         GatedMlp::Load(ck, ExpertPrefix(layer, e), h, c.moe_intermediate_size,
-                                        {0, c.moe_intermediate_size}));
+    MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
+                           return GatedMlp::Load(ck, ExpertPrefix(layer, e), h,
+                                                 c.moe_intermediate_size,
+                                                 {0, c.moe_intermediate_size});
+                         }));
     m->experts_.push_back(std::move(expert));
   }
   if (c.n_shared_experts > 0) {
-    MOE_ASSIGN_OR_RETURN(GatedMlp shared, GatedMlp::Load(ck, p + "shared_experts.", h,
-                                                         c.shared_intermediate_size(),
-                                                         ctx.shard().shared_inter));
+    MOE_ASSIGN_OR_RETURN(GatedMlp shared, Metered(ck, &bytes->shared_experts, [&] {
+                           return GatedMlp::Load(ck, p + "shared_experts.", h,
+                                                 c.shared_intermediate_size(),
+                                                 ctx.shard().shared_inter);
+                         }));
     m->shared_ = std::make_unique<GatedMlp>(std::move(shared));
   }
   return m;
 }
 
-Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
+void MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
   const int64_t h = config_.hidden_size, k = config_.num_experts_per_tok;
-  const int64_t rows = d.rows();
-  Tensor y({rows, h});
+  const int64_t rows = d.rows;
+  float* y = d.y;
+  std::fill(y, y + rows * h, 0.0f);
   // Rows (and routing weights) per local expert.
   std::vector<std::vector<std::pair<int64_t, float>>> work(experts_.size());
   for (int64_t i = 0; i < rows; ++i) {
@@ -62,7 +72,7 @@ Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
     const int64_t n = static_cast<int64_t>(w.size());
     FloatVector in(static_cast<size_t>(n * h)), out(static_cast<size_t>(n * h));
     for (int64_t r = 0; r < n; ++r) {
-      std::memcpy(in.data() + r * h, d.x.row(w[r].first), static_cast<size_t>(h) * sizeof(float));
+      std::memcpy(in.data() + r * h, d.x + w[r].first * h, static_cast<size_t>(h) * sizeof(float));
     }
     experts_[e].Forward(in.data(), n, out.data());
     for (int64_t r = 0; r < n; ++r) {
@@ -76,7 +86,7 @@ Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
   if (static_cast<int>(active) < 2 * threads) {
     // Few active experts: one after another, each product using all threads.
     for (size_t e = 0; e < experts_.size(); ++e) {
-      if (!work[e].empty()) run(e, y.data());
+      if (!work[e].empty()) run(e, y);
     }
   } else {
     // Many active experts: experts in parallel, each product single-threaded; each thread
@@ -91,9 +101,8 @@ Tensor MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
         if (!work[e].empty()) run(static_cast<size_t>(e), partial[t].data());
       }
     }
-    for (const FloatVector& p : partial) cpu::Add(y.data(), p.data(), rows * h);
+    for (const FloatVector& p : partial) cpu::Add(y, p.data(), rows * h);
   }
-  return y;
 }
 
 absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out) {
@@ -113,8 +122,9 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out) {
   for (int32_t e : ids) ++expert_tokens_[e];
 
   MOE_ASSIGN_OR_RETURN(Dispatched d, dispatcher_.Dispatch(xs, s, ids.data(), weights.data()));
-  const Tensor y = ComputeLocalExperts(d);
-  MOE_ASSIGN_OR_RETURN(Tensor routed, dispatcher_.Combine(y, d.handle));
+  ComputeLocalExperts(d);
+  FloatVector routed(static_cast<size_t>(s * h));
+  MOE_RETURN_IF_ERROR(dispatcher_.Combine(d.handle, routed.data()));
 
   if (shared_) {
     shared_->Forward(x, n, out);

@@ -13,13 +13,15 @@
 #include "parallel/parallel_context.h"
 #include "worker/checkpoint.h"
 #include "worker/mlp.h"
+#include "worker/weight_bytes.h"
 
 namespace moe {
 
 class MoeLayer {
  public:
   static absl::StatusOr<std::unique_ptr<MoeLayer>> Load(const ModelConfig& config, Checkpoint& ck,
-                                                        int64_t layer, const ParallelContext& ctx);
+                                                        int64_t layer, const ParallelContext& ctx,
+                                                        WeightBytes* bytes);
   // out [n, hidden] = routed + shared output for x [n, hidden] (complete on every TP rank).
   absl::Status Forward(const float* x, int64_t n, float* out);
   // Tokens this rank routed to each expert so far (global expert ids).
@@ -27,7 +29,8 @@ class MoeLayer {
 
  private:
   MoeLayer(const ModelConfig& config, const ParallelContext& ctx);
-  Tensor ComputeLocalExperts(const Dispatched& d) const;
+  // Writes each received row's weighted expert outputs to d.y.
+  void ComputeLocalExperts(const Dispatched& d) const;
 
   const ModelConfig& config_;
   const ParallelContext& ctx_;

@@ -13,8 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     volatile uint8_t sink = 0;
     for (const moe::TensorEntry& e : header->tensors) {
       if (e.end > e.begin) {
-        sink ^= data[data_offset + e.begin];
-        sink ^= data[data_offset + e.end - 1];
+        sink = sink ^ data[data_offset + e.begin];
+        sink = sink ^ data[data_offset + e.end - 1];
       }
     }
     (void)sink;

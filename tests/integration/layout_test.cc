@@ -1,0 +1,95 @@
+// `mpirun -np W moe-generate --tp T` against one rank, as users launch it: real processes,
+// oversubscribed on this machine. Same greedy tokens; logits within 1e-5 relative.
+#include <cmath>
+#include <cstdlib>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "common/npy.h"
+#include "gtest/gtest.h"
+#include "tests/test_util.h"
+#include "tools/model_maker.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::BinaryPath;
+using ::moe::testing::RunCommand;
+using ::moe::testing::ScratchDir;
+
+constexpr char kPrompt[] = "3,14,15,92,65,35,89,79,32,38,46,26,43,38,32,79,50,28,84,19";
+
+class LayoutTest
+    : public ::testing::TestWithParam<std::tuple<std::string, std::tuple<int, int>>> {
+ protected:
+  static void SetUpTestSuite() {
+    // mpirun refuses root without these (CI runs as root); more ranks than cores is intended.
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    dir_ = new ScratchDir();
+    for (const char* preset : {"tiny-dsv3", "tiny-kimi-k2"}) {
+      MakeModelOptions opt;
+      opt.out_dir = dir_->file(preset);
+      opt.seed = 31;
+      opt.dtype = WeightDType::kF32;
+      ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
+      auto r = RunCommand(Generate(preset, dir_->file(std::string(preset) + "_ref.npy")));
+      ASSERT_EQ(r.exit_code, 0) << r.err;
+      reference_[preset] = r.out;
+    }
+  }
+  static void TearDownTestSuite() { delete dir_; }
+
+  static std::string Generate(const std::string& preset, const std::string& npy) {
+    return absl::StrCat(BinaryPath("tools/moe-generate"), " --model ", dir_->file(preset),
+                        " --prompt-ids ", kPrompt,
+                        " --max-new-tokens 16 --ignore-eos --prefill-chunk 7 --block-size 16",
+                        " --logits-out ", npy);
+  }
+
+  static ScratchDir* dir_;
+  static std::map<std::string, std::string> reference_;
+};
+ScratchDir* LayoutTest::dir_ = nullptr;
+std::map<std::string, std::string> LayoutTest::reference_;
+
+TEST_P(LayoutTest, MatchesOneRank) {
+  const std::string preset = std::get<0>(GetParam());
+  const auto [world, tp] = std::get<1>(GetParam());
+  const std::string npy = dir_->file(absl::StrCat(preset, "_", world, "_", tp, ".npy"));
+  auto r = RunCommand(absl::StrCat("mpirun --oversubscribe -np ", world, " ",
+                                   Generate(preset, npy), " --tp ", tp));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, reference_[preset]);
+  auto got = ReadNpy(npy);
+  auto want = ReadNpy(dir_->file(preset + "_ref.npy"));
+  ASSERT_TRUE(got.ok() && want.ok());
+  ASSERT_EQ(got->shape(), want->shape());
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < want->numel(); ++i) {
+    diff = std::max(diff, static_cast<double>(std::fabs((*got)[i] - (*want)[i])));
+    scale = std::max(scale, static_cast<double>(std::fabs((*want)[i])));
+  }
+  EXPECT_LE(diff / scale, 1e-5);
+  // Every rank reported what it read.
+  for (int rank = 0; rank < world; ++rank) {
+    EXPECT_NE(r.err.find(absl::StrCat("rank ", rank, "/", world)), std::string::npos) << r.err;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Layouts, LayoutTest,
+    ::testing::Combine(::testing::Values("tiny-dsv3", "tiny-kimi-k2"),
+                       ::testing::Values(std::make_tuple(1, 1), std::make_tuple(2, 1),
+                                         std::make_tuple(2, 2), std::make_tuple(4, 1),
+                                         std::make_tuple(4, 2), std::make_tuple(4, 4),
+                                         std::make_tuple(8, 2))),
+    [](const auto& info) {
+      std::string s = std::get<0>(info.param);
+      for (char& c : s) c = std::isalnum(c) ? c : '_';
+      return absl::StrCat(s, "_W", std::get<0>(std::get<1>(info.param)), "_T",
+                          std::get<1>(std::get<1>(info.param)));
+    });
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,164 @@
+// The engine split over real MPI ranks against the single-rank engine (which the golden tests tie
+// to HF transformers): every TP size the world allows, several sequences spread over the
+// attention-DP groups; and each rank reads only its share of the weights.
+#include <mpi.h>
+
+#include <cmath>
+#include <filesystem>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "parallel/mpi_communicator.h"
+#include "tools/model_maker.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+#include "worker/weight_names.h"
+
+namespace moe {
+namespace {
+
+int Rank() {
+  int r = 0;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  return r;
+}
+int World() {
+  int w = 0;
+  MPI_Comm_size(MPI_COMM_WORLD, &w);
+  return w;
+}
+
+// Rank 0 writes the checkpoint into a folder named by the job; the others wait for it.
+std::string SharedCheckpoint(const std::string& preset, WeightDType dtype) {
+  int job = 0;
+  if (Rank() == 0) job = static_cast<int>(::getpid());
+  MPI_Bcast(&job, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  const std::string dir = absl::StrCat(::testing::TempDir(), "/moe_mpi_", job, "_", preset, "_",
+                                       static_cast<int>(dtype));
+  if (Rank() == 0 && !std::filesystem::exists(dir + "/config.json")) {
+    MakeModelOptions opt;
+    opt.out_dir = dir;
+    opt.seed = 21;
+    opt.dtype = dtype;
+    EXPECT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
+  }
+  MPI_Barrier(MPI_COMM_WORLD);
+  return dir;
+}
+
+std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
+                                   int tp) {
+  auto config = LoadModelConfig(dir);
+  EXPECT_TRUE(config.ok());
+  auto ctx = ParallelContext::Create(*config, std::move(world), tp);
+  EXPECT_TRUE(ctx.ok()) << ctx.status();
+  EngineOptions opt;
+  opt.block_size = 16;
+  opt.kv_cache_bytes = 16 << 20;
+  auto e = Engine::Load(dir, std::move(*ctx), opt);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return e.ok() ? std::move(*e) : nullptr;
+}
+
+class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {
+  cpu::SetNumThreads(1);
+  const std::string dir = SharedCheckpoint(GetParam(), WeightDType::kF32);
+  auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
+  ASSERT_NE(single, nullptr);
+  std::vector<std::vector<int32_t>> prompts = {
+      {5, 6, 7}, {100}, std::vector<int32_t>(21, 9), {300, 301, 302, 303, 304, 305, 306}, {42, 7}};
+  GenerateOptions gen;
+  gen.max_new_tokens = 12;
+  gen.prefill_chunk = 8;
+  BlockAllocator single_alloc(single->num_blocks());
+  auto want = GenerateGreedyBatch(*single, single_alloc, prompts, gen);
+  ASSERT_TRUE(want.ok()) << want.status();
+  const int heads = static_cast<int>(single->config().num_attention_heads);
+  for (int tp = 1; tp <= World(); tp *= 2) {
+    if (World() % tp != 0 || heads % tp != 0) continue;
+    SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
+    auto world = MakeMpiWorldCommunicator();
+    ASSERT_TRUE(world.ok());
+    auto engine = LoadEngine(dir, std::move(*world), tp);
+    ASSERT_NE(engine, nullptr);
+    BlockAllocator alloc(engine->num_blocks());
+    auto got = GenerateGreedyBatch(*engine, alloc, prompts, gen);
+    ASSERT_TRUE(got.ok()) << got.status();
+    const int dp = World() / tp, my_group = Rank() / tp;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "sequence " << i;
+      const bool mine = static_cast<int>(i) % dp == my_group;
+      ASSERT_EQ((*got)[i].logits.empty(), !mine) << "sequence " << i;
+      if (!mine) continue;
+      const Tensor& a = (*got)[i].logits;
+      const Tensor& b = (*want)[i].logits;
+      ASSERT_EQ(a.shape(), b.shape());
+      double diff = 0, scale = 0;
+      for (int64_t k = 0; k < b.numel(); ++k) {
+        diff = std::max(diff, static_cast<double>(std::fabs(a[k] - b[k])));
+        scale = std::max(scale, static_cast<double>(std::fabs(b[k])));
+      }
+      EXPECT_LE(diff / scale, 1e-5) << "sequence " << i;
+    }
+  }
+}
+
+// Bytes of a tensor (and its fp8 scales) as stored.
+uint64_t StoredBytes(const Checkpoint& ck, const std::string& name) {
+  uint64_t b = 0;
+  for (const std::string& n : {name, name + "_scale_inv"}) {
+    auto e = ck.Describe(n);
+    if (e.ok()) b += e->end - e->begin;
+  }
+  return b;
+}
+
+TEST_P(MpiEngineTest, EachRankReadsOnlyItsShare) {
+  const std::string dir = SharedCheckpoint(GetParam(), WeightDType::kBF16);
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  auto ck = Checkpoint::Open(dir, config->quantization_config);
+  ASSERT_TRUE(ck.ok());
+  uint64_t experts_total = 0, head_split_total = 0, one_expert = 0;
+  for (const WeightSpec& s : CheckpointWeightSpecs(*config, /*include_mtp=*/false)) {
+    const uint64_t b = StoredBytes(**ck, s.name);
+    if (s.name.find(".mlp.experts.") != std::string::npos) {
+      experts_total += b;
+      if (s.name.find(".mlp.experts.0.") != std::string::npos) one_expert += b;
+    }
+    for (const char* part : {"q_b_proj", "q_proj", "kv_b_proj", "o_proj"}) {
+      if (s.name.find(std::string("self_attn.") + part + ".") != std::string::npos) head_split_total += b;
+    }
+  }
+  const int W = World();
+  for (int tp = 1; tp <= W; tp *= 2) {
+    if (W % tp != 0 || config->num_attention_heads % tp != 0) continue;
+    SCOPED_TRACE(absl::StrCat("W=", W, " T=", tp));
+    auto world = MakeMpiWorldCommunicator();
+    auto engine = LoadEngine(dir, std::move(*world), tp);
+    ASSERT_NE(engine, nullptr);
+    const WeightBytes& wb = engine->model().weight_bytes();
+    // Routed experts: 1/W of the total, within one expert (experts need not divide evenly).
+    EXPECT_NEAR(static_cast<double>(wb.routed_experts), static_cast<double>(experts_total) / W,
+                static_cast<double>(one_expert));
+    // Head-split attention: exactly 1/T.
+    EXPECT_EQ(wb.attention_head_split * tp, head_split_total);
+    // Nothing read twice: the ranks of one TP group together read the head-split tensors once.
+    uint64_t split = wb.attention_head_split, sum = 0;
+    MPI_Allreduce(&split, &sum, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
+    EXPECT_EQ(sum, head_split_total * (W / tp));
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, MpiEngineTest, ::testing::Values("tiny-dsv3", "tiny-kimi-k2"),
+                         [](const auto& info) {
+                           std::string s = info.param;
+                           for (char& c : s) c = std::isalnum(c) ? c : '_';
+                           return s;
+                         });
+
+}  // namespace
+}  // namespace moe

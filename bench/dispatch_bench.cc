@@ -6,9 +6,9 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <cstring>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <numeric>
 #include <random>
 #include <thread>
@@ -54,13 +54,13 @@ int main(int argc, char** argv) {
   moe::MoeDispatcher dispatcher(&comm, &placement, hidden, top_k);
 
   if (me == 0) {
-    std::printf("dispatch_bench: W=%d, hidden %lld, top-%lld of %lld experts, float32 payload, "
-                "%s transport\n",
-                W, static_cast<long long>(hidden), static_cast<long long>(top_k),
-                static_cast<long long>(experts),
-                dispatcher.transport() == moe::MoeDispatcher::Transport::kSharedMemory
-                    ? "shared-memory"
-                    : "all-to-all-v");
+    std::printf(
+        "dispatch_bench: W=%d, hidden %lld, top-%lld of %lld experts, float32 payload, "
+        "%s transport\n",
+        W, static_cast<long long>(hidden), static_cast<long long>(top_k),
+        static_cast<long long>(experts),
+        dispatcher.transport() == moe::MoeDispatcher::Transport::kSharedMemory ? "shared-memory"
+                                                                               : "all-to-all-v");
     std::printf("%8s %12s %12s %12s %12s %12s %7s\n", "tokens", "MB/rank", "ours us", "raw us",
                 "ours GB/s", "raw GB/s", "ratio");
   }
@@ -92,7 +92,7 @@ int main(int argc, char** argv) {
       const double t2 = Now();
       if (!dispatcher.Combine(d->handle, out.data()).ok()) return 1;
       const double dt = MaxOverRanks((t1 - t0) + (Now() - t2));  // the experts are not timed
-      if (it > 0) best = std::min(best, dt);  // the first run warms up
+      if (it > 0) best = std::min(best, dt);                     // the first run warms up
       for (int r = 0; r < W; ++r) {
         send_bytes[r] = d->handle.counts[me * W + r] * hidden * sizeof(float);
         recv_bytes[r] = d->handle.counts[r * W + me] * hidden * sizeof(float);

@@ -76,8 +76,8 @@ DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
   for (size_t e = 0; e < after.size(); ++e) assignments += after[e] - before[e];
   // Distinct experts per layer per step: at batch 1 exactly top-k; at larger batches estimated
   // from the assignments (an upper bound when tokens share experts is all of them).
-  const double per_layer = std::min<double>(c.n_routed_experts,
-                                            assignments / steps / c.num_moe_layers());
+  const double per_layer =
+      std::min<double>(c.n_routed_experts, assignments / steps / c.num_moe_layers());
   for (auto& s : seqs) alloc.Free(&s.block_table);
   return {batch * (steps / 3) / dt, per_layer * c.num_moe_layers()};
 }
@@ -133,17 +133,17 @@ int main(int argc, char** argv) {
 
   std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %d threads\n",
               c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, nthreads);
-  std::printf("bounds: memory copy %.1f GB/s (read+write), memory read %.1f GB/s, "
-              "sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
-              copy_bw / 1e9, read_bw / 1e9,
-              static_cast<long long>(2 * c.moe_intermediate_size * 2),
-              static_cast<long long>(c.hidden_size), gemm / 1e9);
+  std::printf(
+      "bounds: memory copy %.1f GB/s (read+write), memory read %.1f GB/s, "
+      "sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
+      copy_bw / 1e9, read_bw / 1e9, static_cast<long long>(2 * c.moe_intermediate_size * 2),
+      static_cast<long long>(c.hidden_size), gemm / 1e9);
   std::printf("%-22s %14s %22s %22s %8s\n", "case", "tokens/s", "figure", "bound", "ratio");
   for (int batch : {1, 8, 32}) {
     std::fprintf(stderr, "engine_bench: decode batch %d\n", batch);
     const auto r = moe::RunDecode(**engine, batch, 64, static_cast<int>(steps));
-    const double bytes_per_step = moe::DecodeWeightBytes(c, static_cast<int64_t>(
-        r.experts_per_step + 0.5));
+    const double bytes_per_step =
+        moe::DecodeWeightBytes(c, static_cast<int64_t>(r.experts_per_step + 0.5));
     const double bw = bytes_per_step * r.tokens_per_s / batch;
     std::printf("%-22s %14.1f %17.1f GB/s %17.1f GB/s %8.2f\n",
                 absl::StrFormat("decode batch %d", batch).c_str(), r.tokens_per_s, bw / 1e9,

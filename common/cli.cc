@@ -82,9 +82,9 @@ absl::Status FlagParser::Parse(int argc, char** argv) {
       }
     }
     if (!f->assign(value)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("flag --", name, ": cannot parse \"", value, "\" as ",
-                       f->is_bool ? "true/false" : f->type));
+      return absl::InvalidArgumentError(absl::StrCat("flag --", name, ": cannot parse \"", value,
+                                                     "\" as ",
+                                                     f->is_bool ? "true/false" : f->type));
     }
     f->set = true;
   }

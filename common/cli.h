@@ -18,7 +18,8 @@ class FlagParser {
 
   void AddString(const std::string& name, std::string* out, const std::string& help,
                  bool required = false);
-  void AddInt(const std::string& name, int64_t* out, const std::string& help, bool required = false);
+  void AddInt(const std::string& name, int64_t* out, const std::string& help,
+              bool required = false);
   void AddDouble(const std::string& name, double* out, const std::string& help);
   void AddBool(const std::string& name, bool* out, const std::string& help);
 

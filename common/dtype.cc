@@ -1,10 +1,10 @@
-#include "absl/strings/string_view.h"
 #include "common/dtype.h"
 
 #include <array>
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 
 namespace moe {
 
@@ -96,7 +96,7 @@ uint8_t F32ToF8E4M3(float f) {
   const uint8_t sign = std::signbit(f) ? 0x80 : 0x00;
   float a = std::fabs(f);
   if (a >= kF8E4M3Max) return sign | 0x7e;  // saturate to 448
-  if (a < std::ldexp(1.0f, -6)) {            // subnormal: multiples of 2^-9
+  if (a < std::ldexp(1.0f, -6)) {           // subnormal: multiples of 2^-9
     return sign | static_cast<uint8_t>(std::nearbyint(std::ldexp(a, 9)));
   }
   int e;

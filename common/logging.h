@@ -30,7 +30,7 @@ class LogMessage {
 #define MOE_LOG_LEVEL_INFO ::moe::LogLevel::kInfo
 #define MOE_LOG_LEVEL_WARNING ::moe::LogLevel::kWarning
 #define MOE_LOG_LEVEL_ERROR ::moe::LogLevel::kError
-#define MOE_LOG(level)                                          \
-  if (MOE_LOG_LEVEL_##level < ::moe::MinLogLevel()) {           \
-  } else                                                        \
+#define MOE_LOG(level)                                \
+  if (MOE_LOG_LEVEL_##level < ::moe::MinLogLevel()) { \
+  } else                                              \
     ::moe::LogMessage(MOE_LOG_LEVEL_##level).stream()

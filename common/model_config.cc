@@ -1,4 +1,3 @@
-#include "absl/strings/string_view.h"
 #include "common/model_config.h"
 
 #include <filesystem>
@@ -7,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -48,13 +48,14 @@ class Fields {
     } else if (v.is_number_unsigned()) {
       if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return Error(key, "out of range");
       value = static_cast<int64_t>(v.get<uint64_t>());
-    } else if (v.is_number_float() && v.get<double>() == static_cast<double>(
-                                                            static_cast<int64_t>(v.get<double>()))) {
+    } else if (v.is_number_float() &&
+               v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))) {
       value = static_cast<int64_t>(v.get<double>());  // e.g. 4096.0
     } else {
       return TypeError(key, "an integer");
     }
-    if (value < min_value) return Error(key, absl::StrCat("must be >= ", min_value, ", got ", value));
+    if (value < min_value)
+      return Error(key, absl::StrCat("must be >= ", min_value, ", got ", value));
     *out = value;
     return absl::OkStatus();
   }
@@ -88,8 +89,8 @@ class Fields {
     for (absl::string_view a : allowed) {
       if (value == a) return absl::OkStatus();
     }
-    return Error(key, absl::StrCat("unsupported value \"", value, "\" (supported: ",
-                                   absl::StrJoin(allowed, ", "), ")"));
+    return Error(key, absl::StrCat("unsupported value \"", value,
+                                   "\" (supported: ", absl::StrJoin(allowed, ", "), ")"));
   }
 
   const Json& obj() const { return obj_; }
@@ -141,8 +142,8 @@ absl::Status ParseQuantization(const Json& j, QuantizationConfig* q) {
   MOE_RETURN_IF_ERROR(f.OneOf("activation_scheme", q->activation_scheme, {"dynamic"}));
   if (f.Has("weight_block_size")) {
     const Json& b = j.at("weight_block_size");
-    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() ||
-        !b[1].is_number_integer() || b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0) {
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_integer() ||
+        b[0].get<int64_t>() <= 0 || b[1].get<int64_t>() <= 0) {
       return f.Error("weight_block_size", "expected two positive integers [rows, cols]");
     }
     q->block_rows = b[0].get<int64_t>();
@@ -173,12 +174,13 @@ absl::Status Validate(const ModelConfig& c) {
     return absl::InvalidArgumentError(absl::StrCat("config.json field \"", field, "\": ", what));
   };
   if (c.num_experts_per_tok > c.n_routed_experts) {
-    return err("num_experts_per_tok",
-               absl::StrCat(c.num_experts_per_tok, " exceeds n_routed_experts ", c.n_routed_experts));
+    return err(
+        "num_experts_per_tok",
+        absl::StrCat(c.num_experts_per_tok, " exceeds n_routed_experts ", c.n_routed_experts));
   }
   if (c.n_routed_experts % c.n_group != 0) {
-    return err("n_group", absl::StrCat(c.n_group, " does not divide n_routed_experts ",
-                                       c.n_routed_experts));
+    return err("n_group",
+               absl::StrCat(c.n_group, " does not divide n_routed_experts ", c.n_routed_experts));
   }
   if (c.topk_group > c.n_group) {
     return err("topk_group", absl::StrCat(c.topk_group, " exceeds n_group ", c.n_group));
@@ -193,15 +195,15 @@ absl::Status Validate(const ModelConfig& c) {
     return err("n_group", "noaux_tc ranks groups by their top-2 scores: groups need >= 2 experts");
   }
   if (c.first_k_dense_replace > c.num_hidden_layers) {
-    return err("first_k_dense_replace",
-               absl::StrCat(c.first_k_dense_replace, " exceeds num_hidden_layers ",
-                            c.num_hidden_layers));
+    return err(
+        "first_k_dense_replace",
+        absl::StrCat(c.first_k_dense_replace, " exceeds num_hidden_layers ", c.num_hidden_layers));
   }
   if (c.qk_rope_head_dim % 2 != 0) {
     return err("qk_rope_head_dim", absl::StrCat("must be even, got ", c.qk_rope_head_dim));
   }
-  if (c.rope_scaling && c.rope_scaling->original_max_position_embeddings >
-                            c.max_position_embeddings) {
+  if (c.rope_scaling &&
+      c.rope_scaling->original_max_position_embeddings > c.max_position_embeddings) {
     return err("rope_scaling", "original_max_position_embeddings exceeds max_position_embeddings");
   }
   if (c.tie_word_embeddings) {

@@ -7,8 +7,8 @@
 #include <string>
 #include <vector>
 
-#include "absl/strings/string_view.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 
 namespace moe {
 
@@ -31,13 +31,13 @@ struct QuantizationConfig {  // "quantization_config": {"quant_method": "fp8", .
 };
 
 struct ParamCounts {
-  int64_t embedding = 0;     // embed_tokens + lm_head
-  int64_t attention = 0;     // MLA projections and their norms, all layers
-  int64_t dense_mlp = 0;     // the first_k_dense_replace dense layers
+  int64_t embedding = 0;  // embed_tokens + lm_head
+  int64_t attention = 0;  // MLA projections and their norms, all layers
+  int64_t dense_mlp = 0;  // the first_k_dense_replace dense layers
   int64_t routed_experts = 0;
   int64_t shared_experts = 0;
-  int64_t router = 0;        // gate weight and e_score_correction_bias
-  int64_t norms = 0;         // input/post-attention layernorms and the final norm
+  int64_t router = 0;  // gate weight and e_score_correction_bias
+  int64_t norms = 0;   // input/post-attention layernorms and the final norm
   int64_t total = 0;
   int64_t active = 0;  // per token: num_experts_per_tok routed experts instead of all
 };

@@ -1,4 +1,3 @@
-#include "absl/strings/string_view.h"
 #include "common/npy.h"
 
 #include <cstring>
@@ -8,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/string_view.h"
 #include "absl/strings/strip.h"
 
 namespace moe {

@@ -10,7 +10,8 @@ namespace moe::cpu {
 //   cache:  the layer's block pool; block b holds `block_size` rows of (kv_lora + rope) values,
 //           [c_kv | k_pe], at cache + b * block_size * (kv_lora + rope)
 //   blocks: the sequence's block table, covering ctx_len tokens
-//   out:    [heads, kv_lora] — sum_t softmax_t(scale * q·row_t) * c_kv_t (W_UV applied by the caller)
+//   out:    [heads, kv_lora] — sum_t softmax_t(scale * q·row_t) * c_kv_t (W_UV applied by the
+//   caller)
 void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
                         const float* cache, const int32_t* blocks, int64_t block_size,
                         int64_t ctx_len, float scale, float* out);

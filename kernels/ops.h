@@ -32,8 +32,8 @@ void SoftmaxInPlace(float* x, int64_t n);
 // DeepSeek's interleaved RoPE layout. `dim` is even.
 void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin);
 
-void Add(float* y, const float* x, int64_t n);    // y += x
-void Scale(float* y, float a, int64_t n);         // y *= a
-int64_t ArgMax(const float* x, int64_t n);        // first index of the largest value
+void Add(float* y, const float* x, int64_t n);  // y += x
+void Scale(float* y, float a, int64_t n);       // y *= a
+int64_t ArgMax(const float* x, int64_t n);      // first index of the largest value
 
 }  // namespace moe::cpu

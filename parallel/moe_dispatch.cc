@@ -38,8 +38,8 @@ absl::Status MoeDispatcher::EnsureWindow(int64_t rows) {
   if (window_ && rows <= capacity_) return absl::OkStatus();
   // Every rank computes the same `rows` from the gathered counts, so all grow together.
   const int64_t capacity = std::max<int64_t>({rows, 2 * capacity_, 64});
-  const size_t bytes = static_cast<size_t>(capacity) *
-                       (2 * hidden_ * sizeof(float) + 2 * top_k_ * sizeof(int32_t));
+  const size_t bytes =
+      static_cast<size_t>(capacity) * (2 * hidden_ * sizeof(float) + 2 * top_k_ * sizeof(int32_t));
   window_.reset();
   MOE_ASSIGN_OR_RETURN(window_, comm_->AllocateShared(bytes));
   capacity_ = capacity;
@@ -64,8 +64,8 @@ absl::StatusOr<Dispatched> MoeDispatcher::Dispatch(const float* x, int64_t num_t
       const int32_t e = topk_ids[t * top_k_ + j];
       if (e < 0 || e >= placement_->num_experts()) {
         return absl::InvalidArgumentError(absl::StrCat("dispatch: token ", t, " routed to expert ",
-                                                       e, " outside [0, ", placement_->num_experts(),
-                                                       ")"));
+                                                       e, " outside [0, ",
+                                                       placement_->num_experts(), ")"));
       }
       const int r = placement_->RankFor(e, t);
       bool seen = false;
@@ -148,7 +148,8 @@ absl::StatusOr<Dispatched> MoeDispatcher::Dispatch(const float* x, int64_t num_t
     Reserve(recv_, static_cast<size_t>(recv_rows * hidden_));
     Reserve(meta_recv_, static_cast<size_t>(recv_rows * meta_ints));
     Reserve(y_, static_cast<size_t>(recv_rows * hidden_));
-    MOE_RETURN_IF_ERROR(comm_->AllToAllV(meta_send_.data(), send_meta, meta_recv_.data(), recv_meta));
+    MOE_RETURN_IF_ERROR(
+        comm_->AllToAllV(meta_send_.data(), send_meta, meta_recv_.data(), recv_meta));
     MOE_RETURN_IF_ERROR(comm_->AllToAllV(send_.data(), send_bytes, recv_.data(), recv_bytes));
     out.x = recv_.data();
     out.y = y_.data();

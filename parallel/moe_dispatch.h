@@ -30,10 +30,10 @@ namespace moe {
 
 struct DispatchHandle {
   int64_t num_tokens = 0;
-  std::vector<int64_t> counts;          // [world x world]: rows sent from rank s to rank r
-  std::vector<int64_t> token_begin;     // [num_tokens + 1]: this rank's rows of each token ...
-  std::vector<int32_t> row_rank;        // ... the rank each row went to
-  std::vector<int64_t> row_index;       // ... and its index in that rank's received rows
+  std::vector<int64_t> counts;       // [world x world]: rows sent from rank s to rank r
+  std::vector<int64_t> token_begin;  // [num_tokens + 1]: this rank's rows of each token ...
+  std::vector<int32_t> row_rank;     // ... the rank each row went to
+  std::vector<int64_t> row_index;    // ... and its index in that rank's received rows
 };
 
 struct Dispatched {
@@ -51,8 +51,8 @@ class MoeDispatcher {
 
   // kAuto picks shared memory when every rank is on one host, unless the environment variable
   // MOE_DISPATCH=alltoallv asks for the portable path.
-  MoeDispatcher(Communicator* comm, const ExpertPlacement* placement, int64_t hidden,
-                int64_t top_k, Transport transport = Transport::kAuto);
+  MoeDispatcher(Communicator* comm, const ExpertPlacement* placement, int64_t hidden, int64_t top_k,
+                Transport transport = Transport::kAuto);
 
   // x [num_tokens, hidden]; topk_ids / topk_weights [num_tokens, top_k] (global expert ids).
   absl::StatusOr<Dispatched> Dispatch(const float* x, int64_t num_tokens, const int32_t* topk_ids,
@@ -70,7 +70,9 @@ class MoeDispatcher {
   char* Segment(int rank) { return window_->segment(rank); }
   float* SegmentX(int rank) { return reinterpret_cast<float*>(Segment(rank)); }
   float* SegmentY(int rank) { return SegmentX(rank) + capacity_ * hidden_; }
-  int32_t* SegmentMeta(int rank) { return reinterpret_cast<int32_t*>(SegmentY(rank) + capacity_ * hidden_); }
+  int32_t* SegmentMeta(int rank) {
+    return reinterpret_cast<int32_t*>(SegmentY(rank) + capacity_ * hidden_);
+  }
 
   Communicator* comm_;
   const ExpertPlacement* placement_;

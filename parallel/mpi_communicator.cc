@@ -102,16 +102,18 @@ class MpiCommunicator final : public Communicator {
   const char* backend() const override { return "mpi"; }
 
   absl::Status AllReduceSum(float* data, size_t count) override {
-    if (count > static_cast<size_t>(INT_MAX)) return absl::ResourceExhaustedError("all-reduce too large");
-    return MpiError(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM,
-                                  comm_),
-                    "all-reduce");
+    if (count > static_cast<size_t>(INT_MAX))
+      return absl::ResourceExhaustedError("all-reduce too large");
+    return MpiError(
+        MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_FLOAT, MPI_SUM, comm_),
+        "all-reduce");
   }
   absl::Status AllReduceSum(int64_t* data, size_t count) override {
-    if (count > static_cast<size_t>(INT_MAX)) return absl::ResourceExhaustedError("all-reduce too large");
-    return MpiError(MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_INT64_T, MPI_SUM,
-                                  comm_),
-                    "all-reduce");
+    if (count > static_cast<size_t>(INT_MAX))
+      return absl::ResourceExhaustedError("all-reduce too large");
+    return MpiError(
+        MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_INT64_T, MPI_SUM, comm_),
+        "all-reduce");
   }
   absl::Status AllGather(const void* send, size_t bytes, void* recv) override {
     MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "all-gather"));
@@ -122,9 +124,9 @@ class MpiCommunicator final : public Communicator {
     MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "all-gather-v"));
     MOE_ASSIGN_OR_RETURN(auto counts, Counts(recv_bytes, "all-gather-v"));
     MOE_ASSIGN_OR_RETURN(auto displs, Displacements(recv_bytes, "all-gather-v"));
-    return MpiError(MPI_Allgatherv(send, n[0], MPI_BYTE, recv, counts.data(), displs.data(),
-                                   MPI_BYTE, comm_),
-                    "all-gather-v");
+    return MpiError(
+        MPI_Allgatherv(send, n[0], MPI_BYTE, recv, counts.data(), displs.data(), MPI_BYTE, comm_),
+        "all-gather-v");
   }
   absl::Status AllToAll(const void* send, size_t bytes, void* recv) override {
     MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "all-to-all"));

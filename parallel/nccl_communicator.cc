@@ -78,7 +78,8 @@ class NcclCommunicator final : public Communicator {
     MOE_RETURN_IF_ERROR(NcclError(ncclGroupStart(), "group start"));
     for (int r = 0; r < size_; ++r) {
       if (send_bytes[r] > 0) {
-        ncclSend(static_cast<const char*>(send) + so[r], send_bytes[r], ncclUint8, r, comm_, stream_);
+        ncclSend(static_cast<const char*>(send) + so[r], send_bytes[r], ncclUint8, r, comm_,
+                 stream_);
       }
       if (recv_bytes[r] > 0) {
         ncclRecv(static_cast<char*>(recv) + ro[r], recv_bytes[r], ncclUint8, r, comm_, stream_);
@@ -109,8 +110,8 @@ class NcclCommunicator final : public Communicator {
     ncclComm_t sub;
     MOE_RETURN_IF_ERROR(NcclError(ncclCommSplit(comm_, color, key, &sub, nullptr), "comm split"));
     cudaStream_t stream;
-    MOE_RETURN_IF_ERROR(CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking),
-                                  "stream create"));
+    MOE_RETURN_IF_ERROR(
+        CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream create"));
     return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_, stream));
   }
 
@@ -143,8 +144,8 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator&
   MOE_RETURN_IF_ERROR(bootstrap.Broadcast(&id, sizeof(id), 0));
   MOE_RETURN_IF_ERROR(CudaError(cudaSetDevice(device), "cudaSetDevice"));
   ncclComm_t comm;
-  MOE_RETURN_IF_ERROR(NcclError(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()),
-                                "comm init"));
+  MOE_RETURN_IF_ERROR(
+      NcclError(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()), "comm init"));
   cudaStream_t stream;
   MOE_RETURN_IF_ERROR(
       CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream create"));

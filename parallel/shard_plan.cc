@@ -39,14 +39,13 @@ absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world
     return absl::InvalidArgumentError(absl::StrCat("world size must be >= 1, got ", world_size));
   }
   if (tp_size < 1 || world_size % tp_size != 0) {
-    return absl::InvalidArgumentError(absl::StrCat("--tp ", tp_size,
-                                                   " must be >= 1 and divide the world size ",
-                                                   world_size));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--tp ", tp_size, " must be >= 1 and divide the world size ", world_size));
   }
   if (config.num_attention_heads % tp_size != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--tp ", tp_size, " does not divide num_attention_heads ",
-                     config.num_attention_heads, " of config.json"));
+    return absl::InvalidArgumentError(absl::StrCat("--tp ", tp_size,
+                                                   " does not divide num_attention_heads ",
+                                                   config.num_attention_heads, " of config.json"));
   }
   ShardPlan p;
   p.config_ = config;
@@ -74,11 +73,11 @@ std::string ShardPlan::Describe() const {
                                     dp_size(), tp_, world_);
   for (int r = 0; r < world_; ++r) {
     const RankShard s = Shard(r);
-    absl::StrAppendFormat(&out,
-                          "  rank %d: dp %d tp %d heads [%d,%d) vocab [%d,%d) experts [%d..%d] (%d)\n",
-                          r, s.dp_rank, s.tp_rank, s.heads.begin, s.heads.end, s.vocab.begin,
-                          s.vocab.end, s.experts.empty() ? -1 : s.experts.front(),
-                          s.experts.empty() ? -1 : s.experts.back(), s.experts.size());
+    absl::StrAppendFormat(
+        &out, "  rank %d: dp %d tp %d heads [%d,%d) vocab [%d,%d) experts [%d..%d] (%d)\n", r,
+        s.dp_rank, s.tp_rank, s.heads.begin, s.heads.end, s.vocab.begin, s.vocab.end,
+        s.experts.empty() ? -1 : s.experts.front(), s.experts.empty() ? -1 : s.experts.back(),
+        s.experts.size());
   }
   return out;
 }

@@ -55,10 +55,10 @@ struct RankShard {
   int rank = 0;
   int tp_rank = 0;
   int dp_rank = 0;
-  Range heads;         // attention heads of this TP rank
-  Range vocab;         // embedding / lm_head rows
-  Range dense_inter;   // intermediate rows of the dense MLP layers
-  Range shared_inter;  // intermediate rows of the shared experts
+  Range heads;                   // attention heads of this TP rank
+  Range vocab;                   // embedding / lm_head rows
+  Range dense_inter;             // intermediate rows of the dense MLP layers
+  Range shared_inter;            // intermediate rows of the shared experts
   std::vector<int64_t> experts;  // routed experts computed here
 };
 

@@ -1,15 +1,15 @@
 // Helpers shared by the test suites: scratch folders and raw file construction.
 #pragma once
 
-#include <atomic>
-#include <cstdint>
-#include <filesystem>
-#include <fstream>
-#include <string>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <cstdint>
 #include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <string>
 
 #include "gtest/gtest.h"
 

@@ -58,8 +58,8 @@ ModelConfig TinyDsv3() {
   c.first_k_dense_replace = 1;
   c.max_position_embeddings = 512;
   c.rope_theta = 10000.0;
-  // factor = max_position_embeddings / original, as in the real checkpoints; mscale_all_dim != mscale
-  // so both YaRN corrections (cos/sin and softmax scale) are exercised.
+  // factor = max_position_embeddings / original, as in the real checkpoints; mscale_all_dim !=
+  // mscale so both YaRN corrections (cos/sin and softmax scale) are exercised.
   c.rope_scaling = RopeScaling{"yarn", 8.0, 64, 32.0, 1.0, 1.0, 0.8};
   return c;
 }
@@ -271,11 +271,14 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
   if (opt.dtype == WeightDType::kFP8) config.quantization_config = QuantizationConfig{};
   std::error_code ec;
   fs::create_directories(opt.out_dir, ec);
-  if (ec) return absl::PermissionDeniedError(absl::StrCat("cannot create ", opt.out_dir, ": ", ec.message()));
+  if (ec)
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create ", opt.out_dir, ": ", ec.message()));
   {
     std::ofstream cfg(fs::path(opt.out_dir) / "config.json");
     cfg << config.ToJson();
-    if (!cfg) return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
+    if (!cfg)
+      return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
   }
 
   const std::vector<WeightSpec> specs = CheckpointWeightSpecs(config, /*include_mtp=*/true);
@@ -298,7 +301,8 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
   std::vector<std::vector<size_t>> shards(1);
   uint64_t shard_bytes = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
-    const uint64_t b = plan[i].bytes() + (i + 1 < plan.size() && !plan[i + 1].spec ? plan[i + 1].bytes() : 0);
+    const uint64_t b =
+        plan[i].bytes() + (i + 1 < plan.size() && !plan[i + 1].spec ? plan[i + 1].bytes() : 0);
     if (plan[i].spec && shard_bytes > 0 && shard_bytes + b > opt.max_shard_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -313,8 +317,8 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
   std::vector<uint8_t> bytes;
   std::vector<float> scale;
   for (size_t s = 0; s < n; ++s) {
-    const std::string file = n == 1 ? "model.safetensors"
-                                    : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
+    const std::string file =
+        n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
     SafetensorsWriter w;
     for (size_t i : shards[s]) {
       w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
@@ -332,7 +336,8 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
       for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
       if (p.dtype == DType::kF8E4M3) {
         const auto& q = *config.quantization_config;
-        QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
+        QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes,
+                    &scale);
         MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
         MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
       } else if (p.dtype == DType::kBF16) {

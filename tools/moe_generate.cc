@@ -59,7 +59,8 @@ int main(int argc, char** argv) {
       "moe-generate",
       "Greedy generation from a prompt of token ids with the CPU engine; prints the new token ids\n"
       "(space-separated) on stdout. Under mpirun (`mpirun -np W moe-generate --tp T ...`) the\n"
-      "model is split over the W ranks: attention heads over groups of T ranks, routed experts over\n"
+      "model is split over the W ranks: attention heads over groups of T ranks, routed experts "
+      "over\n"
       "all W; each rank reads only its shard.");
   flags.AddString("model", &model, "Checkpoint folder (config.json + safetensors).", true);
   flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids, e.g. \"1,2,3\".",
@@ -69,12 +70,14 @@ int main(int argc, char** argv) {
                   "Write float32 logits [1+N, vocab] to this .npy: the prompt's last position, "
                   "then the step after each new token.");
   flags.AddBool("ignore-eos", &ignore_eos, "Keep generating after an EOS token.");
-  flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides the world size; 0: all ranks).");
+  flags.AddInt("tp", &tp,
+               "Attention tensor-parallel size T (divides the world size; 0: all ranks).");
   flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");
-  flags.AddInt("prefill-chunk", &prefill_chunk, "Prefill the prompt in chunks of this many tokens "
-                                                "(0: all at once).");
+  flags.AddInt("prefill-chunk", &prefill_chunk,
+               "Prefill the prompt in chunks of this many tokens "
+               "(0: all at once).");
   flags.ParseOrExit(argc, argv);
 
   std::unique_ptr<moe::Communicator> world = moe::MakeSelfCommunicator();

@@ -17,7 +17,8 @@ int main(int argc, char** argv) {
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);
   flags.AddInt("seed", &seed, "Seed of the random weights.");
   flags.AddString("dtype", &dtype, "Weight dtype: f32, bf16 or fp8 (e4m3, 128x128 block scales).");
-  flags.AddInt("shard-mb", &shard_mb, "Largest safetensors file in MB before splitting into shards.");
+  flags.AddInt("shard-mb", &shard_mb,
+               "Largest safetensors file in MB before splitting into shards.");
   flags.ParseOrExit(argc, argv);
 
   auto config = moe::PresetConfig(preset);

@@ -1,4 +1,3 @@
-#include "absl/strings/string_view.h"
 #include "worker/checkpoint.h"
 
 #include <algorithm>
@@ -9,6 +8,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -17,8 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-absl::Status TensorError(const std::string& file, const std::string& name,
-                         absl::string_view what) {
+absl::Status TensorError(const std::string& file, const std::string& name, absl::string_view what) {
   return absl::InvalidArgumentError(absl::StrCat(file, ": tensor \"", name, "\": ", what));
 }
 
@@ -59,8 +58,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
       }
       const std::string file = it->get<std::string>();
       if (file.find('/') != std::string::npos || file == "..") {
-        return absl::InvalidArgumentError(absl::StrCat(
-            index_path.string(), ": weight_map[\"", it.key(), "\"] names a path outside the folder"));
+        return absl::InvalidArgumentError(absl::StrCat(index_path.string(), ": weight_map[\"",
+                                                       it.key(),
+                                                       "\"] names a path outside the folder"));
       }
       weight_map[it.key()] = file;
       if (std::find(shard_names.begin(), shard_names.end(), file) == shard_names.end()) {
@@ -81,8 +81,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
     for (const TensorEntry& e : file->header().tensors) {
       auto [it, inserted] = ck->where_.emplace(e.name, Location{file.get(), &e});
       if (!inserted) {
-        return absl::InvalidArgumentError(absl::StrCat("tensor \"", e.name, "\" is stored twice: in ",
-                                                       it->second.file->path(), " and ", file->path()));
+        return absl::InvalidArgumentError(
+            absl::StrCat("tensor \"", e.name, "\" is stored twice: in ", it->second.file->path(),
+                         " and ", file->path()));
       }
     }
     ck->files_.push_back(std::move(file));
@@ -91,7 +92,8 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
     auto it = ck->where_.find(name);
     if (it == ck->where_.end() || fs::path(it->second.file->path()).filename() != file) {
       return absl::InvalidArgumentError(absl::StrCat(index_path.string(), ": tensor \"", name,
-                                                     "\" is listed in ", file, " but not stored there"));
+                                                     "\" is listed in ", file,
+                                                     " but not stored there"));
     }
   }
   return ck;
@@ -141,9 +143,9 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
     if (e.shape.size() != 2) return TensorError(file, name, "only 2-D tensors can be sliced");
     const int64_t limit = slice.dim == SliceSpec::Dim::kRows ? rows : cols;
     if (slice.begin < 0 || slice.begin > slice.end || slice.end > limit) {
-      return TensorError(file, name,
-                         absl::StrCat("slice [", slice.begin, ", ", slice.end, ") outside [0, ",
-                                      limit, ")"));
+      return TensorError(
+          file, name,
+          absl::StrCat("slice [", slice.begin, ", ", slice.end, ") outside [0, ", limit, ")"));
     }
     if (slice.dim == SliceSpec::Dim::kRows) {
       r0 = slice.begin;
@@ -172,17 +174,17 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
     const std::string scale_name = ScaleName(name);
     auto scale_loc = Find(scale_name);
     if (!scale_loc.ok()) {
-      return TensorError(file, name, absl::StrCat("F8_E4M3 weight without its block scales \"",
-                                                  scale_name, "\""));
+      return TensorError(
+          file, name, absl::StrCat("F8_E4M3 weight without its block scales \"", scale_name, "\""));
     }
     const TensorEntry& s = *scale_loc->entry;
     const std::vector<int64_t> scale_shape = {CeilDiv(rows, br), CeilDiv(cols, bc)};
     if (s.dtype != DType::kF32 || s.shape != scale_shape) {
-      return TensorError(scale_loc->file->path(), scale_name,
-                         absl::StrCat("block scales must be F32 ", ShapeString(scale_shape),
-                                      " for a ", ShapeString(e.shape), " weight in ", br, "x", bc,
-                                      " blocks; got ", DTypeName(s.dtype), " ",
-                                      ShapeString(s.shape)));
+      return TensorError(
+          scale_loc->file->path(), scale_name,
+          absl::StrCat("block scales must be F32 ", ShapeString(scale_shape), " for a ",
+                       ShapeString(e.shape), " weight in ", br, "x", bc, " blocks; got ",
+                       DTypeName(s.dtype), " ", ShapeString(s.shape)));
     }
     scales = reinterpret_cast<const float*>(scale_loc->file->Data(s));  // 8-byte aligned data
     scale_cols = scale_shape[1];

@@ -35,8 +35,8 @@ class Checkpoint {
  public:
   // `quant` is the config's quantization_config: it gives the fp8 block size, and F8_E4M3 tensors
   // are refused without it.
-  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(
-      const std::string& dir, std::optional<QuantizationConfig> quant);
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir,
+                                                          std::optional<QuantizationConfig> quant);
 
   bool Has(const std::string& name) const { return where_.count(name) > 0; }
   std::vector<std::string> TensorNames() const;

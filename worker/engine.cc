@@ -23,8 +23,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
   if (failed > 0) {
     return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to load their shard"));
   }
-  return std::unique_ptr<Engine>(
-      new Engine(std::move(ctx), std::move(*model), std::move(*cache)));
+  return std::unique_ptr<Engine>(new Engine(std::move(ctx), std::move(*model), std::move(*cache)));
 }
 
 absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
@@ -56,7 +55,8 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
       }
     }
     if (s.dp_group < 0 || s.dp_group >= ctx_->plan().dp_size()) {
-      return bad(absl::StrCat("DP group ", s.dp_group, " outside [0, ", ctx_->plan().dp_size(), ")"));
+      return bad(
+          absl::StrCat("DP group ", s.dp_group, " outside [0, ", ctx_->plan().dp_size(), ")"));
     }
   }
   return absl::OkStatus();

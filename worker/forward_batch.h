@@ -12,7 +12,7 @@ namespace moe {
 struct ForwardChunk {
   int64_t first_token = 0;  // row of its first token in the step's [num_tokens, hidden] buffers
   int64_t num_tokens = 0;
-  int64_t start_pos = 0;    // position of its first token; the cache holds positions before it
+  int64_t start_pos = 0;  // position of its first token; the cache holds positions before it
   const std::vector<int32_t>* block_table = nullptr;
   int64_t context() const { return start_pos + num_tokens; }
 };

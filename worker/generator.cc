@@ -11,9 +11,9 @@ namespace moe {
 namespace {
 
 struct Running {
-  std::vector<int32_t> all;     // prompt + generated
+  std::vector<int32_t> all;  // prompt + generated
   std::vector<int32_t> blocks;
-  int64_t cached = 0;           // positions already in the cache
+  int64_t cached = 0;  // positions already in the cache
   Generation gen;
   bool done = false;
 };
@@ -30,9 +30,9 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
     if (prompts[i].empty()) return absl::InvalidArgumentError("empty prompt");
     const int64_t total = static_cast<int64_t>(prompts[i].size()) + opt.max_new_tokens;
     if (total > c.max_position_embeddings) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "prompt of ", prompts[i].size(), " tokens + ", opt.max_new_tokens,
-          " new tokens exceeds max_position_embeddings ", c.max_position_embeddings));
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt of ", prompts[i].size(), " tokens + ", opt.max_new_tokens,
+                       " new tokens exceeds max_position_embeddings ", c.max_position_embeddings));
     }
     seqs[i].all = prompts[i];
   }
@@ -79,11 +79,12 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
       const float* row = result->logits.row(static_cast<int64_t>(j));
       rows[i].insert(rows[i].end(), row, row + vocab);
       const int64_t produced = static_cast<int64_t>(r.gen.tokens.size());
-      const bool after_eos = opt.stop_at_eos && produced > 0 &&
-                             std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(),
-                                        r.gen.tokens.back()) > 0;
+      const bool after_eos =
+          opt.stop_at_eos && produced > 0 &&
+          std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), r.gen.tokens.back()) > 0;
       // The step after the last new token only supplies its logits.
-      if (decides) decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : cpu::ArgMax(row, vocab) + 2;
+      if (decides)
+        decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : cpu::ArgMax(row, vocab) + 2;
     }
     Communicator& world = engine.parallel().world();
     if (world.size() > 1) {

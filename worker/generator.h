@@ -16,7 +16,7 @@ struct GenerateOptions {
   int64_t max_new_tokens = 16;
   int64_t prefill_chunk = 0;  // tokens per prefill step; 0: the whole prompt at once
   bool stop_at_eos = false;
-  bool use_cache = true;      // false: recompute every step from the full sequence (a check)
+  bool use_cache = true;  // false: recompute every step from the full sequence (a check)
 };
 
 struct Generation {

@@ -21,9 +21,8 @@ absl::StatusOr<KvCache> KvCache::WithBudget(const ModelConfig& c, int64_t block_
                              static_cast<uint64_t>(block_size);
   const int64_t blocks = static_cast<int64_t>(bytes / per_block);
   if (blocks < 1) {
-    return absl::ResourceExhaustedError(absl::StrCat("KV cache budget of ", bytes,
-                                                     " bytes holds no block of ", per_block,
-                                                     " bytes"));
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "KV cache budget of ", bytes, " bytes holds no block of ", per_block, " bytes"));
   }
   return KvCache(c.num_hidden_layers, blocks, block_size, c.kv_cache_dim());
 }
@@ -48,8 +47,8 @@ absl::Status BlockAllocator::EnsureCapacity(std::vector<int32_t>* table, int64_t
   if (need <= 0) return absl::OkStatus();
   if (need > free_blocks()) {
     return absl::ResourceExhaustedError(absl::StrCat("KV cache: need ", need, " more blocks for ",
-                                                     tokens, " tokens, ", free_blocks(), " free of ",
-                                                     total_));
+                                                     tokens, " tokens, ", free_blocks(),
+                                                     " free of ", total_));
   }
   for (int64_t i = 0; i < need; ++i) {
     table->push_back(free_.back());

@@ -56,9 +56,10 @@ void RmsNorm::Forward(const float* x, int64_t n, float* y, int64_t ld) const {
   cpu::RmsNorm(x, n, dim, ld < 0 ? dim : ld, weight_.data(), eps_, y);
 }
 
-absl::StatusOr<VocabParallelEmbedding> VocabParallelEmbedding::Load(
-    Checkpoint& ck, const std::string& name, int64_t vocab, int64_t hidden, Range rows,
-    Communicator* tp) {
+absl::StatusOr<VocabParallelEmbedding> VocabParallelEmbedding::Load(Checkpoint& ck,
+                                                                    const std::string& name,
+                                                                    int64_t vocab, int64_t hidden,
+                                                                    Range rows, Communicator* tp) {
   VocabParallelEmbedding e;
   SliceSpec slice = rows.size() == vocab ? SliceSpec::All() : SliceSpec::Rows(rows.begin, rows.end);
   MOE_ASSIGN_OR_RETURN(e.weight_, ck.Load(name, {vocab, hidden}, slice));

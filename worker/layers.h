@@ -70,9 +70,8 @@ class VocabParallelEmbedding {
 class ParallelLmHead {
  public:
   ParallelLmHead() = default;
-  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const std::string& name,
-                                             int64_t vocab, int64_t hidden, int tp_size,
-                                             Communicator* tp);
+  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const std::string& name, int64_t vocab,
+                                             int64_t hidden, int tp_size, Communicator* tp);
   absl::StatusOr<Tensor> Forward(const float* x, int64_t n) const;  // [n, vocab]
 
  private:

@@ -9,9 +9,9 @@
 
 namespace moe {
 
-absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint& ck,
-                                                int64_t layer, const ParallelContext& ctx,
-                                                float softmax_scale, WeightBytes* bytes) {
+absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint& ck, int64_t layer,
+                                                const ParallelContext& ctx, float softmax_scale,
+                                                WeightBytes* bytes) {
   MlaAttention a;
   const std::string p = LayerPrefix(layer) + "self_attn.";
   const Range heads = ctx.shard().heads;
@@ -37,9 +37,10 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint
     MOE_ASSIGN_OR_RETURN(a.q_a_layernorm_, Metered(ck, replicated, [&] {
                            return RmsNorm::Load(ck, p + "q_a_layernorm.weight", r, c.rms_norm_eps);
                          }));
-    MOE_ASSIGN_OR_RETURN(a.q_b_proj_, Metered(ck, split, [&] {
-                           return Linear::Load(ck, p + "q_b_proj.weight", H * qk, r, q_rows, {0, r});
-                         }));
+    MOE_ASSIGN_OR_RETURN(
+        a.q_b_proj_, Metered(ck, split, [&] {
+          return Linear::Load(ck, p + "q_b_proj.weight", H * qk, r, q_rows, {0, r});
+        }));
   } else {
     MOE_ASSIGN_OR_RETURN(a.q_proj_, Metered(ck, split, [&] {
                            return Linear::Load(ck, p + "q_proj.weight", H * qk, h, q_rows, {0, h});
@@ -59,9 +60,9 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint
                                              {0, c.kv_lora_rank});
                        }));
   MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, p + "o_proj.weight", h, H * c.v_head_dim, {0, h},
-                                             {heads.begin * c.v_head_dim,
-                                              heads.end * c.v_head_dim});
+                         return Linear::Load(
+                             ck, p + "o_proj.weight", h, H * c.v_head_dim, {0, h},
+                             {heads.begin * c.v_head_dim, heads.end * c.v_head_dim});
                        }));
   return a;
 }
@@ -112,7 +113,8 @@ absl::Status MlaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   }
   if (!decode.empty()) Decode(decode, q.data(), cache, attn.data());
   o_proj_.Forward(attn.data(), n, out);
-  if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(out, static_cast<size_t>(n * hidden_)));
+  if (tp_->size() > 1)
+    MOE_RETURN_IF_ERROR(tp_->AllReduceSum(out, static_cast<size_t>(n * hidden_)));
   return absl::OkStatus();
 }
 
@@ -176,9 +178,8 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
   // region: even inactive, it would make the kernel's own region nested and serial.
   auto attend = [&](int64_t i) {
     cpu::MlaDecodeAttention(q_cat.data() + i * heads_ * dim, heads_, kv_lora_, rope_,
-                            cache.Layer(layer_), chunks[i]->block_table->data(),
-                            cache.block_size(), chunks[i]->context(), scale_,
-                            o_lat.data() + i * heads_ * kv_lora_);
+                            cache.Layer(layer_), chunks[i]->block_table->data(), cache.block_size(),
+                            chunks[i]->context(), scale_, o_lat.data() + i * heads_ * kv_lora_);
   };
   if (b == 1) {
     attend(0);

@@ -24,15 +24,14 @@ namespace moe {
 
 class MlaAttention {
  public:
-  static absl::StatusOr<MlaAttention> Load(const ModelConfig& config, Checkpoint& ck,
-                                           int64_t layer, const ParallelContext& ctx,
-                                           float softmax_scale, WeightBytes* bytes);
+  static absl::StatusOr<MlaAttention> Load(const ModelConfig& config, Checkpoint& ck, int64_t layer,
+                                           const ParallelContext& ctx, float softmax_scale,
+                                           WeightBytes* bytes);
   // out [n, hidden] for x [n, hidden] (already input-normalised); writes this layer's cache rows.
   absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
 
  private:
-  void Prefill(const ForwardChunk& chunk, const float* q, const KvCache& cache,
-               float* attn) const;
+  void Prefill(const ForwardChunk& chunk, const float* q, const KvCache& cache, float* attn) const;
   void Decode(const std::vector<const ForwardChunk*>& chunks, const float* q, const KvCache& cache,
               float* attn) const;
 

@@ -31,8 +31,8 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
     MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx, bytes));
   } else {
     MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
-                           return GatedMlp::Load(ck, p + "mlp.", c.hidden_size,
-                                                 c.intermediate_size, ctx.shard().dense_inter);
+                           return GatedMlp::Load(ck, p + "mlp.", c.hidden_size, c.intermediate_size,
+                                                 ctx.shard().dense_inter);
                          }));
   }
   return d;
@@ -69,9 +69,8 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
                        }));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Layers keep a reference to the config: give them the model's own copy.
-    MOE_ASSIGN_OR_RETURN(auto layer,
-                         DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale(),
-                                            bytes));
+    MOE_ASSIGN_OR_RETURN(
+        auto layer, DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale(), bytes));
     m->layers_.push_back(std::move(layer));
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }

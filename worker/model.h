@@ -28,7 +28,8 @@ class DecoderLayer {
   static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(const ModelConfig& config,
                                                             Checkpoint& ck, int64_t layer,
                                                             const ParallelContext& ctx,
-                                                            float softmax_scale, WeightBytes* bytes);
+                                                            float softmax_scale,
+                                                            WeightBytes* bytes);
   absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
   const MoeLayer* moe() const { return moe_.get(); }
 

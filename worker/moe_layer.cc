@@ -1,8 +1,8 @@
 #include "worker/moe_layer.h"
 
-#include <algorithm>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
 
 #include "common/status_macros.h"

@@ -34,8 +34,8 @@ class MoeLayer {
 
   const ModelConfig& config_;
   const ParallelContext& ctx_;
-  Tensor gate_;  // [n_routed_experts, hidden]
-  Tensor bias_;  // [n_routed_experts] or empty
+  Tensor gate_;                    // [n_routed_experts, hidden]
+  Tensor bias_;                    // [n_routed_experts] or empty
   std::vector<GatedMlp> experts_;  // this rank's routed experts, in LocalExperts order
   std::unique_ptr<GatedMlp> shared_;
   MoeDispatcher dispatcher_;

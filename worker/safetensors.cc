@@ -1,4 +1,3 @@
-#include "absl/strings/string_view.h"
 #include "worker/safetensors.h"
 
 #include <fcntl.h>
@@ -10,6 +9,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 

@@ -51,8 +51,8 @@ absl::Status SafetensorsWriter::Write(const std::string& name, const void* data,
 
 absl::Status SafetensorsWriter::Finish() {
   if (next_ != tensors_.size()) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        path_, ": ", tensors_.size() - next_, " declared tensors were never written"));
+    return absl::FailedPreconditionError(
+        absl::StrCat(path_, ": ", tensors_.size() - next_, " declared tensors were never written"));
   }
   out_.close();
   return out_ ? absl::OkStatus() : absl::DataLossError(absl::StrCat("cannot close ", path_));

@@ -21,8 +21,9 @@ void AddDecoderLayer(const ModelConfig& c, int64_t layer, bool moe, std::vector<
   if (c.q_lora_rank) {
     out->push_back({p + "self_attn.q_a_proj.weight", {*c.q_lora_rank, h}, Kind::kLinear});
     out->push_back({p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank}, Kind::kNorm});
-    out->push_back(
-        {p + "self_attn.q_b_proj.weight", {heads * c.qk_head_dim(), *c.q_lora_rank}, Kind::kLinear});
+    out->push_back({p + "self_attn.q_b_proj.weight",
+                    {heads * c.qk_head_dim(), *c.q_lora_rank},
+                    Kind::kLinear});
   } else {
     out->push_back({p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear});
   }
@@ -44,9 +45,11 @@ void AddDecoderLayer(const ModelConfig& c, int64_t layer, bool moe, std::vector<
   }
   out->push_back({p + "mlp.gate.weight", {c.n_routed_experts, h}, Kind::kRouter});
   if (c.topk_method == "noaux_tc") {
-    out->push_back({p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::kRouterBias});
+    out->push_back(
+        {p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::kRouterBias});
   }
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) mlp(ExpertPrefix(layer, e), c.moe_intermediate_size);
+  for (int64_t e = 0; e < c.n_routed_experts; ++e)
+    mlp(ExpertPrefix(layer, e), c.moe_intermediate_size);
   if (c.n_shared_experts > 0) mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());
 }
 
@@ -68,7 +71,8 @@ std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include
       out.push_back({p + "eh_proj.weight", {c.hidden_size, 2 * c.hidden_size}, Kind::kLinear});
       AddDecoderLayer(c, l, c.n_routed_experts > 0, &out);
       out.push_back({p + "shared_head.norm.weight", {c.hidden_size}, Kind::kNorm});
-      out.push_back({p + "shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
+      out.push_back(
+          {p + "shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
     }
   }
   return out;

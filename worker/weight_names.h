@@ -21,11 +21,12 @@ struct WeightSpec {
   bool quantizable() const { return kind == Kind::kLinear; }
 };
 
-std::string LayerPrefix(int64_t layer);  // "model.layers.<layer>."
+std::string LayerPrefix(int64_t layer);                   // "model.layers.<layer>."
 std::string ExpertPrefix(int64_t layer, int64_t expert);  // "model.layers.<l>.mlp.experts.<e>."
 
 // Every tensor of the decoder, in a stable order. With `include_mtp`, also the MTP layers that
-// DeepSeek-V3 checkpoints carry as model.layers.<num_hidden_layers + i>.* (the engine ignores them).
+// DeepSeek-V3 checkpoints carry as model.layers.<num_hidden_layers + i>.* (the engine ignores
+// them).
 std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& config, bool include_mtp);
 
 }  // namespace moe

@@ -19,8 +19,9 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
     for (int64_t h = 0; h < heads; ++h) {
       const float* qh = q + h * row;
       for (int64_t t = 0; t < ctx_len; ++t) {
-        const float* kv = cache + (static_cast<int64_t>(blocks[t / block_size]) * block_size +
-                                   t % block_size) * row;
+        const float* kv =
+            cache +
+            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
         float s = 0.0f;
 #pragma omp simd reduction(+ : s)
         for (int64_t i = 0; i < row; ++i) s += qh[i] * kv[i];
@@ -30,8 +31,9 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
       float* oh = out + h * kv_lora;
       std::fill(oh, oh + kv_lora, 0.0f);
       for (int64_t t = 0; t < ctx_len; ++t) {
-        const float* kv = cache + (static_cast<int64_t>(blocks[t / block_size]) * block_size +
-                                   t % block_size) * row;
+        const float* kv =
+            cache +
+            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
         const float w = p[t];
         for (int64_t i = 0; i < kv_lora; ++i) oh[i] += w * kv[i];
       }

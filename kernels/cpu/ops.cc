@@ -29,8 +29,8 @@ void MatMulNT(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, cons
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(ldw), beta, y,
-              static_cast<int>(ldy));
+              static_cast<int>(k), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(ldw), beta,
+              y, static_cast<int>(ldy));
 }
 
 void MatMulNN(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, const float* w,
@@ -46,8 +46,8 @@ void MatMulNN(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, cons
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, static_cast<int>(m), static_cast<int>(n),
-              static_cast<int>(k), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(ldw), beta, y,
-              static_cast<int>(ldy));
+              static_cast<int>(k), 1.0f, x, static_cast<int>(ldx), w, static_cast<int>(ldw), beta,
+              y, static_cast<int>(ldy));
 }
 
 void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float* weight, float eps,

@@ -10,11 +10,11 @@ namespace {
 TEST(DTypeTest, F8E4M3DecodesKnownValues) {
   // Values from the OCP FP8 spec (E4M3): exponent bias 7, no infinities.
   EXPECT_EQ(F8E4M3ToF32(0x00), 0.0f);
-  EXPECT_EQ(F8E4M3ToF32(0x38), 1.0f);            // 0 0111 000
+  EXPECT_EQ(F8E4M3ToF32(0x38), 1.0f);  // 0 0111 000
   EXPECT_EQ(F8E4M3ToF32(0xb8), -1.0f);
-  EXPECT_EQ(F8E4M3ToF32(0x7e), 448.0f);          // largest finite
-  EXPECT_EQ(F8E4M3ToF32(0x01), 0x1p-9f);         // smallest subnormal
-  EXPECT_EQ(F8E4M3ToF32(0x08), 0x1p-6f);         // smallest normal
+  EXPECT_EQ(F8E4M3ToF32(0x7e), 448.0f);   // largest finite
+  EXPECT_EQ(F8E4M3ToF32(0x01), 0x1p-9f);  // smallest subnormal
+  EXPECT_EQ(F8E4M3ToF32(0x08), 0x1p-6f);  // smallest normal
   EXPECT_EQ(F8E4M3ToF32(0x3c), 1.5f);
   EXPECT_TRUE(std::isnan(F8E4M3ToF32(0x7f)));
   EXPECT_TRUE(std::isnan(F8E4M3ToF32(0xff)));
@@ -34,7 +34,7 @@ TEST(DTypeTest, F8E4M3RoundTripsEveryCode) {
 }
 
 TEST(DTypeTest, F8E4M3RoundsToNearestAndSaturates) {
-  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.06f)), 1.0f);    // step 0.125 near 1
+  EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.06f)), 1.0f);  // step 0.125 near 1
   EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.07f)), 1.125f);
   EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1.0625f)), 1.0f);  // tie -> even mantissa
   EXPECT_EQ(F8E4M3ToF32(F32ToF8E4M3(1000.0f)), 448.0f);
@@ -43,7 +43,7 @@ TEST(DTypeTest, F8E4M3RoundsToNearestAndSaturates) {
 
 TEST(DTypeTest, BF16RoundsToNearestEven) {
   EXPECT_EQ(BF16ToF32(F32ToBF16(1.0f)), 1.0f);
-  EXPECT_EQ(BF16ToF32(F32ToBF16(1.0f + 0x1p-8f)), 1.0f);          // tie -> even
+  EXPECT_EQ(BF16ToF32(F32ToBF16(1.0f + 0x1p-8f)), 1.0f);  // tie -> even
   EXPECT_EQ(BF16ToF32(F32ToBF16(1.0f + 3 * 0x1p-8f)), 1.0f + 0x1p-6f);
   EXPECT_EQ(F32ToBF16(-2.0f), 0xc000);
 }

@@ -19,8 +19,7 @@ using ::moe::testing::ScratchDir;
 
 constexpr char kPrompt[] = "3,14,15,92,65,35,89,79,32,38,46,26,43,38,32,79,50,28,84,19";
 
-class LayoutTest
-    : public ::testing::TestWithParam<std::tuple<std::string, std::tuple<int, int>>> {
+class LayoutTest : public ::testing::TestWithParam<std::tuple<std::string, std::tuple<int, int>>> {
  protected:
   static void SetUpTestSuite() {
     // mpirun refuses root without these (CI runs as root); more ranks than cores is intended.
@@ -57,8 +56,8 @@ TEST_P(LayoutTest, MatchesOneRank) {
   const std::string preset = std::get<0>(GetParam());
   const auto [world, tp] = std::get<1>(GetParam());
   const std::string npy = dir_->file(absl::StrCat(preset, "_", world, "_", tp, ".npy"));
-  auto r = RunCommand(absl::StrCat("mpirun --oversubscribe -np ", world, " ",
-                                   Generate(preset, npy), " --tp ", tp));
+  auto r = RunCommand(
+      absl::StrCat("mpirun --oversubscribe -np ", world, " ", Generate(preset, npy), " --tp ", tp));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, reference_[preset]);
   auto got = ReadNpy(npy);

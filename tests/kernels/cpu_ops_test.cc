@@ -19,7 +19,8 @@ std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
 }
 
 TEST(CpuOpsTest, MatMulNTAndNNMatchNaive) {
-  for (auto [m, n, k] : std::vector<std::tuple<int, int, int>>{{1, 7, 5}, {3, 4, 9}, {17, 33, 64}}) {
+  for (auto [m, n, k] :
+       std::vector<std::tuple<int, int, int>>{{1, 7, 5}, {3, 4, 9}, {17, 33, 64}}) {
     const auto x = Random(m * k, 1), w = Random(n * k, 2), wt = Random(k * n, 3);
     std::vector<float> y(m * n, 1.0f), z(m * n, 1.0f);
     MatMulNT(m, n, k, x.data(), k, w.data(), k, y.data(), n);
@@ -102,14 +103,16 @@ TEST(CpuOpsTest, CausalAttentionMatchesNaive) {
   const auto q = Random(q_len * heads * dqk, 10), k = Random(ctx * heads * dqk, 11),
              v = Random(ctx * heads * dv, 12);
   std::vector<float> out(q_len * heads * dv);
-  CausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, dqk, dv, start, 0.4f, out.data());
+  CausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, dqk, dv, start, 0.4f,
+                  out.data());
   for (int i = 0; i < q_len; ++i) {
     for (int h = 0; h < heads; ++h) {
       std::vector<double> p;
       double z = 0;
       for (int t = 0; t <= start + i; ++t) {
         double s = 0;
-        for (int d = 0; d < dqk; ++d) s += q[(i * heads + h) * dqk + d] * k[(t * heads + h) * dqk + d];
+        for (int d = 0; d < dqk; ++d)
+          s += q[(i * heads + h) * dqk + d] * k[(t * heads + h) * dqk + d];
         p.push_back(std::exp(0.4 * s));
         z += p.back();
       }
@@ -168,7 +171,8 @@ TEST(CpuOpsTest, MlaDecodeEqualsExpandedAttention) {
         for (int c = 0; c < lora; ++c) v += w_uv[(h * vdim + d) * lora + c] * latent(t)[c];
         expanded += p[t] / z * v;
       }
-      for (int c = 0; c < lora; ++c) absorbed += w_uv[(h * vdim + d) * lora + c] * o_lat[h * lora + c];
+      for (int c = 0; c < lora; ++c)
+        absorbed += w_uv[(h * vdim + d) * lora + c] * o_lat[h * lora + c];
       EXPECT_NEAR(absorbed, expanded, 1e-4);
     }
   }

@@ -125,7 +125,8 @@ TEST_P(DispatchTest, ManyExpertsPerRankTopK8) { Check(Random(40, 8, 256, 5), 256
 TEST_P(DispatchTest, BuffersGrowAndAreReused) {
   const ExpertPlacement placement = ExpertPlacement::Contiguous(16, comm_->size());
   MoeDispatcher dispatcher(comm_.get(), &placement, kHidden, 4, GetParam());
-  for (int64_t n : {1, 300, 5, 0, 700, 2}) CheckWith(dispatcher, placement, Random(n, 4, 16, 6 + n));
+  for (int64_t n : {1, 300, 5, 0, 700, 2})
+    CheckWith(dispatcher, placement, Random(n, 4, 16, 6 + n));
 }
 
 TEST_P(DispatchTest, RejectsExpertOutOfRange) {
@@ -134,8 +135,9 @@ TEST_P(DispatchTest, RejectsExpertOutOfRange) {
   const ExpertPlacement placement = ExpertPlacement::Contiguous(16, comm_->size());
   MoeDispatcher dispatcher(comm_.get(), &placement, kHidden, 2, GetParam());
   // Every rank gets the same bad input, so every rank fails before any collective.
-  EXPECT_EQ(dispatcher.Dispatch(r.x.data(), r.tokens, r.ids.data(), r.weights.data()).status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      dispatcher.Dispatch(r.x.data(), r.tokens, r.ids.data(), r.weights.data()).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, DispatchTest,

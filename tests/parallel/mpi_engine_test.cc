@@ -130,7 +130,8 @@ TEST_P(MpiEngineTest, EachRankReadsOnlyItsShare) {
       if (s.name.find(".mlp.experts.0.") != std::string::npos) one_expert += b;
     }
     for (const char* part : {"q_b_proj", "q_proj", "kv_b_proj", "o_proj"}) {
-      if (s.name.find(std::string("self_attn.") + part + ".") != std::string::npos) head_split_total += b;
+      if (s.name.find(std::string("self_attn.") + part + ".") != std::string::npos)
+        head_split_total += b;
     }
   }
   const int W = World();

@@ -13,7 +13,8 @@ namespace {
 class NcclTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (CudaDeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible: the NCCL backend is not run";
+    if (CudaDeviceCount() == 0)
+      GTEST_SKIP() << "no CUDA device visible: the NCCL backend is not run";
     auto mpi = MakeMpiWorldCommunicator();
     ASSERT_TRUE(mpi.ok());
     mpi_ = std::move(*mpi);

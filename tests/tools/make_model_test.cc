@@ -1,5 +1,6 @@
-// moe-make-model output loads back: every tensor of every preset, with the shape its config implies,
-// holding the generator's values (f32), their bf16 rounding, or their fp8 block quantization.
+// moe-make-model output loads back: every tensor of every preset, with the shape its config
+// implies, holding the generator's values (f32), their bf16 rounding, or their fp8 block
+// quantization.
 #include <cmath>
 #include <fstream>
 
@@ -75,7 +76,9 @@ TEST(MakeModelTest, ShardedOutputLoadsBack) {
   WriteAndLoadBack("tiny-dsv3", WeightDType::kBF16, 64 << 10);  // many 64 KiB shards + index
 }
 
-TEST(MakeModelTest, SmallPresetLoadsBack) { WriteAndLoadBack("small-dsv3", WeightDType::kFP8, 512ull << 20); }
+TEST(MakeModelTest, SmallPresetLoadsBack) {
+  WriteAndLoadBack("small-dsv3", WeightDType::kFP8, 512ull << 20);
+}
 
 TEST(MakeModelTest, SameSeedSameBytesOtherSeedOtherBytes) {
   auto config = PresetConfig("tiny-kimi-k2");

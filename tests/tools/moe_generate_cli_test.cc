@@ -92,8 +92,8 @@ TEST_F(MoeGenerateCliTest, MissingTensorIsNamed) {
   auto cfg = nlohmann::json::parse(in);
   cfg["q_lora_rank"] = 16;
   std::ofstream(dir.file("config.json")) << cfg.dump();
-  auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model " + dir.path() +
-                      " --prompt-ids 1,2");
+  auto r =
+      RunCommand(BinaryPath("tools/moe-generate") + " --model " + dir.path() + " --prompt-ids 1,2");
   EXPECT_EQ(r.exit_code, 1);
   EXPECT_THAT(r.err, HasSubstr("missing tensor \"model.layers.0.self_attn.q_a_proj.weight\""));
 }

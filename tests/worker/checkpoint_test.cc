@@ -26,12 +26,14 @@ float ExpectedFp8(int64_t r, int64_t c) {
 std::string Fp8File(std::vector<int64_t> scale_shape = {3, 2}) {
   std::string w(kRows * kCols, '\0');
   for (int64_t r = 0; r < kRows; ++r) {
-    for (int64_t c = 0; c < kCols; ++c) w[r * kCols + c] = static_cast<char>((r + c) % 2 == 0 ? 0x38 : 0xc0);
+    for (int64_t c = 0; c < kCols; ++c)
+      w[r * kCols + c] = static_cast<char>((r + c) % 2 == 0 ? 0x38 : 0xc0);
   }
   std::vector<float> s;
   for (int64_t i = 0; i < scale_shape[0] * scale_shape[1]; ++i) s.push_back(1.0f + i);
   nlohmann::json h;
-  h["w.weight"] = {{"dtype", "F8_E4M3"}, {"shape", {kRows, kCols}}, {"data_offsets", {0, w.size()}}};
+  h["w.weight"] = {
+      {"dtype", "F8_E4M3"}, {"shape", {kRows, kCols}}, {"data_offsets", {0, w.size()}}};
   h["w.weight_scale_inv"] = {{"dtype", "F32"},
                              {"shape", scale_shape},
                              {"data_offsets", {w.size(), w.size() + s.size() * 4}}};
@@ -51,7 +53,8 @@ TEST(CheckpointTest, DequantizesFp8WithPartialEdgeBlocks) {
   auto w = ck->Load("w.weight", {kRows, kCols});
   ASSERT_TRUE(w.ok()) << w.status();
   for (int64_t r = 0; r < kRows; ++r) {
-    for (int64_t c = 0; c < kCols; ++c) ASSERT_EQ(w->data()[r * kCols + c], ExpectedFp8(r, c)) << r << "," << c;
+    for (int64_t c = 0; c < kCols; ++c)
+      ASSERT_EQ(w->data()[r * kCols + c], ExpectedFp8(r, c)) << r << "," << c;
   }
   EXPECT_EQ(ck->bytes_read(), static_cast<uint64_t>(kRows * kCols + 6 * 4));
 }
@@ -64,7 +67,8 @@ TEST(CheckpointTest, LoadsRowAndColumnSlicesAcrossBlocks) {
   ASSERT_TRUE(rows.ok()) << rows.status();
   EXPECT_EQ(rows->shape(), (std::vector<int64_t>{160, kCols}));
   for (int64_t r = 0; r < 160; ++r) {
-    for (int64_t c = 0; c < kCols; ++c) ASSERT_EQ(rows->data()[r * kCols + c], ExpectedFp8(r + 100, c));
+    for (int64_t c = 0; c < kCols; ++c)
+      ASSERT_EQ(rows->data()[r * kCols + c], ExpectedFp8(r + 100, c));
   }
   // Rows 100..259 touch scale rows 0..2, both scale columns.
   EXPECT_EQ(ck->bytes_read(), static_cast<uint64_t>(160 * kCols + 3 * 2 * 4));
@@ -206,7 +210,8 @@ TEST(CheckpointTest, TensorStoredTwice) {
 
 TEST(CheckpointTest, EmptyFolder) {
   ScratchDir dir;
-  EXPECT_EQ(Checkpoint::Open(dir.path(), std::nullopt).status().code(), absl::StatusCode::kNotFound);
+  EXPECT_EQ(Checkpoint::Open(dir.path(), std::nullopt).status().code(),
+            absl::StatusCode::kNotFound);
 }
 
 }  // namespace

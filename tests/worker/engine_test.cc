@@ -110,7 +110,8 @@ TEST_F(EngineTest, ActivationsStayFiniteOver256Tokens) {
     g.max_new_tokens = 55;  // 200 + 56 positions
     auto r = GenerateGreedy(**e, alloc, prompt, g);
     ASSERT_TRUE(r.ok()) << r.status();
-    for (int64_t i = 0; i < r->logits.numel(); ++i) ASSERT_TRUE(std::isfinite(r->logits[i])) << preset;
+    for (int64_t i = 0; i < r->logits.numel(); ++i)
+      ASSERT_TRUE(std::isfinite(r->logits[i])) << preset;
   }
 }
 

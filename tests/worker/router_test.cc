@@ -28,7 +28,8 @@ Routed Reference(const ModelConfig& c, const std::vector<float>& logits, const f
   } else {
     for (int64_t e = 0; e < E; ++e) s[e] = 1.0 / (1.0 + std::exp(-static_cast<double>(logits[e])));
   }
-  for (int64_t e = 0; e < E; ++e) choice[e] = s[e] + (bias && c.topk_method == "noaux_tc" ? bias[e] : 0);
+  for (int64_t e = 0; e < E; ++e)
+    choice[e] = s[e] + (bias && c.topk_method == "noaux_tc" ? bias[e] : 0);
   std::vector<bool> allowed(E, true);
   if (G > 1 && c.topk_method != "greedy") {
     std::vector<std::pair<double, int64_t>> gscore;
@@ -111,9 +112,9 @@ TEST(RouterTest, BiasSelectsButWeightsAreUnbiased) {
   c.num_experts_per_tok = 2;
   c.routed_scaling_factor = 1.0;
   std::vector<float> logits(16, -4.0f), bias(16, 0.0f);
-  logits[0] = 2.0f;   // best unbiased score
-  logits[1] = 1.0f;   // second
-  bias[5] = 1.0f;     // expert 5 (sigmoid(-4) = 0.018) wins only through its bias
+  logits[0] = 2.0f;  // best unbiased score
+  logits[1] = 1.0f;  // second
+  bias[5] = 1.0f;    // expert 5 (sigmoid(-4) = 0.018) wins only through its bias
   int32_t ids[2];
   float w[2];
   RouteTokens(c, logits.data(), bias.data(), 1, ids, w);

@@ -100,9 +100,10 @@ INSTANTIATE_TEST_SUITE_P(
                  "unsupported dtype"},
         BadEntry{"negative_dim", R"({"w":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}})",
                  "non-negative"},
-        BadEntry{"shape_overflow",
-                 R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})",
-                 "too large"},
+        BadEntry{
+            "shape_overflow",
+            R"({"w":{"dtype":"F32","shape":[1099511627776,1099511627776],"data_offsets":[0,0]}})",
+            "too large"},
         BadEntry{"missing_offsets", R"({"w":{"dtype":"F32","shape":[1]}})", "data_offsets"},
         BadEntry{"offsets_not_numbers",
                  R"({"w":{"dtype":"F32","shape":[1],"data_offsets":["0","4"]}})", "data_offsets"},

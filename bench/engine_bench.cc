@@ -117,7 +117,7 @@ int main(int argc, char** argv) {
     return 1;
   }
   moe::EngineOptions eo;
-  eo.kv_cache_bytes = 1ull << 30;
+  eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, 1ull << 30);
   std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
   auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
   if (!engine.ok()) {

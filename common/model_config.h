@@ -87,6 +87,16 @@ struct ModelConfig {
   int64_t shared_intermediate_size() const { return moe_intermediate_size * n_shared_experts; }
   bool IsMoeLayer(int64_t layer) const;
   int64_t num_moe_layers() const;
+  // Bytes per token of the MLA latent KV cache over all layers, at `bytes_per_value` (2 for bf16,
+  // 4 for the CPU backend's float32).
+  int64_t LatentKvBytesPerToken(int64_t bytes_per_value) const {
+    return num_hidden_layers * kv_cache_dim() * bytes_per_value;
+  }
+  // What caching the expanded per-head K and V would take instead.
+  int64_t ExpandedKvBytesPerToken(int64_t bytes_per_value) const {
+    return num_hidden_layers * num_attention_heads * (qk_head_dim() + v_head_dim) *
+           bytes_per_value;
+  }
   // Parameter counts of the decoder (the MTP layers of num_nextn_predict_layers excluded).
   ParamCounts CountParameters() const;
 

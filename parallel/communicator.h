@@ -43,6 +43,11 @@ class Communicator {
   virtual absl::Status AllToAllV(const void* send, const std::vector<size_t>& send_bytes,
                                  void* recv, const std::vector<size_t>& recv_bytes) = 0;
   virtual absl::Status Broadcast(void* data, size_t bytes, int root) = 0;
+  // A broadcast the receivers may wait on for a long time (the next step of an idle server):
+  // backends that would spin while waiting sleep between polls instead.
+  virtual absl::Status WaitBroadcast(void* data, size_t bytes, int root) {
+    return Broadcast(data, bytes, root);
+  }
   virtual absl::Status Barrier() = 0;
   // True when every rank of the group shares this host's memory.
   virtual bool on_one_host() const = 0;

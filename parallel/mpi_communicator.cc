@@ -2,8 +2,11 @@
 
 #include <mpi.h>
 
+#include <algorithm>
+#include <chrono>
 #include <climits>
 #include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -145,6 +148,19 @@ class MpiCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
     MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "broadcast"));
     return MpiError(MPI_Bcast(data, n[0], MPI_BYTE, root, comm_), "broadcast");
+  }
+  absl::Status WaitBroadcast(void* data, size_t bytes, int root) override {
+    MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "broadcast"));
+    MPI_Request request;
+    MOE_RETURN_IF_ERROR(
+        MpiError(MPI_Ibcast(data, n[0], MPI_BYTE, root, comm_, &request), "broadcast"));
+    // Poll with sleeps growing to 1 ms: an idle rank costs almost no CPU, a busy one < 1 ms.
+    int done = 0;
+    for (int wait_us = 10; !done; wait_us = std::min(2 * wait_us, 1000)) {
+      MOE_RETURN_IF_ERROR(MpiError(MPI_Test(&request, &done, MPI_STATUS_IGNORE), "broadcast"));
+      if (!done) std::this_thread::sleep_for(std::chrono::microseconds(wait_us));
+    }
+    return absl::OkStatus();
   }
   absl::Status Barrier() override { return MpiError(MPI_Barrier(comm_), "barrier"); }
   bool on_one_host() const override { return one_host_; }

@@ -105,7 +105,10 @@ int main(int argc, char** argv) {
   if (!ctx.ok()) return Fail(ctx.status());
   moe::EngineOptions opt;
   opt.block_size = block_size;
-  opt.kv_cache_bytes = static_cast<uint64_t>(kv_mb) << 20;
+  auto blocks =
+      moe::KvCache::BlocksForBudget(*config, block_size, static_cast<uint64_t>(kv_mb) << 20);
+  if (!blocks.ok()) return Fail(blocks.status());
+  opt.kv_blocks = *blocks;
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());

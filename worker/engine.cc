@@ -1,5 +1,6 @@
 #include "worker/engine.h"
 
+#include <optional>
 #include <set>
 
 #include "absl/strings/str_cat.h"
@@ -12,14 +13,22 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
                                                      const EngineOptions& options) {
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
   auto model = DeepseekV3Model::Load(model_dir, config, *ctx);
-  absl::StatusOr<KvCache> cache =
-      model.ok() ? KvCache::WithBudget(config, options.block_size, options.kv_cache_bytes)
-                 : absl::StatusOr<KvCache>(model.status());
+  absl::Status status = model.status();
+  std::optional<KvCache> cache;
+  if (status.ok() && (options.block_size <= 0 || options.kv_blocks <= 0)) {
+    status = absl::InvalidArgumentError(absl::StrCat("KV cache needs a positive block size and ",
+                                                     "block count, got ", options.block_size,
+                                                     " and ", options.kv_blocks));
+  }
+  if (status.ok()) {
+    cache.emplace(config.num_hidden_layers, options.kv_blocks, options.block_size,
+                  config.kv_cache_dim());
+  }
   // Every rank learns whether every rank loaded its shard: one rank's failure must not leave the
   // others waiting in the first collective.
-  int64_t failed = cache.ok() ? 0 : 1;
+  int64_t failed = status.ok() ? 0 : 1;
   MOE_RETURN_IF_ERROR(ctx->world().AllReduceSum(&failed, 1));
-  if (!cache.ok()) return cache.status();
+  if (!status.ok()) return status;
   if (failed > 0) {
     return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to load their shard"));
   }

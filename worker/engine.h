@@ -33,8 +33,8 @@ struct StepResult {
 };
 
 struct EngineOptions {
-  int64_t block_size = 64;              // tokens per KV block
-  uint64_t kv_cache_bytes = 256 << 20;  // per rank
+  int64_t block_size = 64;  // tokens per KV block
+  int64_t kv_blocks = 0;    // blocks in this rank's cache (see KvCache::BlocksForBudget)
 };
 
 class Engine {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/block_allocator.h"
 #include "common/model_config.h"
 #include "common/tensor.h"
 
@@ -16,9 +17,9 @@ namespace moe {
 class KvCache {
  public:
   KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_size, int64_t dim);
-  // As many blocks as fit in `bytes`.
-  static absl::StatusOr<KvCache> WithBudget(const ModelConfig& config, int64_t block_size,
-                                            uint64_t bytes);
+  // As many float32 blocks as fit in `bytes`; an error when none does.
+  static absl::StatusOr<int64_t> BlocksForBudget(const ModelConfig& config, int64_t block_size,
+                                                 uint64_t bytes);
 
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
@@ -30,30 +31,9 @@ class KvCache {
     return Layer(layer) + (static_cast<int64_t>(block) * block_size_ + offset) * dim_;
   }
 
-  // Bytes per token of this layout (all layers), at `bytes_per_value` (2 for bf16 caches).
-  static int64_t LatentBytesPerToken(const ModelConfig& c, int64_t bytes_per_value);
-  // What caching the expanded per-head K and V would take instead.
-  static int64_t ExpandedBytesPerToken(const ModelConfig& c, int64_t bytes_per_value);
-
  private:
   int64_t num_layers_, num_blocks_, block_size_, dim_, layer_stride_;
   FloatVector data_;
-};
-
-// Free list of cache blocks.
-class BlockAllocator {
- public:
-  explicit BlockAllocator(int64_t num_blocks);
-  int64_t free_blocks() const { return static_cast<int64_t>(free_.size()); }
-  int64_t total_blocks() const { return total_; }
-  // Appends blocks to `table` until it covers `tokens` positions; ResourceExhausted (and no
-  // change) when too few are free.
-  absl::Status EnsureCapacity(std::vector<int32_t>* table, int64_t tokens, int64_t block_size);
-  void Free(std::vector<int32_t>* table);
-
- private:
-  int64_t total_;
-  std::vector<int32_t> free_;
 };
 
 }  // namespace moe

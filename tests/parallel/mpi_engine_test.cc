@@ -55,7 +55,7 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   EngineOptions opt;
   opt.block_size = 16;
-  opt.kv_cache_bytes = 16 << 20;
+  opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20);
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
   return e.ok() ? std::move(*e) : nullptr;

@@ -33,7 +33,7 @@ class EngineTest : public ::testing::Test {
     auto config = LoadModelConfig(dir_->path());
     EngineOptions opt;
     opt.block_size = block_size;
-    opt.kv_cache_bytes = kv_bytes;
+    opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, kv_bytes);
     auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return std::move(*e);
@@ -81,7 +81,7 @@ TEST_F(EngineTest, GeneratorRefusesTooLongAndEmpty) {
 
 TEST_F(EngineTest, CacheExhaustionIsAnErrorAndReturnsBlocks) {
   // One 16-token block per layer budget: a 40-token prompt cannot fit.
-  const uint64_t one_block = 16ull * KvCache::LatentBytesPerToken(*PresetConfig("tiny-dsv3"), 4);
+  const uint64_t one_block = 16ull * PresetConfig("tiny-dsv3")->LatentKvBytesPerToken(4);
   auto e = Load(16, one_block * 2);
   ASSERT_EQ(e->num_blocks(), 2);
   BlockAllocator alloc(e->num_blocks());
@@ -100,7 +100,7 @@ TEST_F(EngineTest, ActivationsStayFiniteOver256Tokens) {
     ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
     auto config = LoadModelConfig(dir.path());
     EngineOptions eo;
-    eo.kv_cache_bytes = 16 << 20;
+    eo.kv_blocks = *KvCache::BlocksForBudget(*config, eo.block_size, 16 << 20);
     auto e = Engine::Load(dir.path(), ParallelContext::Single(*config), eo);
     ASSERT_TRUE(e.ok());
     BlockAllocator alloc((*e)->num_blocks());
@@ -120,8 +120,8 @@ TEST(KvCacheTest, BytesPerTokenOfTheRealModels) {
   for (const char* name : {"deepseek-v3", "kimi-k2"}) {
     auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json");
     ASSERT_TRUE(c.ok());
-    EXPECT_EQ(KvCache::LatentBytesPerToken(*c, 2), 61 * 576 * 2);
-    EXPECT_EQ(KvCache::ExpandedBytesPerToken(*c, 2), 61 * c->num_attention_heads * 320 * 2);
+    EXPECT_EQ(c->LatentKvBytesPerToken(2), 61 * 576 * 2);
+    EXPECT_EQ(c->ExpandedKvBytesPerToken(2), 61 * c->num_attention_heads * 320 * 2);
   }
 }
 

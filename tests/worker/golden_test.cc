@@ -77,7 +77,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
     EXPECT_TRUE(config.ok());
     EngineOptions opt;
     opt.block_size = block_size;
-    opt.kv_cache_bytes = 64 << 20;
+    opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20);
     auto e = Engine::Load(dir_.path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;

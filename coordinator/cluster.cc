@@ -1,0 +1,282 @@
+#include "coordinator/cluster.h"
+
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
+#include "common/logging.h"
+
+namespace moe {
+
+const char* PhaseName(Cluster::Phase p) {
+  switch (p) {
+    case Cluster::Phase::kWaitingForWorkers:
+      return "waiting for workers";
+    case Cluster::Phase::kLoading:
+      return "loading";
+    case Cluster::Phase::kServing:
+      return "serving";
+    case Cluster::Phase::kFailed:
+      return "failed";
+    case Cluster::Phase::kShuttingDown:
+      return "shutting down";
+  }
+  return "?";
+}
+
+Cluster::Cluster(ShardPlan plan, Options options, PhaseCallback on_phase)
+    : plan_(std::move(plan)), options_(options), on_phase_(std::move(on_phase)) {
+  std::lock_guard<std::mutex> lock(mu_);
+  NewSessionLocked();
+}
+
+void Cluster::NewSessionLocked() {
+  std::random_device rd;
+  session_ = absl::StrFormat("s%d-%08x", ++sessions_, rd());
+  workers_.clear();
+  leader_ = nullptr;
+  failure_.clear();
+  SetPhaseLocked(Phase::kWaitingForWorkers, "new session " + session_);
+}
+
+void Cluster::SetPhaseLocked(Phase phase, const std::string& why) {
+  phase_ = phase;
+  pending_.emplace_back(phase, why);
+  cv_.notify_all();
+}
+
+void Cluster::Notify() {
+  std::lock_guard<std::mutex> order(notify_mu_);
+  std::vector<std::pair<Phase, std::string>> events;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    events.swap(pending_);
+  }
+  for (const auto& [phase, why] : events) on_phase_(phase, why);
+}
+
+absl::StatusOr<moe::v1::RegisterResponse> Cluster::Register(const moe::v1::RegisterRequest& r,
+                                                            absl::Duration wait) {
+  const int world = plan_.world_size();
+  std::string session;
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    if (phase_ == Phase::kShuttingDown)
+      return absl::UnavailableError("the coordinator is shutting down");
+    if (r.world_size() != world) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "worker launched with world size ", r.world_size(), ", the coordinator expects ", world));
+    }
+    if (r.rank() < 0 || r.rank() >= world) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rank ", r.rank(), " outside [0, ", world, ")"));
+    }
+    if (phase_ == Phase::kFailed) NewSessionLocked();
+    if (phase_ == Phase::kLoading || phase_ == Phase::kServing) {
+      const std::string why =
+          absl::StrCat("rank ", r.rank(), " registered again (restarted on ", r.host(), ")");
+      MOE_LOG(WARNING) << why << ": ending session " << session_;
+      failure_ = why;
+      SetPhaseLocked(Phase::kFailed, why);
+      if (leader_ != nullptr) leader_->TryCancel();
+      NewSessionLocked();
+    }
+    if (!workers_.empty() && workers_.begin()->second.info.collective() != r.collective()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "rank ", r.rank(), " uses ", r.collective(), " collectives, rank ",
+          workers_.begin()->first, " uses ", workers_.begin()->second.info.collective()));
+    }
+    workers_[r.rank()] = Worker{r, absl::Now(), false};
+    session = session_;
+    MOE_LOG(INFO) << "rank " << r.rank() << " registered from " << r.host() << " (pid " << r.pid()
+                  << "): " << workers_.size() << " of " << world;
+    if (static_cast<int>(workers_.size()) == world) {
+      for (auto& [rank, w] : workers_) w.last_heartbeat = absl::Now();
+      SetPhaseLocked(Phase::kLoading, "all workers registered");
+    }
+  }
+  Notify();
+  std::unique_lock<std::mutex> lock(mu_);
+  const bool done = cv_.wait_for(lock, absl::ToChronoNanoseconds(wait), [&] {
+    return session_ != session || phase_ != Phase::kWaitingForWorkers;
+  });
+  if (session_ != session || phase_ == Phase::kFailed || phase_ == Phase::kShuttingDown) {
+    return absl::UnavailableError(absl::StrCat("registration abandoned: ", DescribeLocked()));
+  }
+  if (!done) {
+    const std::string why = DescribeLocked();
+    workers_.erase(r.rank());  // a later attempt registers afresh
+    return absl::DeadlineExceededError(
+        absl::StrCat("gave up after ", absl::FormatDuration(wait), ": ", why));
+  }
+  moe::v1::RegisterResponse resp;
+  resp.set_session(session_);
+  resp.set_world_size(world);
+  resp.set_tp_size(plan_.tp_size());
+  resp.set_kv_block_size(options_.kv_block_size);
+  resp.set_kv_blocks(options_.kv_blocks);
+  const RankShard shard = plan_.Shard(r.rank());
+  moe::v1::ShardAssignment* a = resp.mutable_shard();
+  a->set_rank(shard.rank);
+  a->set_tp_rank(shard.tp_rank);
+  a->set_dp_rank(shard.dp_rank);
+  a->set_heads_begin(shard.heads.begin);
+  a->set_heads_end(shard.heads.end);
+  a->mutable_experts()->Add(shard.experts.begin(), shard.experts.end());
+  for (const auto& [rank, w] : workers_) resp.add_peer_addresses(w.info.collective_address());
+  return resp;
+}
+
+absl::Status Cluster::Ready(const moe::v1::ReadyRequest& r) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (r.session() != session_ || phase_ != Phase::kLoading) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("session ", r.session(), " is not loading"));
+    }
+    auto it = workers_.find(r.rank());
+    if (it == workers_.end()) return absl::InvalidArgumentError("unknown rank");
+    it->second.ready = true;
+    MOE_LOG(INFO) << "rank " << r.rank() << " ready: " << r.weight_bytes_detail();
+    bool all = true;
+    for (const auto& [rank, w] : workers_) all &= w.ready;
+    if (all) SetPhaseLocked(Phase::kServing, "every worker loaded its shard");
+  }
+  Notify();
+  return absl::OkStatus();
+}
+
+absl::StatusOr<bool> Cluster::Heartbeat(const moe::v1::HeartbeatRequest& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (r.session() != session_ || phase_ == Phase::kFailed || phase_ == Phase::kWaitingForWorkers) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("session ", r.session(), " has ended",
+                     failure_.empty() ? "" : absl::StrCat(" (", failure_, ")")));
+  }
+  auto it = workers_.find(r.rank());
+  if (it != workers_.end()) it->second.last_heartbeat = absl::Now();
+  return released_;
+}
+
+void Cluster::CheckHeartbeats() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (phase_ != Phase::kLoading && phase_ != Phase::kServing) return;
+    const absl::Time now = absl::Now();
+    for (const auto& [rank, w] : workers_) {
+      if (now - w.last_heartbeat > options_.heartbeat_timeout) {
+        failure_ = absl::StrCat("rank ", rank, " (", w.info.host(), ") sent no heartbeat for ",
+                                absl::FormatDuration(options_.heartbeat_timeout));
+        MOE_LOG(ERROR) << failure_ << ": the cluster failed";
+        SetPhaseLocked(Phase::kFailed, failure_);
+        if (leader_ != nullptr) leader_->TryCancel();
+        break;
+      }
+    }
+  }
+  Notify();
+}
+
+absl::Status Cluster::AttachLeader(const std::string& session, grpc::ServerContext* context) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (session != session_ || (phase_ != Phase::kLoading && phase_ != Phase::kServing)) {
+    return absl::FailedPreconditionError(absl::StrCat("session ", session, " is not current"));
+  }
+  if (leader_ != nullptr) return absl::AlreadyExistsError("a leader is already attached");
+  leader_ = context;
+  return absl::OkStatus();
+}
+
+void Cluster::DetachLeader(grpc::ServerContext* context) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (leader_ == context) leader_ = nullptr;
+  cv_.notify_all();
+}
+
+bool Cluster::leader_attached() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return leader_ != nullptr;
+}
+
+void Cluster::Fail(const std::string& why) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (phase_ == Phase::kFailed || phase_ == Phase::kShuttingDown) return;
+    failure_ = why;
+    MOE_LOG(ERROR) << why << ": the cluster failed";
+    SetPhaseLocked(Phase::kFailed, why);
+    if (leader_ != nullptr) leader_->TryCancel();
+  }
+  Notify();
+}
+
+void Cluster::BeginShutdown() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    SetPhaseLocked(Phase::kShuttingDown, "shutdown requested");
+  }
+  Notify();
+}
+
+void Cluster::ReleaseWorkers() {
+  std::lock_guard<std::mutex> lock(mu_);
+  released_ = true;
+}
+
+Cluster::Phase Cluster::phase() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return phase_;
+}
+
+std::string Cluster::session() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return session_;
+}
+
+bool Cluster::IsCurrent(const std::string& session) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return session == session_ && phase_ != Phase::kFailed;
+}
+
+bool Cluster::WaitFor(Phase phase, absl::Duration timeout) const {
+  std::unique_lock<std::mutex> lock(mu_);
+  return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return phase_ == phase; });
+}
+
+std::string Cluster::Describe() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return DescribeLocked();
+}
+
+std::string Cluster::DescribeLocked() const {
+  const int world = plan_.world_size();
+  switch (phase_) {
+    case Phase::kWaitingForWorkers: {
+      std::vector<int> missing;
+      for (int r = 0; r < world; ++r) {
+        if (!workers_.count(r)) missing.push_back(r);
+      }
+      return absl::StrCat("waiting for workers: ", workers_.size(), " of ", world,
+                          " registered (missing ranks ", absl::StrJoin(missing, ", "), ")");
+    }
+    case Phase::kLoading: {
+      std::vector<int> loading;
+      for (const auto& [rank, w] : workers_) {
+        if (!w.ready) loading.push_back(rank);
+      }
+      return absl::StrCat("workers loading their shards (ranks ", absl::StrJoin(loading, ", "),
+                          " not ready)");
+    }
+    case Phase::kServing:
+      return "serving";
+    case Phase::kFailed:
+      return absl::StrCat("the worker group failed: ", failure_,
+                          "; waiting for the workers to be restarted");
+    case Phase::kShuttingDown:
+      return "shutting down";
+  }
+  return "?";
+}
+
+}  // namespace moe

@@ -1,0 +1,51 @@
+// The coordinator's Prometheus metrics, rendered in the text exposition format on /metrics.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+class Histogram {
+ public:
+  explicit Histogram(std::vector<double> bounds);
+  void Observe(double v);
+  // Lines of a histogram named `name` (with its _bucket, _sum and _count series).
+  std::string Render(const std::string& name, const std::string& help) const;
+
+ private:
+  std::vector<double> bounds_;
+  std::vector<uint64_t> counts_;  // per bucket (not cumulative), the last one is +Inf
+  double sum_ = 0;
+  uint64_t count_ = 0;
+};
+
+class Metrics {
+ public:
+  Metrics();
+  // outcome: finished, cancelled, rejected (invalid or queue full), unavailable, failed.
+  void RequestEnded(const std::string& outcome);
+  void AddPromptTokens(int64_t n);
+  void AddGenerationTokens(int64_t n);
+  void ObserveTimeToFirstToken(double seconds);
+  void ObserveInterTokenLatency(double seconds);
+  void AddExpertTokens(const std::vector<int64_t>& per_expert);
+  void AddStep(int64_t tokens);
+  struct Gauges {
+    int64_t waiting = 0, running = 0, blocks_used = 0, blocks_free = 0, preemptions = 0;
+    bool serving = false;
+  };
+  std::string Render(const Gauges& gauges) const;
+
+ private:
+  mutable std::mutex mu_;
+  std::map<std::string, uint64_t> requests_;
+  uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0, step_tokens_ = 0;
+  Histogram ttft_, itl_;
+  std::vector<int64_t> expert_tokens_;
+};
+
+}  // namespace moe

@@ -1,0 +1,205 @@
+#include "coordinator/scheduler.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace moe {
+
+Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
+  for (int g = 0; g < options_.dp_groups; ++g) allocators_.emplace_back(options_.blocks_per_group);
+}
+
+absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(RequestParams params) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the request queue is full (", options_.max_waiting, " waiting)"));
+  }
+  auto s = std::make_shared<Sequence>();
+  s->tokens = params.prompt;
+  s->request = std::make_shared<Request>(next_id_++, std::move(params), absl::Now());
+  waiting_.push_back(s);
+  cv_.notify_all();
+  return s->request;
+}
+
+void Scheduler::Wake() {
+  std::lock_guard<std::mutex> lock(mu_);
+  woken_ = true;
+  cv_.notify_all();
+}
+
+bool Scheduler::idle() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return waiting_.empty() && running_.empty();
+}
+
+void Scheduler::Release(Sequence& s) {
+  if (s.group >= 0) allocators_[s.group].Free(&s.blocks);
+}
+
+void Scheduler::Preempt(const SeqPtr& s) {
+  Release(*s);
+  s->computed = 0;
+  s->group = -1;
+  running_.remove(s);
+  // Back among the waiting, in arrival order: it resumes before later arrivals.
+  auto it = std::find_if(waiting_.begin(), waiting_.end(),
+                         [&](const SeqPtr& w) { return w->request->id() > s->request->id(); });
+  waiting_.insert(it, s);
+  ++preemptions_;
+}
+
+void Scheduler::PurgeCancelled() {
+  for (std::list<SeqPtr>* list : {&running_, &waiting_}) {
+    for (auto it = list->begin(); it != list->end();) {
+      if ((*it)->request->cancelled()) {
+        Release(**it);
+        (*it)->request->Fail(absl::CancelledError("cancelled by the client"));
+        it = list->erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+}
+
+// Reserves blocks for the sequence's next chunk and adds it to the step. Returns false (nothing
+// scheduled) when its group cannot hold the chunk even after preempting newer sequences.
+bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
+  const int64_t remaining = static_cast<int64_t>(s->tokens.size()) - s->computed;
+  const int64_t n = std::min(remaining, *budget);
+  if (n <= 0) return false;
+  BlockAllocator& alloc = allocators_[s->group];
+  while (!alloc.EnsureCapacity(&s->blocks, s->computed + n, options_.block_size).ok()) {
+    // Preempt the newest running sequence of this group that is not in this step.
+    SeqPtr victim;
+    for (const SeqPtr& r : running_) {
+      if (r->group == s->group && r != s && r->scheduled == 0 &&
+          (!victim || r->request->id() > victim->request->id())) {
+        victim = r;
+      }
+    }
+    if (!victim || victim->request->id() < s->request->id()) return false;
+    Preempt(victim);
+  }
+  s->scheduled = n;
+  *budget -= n;
+  in_flight_.push_back(s);
+  return true;
+}
+
+std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
+  std::unique_lock<std::mutex> lock(mu_);
+  cv_.wait_for(lock, absl::ToChronoNanoseconds(wait),
+               [&] { return woken_ || !waiting_.empty() || !running_.empty(); });
+  woken_ = false;
+  PurgeCancelled();
+  in_flight_.clear();
+  int64_t budget = options_.max_step_tokens;
+  // 1. Running sequences, oldest first. One that cannot get blocks is preempted itself.
+  const std::vector<SeqPtr> running(running_.begin(), running_.end());
+  for (const SeqPtr& s : running) {
+    if (s->group < 0) continue;  // preempted earlier in this loop
+    if (budget <= 0) break;
+    if (!Schedule(s, &budget)) Preempt(s);
+  }
+  // 2. Waiting sequences, first come first served: stop at the first that does not fit.
+  while (!waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(running_.size()) < options_.max_running) {
+    const SeqPtr s = waiting_.front();
+    int best = 0;
+    for (int g = 1; g < options_.dp_groups; ++g) {
+      if (allocators_[g].free_blocks() > allocators_[best].free_blocks()) best = g;
+    }
+    s->group = best;
+    if (!Schedule(s, &budget)) {
+      s->group = -1;
+      break;
+    }
+    waiting_.pop_front();
+    running_.push_back(s);
+  }
+  if (in_flight_.empty()) return std::nullopt;
+  moe::v1::StepPlan plan;
+  plan.set_step(next_step_++);
+  for (const SeqPtr& s : in_flight_) {
+    moe::v1::SequencePlan* p = plan.add_sequences();
+    p->set_seq_id(s->request->id());
+    p->mutable_tokens()->Add(s->tokens.begin() + s->computed,
+                             s->tokens.begin() + s->computed + s->scheduled);
+    p->set_start_pos(s->computed);
+    p->mutable_block_table()->Add(s->blocks.begin(), s->blocks.end());
+    p->set_dp_group(s->group);
+    const bool last_chunk = s->computed + s->scheduled == static_cast<int64_t>(s->tokens.size());
+    p->set_sample(last_chunk);
+    if (last_chunk) {
+      *p->mutable_sampling() = s->request->params().sampling;
+      p->set_sample_index(s->generated);
+    }
+  }
+  return plan;
+}
+
+void Scheduler::EndSequence(const SeqPtr& s) {
+  Release(*s);
+  running_.remove(s);
+}
+
+void Scheduler::Complete(const moe::v1::StepResult& result) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const SeqPtr& s : in_flight_) {
+    s->computed += s->scheduled;
+    s->scheduled = 0;
+  }
+  for (int i = 0; i < result.seq_ids_size(); ++i) {
+    const int64_t id = result.seq_ids(i);
+    auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
+                           [id](const SeqPtr& s) { return s->request->id() == id; });
+    if (it == in_flight_.end()) continue;
+    const SeqPtr& s = *it;
+    if (s->request->cancelled() || s->group < 0) continue;  // leaves at the next step
+    const int32_t token = result.tokens(i);
+    const RequestParams& p = s->request->params();
+    s->tokens.push_back(token);
+    ++s->generated;
+    s->request->Emit(token);
+    const bool stop = std::count(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) > 0 ||
+                      (!p.ignore_eos && std::count(options_.eos_token_ids.begin(),
+                                                   options_.eos_token_ids.end(), token) > 0);
+    if (stop || s->generated >= p.max_tokens) {
+      s->request->Finish(stop ? moe::v1::FINISH_REASON_STOP : moe::v1::FINISH_REASON_LENGTH);
+      EndSequence(s);
+    }
+  }
+  in_flight_.clear();
+}
+
+void Scheduler::FailAll(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (std::list<SeqPtr>* list : {&running_, &waiting_}) {
+    for (const SeqPtr& s : *list) {
+      Release(*s);
+      s->request->Fail(status);
+    }
+    list->clear();
+  }
+  in_flight_.clear();
+  cv_.notify_all();
+}
+
+SchedulerStats Scheduler::Stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  SchedulerStats st;
+  st.waiting = static_cast<int64_t>(waiting_.size());
+  st.running = static_cast<int64_t>(running_.size());
+  for (const BlockAllocator& a : allocators_) {
+    st.blocks_free += a.free_blocks();
+    st.blocks_used += a.total_blocks() - a.free_blocks();
+  }
+  st.preemptions = preemptions_;
+  return st;
+}
+
+}  // namespace moe

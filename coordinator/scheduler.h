@@ -1,0 +1,96 @@
+// Iteration-level continuous batching (the serving loop's state machine):
+//   - requests wait in arrival order; each step first continues the running sequences (a decode
+//     token, or the next chunk of a prompt), then admits waiting ones first come first served,
+//     within a token budget per step (prefill is chunked to it);
+//   - each attention-DP group has its own KV cache: a sequence is placed in the group with the
+//     most free blocks, and blocks are accounted per sequence;
+//   - when blocks run out, the newest running sequence is preempted — its blocks return and it
+//     waits again, to be recomputed (prompt + tokens so far) when it is readmitted;
+//   - cancelled requests leave at the next step and their blocks return.
+// One step is in flight at a time: NextStep() plans it, Complete() applies its result.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/block_allocator.h"
+#include "coordinator/request.h"
+#include "moe/v1/cluster.pb.h"
+
+namespace moe {
+
+struct SchedulerOptions {
+  int dp_groups = 1;
+  int64_t blocks_per_group = 0;
+  int64_t block_size = 64;
+  int64_t max_step_tokens = 512;  // tokens per step (prefill chunks and decode tokens)
+  int64_t max_running = 256;      // sequences in the batch, all groups together
+  int64_t max_waiting = 1024;     // queued requests beyond this are refused
+  std::vector<int32_t> eos_token_ids;
+};
+
+struct SchedulerStats {
+  int64_t waiting = 0;
+  int64_t running = 0;
+  int64_t blocks_used = 0;
+  int64_t blocks_free = 0;
+  int64_t preemptions = 0;  // since start
+};
+
+class Scheduler {
+ public:
+  explicit Scheduler(SchedulerOptions options);
+
+  // RESOURCE_EXHAUSTED when the queue is full.
+  absl::StatusOr<std::shared_ptr<Request>> Submit(RequestParams params);
+  // Plans the next step, waiting up to `wait` for work; nullopt when there is none.
+  std::optional<moe::v1::StepPlan> NextStep(absl::Duration wait);
+  // Applies the result of the step NextStep returned last. Returns the finished requests' count.
+  void Complete(const moe::v1::StepResult& result);
+  // Ends every request with `status` and returns every block.
+  void FailAll(const absl::Status& status);
+  // Makes a waiting NextStep return (a request was cancelled, the cluster changed).
+  void Wake();
+  bool idle() const;
+  SchedulerStats Stats() const;
+
+ private:
+  struct Sequence {
+    std::shared_ptr<Request> request;
+    std::vector<int32_t> tokens;  // prompt + generated so far
+    int64_t computed = 0;         // tokens whose KV is in the cache
+    int64_t generated = 0;
+    int group = -1;
+    std::vector<int32_t> blocks;
+    int64_t scheduled = 0;  // tokens in the step in flight
+  };
+  using SeqPtr = std::shared_ptr<Sequence>;
+
+  void Release(Sequence& s);
+  void Preempt(const SeqPtr& s);
+  void PurgeCancelled();
+  bool Schedule(const SeqPtr& s, int64_t* budget);
+  void EndSequence(const SeqPtr& s);
+
+  const SchedulerOptions options_;
+  mutable std::mutex mu_;
+  std::condition_variable cv_;
+  bool woken_ = false;
+  int64_t next_id_ = 0;
+  int64_t next_step_ = 0;
+  int64_t preemptions_ = 0;
+  std::list<SeqPtr> waiting_;               // arrival order (request id)
+  std::list<SeqPtr> running_;               // admission order
+  std::vector<BlockAllocator> allocators_;  // per DP group
+  std::vector<SeqPtr> in_flight_;
+};
+
+}  // namespace moe

@@ -1,0 +1,212 @@
+#include "coordinator/services.h"
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "coordinator/validation.h"
+
+namespace moe {
+
+grpc::Status ToGrpc(const absl::Status& s) {
+  if (s.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(s.code()), std::string(s.message()));
+}
+
+namespace {
+
+constexpr char kSessionMetadata[] = "x-moe-session";
+
+std::string OutcomeOf(const absl::Status& s) {
+  switch (s.code()) {
+    case absl::StatusCode::kOk:
+      return "finished";
+    case absl::StatusCode::kCancelled:
+    case absl::StatusCode::kDeadlineExceeded:
+      return "cancelled";
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kResourceExhausted:
+      return "rejected";
+    case absl::StatusCode::kUnavailable:
+      return "unavailable";
+    default:
+      return "failed";
+  }
+}
+
+}  // namespace
+
+grpc::Status InferenceService::Generate(grpc::ServerContext* context,
+                                        const moe::v1::GenerateRequest* request,
+                                        grpc::ServerWriter<moe::v1::GenerateResponse>* writer) {
+  auto reject = [&](const absl::Status& s) {
+    ctx_.metrics->RequestEnded(OutcomeOf(s));
+    return ToGrpc(s);
+  };
+  if (ctx_.cluster->phase() != Cluster::Phase::kServing) {
+    return reject(absl::UnavailableError(absl::StrCat("not serving: ", ctx_.cluster->Describe())));
+  }
+  uint64_t seed;
+  {
+    std::lock_guard<std::mutex> lock(seed_mu_);
+    seed = seeds_();
+  }
+  auto params = ValidateRequest(*request, *ctx_.config, ctx_.max_sequence_tokens, seed);
+  if (!params.ok()) return reject(params.status());
+  const int64_t prompt_tokens = static_cast<int64_t>(params->prompt.size());
+  auto submitted = ctx_.scheduler->Submit(std::move(*params));
+  if (!submitted.ok()) return reject(submitted.status());
+  std::shared_ptr<Request> req = std::move(*submitted);
+  ctx_.metrics->AddPromptTokens(prompt_tokens);
+
+  absl::Time last = req->arrival();
+  bool first = true;
+  std::vector<int32_t> tokens;
+  while (true) {
+    tokens.clear();
+    const bool ended = req->Wait(absl::Milliseconds(20), &tokens);
+    const absl::Time now = absl::Now();
+    if (!tokens.empty()) {
+      // Tokens that arrived together share the interval since the previous delivery.
+      const double gap = absl::ToDoubleSeconds(now - last) / static_cast<double>(tokens.size());
+      for (size_t i = 0; i < tokens.size(); ++i) {
+        if (first) {
+          ctx_.metrics->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - req->arrival()));
+          first = false;
+        } else {
+          ctx_.metrics->ObserveInterTokenLatency(gap);
+        }
+      }
+      ctx_.metrics->AddGenerationTokens(static_cast<int64_t>(tokens.size()));
+      last = now;
+    }
+    const absl::Status status = ended ? req->status() : absl::OkStatus();
+    if (ended && !status.ok()) {
+      if (!tokens.empty()) {
+        moe::v1::GenerateResponse partial;
+        partial.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+        writer->Write(partial);
+      }
+      return reject(status);
+    }
+    if (!tokens.empty() || ended) {
+      moe::v1::GenerateResponse resp;
+      resp.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+      if (ended) {
+        resp.set_finish_reason(req->finish_reason());
+        resp.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_tokens));
+        resp.mutable_usage()->set_completion_tokens(static_cast<int32_t>(req->produced()));
+      }
+      if (!writer->Write(resp)) {
+        req->Cancel();
+        ctx_.scheduler->Wake();
+        return reject(absl::CancelledError("the client went away"));
+      }
+    }
+    if (ended) {
+      ctx_.metrics->RequestEnded("finished");
+      return grpc::Status::OK;
+    }
+    if (context->IsCancelled()) {
+      req->Cancel();
+      ctx_.scheduler->Wake();
+      return reject(absl::CancelledError("cancelled by the client (or its deadline passed)"));
+    }
+  }
+}
+
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*,
+                                            const moe::v1::GetModelInfoRequest*,
+                                            moe::v1::ModelInfo* info) {
+  const ModelConfig& c = *ctx_.config;
+  const ShardPlan& plan = ctx_.cluster->plan();
+  const ParamCounts p = c.CountParameters();
+  info->set_model_type(c.model_type);
+  info->set_vocab_size(c.vocab_size);
+  info->set_max_position_embeddings(c.max_position_embeddings);
+  info->set_num_hidden_layers(c.num_hidden_layers);
+  info->set_hidden_size(c.hidden_size);
+  info->set_n_routed_experts(c.n_routed_experts);
+  info->set_num_experts_per_tok(c.num_experts_per_tok);
+  info->set_total_parameters(p.total);
+  info->set_active_parameters(p.active);
+  for (int64_t id : c.eos_token_ids) info->add_eos_token_ids(static_cast<int32_t>(id));
+  info->set_world_size(plan.world_size());
+  info->set_tp_size(plan.tp_size());
+  info->set_dp_size(plan.dp_size());
+  info->set_kv_block_size(ctx_.kv_block_size);
+  info->set_kv_blocks_per_dp_group(ctx_.kv_blocks);
+  return grpc::Status::OK;
+}
+
+grpc::Status ClusterService::Register(grpc::ServerContext*, const moe::v1::RegisterRequest* request,
+                                      moe::v1::RegisterResponse* response) {
+  auto r = ctx_.cluster->Register(*request, register_wait_);
+  if (!r.ok()) return ToGrpc(r.status());
+  *response = std::move(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status ClusterService::ReportReady(grpc::ServerContext*, const moe::v1::ReadyRequest* request,
+                                         moe::v1::ReadyResponse*) {
+  return ToGrpc(ctx_.cluster->Ready(*request));
+}
+
+grpc::Status ClusterService::Heartbeat(grpc::ServerContext*,
+                                       const moe::v1::HeartbeatRequest* request,
+                                       moe::v1::HeartbeatResponse* response) {
+  auto r = ctx_.cluster->Heartbeat(*request);
+  if (!r.ok()) return ToGrpc(r.status());
+  response->set_shutdown(*r);
+  return grpc::Status::OK;
+}
+
+grpc::Status ClusterService::Step(
+    grpc::ServerContext* context,
+    grpc::ServerReaderWriter<moe::v1::StepPlan, moe::v1::StepResult>* stream) {
+  const auto md = context->client_metadata().find(kSessionMetadata);
+  if (md == context->client_metadata().end()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no session metadata");
+  }
+  const std::string session(md->second.data(), md->second.size());
+  if (absl::Status s = ctx_.cluster->AttachLeader(session, context); !s.ok()) return ToGrpc(s);
+  struct Detach {
+    Cluster* c;
+    grpc::ServerContext* ctx;
+    ~Detach() { c->DetachLeader(ctx); }
+  } detach{ctx_.cluster, context};
+  MOE_LOG(INFO) << "leader attached (session " << session << ")";
+  while (true) {
+    const Cluster::Phase phase = ctx_.cluster->phase();
+    if (!ctx_.cluster->IsCurrent(session) || context->IsCancelled()) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, ctx_.cluster->Describe());
+    }
+    if (phase == Cluster::Phase::kLoading) {
+      ctx_.cluster->WaitFor(Cluster::Phase::kServing, absl::Milliseconds(100));
+      continue;
+    }
+    if (phase == Cluster::Phase::kShuttingDown && ctx_.scheduler->idle()) {
+      moe::v1::StepPlan bye;
+      bye.set_shutdown(true);
+      stream->Write(bye);
+      MOE_LOG(INFO) << "workers told to shut down";
+      return grpc::Status::OK;
+    }
+    std::optional<moe::v1::StepPlan> plan = ctx_.scheduler->NextStep(absl::Milliseconds(50));
+    if (!plan) continue;
+    moe::v1::StepResult result;
+    if (!stream->Write(*plan) || !stream->Read(&result)) {
+      ctx_.cluster->Fail("the leader's step stream broke");
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "step stream broke");
+    }
+    if (!result.error().empty()) {
+      ctx_.cluster->Fail(absl::StrCat("a step failed on the workers: ", result.error()));
+      return grpc::Status(grpc::StatusCode::INTERNAL, result.error());
+    }
+    int64_t tokens = 0;
+    for (const auto& s : plan->sequences()) tokens += s.tokens_size();
+    ctx_.metrics->AddStep(tokens);
+    ctx_.metrics->AddExpertTokens({result.expert_tokens().begin(), result.expert_tokens().end()});
+    ctx_.scheduler->Complete(result);
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,63 @@
+// The coordinator's gRPC services: the public moe.v1.Inference and the internal moe.v1.Cluster
+// (whose Step stream, held by the leader worker, is where the serving loop runs).
+#pragma once
+
+#include <atomic>
+#include <random>
+
+#include "common/model_config.h"
+#include "coordinator/cluster.h"
+#include "coordinator/metrics.h"
+#include "coordinator/scheduler.h"
+#include "moe/v1/cluster.grpc.pb.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+namespace moe {
+
+struct ServingContext {
+  const ModelConfig* config;
+  Cluster* cluster;
+  Scheduler* scheduler;
+  Metrics* metrics;
+  int64_t max_sequence_tokens;  // a DP group's KV capacity
+  int kv_block_size;
+  int64_t kv_blocks;  // per DP group
+};
+
+class InferenceService final : public moe::v1::Inference::Service {
+ public:
+  explicit InferenceService(ServingContext ctx) : ctx_(ctx) {}
+  grpc::Status Generate(grpc::ServerContext* context, const moe::v1::GenerateRequest* request,
+                        grpc::ServerWriter<moe::v1::GenerateResponse>* writer) override;
+  grpc::Status GetModelInfo(grpc::ServerContext* context, const moe::v1::GetModelInfoRequest*,
+                            moe::v1::ModelInfo* info) override;
+
+ private:
+  ServingContext ctx_;
+  std::mutex seed_mu_;
+  std::mt19937_64 seeds_{std::random_device{}()};
+};
+
+class ClusterService final : public moe::v1::Cluster::Service {
+ public:
+  ClusterService(ServingContext ctx, absl::Duration register_wait)
+      : ctx_(ctx), register_wait_(register_wait) {}
+  grpc::Status Register(grpc::ServerContext*, const moe::v1::RegisterRequest* request,
+                        moe::v1::RegisterResponse* response) override;
+  grpc::Status ReportReady(grpc::ServerContext*, const moe::v1::ReadyRequest* request,
+                           moe::v1::ReadyResponse*) override;
+  grpc::Status Heartbeat(grpc::ServerContext*, const moe::v1::HeartbeatRequest* request,
+                         moe::v1::HeartbeatResponse* response) override;
+  // The serving loop: plan a step, send it to the leader, apply its result.
+  grpc::Status Step(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<moe::v1::StepPlan, moe::v1::StepResult>* stream) override;
+
+ private:
+  ServingContext ctx_;
+  absl::Duration register_wait_;
+};
+
+grpc::Status ToGrpc(const absl::Status& s);
+
+}  // namespace moe

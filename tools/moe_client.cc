@@ -1,0 +1,163 @@
+// moe-client: a command-line client of moe.v1.Inference and grpc.health.v1.
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <string>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
+#include "common/cli.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "moe/v1/inference.grpc.pb.h"
+
+namespace {
+
+const char* CodeName(grpc::StatusCode c) {
+  switch (c) {
+    case grpc::OK:
+      return "OK";
+    case grpc::CANCELLED:
+      return "CANCELLED";
+    case grpc::UNKNOWN:
+      return "UNKNOWN";
+    case grpc::INVALID_ARGUMENT:
+      return "INVALID_ARGUMENT";
+    case grpc::DEADLINE_EXCEEDED:
+      return "DEADLINE_EXCEEDED";
+    case grpc::NOT_FOUND:
+      return "NOT_FOUND";
+    case grpc::ALREADY_EXISTS:
+      return "ALREADY_EXISTS";
+    case grpc::PERMISSION_DENIED:
+      return "PERMISSION_DENIED";
+    case grpc::RESOURCE_EXHAUSTED:
+      return "RESOURCE_EXHAUSTED";
+    case grpc::FAILED_PRECONDITION:
+      return "FAILED_PRECONDITION";
+    case grpc::ABORTED:
+      return "ABORTED";
+    case grpc::OUT_OF_RANGE:
+      return "OUT_OF_RANGE";
+    case grpc::UNIMPLEMENTED:
+      return "UNIMPLEMENTED";
+    case grpc::INTERNAL:
+      return "INTERNAL";
+    case grpc::UNAVAILABLE:
+      return "UNAVAILABLE";
+    case grpc::DATA_LOSS:
+      return "DATA_LOSS";
+    case grpc::UNAUTHENTICATED:
+      return "UNAUTHENTICATED";
+    default:
+      return "?";
+  }
+}
+
+int Fail(const grpc::Status& s) {
+  std::fprintf(stderr, "moe-client: %s: %s\n", CodeName(s.error_code()), s.error_message().c_str());
+  return 1;
+}
+
+int Usage(const std::string& what) {
+  std::fprintf(stderr, "moe-client: %s\n", what.c_str());
+  return 2;
+}
+
+bool ParseIds(const std::string& text, std::vector<int32_t>* ids) {
+  for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
+    int32_t id;
+    if (!absl::SimpleAtoi(absl::StripAsciiWhitespace(part), &id)) return false;
+    ids->push_back(id);
+  }
+  return true;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string server = "localhost:50051", prompt_ids, stop_ids;
+  int64_t max_tokens = 16, top_k = 0, seed = -1, timeout_s = 0;
+  double temperature = 0.0, top_p = 1.0;
+  bool health = false, info = false, ignore_eos = false;
+  moe::FlagParser flags(
+      "moe-client",
+      "Streams a generation from a moe-coordinator: token ids go to stdout as they arrive, the\n"
+      "finish reason and usage to stderr. Errors print the gRPC status code and message and exit\n"
+      "1. --health exits 0 only when the server reports SERVING; --info prints the model.");
+  flags.AddString("server", &server, "Coordinator address HOST:PORT.");
+  flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids.");
+  flags.AddInt("max-tokens", &max_tokens, "Tokens to generate at most.");
+  flags.AddDouble("temperature", &temperature, "Sampling temperature (0: greedy).");
+  flags.AddDouble("top-p", &top_p, "Nucleus sampling mass in (0, 1].");
+  flags.AddInt("top-k", &top_k, "Keep the k most likely tokens (0: all).");
+  flags.AddInt("seed", &seed, "Sampling seed (-1: the server picks one).");
+  flags.AddString("stop-ids", &stop_ids, "Comma-separated token ids that end the generation.");
+  flags.AddBool("ignore-eos", &ignore_eos, "Keep going after the model's EOS token.");
+  flags.AddInt("timeout-s", &timeout_s, "Deadline for the call in seconds (0: none).");
+  flags.AddBool("health", &health, "Check grpc.health.v1 and exit 0 only if SERVING.");
+  flags.AddBool("info", &info, "Print the served model's description.");
+  flags.ParseOrExit(argc, argv);
+
+  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  grpc::ClientContext ctx;
+  if (timeout_s > 0) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
+  } else if (health || info) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  }
+
+  if (health) {
+    auto stub = grpc::health::v1::Health::NewStub(channel);
+    grpc::health::v1::HealthCheckRequest req;
+    grpc::health::v1::HealthCheckResponse resp;
+    const grpc::Status s = stub->Check(&ctx, req, &resp);
+    if (!s.ok()) return Fail(s);
+    const std::string name =
+        grpc::health::v1::HealthCheckResponse::ServingStatus_Name(resp.status());
+    std::printf("%s\n", name.c_str());
+    return resp.status() == grpc::health::v1::HealthCheckResponse::SERVING ? 0 : 1;
+  }
+  auto stub = moe::v1::Inference::NewStub(channel);
+  if (info) {
+    moe::v1::ModelInfo resp;
+    const grpc::Status s = stub->GetModelInfo(&ctx, moe::v1::GetModelInfoRequest(), &resp);
+    if (!s.ok()) return Fail(s);
+    std::printf("%s", resp.DebugString().c_str());
+    return 0;
+  }
+
+  moe::v1::GenerateRequest req;
+  std::vector<int32_t> ids, stops;
+  if (!ParseIds(prompt_ids, &ids)) return Usage("--prompt-ids: expected comma-separated integers");
+  if (!ParseIds(stop_ids, &stops)) return Usage("--stop-ids: expected comma-separated integers");
+  req.mutable_prompt_ids()->Add(ids.begin(), ids.end());
+  req.mutable_stop_token_ids()->Add(stops.begin(), stops.end());
+  req.set_max_tokens(static_cast<int32_t>(max_tokens));
+  req.set_ignore_eos(ignore_eos);
+  moe::v1::SamplingParams* sp = req.mutable_sampling();
+  sp->set_temperature(static_cast<float>(temperature));
+  sp->set_top_p(static_cast<float>(top_p));
+  sp->set_top_k(static_cast<int32_t>(top_k));
+  if (seed >= 0) sp->set_seed(static_cast<uint64_t>(seed));
+
+  auto reader = stub->Generate(&ctx, req);
+  moe::v1::GenerateResponse resp;
+  bool any = false;
+  moe::v1::GenerateResponse last;
+  while (reader->Read(&resp)) {
+    for (int32_t t : resp.token_ids()) {
+      std::printf("%s%d", any ? " " : "", t);
+      any = true;
+    }
+    std::fflush(stdout);
+    if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) last = resp;
+  }
+  if (any) std::printf("\n");
+  const grpc::Status s = reader->Finish();
+  if (!s.ok()) return Fail(s);
+  std::fprintf(stderr, "finish_reason=%s prompt_tokens=%d completion_tokens=%d\n",
+               moe::v1::FinishReason_Name(last.finish_reason()).c_str(),
+               last.usage().prompt_tokens(), last.usage().completion_tokens());
+  return 0;
+}

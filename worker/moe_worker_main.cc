@@ -1,0 +1,220 @@
+// moe-worker: one rank of the serving engine. Registers with the coordinator, loads only its
+// shard, joins the collective, then runs every step the coordinator plans (rank 0 holds the Step
+// stream and broadcasts each plan to the other ranks).
+//   mpirun -np W moe-worker --coordinator HOST:PORT --model DIR
+//   moe-worker --coordinator HOST:PORT --model DIR --rank R --world-size W   (W processes, TCP)
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+
+#include "absl/strings/str_cat.h"
+#include "common/cli.h"
+#include "common/logging.h"
+#include "kernels/ops.h"
+#include "parallel/mpi_communicator.h"
+#include "parallel/parallel_context.h"
+#include "parallel/tcp_communicator.h"
+#include "worker/engine.h"
+#include "worker/step_runner.h"
+#include "worker/worker_client.h"
+
+namespace {
+
+constexpr int kExitError = 1;
+constexpr int kExitSessionLost = 3;
+
+int Fail(const absl::Status& s) {
+  MOE_LOG(ERROR) << s.message();
+  return kExitError;
+}
+
+std::string Hostname() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+int DefaultThreads() {
+  int local = 1;
+  if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local = std::max(1, std::atoi(v));
+  return std::max(1, static_cast<int>(std::thread::hardware_concurrency()) / local);
+}
+
+// The leader's loop: plans from the coordinator, shared with every rank, results back.
+int LeadSteps(moe::CoordinatorClient& client, const std::string& session, moe::StepRunner& runner) {
+  grpc::ClientContext ctx;
+  auto stream = client.OpenStepStream(&ctx, session);
+  moe::v1::StepPlan plan;
+  while (true) {
+    bool lost = false;
+    if (!stream->Read(&plan)) {
+      // The coordinator ended the stream (failure elsewhere, or it went away): tell every rank.
+      lost = true;
+      plan.Clear();
+      plan.set_shutdown(true);
+    }
+    if (absl::Status s = runner.SharePlan(&plan); !s.ok()) return Fail(s);
+    if (plan.shutdown()) {
+      const grpc::Status end = lost ? stream->Finish() : grpc::Status::OK;
+      if (lost && !end.ok()) {
+        MOE_LOG(ERROR) << "step stream ended: " << end.error_message();
+        return kExitSessionLost;
+      }
+      MOE_LOG(INFO) << "shutdown requested by the coordinator";
+      return 0;
+    }
+    moe::v1::StepResult result;
+    result.set_step(plan.step());
+    auto out = runner.Run(plan);
+    if (out.ok()) {
+      result.mutable_seq_ids()->Add(out->seq_ids.begin(), out->seq_ids.end());
+      result.mutable_tokens()->Add(out->tokens.begin(), out->tokens.end());
+      result.mutable_expert_tokens()->Add(out->expert_tokens.begin(), out->expert_tokens.end());
+    } else {
+      result.set_error(std::string(out.status().message()));
+    }
+    if (!stream->Write(result)) {
+      MOE_LOG(ERROR) << "step stream broke while sending a result";
+      plan.Clear();
+      plan.set_shutdown(true);
+      (void)runner.SharePlan(&plan);
+      return kExitSessionLost;
+    }
+    if (!out.ok()) return Fail(out.status());
+  }
+}
+
+int FollowSteps(moe::StepRunner& runner) {
+  moe::v1::StepPlan plan;
+  while (true) {
+    if (absl::Status s = runner.SharePlan(&plan); !s.ok()) return Fail(s);
+    if (plan.shutdown()) return 0;
+    if (auto out = runner.Run(plan); !out.ok()) return Fail(out.status());
+  }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string coordinator, model, host = Hostname(), device = "cpu", collective_listen;
+  int64_t rank = -1, world_size = 0, threads = 0, register_timeout_s = 600;
+  int64_t heartbeat_ms = 1000, lost_after_s = 15;
+  moe::FlagParser flags(
+      "moe-worker",
+      "One rank of the serving engine. Under mpirun (`mpirun -np W moe-worker ...`) ranks come\n"
+      "from MPI; otherwise start W processes with --rank and --world-size (collectives over TCP,\n"
+      "peers found through the coordinator). Exit codes: 0 shutdown, 1 error, 3 session lost.");
+  flags.AddString("coordinator", &coordinator, "Coordinator address HOST:PORT.", true);
+  flags.AddString("model", &model, "Checkpoint folder on this host.", true);
+  flags.AddInt("rank", &rank, "This rank (without mpirun).");
+  flags.AddInt("world-size", &world_size, "Ranks in the engine (without mpirun).");
+  flags.AddString("host", &host, "Host name reported to the coordinator.");
+  flags.AddString("collective-listen", &collective_listen,
+                  "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
+  flags.AddInt("threads", &threads, "CPU threads (0: the host's cores / ranks on it).");
+  flags.AddInt("register-timeout-s", &register_timeout_s,
+               "Give up if the coordinator does not complete registration within this time.");
+  flags.AddInt("heartbeat-ms", &heartbeat_ms, "Heartbeat interval.");
+  flags.AddInt("coordinator-lost-s", &lost_after_s,
+               "Exit when the coordinator cannot be reached for this long.");
+  flags.ParseOrExit(argc, argv);
+
+  // The collective: MPI when launched by mpirun, otherwise a TCP mesh (or nothing for one rank).
+  std::unique_ptr<moe::Communicator> world;
+  std::unique_ptr<moe::TcpListener> listener;
+  moe::v1::RegisterRequest reg;
+  if (moe::MpiRuntime::LaunchedByMpi()) {
+    if (absl::Status s = moe::MpiRuntime::Init(&argc, &argv); !s.ok()) return Fail(s);
+    auto w = moe::MakeMpiWorldCommunicator();
+    if (!w.ok()) return Fail(w.status());
+    world = std::move(*w);
+    if ((rank >= 0 && rank != world->rank()) || (world_size > 0 && world_size != world->size())) {
+      return Fail(absl::InvalidArgumentError("--rank/--world-size disagree with mpirun's"));
+    }
+    rank = world->rank();
+    world_size = world->size();
+    reg.set_collective("mpi");
+  } else {
+    if (rank < 0 || world_size < 1 || rank >= world_size) {
+      return Fail(absl::InvalidArgumentError(
+          "without mpirun, --rank R and --world-size W (0 <= R < W) are required"));
+    }
+    reg.set_collective("tcp");
+    if (world_size > 1) {
+      auto l =
+          moe::TcpListener::Listen(collective_listen.empty() ? host + ":0" : collective_listen);
+      if (!l.ok()) return Fail(l.status());
+      listener = std::move(*l);
+      reg.set_collective_address(listener->address());
+    }
+  }
+  moe::SetLogPrefix(absl::StrCat("worker ", rank, "/", world_size));
+  moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads) : DefaultThreads());
+
+  moe::CoordinatorClient client(coordinator);
+  reg.set_rank(static_cast<int>(rank));
+  reg.set_world_size(static_cast<int>(world_size));
+  reg.set_host(host);
+  reg.set_device(device);
+  reg.set_pid(getpid());
+  MOE_LOG(INFO) << "registering with " << coordinator;
+  auto assignment = client.Register(reg, absl::Seconds(register_timeout_s));
+  if (!assignment.ok()) return Fail(assignment.status());
+  const std::string session = assignment->session();
+  if (!world) {
+    if (world_size == 1) {
+      world = moe::MakeSelfCommunicator();
+    } else {
+      std::vector<std::string> peers(assignment->peer_addresses().begin(),
+                                     assignment->peer_addresses().end());
+      auto w = moe::ConnectTcpMesh(static_cast<int>(rank), peers, *listener, absl::Seconds(60));
+      if (!w.ok()) return Fail(w.status());
+      world = std::move(*w);
+    }
+  }
+
+  auto config = moe::LoadModelConfig(model);
+  if (!config.ok()) return Fail(config.status());
+  auto ctx = moe::ParallelContext::Create(*config, std::move(world), assignment->tp_size());
+  if (!ctx.ok()) return Fail(ctx.status());
+  // The coordinator computed the same plan from the same config.json: refuse to run otherwise.
+  const moe::RankShard& shard = (*ctx)->shard();
+  const auto& want = assignment->shard();
+  if (shard.heads.begin != want.heads_begin() || shard.heads.end != want.heads_end() ||
+      !std::equal(shard.experts.begin(), shard.experts.end(), want.experts().begin(),
+                  want.experts().end())) {
+    return Fail(absl::FailedPreconditionError(
+        "the coordinator's shard assignment differs from this worker's plan: are both reading "
+        "the same config.json?"));
+  }
+  moe::EngineOptions opt;
+  opt.block_size = assignment->kv_block_size();
+  opt.kv_blocks = assignment->kv_blocks();
+  MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
+                << shard.experts.size() << " experts/layer) from " << model;
+  auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
+  if (!engine.ok()) return Fail(engine.status());
+  const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
+  MOE_LOG(INFO) << "loaded " << wb.Describe();
+
+  moe::v1::ReadyRequest ready;
+  ready.set_session(session);
+  ready.set_rank(static_cast<int>(rank));
+  ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
+  ready.set_weight_bytes_detail(wb.Describe());
+  if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
+  client.StartHeartbeats(
+      session, static_cast<int>(rank), absl::Milliseconds(heartbeat_ms),
+      absl::Seconds(lost_after_s), [](const absl::Status& why) {
+        // Other ranks may be blocked in a collective with this one: leave
+        // at once; the launcher (mpirun, Kubernetes) sees the exit.
+        MOE_LOG(WARNING) << why.message() << "; exiting";
+        std::_Exit(why.code() == absl::StatusCode::kCancelled ? 0 : kExitSessionLost);
+      });
+  moe::StepRunner runner(**engine);
+  const int code = rank == 0 ? LeadSteps(client, session, runner) : FollowSteps(runner);
+  client.StopHeartbeats();
+  return code;
+}

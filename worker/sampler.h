@@ -1,0 +1,24 @@
+// Token sampling from one row of logits. The random draw is a pure function of (seed, index) —
+// index = which output token of the request this is — so a seeded request gives the same tokens
+// however it is batched, preempted or split over ranks.
+#pragma once
+
+#include <cstdint>
+
+namespace moe {
+
+struct SamplingSpec {
+  float temperature = 0.0f;  // <= 0: greedy (argmax)
+  int32_t top_k = 0;         // 0: all tokens
+  float top_p = 1.0f;        // (0, 1]
+  uint64_t seed = 0;
+};
+
+// Uniform in [0, 1), deterministic in (seed, index).
+double SampleUniform(uint64_t seed, uint64_t index);
+
+// Samples from softmax(logits / temperature) restricted to the top_k most likely tokens, then to
+// the smallest prefix (by probability) whose mass reaches top_p. Ties go to the lower token id.
+int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index);
+
+}  // namespace moe

@@ -30,7 +30,7 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   std::string model, listen = "0.0.0.0:50051";
-  int64_t world = 1, tp = 0, metrics_port = 0, kv_mb = 256, block_size = 64;
+  int64_t world = 1, tp = 0, metrics_port = 0, kv_mb = 256, kv_blocks_flag = 0, block_size = 64;
   int64_t max_step_tokens = 512, max_running = 256, max_queue = 1024;
   int64_t startup_timeout_s = 600, heartbeat_timeout_s = 10, drain_timeout_s = 30;
   moe::FlagParser flags(
@@ -45,6 +45,8 @@ int main(int argc, char** argv) {
   flags.AddString("listen", &listen, "gRPC address HOST:PORT (port 0 picks one; it is logged).");
   flags.AddInt("metrics-port", &metrics_port, "HTTP port for /metrics (0: off).");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache per worker rank, in MB of float32.");
+  flags.AddInt("kv-blocks", &kv_blocks_flag,
+               "KV cache blocks per worker rank, overriding --kv-cache-mb (0: use it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("max-batch-tokens", &max_step_tokens, "Tokens per step (prefill is chunked to it).");
   flags.AddInt("max-running", &max_running, "Sequences in the running batch.");
@@ -75,7 +77,7 @@ int main(int argc, char** argv) {
                                      tp > 0 ? static_cast<int>(tp) : static_cast<int>(world));
   if (!plan.ok()) return Fail(plan.status());
   const int64_t per_block = config->LatentKvBytesPerToken(sizeof(float)) * block_size;
-  const int64_t kv_blocks = (kv_mb << 20) / per_block;
+  const int64_t kv_blocks = kv_blocks_flag > 0 ? kv_blocks_flag : (kv_mb << 20) / per_block;
   if (kv_blocks < 1) {
     return Fail(absl::InvalidArgumentError(
         absl::StrCat("--kv-cache-mb ", kv_mb, " holds no block of ", per_block, " bytes")));

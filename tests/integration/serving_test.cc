@@ -1,0 +1,430 @@
+// The served system as users run it: moe-coordinator and moe-worker processes on loopback ports,
+// clients over gRPC. Greedy outputs are checked against the engine run alone (the code path of
+// moe-generate, itself checked against HF transformers).
+#include <grpcpp/grpcpp.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "gmock/gmock.h"
+#include "grpc/health/v1/health.grpc.pb.h"
+#include "gtest/gtest.h"
+#include "kernels/ops.h"
+#include "moe/v1/inference.grpc.pb.h"
+#include "tests/integration/process.h"
+#include "tests/test_util.h"
+#include "tools/model_maker.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::BinaryPath;
+using ::moe::testing::FreePort;
+using ::moe::testing::Process;
+using ::moe::testing::ScratchDir;
+using ::testing::HasSubstr;
+
+struct ClusterOptions {
+  int world = 2;
+  int tp = 1;
+  bool mpirun = true;  // else W processes with --rank/--world-size (TCP collectives)
+  std::vector<std::string> coordinator_flags;
+};
+
+class ServingCluster {
+ public:
+  ServingCluster(const std::string& model, const ClusterOptions& o, const std::string& dir)
+      : model_(model), o_(o), dir_(dir) {
+    const int port = FreePort();
+    metrics_port_ = FreePort();
+    address_ = absl::StrCat("127.0.0.1:", port);
+    std::vector<std::string> argv = {BinaryPath("coordinator/moe-coordinator"),
+                                     "--model",
+                                     model,
+                                     "--world-size",
+                                     std::to_string(o.world),
+                                     "--tp",
+                                     std::to_string(o.tp),
+                                     "--listen",
+                                     address_,
+                                     "--metrics-port",
+                                     std::to_string(metrics_port_),
+                                     "--heartbeat-timeout-s",
+                                     "10"};
+    argv.insert(argv.end(), o.coordinator_flags.begin(), o.coordinator_flags.end());
+    coordinator_ = std::make_unique<Process>(argv, dir + "/coordinator.log");
+    channel_ = grpc::CreateChannel(address_, grpc::InsecureChannelCredentials());
+    stub_ = moe::v1::Inference::NewStub(channel_);
+    health_ = grpc::health::v1::Health::NewStub(channel_);
+  }
+
+  void StartWorkers() {
+    const std::string worker = BinaryPath("worker/moe-worker");
+    if (o_.mpirun) {
+      workers_.push_back(std::make_unique<Process>(
+          std::vector<std::string>{"mpirun", "--oversubscribe", "-np", std::to_string(o_.world),
+                                   worker, "--coordinator", address_, "--model", model_,
+                                   "--heartbeat-ms", "300"},
+          dir_ + "/workers.log"));
+      return;
+    }
+    for (int r = 0; r < o_.world; ++r) {
+      workers_.push_back(std::make_unique<Process>(
+          std::vector<std::string>{worker, "--coordinator", address_, "--model", model_, "--rank",
+                                   std::to_string(r), "--world-size", std::to_string(o_.world),
+                                   "--host", "127.0.0.1", "--threads", "1", "--heartbeat-ms",
+                                   "300"},
+          absl::StrCat(dir_, "/worker", r, ".log")));
+    }
+  }
+
+  grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+    grpc::health::v1::HealthCheckResponse resp;
+    if (!health_->Check(&ctx, {}, &resp).ok())
+      return grpc::health::v1::HealthCheckResponse::UNKNOWN;
+    return resp.status();
+  }
+
+  bool WaitServing(absl::Duration timeout = absl::Seconds(60)) {
+    const absl::Time deadline = absl::Now() + timeout;
+    while (absl::Now() < deadline) {
+      if (Health() == grpc::health::v1::HealthCheckResponse::SERVING) return true;
+      absl::SleepFor(absl::Milliseconds(50));
+    }
+    return false;
+  }
+
+  std::string Metrics() {
+    httplib::Client c("127.0.0.1", metrics_port_);
+    auto res = c.Get("/metrics");
+    return res ? res->body : "";
+  }
+  // The value of the series `line_prefix` (e.g. "moe_kv_blocks_used").
+  double Metric(const std::string& series) {
+    for (absl::string_view line : absl::StrSplit(Metrics(), '\n')) {
+      if (absl::StartsWith(line, series + " ")) {
+        double v = -1;
+        (void)absl::SimpleAtod(line.substr(series.size() + 1), &v);
+        return v;
+      }
+    }
+    return -1;
+  }
+
+  moe::v1::Inference::Stub& stub() { return *stub_; }
+  Process& coordinator() { return *coordinator_; }
+  std::vector<std::unique_ptr<Process>>& workers() { return workers_; }
+  std::string Logs() {
+    std::string s = "--- coordinator\n" + coordinator_->Log();
+    for (auto& w : workers_) s += "--- worker\n" + w->Log();
+    return s;
+  }
+
+ private:
+  std::string model_;
+  ClusterOptions o_;
+  std::string dir_, address_;
+  int metrics_port_ = 0;
+  std::unique_ptr<Process> coordinator_;
+  std::vector<std::unique_ptr<Process>> workers_;
+  std::shared_ptr<grpc::Channel> channel_;
+  std::unique_ptr<moe::v1::Inference::Stub> stub_;
+  std::unique_ptr<grpc::health::v1::Health::Stub> health_;
+};
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  moe::v1::FinishReason reason = moe::v1::FINISH_REASON_UNSPECIFIED;
+  int completion_tokens = -1;
+};
+
+Outcome Generate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req,
+                 absl::Duration deadline = absl::Seconds(120), int cancel_after = -1) {
+  grpc::ClientContext ctx;
+  ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  auto reader = stub.Generate(&ctx, req);
+  Outcome out;
+  moe::v1::GenerateResponse resp;
+  while (reader->Read(&resp)) {
+    out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
+    if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) {
+      out.reason = resp.finish_reason();
+      out.completion_tokens = resp.usage().completion_tokens();
+    }
+    if (cancel_after >= 0 && static_cast<int>(out.tokens.size()) >= cancel_after) ctx.TryCancel();
+  }
+  out.status = reader->Finish();
+  return out;
+}
+
+moe::v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tokens) {
+  moe::v1::GenerateRequest r;
+  r.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+  r.set_max_tokens(max_tokens);
+  r.set_ignore_eos(true);
+  r.mutable_sampling()->set_temperature(0.0f);
+  return r;
+}
+
+class ServingTest : public ::testing::Test {
+ public:
+  static void SetUpTestSuite() {
+    setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
+    setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
+    cpu::SetNumThreads(1);
+    dir_ = new ScratchDir();
+    MakeModelOptions opt;
+    opt.out_dir = dir_->file("tiny-dsv3");
+    opt.seed = 41;
+    opt.dtype = WeightDType::kF32;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-dsv3"), opt).ok());
+    auto config = LoadModelConfig(opt.out_dir);
+    EngineOptions eo;
+    eo.block_size = 16;
+    eo.kv_blocks = 256;
+    auto e = Engine::Load(opt.out_dir, ParallelContext::Single(*config), eo);
+    ASSERT_TRUE(e.ok());
+    engine_ = e->release();
+  }
+  static void TearDownTestSuite() {
+    delete engine_;
+    delete dir_;
+  }
+
+  // What moe-generate prints for this request (the engine alone, greedy, EOS ignored).
+  static std::vector<int32_t> Reference(const std::vector<int32_t>& prompt, int max_tokens) {
+    BlockAllocator alloc(engine_->num_blocks());
+    GenerateOptions g;
+    g.max_new_tokens = max_tokens;
+    auto out = GenerateGreedy(*engine_, alloc, prompt, g);
+    EXPECT_TRUE(out.ok());
+    return out->tokens;
+  }
+
+  static std::string Model() { return dir_->file("tiny-dsv3"); }
+
+ protected:
+  static ScratchDir* dir_;
+  static Engine* engine_;
+  ScratchDir logs_;
+};
+ScratchDir* ServingTest::dir_ = nullptr;
+Engine* ServingTest::engine_ = nullptr;
+
+std::vector<int32_t> Prompt(int i) {
+  std::vector<int32_t> p;
+  for (int j = 0; j < 1 + (i * 7) % 40; ++j) p.push_back((i * 31 + j * 17 + 3) % 512);
+  return p;
+}
+
+void ConcurrentClientsMatchOfflineGeneration(ServingTest* t, const ClusterOptions& o,
+                                             const std::string& log_dir) {
+  ServingCluster cluster(ServingTest::Model(), o, log_dir);
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  // 32 clients at once: 20 greedy of different lengths, 6 seeded sampling requests sent twice.
+  struct Job {
+    moe::v1::GenerateRequest req;
+    int twin = -1;  // index of the identical seeded request
+  };
+  std::vector<Job> jobs;
+  for (int i = 0; i < 20; ++i) jobs.push_back({Request(Prompt(i), 1 + (i * 5) % 24)});
+  for (int i = 0; i < 6; ++i) {
+    moe::v1::GenerateRequest r = Request(Prompt(100 + i), 12);
+    r.mutable_sampling()->set_temperature(0.7f + 0.1f * i);
+    r.mutable_sampling()->set_top_p(i % 2 ? 0.9f : 1.0f);
+    r.mutable_sampling()->set_top_k(i % 3 == 0 ? 0 : 50);
+    r.mutable_sampling()->set_seed(1000 + i);
+    jobs.push_back({r, static_cast<int>(jobs.size()) + 1});
+    jobs.push_back({r, static_cast<int>(jobs.size()) - 1});
+  }
+  ASSERT_EQ(jobs.size(), 32u);
+  std::vector<Outcome> out(jobs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    threads.emplace_back([&, i] { out[i] = Generate(cluster.stub(), jobs[i].req); });
+  }
+  for (auto& th : threads) th.join();
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    SCOPED_TRACE(absl::StrCat("request ", i));
+    ASSERT_TRUE(out[i].status.ok()) << out[i].status.error_message() << cluster.Logs();
+    const int max_tokens = jobs[i].req.max_tokens();
+    // Nothing lost or duplicated: every token the server counted arrived exactly once.
+    EXPECT_EQ(static_cast<int>(out[i].tokens.size()), max_tokens);
+    EXPECT_EQ(out[i].completion_tokens, max_tokens);
+    EXPECT_EQ(out[i].reason, moe::v1::FINISH_REASON_LENGTH);
+    if (jobs[i].twin < 0) {
+      const std::vector<int32_t> prompt(jobs[i].req.prompt_ids().begin(),
+                                        jobs[i].req.prompt_ids().end());
+      EXPECT_EQ(out[i].tokens, ServingTest::Reference(prompt, max_tokens));
+    } else {
+      EXPECT_EQ(out[i].tokens, out[jobs[i].twin].tokens);  // same seed, same output
+    }
+  }
+  // Seeded sampling is reproducible across runs too.
+  for (int i = 20; i < 32; i += 2) {
+    EXPECT_EQ(Generate(cluster.stub(), jobs[i].req).tokens, out[i].tokens);
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+  static_cast<void>(t);
+}
+
+TEST_F(ServingTest, TwoMpiWorkers) {
+  ConcurrentClientsMatchOfflineGeneration(this, {2, 1, true, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, FourMpiWorkersTpTwo) {
+  ConcurrentClientsMatchOfflineGeneration(this, {4, 2, true, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, TwoTcpWorkersWithoutMpirun) {
+  ConcurrentClientsMatchOfflineGeneration(this, {2, 2, false, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, PreemptionUnderASmallKvBudgetKeepsOutputsRight) {
+  // 24 blocks of 16 tokens per DP group: 384 positions for 12 requests that grow to ~80 each.
+  ServingCluster cluster(
+      Model(),
+      {2, 1, true, {"--kv-blocks", "24", "--block-size", "16", "--max-batch-tokens", "128"}},
+      logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  std::vector<Outcome> out(12);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 12; ++i) {
+    threads.emplace_back([&, i] { out[i] = Generate(cluster.stub(), Request(Prompt(i + 3), 40)); });
+  }
+  for (auto& th : threads) th.join();
+  for (int i = 0; i < 12; ++i) {
+    ASSERT_TRUE(out[i].status.ok()) << out[i].status.error_message();
+    EXPECT_EQ(out[i].tokens, Reference(Prompt(i + 3), 40)) << "request " << i;
+  }
+  EXPECT_GT(cluster.Metric("moe_preemptions_total"), 0) << cluster.Metrics();
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+}
+
+TEST_F(ServingTest, StartupHealthBadInputsAndLimits) {
+  ServingCluster cluster(Model(), {1, 1, true, {"--max-queue", "1", "--max-running", "1"}},
+                         logs_.path());
+  // Before the workers: not serving, requests refused with UNAVAILABLE.
+  absl::SleepFor(absl::Milliseconds(300));
+  EXPECT_EQ(cluster.Health(), grpc::health::v1::HealthCheckResponse::NOT_SERVING);
+  Outcome early = Generate(cluster.stub(), Request({1, 2}, 2));
+  EXPECT_EQ(early.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(early.status.error_message(), HasSubstr("waiting for workers: 0 of 1"));
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+
+  struct Bad {
+    std::function<void(moe::v1::GenerateRequest&)> edit;
+    std::string field;
+  };
+  for (const Bad& b : std::vector<Bad>{
+           {[](auto& r) { r.clear_prompt_ids(); }, "prompt_ids"},
+           {[](auto& r) { r.add_prompt_ids(512); }, "prompt_ids[2]"},
+           {[](auto& r) { r.set_max_tokens(0); }, "max_tokens"},
+           {[](auto& r) { r.set_max_tokens(600); }, "max_tokens"},
+           {[](auto& r) { r.mutable_sampling()->set_temperature(-1); }, "sampling.temperature"},
+           {[](auto& r) { r.mutable_sampling()->set_top_p(0); }, "sampling.top_p"},
+           {[](auto& r) { r.mutable_sampling()->set_top_p(1.01f); }, "sampling.top_p"},
+           {[](auto& r) { r.mutable_sampling()->set_top_k(-2); }, "sampling.top_k"},
+       }) {
+    moe::v1::GenerateRequest r = Request({1, 2}, 4);
+    b.edit(r);
+    Outcome o = Generate(cluster.stub(), r);
+    EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.field;
+    EXPECT_THAT(o.status.error_message(), HasSubstr(b.field));
+  }
+  // One running and one waiting at most: a burst of long requests overflows the queue.
+  std::vector<Outcome> out(6);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 6; ++i) {
+    threads.emplace_back([&, i] { out[i] = Generate(cluster.stub(), Request(Prompt(i), 200)); });
+  }
+  for (auto& th : threads) th.join();
+  int exhausted = 0, ok = 0;
+  for (const Outcome& o : out) {
+    exhausted += o.status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED;
+    ok += o.status.ok();
+  }
+  EXPECT_GT(exhausted, 0);
+  EXPECT_GT(ok, 0);
+  EXPECT_EQ(exhausted + ok, 6);
+}
+
+TEST_F(ServingTest, CancelAndDeadlineFreeKvBlocks) {
+  ServingCluster cluster(Model(), {2, 1, true, {}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  const double blocks_free = cluster.Metric("moe_kv_blocks_free");
+  // A deadline long before a long generation can finish.
+  Outcome late = Generate(cluster.stub(), Request(Prompt(5), 450), absl::Milliseconds(100));
+  EXPECT_EQ(late.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_LT(late.tokens.size(), 450u);
+  // A client that cancels after a few tokens.
+  Outcome cancelled = Generate(cluster.stub(), Request(Prompt(6), 450), absl::Seconds(60), 3);
+  EXPECT_EQ(cancelled.status.error_code(), grpc::StatusCode::CANCELLED);
+  // Within a step or two the sequences are gone and their blocks back.
+  const absl::Time deadline = absl::Now() + absl::Seconds(5);
+  while (cluster.Metric("moe_kv_blocks_used") != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_free"), blocks_free);
+  EXPECT_EQ(cluster.Metric("moe_requests_total{outcome=\"cancelled\"}"), 2) << cluster.Metrics();
+  EXPECT_EQ(cluster.Metric("moe_running_sequences"), 0);
+  // Expert load is reported: tokens were routed (tiny-dsv3: 3 MoE layers x top-4 per token).
+  EXPECT_GT(cluster.Metric("moe_expert_tokens_total{expert=\"0\"}") +
+                cluster.Metric("moe_expert_tokens_total{expert=\"1\"}"),
+            0);
+}
+
+TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
+  ServingCluster cluster(Model(), {2, 1, true, {"--drain-timeout-s", "60"}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  Outcome out;
+  std::thread client([&] { out = Generate(cluster.stub(), Request(Prompt(9), 120)); });
+  absl::SleepFor(absl::Milliseconds(300));  // the request is running
+  cluster.coordinator().Signal(SIGTERM);
+  client.join();
+  EXPECT_TRUE(out.status.ok()) << out.status.error_message();
+  EXPECT_EQ(out.tokens, Reference(Prompt(9), 120));
+  EXPECT_EQ(cluster.coordinator().Wait(absl::Seconds(30)), 0) << cluster.Logs();
+  for (auto& w : cluster.workers()) EXPECT_EQ(w->Wait(absl::Seconds(30)), 0) << cluster.Logs();
+  // After the drain began, new requests were refused (the server is gone now).
+  EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("draining"));
+}
+
+TEST_F(ServingTest, PythonExampleClient) {
+  if (std::system("python3 -c 'import grpc_tools' >/dev/null 2>&1") != 0) {
+    GTEST_SKIP() << "grpcio-tools is not installed for python3 (tools/install-deps.sh installs it)";
+  }
+  ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  const std::vector<int32_t> prompt = Prompt(12);
+  auto r = ::moe::testing::RunCommand(
+      absl::StrCat("python3 ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ",
+                   "127.0.0.1:", "$(grep -o 'listening on port [0-9]*' ", logs_.path(),
+                   "/coordinator.log | grep -o '[0-9]*$') --prompt-ids ",
+                   absl::StrJoin(prompt, ","), " --max-tokens 8 --ignore-eos"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(Reference(prompt, 8), " ") + "\n");
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,157 @@
+// The TCP mesh backend with W ranks as threads of this process, over loopback sockets.
+#include "parallel/tcp_communicator.h"
+
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <thread>
+
+#include "gtest/gtest.h"
+#include "parallel/moe_dispatch.h"
+
+namespace moe {
+namespace {
+
+// Runs body(rank, comm) on `world` threads joined in one mesh.
+void RunMesh(int world, const std::function<void(int, Communicator&)>& body) {
+  std::vector<std::unique_ptr<TcpListener>> listeners;
+  std::vector<std::string> peers;
+  for (int r = 0; r < world; ++r) {
+    auto l = TcpListener::Listen("127.0.0.1:0");
+    ASSERT_TRUE(l.ok()) << l.status();
+    peers.push_back((*l)->address());
+    listeners.push_back(std::move(*l));
+  }
+  std::vector<std::thread> threads;
+  for (int r = 0; r < world; ++r) {
+    threads.emplace_back([&, r] {
+      auto comm = ConnectTcpMesh(r, peers, *listeners[r], absl::Seconds(20));
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      body(r, **comm);
+    });
+  }
+  for (auto& t : threads) t.join();
+}
+
+class TcpTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(TcpTest, Collectives) {
+  const int W = GetParam();
+  RunMesh(W, [W](int rank, Communicator& c) {
+    EXPECT_EQ(c.rank(), rank);
+    EXPECT_EQ(c.size(), W);
+    std::vector<float> v = {1.0f * rank, 2.0f, -1.0f * rank};
+    ASSERT_TRUE(c.AllReduceSum(v.data(), v.size()).ok());
+    const float ranks = static_cast<float>(W * (W - 1) / 2);
+    EXPECT_EQ(v, (std::vector<float>{ranks, 2.0f * W, -ranks}));
+    int64_t n = rank + 1;
+    ASSERT_TRUE(c.AllReduceSum(&n, 1).ok());
+    EXPECT_EQ(n, W * (W + 1) / 2);
+    // All-gather-v: rank r contributes r + 1 bytes of value r.
+    std::vector<size_t> sizes(W);
+    for (int r = 0; r < W; ++r) sizes[r] = r + 1;
+    std::vector<char> mine(rank + 1, static_cast<char>(rank)), all(W * (W + 1) / 2);
+    ASSERT_TRUE(c.AllGatherV(mine.data(), mine.size(), all.data(), sizes).ok());
+    size_t off = 0;
+    for (int r = 0; r < W; ++r) {
+      for (int i = 0; i <= r; ++i) EXPECT_EQ(all[off++], r);
+    }
+    // Broadcast from the last rank.
+    int64_t b = rank == W - 1 ? 1234 : 0;
+    ASSERT_TRUE(c.WaitBroadcast(&b, sizeof(b), W - 1).ok());
+    EXPECT_EQ(b, 1234);
+    ASSERT_TRUE(c.Barrier().ok());
+  });
+}
+
+TEST_P(TcpTest, LargeAllToAllVDoesNotDeadlock) {
+  // 8 MiB to every peer at once: far beyond socket buffers.
+  const int W = GetParam();
+  const size_t n = 8u << 20;
+  RunMesh(W, [&](int rank, Communicator& c) {
+    std::vector<size_t> bytes(W, n);
+    std::vector<uint8_t> send(n * W), recv(n * W);
+    for (int r = 0; r < W; ++r)
+      std::fill(send.begin() + r * n, send.begin() + (r + 1) * n, rank * 16 + r);
+    ASSERT_TRUE(c.AllToAllV(send.data(), bytes, recv.data(), bytes).ok());
+    for (int s = 0; s < W; ++s) {
+      EXPECT_EQ(recv[s * n], s * 16 + rank);
+      EXPECT_EQ(recv[(s + 1) * n - 1], s * 16 + rank);
+    }
+  });
+}
+
+TEST_P(TcpTest, SplitIntoGroups) {
+  const int W = GetParam();
+  RunMesh(W, [&](int rank, Communicator& c) {
+    auto sub = c.Split(rank % 2, -rank);  // two groups, ranks reversed by key
+    ASSERT_TRUE(sub.ok());
+    int64_t v = rank;
+    ASSERT_TRUE((*sub)->AllReduceSum(&v, 1).ok());
+    int64_t want = 0, members = 0;
+    for (int r = rank % 2; r < W; r += 2) {
+      want += r;
+      ++members;
+    }
+    EXPECT_EQ(v, want);
+    EXPECT_EQ((*sub)->size(), members);
+    // The world still works after (and interleaved with) the sub-group.
+    int64_t w = 1;
+    ASSERT_TRUE(c.AllReduceSum(&w, 1).ok());
+    EXPECT_EQ(w, W);
+  });
+}
+
+TEST_P(TcpTest, MoeDispatchCombineMatchesDirectComputation) {
+  const int W = GetParam();
+  const int64_t hidden = 16, top_k = 3, experts = 12, tokens = 7;
+  RunMesh(W, [&](int rank, Communicator& c) {
+    const ExpertPlacement placement = ExpertPlacement::Contiguous(experts, W);
+    MoeDispatcher d(&c, &placement, hidden, top_k);
+    EXPECT_EQ(d.transport(), MoeDispatcher::Transport::kAllToAllV);
+    std::mt19937 rng(rank);
+    std::vector<float> x(tokens * hidden), w(tokens * top_k, 0.5f);
+    for (float& v : x) v = std::uniform_real_distribution<float>(-1, 1)(rng);
+    std::vector<int32_t> ids(tokens * top_k);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t j = 0; j < top_k; ++j)
+        ids[t * top_k + j] = static_cast<int32_t>((t + 4 * j + rank) % experts);
+    }
+    auto out = d.Dispatch(x.data(), tokens, ids.data(), w.data());
+    ASSERT_TRUE(out.ok());
+    const auto& local = placement.LocalExperts(rank);
+    for (int64_t i = 0; i < out->rows; ++i) {  // expert e scales by (e + 1)
+      for (int64_t c2 = 0; c2 < hidden; ++c2) {
+        float y = 0;
+        for (int64_t j = 0; j < top_k; ++j) {
+          const int32_t le = out->local_expert[i * top_k + j];
+          if (le >= 0) y += out->weight[i * top_k + j] * (local[le] + 1) * out->x[i * hidden + c2];
+        }
+        out->y[i * hidden + c2] = y;
+      }
+    }
+    std::vector<float> combined(tokens * hidden);
+    ASSERT_TRUE(d.Combine(out->handle, combined.data()).ok());
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t c2 = 0; c2 < hidden; ++c2) {
+        float want = 0;
+        for (int64_t j = 0; j < top_k; ++j)
+          want += 0.5f * (ids[t * top_k + j] + 1) * x[t * hidden + c2];
+        EXPECT_NEAR(combined[t * hidden + c2], want, 1e-5);
+      }
+    }
+  });
+}
+
+TEST(TcpMeshTest, UnreachablePeerTimesOut) {
+  auto l = TcpListener::Listen("127.0.0.1:0");
+  ASSERT_TRUE(l.ok());
+  // Rank 1 of 2 whose rank 0 never listens at the given address.
+  auto c = ConnectTcpMesh(1, {"127.0.0.1:1", (*l)->address()}, **l, absl::Milliseconds(300));
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded);
+}
+
+INSTANTIATE_TEST_SUITE_P(Worlds, TcpTest, ::testing::Values(2, 3, 4));
+
+}  // namespace
+}  // namespace moe

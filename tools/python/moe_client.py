@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""A Python client of moe.v1.Inference, with stubs generated from proto/ by grpcio-tools.
+
+    pip install grpcio-tools
+    python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3 --max-tokens 16
+
+Prints the new token ids as they stream in; errors print the gRPC status code and message.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import grpc
+from grpc_tools import protoc
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def load_stubs():
+    """Generates the Python stubs of inference.proto into a temporary folder and imports them."""
+    out = tempfile.mkdtemp(prefix="moe_stubs_")
+    proto_dir = os.path.join(ROOT, "proto")
+    rc = protoc.main(["grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out}",
+                      f"--grpc_python_out={out}", os.path.join(proto_dir, "moe/v1/inference.proto")])
+    if rc != 0:
+        sys.exit("cannot generate stubs from proto/moe/v1/inference.proto")
+    sys.path.insert(0, out)
+    from moe.v1 import inference_pb2, inference_pb2_grpc  # noqa: E402
+    return inference_pb2, inference_pb2_grpc
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--server", default="localhost:50051")
+    ap.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--ignore-eos", action="store_true")
+    args = ap.parse_args()
+
+    pb, pb_grpc = load_stubs()
+    sampling = pb.SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
+    if args.seed is not None:
+        sampling.seed = args.seed
+    request = pb.GenerateRequest(prompt_ids=[int(x) for x in args.prompt_ids.split(",")],
+                                 max_tokens=args.max_tokens, sampling=sampling,
+                                 ignore_eos=args.ignore_eos)
+    stub = pb_grpc.InferenceStub(grpc.insecure_channel(args.server))
+    tokens = []
+    try:
+        for response in stub.Generate(request):
+            tokens.extend(response.token_ids)
+            if response.finish_reason:
+                print(f"finish_reason={pb.FinishReason.Name(response.finish_reason)} "
+                      f"completion_tokens={response.usage.completion_tokens}", file=sys.stderr)
+    except grpc.RpcError as e:
+        print(f"moe_client.py: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print(" ".join(str(t) for t in tokens))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -33,6 +33,21 @@ else
   echo "install-deps: done"
 fi
 
+# Python tools for the tests (the gRPC example client, manifest validation): a venv in .venv,
+# since Debian's system Python refuses pip installs.
+VENV=${MOE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
+PY_PACKAGES=(grpcio-tools kubernetes-validate)
+if [[ ! -x $VENV/bin/python3 ]]; then
+  echo "install-deps: creating a Python venv in $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate" >/dev/null 2>&1; then
+  echo "install-deps: pip installing ${PY_PACKAGES[*]} into $VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+else
+  echo "install-deps: Python packages already in $VENV"
+fi
+
 if command -v nvcc >/dev/null 2>&1; then
   echo "install-deps: CUDA toolkit found ($(nvcc --version | tail -1)); the CUDA backend will be built"
 else

@@ -410,8 +410,10 @@ TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
 }
 
 TEST_F(ServingTest, PythonExampleClient) {
-  if (std::system("python3 -c 'import grpc_tools' >/dev/null 2>&1") != 0) {
-    GTEST_SKIP() << "grpcio-tools is not installed for python3 (tools/install-deps.sh installs it)";
+  // tools/install-deps.sh puts grpcio-tools in the project's venv.
+  const std::string python = std::string(MOE_SOURCE_DIR) + "/.venv/bin/python3";
+  if (std::system((python + " -c 'import grpc_tools' >/dev/null 2>&1").c_str()) != 0) {
+    GTEST_SKIP() << "no grpcio-tools in " << python << " (tools/install-deps.sh installs it)";
   }
   ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
   cluster.StartWorkers();

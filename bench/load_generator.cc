@@ -1,0 +1,176 @@
+// Load generator for a moe-coordinator, and the offline baseline it is compared with.
+//   served:  load_generator --server HOST:PORT --concurrency 8 --requests 32
+//            load_generator --server HOST:PORT --rate 2.5 --requests 64      (Poisson arrivals)
+//   offline: load_generator --offline --model DIR --concurrency 8 --requests 32
+// Every request has --prompt-len prompt tokens and asks for exactly --output-len tokens (EOS
+// ignored, greedy). Reports output tokens/s, time to first token and inter-token latency
+// percentiles. The offline mode runs the same requests through the engine in this process, in
+// batches of --concurrency (the code path of moe-generate): the bound for the served figure.
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include <grpcpp/grpcpp.h>
+
+#include "common/cli.h"
+#include "kernels/ops.h"
+#include "moe/v1/inference.grpc.pb.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double Seconds(Clock::time_point a, Clock::time_point b) {
+  return std::chrono::duration<double>(b - a).count();
+}
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
+}
+
+std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
+  std::vector<int32_t> p;
+  for (int64_t j = 0; j < len; ++j) p.push_back(static_cast<int32_t>((i * 7919 + j * 104729 + 11) % vocab));
+  return p;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string server, model;
+  int64_t concurrency = 8, requests = 32, prompt_len = 64, output_len = 64, vocab = 32000;
+  int64_t threads = 0;
+  double rate = 0;
+  bool offline = false;
+  moe::FlagParser flags("load_generator",
+                        "Load for a moe-coordinator (closed loop at --concurrency, or Poisson at "
+                        "--rate req/s), or the\nsame requests offline through the engine.");
+  flags.AddString("server", &server, "Coordinator HOST:PORT.");
+  flags.AddBool("offline", &offline, "Run the requests through the engine in-process instead.");
+  flags.AddString("model", &model, "Checkpoint folder (offline mode).");
+  flags.AddInt("concurrency", &concurrency, "Requests in flight (closed loop) / batch (offline).");
+  flags.AddDouble("rate", &rate, "Poisson arrival rate in requests/s (0: closed loop).");
+  flags.AddInt("requests", &requests, "Requests to send.");
+  flags.AddInt("prompt-len", &prompt_len, "Prompt tokens per request.");
+  flags.AddInt("output-len", &output_len, "Output tokens per request.");
+  flags.AddInt("vocab", &vocab, "Prompt token ids are drawn below this.");
+  flags.AddInt("threads", &threads, "Offline: CPU threads (0: all cores).");
+  flags.ParseOrExit(argc, argv);
+
+  if (offline) {
+    moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads)
+                                        : static_cast<int>(std::thread::hardware_concurrency()));
+    auto config = moe::LoadModelConfig(model);
+    if (!config.ok()) return 1;
+    moe::EngineOptions eo;
+    eo.block_size = 64;
+    eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, 64, 512ull << 20);
+    auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
+    if (!engine.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
+      return 1;
+    }
+    moe::BlockAllocator alloc((*engine)->num_blocks());
+    moe::GenerateOptions g;
+    g.max_new_tokens = output_len;
+    const auto t0 = Clock::now();
+    int64_t tokens = 0;
+    for (int64_t first = 0; first < requests; first += concurrency) {
+      std::vector<std::vector<int32_t>> prompts;
+      for (int64_t i = first; i < std::min(requests, first + concurrency); ++i) {
+        prompts.push_back(PromptFor(i, prompt_len, vocab));
+      }
+      auto out = moe::GenerateGreedyBatch(**engine, alloc, prompts, g);
+      if (!out.ok()) return 1;
+      for (const auto& o : *out) tokens += static_cast<int64_t>(o.tokens.size());
+    }
+    const double dt = Seconds(t0, Clock::now());
+    std::printf("offline: %lld requests, batch %lld, %lld+%lld tokens each: %.1f output tokens/s "
+                "(%.2f s)\n",
+                static_cast<long long>(requests), static_cast<long long>(concurrency),
+                static_cast<long long>(prompt_len), static_cast<long long>(output_len),
+                tokens / dt, dt);
+    return 0;
+  }
+
+  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  auto stub = moe::v1::Inference::NewStub(channel);
+  std::mutex mu;
+  std::vector<double> ttft, itl, latency;
+  std::atomic<int64_t> next{0}, tokens{0}, failures{0};
+  auto run_one = [&](int64_t i) {
+    moe::v1::GenerateRequest req;
+    const auto prompt = PromptFor(i, prompt_len, vocab);
+    req.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
+    req.set_max_tokens(static_cast<int32_t>(output_len));
+    req.set_ignore_eos(true);
+    req.mutable_sampling()->set_temperature(0.0f);
+    grpc::ClientContext ctx;
+    const auto start = Clock::now();
+    auto reader = stub->Generate(&ctx, req);
+    moe::v1::GenerateResponse resp;
+    auto last = start;
+    std::vector<double> my_itl;
+    double my_ttft = -1;
+    int64_t n = 0;
+    while (reader->Read(&resp)) {
+      const auto now = Clock::now();
+      const int k = resp.token_ids_size();
+      if (k == 0) continue;
+      if (my_ttft < 0) {
+        my_ttft = Seconds(start, now);
+        for (int j = 1; j < k; ++j) my_itl.push_back(0.0);
+      } else {
+        for (int j = 0; j < k; ++j) my_itl.push_back(Seconds(last, now) / k);
+      }
+      last = now;
+      n += k;
+    }
+    if (!reader->Finish().ok()) {
+      ++failures;
+      return;
+    }
+    tokens += n;
+    std::lock_guard<std::mutex> lock(mu);
+    ttft.push_back(my_ttft);
+    itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+    latency.push_back(Seconds(start, Clock::now()));
+  };
+  const auto t0 = Clock::now();
+  std::vector<std::thread> workers;
+  if (rate > 0) {
+    std::mt19937_64 rng(1);
+    std::exponential_distribution<double> gap(rate);
+    for (int64_t i = 0; i < requests; ++i) {
+      workers.emplace_back(run_one, i);
+      std::this_thread::sleep_for(std::chrono::duration<double>(gap(rng)));
+    }
+  } else {
+    for (int64_t c = 0; c < concurrency; ++c) {
+      workers.emplace_back([&] {
+        for (int64_t i = next++; i < requests; i = next++) run_one(i);
+      });
+    }
+  }
+  for (auto& w : workers) w.join();
+  const double dt = Seconds(t0, Clock::now());
+  std::printf("served: %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
+              "tokens/s (%.2f s)\n",
+              static_cast<long long>(requests),
+              rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str()
+                       : ("concurrency " + std::to_string(concurrency)).c_str(),
+              static_cast<long long>(prompt_len), static_cast<long long>(output_len),
+              static_cast<long long>(failures.load()), tokens / dt, dt);
+  std::printf("  TTFT p50 %.1f ms p99 %.1f ms | ITL p50 %.1f ms p99 %.1f ms | latency p50 %.2f s\n",
+              1e3 * Percentile(ttft, 0.5), 1e3 * Percentile(ttft, 0.99), 1e3 * Percentile(itl, 0.5),
+              1e3 * Percentile(itl, 0.99), Percentile(latency, 0.5));
+  return failures > 0 ? 1 : 0;
+}

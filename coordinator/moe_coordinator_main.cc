@@ -26,6 +26,11 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
+void SetReadiness(grpc::HealthCheckServiceInterface* health, bool serving) {
+  health->SetServingStatus("", serving);
+  health->SetServingStatus("moe.v1.Inference", serving);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -106,9 +111,7 @@ int main(int argc, char** argv) {
   moe::Cluster cluster(*plan, co, [&](moe::Cluster::Phase phase, const std::string& why) {
     MOE_LOG(INFO) << "cluster: " << moe::PhaseName(phase) << " (" << why << ")";
     serving = phase == moe::Cluster::Phase::kServing;
-    if (server) {
-      server->GetHealthCheckService()->SetServingStatus(serving);
-    }
+    if (server) SetReadiness(server->GetHealthCheckService(), serving);
     if (phase == moe::Cluster::Phase::kFailed) {
       scheduler.FailAll(absl::UnavailableError(absl::StrCat("a worker failed: ", why)));
     }
@@ -132,7 +135,10 @@ int main(int argc, char** argv) {
   builder.RegisterService(&cluster_service);
   server = builder.BuildAndStart();
   if (!server || port == 0) return Fail(absl::UnavailableError("cannot listen on " + listen));
-  server->GetHealthCheckService()->SetServingStatus(false);
+  // "liveness" answers SERVING while the process runs (for liveness probes); "" and the service
+  // name answer SERVING only while every worker is ready (for readiness probes and clients).
+  server->GetHealthCheckService()->SetServingStatus("liveness", true);
+  SetReadiness(server->GetHealthCheckService(), serving);
   MOE_LOG(INFO) << "listening on port " << port << " (gRPC), waiting for " << world << " workers";
 
   httplib::Server http;

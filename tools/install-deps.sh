@@ -11,7 +11,7 @@ PACKAGES=(
   libopenblas-dev libopenblas-openmp-dev
   nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 procps psmisc
+  iproute2 iputils-ping procps psmisc util-linux
 )
 
 SUDO=""

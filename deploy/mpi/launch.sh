@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Launches a serving cluster over the hosts of an Open MPI hostfile: moe-coordinator on this host
+# (run the script on the first host of the file), one moe-worker rank per GPU (or per slot on CPU
+# hosts) across all hosts through mpirun. Ctrl-C / SIGTERM drains and stops everything.
+#
+#   deploy/mpi/launch.sh --hostfile hosts --model /models/DeepSeek-V3 [--tp 8] [--port 50051]
+#
+# hostfile (Open MPI syntax), e.g. two nodes of eight GPUs:
+#   node-a slots=8
+#   node-b slots=8
+#
+# What a real cluster needs (set in the environment before running; forwarded with -x):
+#   NCCL_SOCKET_IFNAME=eth0      interface NCCL bootstraps over (and its data path without IB)
+#   NCCL_IB_HCA=mlx5_0,mlx5_1    the InfiniBand/RoCE adapters NCCL may use
+#   MOE_IFACE=eth0 (or a CIDR)   interface for Open MPI's TCP traffic (btl_tcp / oob_tcp)
+#   CUDA_VISIBLE_DEVICES         set per rank by rank-env.sh: local rank i gets GPU i
+# The model folder must be at the same path on every host (shared filesystem or a copy).
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+BIN=${MOE_BIN:-$HERE/../../build}
+HOSTFILE="" MODEL="" TP=0 PORT=50051 METRICS_PORT=9090 DRY_RUN=0 EXTRA=()
+usage() { sed -n '2,20p' "$0"; exit "${1:-0}"; }
+while [[ $# -gt 0 ]]; do
+  case $1 in
+    --hostfile) HOSTFILE=$2; shift 2 ;;
+    --model) MODEL=$2; shift 2 ;;
+    --tp) TP=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    --metrics-port) METRICS_PORT=$2; shift 2 ;;
+    --dry-run) DRY_RUN=1; shift ;;
+    --help|-h) usage 0 ;;
+    --) shift; EXTRA=("$@"); break ;;
+    *) echo "launch.sh: unknown argument $1" >&2; usage 2 ;;
+  esac
+done
+[[ -n $HOSTFILE && -n $MODEL ]] || { echo "launch.sh: --hostfile and --model are required" >&2; usage 2; }
+[[ -r $HOSTFILE ]] || { echo "launch.sh: no hostfile $HOSTFILE" >&2; exit 2; }
+# World size: the slots of the hostfile.
+WORLD=$(awk '!/^#/ && NF { s = 1; for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, a, "="); s = a[2] } n += s } END { print n }' "$HOSTFILE")
+FIRST=$(awk '!/^#/ && NF { print $1; exit }' "$HOSTFILE")
+HOSTS=$(awk '!/^#/ && NF { n++ } END { print n + 0 }' "$HOSTFILE")
+COORDINATOR=${MOE_COORDINATOR_ADDRESS:-$FIRST:$PORT}
+[[ $TP -gt 0 ]] || TP=$WORLD
+
+MPIRUN=(mpirun -np "$WORLD" --hostfile "$HOSTFILE" --map-by slot --bind-to none)
+for var in PATH LD_LIBRARY_PATH NCCL_SOCKET_IFNAME NCCL_IB_HCA NCCL_DEBUG; do
+  [[ -n ${!var:-} ]] && MPIRUN+=(-x "$var")
+done
+if [[ -n ${MOE_IFACE:-} ]]; then
+  MPIRUN+=(--mca btl_tcp_if_include "$MOE_IFACE" --mca oob_tcp_if_include "$MOE_IFACE")
+fi
+[[ $(id -u) -eq 0 ]] && MPIRUN+=(--allow-run-as-root)
+MPIRUN+=(${MOE_MPIRUN_ARGS:-})
+WORKER=("$HERE/rank-env.sh" "$BIN/worker/moe-worker" --coordinator "$COORDINATOR" --model "$MODEL" "${EXTRA[@]}")
+CO=("$BIN/coordinator/moe-coordinator" --model "$MODEL" --world-size "$WORLD" --tp "$TP"
+  --listen "0.0.0.0:$PORT" --metrics-port "$METRICS_PORT" ${MOE_COORDINATOR_ARGS:-})
+
+echo "launch.sh: $WORLD ranks (TP $TP) over $HOSTS host(s); coordinator $COORDINATOR"
+if [[ $DRY_RUN -eq 1 ]]; then
+  echo "coordinator: ${CO[*]}"
+  echo "workers:     ${MPIRUN[*]} ${WORKER[*]}"
+  exit 0
+fi
+"${CO[@]}" &
+CO_PID=$!
+"${MPIRUN[@]}" "${WORKER[@]}" &
+MPI_PID=$!
+trap 'kill -TERM $CO_PID 2>/dev/null; wait $CO_PID; wait $MPI_PID' INT TERM
+wait -n $CO_PID $MPI_PID || true
+kill -TERM $CO_PID 2>/dev/null || true
+wait $CO_PID || true
+wait $MPI_PID || true

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The deployment shell scripts, without a cluster:
+#   deploy/k8s/base/pod-ranks.sh starts RANKS_PER_POD ranks numbered from LWS_WORKER_INDEX, one GPU
+#   and one collective port each, and ends with the first rank's exit code;
+#   deploy/mpi/launch.sh --dry-run derives the world size and the coordinator from a hostfile.
+# Usage: scripts_test.sh SOURCE_DIR
+set -uo pipefail
+SRC=$(cd "$1" && pwd)
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail() { echo "scripts-test: FAILED: $*"; exit 1; }
+
+# A fake moe-worker: records its rank, GPU and arguments; rank 4 exits with 3 after a moment.
+mkdir -p "$T/bin"
+cat > "$T/bin/moe-worker" <<'FAKE'
+#!/bin/sh
+rank=""
+while [ $# -gt 0 ]; do [ "$1" = "--rank" ] && rank=$2; shift; done
+echo "rank=$rank gpu=$CUDA_VISIBLE_DEVICES" >> "$RECORD"
+if [ "$rank" = "4" ]; then sleep 1; exit 3; fi
+sleep 30
+FAKE
+chmod +x "$T/bin/moe-worker"
+export RECORD=$T/record PATH=$T/bin:$PATH
+start=$(date +%s)
+LWS_WORKER_INDEX=1 RANKS_PER_POD=3 WORLD_SIZE=6 COORDINATOR_ADDRESS=c:1 MODEL_DIR=/m POD_IP=10.0.0.9 \
+  sh "$SRC/deploy/k8s/base/pod-ranks.sh"
+code=$?
+[[ $code -eq 3 ]] || fail "pod-ranks.sh exited $code, expected the failing rank's 3"
+(( $(date +%s) - start < 10 )) || fail "pod-ranks.sh did not stop at the first exit"
+sort "$T/record" > "$T/sorted"
+printf "rank=3 gpu=0\nrank=4 gpu=1\nrank=5 gpu=2\n" | diff - "$T/sorted" || fail "wrong ranks or GPUs"
+pgrep -f "$T/bin/moe-worker" >/dev/null && fail "ranks left running"
+echo "scripts-test: pod-ranks.sh ok"
+
+printf "# two nodes\nnode-a slots=8\nnode-b slots=8\n" > "$T/hosts"
+out=$("$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /models/m --tp 8 --dry-run)
+grep -q "16 ranks (TP 8) over 2 host(s); coordinator node-a:50051" <<< "$out" || fail "launch.sh: $out"
+grep -q "mpirun -np 16 --hostfile $T/hosts" <<< "$out" || fail "launch.sh mpirun: $out"
+grep -q "moe-coordinator --model /models/m --world-size 16 --tp 8" <<< "$out" || fail "launch.sh coordinator: $out"
+grep -q "rank-env.sh .*moe-worker --coordinator node-a:50051 --model /models/m" <<< "$out" || fail "launch.sh worker: $out"
+out=$(MOE_IFACE=eth1 "$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --dry-run)
+grep -q -- "--mca btl_tcp_if_include eth1 --mca oob_tcp_if_include eth1" <<< "$out" || fail "launch.sh MOE_IFACE: $out"
+"$SRC/deploy/mpi/launch.sh" --model /m >/dev/null 2>&1 && fail "launch.sh accepted a missing --hostfile"
+echo "scripts-test: launch.sh ok"
+# rank-env.sh: local rank i gets GPU i.
+[[ $(OMPI_COMM_WORLD_LOCAL_RANK=5 "$SRC/deploy/mpi/rank-env.sh" sh -c 'echo $CUDA_VISIBLE_DEVICES') == 5 ]] ||
+  fail "rank-env.sh did not set CUDA_VISIBLE_DEVICES"
+echo "scripts-test: PASSED"

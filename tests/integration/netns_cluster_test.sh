@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Emulated multi-node cluster: three "hosts" (network namespaces with their own addresses, joined
+# by veth pairs to a bridge in a fourth, "switch" namespace). The coordinator runs on host 0; four
+# worker ranks run on hosts 1 and 2, launched by mpirun through deploy/mpi/netns-agent.sh (its
+# "ssh" enters the namespace). Checks:
+#   1. a generation equals the single-rank moe-generate output;
+#   2. cutting host 2's link: health turns NOT_SERVING and the in-flight request fails with
+#      UNAVAILABLE within MAX_DETECT_S seconds (heartbeat timeout 3 s + a step);
+#   3. relaunching the workers (link restored): SERVING again and the same output, with the same
+#      coordinator process.
+# Needs root (namespaces); exits 77 (skipped) with a message otherwise. Always removes what it made.
+# Usage: netns_cluster_test.sh BUILD_DIR SOURCE_DIR
+set -uo pipefail
+BUILD=$(cd "$1" && pwd)
+SRC=$(cd "$2" && pwd)
+MAX_DETECT_S=10
+TAG=moe$$
+SW=${TAG}sw
+HOSTS=(${TAG}h0 ${TAG}h1 ${TAG}h2)
+ADDR=(10.77.0.1 10.77.0.2 10.77.0.3)
+WORK=$(mktemp -d)
+PORT=50051
+COORD=${ADDR[0]}:$PORT
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+
+log() { echo "netns-test: $*"; }
+skip() { log "SKIPPED: $*"; exit 77; }
+fail() {
+  log "FAILED: $*"
+  for f in "$WORK"/*.log; do echo "--- $f"; tail -20 "$f"; done
+  exit 1
+}
+
+cleanup() {
+  for ns in "${HOSTS[@]}" "$SW"; do
+    if ip netns list 2>/dev/null | grep -qw "$ns"; then
+      pids=$(ip netns pids "$ns" 2>/dev/null)
+      [[ -n $pids ]] && kill -9 $pids 2>/dev/null
+      ip netns del "$ns" 2>/dev/null
+    fi
+  done
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+[[ $(id -u) -eq 0 ]] || skip "needs root to create network namespaces"
+command -v ip >/dev/null && command -v unshare >/dev/null || skip "needs iproute2 and unshare"
+ip netns add "$SW" 2>/dev/null || skip "cannot create network namespaces here"
+ip -n "$SW" link add br0 type bridge || skip "cannot create a bridge"
+ip -n "$SW" link set br0 up
+for i in 0 1 2; do
+  h=${HOSTS[$i]}
+  ip netns add "$h"
+  ip link add eth0 netns "$h" type veth peer name "p$i" netns "$SW"
+  ip -n "$h" addr add "${ADDR[$i]}/24" dev eth0
+  ip -n "$h" link set eth0 up
+  ip -n "$h" link set lo up
+  ip -n "$SW" link set "p$i" master br0
+  ip -n "$SW" link set "p$i" up
+done
+ip netns exec "${HOSTS[1]}" ping -c1 -W2 "${ADDR[2]}" >/dev/null || fail "hosts cannot reach each other"
+log "hosts ${HOSTS[*]} at ${ADDR[*]}"
+
+MODEL=$WORK/tiny-dsv3
+"$BUILD/tools/moe-make-model" --preset tiny-dsv3 --dtype f32 --seed 3 --out "$MODEL" 2>/dev/null
+PROMPT=5,17,42,99,7,1,250,33
+WANT=$("$BUILD/tools/moe-generate" --model "$MODEL" --prompt-ids $PROMPT --max-new-tokens 24 --ignore-eos 2>/dev/null)
+client() { ip netns exec "${HOSTS[0]}" "$BUILD/tools/moe-client" --server "$COORD" "$@"; }
+wait_health() {  # wait_health STATUS SECONDS
+  for _ in $(seq 1 $(( $2 * 10 ))); do
+    [[ $(client --health 2>/dev/null) == "$1" ]] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+launch_workers() {
+  printf "%s slots=2\n%s slots=2\n" "${ADDR[1]}" "${ADDR[2]}" > "$WORK/hostfile"
+  MOE_NETNS_MAP="${ADDR[1]}=${HOSTS[1]},${ADDR[2]}=${HOSTS[2]}" ip netns exec "${HOSTS[0]}" \
+    mpirun -np 4 --hostfile "$WORK/hostfile" --allow-run-as-root \
+    --mca plm_rsh_agent "$SRC/deploy/mpi/netns-agent.sh" --mca plm_rsh_no_tree_spawn 1 \
+    --mca btl tcp,self --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
+    -x MOE_NETNS_MAP \
+    "$BUILD/worker/moe-worker" --coordinator "$COORD" --model "$MODEL" --heartbeat-ms 300 \
+    --coordinator-lost-s 5 > "$WORK/workers-$1.log" 2>&1 &
+  MPIRUN_PID=$!
+}
+# Kills the worker job: its mpirun, then whatever still runs on the worker hosts.
+kill_workers() {
+  kill -9 "$MPIRUN_PID" 2>/dev/null
+  wait "$MPIRUN_PID" 2>/dev/null
+  for _ in $(seq 1 50); do
+    local left=""
+    for h in "${HOSTS[1]}" "${HOSTS[2]}"; do left+=$(ip netns pids "$h"); done
+    [[ -z $left ]] && return 0
+    kill -9 $left 2>/dev/null
+    sleep 0.1
+  done
+  fail "worker processes would not die"
+}
+
+ip netns exec "${HOSTS[0]}" "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size 4 \
+  --tp 2 --listen "$COORD" --heartbeat-timeout-s 3 > "$WORK/coordinator.log" 2>&1 &
+COORD_PID=$!
+wait_health NOT_SERVING 10 || fail "coordinator did not come up NOT_SERVING"
+launch_workers 1
+wait_health SERVING 60 || fail "cluster did not become SERVING"
+log "SERVING with 4 ranks on 2 hosts"
+
+GOT=$(client --prompt-ids $PROMPT --max-tokens 24 --ignore-eos 2>/dev/null)
+[[ "$GOT" == "$WANT" ]] || fail "output '$GOT' differs from one rank's '$WANT'"
+log "generation matches the single-rank output"
+
+# A long request in flight, then host 2 loses its link.
+client --prompt-ids $PROMPT --max-tokens 400 --ignore-eos > "$WORK/inflight.out" 2> "$WORK/inflight.err" &
+INFLIGHT=$!
+sleep 0.5
+kill -0 $INFLIGHT 2>/dev/null || fail "the long request ended before the cut"
+CUT=$(date +%s%3N)
+ip -n "$SW" link set p2 down
+log "cut host 2's link"
+wait $INFLIGHT && fail "the in-flight request succeeded after the cut"
+DETECTED=$(date +%s%3N)
+grep -q "UNAVAILABLE" "$WORK/inflight.err" || fail "in-flight request did not fail with UNAVAILABLE: $(cat "$WORK/inflight.err")"
+ELAPSED_MS=$(( DETECTED - CUT ))
+log "in-flight request failed with UNAVAILABLE after ${ELAPSED_MS} ms: $(cat "$WORK/inflight.err")"
+(( ELAPSED_MS <= MAX_DETECT_S * 1000 )) || fail "failure took ${ELAPSED_MS} ms (bound ${MAX_DETECT_S} s)"
+[[ $(client --health) == NOT_SERVING ]] || fail "health is not NOT_SERVING after the failure"
+log "health NOT_SERVING"
+
+# Relaunch the workers (the operator's job, or Kubernetes'): old ones are killed, link restored.
+kill_workers
+ip -n "$SW" link set p2 up
+launch_workers 2
+wait_health SERVING 60 || fail "cluster did not serve again after the relaunch"
+kill -0 $COORD_PID || fail "the coordinator died"
+GOT=$(client --prompt-ids $PROMPT --max-tokens 24 --ignore-eos 2>/dev/null)
+[[ "$GOT" == "$WANT" ]] || fail "output after the relaunch '$GOT' differs from '$WANT'"
+log "SERVING again with the same coordinator (pid $COORD_PID); output matches"
+kill -TERM $COORD_PID
+wait $COORD_PID || fail "coordinator exit code $?"
+log "PASSED"

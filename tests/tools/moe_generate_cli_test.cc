@@ -106,3 +106,32 @@ TEST_F(MoeGenerateCliTest, MissingModelFolder) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(MoePlanCliTest, TableJsonAndExitCodes) {
+  using ::moe::testing::BinaryPath;
+  using ::moe::testing::RunCommand;
+  const std::string plan = BinaryPath("tools/moe-plan");
+  auto help = RunCommand(plan + " --help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out, ::testing::HasSubstr("--attn-tp"));
+  auto ok = RunCommand(plan + " --model deepseek-v3 --gpu h800 --nodes 18 --redundant-experts 32");
+  EXPECT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_THAT(ok.out, ::testing::HasSubstr("671.0B parameters"));
+  EXPECT_THAT(ok.out, ::testing::HasSubstr("fits: yes"));
+  auto json = RunCommand(plan + " --model kimi-k2 --gpu h200 --nodes 4 --json");
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  EXPECT_EQ(nlohmann::json::parse(json.out)["layout"]["ep"], 32);
+  // Does not fit: exit code 3 and the reason.
+  auto no = RunCommand(plan + " --model deepseek-v3 --gpu h100 --nodes 1 --attn-tp 8 --dtype bf16");
+  EXPECT_EQ(no.exit_code, 3);
+  EXPECT_THAT(no.out, ::testing::HasSubstr("fits: NO"));
+  auto bad = RunCommand(plan + " --gpu b200");
+  EXPECT_EQ(bad.exit_code, 1);
+  EXPECT_THAT(bad.err, ::testing::HasSubstr("unknown GPU preset"));
+}
+
+}  // namespace
+}  // namespace moe

@@ -19,6 +19,7 @@
 #include "kernels/ops.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/mpi_communicator.h"
+#include "parallel/planner.h"
 
 namespace {
 
@@ -34,7 +35,9 @@ double MaxOverRanks(double t) {
 
 int main(int argc, char** argv) {
   std::string tokens_list = "1,4,16,64,256,1024,4096";
-  int64_t hidden = 7168, experts = 256, top_k = 8, iters = 5;
+  int64_t hidden = 7168, experts = 256, top_k = 8, iters = 5, ranks_per_node = 0;
+  double model_gbps = 0, model_latency_us = 0, model_intra_gbps = 1000;
+  bool csv = false;
   moe::FlagParser flags("dispatch_bench",
                         "MoE dispatch + combine time against a raw MPI_Alltoallv of the same "
                         "bytes (run under mpirun).");
@@ -43,6 +46,13 @@ int main(int argc, char** argv) {
   flags.AddInt("experts", &experts, "Routed experts.");
   flags.AddInt("top-k", &top_k, "Experts per token.");
   flags.AddInt("iters", &iters, "Timed repetitions (best is kept).");
+  flags.AddDouble("model-gbps", &model_gbps,
+                  "Also print the planner's communication model for links of this many GB/s "
+                  "between nodes (0: no model).");
+  flags.AddDouble("model-intra-gbps", &model_intra_gbps, "Model: GB/s between ranks of a node.");
+  flags.AddDouble("model-latency-us", &model_latency_us, "Model: latency per collective, us.");
+  flags.AddInt("ranks-per-node", &ranks_per_node, "Model: ranks sharing a node (0: all).");
+  flags.AddBool("csv", &csv, "Print CSV rows instead of the table.");
   flags.ParseOrExit(argc, argv);
   if (!moe::MpiRuntime::Init(&argc, &argv).ok()) return 1;
   auto world = moe::MakeMpiWorldCommunicator();
@@ -53,7 +63,9 @@ int main(int argc, char** argv) {
   const moe::ExpertPlacement placement = moe::ExpertPlacement::Contiguous(experts, W);
   moe::MoeDispatcher dispatcher(&comm, &placement, hidden, top_k);
 
-  if (me == 0) {
+  if (me == 0 && csv) {
+    std::printf("world,tokens,send_bytes_per_rank,ours_us,raw_us,model_us\n");
+  } else if (me == 0) {
     std::printf(
         "dispatch_bench: W=%d, hidden %lld, top-%lld of %lld experts, float32 payload, "
         "%s transport\n",
@@ -61,8 +73,8 @@ int main(int argc, char** argv) {
         static_cast<long long>(experts),
         dispatcher.transport() == moe::MoeDispatcher::Transport::kSharedMemory ? "shared-memory"
                                                                                : "all-to-all-v");
-    std::printf("%8s %12s %12s %12s %12s %12s %7s\n", "tokens", "MB/rank", "ours us", "raw us",
-                "ours GB/s", "raw GB/s", "ratio");
+    std::printf("%8s %12s %12s %12s %12s %12s %7s %12s %7s\n", "tokens", "MB/rank", "ours us",
+                "raw us", "ours GB/s", "raw GB/s", "ratio", "model us", "ours/model");
   }
   for (absl::string_view part : absl::StrSplit(tokens_list, ',')) {
     int64_t n = 0;
@@ -115,12 +127,28 @@ int main(int argc, char** argv) {
     double mean_bytes = 0;
     MPI_Allreduce(&bytes, &mean_bytes, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     mean_bytes /= W;
-    if (me == 0) {
-      std::printf("%8lld %12.2f %12.1f %12.1f %12.2f %12.2f %7.2f\n", static_cast<long long>(n),
+    // The planner's model of what ran: the slowest rank's payload each way, plus the latency of
+    // each collective (dispatch: counts, routing entries, rows; combine: rows).
+    // Bytes to other ranks (rows a rank keeps never reach the network).
+    double max_sent = 0, sent = static_cast<double>(total_send - send_bytes[me]);
+    MPI_Allreduce(&sent, &max_sent, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
+    const int rpn = ranks_per_node > 0 ? static_cast<int>(ranks_per_node) : W;
+    const double model =
+        model_gbps > 0 ? 2 * moe::AllToAllSeconds(max_sent, W, rpn, model_intra_gbps, model_gbps,
+                                                  model_latency_us) +
+                             2 * model_latency_us * 1e-6
+                       : 0;
+    if (me == 0 && csv) {
+      std::printf("%d,%lld,%.0f,%.1f,%.1f,%.1f\n", W, static_cast<long long>(n), max_sent,
+                  best * 1e6, raw * 1e6, model * 1e6);
+    } else if (me == 0) {
+      std::printf("%8lld %12.2f %12.1f %12.1f %12.2f %12.2f %7.2f", static_cast<long long>(n),
                   mean_bytes / 1e6, best * 1e6, raw * 1e6, mean_bytes / best / 1e9,
                   mean_bytes / raw / 1e9, raw / best);
-      std::fflush(stdout);
+      if (model > 0) std::printf(" %12.1f %7.2f", model * 1e6, best / model);
+      std::printf("\n");
     }
+    std::fflush(stdout);
   }
   return 0;
 }

@@ -19,6 +19,7 @@
 #include "common/cli.h"
 #include "kernels/ops.h"
 #include "moe/v1/inference.grpc.pb.h"
+#include "parallel/mpi_communicator.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 
@@ -47,7 +48,7 @@ std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
 int main(int argc, char** argv) {
   std::string server, model;
   int64_t concurrency = 8, requests = 32, prompt_len = 64, output_len = 64, vocab = 32000;
-  int64_t threads = 0;
+  int64_t threads = 0, tp = 1;
   double rate = 0;
   bool offline = false;
   moe::FlagParser flags("load_generator",
@@ -62,18 +63,36 @@ int main(int argc, char** argv) {
   flags.AddInt("prompt-len", &prompt_len, "Prompt tokens per request.");
   flags.AddInt("output-len", &output_len, "Output tokens per request.");
   flags.AddInt("vocab", &vocab, "Prompt token ids are drawn below this.");
-  flags.AddInt("threads", &threads, "Offline: CPU threads (0: all cores).");
+  flags.AddInt("threads", &threads, "Offline: CPU threads per rank (0: cores / ranks here).");
+  flags.AddInt("tp", &tp, "Offline under mpirun: attention TP size (the rest is attention DP).");
   flags.ParseOrExit(argc, argv);
 
   if (offline) {
+    // Under mpirun the engine spans the ranks (sequences spread over the attention-DP groups).
+    std::unique_ptr<moe::Communicator> world = moe::MakeSelfCommunicator();
+    int local_ranks = 1;
+    if (moe::MpiRuntime::LaunchedByMpi()) {
+      if (!moe::MpiRuntime::Init(&argc, &argv).ok()) return 1;
+      world = std::move(*moe::MakeMpiWorldCommunicator());
+      if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local_ranks = std::atoi(v);
+    }
+    const bool leader = world->rank() == 0;
     moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads)
-                                        : static_cast<int>(std::thread::hardware_concurrency()));
+                                        : std::max(1, static_cast<int>(
+                                                          std::thread::hardware_concurrency()) /
+                                                          std::max(1, local_ranks)));
     auto config = moe::LoadModelConfig(model);
     if (!config.ok()) return 1;
     moe::EngineOptions eo;
     eo.block_size = 64;
     eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, 64, 512ull << 20);
-    auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
+    auto ctx = moe::ParallelContext::Create(*config, std::move(world), static_cast<int>(tp));
+    if (!ctx.ok()) {
+      std::fprintf(stderr, "%s\n", std::string(ctx.status().message()).c_str());
+      return 1;
+    }
+    const int ranks = (*ctx)->plan().world_size();
+    auto engine = moe::Engine::Load(model, std::move(*ctx), eo);
     if (!engine.ok()) {
       std::fprintf(stderr, "%s\n", std::string(engine.status().message()).c_str());
       return 1;
@@ -93,11 +112,13 @@ int main(int argc, char** argv) {
       for (const auto& o : *out) tokens += static_cast<int64_t>(o.tokens.size());
     }
     const double dt = Seconds(t0, Clock::now());
-    std::printf("offline: %lld requests, batch %lld, %lld+%lld tokens each: %.1f output tokens/s "
-                "(%.2f s)\n",
-                static_cast<long long>(requests), static_cast<long long>(concurrency),
-                static_cast<long long>(prompt_len), static_cast<long long>(output_len),
-                tokens / dt, dt);
+    if (leader) {
+      std::printf("offline: %d ranks (TP %lld), %lld requests, batch %lld, %lld+%lld tokens each: "
+                  "%.1f output tokens/s (%.2f s)\n",
+                  ranks, static_cast<long long>(tp), static_cast<long long>(requests),
+                  static_cast<long long>(concurrency), static_cast<long long>(prompt_len),
+                  static_cast<long long>(output_len), tokens / dt, dt);
+    }
     return 0;
   }
 

@@ -55,15 +55,22 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec
       }
     }
   }
+  // Draw in token-id order over the kept set (the distribution does not depend on the order; id
+  // order is what a GPU can reproduce without sorting the vocabulary).
+  std::vector<std::pair<int32_t, double>> kept_set;
   double kept = 0;
-  for (size_t i = 0; i < keep; ++i) kept += p[i];
+  for (size_t i = 0; i < keep; ++i) {
+    kept_set.push_back({ids[i], p[i]});
+    kept += p[i];
+  }
+  std::sort(kept_set.begin(), kept_set.end());
   const double u = SampleUniform(spec.seed, index) * kept;
   double acc = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    acc += p[i];
-    if (u < acc) return ids[i];
+  for (const auto& [id, prob] : kept_set) {
+    acc += prob;
+    if (u < acc) return id;
   }
-  return ids[keep - 1];
+  return kept_set.back().first;
 }
 
 }  // namespace moe

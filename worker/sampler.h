@@ -18,7 +18,8 @@ struct SamplingSpec {
 double SampleUniform(uint64_t seed, uint64_t index);
 
 // Samples from softmax(logits / temperature) restricted to the top_k most likely tokens, then to
-// the smallest prefix (by probability) whose mass reaches top_p. Ties go to the lower token id.
+// the smallest prefix (by probability) whose mass reaches top_p; ties go to the lower token id.
+// The draw walks the kept tokens in id order: u * (kept mass) falls in one token's interval.
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index);
 
 }  // namespace moe

@@ -1,0 +1,104 @@
+// The engine's op set on device memory — the CUDA twin of kernels/ops.h and kernels/attention.h.
+// Activations are float32; weights bf16 (fp8 checkpoints are dequantized to bf16 once, at load).
+// Every launcher enqueues on `stream` and returns at once; none allocates or synchronises, so a
+// sequence of them can be captured in a CUDA graph.
+#pragma once
+
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "absl/status/status.h"
+
+namespace moe::cuda {
+
+using bf16 = __nv_bfloat16;
+
+// ---- elementwise ------------------------------------------------------------------------------
+void F32ToBf16(const float* x, bf16* y, int64_t n, cudaStream_t stream);
+void Bf16ToF32(const bf16* x, float* y, int64_t n, cudaStream_t stream);
+// A [rows, cols] F8_E4M3 weight times its [ceil(rows/br), ceil(cols/bc)] float32 block scales.
+void Fp8BlockToBf16(const uint8_t* w, const float* scale_inv, int64_t rows, int64_t cols,
+                    int64_t br, int64_t bc, bf16* out, cudaStream_t stream);
+void Add(float* y, const float* x, int64_t n, cudaStream_t stream);  // y += x
+// y = x / sqrt(mean(x^2) + eps) * weight per row of `dim` (rows `ld` apart).
+void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float* weight, float eps,
+             float* y, cudaStream_t stream);
+// out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i].
+void SiluAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream);
+// Interleaved RoPE on `heads` vectors of `dim` per row: vector h of row r starts at
+// x + r * row_stride + h * head_stride; cos/sin are [rows, dim / 2].
+void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
+                     int64_t dim, const float* cos, const float* sin, cudaStream_t stream);
+// out[i] = table[tokens[i]] (bf16 rows of `dim`) as float32.
+void EmbeddingLookup(const bf16* table, const int32_t* tokens, int64_t n, int64_t dim, float* out,
+                     cudaStream_t stream);
+
+// ---- GEMM -------------------------------------------------------------------------------------
+// y[m, n] = x[m, k] · w[n, k]^T (+ beta y): x is converted to bf16 into `x_bf16` (m * k
+// elements), the product accumulates in float32 (cuBLAS).
+absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const bf16* w,
+                    int64_t n, float* y, bf16* x_bf16, cudaStream_t stream, float beta = 0.0f);
+
+// ---- attention --------------------------------------------------------------------------------
+// Absorbed MLA decode over the paged latent cache, one token per sequence:
+//   q [b, heads, kv_lora + rope]; cache: the layer's block pool (rows of kv_lora + rope floats,
+//   block_size rows per block); block_tables [b, max_blocks]; ctx_lens [b];
+//   out [b, heads, kv_lora] = sum_t softmax_t(scale * q·row_t) * c_kv_t.
+void MlaDecodeAttention(const float* q, int64_t b, int64_t heads, int64_t kv_lora, int64_t rope,
+                        const float* cache, const int32_t* block_tables, int64_t max_blocks,
+                        const int32_t* ctx_lens, int64_t block_size, float scale, float* out,
+                        cudaStream_t stream);
+// Causal attention of one chunk over expanded K/V: q [q_len, heads, dqk], k [ctx, heads, dqk],
+// v [ctx, heads, dv], out [q_len, heads, dv]; query i at position start + i. dqk, dv <= 256.
+void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
+                     int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale, float* out,
+                     cudaStream_t stream);
+
+// ---- MoE --------------------------------------------------------------------------------------
+struct RouterParams {
+  int32_t experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool softmax_scoring = false;  // else sigmoid
+  bool group_top2_sum = true;    // noaux_tc (else the group's best score)
+  bool grouped = false;          // group-limited selection
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.0f;
+};
+// The twin of RouteTokens (worker/router.h): logits [n, experts] -> ids, weights [n, top_k],
+// ids by descending choice score, ties to the lower id. experts <= 1024.
+void RouteTokens(const float* logits, const float* bias, int64_t n, const RouterParams& p,
+                 int32_t* ids, float* weights, cudaStream_t stream);
+// Sorts the n * k (token, slot) pairs by expert, keeping (token, slot) order within an expert:
+// offsets [experts + 1], sorted_token [n * k] (the row's source token), sorted_slot (its slot),
+// row_of [n * k] (the sorted row of pair token * k + slot). Deterministic, no atomics.
+void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, int32_t* offsets,
+                     int32_t* sorted_token, int32_t* row_of, cudaStream_t stream);
+// out[i] = x[rows[i]] for i < n (rows of dim floats).
+void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                cudaStream_t stream);
+// out[t] (+)= sum_j weights[t, j] * y[row_of[t * k + j]] — each token's rows, in slot order.
+void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,
+                 int64_t dim, float* out, bool accumulate, cudaStream_t stream);
+// Grouped GEMM over experts with the row ranges on the device (graph-capturable): for each expert
+// e, y[offsets[e]..offsets[e+1]) = x[same rows, k] · w[e]^T where w[e] is bf16 [n, k].
+void GroupedLinear(const float* x, const int32_t* offsets, int64_t experts, const bf16* const* w,
+                   int64_t n, int64_t k, float* y, cudaStream_t stream);
+
+// ---- sampling ---------------------------------------------------------------------------------
+struct SampleSpec {  // one per row
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  uint64_t seed = 0;
+  uint64_t index = 0;
+};
+// The twin of SampleToken (worker/sampler.h): greedy, temperature, top-k, top-p, seeded draw.
+void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleSpec* specs, int32_t* out,
+            cudaStream_t stream);
+
+// Devices visible to this process (0 without a GPU or driver).
+int DeviceCount();
+
+}  // namespace moe::cuda

@@ -1,0 +1,356 @@
+// Every CUDA kernel against its CPU twin on fresh random inputs, outputs poisoned with NaN first
+// (so an unwritten element fails). Float32 paths: ||gpu - cpu|| / ||cpu|| <= 1e-4; exact where
+// the arithmetic is the same (conversions, dequantization, routing ids, sampled tokens).
+// Skipped where no GPU is visible.
+#include <cuda_runtime_api.h>
+
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <random>
+
+#include "common/dtype.h"
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/ops.h"
+#include "kernels/ops.h"
+#include "tools/model_maker.h"
+#include "worker/router.h"
+#include "worker/sampler.h"
+
+namespace moe::cuda {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+
+class CudaOpsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (DeviceCount() == 0) GTEST_SKIP() << "no CUDA device visible: the CUDA kernels are not run";
+    ASSERT_EQ(cudaStreamCreate(&stream_), cudaSuccess);
+    ASSERT_EQ(cublasCreate(&blas_), CUBLAS_STATUS_SUCCESS);
+  }
+  void TearDown() override {
+    if (blas_ != nullptr) cublasDestroy(blas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+  }
+
+  std::vector<float> Random(size_t n, float scale = 1.0f) {
+    std::normal_distribution<float> d(0.0f, scale);
+    std::vector<float> v(n);
+    for (float& x : v) x = d(rng_);
+    return v;
+  }
+  template <typename T>
+  DeviceBuffer<T> Up(const std::vector<T>& v) {
+    DeviceBuffer<T> b;
+    EXPECT_TRUE(b.Upload(v, stream_).ok());
+    return b;
+  }
+  DeviceBuffer<float> Poisoned(size_t n) { return Up(std::vector<float>(n, kNaN)); }
+  template <typename T>
+  std::vector<T> Down(const DeviceBuffer<T>& b, size_t n) {
+    std::vector<T> v(n);
+    EXPECT_TRUE(b.Download(v.data(), n, stream_).ok());
+    EXPECT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);
+    EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+    return v;
+  }
+  static double RelativeError(const std::vector<float>& got, const std::vector<float>& want) {
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < want.size(); ++i) {
+      if (!std::isfinite(got[i])) return INFINITY;
+      diff += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
+      norm += want[i] * static_cast<double>(want[i]);
+    }
+    return std::sqrt(diff / norm);
+  }
+
+  std::mt19937 rng_{12345};
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+};
+
+std::vector<bf16> ToBf16(const std::vector<float>& v) {
+  std::vector<bf16> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) {
+    __nv_bfloat16_raw raw;
+    raw.x = F32ToBF16(v[i]);
+    out[i] = bf16(raw);
+  }
+  return out;
+}
+std::vector<float> RoundBf16(const std::vector<float>& v) {
+  std::vector<float> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = BF16ToF32(F32ToBF16(v[i]));
+  return out;
+}
+
+TEST_F(CudaOpsTest, ConversionsAreExact) {
+  const auto x = Random(1000, 3.0f);
+  auto dx = Up(x);
+  DeviceBuffer<bf16> b;
+  ASSERT_TRUE(b.Allocate(x.size()).ok());
+  auto back = Poisoned(x.size());
+  F32ToBf16(dx.data(), b.data(), 1000, stream_);
+  Bf16ToF32(b.data(), back.data(), 1000, stream_);
+  EXPECT_EQ(Down(back, 1000), RoundBf16(x));
+}
+
+TEST_F(CudaOpsTest, Fp8BlockDequantizationMatchesTheLoader) {
+  const int64_t rows = 300, cols = 200;  // partial 128x128 blocks on both edges
+  std::vector<uint8_t> w(rows * cols);
+  std::uniform_int_distribution<int> byte(0, 255);
+  for (auto& v : w) {
+    do v = static_cast<uint8_t>(byte(rng_));
+    while ((v & 0x7f) == 0x7f);  // no NaN codes
+  }
+  const auto scale = Random(6, 0.1f);
+  DeviceBuffer<bf16> out;
+  ASSERT_TRUE(out.Allocate(w.size()).ok());
+  auto dw = Up(w);
+  auto ds = Up(scale);
+  Fp8BlockToBf16(dw.data(), ds.data(), rows, cols, 128, 128, out.data(), stream_);
+  const auto got = Down(out, w.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < cols; ++c) {
+      const float want = F8E4M3ToF32(w[r * cols + c]) * scale[(r / 128) * 2 + c / 128];
+      const __nv_bfloat16_raw raw = got[r * cols + c];
+      ASSERT_EQ(raw.x, F32ToBF16(want)) << r << "," << c;
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, RmsNormSiluAndAdd) {
+  const int64_t rows = 7, dim = 96, ld = 100;
+  const auto x = Random(rows * ld), w = Random(dim);
+  auto dx = Up(x), dw = Up(w);
+  auto dy = Up(std::vector<float>(rows * ld, kNaN));
+  RmsNorm(dx.data(), rows, dim, ld, dw.data(), 1e-6f, dy.data(), stream_);
+  std::vector<float> want(rows * ld, kNaN);
+  cpu::RmsNorm(x.data(), rows, dim, ld, w.data(), 1e-6f, want.data());
+  auto got = Down(dy, rows * ld);
+  for (int64_t r = 0; r < rows; ++r) {
+    std::vector<float> g(got.begin() + r * ld, got.begin() + r * ld + dim);
+    std::vector<float> e(want.begin() + r * ld, want.begin() + r * ld + dim);
+    EXPECT_LE(RelativeError(g, e), 1e-5);
+  }
+  const auto gu = Random(rows * 2 * 48);
+  auto dgu = Up(gu);
+  auto dact = Poisoned(rows * 48);
+  SiluAndMul(dgu.data(), rows, 48, dact.data(), stream_);
+  std::vector<float> act(rows * 48);
+  cpu::SiluAndMul(gu.data(), rows, 48, act.data());
+  EXPECT_LE(RelativeError(Down(dact, rows * 48), act), 1e-5);
+  Add(dact.data(), dgu.data(), rows * 48, stream_);
+  cpu::Add(act.data(), gu.data(), rows * 48);
+  EXPECT_LE(RelativeError(Down(dact, rows * 48), act), 1e-5);
+}
+
+TEST_F(CudaOpsTest, RopeOnStridedHeads) {
+  const int64_t rows = 5, heads = 3, head_stride = 40, row_stride = 130, dim = 16, offset = 24;
+  auto x = Random(rows * row_stride);
+  const auto cos = Random(rows * dim / 2), sin = Random(rows * dim / 2);
+  auto dx = Up(x);
+  auto dc = Up(cos), dsn = Up(sin);
+  RopeInterleaved(dx.data() + offset, rows, heads, row_stride, head_stride, dim, dc.data(),
+                  dsn.data(), stream_);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t h = 0; h < heads; ++h) {
+      cpu::RopeInterleaved(x.data() + r * row_stride + h * head_stride + offset, dim,
+                           cos.data() + r * dim / 2, sin.data() + r * dim / 2);
+    }
+  }
+  EXPECT_LE(RelativeError(Down(dx, x.size()), x), 1e-6);
+}
+
+TEST_F(CudaOpsTest, EmbeddingLookup) {
+  const auto table = Random(50 * 24);
+  const std::vector<int32_t> tokens = {3, 49, 0, 3};
+  auto dt = Up(ToBf16(table));
+  auto dtok = Up(tokens);
+  auto out = Poisoned(4 * 24);
+  EmbeddingLookup(dt.data(), dtok.data(), 4, 24, out.data(), stream_);
+  const auto got = Down(out, 4 * 24);
+  const auto rounded = RoundBf16(table);
+  for (int i = 0; i < 4; ++i) {
+    for (int c = 0; c < 24; ++c) ASSERT_EQ(got[i * 24 + c], rounded[tokens[i] * 24 + c]);
+  }
+}
+
+TEST_F(CudaOpsTest, LinearMatchesCpuOnBf16Operands) {
+  for (auto [m, n, k] :
+       std::vector<std::tuple<int, int, int>>{{1, 64, 48}, {9, 130, 70}, {64, 256, 512}}) {
+    const auto x = Random(m * k), w = Random(n * k, 0.1f);
+    auto dx = Up(x);
+    auto dw = Up(ToBf16(w));
+    DeviceBuffer<bf16> scratch;
+    ASSERT_TRUE(scratch.Allocate(m * k).ok());
+    auto dy = Poisoned(m * n);
+    ASSERT_TRUE(
+        Linear(blas_, dx.data(), m, k, dw.data(), n, dy.data(), scratch.data(), stream_).ok());
+    const auto xr = RoundBf16(x), wr = RoundBf16(w);
+    std::vector<float> want(m * n);
+    cpu::MatMulNT(m, n, k, xr.data(), k, wr.data(), k, want.data(), n);
+    EXPECT_LE(RelativeError(Down(dy, m * n), want), 1e-4) << m << "x" << n << "x" << k;
+  }
+}
+
+TEST_F(CudaOpsTest, MlaDecodeAttentionOverScatteredBlocks) {
+  const int64_t heads = 4, lora = 64, rope = 16, row = lora + rope, bs = 16, max_blocks = 4;
+  const std::vector<int32_t> ctx = {1, 37, 64};
+  const std::vector<int32_t> tables = {5, 0, 0, 0, /**/ 2, 7, 1, 0, /**/ 3, 6, 4, 9};
+  const auto cache = Random(10 * bs * row);
+  const auto q = Random(3 * heads * row);
+  auto dq = Up(q), dcache = Up(cache);
+  auto dt = Up(tables), dctx = Up(ctx);
+  auto out = Poisoned(3 * heads * lora);
+  MlaDecodeAttention(dq.data(), 3, heads, lora, rope, dcache.data(), dt.data(), max_blocks,
+                     dctx.data(), bs, 0.125f, out.data(), stream_);
+  std::vector<float> want(3 * heads * lora);
+  for (int b = 0; b < 3; ++b) {
+    cpu::MlaDecodeAttention(q.data() + b * heads * row, heads, lora, rope, cache.data(),
+                            tables.data() + b * max_blocks, bs, ctx[b], 0.125f,
+                            want.data() + b * heads * lora);
+  }
+  EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-4);
+}
+
+TEST_F(CudaOpsTest, CausalAttentionAfterACachedPrefix) {
+  const int64_t q_len = 9, start = 23, ctx = start + q_len, heads = 3, dqk = 48, dv = 32;
+  const auto q = Random(q_len * heads * dqk), k = Random(ctx * heads * dqk),
+             v = Random(ctx * heads * dv);
+  auto dq = Up(q), dk = Up(k), dv_ = Up(v);
+  auto out = Poisoned(q_len * heads * dv);
+  CausalAttention(dq.data(), dk.data(), dv_.data(), q_len, ctx, heads, dqk, dv, start, 0.2f,
+                  out.data(), stream_);
+  std::vector<float> want(q_len * heads * dv);
+  cpu::CausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, dqk, dv, start, 0.2f,
+                       want.data());
+  EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-4);
+}
+
+RouterParams ParamsOf(const ModelConfig& c) {
+  RouterParams p;
+  p.experts = static_cast<int32_t>(c.n_routed_experts);
+  p.top_k = static_cast<int32_t>(c.num_experts_per_tok);
+  p.n_group = static_cast<int32_t>(c.n_group);
+  p.topk_group = static_cast<int32_t>(c.topk_group);
+  p.softmax_scoring = c.scoring_func == "softmax";
+  p.group_top2_sum = c.topk_method == "noaux_tc";
+  p.grouped = c.n_group > 1 && c.topk_method != "greedy";
+  p.norm_topk_prob = c.norm_topk_prob;
+  p.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
+  return p;
+}
+
+TEST_F(CudaOpsTest, RoutingMatchesTheCpuRouter) {
+  for (const char* preset : {"tiny-dsv3", "tiny-kimi-k2"}) {
+    for (bool softmax : {false, true}) {
+      ModelConfig c = *PresetConfig(preset);
+      if (softmax) {
+        c.scoring_func = "softmax";
+        c.topk_method = "group_limited_greedy";
+      }
+      const int64_t n = 33, E = c.n_routed_experts, k = c.num_experts_per_tok;
+      const auto logits = Random(n * E, 2.0f), bias = Random(E, 0.1f);
+      const float* b = c.topk_method == "noaux_tc" ? bias.data() : nullptr;
+      auto dl = Up(logits), db = Up(bias);
+      DeviceBuffer<int32_t> ids;
+      ASSERT_TRUE(ids.Allocate(n * k).ok());
+      auto w = Poisoned(n * k);
+      RouteTokens(dl.data(), b ? db.data() : nullptr, n, ParamsOf(c), ids.data(), w.data(),
+                  stream_);
+      std::vector<int32_t> want_ids(n * k);
+      std::vector<float> want_w(n * k);
+      moe::RouteTokens(c, logits.data(), b, n, want_ids.data(), want_w.data());
+      EXPECT_EQ(Down(ids, n * k), want_ids) << preset << (softmax ? " softmax" : "");
+      EXPECT_LE(RelativeError(Down(w, n * k), want_w), 1e-5);
+    }
+  }
+}
+
+TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
+  const int64_t n = 21, k = 3, E = 6, h = 40, out_dim = 24;
+  std::vector<int32_t> ids(n * k);
+  std::vector<int32_t> all(E);
+  std::iota(all.begin(), all.end(), 0);
+  for (int64_t t = 0; t < n; ++t) {
+    std::shuffle(all.begin(), all.end(), rng_);
+    for (int64_t j = 0; j < k; ++j) ids[t * k + j] = all[j];
+  }
+  for (int64_t j = 0; j < k; ++j) ids[5 * k + j] = 2;  // an expert chosen thrice by one token
+  ids[0] = 4;
+  std::vector<float> weights(n * k);
+  for (float& w : weights) w = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
+  const auto x = RoundBf16(Random(n * h));
+  std::vector<std::vector<float>> w(E);
+  std::vector<DeviceBuffer<bf16>> dw(E);
+  std::vector<const bf16*> ptrs;
+  for (int64_t e = 0; e < E; ++e) {
+    w[e] = RoundBf16(Random(out_dim * h, 0.2f));
+    dw[e] = Up(ToBf16(w[e]));
+    ptrs.push_back(dw[e].data());
+  }
+  auto dptrs = Up(ptrs);
+  auto dids = Up(ids);
+  auto dx = Up(x), dweights = Up(weights);
+  DeviceBuffer<int32_t> offsets, sorted_token, row_of;
+  ASSERT_TRUE(offsets.Allocate(E + 1).ok() && sorted_token.Allocate(n * k).ok() &&
+              row_of.Allocate(n * k).ok());
+  PermuteByExpert(dids.data(), n, k, E, offsets.data(), sorted_token.data(), row_of.data(),
+                  stream_);
+  auto gathered = Poisoned(n * k * h);
+  GatherRows(dx.data(), sorted_token.data(), n * k, h, gathered.data(), stream_);
+  auto y = Poisoned(n * k * out_dim);
+  GroupedLinear(gathered.data(), offsets.data(), E, dptrs.data(), out_dim, h, y.data(), stream_);
+  auto out = Poisoned(n * out_dim);
+  CombineRows(y.data(), row_of.data(), dweights.data(), n, k, out_dim, out.data(), false, stream_);
+  std::vector<float> want(n * out_dim, 0.0f), row(out_dim);
+  for (int64_t t = 0; t < n; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = ids[t * k + j];
+      cpu::MatMulNT(1, out_dim, h, x.data() + t * h, h, w[e].data(), h, row.data(), out_dim);
+      for (int64_t c = 0; c < out_dim; ++c) want[t * out_dim + c] += weights[t * k + j] * row[c];
+    }
+  }
+  EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-5);
+  // Rows are grouped by expert, in (token, slot) order within an expert.
+  const auto off = Down(offsets, E + 1);
+  for (int64_t e = 0; e < E; ++e) {
+    EXPECT_EQ(off[e + 1] - off[e], std::count(ids.begin(), ids.end(), static_cast<int32_t>(e)));
+  }
+}
+
+TEST_F(CudaOpsTest, SamplingPicksTheCpuSamplersTokens) {
+  const int64_t vocab = 1000;
+  std::vector<SampleSpec> specs;
+  for (uint64_t i = 0; i < 64; ++i) {
+    SampleSpec s;
+    s.temperature = i % 8 == 0 ? 0.0f : 0.3f + 0.1f * (i % 10);
+    s.top_k = static_cast<int32_t>(i % 3 == 0 ? 0 : (i % 7) * 20 + 1);
+    s.top_p = i % 4 == 0 ? 1.0f : 0.5f + 0.1f * (i % 5);
+    s.seed = 1000 + i;
+    s.index = i * 3;
+    specs.push_back(s);
+  }
+  const int64_t rows = static_cast<int64_t>(specs.size());
+  auto logits = Random(rows * vocab, 2.0f);
+  for (int64_t c = 0; c < 10; ++c) logits[c] = logits[20 + c];  // ties in the first row
+  auto dl = Up(logits);
+  auto ds = Up(specs);
+  DeviceBuffer<int32_t> out;
+  ASSERT_TRUE(out.Allocate(rows).ok());
+  Sample(dl.data(), rows, vocab, ds.data(), out.data(), stream_);
+  const auto got = Down(out, rows);
+  for (int64_t r = 0; r < rows; ++r) {
+    const SampleSpec& s = specs[r];
+    const moe::SamplingSpec cpu_spec{s.temperature, s.top_k, s.top_p, s.seed};
+    EXPECT_EQ(got[r], moe::SampleToken(logits.data() + r * vocab, vocab, cpu_spec, s.index))
+        << "row " << r;
+  }
+}
+
+}  // namespace
+}  // namespace moe::cuda

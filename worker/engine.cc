@@ -1,38 +1,68 @@
 #include "worker/engine.h"
 
-#include <optional>
+#include <algorithm>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "worker/model.h"
+#if MOE_HAVE_CUDA
+#include "worker/cuda_model.h"
+#endif
 
 namespace moe {
+namespace {
+
+absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir,
+                                                          const ModelConfig& config,
+                                                          const ParallelContext& ctx,
+                                                          const EngineOptions& options) {
+  if (options.block_size <= 0 || options.kv_blocks <= 0) {
+    return absl::InvalidArgumentError(absl::StrCat("KV cache needs a positive block size and ",
+                                                   "block count, got ", options.block_size,
+                                                   " and ", options.kv_blocks));
+  }
+  const KvCacheShape cache{options.kv_blocks, options.block_size};
+  if (options.device == Device::kCpu) {
+    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache));
+    return std::unique_ptr<ForwardModel>(std::move(model));
+  }
+#if MOE_HAVE_CUDA
+  CudaModelOptions cuda;
+  cuda.device = options.cuda_device;
+  cuda.graphs = options.cuda_graphs;
+  MOE_ASSIGN_OR_RETURN(auto model, CudaModel::Load(dir, config, ctx, cache, cuda));
+  return std::unique_ptr<ForwardModel>(std::move(model));
+#else
+  return absl::FailedPreconditionError(
+      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
+      "or it was configured with -DMOE_CUDA=OFF)");
+#endif
+}
+
+}  // namespace
+
+absl::StatusOr<Device> ParseDevice(const std::string& name) {
+  if (name == "cpu") return Device::kCpu;
+  if (name == "cuda") return Device::kCuda;
+  return absl::InvalidArgumentError(
+      absl::StrCat("device \"", name, "\" is not one of \"cpu\", \"cuda\""));
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_dir,
                                                      std::unique_ptr<ParallelContext> ctx,
                                                      const EngineOptions& options) {
   MOE_ASSIGN_OR_RETURN(ModelConfig config, LoadModelConfig(model_dir));
-  auto model = DeepseekV3Model::Load(model_dir, config, *ctx);
-  absl::Status status = model.status();
-  std::optional<KvCache> cache;
-  if (status.ok() && (options.block_size <= 0 || options.kv_blocks <= 0)) {
-    status = absl::InvalidArgumentError(absl::StrCat("KV cache needs a positive block size and ",
-                                                     "block count, got ", options.block_size,
-                                                     " and ", options.kv_blocks));
-  }
-  if (status.ok()) {
-    cache.emplace(config.num_hidden_layers, options.kv_blocks, options.block_size,
-                  config.kv_cache_dim());
-  }
+  auto model = LoadBackend(model_dir, config, *ctx, options);
   // Every rank learns whether every rank loaded its shard: one rank's failure must not leave the
   // others waiting in the first collective.
-  int64_t failed = status.ok() ? 0 : 1;
+  int64_t failed = model.ok() ? 0 : 1;
   MOE_RETURN_IF_ERROR(ctx->world().AllReduceSum(&failed, 1));
-  if (!status.ok()) return status;
+  if (!model.ok()) return model.status();
   if (failed > 0) {
     return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to load their shard"));
   }
-  return std::unique_ptr<Engine>(new Engine(std::move(ctx), std::move(*model), std::move(*cache)));
+  return std::unique_ptr<Engine>(new Engine(config, std::move(ctx), std::move(*model), options));
 }
 
 absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
@@ -71,12 +101,15 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step) {
+absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step,
+                                        bool return_logits) {
   MOE_RETURN_IF_ERROR(Validate(step));
   const int my_group = ctx_->shard().dp_rank;
   ForwardBatch batch;
   std::vector<int32_t> tokens;
   std::vector<int64_t> logit_rows;
+  std::vector<SampleRequest> samples;
+  std::vector<bool> wants_sample;
   StepResult result;
   for (const SequenceStep& s : step) {
     if (s.dp_group != my_group) continue;
@@ -91,15 +124,29 @@ absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step) {
     if (s.want_logits) {
       logit_rows.push_back(c.first_token + c.num_tokens - 1);
       result.seq_ids.push_back(s.seq_id);
+      wants_sample.push_back(s.sampling.has_value());
+      samples.push_back({s.sampling.value_or(SamplingSpec{}), s.sample_index});
     }
   }
   const int64_t n = batch.num_tokens(), half = config().qk_rope_head_dim / 2;
   batch.rope_cos = Tensor({n, half});
   batch.rope_sin = Tensor({n, half});
   for (int64_t t = 0; t < n; ++t) {
-    model_->rope().CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
+    rope_.CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
   }
-  MOE_ASSIGN_OR_RETURN(result.logits, model_->Forward(tokens, batch, cache_, logit_rows));
+  MOE_RETURN_IF_ERROR(model_->Forward(tokens, batch, logit_rows));
+  if (return_logits) {
+    MOE_ASSIGN_OR_RETURN(result.logits, model_->Logits());
+  }
+  result.tokens.assign(result.seq_ids.size(), -1);
+  const bool any_sample =
+      std::find(wants_sample.begin(), wants_sample.end(), true) != wants_sample.end();
+  if (any_sample && ctx_->shard().tp_rank == 0) {
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> sampled, model_->Sample(samples));
+    for (size_t j = 0; j < sampled.size(); ++j) {
+      if (wants_sample[j]) result.tokens[j] = sampled[j];
+    }
+  }
   return result;
 }
 

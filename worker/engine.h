@@ -2,19 +2,22 @@
 // prefill chunks and single decode tokens mixed — each with the cache blocks that hold its
 // positions (the scheduler owns block assignment). Every rank of the engine runs every step:
 // ranks of one attention-DP group process that group's sequences; all ranks meet in the MoE
-// all-to-all.
+// all-to-all. The model behind it is a backend (`ForwardModel`): CPU, or CUDA on one GPU.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
 #include "parallel/parallel_context.h"
+#include "worker/forward_model.h"
 #include "worker/kv_cache.h"
-#include "worker/model.h"
+#include "worker/rope.h"
+#include "worker/sampler.h"
 
 namespace moe {
 
@@ -25,16 +28,26 @@ struct SequenceStep {
   std::vector<int32_t> block_table;  // blocks covering positions [0, start_pos + tokens.size())
   bool want_logits = true;           // logits of its last token
   int dp_group = 0;                  // the attention-DP group that owns the sequence
+  // With want_logits: sample the next token on the backend (only TP-rank 0 of the group does).
+  std::optional<SamplingSpec> sampling;
+  uint64_t sample_index = 0;  // which output token of the request the sample is
 };
 
 struct StepResult {
   std::vector<int64_t> seq_ids;  // sequences of this rank's DP group that wanted logits
-  Tensor logits;                 // [seq_ids.size(), vocab]
+  Tensor logits;                 // [seq_ids.size(), vocab], unless the step asked for none
+  std::vector<int32_t> tokens;   // per seq_id: the sampled token, or -1 (no sampling asked)
 };
+
+enum class Device { kCpu, kCuda };
+absl::StatusOr<Device> ParseDevice(const std::string& name);  // "cpu" | "cuda"
 
 struct EngineOptions {
   int64_t block_size = 64;  // tokens per KV block
   int64_t kv_blocks = 0;    // blocks in this rank's cache (see KvCache::BlocksForBudget)
+  Device device = Device::kCpu;
+  int cuda_device = 0;      // the GPU ordinal (of those CUDA_VISIBLE_DEVICES shows)
+  bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
 };
 
 class Engine {
@@ -48,21 +61,29 @@ class Engine {
   // token ids inside the vocabulary, positions inside max_position_embeddings, block tables
   // covering each sequence and inside the cache. Errors name the sequence.
   absl::Status Validate(const std::vector<SequenceStep>& step) const;
-  absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& step);
+  // Without `return_logits` the result carries only the sampled tokens (a GPU backend then
+  // copies no logits to the host).
+  absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& step, bool return_logits = true);
 
-  const ModelConfig& config() const { return model_->config(); }
+  const ModelConfig& config() const { return config_; }
   const ParallelContext& parallel() const { return *ctx_; }
-  DeepseekV3Model& model() { return *model_; }
-  int64_t block_size() const { return cache_.block_size(); }
-  int64_t num_blocks() const { return cache_.num_blocks(); }
+  ForwardModel& model() { return *model_; }
+  int64_t block_size() const { return options_.block_size; }
+  int64_t num_blocks() const { return options_.kv_blocks; }
 
  private:
-  Engine(std::unique_ptr<ParallelContext> ctx, std::unique_ptr<DeepseekV3Model> model,
-         KvCache cache)
-      : ctx_(std::move(ctx)), model_(std::move(model)), cache_(std::move(cache)) {}
+  Engine(const ModelConfig& config, std::unique_ptr<ParallelContext> ctx,
+         std::unique_ptr<ForwardModel> model, const EngineOptions& options)
+      : config_(config),
+        rope_(config),
+        ctx_(std::move(ctx)),
+        model_(std::move(model)),
+        options_(options) {}
+  ModelConfig config_;
+  RotaryEmbedding rope_;
   std::unique_ptr<ParallelContext> ctx_;
-  std::unique_ptr<DeepseekV3Model> model_;
-  KvCache cache_;
+  std::unique_ptr<ForwardModel> model_;
+  EngineOptions options_;
 };
 
 }  // namespace moe

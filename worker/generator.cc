@@ -55,6 +55,7 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
       if (opt.use_cache && opt.prefill_chunk > 0) end = std::min(len, r.cached + opt.prefill_chunk);
       s.tokens.assign(r.all.begin() + s.start_pos, r.all.begin() + end);
       s.want_logits = end == len;
+      if (!opt.keep_logits) s.sampling = SamplingSpec{};  // greedy, on the backend
       if (absl::Status st = allocator.EnsureCapacity(&r.blocks, end, bs); !st.ok()) {
         release();
         return st;
@@ -63,7 +64,7 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
       r.cached = end;
       step.push_back(std::move(s));
     }
-    auto result = engine.Step(step);
+    auto result = engine.Step(step, opt.keep_logits);
     if (!result.ok()) {
       release();
       return result.status();
@@ -76,15 +77,19 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
     for (size_t j = 0; j < result->seq_ids.size(); ++j) {
       const size_t i = static_cast<size_t>(result->seq_ids[j]);
       Running& r = seqs[i];
-      const float* row = result->logits.row(static_cast<int64_t>(j));
-      rows[i].insert(rows[i].end(), row, row + vocab);
+      int32_t next = result->tokens[j];
+      if (opt.keep_logits) {
+        const float* row = result->logits.row(static_cast<int64_t>(j));
+        rows[i].insert(rows[i].end(), row, row + vocab);
+        next = static_cast<int32_t>(cpu::ArgMax(row, vocab));
+      }
       const int64_t produced = static_cast<int64_t>(r.gen.tokens.size());
       const bool after_eos =
           opt.stop_at_eos && produced > 0 &&
           std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), r.gen.tokens.back()) > 0;
       // The step after the last new token only supplies its logits.
       if (decides)
-        decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : cpu::ArgMax(row, vocab) + 2;
+        decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : next + 2;
     }
     Communicator& world = engine.parallel().world();
     if (world.size() > 1) {
@@ -108,9 +113,11 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
   std::vector<Generation> out;
   for (size_t i = 0; i < seqs.size(); ++i) {
     Generation g = std::move(seqs[i].gen);
-    const int64_t n = static_cast<int64_t>(rows[i].size()) / vocab;
-    FloatVector data(rows[i].begin(), rows[i].end());
-    g.logits = Tensor({n, vocab}, std::move(data));
+    if (opt.keep_logits) {
+      const int64_t n = static_cast<int64_t>(rows[i].size()) / vocab;
+      FloatVector data(rows[i].begin(), rows[i].end());
+      g.logits = Tensor({n, vocab}, std::move(data));
+    }
     out.push_back(std::move(g));
   }
   return out;

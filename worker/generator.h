@@ -17,6 +17,9 @@ struct GenerateOptions {
   int64_t prefill_chunk = 0;  // tokens per prefill step; 0: the whole prompt at once
   bool stop_at_eos = false;
   bool use_cache = true;  // false: recompute every step from the full sequence (a check)
+  // false: the backend picks each greedy token and no logits are kept (Generation::logits is
+  // empty) — a GPU backend then copies only token ids to the host.
+  bool keep_logits = true;
 };
 
 struct Generation {

@@ -2,9 +2,11 @@
 
 #include <cstring>
 
+#include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/ops.h"
+#include "worker/rope.h"
 #include "worker/weight_names.h"
 
 namespace moe {
@@ -56,11 +58,12 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
-                                                                       const ModelConfig& c,
-                                                                       const ParallelContext& ctx) {
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(
+    const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
+    const KvCacheShape& cache) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
-  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c));
+  const float softmax_scale = RotaryEmbedding(c).softmax_scale();
+  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
   WeightBytes* bytes = &m->weight_bytes_;
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
                          return VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight",
@@ -70,7 +73,7 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Layers keep a reference to the config: give them the model's own copy.
     MOE_ASSIGN_OR_RETURN(
-        auto layer, DecoderLayer::Load(m->config_, *ck, l, ctx, m->rope_.softmax_scale(), bytes));
+        auto layer, DecoderLayer::Load(m->config_, *ck, l, ctx, softmax_scale, bytes));
     m->layers_.push_back(std::move(layer));
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
@@ -87,11 +90,12 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   return m;
 }
 
-absl::StatusOr<Tensor> DeepseekV3Model::Forward(const std::vector<int32_t>& tokens,
-                                                const ForwardBatch& batch, KvCache& cache,
-                                                const std::vector<int64_t>& logit_rows) {
+absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens,
+                                      const ForwardBatch& batch,
+                                      const std::vector<int64_t>& logit_rows) {
+  logits_ = Tensor();
   MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
-  for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache));
+  for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
   const int64_t h = config_.hidden_size;
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   Tensor last({m, h});
@@ -99,7 +103,23 @@ absl::StatusOr<Tensor> DeepseekV3Model::Forward(const std::vector<int32_t>& toke
     std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
   }
   norm_.Forward(last.data(), m, last.data());
-  return lm_head_.Forward(last.data(), m);
+  MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
+    const std::vector<SampleRequest>& requests) {
+  const int64_t rows = logits_.empty() ? 0 : logits_.dim(0);
+  if (static_cast<int64_t>(requests.size()) != rows) {
+    return absl::InvalidArgumentError(absl::StrCat(requests.size(), " sampling requests for ",
+                                                   rows, " rows of logits"));
+  }
+  std::vector<int32_t> tokens(requests.size());
+  for (int64_t i = 0; i < rows; ++i) {
+    tokens[i] = SampleToken(logits_.row(i), config_.vocab_size, requests[i].spec,
+                            requests[i].index);
+  }
+  return tokens;
 }
 
 std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {

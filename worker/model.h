@@ -13,12 +13,12 @@
 #include "parallel/parallel_context.h"
 #include "worker/checkpoint.h"
 #include "worker/forward_batch.h"
+#include "worker/forward_model.h"
 #include "worker/kv_cache.h"
 #include "worker/layers.h"
 #include "worker/mla_attention.h"
 #include "worker/mlp.h"
 #include "worker/moe_layer.h"
-#include "worker/rope.h"
 #include "worker/weight_bytes.h"
 
 namespace moe {
@@ -42,34 +42,34 @@ class DecoderLayer {
   Communicator* tp_ = nullptr;
 };
 
-class DeepseekV3Model {
+// The CPU backend: float32 weights and cache in host memory, any parallel layout.
+class DeepseekV3Model : public ForwardModel {
  public:
-  // Reads config.json and this rank's shard of the weights in `dir`.
+  // Reads this rank's shard of the weights in `dir` and allocates its KV cache.
   static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
                                                                const ModelConfig& config,
-                                                               const ParallelContext& ctx);
+                                                               const ParallelContext& ctx,
+                                                               const KvCacheShape& cache);
 
-  // Runs the decoder over the batch's tokens, writing their latent KV into `cache`, and returns
-  // the logits [rows.size(), vocab] of the token rows listed in `logit_rows`.
-  absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
-                                 KvCache& cache, const std::vector<int64_t>& logit_rows);
-
-  const ModelConfig& config() const { return config_; }
-  const RotaryEmbedding& rope() const { return rope_; }
-  // What this rank read from the checkpoint, by part.
-  const WeightBytes& weight_bytes() const { return weight_bytes_; }
-  // Tokens this rank routed to each expert, summed over the MoE layers.
-  std::vector<int64_t> ExpertTokenCounts() const;
+  absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                       const std::vector<int64_t>& logit_rows) override;
+  absl::StatusOr<Tensor> Logits() override { return logits_; }
+  absl::StatusOr<std::vector<int32_t>> Sample(const std::vector<SampleRequest>& requests) override;
+  std::vector<int64_t> ExpertTokenCounts() const override;
+  const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
-  explicit DeepseekV3Model(const ModelConfig& config) : config_(config), rope_(config) {}
+  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache)
+      : config_(config),
+        cache_(config.num_hidden_layers, cache.blocks, cache.block_size, config.kv_cache_dim()) {}
   ModelConfig config_;
-  RotaryEmbedding rope_;
+  KvCache cache_;
   VocabParallelEmbedding embed_tokens_;
   std::vector<std::unique_ptr<DecoderLayer>> layers_;
   RmsNorm norm_;
   ParallelLmHead lm_head_;
   WeightBytes weight_bytes_;
+  Tensor logits_;
 };
 
 }  // namespace moe

@@ -4,7 +4,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "worker/sampler.h"
 
 namespace moe {
 
@@ -40,12 +39,14 @@ absl::StatusOr<StepOutput> StepRunner::Run(const moe::v1::StepPlan& plan) {
     s.block_table.assign(p.block_table().begin(), p.block_table().end());
     s.want_logits = p.sample();
     s.dp_group = p.dp_group();
+    const moe::v1::SamplingSpec& sp = p.sampling();
+    s.sampling = SamplingSpec{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()};
+    s.sample_index = static_cast<uint64_t>(p.sample_index());
   }
-  MOE_ASSIGN_OR_RETURN(StepResult result, engine_.Step(steps));
+  MOE_ASSIGN_OR_RETURN(StepResult result, engine_.Step(steps, /*return_logits=*/false));
 
   // decision[i] = sampled token + 1 for plan entry i (0: did not sample), then the expert
   // counts; only the TP-rank 0 of each DP group contributes its sequences' tokens.
-  const int64_t vocab = engine_.config().vocab_size;
   const std::vector<int64_t> counts = engine_.model().ExpertTokenCounts();
   std::vector<int64_t> sums(static_cast<size_t>(n) + counts.size(), 0);
   if (engine_.parallel().shard().tp_rank == 0) {
@@ -53,12 +54,7 @@ absl::StatusOr<StepOutput> StepRunner::Run(const moe::v1::StepPlan& plan) {
       const int64_t id = result.seq_ids[j];
       const auto it = std::find_if(steps.begin(), steps.end(),
                                    [id](const SequenceStep& s) { return s.seq_id == id; });
-      const int i = static_cast<int>(it - steps.begin());
-      const moe::v1::SamplingSpec& sp = plan.sequences(i).sampling();
-      const SamplingSpec spec{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()};
-      sums[i] = SampleToken(result.logits.row(static_cast<int64_t>(j)), vocab, spec,
-                            static_cast<uint64_t>(plan.sequences(i).sample_index())) +
-                1;
+      sums[it - steps.begin()] = result.tokens[j] + 1;
     }
   }
   for (size_t e = 0; e < counts.size(); ++e) sums[n + e] = counts[e] - last_expert_counts_[e];

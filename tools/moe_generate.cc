@@ -52,12 +52,12 @@ int DefaultThreads() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, prompt_ids, logits_out;
+  std::string model, prompt_ids, logits_out, device = "cpu";
   int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0, tp = 0;
-  bool ignore_eos = false;
+  bool ignore_eos = false, no_cuda_graphs = false;
   moe::FlagParser flags(
       "moe-generate",
-      "Greedy generation from a prompt of token ids with the CPU engine; prints the new token ids\n"
+      "Greedy generation from a prompt of token ids; prints the new token ids\n"
       "(space-separated) on stdout. Under mpirun (`mpirun -np W moe-generate --tp T ...`) the\n"
       "model is split over the W ranks: attention heads over groups of T ranks, routed experts "
       "over\n"
@@ -72,6 +72,10 @@ int main(int argc, char** argv) {
   flags.AddBool("ignore-eos", &ignore_eos, "Keep generating after an EOS token.");
   flags.AddInt("tp", &tp,
                "Attention tensor-parallel size T (divides the world size; 0: all ranks).");
+  flags.AddString("device", &device,
+                  "Backend: cpu (any layout) or cuda (one GPU, one rank; bf16 weights).");
+  flags.AddBool("no-cuda-graphs", &no_cuda_graphs,
+                "With --device cuda: run decode steps eagerly instead of replaying CUDA graphs.");
   flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");
@@ -90,6 +94,8 @@ int main(int argc, char** argv) {
   g_rank = world->rank();
   g_world = world->size();
 
+  const auto backend = moe::ParseDevice(device);
+  if (!backend.ok()) return Fail(backend.status());
   auto prompt = ParseIds(prompt_ids);
   if (!prompt.ok()) return Fail(prompt.status());
   if (max_new < 1) return Fail(absl::InvalidArgumentError("--max-new-tokens must be >= 1"));
@@ -109,6 +115,8 @@ int main(int argc, char** argv) {
       moe::KvCache::BlocksForBudget(*config, block_size, static_cast<uint64_t>(kv_mb) << 20);
   if (!blocks.ok()) return Fail(blocks.status());
   opt.kv_blocks = *blocks;
+  opt.device = *backend;
+  opt.cuda_graphs = !no_cuda_graphs;
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());

@@ -19,8 +19,8 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
                                                           const EngineOptions& options) {
   if (options.block_size <= 0 || options.kv_blocks <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV cache needs a positive block size and ",
-                                                   "block count, got ", options.block_size,
-                                                   " and ", options.kv_blocks));
+                                                   "block count, got ", options.block_size, " and ",
+                                                   options.kv_blocks));
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
@@ -101,8 +101,7 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step,
-                                        bool return_logits) {
+absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step, bool return_logits) {
   MOE_RETURN_IF_ERROR(Validate(step));
   const int my_group = ctx_->shard().dp_rank;
   ForwardBatch batch;

@@ -88,8 +88,7 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
           opt.stop_at_eos && produced > 0 &&
           std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), r.gen.tokens.back()) > 0;
       // The step after the last new token only supplies its logits.
-      if (decides)
-        decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : next + 2;
+      if (decides) decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : next + 2;
     }
     Communicator& world = engine.parallel().world();
     if (world.size() > 1) {

@@ -58,9 +58,10 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(
-    const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
-    const KvCacheShape& cache) {
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
+                                                                       const ModelConfig& c,
+                                                                       const ParallelContext& ctx,
+                                                                       const KvCacheShape& cache) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
@@ -72,8 +73,8 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(
                        }));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Layers keep a reference to the config: give them the model's own copy.
-    MOE_ASSIGN_OR_RETURN(
-        auto layer, DecoderLayer::Load(m->config_, *ck, l, ctx, softmax_scale, bytes));
+    MOE_ASSIGN_OR_RETURN(auto layer,
+                         DecoderLayer::Load(m->config_, *ck, l, ctx, softmax_scale, bytes));
     m->layers_.push_back(std::move(layer));
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
@@ -90,8 +91,7 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(
   return m;
 }
 
-absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens,
-                                      const ForwardBatch& batch,
+absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                                       const std::vector<int64_t>& logit_rows) {
   logits_ = Tensor();
   MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
@@ -111,13 +111,13 @@ absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
     const std::vector<SampleRequest>& requests) {
   const int64_t rows = logits_.empty() ? 0 : logits_.dim(0);
   if (static_cast<int64_t>(requests.size()) != rows) {
-    return absl::InvalidArgumentError(absl::StrCat(requests.size(), " sampling requests for ",
-                                                   rows, " rows of logits"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(requests.size(), " sampling requests for ", rows, " rows of logits"));
   }
   std::vector<int32_t> tokens(requests.size());
   for (int64_t i = 0; i < rows; ++i) {
-    tokens[i] = SampleToken(logits_.row(i), config_.vocab_size, requests[i].spec,
-                            requests[i].index);
+    tokens[i] =
+        SampleToken(logits_.row(i), config_.vocab_size, requests[i].spec, requests[i].index);
   }
   return tokens;
 }

@@ -111,6 +111,9 @@ int main(int argc, char** argv) {
   flags.AddInt("rank", &rank, "This rank (without mpirun).");
   flags.AddInt("world-size", &world_size, "Ranks in the engine (without mpirun).");
   flags.AddString("host", &host, "Host name reported to the coordinator.");
+  flags.AddString("device", &device,
+                  "Backend: cpu, or cuda (one GPU per worker, world size 1 for now; the GPU is "
+                  "device 0 of those CUDA_VISIBLE_DEVICES shows).");
   flags.AddString("collective-listen", &collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
   flags.AddInt("threads", &threads, "CPU threads (0: the host's cores / ranks on it).");
@@ -120,6 +123,8 @@ int main(int argc, char** argv) {
   flags.AddInt("coordinator-lost-s", &lost_after_s,
                "Exit when the coordinator cannot be reached for this long.");
   flags.ParseOrExit(argc, argv);
+  const auto backend = moe::ParseDevice(device);
+  if (!backend.ok()) return Fail(backend.status());
 
   // The collective: MPI when launched by mpirun, otherwise a TCP mesh (or nothing for one rank).
   std::unique_ptr<moe::Communicator> world;
@@ -192,6 +197,7 @@ int main(int argc, char** argv) {
   moe::EngineOptions opt;
   opt.block_size = assignment->kv_block_size();
   opt.kv_blocks = assignment->kv_blocks();
+  opt.device = *backend;
   MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
                 << shard.experts.size() << " experts/layer) from " << model;
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);

@@ -1,6 +1,7 @@
-// MLA attention kernels: absorbed decode over the paged latent cache, and causal attention over
-// expanded K/V for prefill chunks. Each block handles one (sequence or query, head); its warps
-// take every kWarps-th key with an online softmax, and the warps' partial results are merged.
+// MLA attention kernels: absorbed decode over the paged latent cache, causal attention over
+// expanded K/V for prefill chunks, and the split of the expanded latent into that K/V. Each block
+// handles one (sequence or query, head); its warps take every kWarps-th key with an online softmax,
+// and the warps' partial results are merged.
 #include <cuda_runtime.h>
 
 #include "kernels/cuda/ops.h"
@@ -110,7 +111,35 @@ __global__ void CausalKernel(const float* q, const float* k, const float* v, int
   MergeWarps(m_sh, l_sh, acc_sh, dv, out + (i * heads + h) * dv);
 }
 
+// Thread per (token, head, element of [k | v]).
+__global__ void SplitMlaKvKernel(const float* kv, const float* latent, int64_t ctx, int64_t heads,
+                                 int64_t nope, int64_t v_dim, int64_t kv_lora, int64_t rope,
+                                 float* k, float* v) {
+  const int64_t width = nope + rope + v_dim;
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= ctx * heads * width) return;
+  const int64_t e = i % width, th = i / width, t = th / heads;
+  const int64_t qk = nope + rope;
+  if (e < nope) {
+    k[th * qk + e] = kv[th * (nope + v_dim) + e];
+  } else if (e < qk) {
+    k[th * qk + e] = latent[t * (kv_lora + rope) + kv_lora + (e - nope)];
+  } else {
+    v[th * v_dim + (e - qk)] = kv[th * (nope + v_dim) + nope + (e - qk)];
+  }
+}
+
 }  // namespace
+
+void SplitMlaKv(const float* kv, const float* latent, int64_t ctx, int64_t heads, int64_t nope,
+                int64_t v_dim, int64_t kv_lora, int64_t rope, float* k, float* v,
+                cudaStream_t stream) {
+  const int64_t n = ctx * heads * (nope + rope + v_dim);
+  if (n == 0) return;
+  constexpr int kThreads = 256;
+  SplitMlaKvKernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(
+      kv, latent, ctx, heads, nope, v_dim, kv_lora, rope, k, v);
+}
 
 void MlaDecodeAttention(const float* q, int64_t b, int64_t heads, int64_t kv_lora, int64_t rope,
                         const float* cache, const int32_t* block_tables, int64_t max_blocks,

@@ -1,4 +1,5 @@
-// Elementwise and per-row kernels: conversions, RMSNorm, SiLU-gate, RoPE, embedding lookup.
+// Elementwise and per-row kernels: conversions, RMSNorm, SiLU-gate, RoPE, embedding lookup,
+// row gather / scatter.
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/ops.h"
@@ -20,26 +21,22 @@ __global__ void Bf16ToF32Kernel(const bf16* x, float* y, int64_t n) {
   if (i < n) y[i] = __bfloat162float(x[i]);
 }
 
-// OCP e4m3fn, exactly as common/dtype.cc decodes it.
-__device__ float DecodeE4M3(uint8_t v) {
-  const uint32_t sign = v >> 7, exp = (v >> 3) & 0xfu, mant = v & 0x7u;
-  float mag;
-  if (exp == 0xf && mant == 0x7) {
-    mag = __int_as_float(0x7fc00000);
-  } else if (exp == 0) {
-    mag = ldexpf(static_cast<float>(mant), -9);
-  } else {
-    mag = ldexpf(static_cast<float>(mant | 0x8u), static_cast<int>(exp) - 10);
-  }
-  return sign ? -mag : mag;
+__global__ void F32ToBf16RowsKernel(const float* x, int64_t rows, int64_t cols, int64_t ldx,
+                                    bf16* y) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < rows * cols) y[i] = __float2bfloat16_rn(x[(i / cols) * ldx + i % cols]);
 }
 
-__global__ void Fp8BlockToBf16Kernel(const uint8_t* w, const float* scale, int64_t rows,
-                                     int64_t cols, int64_t br, int64_t bc, bf16* out) {
+__global__ void GatherKernel(const float* x, const int32_t* rows, int64_t n, int64_t dim,
+                             float* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= rows * cols) return;
-  const int64_t r = i / cols, c = i % cols, scale_cols = (cols + bc - 1) / bc;
-  out[i] = __float2bfloat16_rn(DecodeE4M3(w[i]) * scale[(r / br) * scale_cols + c / bc]);
+  if (i < n * dim) out[i] = x[static_cast<int64_t>(rows[i / dim]) * dim + i % dim];
+}
+
+__global__ void ScatterKernel(const float* x, const int32_t* rows, int64_t n, int64_t dim,
+                              float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n * dim) out[static_cast<int64_t>(rows[i / dim]) * dim + i % dim] = x[i];
 }
 
 __global__ void AddKernel(float* y, const float* x, int64_t n) {
@@ -101,11 +98,18 @@ void F32ToBf16(const float* x, bf16* y, int64_t n, cudaStream_t s) {
 void Bf16ToF32(const bf16* x, float* y, int64_t n, cudaStream_t s) {
   if (n > 0) Bf16ToF32Kernel<<<Blocks(n), kThreads, 0, s>>>(x, y, n);
 }
-void Fp8BlockToBf16(const uint8_t* w, const float* scale_inv, int64_t rows, int64_t cols,
-                    int64_t br, int64_t bc, bf16* out, cudaStream_t s) {
+void F32ToBf16Rows(const float* x, int64_t rows, int64_t cols, int64_t ldx, bf16* y,
+                   cudaStream_t s) {
   const int64_t n = rows * cols;
-  if (n > 0)
-    Fp8BlockToBf16Kernel<<<Blocks(n), kThreads, 0, s>>>(w, scale_inv, rows, cols, br, bc, out);
+  if (n > 0) F32ToBf16RowsKernel<<<Blocks(n), kThreads, 0, s>>>(x, rows, cols, ldx, y);
+}
+void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                cudaStream_t s) {
+  if (n * dim > 0) GatherKernel<<<Blocks(n * dim), kThreads, 0, s>>>(x, rows, n, dim, out);
+}
+void ScatterRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                 cudaStream_t s) {
+  if (n * dim > 0) ScatterKernel<<<Blocks(n * dim), kThreads, 0, s>>>(x, rows, n, dim, out);
 }
 void Add(float* y, const float* x, int64_t n, cudaStream_t s) {
   if (n > 0) AddKernel<<<Blocks(n), kThreads, 0, s>>>(y, x, n);

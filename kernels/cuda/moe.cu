@@ -1,4 +1,4 @@
-// MoE kernels: routing, permutation by expert, gather / combine, and a grouped GEMM whose row
+// MoE kernels: routing, permutation by expert, combine, token counts, and a grouped GEMM whose row
 // ranges live on the device (no host round trip, so decode steps can be graph-captured).
 #include <cuda_bf16.h>
 
@@ -144,11 +144,9 @@ __global__ void ScatterKernel(const int32_t* ids, int64_t pairs, int64_t k, int6
   }
 }
 
-__global__ void GatherKernel(const float* x, const int32_t* rows, int64_t n, int64_t dim,
-                             float* out) {
-  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (i >= n * dim) return;
-  out[i] = x[static_cast<int64_t>(rows[i / dim]) * dim + i % dim];
+__global__ void AddCountsKernel(const int32_t* offsets, int64_t experts, int64_t* counts) {
+  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (e < experts) counts[e] += offsets[e + 1] - offsets[e];
 }
 
 __global__ void CombineKernel(const float* y, const int32_t* row_of, const float* weights,
@@ -207,9 +205,10 @@ void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, 
                                                           sorted_token, row_of);
 }
 
-void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
-                cudaStream_t stream) {
-  if (n * dim > 0) GatherKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(x, rows, n, dim, out);
+void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts,
+                     cudaStream_t stream) {
+  if (experts > 0)
+    AddCountsKernel<<<Blocks(experts), kThreads, 0, stream>>>(offsets, experts, counts);
 }
 
 void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,

@@ -1,5 +1,6 @@
 // The engine's op set on device memory — the CUDA twin of kernels/ops.h and kernels/attention.h.
-// Activations are float32; weights bf16 (fp8 checkpoints are dequantized to bf16 once, at load).
+// Activations are float32; weights bf16 (fp8 checkpoints are dequantized to bf16 once, at load);
+// GEMMs take bf16 operands and accumulate in float32.
 // Every launcher enqueues on `stream` and returns at once; none allocates or synchronises, so a
 // sequence of them can be captured in a CUDA graph.
 #pragma once
@@ -12,6 +13,10 @@
 
 #include "absl/status/status.h"
 
+namespace moe {
+struct ModelConfig;
+}
+
 namespace moe::cuda {
 
 using bf16 = __nv_bfloat16;
@@ -19,9 +24,9 @@ using bf16 = __nv_bfloat16;
 // ---- elementwise ------------------------------------------------------------------------------
 void F32ToBf16(const float* x, bf16* y, int64_t n, cudaStream_t stream);
 void Bf16ToF32(const bf16* x, float* y, int64_t n, cudaStream_t stream);
-// A [rows, cols] F8_E4M3 weight times its [ceil(rows/br), ceil(cols/bc)] float32 block scales.
-void Fp8BlockToBf16(const uint8_t* w, const float* scale_inv, int64_t rows, int64_t cols,
-                    int64_t br, int64_t bc, bf16* out, cudaStream_t stream);
+// y [rows, cols] (dense) = x's rows of `cols` floats, `ldx` apart, rounded to bf16.
+void F32ToBf16Rows(const float* x, int64_t rows, int64_t cols, int64_t ldx, bf16* y,
+                   cudaStream_t stream);
 void Add(float* y, const float* x, int64_t n, cudaStream_t stream);  // y += x
 // y = x / sqrt(mean(x^2) + eps) * weight per row of `dim` (rows `ld` apart).
 void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float* weight, float eps,
@@ -36,11 +41,32 @@ void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, 
 void EmbeddingLookup(const bf16* table, const int32_t* tokens, int64_t n, int64_t dim, float* out,
                      cudaStream_t stream);
 
-// ---- GEMM -------------------------------------------------------------------------------------
-// y[m, n] = x[m, k] · w[n, k]^T (+ beta y): x is converted to bf16 into `x_bf16` (m * k
-// elements), the product accumulates in float32 (cuBLAS).
+// out[i] = x[rows[i]] for i < n (rows of dim floats).
+void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                cudaStream_t stream);
+// out[rows[i]] = x[i] for i < n (rows of dim floats) — e.g. new latent KV rows into cache slots.
+void ScatterRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
+                 cudaStream_t stream);
+
+// ---- GEMM (cuBLAS; row-major shapes) ----------------------------------------------------------
+// y[m, n] = x[m, k] · w[n, k]^T, x's rows `ldx` apart (0: k): x is converted to bf16 into
+// `x_bf16` (m * k elements), the product accumulates in float32.
 absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const bf16* w,
-                    int64_t n, float* y, bf16* x_bf16, cudaStream_t stream, float beta = 0.0f);
+                    int64_t n, float* y, bf16* x_bf16, cudaStream_t stream, int64_t ldx = 0);
+// The same product in float32 throughout (the router gate, whose top-k choice is sensitive).
+absl::Status LinearF32(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const float* w,
+                       int64_t n, float* y, cudaStream_t stream);
+// A matrix operand of a batched product: matrix i starts at data + i * stride, rows ld apart.
+struct Strided {
+  const bf16* data;
+  int64_t ld, stride;
+};
+// For i < batch: c_i[m, n] = a_i[m, k] · b_i, where b_i is [k, n], or [n, k] used transposed
+// when `transpose_b`. bf16 operands, float32 result (rows of c `ldc` apart, matrices
+// `stride_c`).
+absl::Status BatchedMatMul(cublasHandle_t blas, int64_t batch, int64_t m, int64_t n, int64_t k,
+                           Strided a, Strided b, bool transpose_b, float* c, int64_t ldc,
+                           int64_t stride_c, cudaStream_t stream);
 
 // ---- attention --------------------------------------------------------------------------------
 // Absorbed MLA decode over the paged latent cache, one token per sequence:
@@ -56,6 +82,12 @@ void MlaDecodeAttention(const float* q, int64_t b, int64_t heads, int64_t kv_lor
 void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
                      int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale, float* out,
                      cudaStream_t stream);
+// Prefill's K/V from the expanded latent: kv [ctx, heads, nope + v_dim] (kv_b_proj of c_kv),
+// latent [ctx, kv_lora + rope] (the cache rows) ->
+//   k [ctx, heads, nope + rope] = [kv's nope part | the row's shared k_pe], v [ctx, heads, v_dim].
+void SplitMlaKv(const float* kv, const float* latent, int64_t ctx, int64_t heads, int64_t nope,
+                int64_t v_dim, int64_t kv_lora, int64_t rope, float* k, float* v,
+                cudaStream_t stream);
 
 // ---- MoE --------------------------------------------------------------------------------------
 struct RouterParams {
@@ -66,6 +98,8 @@ struct RouterParams {
   bool norm_topk_prob = true;
   float routed_scaling_factor = 1.0f;
 };
+// The router a config describes (scoring_func, topk_method, groups, normalisation, scaling).
+RouterParams RouterParamsFor(const ModelConfig& config);
 // The twin of RouteTokens (worker/router.h): logits [n, experts] -> ids, weights [n, top_k],
 // ids by descending choice score, ties to the lower id. experts <= 1024.
 void RouteTokens(const float* logits, const float* bias, int64_t n, const RouterParams& p,
@@ -75,12 +109,11 @@ void RouteTokens(const float* logits, const float* bias, int64_t n, const Router
 // row_of [n * k] (the sorted row of pair token * k + slot). Deterministic, no atomics.
 void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, int32_t* offsets,
                      int32_t* sorted_token, int32_t* row_of, cudaStream_t stream);
-// out[i] = x[rows[i]] for i < n (rows of dim floats).
-void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
-                cudaStream_t stream);
 // out[t] (+)= sum_j weights[t, j] * y[row_of[t * k + j]] — each token's rows, in slot order.
 void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,
                  int64_t dim, float* out, bool accumulate, cudaStream_t stream);
+// counts[e] += offsets[e + 1] - offsets[e]: tokens routed to each expert, accumulated.
+void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts, cudaStream_t stream);
 // Grouped GEMM over experts with the row ranges on the device (graph-capturable): for each expert
 // e, y[offsets[e]..offsets[e+1]) = x[same rows, k] · w[e]^T where w[e] is bf16 [n, k].
 void GroupedLinear(const float* x, const int32_t* offsets, int64_t experts, const bf16* const* w,

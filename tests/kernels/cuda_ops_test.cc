@@ -1,9 +1,12 @@
 // Every CUDA kernel against its CPU twin on fresh random inputs, outputs poisoned with NaN first
-// (so an unwritten element fails). Float32 paths: ||gpu - cpu|| / ||cpu|| <= 1e-4; exact where
-// the arithmetic is the same (conversions, dequantization, routing ids, sampled tokens).
+// (so an unwritten element fails). Float32 paths: ||gpu - cpu|| / ||cpu|| <= 1e-4 (1e-5 for
+// short sums); products of bf16 operands are compared with a CPU product of the same rounded
+// operands; exact where the arithmetic is the same (conversions, copies, routing ids, counts,
+// sampled tokens).
 // Skipped where no GPU is visible.
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -98,28 +101,40 @@ TEST_F(CudaOpsTest, ConversionsAreExact) {
   EXPECT_EQ(Down(back, 1000), RoundBf16(x));
 }
 
-TEST_F(CudaOpsTest, Fp8BlockDequantizationMatchesTheLoader) {
-  const int64_t rows = 300, cols = 200;  // partial 128x128 blocks on both edges
-  std::vector<uint8_t> w(rows * cols);
-  std::uniform_int_distribution<int> byte(0, 255);
-  for (auto& v : w) {
-    do v = static_cast<uint8_t>(byte(rng_));
-    while ((v & 0x7f) == 0x7f);  // no NaN codes
-  }
-  const auto scale = Random(6, 0.1f);
-  DeviceBuffer<bf16> out;
-  ASSERT_TRUE(out.Allocate(w.size()).ok());
-  auto dw = Up(w);
-  auto ds = Up(scale);
-  Fp8BlockToBf16(dw.data(), ds.data(), rows, cols, 128, 128, out.data(), stream_);
-  const auto got = Down(out, w.size());
+TEST_F(CudaOpsTest, StridedConversionGatherAndScatter) {
+  const int64_t rows = 13, cols = 40, ld = 56;
+  const auto x = Random(rows * ld);
+  auto dx = Up(x);
+  DeviceBuffer<bf16> b;
+  ASSERT_TRUE(b.Allocate(rows * cols).ok());
+  F32ToBf16Rows(dx.data(), rows, cols, ld, b.data(), stream_);
+  auto back = Poisoned(rows * cols);
+  Bf16ToF32(b.data(), back.data(), rows * cols, stream_);
+  const auto got = Down(back, rows * cols);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < cols; ++c) {
-      const float want = F8E4M3ToF32(w[r * cols + c]) * scale[(r / 128) * 2 + c / 128];
-      const __nv_bfloat16_raw raw = got[r * cols + c];
-      ASSERT_EQ(raw.x, F32ToBF16(want)) << r << "," << c;
+      ASSERT_EQ(got[r * cols + c], BF16ToF32(F32ToBF16(x[r * ld + c]))) << r << "," << c;
     }
   }
+  // Gather rows in a shuffled order (one twice), then scatter them into a poisoned pool.
+  std::vector<int32_t> order = {7, 0, 12, 3, 3, 9};
+  auto dorder = Up(order);
+  auto gathered = Poisoned(order.size() * ld);
+  GatherRows(dx.data(), dorder.data(), static_cast<int64_t>(order.size()), ld, gathered.data(),
+             stream_);
+  const auto g = Down(gathered, order.size() * ld);
+  for (size_t i = 0; i < order.size(); ++i) {
+    for (int64_t c = 0; c < ld; ++c) ASSERT_EQ(g[i * ld + c], x[order[i] * ld + c]);
+  }
+  const std::vector<int32_t> slots = {4, 1, 6};
+  auto dslots = Up(slots);
+  auto pool = Poisoned(8 * ld);
+  ScatterRows(gathered.data(), dslots.data(), 3, ld, pool.data(), stream_);
+  const auto p = Down(pool, 8 * ld);
+  for (size_t i = 0; i < slots.size(); ++i) {
+    for (int64_t c = 0; c < ld; ++c) ASSERT_EQ(p[slots[i] * ld + c], g[i * ld + c]);
+  }
+  EXPECT_TRUE(std::isnan(p[0])) << "a slot nobody wrote was written";
 }
 
 TEST_F(CudaOpsTest, RmsNormSiluAndAdd) {
@@ -197,6 +212,64 @@ TEST_F(CudaOpsTest, LinearMatchesCpuOnBf16Operands) {
   }
 }
 
+TEST_F(CudaOpsTest, LinearReadsStridedRowsAndLinearF32IsFloat32) {
+  const int64_t m = 11, n = 37, k = 64, ld = 80;
+  const auto x = Random(m * ld), w = Random(n * k, 0.1f);
+  auto dx = Up(x), dwf = Up(w);
+  auto dw = Up(ToBf16(w));
+  DeviceBuffer<bf16> scratch;
+  ASSERT_TRUE(scratch.Allocate(m * k).ok());
+  auto dy = Poisoned(m * n);
+  ASSERT_TRUE(
+      Linear(blas_, dx.data(), m, k, dw.data(), n, dy.data(), scratch.data(), stream_, ld).ok());
+  const auto xr = RoundBf16(x), wr = RoundBf16(w);
+  std::vector<float> want(m * n);
+  cpu::MatMulNT(m, n, k, xr.data(), ld, wr.data(), k, want.data(), n);
+  EXPECT_LE(RelativeError(Down(dy, m * n), want), 1e-4);
+  // Float32 operands: compared with the unrounded product, at float32 accuracy.
+  std::vector<float> x_dense(m * k);
+  for (int64_t r = 0; r < m; ++r) std::copy_n(x.begin() + r * ld, k, x_dense.begin() + r * k);
+  auto dxd = Up(x_dense);
+  auto dy32 = Poisoned(m * n);
+  ASSERT_TRUE(LinearF32(blas_, dxd.data(), m, k, dwf.data(), n, dy32.data(), stream_).ok());
+  cpu::MatMulNT(m, n, k, x_dense.data(), k, w.data(), k, want.data(), n);
+  EXPECT_LE(RelativeError(Down(dy32, m * n), want), 1e-5);
+}
+
+// The two products of absorbed MLA decode: per head, q_nope · W_UK (b not transposed) and
+// o_lat · W_UV^T (transposed), on operands interleaved by head.
+TEST_F(CudaOpsTest, BatchedMatMulOnHeadInterleavedOperands) {
+  const int64_t heads = 5, b = 7, nope = 24, lora = 40, v = 16, kvh = nope + v;
+  const auto q = RoundBf16(Random(b * heads * nope));          // [b, heads, nope]
+  const auto w = RoundBf16(Random(heads * kvh * lora, 0.2f));  // [heads, nope + v, lora]
+  auto dq = Up(ToBf16(q)), dw = Up(ToBf16(w));
+  auto absorbed = Poisoned(b * heads * lora);
+  ASSERT_TRUE(BatchedMatMul(blas_, heads, b, lora, nope, {dq.data(), heads * nope, nope},
+                            {dw.data(), lora, kvh * lora}, false, absorbed.data(), heads * lora,
+                            lora, stream_)
+                  .ok());
+  std::vector<float> want(b * heads * lora, 0.0f);
+  for (int64_t h = 0; h < heads; ++h) {
+    cpu::MatMulNN(b, lora, nope, q.data() + h * nope, heads * nope, w.data() + h * kvh * lora, lora,
+                  want.data() + h * lora, heads * lora);
+  }
+  EXPECT_LE(RelativeError(Down(absorbed, want.size()), want), 1e-4);
+
+  const auto o = RoundBf16(Random(b * heads * lora));  // [b, heads, lora]
+  auto dout = Up(ToBf16(o));
+  auto out = Poisoned(b * heads * v);
+  ASSERT_TRUE(BatchedMatMul(blas_, heads, b, v, lora, {dout.data(), heads * lora, lora},
+                            {dw.data() + nope * lora, lora, kvh * lora}, true, out.data(),
+                            heads * v, v, stream_)
+                  .ok());
+  std::vector<float> want_out(b * heads * v);
+  for (int64_t h = 0; h < heads; ++h) {
+    cpu::MatMulNT(b, v, lora, o.data() + h * lora, heads * lora, w.data() + (h * kvh + nope) * lora,
+                  lora, want_out.data() + h * v, heads * v);
+  }
+  EXPECT_LE(RelativeError(Down(out, want_out.size()), want_out), 1e-4);
+}
+
 TEST_F(CudaOpsTest, MlaDecodeAttentionOverScatteredBlocks) {
   const int64_t heads = 4, lora = 64, rope = 16, row = lora + rope, bs = 16, max_blocks = 4;
   const std::vector<int32_t> ctx = {1, 37, 64};
@@ -231,18 +304,24 @@ TEST_F(CudaOpsTest, CausalAttentionAfterACachedPrefix) {
   EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-4);
 }
 
-RouterParams ParamsOf(const ModelConfig& c) {
-  RouterParams p;
-  p.experts = static_cast<int32_t>(c.n_routed_experts);
-  p.top_k = static_cast<int32_t>(c.num_experts_per_tok);
-  p.n_group = static_cast<int32_t>(c.n_group);
-  p.topk_group = static_cast<int32_t>(c.topk_group);
-  p.softmax_scoring = c.scoring_func == "softmax";
-  p.group_top2_sum = c.topk_method == "noaux_tc";
-  p.grouped = c.n_group > 1 && c.topk_method != "greedy";
-  p.norm_topk_prob = c.norm_topk_prob;
-  p.routed_scaling_factor = static_cast<float>(c.routed_scaling_factor);
-  return p;
+TEST_F(CudaOpsTest, SplitMlaKvSharesTheRopeKeyAcrossHeads) {
+  const int64_t ctx = 6, heads = 3, nope = 8, v = 5, lora = 12, rope = 4;
+  const auto kv = Random(ctx * heads * (nope + v)), latent = Random(ctx * (lora + rope));
+  auto dkv = Up(kv), dlat = Up(latent);
+  auto k = Poisoned(ctx * heads * (nope + rope)), vv = Poisoned(ctx * heads * v);
+  SplitMlaKv(dkv.data(), dlat.data(), ctx, heads, nope, v, lora, rope, k.data(), vv.data(),
+             stream_);
+  const auto gk = Down(k, ctx * heads * (nope + rope)), gv = Down(vv, ctx * heads * v);
+  for (int64_t t = 0; t < ctx; ++t) {
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* src = kv.data() + (t * heads + h) * (nope + v);
+      const float* kr = gk.data() + (t * heads + h) * (nope + rope);
+      for (int64_t i = 0; i < nope; ++i) ASSERT_EQ(kr[i], src[i]);
+      for (int64_t i = 0; i < rope; ++i)
+        ASSERT_EQ(kr[nope + i], latent[t * (lora + rope) + lora + i]);
+      for (int64_t i = 0; i < v; ++i) ASSERT_EQ(gv[(t * heads + h) * v + i], src[nope + i]);
+    }
+  }
 }
 
 TEST_F(CudaOpsTest, RoutingMatchesTheCpuRouter) {
@@ -260,7 +339,7 @@ TEST_F(CudaOpsTest, RoutingMatchesTheCpuRouter) {
       DeviceBuffer<int32_t> ids;
       ASSERT_TRUE(ids.Allocate(n * k).ok());
       auto w = Poisoned(n * k);
-      RouteTokens(dl.data(), b ? db.data() : nullptr, n, ParamsOf(c), ids.data(), w.data(),
+      RouteTokens(dl.data(), b ? db.data() : nullptr, n, RouterParamsFor(c), ids.data(), w.data(),
                   stream_);
       std::vector<int32_t> want_ids(n * k);
       std::vector<float> want_w(n * k);
@@ -318,8 +397,13 @@ TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
   EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-5);
   // Rows are grouped by expert, in (token, slot) order within an expert.
   const auto off = Down(offsets, E + 1);
+  auto counts = Up(std::vector<int64_t>(E, 10));
+  AddExpertCounts(offsets.data(), E, counts.data(), stream_);
+  const auto got_counts = Down(counts, E);
   for (int64_t e = 0; e < E; ++e) {
-    EXPECT_EQ(off[e + 1] - off[e], std::count(ids.begin(), ids.end(), static_cast<int32_t>(e)));
+    const auto chosen = std::count(ids.begin(), ids.end(), static_cast<int32_t>(e));
+    EXPECT_EQ(off[e + 1] - off[e], chosen);
+    EXPECT_EQ(got_counts[e], 10 + chosen);
   }
 }
 

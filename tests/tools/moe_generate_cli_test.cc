@@ -40,8 +40,9 @@ ScratchDir* MoeGenerateCliTest::dir_ = nullptr;
 TEST_F(MoeGenerateCliTest, HelpExplainsEveryFlag) {
   auto r = RunCommand(BinaryPath("tools/moe-generate") + " --help");
   EXPECT_EQ(r.exit_code, 0);
-  for (const char* flag : {"--model", "--prompt-ids", "--max-new-tokens", "--logits-out",
-                           "--threads", "--block-size", "--kv-cache-mb", "--ignore-eos"}) {
+  for (const char* flag :
+       {"--model", "--prompt-ids", "--max-new-tokens", "--logits-out", "--threads", "--block-size",
+        "--kv-cache-mb", "--ignore-eos", "--device", "--no-cuda-graphs"}) {
     EXPECT_THAT(r.out, HasSubstr(flag));
   }
 }
@@ -74,6 +75,7 @@ TEST_F(MoeGenerateCliTest, BadInputIsAClearErrorNotACrash) {
            {"--prompt-ids 1 --max-new-tokens 0", "--max-new-tokens must be >= 1"},
            {"--prompt-ids 1 --bogus", "unknown flag --bogus"},
            {"--prompt-ids 1 --kv-cache-mb 1 --block-size 100000", "KV cache"},
+           {"--prompt-ids 1 --device tpu", "device \"tpu\" is not one of"},
        }) {
     auto r = RunCommand(Gen(c.args));
     EXPECT_NE(r.exit_code, 0) << c.args;

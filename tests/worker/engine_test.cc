@@ -115,6 +115,48 @@ TEST_F(EngineTest, ActivationsStayFiniteOver256Tokens) {
   }
 }
 
+TEST_F(EngineTest, SamplesOnTheBackendAsTheSamplerDoesOnItsLogits) {
+  auto e = Load();
+  BlockAllocator alloc(e->num_blocks());
+  std::vector<SequenceStep> step;
+  for (int i = 0; i < 4; ++i) {
+    SequenceStep s = Seq(10 + i, {static_cast<int32_t>(3 + i), 7, 9}, {});
+    ASSERT_TRUE(alloc.EnsureCapacity(&s.block_table, 3, e->block_size()).ok());
+    if (i != 2) s.sampling = SamplingSpec{0.8f + 0.1f * i, i == 1 ? 5 : 0, 0.9f, 100u + i};
+    s.sample_index = 4 + i;
+    step.push_back(std::move(s));
+  }
+  auto with_logits = e->Step(step);
+  ASSERT_TRUE(with_logits.ok()) << with_logits.status();
+  ASSERT_EQ(with_logits->tokens.size(), 4u);
+  for (int j = 0; j < 4; ++j) {
+    if (!step[j].sampling) {
+      EXPECT_EQ(with_logits->tokens[j], -1) << "a sequence without sampling got a token";
+      continue;
+    }
+    EXPECT_EQ(with_logits->tokens[j],
+              SampleToken(with_logits->logits.row(j), e->config().vocab_size, *step[j].sampling,
+                          step[j].sample_index));
+  }
+  // The same step again (same positions, so the same cache rows): no logits, the same tokens.
+  auto tokens_only = e->Step(step, /*return_logits=*/false);
+  ASSERT_TRUE(tokens_only.ok());
+  EXPECT_TRUE(tokens_only->logits.empty());
+  EXPECT_EQ(tokens_only->tokens, with_logits->tokens);
+}
+
+TEST_F(EngineTest, CudaDeviceWithoutAGpuIsAClearError) {
+  auto config = LoadModelConfig(dir_->path());
+  EngineOptions opt;
+  opt.kv_blocks = 4;
+  opt.device = Device::kCuda;
+  auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
+  if (e.ok()) GTEST_SKIP() << "a GPU is present: the cuda label's tests cover it";
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("device cuda: "));
+  EXPECT_THAT(ParseDevice("tpu").status().message(), HasSubstr("\"tpu\" is not one of"));
+}
+
 TEST(KvCacheTest, BytesPerTokenOfTheRealModels) {
   // DeepSeek-V3 / Kimi K2: 61 layers x (512 + 64) values; per-head K/V: 61 x heads x (192 + 128).
   for (const char* name : {"deepseek-v3", "kimi-k2"}) {

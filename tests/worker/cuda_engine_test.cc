@@ -1,0 +1,200 @@
+// The whole model on the CUDA backend against the CPU engine (float32, itself checked against HF
+// transformers) on the tiny presets. The GPU rounds GEMM operands to bf16, so:
+//   - logits: ||gpu - cpu|| / ||cpu|| <= 1e-2 at every step where both ran the same tokens;
+//   - greedy tokens: identical, except that at the first step where they differ the CPU's
+//     logits must show a near tie (its top token within 1e-2 of max|logit| of the GPU's pick);
+//     after that the sequences differ and are not compared.
+// Skipped where no GPU is visible.
+#include <cmath>
+
+#include "gtest/gtest.h"
+#include "kernels/cuda/ops.h"
+#include "tests/test_util.h"
+#include "tools/model_maker.h"
+#include "worker/cuda_model.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+
+namespace moe {
+namespace {
+
+using ::moe::testing::ScratchDir;
+
+constexpr double kLogitTolerance = 1e-2;
+
+double RelativeError(const float* got, const float* want, int64_t n) {
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    diff += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
+    norm += want[i] * static_cast<double>(want[i]);
+  }
+  return std::sqrt(diff / norm);
+}
+
+class CudaEngineTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    if (cuda::DeviceCount() == 0)
+      GTEST_SKIP() << "no CUDA device visible: the GPU engine is not run";
+  }
+
+  std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true) {
+    auto config = LoadModelConfig(dir);
+    EngineOptions opt;
+    opt.block_size = 16;
+    opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 32 << 20);
+    opt.device = device;
+    opt.cuda_graphs = graphs;
+    auto e = Engine::Load(dir, ParallelContext::Single(*config), opt);
+    EXPECT_TRUE(e.ok()) << e.status();
+    return e.ok() ? std::move(*e) : nullptr;
+  }
+
+  // Compares one sequence's GPU generation with the CPU's under the rules above.
+  static void ExpectSameGeneration(const Generation& gpu, const Generation& cpu, int64_t vocab,
+                                   const std::string& what) {
+    ASSERT_EQ(gpu.logits.dim(0), cpu.logits.dim(0)) << what;
+    for (int64_t i = 0; i < cpu.logits.dim(0); ++i) {
+      EXPECT_LE(RelativeError(gpu.logits.row(i), cpu.logits.row(i), vocab), kLogitTolerance)
+          << what << ", step " << i;
+      if (i >= static_cast<int64_t>(cpu.tokens.size())) break;
+      const int32_t want = cpu.tokens[i], got = gpu.tokens[i];
+      if (got == want) continue;
+      const float* row = cpu.logits.row(i);
+      float scale = 0;
+      for (int64_t t = 0; t < vocab; ++t) scale = std::max(scale, std::fabs(row[t]));
+      EXPECT_LE(row[want] - row[got], kLogitTolerance * scale)
+          << what << ": step " << i << " picked " << got << " where the CPU picked " << want
+          << " by a clear margin";
+      return;  // the sequences differ from here on
+    }
+  }
+};
+
+TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
+  const std::string preset = GetParam();
+  for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8}) {
+    ScratchDir dir;
+    MakeModelOptions mo;
+    mo.out_dir = dir.path();
+    mo.dtype = dtype;
+    mo.seed = 11;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), mo).ok());
+    auto cpu = Load(dir.path(), Device::kCpu);
+    auto gpu = Load(dir.path(), Device::kCuda);
+    ASSERT_TRUE(cpu && gpu);
+    const int64_t vocab = cpu->config().vocab_size;
+    // Prompts of 1 token, across a 16-token block boundary, and several blocks long.
+    for (const std::vector<int32_t>& prompt :
+         {std::vector<int32_t>{5}, std::vector<int32_t>(17, 9), std::vector<int32_t>(70, 3)}) {
+      GenerateOptions g;
+      g.max_new_tokens = 20;
+      BlockAllocator ca(cpu->num_blocks()), ga(gpu->num_blocks());
+      auto want = GenerateGreedy(*cpu, ca, prompt, g);
+      auto got = GenerateGreedy(*gpu, ga, prompt, g);
+      ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+      ExpectSameGeneration(*got, *want, vocab,
+                           preset + (dtype == WeightDType::kFP8 ? " fp8" : " bf16") +
+                               ", prompt of " + std::to_string(prompt.size()));
+    }
+    auto& model = dynamic_cast<CudaModel&>(gpu->model());
+    EXPECT_GT(model.graphs_captured(), 0) << "decode steps were not captured";
+    EXPECT_GT(model.graph_replays(), 0) << "captured decode steps were not replayed";
+  }
+}
+
+// Continuous batching's steps: prefill chunks of some sequences next to decode tokens of others.
+TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
+  ScratchDir dir;
+  MakeModelOptions mo;
+  mo.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  auto cpu = Load(dir.path(), Device::kCpu);
+  auto gpu = Load(dir.path(), Device::kCuda);
+  ASSERT_TRUE(cpu && gpu);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int len : {3, 18, 41, 1, 9}) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < len; ++i) p.push_back((len * 31 + i * 7) % 250);
+    prompts.push_back(p);
+  }
+  GenerateOptions g;
+  g.max_new_tokens = 12;
+  g.prefill_chunk = 8;  // the long prompts still prefill while the short ones decode
+  BlockAllocator ca(cpu->num_blocks()), ga(gpu->num_blocks());
+  auto want = GenerateGreedyBatch(*cpu, ca, prompts, g);
+  auto got = GenerateGreedyBatch(*gpu, ga, prompts, g);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ExpectSameGeneration((*got)[i], (*want)[i], cpu->config().vocab_size,
+                         std::string(GetParam()) + " sequence " + std::to_string(i));
+  }
+}
+
+// Replaying graphs must not change a single bit against running the same steps eagerly.
+TEST_P(CudaEngineTest, GraphReplayEqualsEagerExecution) {
+  ScratchDir dir;
+  MakeModelOptions mo;
+  mo.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  auto graphed = Load(dir.path(), Device::kCuda, true);
+  auto eager = Load(dir.path(), Device::kCuda, false);
+  ASSERT_TRUE(graphed && eager);
+  std::vector<std::vector<int32_t>> prompts = {{4, 8, 15}, {16, 23, 42, 4}, {7}};
+  GenerateOptions g;
+  g.max_new_tokens = 10;
+  BlockAllocator a1(graphed->num_blocks()), a2(eager->num_blocks());
+  auto x = GenerateGreedyBatch(*graphed, a1, prompts, g);
+  auto y = GenerateGreedyBatch(*eager, a2, prompts, g);
+  ASSERT_TRUE(x.ok() && y.ok());
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ((*x)[i].tokens, (*y)[i].tokens);
+    ASSERT_EQ((*x)[i].logits.numel(), (*y)[i].logits.numel());
+    for (int64_t j = 0; j < (*x)[i].logits.numel(); ++j) {
+      ASSERT_EQ((*x)[i].logits[j], (*y)[i].logits[j]) << "sequence " << i << ", element " << j;
+    }
+  }
+  EXPECT_GT(dynamic_cast<CudaModel&>(graphed->model()).graph_replays(), 0);
+  EXPECT_EQ(dynamic_cast<CudaModel&>(eager->model()).graphs_captured(), 0);
+}
+
+// Sampling on the device picks what the CPU sampler picks from the same (GPU) logits.
+TEST_P(CudaEngineTest, DeviceSamplingMatchesTheCpuSamplerOnTheSameLogits) {
+  ScratchDir dir;
+  MakeModelOptions mo;
+  mo.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  auto gpu = Load(dir.path(), Device::kCuda);
+  ASSERT_TRUE(gpu);
+  BlockAllocator alloc(gpu->num_blocks());
+  std::vector<SequenceStep> step;
+  for (int i = 0; i < 6; ++i) {
+    SequenceStep s;
+    s.seq_id = i;
+    s.tokens = {static_cast<int32_t>(i + 1), 2, 3};
+    ASSERT_TRUE(alloc.EnsureCapacity(&s.block_table, 3, gpu->block_size()).ok());
+    s.sampling =
+        SamplingSpec{i == 0 ? 0.0f : 0.7f + 0.1f * i, i % 2 ? 0 : 20, i % 3 ? 0.9f : 1.0f, 77u + i};
+    s.sample_index = i;
+    step.push_back(std::move(s));
+  }
+  auto r = gpu->Step(step);
+  ASSERT_TRUE(r.ok()) << r.status();
+  for (int j = 0; j < 6; ++j) {
+    EXPECT_EQ(r->tokens[j], SampleToken(r->logits.row(j), gpu->config().vocab_size,
+                                        *step[j].sampling, step[j].sample_index))
+        << "sequence " << j;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, CudaEngineTest,
+                         ::testing::Values("tiny-dsv3", "tiny-kimi-k2", "tiny-v2lite"),
+                         [](const auto& info) {
+                           std::string n = info.param;
+                           for (char& ch : n) ch = ch == '-' ? '_' : ch;
+                           return n;
+                         });
+
+}  // namespace
+}  // namespace moe

@@ -99,8 +99,8 @@ void Row(const std::string& name, const std::string& figure, const std::string& 
 }
 
 struct Bounds {
-  double copy_bw;      // bytes/s, read + written
-  double gemm_flops;   // bf16 operands, float32 result
+  double copy_bw;     // bytes/s, read + written
+  double gemm_flops;  // bf16 operands, float32 result
 };
 
 Bounds MeasureBounds(cudaStream_t s, cublasHandle_t blas) {
@@ -248,8 +248,8 @@ void EndToEnd(const std::string& model, const Bounds& bounds, int steps) {
     const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
     const double touched =
         c.n_routed_experts *
-        (1.0 - std::pow(1.0 - static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts,
-                        batch));
+        (1.0 -
+         std::pow(1.0 - static_cast<double>(c.num_experts_per_tok) / c.n_routed_experts, batch));
     const double bytes = 2.0 * (p.total - p.routed_experts - (c.vocab_size - 1) * c.hidden_size +
                                 expert * touched * c.num_moe_layers());
     const double step_bound =
@@ -268,10 +268,11 @@ int main(int argc, char** argv) {
   std::string model = "models/small-dsv3";
   int64_t steps = 64;
   bool skip_model = false;
-  moe::FlagParser flags("cuda_bench",
-                        "The CUDA backend's figures (MLA decode, grouped GEMM, end-to-end decode)\n"
-                        "against the GPU's copy bandwidth and cuBLAS GEMM rate, measured in the same "
-                        "run.");
+  moe::FlagParser flags(
+      "cuda_bench",
+      "The CUDA backend's figures (MLA decode, grouped GEMM, end-to-end decode)\n"
+      "against the GPU's copy bandwidth and cuBLAS GEMM rate, measured in the same "
+      "run.");
   flags.AddString("model", &model, "small-dsv3 checkpoint folder; written (fp8) if missing.");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
   flags.AddBool("kernels-only", &skip_model, "Skip the end-to-end decode.");

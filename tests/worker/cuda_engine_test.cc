@@ -39,6 +39,15 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
       GTEST_SKIP() << "no CUDA device visible: the GPU engine is not run";
   }
 
+  static bool WriteModel(const ScratchDir& dir, const std::string& preset,
+                         WeightDType dtype = WeightDType::kBF16) {
+    MakeModelOptions mo;
+    mo.out_dir = dir.path();
+    mo.dtype = dtype;
+    mo.seed = 11;
+    return WriteCheckpoint(*PresetConfig(preset), mo).ok();
+  }
+
   std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true) {
     auto config = LoadModelConfig(dir);
     EngineOptions opt;
@@ -76,11 +85,7 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
   const std::string preset = GetParam();
   for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8}) {
     ScratchDir dir;
-    MakeModelOptions mo;
-    mo.out_dir = dir.path();
-    mo.dtype = dtype;
-    mo.seed = 11;
-    ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), mo).ok());
+    ASSERT_TRUE(WriteModel(dir, preset, dtype));
     auto cpu = Load(dir.path(), Device::kCpu);
     auto gpu = Load(dir.path(), Device::kCuda);
     ASSERT_TRUE(cpu && gpu);
@@ -107,9 +112,7 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
 // Continuous batching's steps: prefill chunks of some sequences next to decode tokens of others.
 TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
   ScratchDir dir;
-  MakeModelOptions mo;
-  mo.out_dir = dir.path();
-  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  ASSERT_TRUE(WriteModel(dir, GetParam()));
   auto cpu = Load(dir.path(), Device::kCpu);
   auto gpu = Load(dir.path(), Device::kCuda);
   ASSERT_TRUE(cpu && gpu);
@@ -135,9 +138,7 @@ TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
 // Replaying graphs must not change a single bit against running the same steps eagerly.
 TEST_P(CudaEngineTest, GraphReplayEqualsEagerExecution) {
   ScratchDir dir;
-  MakeModelOptions mo;
-  mo.out_dir = dir.path();
-  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  ASSERT_TRUE(WriteModel(dir, GetParam()));
   auto graphed = Load(dir.path(), Device::kCuda, true);
   auto eager = Load(dir.path(), Device::kCuda, false);
   ASSERT_TRUE(graphed && eager);
@@ -162,9 +163,7 @@ TEST_P(CudaEngineTest, GraphReplayEqualsEagerExecution) {
 // Sampling on the device picks what the CPU sampler picks from the same (GPU) logits.
 TEST_P(CudaEngineTest, DeviceSamplingMatchesTheCpuSamplerOnTheSameLogits) {
   ScratchDir dir;
-  MakeModelOptions mo;
-  mo.out_dir = dir.path();
-  ASSERT_TRUE(WriteCheckpoint(*PresetConfig(GetParam()), mo).ok());
+  ASSERT_TRUE(WriteModel(dir, GetParam()));
   auto gpu = Load(dir.path(), Device::kCuda);
   ASSERT_TRUE(gpu);
   BlockAllocator alloc(gpu->num_blocks());

@@ -154,6 +154,7 @@ int main(int argc, char** argv) {
     if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) last = resp;
   }
   if (any) std::printf("\n");
+  std::fflush(stdout);  // the ids line before the summary on stderr, when both go to one place
   const grpc::Status s = reader->Finish();
   if (!s.ok()) return Fail(s);
   std::fprintf(stderr, "finish_reason=%s prompt_tokens=%d completion_tokens=%d\n",

@@ -37,7 +37,10 @@ __device__ void MergeWarps(const float* m_sh, const float* l_sh, const float* ac
 struct OnlineSoftmax {
   float m = -INFINITY, l = 0.0f;
   float acc[kMaxPerLane];
+  // Loops over acc run to the compile-time kMaxPerLane (with a guard), so every index is a
+  // constant and acc stays in registers.
   __device__ void Init() {
+#pragma unroll
     for (int j = 0; j < kMaxPerLane; ++j) acc[j] = 0.0f;
   }
   // Adds key score `s` (all lanes equal) with value vector `v` (dv dims, strided by `vstride`).
@@ -45,7 +48,10 @@ struct OnlineSoftmax {
     const float m_new = fmaxf(m, s);
     const float keep = m == -INFINITY ? 0.0f : expf(m - m_new), p = expf(s - m_new);
     l = l * keep + p;
-    for (int j = 0; j * 32 + lane < dv; ++j) acc[j] = acc[j] * keep + p * v[j * 32 + lane];
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      if (j * 32 + lane < dv) acc[j] = acc[j] * keep + p * v[j * 32 + lane];
+    }
     m = m_new;
   }
   __device__ void Store(float* m_sh, float* l_sh, float* acc_sh, int dv, int warp, int lane) {
@@ -53,7 +59,10 @@ struct OnlineSoftmax {
       m_sh[warp] = m;
       l_sh[warp] = l;
     }
-    for (int j = 0; j * 32 + lane < dv; ++j) acc_sh[warp * dv + j * 32 + lane] = acc[j];
+#pragma unroll
+    for (int j = 0; j < kMaxPerLane; ++j) {
+      if (j * 32 + lane < dv) acc_sh[warp * dv + j * 32 + lane] = acc[j];
+    }
   }
 };
 

@@ -42,6 +42,8 @@ __global__ void RouteKernel(const float* logits, const float* bias, RouterParams
   float* choice = scores + p.experts;  // [experts]
   __shared__ Best red[kThreads];
   __shared__ int32_t chosen[64];
+  __shared__ float group_score[64];  // shared, not a local array: thread 0 indexes it at run time
+  __shared__ bool keep[64];
   const float* l = logits + static_cast<int64_t>(blockIdx.x) * p.experts;
   for (int e = threadIdx.x; e < p.experts; e += blockDim.x) scores[e] = l[e];
   __syncthreads();
@@ -68,7 +70,6 @@ __global__ void RouteKernel(const float* logits, const float* bias, RouterParams
   if (p.grouped && threadIdx.x == 0) {
     // Rank groups by the sum of their top-2 (or their best) choice scores; keep topk_group.
     const int gs = p.experts / p.n_group;
-    float group_score[64];
     for (int g = 0; g < p.n_group; ++g) {
       float a = -INFINITY, b = -INFINITY;
       for (int i = 0; i < gs; ++i) {
@@ -82,7 +83,7 @@ __global__ void RouteKernel(const float* logits, const float* bias, RouterParams
       }
       group_score[g] = p.group_top2_sum ? a + b : a;
     }
-    bool keep[64] = {};
+    for (int g = 0; g < p.n_group; ++g) keep[g] = false;
     for (int r = 0; r < p.topk_group; ++r) {
       int best = -1;
       for (int g = 0; g < p.n_group; ++g) {

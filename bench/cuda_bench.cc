@@ -22,6 +22,7 @@
 
 #include "absl/strings/str_format.h"
 #include "common/cli.h"
+#include "common/machine_info.h"
 #include "common/dtype.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
@@ -290,6 +291,7 @@ int main(int argc, char** argv) {
 
   std::fprintf(stderr, "cuda_bench: measuring bounds on %s\n", prop.name);
   const auto bounds = moe::cuda::MeasureBounds(stream, blas);
+  std::printf("host: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::printf("cuda_bench on %s: copy %.0f GB/s (read + write), cuBLAS bf16 GEMM %.1f TFLOP/s\n\n",
               prop.name, bounds.copy_bw / 1e9, bounds.gemm_flops / 1e12);
   std::printf("%-44s %20s %20s %7s\n", "case", "figure", "bound", "ratio");

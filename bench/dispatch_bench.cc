@@ -16,6 +16,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "common/cli.h"
+#include "common/machine_info.h"
 #include "kernels/ops.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/mpi_communicator.h"
@@ -63,6 +64,10 @@ int main(int argc, char** argv) {
   const moe::ExpertPlacement placement = moe::ExpertPlacement::Contiguous(experts, W);
   moe::MoeDispatcher dispatcher(&comm, &placement, hidden, top_k);
 
+  if (me == 0) {
+    // CSV goes to stdout for plots: the machine line then goes to stderr.
+    std::fprintf(csv ? stderr : stdout, "machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
+  }
   if (me == 0 && csv) {
     std::printf("world,tokens,send_bytes_per_rank,ours_us,raw_us,model_us\n");
   } else if (me == 0) {

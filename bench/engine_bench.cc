@@ -11,6 +11,7 @@
 #include "absl/strings/str_format.h"
 #include "bench/bandwidth.h"
 #include "common/cli.h"
+#include "common/machine_info.h"
 #include "kernels/ops.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
@@ -131,6 +132,7 @@ int main(int argc, char** argv) {
   const double read_bw = moe::bench::MemoryReadBandwidth(1ull << 30, 5);
   const double gemm = moe::bench::GemmFlops(512, 2 * c.moe_intermediate_size * 2, c.hidden_size, 5);
 
+  std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %d threads\n",
               c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, nthreads);
   std::printf(

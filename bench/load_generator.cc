@@ -17,6 +17,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "common/cli.h"
+#include "common/machine_info.h"
 #include "kernels/ops.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "parallel/mpi_communicator.h"
@@ -113,6 +114,7 @@ int main(int argc, char** argv) {
     }
     const double dt = Seconds(t0, Clock::now());
     if (leader) {
+      std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
       std::printf("offline: %d ranks (TP %lld), %lld requests, batch %lld, %lld+%lld tokens each: "
                   "%.1f output tokens/s (%.2f s)\n",
                   ranks, static_cast<long long>(tp), static_cast<long long>(requests),
@@ -183,6 +185,7 @@ int main(int argc, char** argv) {
   }
   for (auto& w : workers) w.join();
   const double dt = Seconds(t0, Clock::now());
+  std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::printf("served: %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
               "tokens/s (%.2f s)\n",
               static_cast<long long>(requests),

@@ -11,7 +11,7 @@ PACKAGES=(
   libopenblas-dev libopenblas-openmp-dev
   nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 iputils-ping procps psmisc util-linux
+  iproute2 iputils-ping procps psmisc util-linux curl
 )
 
 SUDO=""
@@ -28,9 +28,16 @@ if [[ ${#missing[@]} -eq 0 ]]; then
   echo "install-deps: all ${#PACKAGES[@]} Debian packages already installed"
 else
   echo "install-deps: installing ${#missing[@]} missing packages: ${missing[*]}"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
-  echo "install-deps: done"
+  log=$(mktemp /tmp/install-deps.XXXXXX.log)
+  start=$SECONDS
+  if ! { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq \
+           --no-install-recommends "${missing[@]}"; } >"$log" 2>&1; then
+    tail -n 30 "$log"
+    echo "install-deps: apt-get failed (full log: $log)"
+    exit 1
+  fi
+  rm -f "$log"
+  echo "install-deps: Debian packages installed in $((SECONDS - start)) s"
 fi
 
 # Python tools for the tests (the gRPC example client, manifest validation): a venv in .venv,
@@ -43,7 +50,9 @@ if [[ ! -x $VENV/bin/python3 ]]; then
 fi
 if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate" >/dev/null 2>&1; then
   echo "install-deps: pip installing ${PY_PACKAGES[*]} into $VENV"
+  start=$SECONDS
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+  echo "install-deps: Python packages installed in $((SECONDS - start)) s"
 else
   echo "install-deps: Python packages already in $VENV"
 fi

@@ -9,7 +9,7 @@ row() {  # short label, label, published tokens/s per node, phase, moe-plan flag
   shift 4
   local json
   json=$("$PLAN" --model deepseek-v3 --json "$@" || true)
-  python3 - "$label" "$published" "$phase" "$json" "$*" "$FORMAT" "$short" <<'PY'
+  "$(dirname "$0")/../../tools/venv-python" - "$label" "$published" "$phase" "$json" "$*" "$FORMAT" "$short" <<'PY'
 import json, sys
 label, published, phase, raw, flags, fmt, short = sys.argv[1:8]
 j = json.loads(raw)

@@ -11,8 +11,8 @@ OUT=docs/scaling
 mkdir -p "$OUT"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 [[ -f $MODEL/config.json ]] || "$BUILD/tools/moe-make-model" --preset small-dsv3 --dtype fp8 --out "$MODEL"
-[[ -x .venv/bin/python3 ]] || python3 -m venv .venv
-.venv/bin/python3 -c "import matplotlib" 2>/dev/null || .venv/bin/pip install -q matplotlib
+tools/install-deps.sh
+tools/venv-python -c "import matplotlib" 2>/dev/null || tools/venv-python -m pip install -q matplotlib
 echo "run_all: planner vs published"
 bench/scaling/planner_vs_published.sh "$BUILD" > "$OUT/planner_vs_published.md"
 bench/scaling/planner_vs_published.sh "$BUILD" --csv > "$OUT/planner_vs_published.csv"
@@ -20,4 +20,4 @@ echo "run_all: dispatch/combine between emulated hosts"
 bench/scaling/run_netns_alltoall.sh "$BUILD" . > "$OUT/alltoall_netns.csv"
 echo "run_all: engine scaling (offline and served)"
 bench/scaling/run_engine_scaling.sh "$BUILD" "$MODEL" > "$OUT/engine_scaling.csv"
-.venv/bin/python3 bench/scaling/plot.py "$OUT"
+tools/venv-python bench/scaling/plot.py "$OUT"

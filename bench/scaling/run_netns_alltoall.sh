@@ -47,14 +47,14 @@ printf "10.79.0.2 slots=1\n10.79.0.3 slots=1\n10.79.0.4 slots=1\n" > /tmp/$TAG.h
 MAP="10.79.0.2=${HOSTS[1]},10.79.0.3=${HOSTS[2]},10.79.0.4=${HOSTS[3]}"
 echo "rate_gbit,rtt_us,world,tokens,send_bytes_per_rank,ours_us,raw_us,model_us"
 for rate in "${RATES[@]}"; do
-  bytes_per_s=$(python3 -c "print(int($rate * 1e9 / 8))")
+  bytes_per_s=$(awk -v r="$rate" 'BEGIN {printf "%d", r * 1e9 / 8}')
   for i in 1 2 3; do
     ip netns exec "${HOSTS[$i]}" tc qdisc replace dev eth0 root tbf rate "${rate}gbit" \
       burst $((bytes_per_s / 250 + 16384)) latency 200ms
   done
   rtt_ms=$(ip netns exec "${HOSTS[1]}" ping -c 20 -i 0.05 -q 10.79.0.3 | awk -F/ '/rtt/ {print $5}')
-  rtt_us=$(python3 -c "print(round($rtt_ms * 1000, 1))")
-  gbps=$(python3 -c "print($rate / 8)")
+  rtt_us=$(awk -v t="$rtt_ms" 'BEGIN {printf "%.1f", t * 1000}')
+  gbps=$(awk -v r="$rate" 'BEGIN {print r / 8}')
   MOE_NETNS_MAP=$MAP ip netns exec "${HOSTS[0]}" mpirun -np 3 --hostfile /tmp/$TAG.hosts \
     --allow-run-as-root --mca plm_rsh_agent "$SRC/deploy/mpi/netns-agent.sh" \
     --mca plm_rsh_no_tree_spawn 1 --mca mpi_yield_when_idle 1 --mca btl tcp,self --mca btl_tcp_if_include 10.79.0.0/24 \

@@ -2,7 +2,8 @@
 """Renders every Kubernetes overlay with `kubectl kustomize`, validates the built-in kinds against
 the Kubernetes API schemas (kubernetes-validate, strict: unknown fields are errors), and checks the
 LeaderWorkerSet and MPIJob objects (custom resources, which the schemas do not cover) for the
-fields the project relies on. Exit 0 all good, 1 a problem (printed), 77 tools missing.
+fields the project relies on. Exit 0 all good, 1 a problem (printed), 77 no kubectl (Debian's
+kubernetes-client is too old for these overlays, and neither Debian nor PyPI ships a newer one).
 
 Usage: validate_manifests.py SOURCE_DIR
 """
@@ -15,8 +16,8 @@ try:
     import kubernetes_validate
     import yaml
 except ImportError:
-    print("SKIPPED: needs kubernetes-validate (tools/install-deps.sh puts it in .venv)")
-    sys.exit(77)
+    sys.exit(f"validate_manifests: {sys.executable} has no kubernetes-validate "
+             "(tools/install-deps.sh puts it in .venv)")
 
 K8S_VERSION = "1.29.0"
 OVERLAYS = ["cpu-demo", "gpu-h100-2x8", "mpijob"]
@@ -168,7 +169,7 @@ def check_mpijob(overlay, docs, cfg):
 def main():
     root = sys.argv[1] if len(sys.argv) > 1 else "."
     if shutil.which("kubectl") is None:
-        print("SKIPPED: needs kubectl (for kubectl kustomize)")
+        print("SKIPPED: needs kubectl >= 1.21 on PATH (for kubectl kustomize)")
         sys.exit(77)
     for overlay in OVERLAYS:
         docs = render(root, overlay)

@@ -410,17 +410,17 @@ TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
 }
 
 TEST_F(ServingTest, PythonExampleClient) {
-  // tools/install-deps.sh puts grpcio-tools in the project's venv.
-  const std::string python = std::string(MOE_SOURCE_DIR) + "/.venv/bin/python3";
-  if (std::system((python + " -c 'import grpc_tools' >/dev/null 2>&1").c_str()) != 0) {
-    GTEST_SKIP() << "no grpcio-tools in " << python << " (tools/install-deps.sh installs it)";
-  }
+  // The project's venv (MOE_PYTHON; tools/install-deps.sh puts grpcio-tools there), never the
+  // python3 on PATH, which need not have gRPC.
+  const std::string python = MOE_PYTHON;
+  ASSERT_EQ(std::system((python + " -c 'import grpc_tools' >/dev/null 2>&1").c_str()), 0)
+      << "no grpcio-tools in " << python << " (tools/install-deps.sh installs it)";
   ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
   const std::vector<int32_t> prompt = Prompt(12);
   auto r = ::moe::testing::RunCommand(
-      absl::StrCat("python3 ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ",
+      absl::StrCat(python, " ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ",
                    "127.0.0.1:", "$(grep -o 'listening on port [0-9]*' ", logs_.path(),
                    "/coordinator.log | grep -o '[0-9]*$') --prompt-ids ",
                    absl::StrJoin(prompt, ","), " --max-tokens 8 --ignore-eos"));

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """A Python client of moe.v1.Inference, with stubs generated from proto/ by grpcio-tools.
 
-    pip install grpcio-tools
-    python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3 --max-tokens 16
+    tools/install-deps.sh     # makes .venv with grpcio-tools
+    .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3 --max-tokens 16
 
 Prints the new token ids as they stream in; errors print the gRPC status code and message.
 """

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "common/tensor.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
 namespace moe::bench {
 namespace {

@@ -17,10 +17,10 @@
 #include "absl/strings/str_split.h"
 #include "common/cli.h"
 #include "common/machine_info.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/mpi_communicator.h"
-#include "parallel/planner.h"
+#include "tools/planner.h"
 
 namespace {
 
@@ -66,7 +66,8 @@ int main(int argc, char** argv) {
 
   if (me == 0) {
     // CSV goes to stdout for plots: the machine line then goes to stderr.
-    std::fprintf(csv ? stderr : stdout, "machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
+    std::fprintf(csv ? stderr : stdout, "machine: %s\n",
+                 moe::Describe(moe::ReadMachineInfo()).c_str());
   }
   if (me == 0 && csv) {
     std::printf("world,tokens,send_bytes_per_rank,ours_us,raw_us,model_us\n");
@@ -138,11 +139,11 @@ int main(int argc, char** argv) {
     double max_sent = 0, sent = static_cast<double>(total_send - send_bytes[me]);
     MPI_Allreduce(&sent, &max_sent, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
     const int rpn = ranks_per_node > 0 ? static_cast<int>(ranks_per_node) : W;
-    const double model =
-        model_gbps > 0 ? 2 * moe::AllToAllSeconds(max_sent, W, rpn, model_intra_gbps, model_gbps,
-                                                  model_latency_us) +
-                             2 * model_latency_us * 1e-6
-                       : 0;
+    const double model = model_gbps > 0
+                             ? 2 * moe::AllToAllSeconds(max_sent, W, rpn, model_intra_gbps,
+                                                        model_gbps, model_latency_us) +
+                                   2 * model_latency_us * 1e-6
+                             : 0;
     if (me == 0 && csv) {
       std::printf("%d,%lld,%.0f,%.1f,%.1f,%.1f\n", W, static_cast<long long>(n), max_sent,
                   best * 1e6, raw * 1e6, model * 1e6);

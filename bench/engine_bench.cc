@@ -12,7 +12,7 @@
 #include "bench/bandwidth.h"
 #include "common/cli.h"
 #include "common/machine_info.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 

@@ -6,6 +6,8 @@
 // ignored, greedy). Reports output tokens/s, time to first token and inter-token latency
 // percentiles. The offline mode runs the same requests through the engine in this process, in
 // batches of --concurrency (the code path of moe-generate): the bound for the served figure.
+#include <grpcpp/grpcpp.h>
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -14,11 +16,9 @@
 #include <random>
 #include <thread>
 
-#include <grpcpp/grpcpp.h>
-
 #include "common/cli.h"
 #include "common/machine_info.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "parallel/mpi_communicator.h"
 #include "worker/engine.h"
@@ -40,7 +40,8 @@ double Percentile(std::vector<double> v, double p) {
 
 std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
   std::vector<int32_t> p;
-  for (int64_t j = 0; j < len; ++j) p.push_back(static_cast<int32_t>((i * 7919 + j * 104729 + 11) % vocab));
+  for (int64_t j = 0; j < len; ++j)
+    p.push_back(static_cast<int32_t>((i * 7919 + j * 104729 + 11) % vocab));
   return p;
 }
 
@@ -78,10 +79,10 @@ int main(int argc, char** argv) {
       if (const char* v = std::getenv("OMPI_COMM_WORLD_LOCAL_SIZE")) local_ranks = std::atoi(v);
     }
     const bool leader = world->rank() == 0;
-    moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads)
-                                        : std::max(1, static_cast<int>(
-                                                          std::thread::hardware_concurrency()) /
-                                                          std::max(1, local_ranks)));
+    moe::cpu::SetNumThreads(
+        threads > 0 ? static_cast<int>(threads)
+                    : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                      std::max(1, local_ranks)));
     auto config = moe::LoadModelConfig(model);
     if (!config.ok()) return 1;
     moe::EngineOptions eo;
@@ -115,11 +116,12 @@ int main(int argc, char** argv) {
     const double dt = Seconds(t0, Clock::now());
     if (leader) {
       std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
-      std::printf("offline: %d ranks (TP %lld), %lld requests, batch %lld, %lld+%lld tokens each: "
-                  "%.1f output tokens/s (%.2f s)\n",
-                  ranks, static_cast<long long>(tp), static_cast<long long>(requests),
-                  static_cast<long long>(concurrency), static_cast<long long>(prompt_len),
-                  static_cast<long long>(output_len), tokens / dt, dt);
+      std::printf(
+          "offline: %d ranks (TP %lld), %lld requests, batch %lld, %lld+%lld tokens each: "
+          "%.1f output tokens/s (%.2f s)\n",
+          ranks, static_cast<long long>(tp), static_cast<long long>(requests),
+          static_cast<long long>(concurrency), static_cast<long long>(prompt_len),
+          static_cast<long long>(output_len), tokens / dt, dt);
     }
     return 0;
   }
@@ -186,13 +188,14 @@ int main(int argc, char** argv) {
   for (auto& w : workers) w.join();
   const double dt = Seconds(t0, Clock::now());
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
-  std::printf("served: %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
-              "tokens/s (%.2f s)\n",
-              static_cast<long long>(requests),
-              rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str()
-                       : ("concurrency " + std::to_string(concurrency)).c_str(),
-              static_cast<long long>(prompt_len), static_cast<long long>(output_len),
-              static_cast<long long>(failures.load()), tokens / dt, dt);
+  std::printf(
+      "served: %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
+      "tokens/s (%.2f s)\n",
+      static_cast<long long>(requests),
+      rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str()
+               : ("concurrency " + std::to_string(concurrency)).c_str(),
+      static_cast<long long>(prompt_len), static_cast<long long>(output_len),
+      static_cast<long long>(failures.load()), tokens / dt, dt);
   std::printf("  TTFT p50 %.1f ms p99 %.1f ms | ITL p50 %.1f ms p99 %.1f ms | latency p50 %.2f s\n",
               1e3 * Percentile(ttft, 0.5), 1e3 * Percentile(ttft, 0.99), 1e3 * Percentile(itl, 0.5),
               1e3 * Percentile(itl, 0.99), Percentile(latency, 0.5));

@@ -7,12 +7,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/safetensors_writer.h"
+#include "checkpoint/weight_names.h"
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "nlohmann/json.hpp"
-#include "worker/safetensors_writer.h"
-#include "worker/weight_names.h"
 
 namespace moe {
 namespace fs = std::filesystem;

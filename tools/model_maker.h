@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "checkpoint/weight_names.h"
 #include "common/model_config.h"
-#include "worker/weight_names.h"
 
 namespace moe {
 

@@ -9,7 +9,7 @@
 #include "common/cli.h"
 #include "common/logging.h"
 #include "common/npy.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/parallel_context.h"
 #include "worker/engine.h"

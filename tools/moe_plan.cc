@@ -3,7 +3,7 @@
 #include <filesystem>
 
 #include "common/cli.h"
-#include "parallel/planner.h"
+#include "tools/planner.h"
 
 int main(int argc, char** argv) {
   std::string model = "deepseek-v3", gpu = "h800", dtype = "fp8";
@@ -13,7 +13,8 @@ int main(int argc, char** argv) {
   bool json = false;
   moe::FlagParser flags(
       "moe-plan",
-      "Plans a model on a GPU cluster: parameters, memory per GPU by part, KV capacity, whether it\n"
+      "Plans a model on a GPU cluster: parameters, memory per GPU by part, KV capacity, whether "
+      "it\n"
       "fits, all-to-all bytes, and step-time / throughput estimates for prefill and decode from a\n"
       "roofline of compute, HBM and network (with and without two-batch overlap).\n"
       "Models: deepseek-v3, kimi-k2 (presets) or a config.json path. GPUs: h800, h100, h200.");

@@ -5,9 +5,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "worker/model.h"
+#include "model/model.h"
 #if MOE_HAVE_CUDA
-#include "worker/cuda_model.h"
+#include "model/cuda_model.h"
 #endif
 
 namespace moe {

@@ -13,11 +13,11 @@
 
 #include "absl/status/statusor.h"
 #include "common/model_config.h"
+#include "kernels/cpu/sampler.h"
+#include "model/forward_model.h"
+#include "model/kv_cache.h"
+#include "model/rope.h"
 #include "parallel/parallel_context.h"
-#include "worker/forward_model.h"
-#include "worker/kv_cache.h"
-#include "worker/rope.h"
-#include "worker/sampler.h"
 
 namespace moe {
 

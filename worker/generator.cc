@@ -5,7 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
 namespace moe {
 namespace {

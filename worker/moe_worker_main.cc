@@ -12,7 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/logging.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/parallel_context.h"
 #include "parallel/tcp_communicator.h"

@@ -1,10 +1,10 @@
-#include "kernels/attention.h"
+#include "kernels/cpu/attention.h"
 
 #include <algorithm>
 #include <limits>
 #include <vector>
 
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 
 namespace moe::cpu {
 

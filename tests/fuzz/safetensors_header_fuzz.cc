@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "worker/safetensors.h"
+#include "checkpoint/safetensors.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   uint64_t data_offset = 0;

@@ -17,7 +17,7 @@
 #include "gmock/gmock.h"
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "tests/integration/process.h"
 #include "tests/test_util.h"

@@ -4,8 +4,8 @@
 #include <random>
 
 #include "gtest/gtest.h"
-#include "kernels/attention.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
 
 namespace moe::cpu {
 namespace {

@@ -14,13 +14,13 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
-#include "kernels/attention.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/router.h"
+#include "kernels/cpu/sampler.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
-#include "kernels/ops.h"
 #include "tools/model_maker.h"
-#include "worker/router.h"
-#include "worker/sampler.h"
 
 namespace moe::cuda {
 namespace {

@@ -7,13 +7,13 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "checkpoint/weight_names.h"
 #include "gtest/gtest.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
-#include "worker/weight_names.h"
 
 namespace moe {
 namespace {

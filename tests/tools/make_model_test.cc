@@ -4,12 +4,12 @@
 #include <cmath>
 #include <fstream>
 
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_names.h"
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
-#include "worker/checkpoint.h"
-#include "worker/weight_names.h"
 
 namespace moe {
 namespace {

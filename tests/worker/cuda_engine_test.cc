@@ -9,9 +9,9 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops.h"
+#include "model/cuda_model.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
-#include "worker/cuda_model.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 

@@ -6,7 +6,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
 #include "worker/generator.h"

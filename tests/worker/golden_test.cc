@@ -5,7 +5,7 @@
 
 #include "common/npy.h"
 #include "gtest/gtest.h"
-#include "kernels/ops.h"
+#include "kernels/cpu/ops.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"

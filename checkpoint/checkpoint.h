@@ -1,0 +1,71 @@
+// Checkpoint: an HF-style folder of safetensors files (one `model.safetensors`, or shards listed
+// by `model.safetensors.index.json`). Loads tensors by name as float32 — whole, or a row or column
+// range so a rank reads only its shard — checking each against the shape the model expects.
+// F8_E4M3 weights are dequantized with their `<name>_scale_inv` block scales (DeepSeek-V3 layout:
+// float32 [ceil(rows/block_rows), ceil(cols/block_cols)]).
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/safetensors.h"
+#include "common/model_config.h"
+#include "common/tensor.h"
+
+namespace moe {
+
+// A half-open range [begin, end) along one dimension of a 2-D weight.
+struct SliceSpec {
+  enum class Dim { kNone, kRows, kCols };
+  Dim dim = Dim::kNone;
+  int64_t begin = 0;
+  int64_t end = 0;
+  static SliceSpec All() { return {}; }
+  static SliceSpec Rows(int64_t b, int64_t e) { return {Dim::kRows, b, e}; }
+  static SliceSpec Cols(int64_t b, int64_t e) { return {Dim::kCols, b, e}; }
+};
+
+class Checkpoint {
+ public:
+  // `quant` is the config's quantization_config: it gives the fp8 block size, and F8_E4M3 tensors
+  // are refused without it.
+  static absl::StatusOr<std::unique_ptr<Checkpoint>> Open(const std::string& dir,
+                                                          std::optional<QuantizationConfig> quant);
+
+  bool Has(const std::string& name) const { return where_.count(name) > 0; }
+  std::vector<std::string> TensorNames() const;
+  // The stored dtype and shape, or NotFound.
+  absl::StatusOr<TensorEntry> Describe(const std::string& name) const;
+
+  // Loads `name` as float32. `expected_shape` is the full stored shape the model requires; a
+  // mismatch is an error naming file and tensor. With a slice, only that part is read.
+  absl::StatusOr<Tensor> Load(const std::string& name, const std::vector<int64_t>& expected_shape,
+                              SliceSpec slice = SliceSpec::All());
+
+  // Bytes copied out of the files so far (data and scales), across threads.
+  uint64_t bytes_read() const { return bytes_read_.load(); }
+  uint64_t total_bytes() const;  // all tensor bytes in the checkpoint
+  const std::string& dir() const { return dir_; }
+
+ private:
+  Checkpoint() = default;
+  struct Location {
+    const SafetensorsFile* file;
+    const TensorEntry* entry;
+  };
+  absl::StatusOr<Location> Find(const std::string& name) const;
+
+  std::string dir_;
+  std::optional<QuantizationConfig> quant_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, Location> where_;
+  std::atomic<uint64_t> bytes_read_{0};
+};
+
+}  // namespace moe

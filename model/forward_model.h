@@ -1,0 +1,49 @@
+// What the engine needs from a backend: a model that runs one step's tokens through the decoder
+// into its own latent KV cache, then hands back logits or sampled tokens. The CPU backend is
+// `DeepseekV3Model` (any parallel layout); the CUDA backend is `CudaModel` (one GPU).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "checkpoint/weight_bytes.h"
+#include "common/tensor.h"
+#include "kernels/cpu/sampler.h"
+#include "model/forward_batch.h"
+
+namespace moe {
+
+// The latent KV cache a backend allocates: `blocks` blocks of `block_size` positions per layer.
+struct KvCacheShape {
+  int64_t blocks = 0;
+  int64_t block_size = 64;
+};
+
+struct SampleRequest {
+  SamplingSpec spec;
+  uint64_t index = 0;  // which output token of the request this is (the seeded draw's index)
+};
+
+class ForwardModel {
+ public:
+  virtual ~ForwardModel() = default;
+
+  // Runs the decoder over the batch's tokens, writing their latent KV into the cache, and
+  // computes the logits of the token rows listed in `logit_rows`, kept until the next Forward.
+  virtual absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                               const std::vector<int64_t>& logit_rows) = 0;
+  // The last Forward's logits, [logit_rows.size(), vocab].
+  virtual absl::StatusOr<Tensor> Logits() = 0;
+  // One token per logit row of the last Forward (requests.size() == logit_rows.size()).
+  virtual absl::StatusOr<std::vector<int32_t>> Sample(
+      const std::vector<SampleRequest>& requests) = 0;
+
+  // Tokens this rank routed to each expert so far, summed over the MoE layers.
+  virtual std::vector<int64_t> ExpertTokenCounts() const = 0;
+  // What this rank read from the checkpoint, by part.
+  virtual const WeightBytes& weight_bytes() const = 0;
+};
+
+}  // namespace moe

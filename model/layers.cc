@@ -1,0 +1,121 @@
+#include "model/layers.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/ops.h"
+
+namespace moe {
+
+absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const std::string& name, int64_t out,
+                                    int64_t in, Range rows, Range cols) {
+  SliceSpec slice = SliceSpec::All();
+  if (rows.size() != out) slice = SliceSpec::Rows(rows.begin, rows.end);
+  if (cols.size() != in) {
+    MOE_CHECK(rows.size() == out);
+    slice = SliceSpec::Cols(cols.begin, cols.end);
+  }
+  Linear l;
+  MOE_ASSIGN_OR_RETURN(l.weight_, ck.Load(name, {out, in}, slice));
+  return l;
+}
+
+Linear Linear::Concat(std::vector<Linear> parts) {
+  int64_t rows = 0;
+  const int64_t in = parts.at(0).in_features();
+  for (const Linear& p : parts) {
+    MOE_CHECK(p.in_features() == in);
+    rows += p.out_features();
+  }
+  Linear l;
+  l.weight_ = Tensor({rows, in});
+  float* dst = l.weight_.data();
+  for (const Linear& p : parts) {
+    std::memcpy(dst, p.weight_.data(), p.weight_.bytes());
+    dst += p.weight_.numel();
+  }
+  return l;
+}
+
+void Linear::Forward(const float* x, int64_t n, float* y) const {
+  cpu::MatMulNT(n, out_features(), in_features(), x, in_features(), weight_.data(), in_features(),
+                y, out_features());
+}
+
+absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const std::string& name, int64_t dim,
+                                      double eps) {
+  RmsNorm n;
+  MOE_ASSIGN_OR_RETURN(n.weight_, ck.Load(name, {dim}));
+  n.eps_ = static_cast<float>(eps);
+  return n;
+}
+
+void RmsNorm::Forward(const float* x, int64_t n, float* y, int64_t ld) const {
+  const int64_t dim = weight_.numel();
+  cpu::RmsNorm(x, n, dim, ld < 0 ? dim : ld, weight_.data(), eps_, y);
+}
+
+absl::StatusOr<VocabParallelEmbedding> VocabParallelEmbedding::Load(Checkpoint& ck,
+                                                                    const std::string& name,
+                                                                    int64_t vocab, int64_t hidden,
+                                                                    Range rows, Communicator* tp) {
+  VocabParallelEmbedding e;
+  SliceSpec slice = rows.size() == vocab ? SliceSpec::All() : SliceSpec::Rows(rows.begin, rows.end);
+  MOE_ASSIGN_OR_RETURN(e.weight_, ck.Load(name, {vocab, hidden}, slice));
+  e.rows_ = rows;
+  e.tp_ = tp;
+  return e;
+}
+
+absl::StatusOr<Tensor> VocabParallelEmbedding::Forward(const std::vector<int32_t>& tokens) const {
+  const int64_t hidden = weight_.dim(1);
+  Tensor out({static_cast<int64_t>(tokens.size()), hidden});
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (rows_.contains(tokens[i])) {
+      std::memcpy(out.row(static_cast<int64_t>(i)), weight_.row(tokens[i] - rows_.begin),
+                  static_cast<size_t>(hidden) * sizeof(float));
+    }
+  }
+  if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(out.data(), out.numel()));
+  return out;
+}
+
+absl::StatusOr<ParallelLmHead> ParallelLmHead::Load(Checkpoint& ck, const std::string& name,
+                                                    int64_t vocab, int64_t hidden, int tp_size,
+                                                    Communicator* tp) {
+  ParallelLmHead h;
+  MOE_ASSIGN_OR_RETURN(h.local_, Linear::Load(ck, name, vocab, hidden,
+                                              EvenSplit(vocab, tp_size, tp->rank()), {0, hidden}));
+  h.vocab_ = vocab;
+  h.tp_size_ = tp_size;
+  h.tp_ = tp;
+  return h;
+}
+
+absl::StatusOr<Tensor> ParallelLmHead::Forward(const float* x, int64_t n) const {
+  const int64_t local = local_.out_features();
+  Tensor part({n, local});
+  local_.Forward(x, n, part.data());
+  if (tp_size_ == 1) return part;
+  std::vector<size_t> recv_bytes(tp_size_);
+  for (int r = 0; r < tp_size_; ++r) {
+    recv_bytes[r] = static_cast<size_t>(n * EvenSplit(vocab_, tp_size_, r).size()) * sizeof(float);
+  }
+  FloatVector gathered(static_cast<size_t>(n * vocab_));
+  MOE_RETURN_IF_ERROR(tp_->AllGatherV(part.data(), part.bytes(), gathered.data(), recv_bytes));
+  // gathered holds [rank][n][vocab_r]; interleave into [n][vocab].
+  Tensor out({n, vocab_});
+  size_t off = 0;
+  for (int r = 0; r < tp_size_; ++r) {
+    const Range v = EvenSplit(vocab_, tp_size_, r);
+    for (int64_t i = 0; i < n; ++i) {
+      std::memcpy(out.row(i) + v.begin, gathered.data() + off + i * v.size(),
+                  static_cast<size_t>(v.size()) * sizeof(float));
+    }
+    off += static_cast<size_t>(n * v.size());
+  }
+  return out;
+}
+
+}  // namespace moe

@@ -1,0 +1,84 @@
+// The engine's basic layers on the CPU backend. Sharding is a property of the layer type: a
+// column-parallel layer owns a range of output rows, a row-parallel one a range of input columns
+// and sums its partial products over the TP group; block code never asks for the world size.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/checkpoint.h"
+#include "common/tensor.h"
+#include "parallel/communicator.h"
+#include "parallel/shard_plan.h"
+
+namespace moe {
+
+// y = x W^T for a weight stored [out, in]. `rows` selects output rows (column parallel),
+// `cols` input columns (row parallel); at most one is not the full range.
+class Linear {
+ public:
+  Linear() = default;
+  static absl::StatusOr<Linear> Load(Checkpoint& ck, const std::string& name, int64_t out,
+                                     int64_t in, Range rows, Range cols);
+  static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const std::string& name, int64_t out,
+                                         int64_t in) {
+    return Load(ck, name, out, in, {0, out}, {0, in});
+  }
+  // Stacks the rows of several weights (e.g. gate_proj and up_proj) into one product.
+  static Linear Concat(std::vector<Linear> parts);
+
+  void Forward(const float* x, int64_t n, float* y) const;  // x [n, in] -> y [n, out]
+  int64_t out_features() const { return weight_.empty() ? 0 : weight_.dim(0); }
+  int64_t in_features() const { return weight_.empty() ? 0 : weight_.dim(1); }
+  const Tensor& weight() const { return weight_; }
+
+ private:
+  Tensor weight_;  // [out_local, in_local]
+};
+
+class RmsNorm {
+ public:
+  RmsNorm() = default;
+  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const std::string& name, int64_t dim,
+                                      double eps);
+  // y and x may alias; rows are `ld` apart.
+  void Forward(const float* x, int64_t n, float* y, int64_t ld = -1) const;
+
+ private:
+  Tensor weight_;
+  float eps_ = 1e-6f;
+};
+
+// The embedding, split over the TP group by vocabulary rows; partial lookups are summed.
+class VocabParallelEmbedding {
+ public:
+  VocabParallelEmbedding() = default;
+  static absl::StatusOr<VocabParallelEmbedding> Load(Checkpoint& ck, const std::string& name,
+                                                     int64_t vocab, int64_t hidden, Range rows,
+                                                     Communicator* tp);
+  absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens) const;  // [n, hidden]
+
+ private:
+  Tensor weight_;
+  Range rows_;
+  Communicator* tp_ = nullptr;
+};
+
+// lm_head, split over the TP group by vocabulary rows; the full logits are gathered.
+class ParallelLmHead {
+ public:
+  ParallelLmHead() = default;
+  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const std::string& name, int64_t vocab,
+                                             int64_t hidden, int tp_size, Communicator* tp);
+  absl::StatusOr<Tensor> Forward(const float* x, int64_t n) const;  // [n, vocab]
+
+ private:
+  Linear local_;
+  int64_t vocab_ = 0;
+  int tp_size_ = 1;
+  Communicator* tp_ = nullptr;
+};
+
+}  // namespace moe

@@ -1,0 +1,134 @@
+#include "model/model.h"
+
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "checkpoint/weight_names.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/ops.h"
+#include "model/rope.h"
+
+namespace moe {
+
+absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConfig& c,
+                                                                 Checkpoint& ck, int64_t layer,
+                                                                 const ParallelContext& ctx,
+                                                                 float softmax_scale,
+                                                                 WeightBytes* bytes) {
+  auto d = std::make_unique<DecoderLayer>();
+  const std::string p = LayerPrefix(layer);
+  d->hidden_ = c.hidden_size;
+  d->tp_ = &ctx.tp();
+  MOE_ASSIGN_OR_RETURN(d->input_layernorm_, Metered(ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(ck, p + "input_layernorm.weight", c.hidden_size,
+                                              c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_, Metered(ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(ck, p + "post_attention_layernorm.weight",
+                                              c.hidden_size, c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(d->self_attn_, MlaAttention::Load(c, ck, layer, ctx, softmax_scale, bytes));
+  if (c.IsMoeLayer(layer)) {
+    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx, bytes));
+  } else {
+    MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
+                           return GatedMlp::Load(ck, p + "mlp.", c.hidden_size, c.intermediate_size,
+                                                 ctx.shard().dense_inter);
+                         }));
+  }
+  return d;
+}
+
+absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache) {
+  const int64_t n = batch.num_tokens();
+  const size_t count = static_cast<size_t>(n * hidden_);
+  FloatVector normed(count), delta(count);
+  input_layernorm_.Forward(x, n, normed.data());
+  MOE_RETURN_IF_ERROR(self_attn_->Forward(normed.data(), batch, cache, delta.data()));
+  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  post_attention_layernorm_.Forward(x, n, normed.data());
+  if (moe_) {
+    MOE_RETURN_IF_ERROR(moe_->Forward(normed.data(), n, delta.data()));
+  } else {
+    dense_->Forward(normed.data(), n, delta.data());
+    if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
+  }
+  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
+                                                                       const ModelConfig& c,
+                                                                       const ParallelContext& ctx,
+                                                                       const KvCacheShape& cache) {
+  MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
+  const float softmax_scale = RotaryEmbedding(c).softmax_scale();
+  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
+  WeightBytes* bytes = &m->weight_bytes_;
+  MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
+                         return VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight",
+                                                             c.vocab_size, c.hidden_size,
+                                                             ctx.shard().vocab, &ctx.tp());
+                       }));
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    // Layers keep a reference to the config: give them the model's own copy.
+    MOE_ASSIGN_OR_RETURN(auto layer,
+                         DecoderLayer::Load(m->config_, *ck, l, ctx, softmax_scale, bytes));
+    m->layers_.push_back(std::move(layer));
+    MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
+  }
+  MOE_ASSIGN_OR_RETURN(m->norm_, Metered(*ck, &bytes->norms, [&] {
+                         return RmsNorm::Load(*ck, "model.norm.weight", c.hidden_size,
+                                              c.rms_norm_eps);
+                       }));
+  MOE_ASSIGN_OR_RETURN(m->lm_head_, Metered(*ck, &bytes->embedding, [&] {
+                         return ParallelLmHead::Load(*ck, "lm_head.weight", c.vocab_size,
+                                                     c.hidden_size, ctx.plan().tp_size(),
+                                                     &ctx.tp());
+                       }));
+  MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
+  return m;
+}
+
+absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                                      const std::vector<int64_t>& logit_rows) {
+  logits_ = Tensor();
+  MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
+  for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
+  const int64_t h = config_.hidden_size;
+  const int64_t m = static_cast<int64_t>(logit_rows.size());
+  Tensor last({m, h});
+  for (int64_t i = 0; i < m; ++i) {
+    std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
+  }
+  norm_.Forward(last.data(), m, last.data());
+  MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
+    const std::vector<SampleRequest>& requests) {
+  const int64_t rows = logits_.empty() ? 0 : logits_.dim(0);
+  if (static_cast<int64_t>(requests.size()) != rows) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(requests.size(), " sampling requests for ", rows, " rows of logits"));
+  }
+  std::vector<int32_t> tokens(requests.size());
+  for (int64_t i = 0; i < rows; ++i) {
+    tokens[i] =
+        SampleToken(logits_.row(i), config_.vocab_size, requests[i].spec, requests[i].index);
+  }
+  return tokens;
+}
+
+std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {
+  std::vector<int64_t> counts(static_cast<size_t>(config_.n_routed_experts), 0);
+  for (const auto& l : layers_) {
+    if (l->moe() == nullptr) continue;
+    for (size_t e = 0; e < counts.size(); ++e) counts[e] += l->moe()->expert_tokens()[e];
+  }
+  return counts;
+}
+
+}  // namespace moe

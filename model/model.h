@@ -1,0 +1,75 @@
+// DeepseekV3ForCausalLM on one rank: embed_tokens -> num_hidden_layers x (input_layernorm -> MLA
+// -> residual -> post_attention_layernorm -> dense MLP or MoE -> residual) -> norm -> lm_head.
+// Loads only this rank's shard of the checkpoint; the MTP layers (model.layers.<L>.* for
+// L >= num_hidden_layers) are not read.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_bytes.h"
+#include "common/model_config.h"
+#include "model/forward_batch.h"
+#include "model/forward_model.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+#include "model/mla_attention.h"
+#include "model/mlp.h"
+#include "model/moe_layer.h"
+#include "parallel/parallel_context.h"
+
+namespace moe {
+
+class DecoderLayer {
+ public:
+  static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(const ModelConfig& config,
+                                                            Checkpoint& ck, int64_t layer,
+                                                            const ParallelContext& ctx,
+                                                            float softmax_scale,
+                                                            WeightBytes* bytes);
+  absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
+  const MoeLayer* moe() const { return moe_.get(); }
+
+ private:
+  int64_t hidden_ = 0;
+  RmsNorm input_layernorm_, post_attention_layernorm_;
+  std::optional<MlaAttention> self_attn_;
+  std::optional<GatedMlp> dense_;  // first_k_dense_replace layers (TP-split rows)
+  std::unique_ptr<MoeLayer> moe_;
+  Communicator* tp_ = nullptr;
+};
+
+// The CPU backend: float32 weights and cache in host memory, any parallel layout.
+class DeepseekV3Model : public ForwardModel {
+ public:
+  // Reads this rank's shard of the weights in `dir` and allocates its KV cache.
+  static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
+                                                               const ModelConfig& config,
+                                                               const ParallelContext& ctx,
+                                                               const KvCacheShape& cache);
+
+  absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                       const std::vector<int64_t>& logit_rows) override;
+  absl::StatusOr<Tensor> Logits() override { return logits_; }
+  absl::StatusOr<std::vector<int32_t>> Sample(const std::vector<SampleRequest>& requests) override;
+  std::vector<int64_t> ExpertTokenCounts() const override;
+  const WeightBytes& weight_bytes() const override { return weight_bytes_; }
+
+ private:
+  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache)
+      : config_(config),
+        cache_(config.num_hidden_layers, cache.blocks, cache.block_size, config.kv_cache_dim()) {}
+  ModelConfig config_;
+  KvCache cache_;
+  VocabParallelEmbedding embed_tokens_;
+  std::vector<std::unique_ptr<DecoderLayer>> layers_;
+  RmsNorm norm_;
+  ParallelLmHead lm_head_;
+  WeightBytes weight_bytes_;
+  Tensor logits_;
+};
+
+}  // namespace moe

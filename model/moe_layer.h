@@ -1,0 +1,45 @@
+// The DeepSeek-V3 MoE block: router -> dispatch to the ranks hosting the chosen experts -> local
+// expert MLPs -> combine -> + shared experts. Within a TP group the tokens are replicated, so each
+// TP rank routes and dispatches its 1/T slice; the shared expert is split by intermediate rows;
+// one all-reduce over the TP group sums both.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_bytes.h"
+#include "common/model_config.h"
+#include "model/mlp.h"
+#include "parallel/moe_dispatch.h"
+#include "parallel/parallel_context.h"
+
+namespace moe {
+
+class MoeLayer {
+ public:
+  static absl::StatusOr<std::unique_ptr<MoeLayer>> Load(const ModelConfig& config, Checkpoint& ck,
+                                                        int64_t layer, const ParallelContext& ctx,
+                                                        WeightBytes* bytes);
+  // out [n, hidden] = routed + shared output for x [n, hidden] (complete on every TP rank).
+  absl::Status Forward(const float* x, int64_t n, float* out);
+  // Tokens this rank routed to each expert so far (global expert ids).
+  const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
+
+ private:
+  MoeLayer(const ModelConfig& config, const ParallelContext& ctx);
+  // Writes each received row's weighted expert outputs to d.y.
+  void ComputeLocalExperts(const Dispatched& d) const;
+
+  const ModelConfig& config_;
+  const ParallelContext& ctx_;
+  Tensor gate_;                    // [n_routed_experts, hidden]
+  Tensor bias_;                    // [n_routed_experts] or empty
+  std::vector<GatedMlp> experts_;  // this rank's routed experts, in LocalExperts order
+  std::unique_ptr<GatedMlp> shared_;
+  MoeDispatcher dispatcher_;
+  std::vector<int64_t> expert_tokens_;
+};
+
+}  // namespace moe

@@ -1,0 +1,70 @@
+#include "model/rope.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace moe {
+namespace {
+
+double YarnMscale(double scale, double mscale) {
+  return scale <= 1.0 ? 1.0 : 0.1 * mscale * std::log(scale) + 1.0;
+}
+
+// The dimension (of `dim`) whose wavelength fits `rotations` turns in `max_pos` positions.
+double CorrectionDim(double rotations, double dim, double base, double max_pos) {
+  return dim * std::log(max_pos / (rotations * 2.0 * M_PI)) / (2.0 * std::log(base));
+}
+
+}  // namespace
+
+RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : dim_(c.qk_rope_head_dim) {
+  const int64_t half = dim_ / 2;
+  const double base = c.rope_theta;
+  inv_freq_.resize(static_cast<size_t>(half));
+  softmax_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.qk_head_dim())));
+  if (!c.rope_scaling) {
+    for (int64_t i = 0; i < half; ++i) {
+      inv_freq_[i] = static_cast<float>(1.0 / std::pow(base, 2.0 * i / dim_));
+    }
+    return;
+  }
+  const RopeScaling& rs = *c.rope_scaling;
+  const double factor = rs.factor;
+  const double orig = rs.original_max_position_embeddings > 0
+                          ? static_cast<double>(rs.original_max_position_embeddings)
+                          : static_cast<double>(c.max_position_embeddings);
+  double low = std::floor(CorrectionDim(rs.beta_fast, dim_, base, orig));
+  double high = std::ceil(CorrectionDim(rs.beta_slow, dim_, base, orig));
+  low = std::max(low, 0.0);
+  high = std::min(high, static_cast<double>(dim_ - 1));
+  if (low == high) high += 0.001;  // avoid a zero-width ramp
+  for (int64_t i = 0; i < half; ++i) {
+    const double pos_freq = std::pow(base, 2.0 * i / dim_);
+    const double extrapolated = 1.0 / pos_freq, interpolated = 1.0 / (factor * pos_freq);
+    const double ramp = std::clamp((i - low) / (high - low), 0.0, 1.0);
+    const double extrapolation_weight = 1.0 - ramp;  // high-frequency dims keep their frequency
+    inv_freq_[i] = static_cast<float>(interpolated * (1.0 - extrapolation_weight) +
+                                      extrapolated * extrapolation_weight);
+  }
+  if (rs.mscale != 0.0 && rs.mscale_all_dim != 0.0) {
+    attention_factor_ =
+        static_cast<float>(YarnMscale(factor, rs.mscale) / YarnMscale(factor, rs.mscale_all_dim));
+  } else {
+    attention_factor_ = static_cast<float>(YarnMscale(factor, 1.0));
+  }
+  if (rs.mscale_all_dim != 0.0) {
+    const double m = YarnMscale(factor, rs.mscale_all_dim);
+    softmax_scale_ = static_cast<float>(softmax_scale_ * m * m);
+  }
+}
+
+void RotaryEmbedding::CosSin(int64_t position, float* cos, float* sin) const {
+  const float p = static_cast<float>(position);
+  for (size_t i = 0; i < inv_freq_.size(); ++i) {
+    const float angle = p * inv_freq_[i];  // float32 product, as the reference computes it
+    cos[i] = std::cos(angle) * attention_factor_;
+    sin[i] = std::sin(angle) * attention_factor_;
+  }
+}
+
+}  // namespace moe

@@ -9,15 +9,14 @@ namespace moe {
 namespace {
 std::mutex g_mu;
 std::string g_prefix;
-LogLevel g_min_level = LogLevel::kInfo;
+constexpr LogLevel kMinLevel = LogLevel::kInfo;
 }  // namespace
 
 void SetLogPrefix(std::string prefix) {
   std::lock_guard<std::mutex> lock(g_mu);
   g_prefix = std::move(prefix);
 }
-void SetMinLogLevel(LogLevel level) { g_min_level = level; }
-LogLevel MinLogLevel() { return g_min_level; }
+LogLevel MinLogLevel() { return kMinLevel; }
 
 LogMessage::~LogMessage() {
   static const char* kNames[] = {"D", "I", "W", "E"};

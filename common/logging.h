@@ -10,7 +10,6 @@ namespace moe {
 enum class LogLevel { kDebug = 0, kInfo = 1, kWarning = 2, kError = 3 };
 
 void SetLogPrefix(std::string prefix);
-void SetMinLogLevel(LogLevel level);
 LogLevel MinLogLevel();
 
 class LogMessage {

@@ -29,12 +29,6 @@ Tensor::Tensor(std::vector<int64_t> shape, FloatVector data)
   MOE_CHECK(NumElements(shape_) == static_cast<int64_t>(data_.size()));
 }
 
-Tensor Tensor::Reshaped(std::vector<int64_t> shape) && {
-  MOE_CHECK(NumElements(shape) == numel());
-  shape_ = std::move(shape);
-  return std::move(*this);
-}
-
 std::string Tensor::ShapeString() const { return moe::ShapeString(shape_); }
 
 }  // namespace moe

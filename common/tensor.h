@@ -63,8 +63,6 @@ class Tensor {
   float& operator[](int64_t i) { return data_[i]; }
   float operator[](int64_t i) const { return data_[i]; }
 
-  // Same data, new shape of equal element count.
-  Tensor Reshaped(std::vector<int64_t> shape) &&;
   std::string ShapeString() const;
 
  private:

@@ -53,7 +53,7 @@ class Scheduler {
   absl::StatusOr<std::shared_ptr<Request>> Submit(RequestParams params);
   // Plans the next step, waiting up to `wait` for work; nullopt when there is none.
   std::optional<moe::v1::StepPlan> NextStep(absl::Duration wait);
-  // Applies the result of the step NextStep returned last. Returns the finished requests' count.
+  // Applies the result of the step NextStep returned last: appends tokens, finishes requests.
   void Complete(const moe::v1::StepResult& result);
   // Ends every request with `status` and returns every block.
   void FailAll(const absl::Status& status);

@@ -1,6 +1,7 @@
-// The engine's basic layers on the CPU backend. Sharding is a property of the layer type: a
-// column-parallel layer owns a range of output rows, a row-parallel one a range of input columns
-// and sums its partial products over the TP group; block code never asks for the world size.
+// The engine's basic layers on the CPU backend. A Linear holds its shard of a weight: a range of
+// output rows (column parallel) or of input columns (row parallel). A row-parallel product is a
+// partial sum; the block that owns it (attention, the MLP, the MoE layer) adds its partial terms
+// and sums them over the TP group with one all-reduce per block.
 #pragma once
 
 #include <cstdint>

@@ -155,7 +155,6 @@ absl::StatusOr<Dispatched> MoeDispatcher::Dispatch(const float* x, int64_t num_t
     out.y = y_.data();
     meta_in = meta_recv_.data();
   }
-  payload_bytes_ += static_cast<uint64_t>(sent + recv_rows) * row_bytes;
 
   Reserve(recv_ids_, static_cast<size_t>(recv_rows * top_k_));
   Reserve(recv_weights_, static_cast<size_t>(recv_rows * top_k_));
@@ -204,7 +203,6 @@ absl::Status MoeDispatcher::Combine(const DispatchHandle& h, float* out) {
       src[i] = back_.data() + (offset[h.row_rank[i]] + h.row_index[i]) * hidden_;
     }
   }
-  payload_bytes_ += static_cast<uint64_t>(src.size() + received) * row_bytes;
   const int64_t n = h.num_tokens;
 #pragma omp parallel for schedule(static) if (n * hidden_ > (1 << 18))
   for (int64_t t = 0; t < n; ++t) {

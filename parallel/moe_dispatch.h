@@ -62,8 +62,6 @@ class MoeDispatcher {
   absl::Status Combine(const DispatchHandle& handle, float* out);
 
   Transport transport() const { return transport_; }
-  // Hidden-state bytes this rank sent and received (both directions), for benchmarks.
-  uint64_t payload_bytes() const { return payload_bytes_; }
 
  private:
   absl::Status EnsureWindow(int64_t rows);
@@ -78,7 +76,6 @@ class MoeDispatcher {
   const ExpertPlacement* placement_;
   int64_t hidden_, top_k_;
   Transport transport_;
-  uint64_t payload_bytes_ = 0;
   // Shared-memory transport: per rank [x rows | y rows | meta rows] of capacity_ rows each.
   std::unique_ptr<SharedWindow> window_;
   int64_t capacity_ = 0;

@@ -41,7 +41,6 @@ class ExpertPlacement {
     const auto& r = replicas_[expert];
     return r[static_cast<size_t>(token) % r.size()];
   }
-  const std::vector<int>& Replicas(int64_t expert) const { return replicas_[expert]; }
   // Experts hosted on `rank`, ascending; the position in this list is the local expert index.
   const std::vector<int64_t>& LocalExperts(int rank) const { return local_[rank]; }
   int64_t LocalIndex(int rank, int64_t expert) const;

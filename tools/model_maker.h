@@ -1,5 +1,5 @@
-// Synthetic DeepSeek-V3-architecture checkpoints: named presets of real architecture fields at
-// small sizes, filled with deterministic random weights, written as HF-style folders
+// Synthetic DeepSeek-V3-architecture checkpoints: a config (e.g. a preset of common/presets.h),
+// filled with deterministic random weights, written as HF-style folders
 // (config.json + safetensors with the official tensor names; fp8 with weight_scale_inv blocks).
 #pragma once
 
@@ -10,12 +10,9 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/weight_names.h"
 #include "common/model_config.h"
+#include "common/presets.h"
 
 namespace moe {
-
-std::vector<std::string> PresetNames();
-// tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3.
-absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
 
 enum class WeightDType { kF32, kBF16, kFP8 };
 absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s);  // f32 | bf16 | fp8

@@ -12,7 +12,9 @@ int main(int argc, char** argv) {
       "moe-make-model",
       "Writes a complete HF-style DeepseekV3ForCausalLM checkpoint (config.json, safetensors with\n"
       "the official tensor names, fp8 weight_scale_inv blocks) filled with deterministic random\n"
-      "weights. Presets: tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3.");
+      "weights. Presets (common/presets/): tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, and "
+      "the "
+      "full-size deepseek-v3 and kimi-k2.");
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);
   flags.AddInt("seed", &seed, "Seed of the random weights.");

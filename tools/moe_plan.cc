@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "common/cli.h"
+#include "common/presets.h"
 #include "tools/planner.h"
 
 int main(int argc, char** argv) {
@@ -44,11 +45,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-plan: %s\n", std::string(s.message()).c_str());
     return 1;
   };
-  std::string path = model;
-  if (model == "deepseek-v3" || model == "kimi-k2") {
-    path = std::string(MOE_PRESET_DIR) + "/" + model + ".json";
-  }
-  auto config = moe::LoadModelConfig(path);
+  auto config = model == "deepseek-v3" || model == "kimi-k2" ? moe::PresetConfig(model)
+                                                             : moe::LoadModelConfig(model);
   if (!config.ok()) return fail(config.status());
   auto spec = moe::GpuPreset(gpu);
   if (!spec.ok()) return fail(spec.status());

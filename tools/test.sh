@@ -46,14 +46,14 @@ for name in python python3 python3.{7..15}; do
 done
 if PATH=$guard:$PATH python3 -c pass 2>/dev/null; then echo "test.sh: the python guard does not work"; exit 1; fi
 status=0
-PATH=$guard:$PATH ctest --test-dir build --output-on-failure --timeout 900 "$@" | tee build/ctest.log ||
-  status=$?
+PATH=$guard:$PATH ctest --test-dir build --output-on-failure --timeout 900 \
+  --output-junit "$ROOT/build/ctest-junit.xml" "$@" || status=$?
 rm -rf "$guard"
-skipped=$(grep -E "\*\*\*Skipped|Not Run" build/ctest.log || true)
-if [[ -n $skipped ]]; then
-  echo "test.sh: skipped here (the reason is in each test's output above):"
-  echo "$skipped"
-fi
+# Why tests were skipped, from their own output (scripts print "SKIPPED: why", GoogleTest prints
+# "file:line: Skipped" and then the reason), with how many tests each reason covers.
+reasons=$(grep -hE -A1 "SKIPPED: |: Skipped$" build/ctest-junit.xml |
+  grep -vE "^--$|: Skipped$" | sed -E 's/.*SKIPPED: //' | sort | uniq -c || true)
+[[ -z $reasons ]] || { echo "test.sh: skipped tests, by reason:"; echo "$reasons"; }
 [[ $status -eq 0 ]] || { steps_summary; echo "test.sh: ctest failed"; exit "$status"; }
 step "all tests passed"
 steps_summary

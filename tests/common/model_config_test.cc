@@ -21,7 +21,7 @@ std::string ReadFile(const std::string& path) {
 }
 
 std::string PresetPath(const std::string& name) {
-  return std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json";
+  return std::string(MOE_SOURCE_DIR) + "/common/presets/" + name + ".json";
 }
 
 TEST(ModelConfigTest, ParsesDeepSeekV3) {

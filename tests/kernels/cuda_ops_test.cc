@@ -13,6 +13,7 @@
 #include <random>
 
 #include "common/dtype.h"
+#include "common/presets.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
@@ -20,7 +21,6 @@
 #include "kernels/cpu/sampler.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
-#include "tools/model_maker.h"
 
 namespace moe::cuda {
 namespace {

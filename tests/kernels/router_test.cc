@@ -7,8 +7,8 @@
 #include <numeric>
 #include <random>
 
+#include "common/presets.h"
 #include "gtest/gtest.h"
-#include "tools/model_maker.h"
 
 namespace moe {
 namespace {

@@ -38,7 +38,7 @@ TEST(RopeTest, TinyKimiK2MatchesTransformers) {
 }
 
 TEST(RopeTest, DeepSeekV3MatchesTransformers) {
-  auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/tools/presets/deepseek-v3.json");
+  auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/common/presets/deepseek-v3.json");
   ASSERT_TRUE(c.ok());
   RotaryEmbedding r(*c);
   ASSERT_EQ(r.inv_freq().size(), 32u);

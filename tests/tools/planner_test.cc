@@ -10,7 +10,7 @@ namespace moe {
 namespace {
 
 ModelConfig Load(const std::string& name) {
-  auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json");
+  auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/common/presets/" + name + ".json");
   EXPECT_TRUE(c.ok());
   return *c;
 }

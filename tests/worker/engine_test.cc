@@ -160,7 +160,7 @@ TEST_F(EngineTest, CudaDeviceWithoutAGpuIsAClearError) {
 TEST(KvCacheTest, BytesPerTokenOfTheRealModels) {
   // DeepSeek-V3 / Kimi K2: 61 layers x (512 + 64) values; per-head K/V: 61 x heads x (192 + 128).
   for (const char* name : {"deepseek-v3", "kimi-k2"}) {
-    auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/tools/presets/" + name + ".json");
+    auto c = LoadModelConfig(std::string(MOE_SOURCE_DIR) + "/common/presets/" + name + ".json");
     ASSERT_TRUE(c.ok());
     EXPECT_EQ(c->LatentKvBytesPerToken(2), 61 * 576 * 2);
     EXPECT_EQ(c->ExpandedKvBytesPerToken(2), 61 * c->num_attention_heads * 320 * 2);

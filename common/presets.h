@@ -1,0 +1,22 @@
+// Named model configurations, built into every binary from common/presets/*.json (HF config.json
+// form): the published DeepSeek-V3 and Kimi K2 configs, and the small presets the tests,
+// benchmarks and demo write checkpoints of.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "common/model_config.h"
+
+namespace moe {
+
+// deepseek-v3, kimi-k2 (published); small-dsv3 (~0.8B, benchmarks); tiny-dsv3 (grouped routing,
+// an MTP layer in the files), tiny-kimi-k2 (one group, more experts, fewer heads), tiny-v2lite
+// (no q-LoRA, plain RoPE).
+std::vector<std::string> PresetNames();
+// The preset's config.json text; NOT_FOUND naming the known presets.
+absl::StatusOr<std::string> PresetJson(const std::string& name);
+absl::StatusOr<ModelConfig> PresetConfig(const std::string& name);
+
+}  // namespace moe

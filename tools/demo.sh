@@ -23,9 +23,9 @@ fail() {
 
 step "dependencies (Debian packages, Python venv in .venv)"
 tools/install-deps.sh
-step "build"
+step "build (the binaries the demo runs)"
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
-cmake --build build
+cmake --build build --target moe-coordinator moe-worker moe-client moe-make-model
 step "model: $MODEL"
 if [[ -f $MODEL/config.json ]]; then say "$MODEL exists"; else
   build/tools/moe-make-model --preset tiny-dsv3 --out "$MODEL"; fi

@@ -48,7 +48,7 @@ DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
     for (int i = 0; i < prompt_len; ++i) s.tokens.push_back((b * 131 + i * 17 + 5) % c.vocab_size);
     (void)alloc.EnsureCapacity(&s.block_table, prompt_len + 3 * steps + 2, engine.block_size());
   }
-  auto must = [](const absl::StatusOr<StepResult>& r) {
+  auto must = [](const absl::StatusOr<StepOutput>& r) {
     if (!r.ok()) {
       std::fprintf(stderr, "engine_bench: %s\n", std::string(r.status().message()).c_str());
       std::exit(1);

@@ -101,7 +101,7 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
   return absl::OkStatus();
 }
 
-absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step, bool return_logits) {
+absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, bool return_logits) {
   MOE_RETURN_IF_ERROR(Validate(step));
   const int my_group = ctx_->shard().dp_rank;
   ForwardBatch batch;
@@ -109,8 +109,10 @@ absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step, b
   std::vector<int64_t> logit_rows;
   std::vector<SampleRequest> samples;
   std::vector<bool> wants_sample;
-  StepResult result;
-  for (const SequenceStep& s : step) {
+  std::vector<int64_t> logit_entry;  // the step entry of each logits row
+  StepOutput result;
+  for (size_t i = 0; i < step.size(); ++i) {
+    const SequenceStep& s = step[i];
     if (s.dp_group != my_group) continue;
     ForwardChunk c;
     c.first_token = static_cast<int64_t>(tokens.size());
@@ -123,6 +125,7 @@ absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step, b
     if (s.want_logits) {
       logit_rows.push_back(c.first_token + c.num_tokens - 1);
       result.seq_ids.push_back(s.seq_id);
+      logit_entry.push_back(static_cast<int64_t>(i));
       wants_sample.push_back(s.sampling.has_value());
       samples.push_back({s.sampling.value_or(SamplingSpec{}), s.sample_index});
     }
@@ -137,16 +140,38 @@ absl::StatusOr<StepResult> Engine::Step(const std::vector<SequenceStep>& step, b
   if (return_logits) {
     MOE_ASSIGN_OR_RETURN(result.logits, model_->Logits());
   }
-  result.tokens.assign(result.seq_ids.size(), -1);
   const bool any_sample =
       std::find(wants_sample.begin(), wants_sample.end(), true) != wants_sample.end();
+  std::vector<int64_t> sampled_entry;
+  std::vector<int32_t> sampled;
   if (any_sample && ctx_->shard().tp_rank == 0) {
-    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> sampled, model_->Sample(samples));
-    for (size_t j = 0; j < sampled.size(); ++j) {
-      if (wants_sample[j]) result.tokens[j] = sampled[j];
+    MOE_ASSIGN_OR_RETURN(std::vector<int32_t> drawn, model_->Sample(samples));
+    for (size_t j = 0; j < drawn.size(); ++j) {
+      if (!wants_sample[j]) continue;
+      sampled_entry.push_back(logit_entry[j]);
+      sampled.push_back(drawn[j]);
     }
   }
+  result.tokens.assign(step.size(), -1);
+  MOE_RETURN_IF_ERROR(ShareSampledTokens(sampled_entry, sampled, &result));
   return result;
+}
+
+absl::Status Engine::ShareSampledTokens(const std::vector<int64_t>& sampled_entry,
+                                        const std::vector<int32_t>& sampled, StepOutput* out) {
+  // sums = [token + 1 per step entry (0: not sampled here) | this step's count per expert].
+  const size_t n = out->tokens.size();
+  const std::vector<int64_t> counts = model_->ExpertTokenCounts();
+  std::vector<int64_t> sums(n + counts.size(), 0);
+  for (size_t j = 0; j < sampled.size(); ++j) sums[sampled_entry[j]] = sampled[j] + 1;
+  for (size_t e = 0; e < counts.size(); ++e) sums[n + e] = counts[e] - expert_counts_[e];
+  expert_counts_ = counts;
+  if (ctx_->world().size() > 1) {
+    MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
+  }
+  for (size_t i = 0; i < n; ++i) out->tokens[i] = static_cast<int32_t>(sums[i] - 1);
+  out->expert_tokens.assign(sums.begin() + static_cast<std::ptrdiff_t>(n), sums.end());
+  return absl::OkStatus();
 }
 
 }  // namespace moe

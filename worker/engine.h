@@ -28,15 +28,21 @@ struct SequenceStep {
   std::vector<int32_t> block_table;  // blocks covering positions [0, start_pos + tokens.size())
   bool want_logits = true;           // logits of its last token
   int dp_group = 0;                  // the attention-DP group that owns the sequence
-  // With want_logits: sample the next token on the backend (only TP-rank 0 of the group does).
+  // With want_logits: sample the next token on the backend (the TP-rank 0 of the group does, and
+  // the step tells every rank).
   std::optional<SamplingSpec> sampling;
   uint64_t sample_index = 0;  // which output token of the request the sample is
 };
 
-struct StepResult {
+// What one step produced. The engine's own type; the coordinator's protocol has
+// moe::v1::StepResult.
+struct StepOutput {
   std::vector<int64_t> seq_ids;  // sequences of this rank's DP group that wanted logits
   Tensor logits;                 // [seq_ids.size(), vocab], unless the step asked for none
-  std::vector<int32_t> tokens;   // per seq_id: the sampled token, or -1 (no sampling asked)
+  // On every rank, per entry of the step (every DP group's): the sampled token, or -1.
+  std::vector<int32_t> tokens;
+  // On every rank: the tokens routed to each routed expert in this step, summed over the ranks.
+  std::vector<int64_t> expert_tokens;
 };
 
 enum class Device { kCpu, kCuda };
@@ -61,9 +67,9 @@ class Engine {
   // token ids inside the vocabulary, positions inside max_position_embeddings, block tables
   // covering each sequence and inside the cache. Errors name the sequence.
   absl::Status Validate(const std::vector<SequenceStep>& step) const;
-  // Without `return_logits` the result carries only the sampled tokens (a GPU backend then
-  // copies no logits to the host).
-  absl::StatusOr<StepResult> Step(const std::vector<SequenceStep>& step, bool return_logits = true);
+  // Collective over the world. Without `return_logits` the output carries only the sampled
+  // tokens (a GPU backend then copies no logits to the host).
+  absl::StatusOr<StepOutput> Step(const std::vector<SequenceStep>& step, bool return_logits = true);
 
   const ModelConfig& config() const { return config_; }
   const ParallelContext& parallel() const { return *ctx_; }
@@ -78,12 +84,18 @@ class Engine {
         rope_(config),
         ctx_(std::move(ctx)),
         model_(std::move(model)),
-        options_(options) {}
+        options_(options),
+        expert_counts_(model_->ExpertTokenCounts()) {}
+  // One sum over the world: every entry's sampled token (from its group's TP-rank 0) and the
+  // step's per-expert token counts, on every rank.
+  absl::Status ShareSampledTokens(const std::vector<int64_t>& sampled_entry,
+                                  const std::vector<int32_t>& sampled, StepOutput* out);
   ModelConfig config_;
   RotaryEmbedding rope_;
   std::unique_ptr<ParallelContext> ctx_;
   std::unique_ptr<ForwardModel> model_;
   EngineOptions options_;
+  std::vector<int64_t> expert_counts_;  // the backend's running counts after the last step
 };
 
 }  // namespace moe

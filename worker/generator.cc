@@ -5,7 +5,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/ops.h"
 
 namespace moe {
 namespace {
@@ -15,16 +14,13 @@ struct Running {
   std::vector<int32_t> blocks;
   int64_t cached = 0;  // positions already in the cache
   Generation gen;
+  std::vector<float> logits;  // rows of gen.logits, while running
   bool done = false;
 };
 
-}  // namespace
-
-absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
-    Engine& engine, BlockAllocator& allocator, const std::vector<std::vector<int32_t>>& prompts,
-    const GenerateOptions& opt) {
-  const ModelConfig& c = engine.config();
-  const int64_t vocab = c.vocab_size, bs = engine.block_size();
+absl::StatusOr<std::vector<Running>> Start(const ModelConfig& c,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const GenerateOptions& opt) {
   std::vector<Running> seqs(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     if (prompts[i].empty()) return absl::InvalidArgumentError("empty prompt");
@@ -36,90 +32,97 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
     }
     seqs[i].all = prompts[i];
   }
-  auto release = [&]() {
-    for (Running& r : seqs) allocator.Free(&r.blocks);
-  };
-  std::vector<std::vector<float>> rows(prompts.size());
-  bool any = true;
-  while (any) {
-    std::vector<SequenceStep> step;
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      Running& r = seqs[i];
-      if (r.done) continue;
-      SequenceStep s;
-      s.seq_id = static_cast<int64_t>(i);
-      s.dp_group = static_cast<int>(i % static_cast<size_t>(engine.parallel().plan().dp_size()));
-      const int64_t len = static_cast<int64_t>(r.all.size());
-      s.start_pos = opt.use_cache ? r.cached : 0;
-      int64_t end = len;
-      if (opt.use_cache && opt.prefill_chunk > 0) end = std::min(len, r.cached + opt.prefill_chunk);
-      s.tokens.assign(r.all.begin() + s.start_pos, r.all.begin() + end);
-      s.want_logits = end == len;
-      if (!opt.keep_logits) s.sampling = SamplingSpec{};  // greedy, on the backend
-      if (absl::Status st = allocator.EnsureCapacity(&r.blocks, end, bs); !st.ok()) {
-        release();
-        return st;
-      }
-      s.block_table = r.blocks;
-      r.cached = end;
-      step.push_back(std::move(s));
-    }
-    auto result = engine.Step(step, opt.keep_logits);
-    if (!result.ok()) {
-      release();
-      return result.status();
-    }
-    // Each sequence belongs to one attention-DP group (round-robin); that group's TP-rank 0
-    // decides for it, and a sum over the world tells every rank, so all ranks run the same steps.
-    // decision: 0 nothing (a prefill chunk that is not the last), 1 done, token + 2.
-    const bool decides = engine.parallel().shard().tp_rank == 0;
-    std::vector<int64_t> decision(seqs.size(), 0);
-    for (size_t j = 0; j < result->seq_ids.size(); ++j) {
-      const size_t i = static_cast<size_t>(result->seq_ids[j]);
-      Running& r = seqs[i];
-      int32_t next = result->tokens[j];
-      if (opt.keep_logits) {
-        const float* row = result->logits.row(static_cast<int64_t>(j));
-        rows[i].insert(rows[i].end(), row, row + vocab);
-        next = static_cast<int32_t>(cpu::ArgMax(row, vocab));
-      }
-      const int64_t produced = static_cast<int64_t>(r.gen.tokens.size());
-      const bool after_eos =
-          opt.stop_at_eos && produced > 0 &&
-          std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), r.gen.tokens.back()) > 0;
-      // The step after the last new token only supplies its logits.
-      if (decides) decision[i] = produced == opt.max_new_tokens || after_eos ? 1 : next + 2;
-    }
-    Communicator& world = engine.parallel().world();
-    if (world.size() > 1) {
-      if (absl::Status st = world.AllReduceSum(decision.data(), decision.size()); !st.ok()) {
-        release();
-        return st;
-      }
-    }
-    for (size_t i = 0; i < seqs.size(); ++i) {
-      if (decision[i] == 1) {
-        seqs[i].done = true;
-      } else if (decision[i] >= 2) {
-        seqs[i].gen.tokens.push_back(static_cast<int32_t>(decision[i] - 2));
-        seqs[i].all.push_back(static_cast<int32_t>(decision[i] - 2));
-      }
-    }
-    any = false;
-    for (const Running& r : seqs) any |= !r.done;
-  }
-  release();
-  std::vector<Generation> out;
+  return seqs;
+}
+
+// The next step: every unfinished sequence's uncached tokens (the prompt, a chunk of it, or the
+// last new token), in attention-DP group i % D, greedy-sampled when its last position is in.
+absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAllocator& allocator,
+                                                   std::vector<Running>& seqs,
+                                                   const GenerateOptions& opt) {
+  const size_t groups = static_cast<size_t>(engine.parallel().plan().dp_size());
+  std::vector<SequenceStep> step;
   for (size_t i = 0; i < seqs.size(); ++i) {
-    Generation g = std::move(seqs[i].gen);
-    if (opt.keep_logits) {
-      const int64_t n = static_cast<int64_t>(rows[i].size()) / vocab;
-      FloatVector data(rows[i].begin(), rows[i].end());
-      g.logits = Tensor({n, vocab}, std::move(data));
-    }
-    out.push_back(std::move(g));
+    Running& r = seqs[i];
+    if (r.done) continue;
+    SequenceStep s;
+    s.seq_id = static_cast<int64_t>(i);
+    s.dp_group = static_cast<int>(i % groups);
+    const int64_t len = static_cast<int64_t>(r.all.size());
+    s.start_pos = opt.use_cache ? r.cached : 0;
+    int64_t end = len;
+    if (opt.use_cache && opt.prefill_chunk > 0) end = std::min(len, r.cached + opt.prefill_chunk);
+    s.tokens.assign(r.all.begin() + s.start_pos, r.all.begin() + end);
+    s.want_logits = end == len;
+    if (s.want_logits) s.sampling = SamplingSpec{};  // greedy
+    MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&r.blocks, end, engine.block_size()));
+    s.block_table = r.blocks;
+    r.cached = end;
+    step.push_back(std::move(s));
   }
-  return out;
+  return step;
+}
+
+// Every rank has every sampled token, so every rank makes the same decisions and runs the same
+// next step. The step after the last new token (or after an end-of-sequence token) only supplies
+// its logits.
+void Advance(const ModelConfig& c, const std::vector<SequenceStep>& step, const StepOutput& out,
+             const GenerateOptions& opt, std::vector<Running>& seqs) {
+  if (opt.keep_logits) {
+    for (size_t j = 0; j < out.seq_ids.size(); ++j) {
+      const float* row = out.logits.row(static_cast<int64_t>(j));
+      std::vector<float>& rows = seqs[static_cast<size_t>(out.seq_ids[j])].logits;
+      rows.insert(rows.end(), row, row + c.vocab_size);
+    }
+  }
+  for (size_t k = 0; k < step.size(); ++k) {
+    if (!step[k].want_logits) continue;
+    Running& r = seqs[static_cast<size_t>(step[k].seq_id)];
+    const std::vector<int32_t>& made = r.gen.tokens;
+    const bool after_eos = opt.stop_at_eos && !made.empty() &&
+                           std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), made.back());
+    if (static_cast<int64_t>(made.size()) == opt.max_new_tokens || after_eos) {
+      r.done = true;
+    } else {
+      r.gen.tokens.push_back(out.tokens[k]);
+      r.all.push_back(out.tokens[k]);
+    }
+  }
+}
+
+}  // namespace
+
+absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
+    Engine& engine, BlockAllocator& allocator, const std::vector<std::vector<int32_t>>& prompts,
+    const GenerateOptions& opt) {
+  const ModelConfig& c = engine.config();
+  MOE_ASSIGN_OR_RETURN(std::vector<Running> seqs, Start(c, prompts, opt));
+  absl::Status status;
+  while (status.ok() &&
+         std::any_of(seqs.begin(), seqs.end(), [](const Running& r) { return !r.done; })) {
+    auto step = NextStep(engine, allocator, seqs, opt);
+    if (!step.ok()) {
+      status = step.status();
+      break;
+    }
+    auto out = engine.Step(*step, opt.keep_logits);
+    if (!out.ok()) {
+      status = out.status();
+      break;
+    }
+    Advance(c, *step, *out, opt, seqs);
+  }
+  for (Running& r : seqs) allocator.Free(&r.blocks);
+  MOE_RETURN_IF_ERROR(status);
+  std::vector<Generation> gens;
+  for (Running& r : seqs) {
+    if (opt.keep_logits) {
+      const int64_t rows = static_cast<int64_t>(r.logits.size()) / c.vocab_size;
+      r.gen.logits = Tensor({rows, c.vocab_size}, FloatVector(r.logits.begin(), r.logits.end()));
+    }
+    gens.push_back(std::move(r.gen));
+  }
+  return gens;
 }
 
 absl::StatusOr<Generation> GenerateGreedy(Engine& engine, BlockAllocator& allocator,

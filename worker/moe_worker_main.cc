@@ -65,14 +65,12 @@ int LeadSteps(moe::CoordinatorClient& client, const std::string& session, moe::S
       MOE_LOG(INFO) << "shutdown requested by the coordinator";
       return 0;
     }
-    moe::v1::StepResult result;
-    result.set_step(plan.step());
     auto out = runner.Run(plan);
+    moe::v1::StepResult result;
     if (out.ok()) {
-      result.mutable_seq_ids()->Add(out->seq_ids.begin(), out->seq_ids.end());
-      result.mutable_tokens()->Add(out->tokens.begin(), out->tokens.end());
-      result.mutable_expert_tokens()->Add(out->expert_tokens.begin(), out->expert_tokens.end());
+      result = std::move(*out);
     } else {
+      result.set_step(plan.step());
       result.set_error(std::string(out.status().message()));
     }
     if (!stream->Write(result)) {

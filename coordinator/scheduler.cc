@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 
 namespace moe {
@@ -153,12 +154,12 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
     s->computed += s->scheduled;
     s->scheduled = 0;
   }
+  absl::flat_hash_map<int64_t, SeqPtr> by_id;
+  for (const SeqPtr& s : in_flight_) by_id.emplace(s->request->id(), s);
   for (int i = 0; i < result.seq_ids_size(); ++i) {
-    const int64_t id = result.seq_ids(i);
-    auto it = std::find_if(in_flight_.begin(), in_flight_.end(),
-                           [id](const SeqPtr& s) { return s->request->id() == id; });
-    if (it == in_flight_.end()) continue;
-    const SeqPtr& s = *it;
+    auto it = by_id.find(result.seq_ids(i));
+    if (it == by_id.end()) continue;
+    const SeqPtr s = it->second;
     if (s->request->cancelled() || s->group < 0) continue;  // leaves at the next step
     const int32_t token = result.tokens(i);
     const RequestParams& p = s->request->params();

@@ -34,6 +34,10 @@ std::string OutcomeOf(const absl::Status& s) {
 
 }  // namespace
 
+// New tokens wake a Generate handler at once (the request's condition variable); this only bounds
+// how late it notices that its client went away (the synchronous gRPC API has no callback for it).
+constexpr absl::Duration kCancellationCheck = absl::Milliseconds(100);
+
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const moe::v1::GenerateRequest* request,
                                         grpc::ServerWriter<moe::v1::GenerateResponse>* writer) {
@@ -62,7 +66,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   std::vector<int32_t> tokens;
   while (true) {
     tokens.clear();
-    const bool ended = req->Wait(absl::Milliseconds(20), &tokens);
+    const bool ended = req->Wait(kCancellationCheck, &tokens);
     const absl::Time now = absl::Now();
     if (!tokens.empty()) {
       // Tokens that arrived together share the interval since the previous delivery.

@@ -1,0 +1,154 @@
+#include "coordinator/server.h"
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/grpcpp.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <httplib.h>
+
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+#include "common/status_macros.h"
+
+namespace moe {
+namespace {
+
+void SetReadiness(grpc::HealthCheckServiceInterface* health, bool serving) {
+  health->SetServingStatus("", serving);
+  health->SetServingStatus("moe.v1.Inference", serving);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
+    const ModelConfig& config, const CoordinatorOptions& o) {
+  if (o.world < 1 || o.tp < 0 || o.kv_cache_mb < 1 || o.block_size < 1 || o.max_step_tokens < 1 ||
+      o.max_running < 1 || o.max_queue < 0) {
+    return absl::InvalidArgumentError("flags must be positive (see --help)");
+  }
+  MOE_ASSIGN_OR_RETURN(ShardPlan plan,
+                       ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world));
+  const int64_t per_block = config.LatentKvBytesPerToken(sizeof(float)) * o.block_size;
+  const int64_t kv_blocks = o.kv_blocks > 0 ? o.kv_blocks : (o.kv_cache_mb << 20) / per_block;
+  if (kv_blocks < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--kv-cache-mb ", o.kv_cache_mb, " holds no block of ", per_block, " bytes"));
+  }
+  MOE_LOG(INFO) << config.model_type << ": " << plan.Describe();
+  MOE_LOG(INFO) << "KV cache: " << kv_blocks << " blocks of " << o.block_size
+                << " tokens per DP group";
+  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(config, o, plan, kv_blocks));
+  MOE_RETURN_IF_ERROR(server->Listen());
+  return server;
+}
+
+CoordinatorServer::CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& o,
+                                     const ShardPlan& plan, int64_t kv_blocks)
+    : config_(config), options_(o) {
+  SchedulerOptions so;
+  so.dp_groups = plan.dp_size();
+  so.blocks_per_group = kv_blocks;
+  so.block_size = o.block_size;
+  so.max_step_tokens = o.max_step_tokens;
+  so.max_running = o.max_running;
+  so.max_waiting = o.max_queue;
+  for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
+  scheduler_ = std::make_unique<Scheduler>(so);
+  Cluster::Options co;
+  co.kv_block_size = static_cast<int>(o.block_size);
+  co.kv_blocks = kv_blocks;
+  co.heartbeat_timeout = o.heartbeat_timeout;
+  cluster_ = std::make_unique<Cluster>(
+      plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
+  const ServingContext ctx{&config_,  cluster_.get(),           scheduler_.get(),
+                           &metrics_, kv_blocks * o.block_size, static_cast<int>(o.block_size),
+                           kv_blocks};
+  inference_ = std::make_unique<InferenceService>(ctx);
+  cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
+}
+
+void CoordinatorServer::OnPhase(Cluster::Phase phase, const std::string& why) {
+  MOE_LOG(INFO) << "cluster: " << PhaseName(phase) << " (" << why << ")";
+  serving_ = phase == Cluster::Phase::kServing;
+  if (server_) SetReadiness(server_->GetHealthCheckService(), serving_);
+  if (phase == Cluster::Phase::kFailed) {
+    scheduler_->FailAll(absl::UnavailableError(absl::StrCat("a worker failed: ", why)));
+  }
+}
+
+absl::Status CoordinatorServer::Listen() {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.RegisterService(inference_.get());
+  builder.RegisterService(cluster_service_.get());
+  server_ = builder.BuildAndStart();
+  if (!server_ || port_ == 0) return absl::UnavailableError("cannot listen on " + options_.listen);
+  // "liveness" answers SERVING while the process runs (for liveness probes); "" and the service
+  // name answer SERVING only while every worker is ready (for readiness probes and clients).
+  server_->GetHealthCheckService()->SetServingStatus("liveness", true);
+  SetReadiness(server_->GetHealthCheckService(), serving_);
+  MOE_LOG(INFO) << "listening on port " << port_ << " (gRPC), waiting for " << options_.world
+                << " workers";
+
+  if (options_.metrics_port > 0) {
+    http_ = std::make_unique<httplib::Server>();
+    http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+      const SchedulerStats st = scheduler_->Stats();
+      const Metrics::Gauges g{st.waiting,     st.running,     st.blocks_used,
+                              st.blocks_free, st.preemptions, serving_.load()};
+      res.set_content(metrics_.Render(g), "text/plain; version=0.0.4");
+    });
+    if (!http_->bind_to_port("0.0.0.0", options_.metrics_port)) {
+      return absl::UnavailableError(
+          absl::StrCat("cannot listen on metrics port ", options_.metrics_port));
+    }
+    http_thread_ = std::thread([this] { http_->listen_after_bind(); });
+    MOE_LOG(INFO) << "metrics on http://0.0.0.0:" << options_.metrics_port << "/metrics";
+  }
+  monitor_ = std::thread([this] {
+    while (!stop_monitor_) {
+      cluster_->CheckHeartbeats();
+      absl::SleepFor(absl::Milliseconds(200));
+    }
+  });
+  return absl::OkStatus();
+}
+
+void CoordinatorServer::Drain(absl::Duration timeout) {
+  if (drained_) return;
+  drained_ = true;
+  cluster_->BeginShutdown();
+  const absl::Time deadline = absl::Now() + timeout;
+  while (!scheduler_->idle() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
+  if (!scheduler_->idle()) {
+    MOE_LOG(WARNING) << "drain timeout: ending the remaining requests";
+    scheduler_->FailAll(absl::UnavailableError("the server is shutting down"));
+  }
+  // The leader's loop sends the shutdown plan once idle; heartbeats then tell every rank.
+  const absl::Time bye_deadline = absl::Now() + absl::Seconds(10);
+  while (cluster_->leader_attached() && absl::Now() < bye_deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  cluster_->ReleaseWorkers();
+  absl::SleepFor(absl::Seconds(2));  // a heartbeat interval or two for the workers to hear it
+  stop_monitor_ = true;
+  if (monitor_.joinable()) monitor_.join();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (http_thread_.joinable()) {
+    http_->stop();
+    http_thread_.join();
+  }
+}
+
+CoordinatorServer::~CoordinatorServer() {
+  stop_monitor_ = true;
+  if (monitor_.joinable()) monitor_.join();
+  if (server_) server_->Shutdown(std::chrono::system_clock::now());
+  if (http_thread_.joinable()) {
+    http_->stop();
+    http_thread_.join();
+  }
+}
+
+}  // namespace moe

@@ -1,0 +1,82 @@
+// The coordinator process without its flags: the scheduler, the cluster of workers, the gRPC
+// services (moe.v1.Inference, moe.v1.Cluster, health, reflection) and the metrics endpoint,
+// started together and drained together.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/model_config.h"
+#include "coordinator/cluster.h"
+#include "coordinator/metrics.h"
+#include "coordinator/scheduler.h"
+#include "coordinator/services.h"
+
+namespace grpc {
+class Server;
+}
+namespace httplib {
+class Server;
+}
+
+namespace moe {
+
+struct CoordinatorOptions {
+  std::string listen = "0.0.0.0:50051";  // port 0 picks one (see port())
+  int world = 1;
+  int tp = 0;                 // 0: world
+  int metrics_port = 0;       // 0: no metrics endpoint
+  int64_t kv_cache_mb = 256;  // per worker rank, float32
+  int64_t kv_blocks = 0;      // overrides kv_cache_mb when > 0
+  int64_t block_size = 64;
+  int64_t max_step_tokens = 512;
+  int64_t max_running = 256;
+  int64_t max_queue = 1024;
+  absl::Duration startup_timeout = absl::Seconds(600);
+  absl::Duration heartbeat_timeout = absl::Seconds(10);
+};
+
+class CoordinatorServer {
+ public:
+  // Checks the options against the model, plans the shards and starts listening.
+  static absl::StatusOr<std::unique_ptr<CoordinatorServer>> Start(
+      const ModelConfig& config, const CoordinatorOptions& options);
+  ~CoordinatorServer();
+
+  int port() const { return port_; }
+  // True while every worker is ready.
+  bool serving() const { return serving_.load(); }
+  std::string Describe() const { return cluster_->Describe(); }
+
+  // Refuses new requests, lets in-flight ones finish for up to `timeout` (then ends them), has
+  // the workers exit, and stops every server.
+  void Drain(absl::Duration timeout);
+
+ private:
+  CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& options,
+                    const ShardPlan& plan, int64_t kv_blocks);
+  absl::Status Listen();
+  void OnPhase(Cluster::Phase phase, const std::string& why);
+
+  const ModelConfig config_;
+  const CoordinatorOptions options_;
+  Metrics metrics_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<Cluster> cluster_;
+  std::unique_ptr<InferenceService> inference_;
+  std::unique_ptr<ClusterService> cluster_service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<httplib::Server> http_;
+  std::thread http_thread_;
+  std::thread monitor_;  // heartbeats
+  std::atomic<bool> serving_{false};
+  std::atomic<bool> stop_monitor_{false};
+  int port_ = 0;
+  bool drained_ = false;
+};
+
+}  // namespace moe

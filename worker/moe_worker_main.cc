@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/cli.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/parallel_context.h"
@@ -93,6 +94,81 @@ int FollowSteps(moe::StepRunner& runner) {
   }
 }
 
+// This rank's place in the collective before registration: MPI's world when launched by
+// mpirun, otherwise a TCP listener its peers will connect to (none for a single rank).
+struct Collective {
+  std::unique_ptr<moe::Communicator> world;  // set under MPI
+  std::unique_ptr<moe::TcpListener> listener;
+  std::string kind;     // "mpi" | "tcp"
+  std::string address;  // the TCP listener's
+};
+
+absl::StatusOr<Collective> JoinCollective(int* argc, char*** argv, int64_t* rank,
+                                          int64_t* world_size, const std::string& host,
+                                          const std::string& listen) {
+  Collective c;
+  if (moe::MpiRuntime::LaunchedByMpi()) {
+    MOE_RETURN_IF_ERROR(moe::MpiRuntime::Init(argc, argv));
+    MOE_ASSIGN_OR_RETURN(c.world, moe::MakeMpiWorldCommunicator());
+    if ((*rank >= 0 && *rank != c.world->rank()) ||
+        (*world_size > 0 && *world_size != c.world->size())) {
+      return absl::InvalidArgumentError("--rank/--world-size disagree with mpirun's");
+    }
+    *rank = c.world->rank();
+    *world_size = c.world->size();
+    c.kind = "mpi";
+    return c;
+  }
+  if (*rank < 0 || *world_size < 1 || *rank >= *world_size) {
+    return absl::InvalidArgumentError(
+        "without mpirun, --rank R and --world-size W (0 <= R < W) are required");
+  }
+  c.kind = "tcp";
+  if (*world_size > 1) {
+    MOE_ASSIGN_OR_RETURN(c.listener,
+                         moe::TcpListener::Listen(listen.empty() ? host + ":0" : listen));
+    c.address = c.listener->address();
+  }
+  return c;
+}
+
+// The world communicator once the coordinator has told every rank its peers.
+absl::StatusOr<std::unique_ptr<moe::Communicator>> ConnectWorld(
+    Collective& c, int rank, int world_size, const moe::v1::RegisterResponse& assignment) {
+  if (c.world) return std::move(c.world);
+  if (world_size == 1) return moe::MakeSelfCommunicator();
+  const std::vector<std::string> peers(assignment.peer_addresses().begin(),
+                                       assignment.peer_addresses().end());
+  return moe::ConnectTcpMesh(rank, peers, *c.listener, absl::Seconds(60));
+}
+
+// Loads this rank's shard, after checking that the coordinator planned the same shards from the
+// same config.json.
+absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model,
+                                                        std::unique_ptr<moe::Communicator> world,
+                                                        const moe::v1::RegisterResponse& assignment,
+                                                        moe::Device device) {
+  MOE_ASSIGN_OR_RETURN(const moe::ModelConfig config, moe::LoadModelConfig(model));
+  MOE_ASSIGN_OR_RETURN(
+      auto ctx, moe::ParallelContext::Create(config, std::move(world), assignment.tp_size()));
+  const moe::RankShard& shard = ctx->shard();
+  const auto& want = assignment.shard();
+  if (shard.heads.begin != want.heads_begin() || shard.heads.end != want.heads_end() ||
+      !std::equal(shard.experts.begin(), shard.experts.end(), want.experts().begin(),
+                  want.experts().end())) {
+    return absl::FailedPreconditionError(
+        "the coordinator's shard assignment differs from this worker's plan: are both reading "
+        "the same config.json?");
+  }
+  moe::EngineOptions opt;
+  opt.block_size = assignment.kv_block_size();
+  opt.kv_blocks = assignment.kv_blocks();
+  opt.device = device;
+  MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
+                << shard.experts.size() << " experts/layer) from " << model;
+  return moe::Engine::Load(model, std::move(ctx), opt);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,39 +200,15 @@ int main(int argc, char** argv) {
   const auto backend = moe::ParseDevice(device);
   if (!backend.ok()) return Fail(backend.status());
 
-  // The collective: MPI when launched by mpirun, otherwise a TCP mesh (or nothing for one rank).
-  std::unique_ptr<moe::Communicator> world;
-  std::unique_ptr<moe::TcpListener> listener;
-  moe::v1::RegisterRequest reg;
-  if (moe::MpiRuntime::LaunchedByMpi()) {
-    if (absl::Status s = moe::MpiRuntime::Init(&argc, &argv); !s.ok()) return Fail(s);
-    auto w = moe::MakeMpiWorldCommunicator();
-    if (!w.ok()) return Fail(w.status());
-    world = std::move(*w);
-    if ((rank >= 0 && rank != world->rank()) || (world_size > 0 && world_size != world->size())) {
-      return Fail(absl::InvalidArgumentError("--rank/--world-size disagree with mpirun's"));
-    }
-    rank = world->rank();
-    world_size = world->size();
-    reg.set_collective("mpi");
-  } else {
-    if (rank < 0 || world_size < 1 || rank >= world_size) {
-      return Fail(absl::InvalidArgumentError(
-          "without mpirun, --rank R and --world-size W (0 <= R < W) are required"));
-    }
-    reg.set_collective("tcp");
-    if (world_size > 1) {
-      auto l =
-          moe::TcpListener::Listen(collective_listen.empty() ? host + ":0" : collective_listen);
-      if (!l.ok()) return Fail(l.status());
-      listener = std::move(*l);
-      reg.set_collective_address(listener->address());
-    }
-  }
+  auto collective = JoinCollective(&argc, &argv, &rank, &world_size, host, collective_listen);
+  if (!collective.ok()) return Fail(collective.status());
   moe::SetLogPrefix(absl::StrCat("worker ", rank, "/", world_size));
   moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads) : DefaultThreads());
 
   moe::CoordinatorClient client(coordinator);
+  moe::v1::RegisterRequest reg;
+  reg.set_collective(collective->kind);
+  reg.set_collective_address(collective->address);
   reg.set_rank(static_cast<int>(rank));
   reg.set_world_size(static_cast<int>(world_size));
   reg.set_host(host);
@@ -166,39 +218,10 @@ int main(int argc, char** argv) {
   auto assignment = client.Register(reg, absl::Seconds(register_timeout_s));
   if (!assignment.ok()) return Fail(assignment.status());
   const std::string session = assignment->session();
-  if (!world) {
-    if (world_size == 1) {
-      world = moe::MakeSelfCommunicator();
-    } else {
-      std::vector<std::string> peers(assignment->peer_addresses().begin(),
-                                     assignment->peer_addresses().end());
-      auto w = moe::ConnectTcpMesh(static_cast<int>(rank), peers, *listener, absl::Seconds(60));
-      if (!w.ok()) return Fail(w.status());
-      world = std::move(*w);
-    }
-  }
-
-  auto config = moe::LoadModelConfig(model);
-  if (!config.ok()) return Fail(config.status());
-  auto ctx = moe::ParallelContext::Create(*config, std::move(world), assignment->tp_size());
-  if (!ctx.ok()) return Fail(ctx.status());
-  // The coordinator computed the same plan from the same config.json: refuse to run otherwise.
-  const moe::RankShard& shard = (*ctx)->shard();
-  const auto& want = assignment->shard();
-  if (shard.heads.begin != want.heads_begin() || shard.heads.end != want.heads_end() ||
-      !std::equal(shard.experts.begin(), shard.experts.end(), want.experts().begin(),
-                  want.experts().end())) {
-    return Fail(absl::FailedPreconditionError(
-        "the coordinator's shard assignment differs from this worker's plan: are both reading "
-        "the same config.json?"));
-  }
-  moe::EngineOptions opt;
-  opt.block_size = assignment->kv_block_size();
-  opt.kv_blocks = assignment->kv_blocks();
-  opt.device = *backend;
-  MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
-                << shard.experts.size() << " experts/layer) from " << model;
-  auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
+  auto world =
+      ConnectWorld(*collective, static_cast<int>(rank), static_cast<int>(world_size), *assignment);
+  if (!world.ok()) return Fail(world.status());
+  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend);
   if (!engine.ok()) return Fail(engine.status());
   const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
   MOE_LOG(INFO) << "loaded " << wb.Describe();

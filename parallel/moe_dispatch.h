@@ -64,6 +64,22 @@ class MoeDispatcher {
   Transport transport() const { return transport_; }
 
  private:
+  // Routes each token's rows to their ranks (the handle) and gathers every rank's row counts.
+  absl::Status PlanRows(int64_t num_tokens, const int32_t* topk_ids, DispatchHandle* h);
+  int64_t Count(const DispatchHandle& h, int from, int to) const;  // rows sent from -> to
+  // Per destination rank: where this rank's rows start among its received rows.
+  std::vector<int64_t> RowBase(const DispatchHandle& h) const;
+  // One row's routing entries for rank r: local expert ids (-1: not on r), then weight bits.
+  void WriteMeta(int64_t t, int r, const int32_t* topk_ids, const float* topk_weights,
+                 int32_t* meta) const;
+  // The transports: send rows (setting out->x, out->y; returning the received routing entries),
+  // and return the outputs (a pointer to each of this rank's rows' outputs).
+  absl::StatusOr<const int32_t*> SendShared(const float* x, const int32_t* topk_ids,
+                                            const float* topk_weights, Dispatched* out);
+  absl::StatusOr<const int32_t*> SendAllToAll(const float* x, const int32_t* topk_ids,
+                                              const float* topk_weights, Dispatched* out);
+  absl::Status ReturnShared(const DispatchHandle& h, std::vector<const float*>* src);
+  absl::Status ReturnAllToAll(const DispatchHandle& h, std::vector<const float*>* src);
   absl::Status EnsureWindow(int64_t rows);
   char* Segment(int rank) { return window_->segment(rank); }
   float* SegmentX(int rank) { return reinterpret_cast<float*>(Segment(rank)); }

@@ -48,10 +48,52 @@ double AllToAllSeconds(double bytes, int world, int ranks_per_node, double intra
   return t + latency_us * 1e-6;
 }
 
-absl::StatusOr<PlanReport> Plan(const ModelConfig& c, const ClusterSpec& cl, const Layout& l,
-                                PlanDType dtype, const Workload& w, const Efficiency& eff) {
-  const int W = cl.world(), G = cl.gpus_per_node, T = l.attn_tp;
-  if (W < 1 || G < 1) return absl::InvalidArgumentError("--nodes and --gpus-per-node must be >= 1");
+namespace {
+
+// The sizes the estimates use, as doubles, and the layout's traffic pattern.
+struct Dims {
+  Dims(const ModelConfig& c, const ClusterSpec& cl, const Layout& l, PlanDType dtype,
+       const Efficiency& eff)
+      : W(cl.world()), G(cl.gpus_per_node), T(l.attn_tp), L(c.num_hidden_layers) {
+    b = dtype == PlanDType::kFP8 ? 1.0 + 4.0 / (128 * 128) : 2.0;  // + block scales
+    h = static_cast<double>(c.hidden_size);
+    H = static_cast<double>(c.num_attention_heads);
+    V = static_cast<double>(c.vocab_size);
+    E = static_cast<double>(c.n_routed_experts);
+    k = c.num_experts_per_tok;
+    nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
+    lora = c.kv_lora_rank, qk = c.qk_head_dim();
+    q_lora = c.q_lora_rank ? static_cast<double>(*c.q_lora_rank) : 0.0;
+    // Attention per layer: replicated (q_a, kv_a) and head-split (q_b or q_proj, kv_b, o_proj).
+    attn_repl = q_lora > 0 ? h * q_lora + h * (lora + rope) : h * (lora + rope);
+    attn_split = (q_lora > 0 ? q_lora : h) * H * qk + lora * H * (nope + vd) + H * vd * h;
+    expert = 3.0 * h * static_cast<double>(c.moe_intermediate_size);
+    // A token's destinations: decode sends one row per destination rank (DeepEP's low-latency
+    // kernels, over RDMA even within a node is avoided: same-node ranks go over NVLink); prefill
+    // sends one row per destination node over RDMA and fans it out over NVLink (DeepEP's normal
+    // kernels). Uniform routing; DeepSeek's node-limited routing would only lower the traffic.
+    const double distinct = DistinctRanks(static_cast<int>(k), W);
+    remote = W > 1 ? distinct * (W - 1.0) / W : 0.0;  // other ranks per token
+    const int nodes = (W + G - 1) / G;
+    remote_nodes =
+        nodes > 1 ? DistinctRanks(static_cast<int>(k), nodes) * (nodes - 1.0) / nodes : 0.0;
+    nvlink = cl.gpu.nvlink_gbps * eff.network;
+    nic = cl.gpu.nic_gbps * eff.network;
+  }
+  int W, G, T;
+  int64_t L;
+  double b, h, H, V, E, k, nope, rope, vd, lora, qk, q_lora, attn_repl, attn_split, expert;
+  double remote, remote_nodes, nvlink, nic;
+  static constexpr double dispatch_row = 1.0 + 4.0 / 128,
+                          combine_row = 2.0;  // x h: fp8+scales, bf16
+};
+
+absl::Status CheckLayout(const ModelConfig& c, const ClusterSpec& cl, const Layout& l,
+                         const Workload& w) {
+  const int W = cl.world(), T = l.attn_tp;
+  if (W < 1 || cl.gpus_per_node < 1) {
+    return absl::InvalidArgumentError("--nodes and --gpus-per-node must be >= 1");
+  }
   if (T < 1 || l.attn_dp < 1 || T * l.attn_dp != W) {
     return absl::InvalidArgumentError(
         absl::StrCat("attention TP ", T, " x DP ", l.attn_dp, " must equal the ", W, " GPUs"));
@@ -63,143 +105,153 @@ absl::StatusOr<PlanReport> Plan(const ModelConfig& c, const ClusterSpec& cl, con
   if (w.decode_batch < 1 || w.input_len < 1 || w.output_len < 1 || w.prefill_tokens < 1) {
     return absl::InvalidArgumentError("workload sizes must be >= 1");
   }
-  PlanReport r;
-  r.params = c.CountParameters();
-  r.world = W;
-  const double b = dtype == PlanDType::kFP8 ? 1.0 + 4.0 / (128 * 128) : 2.0;  // + block scales
-  const double h = static_cast<double>(c.hidden_size),
-               H = static_cast<double>(c.num_attention_heads);
-  const double V = static_cast<double>(c.vocab_size),
-               I = static_cast<double>(c.moe_intermediate_size);
-  const double E = static_cast<double>(c.n_routed_experts), k = c.num_experts_per_tok;
-  const double nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
-  const double lora = c.kv_lora_rank, qk = c.qk_head_dim();
-  const double q_lora = c.q_lora_rank ? static_cast<double>(*c.q_lora_rank) : 0.0;
-  const int64_t L = c.num_hidden_layers, moe_layers = c.num_moe_layers();
+  return absl::OkStatus();
+}
 
-  // --- Memory per GPU ---------------------------------------------------------------------
-  // Attention per layer: replicated (q_a, kv_a) and head-split (q_b or q_proj, kv_b, o_proj).
-  const double attn_repl = q_lora > 0 ? h * q_lora + h * (lora + rope) : h * (lora + rope);
-  const double attn_split =
-      (q_lora > 0 ? q_lora : h) * H * qk + lora * H * (nope + vd) + H * vd * h;
-  const double expert = 3.0 * h * I;
-  r.experts_per_gpu = static_cast<int>(std::ceil((E + l.redundant_experts) / W));
-  r.memory.attention = L * (attn_repl + attn_split / T) * b;
-  r.memory.routed_experts = moe_layers * r.experts_per_gpu * expert * b;
-  r.memory.shared_and_dense =
-      (r.params.shared_experts + r.params.dense_mlp) / static_cast<double>(T) * b;
-  r.memory.embeddings = 2.0 * V * h / T * 2.0;  // bf16
-  r.memory.other = (r.params.router + r.params.norms + L * (q_lora + lora)) * 2.0;
-  r.memory.reserve = eff.reserve_gib * kGiB;
-  r.kv_bytes_per_token = static_cast<double>(L) * (lora + rope) * 2.0;  // bf16 latent cache
-  const double free_bytes = cl.gpu.hbm_gib * kGiB - r.memory.total();
-  r.kv_capacity_tokens =
-      free_bytes > 0 ? static_cast<int64_t>(free_bytes / r.kv_bytes_per_token) : 0;
-  r.kv_needed_tokens = w.decode_batch * T * (w.input_len + w.output_len);
+// Memory per GPU, KV capacity, and whether the decode batch fits.
+void PlanMemory(const ModelConfig& c, const ClusterSpec& cl, const Layout& l, const Workload& w,
+                const Efficiency& eff, const Dims& d, PlanReport* r) {
+  r->experts_per_gpu = static_cast<int>(std::ceil((d.E + l.redundant_experts) / d.W));
+  r->memory.attention = d.L * (d.attn_repl + d.attn_split / d.T) * d.b;
+  r->memory.routed_experts = c.num_moe_layers() * r->experts_per_gpu * d.expert * d.b;
+  r->memory.shared_and_dense =
+      (r->params.shared_experts + r->params.dense_mlp) / static_cast<double>(d.T) * d.b;
+  r->memory.embeddings = 2.0 * d.V * d.h / d.T * 2.0;  // bf16
+  r->memory.other = (r->params.router + r->params.norms + d.L * (d.q_lora + d.lora)) * 2.0;
+  r->memory.reserve = eff.reserve_gib * kGiB;
+  r->kv_bytes_per_token = static_cast<double>(d.L) * (d.lora + d.rope) * 2.0;  // bf16 latent
+  const double free_bytes = cl.gpu.hbm_gib * kGiB - r->memory.total();
+  r->kv_capacity_tokens =
+      free_bytes > 0 ? static_cast<int64_t>(free_bytes / r->kv_bytes_per_token) : 0;
+  r->kv_needed_tokens = w.decode_batch * d.T * (w.input_len + w.output_len);
   if (free_bytes <= 0) {
-    r.why_not = absl::StrFormat("weights and reserve need %.1f GiB per GPU, the GPU has %.0f GiB",
-                                r.memory.total() / kGiB, cl.gpu.hbm_gib);
-  } else if (r.kv_capacity_tokens < r.kv_needed_tokens) {
-    r.why_not = absl::StrFormat(
+    r->why_not = absl::StrFormat("weights and reserve need %.1f GiB per GPU, the GPU has %.0f GiB",
+                                 r->memory.total() / kGiB, cl.gpu.hbm_gib);
+  } else if (r->kv_capacity_tokens < r->kv_needed_tokens) {
+    r->why_not = absl::StrFormat(
         "the KV cache holds %d tokens per GPU, the decode batch needs %d (%d sequences x %d)",
-        r.kv_capacity_tokens, r.kv_needed_tokens, w.decode_batch * T, w.input_len + w.output_len);
+        r->kv_capacity_tokens, r->kv_needed_tokens, w.decode_batch * d.T,
+        w.input_len + w.output_len);
   }
-  r.fits = r.why_not.empty();
+  r->fits = r->why_not.empty();
+}
 
-  // --- One step -------------------------------------------------------------------------
-  const double ctx_decode = w.input_len + w.output_len / 2.0;  // mean context during decode
-  const double dispatch_b = h * (1.0 + 4.0 / 128), combine_b = h * 2.0;  // fp8 + scales / bf16
-  // A token's destinations: decode sends one row per destination rank (DeepEP's low-latency
-  // kernels, over RDMA even within a node is avoided: same-node ranks go over NVLink); prefill
-  // sends one row per destination node over RDMA and fans it out over NVLink (DeepEP's normal
-  // kernels). Uniform routing; DeepSeek's node-limited routing would only lower the traffic.
-  const double distinct = DistinctRanks(static_cast<int>(k), W);
-  const double remote = W > 1 ? distinct * (W - 1.0) / W : 0.0;  // other ranks per token
-  const int nodes = (W + G - 1) / G;
-  const double remote_nodes =
-      nodes > 1 ? DistinctRanks(static_cast<int>(k), nodes) * (nodes - 1.0) / nodes : 0.0;
-  r.inter_node_fraction = W > 1 ? (W - std::min(G, W)) / (W - 1.0) : 0.0;
-  const double nvlink = cl.gpu.nvlink_gbps * eff.network, nic = cl.gpu.nic_gbps * eff.network;
-  // Seconds of one exchange of `n` token rows of `row` bytes each.
-  auto exchange = [&](double n, double row, bool per_node) {
-    if (W <= 1) return 0.0;
-    const double intra_rows = n * remote * (std::min(G, W) - 1.0) / (W - 1.0);
-    const double inter_rows = per_node ? n * remote_nodes : n * remote - intra_rows;
-    const double fanout_rows = per_node ? n * remote : intra_rows;
-    return std::max(inter_rows * row / (nic * 1e9), fanout_rows * row / (nvlink * 1e9)) +
-           eff.collective_latency_us * 1e-6;
-  };
-  auto all_reduce = [&](double bytes) {  // ring over the TP group
-    if (T <= 1) return 0.0;
-    const double bw = (T <= G ? nvlink : nic) * 1e9;
-    return 2.0 * (T - 1.0) / T * bytes / bw + eff.collective_latency_us * 1e-6;
-  };
-  // Per GPU, `n` tokens routed by this GPU (its share of its DP group's tokens), `ctx` keys seen.
-  auto cost = [&](double n, double ctx, bool decode) {
-    StepCost s;
-    const double n_g = n * T;  // tokens of the DP group: attention runs on all on every TP rank
-    double attn_flops = 2.0 * n_g * (attn_repl + attn_split / T);
-    double core = decode ? 2.0 * n_g * (H / T) * ctx * ((lora + rope) + lora)  // absorbed MLA
-                         : 2.0 * n_g * (H / T) * ctx * (qk + vd);              // expanded, causal
-    double expert_flops = 2.0 * n * k * expert;
-    double shared_flops = 2.0 * n_g * 3.0 * h * c.shared_intermediate_size() / T;
-    double dense_flops = 2.0 * n_g * 3.0 * h * c.intermediate_size / T;
-    // Local experts touched this step: each of the E experts sees ~N k / E tokens.
-    const double tokens_total = n * W;
-    const double touched = 1.0 - std::pow(1.0 - k / E, tokens_total);
-    for (int64_t layer = 0; layer < L; ++layer) {
-      const bool moe = c.IsMoeLayer(layer);
-      s.flops_fp += attn_flops + (moe ? expert_flops + shared_flops : dense_flops);
-      s.flops_bf16 += core;
-      s.hbm_bytes += (attn_repl + attn_split / T) * b;
-      if (moe) {
-        s.hbm_bytes += r.experts_per_gpu * touched * expert * b +
-                       c.shared_intermediate_size() * 3.0 * h / T * b + E * h * 2.0;
-        s.net_seconds += exchange(n, dispatch_b, !decode) + exchange(n, combine_b, !decode);
-      } else {
-        s.hbm_bytes += 3.0 * h * c.intermediate_size / T * b;
-      }
-      s.net_seconds += 2.0 * all_reduce(n_g * h * 2.0);  // after attention and after the MLP
-      // Every TP rank reads its DP group's latent cache (decode) or writes it (prefill).
-      s.hbm_bytes += (decode ? n_g * ctx : n_g) * (lora + rope) * 2.0;
-    }
-    s.flops_fp += 2.0 * n_g * h * V / T;  // lm_head (vocab-parallel)
-    s.hbm_bytes += V * h / T * 2.0;
-    return s;
-  };
-  auto time_of = [&](const StepCost& s) {
-    const double fp_peak = (dtype == PlanDType::kFP8 ? cl.gpu.fp8_tflops : cl.gpu.bf16_tflops);
-    const double compute = s.flops_fp / (fp_peak * 1e12 * eff.compute) +
-                           s.flops_bf16 / (cl.gpu.bf16_tflops * 1e12 * eff.compute);
-    const double hbm = s.hbm_bytes / (cl.gpu.hbm_tbps * 1e12 * eff.hbm);
-    return std::make_pair(compute, hbm);
-  };
-  auto estimate = [&](double n, double ctx, bool decode, double tokens_per_gpu) {
+// The roofline of one step on one GPU.
+class StepModel {
+ public:
+  StepModel(const ModelConfig& c, const ClusterSpec& cl, PlanDType dtype, const Efficiency& eff,
+            const Dims& d, int experts_per_gpu)
+      : c_(c), cl_(cl), dtype_(dtype), eff_(eff), d_(d), experts_per_gpu_(experts_per_gpu) {}
+
+  // `n` tokens routed by this GPU (its share of its DP group's tokens), `ctx` keys seen.
+  PhaseEstimate Estimate(double n, double ctx, bool decode, double tokens_per_gpu) const {
     PhaseEstimate p;
-    const StepCost full = cost(n, ctx, decode);
-    const auto [compute, hbm] = time_of(full);
+    const StepCost full = Cost(n, ctx, decode);
+    const auto [compute, hbm] = Time(full);
     p.compute_s = compute;
     p.hbm_s = hbm;
     p.network_s = full.net_seconds;
     p.step_s = std::max(compute, hbm) + full.net_seconds;
     // Two-batch overlap: two micro-batches of n/2; one's communication runs under the other's
     // computation, but each micro-batch reads the weights again.
-    const StepCost half = cost(n / 2.0, ctx, decode);
-    const auto [c2, h2] = time_of(half);
+    const StepCost half = Cost(n / 2.0, ctx, decode);
+    const auto [c2, h2] = Time(half);
     p.step_tbo_s = std::max(2.0 * std::max(c2, h2), 2.0 * half.net_seconds) +
-                   half.net_seconds / static_cast<double>(L);  // pipeline fill
-    p.tokens_per_s_per_node_no_tbo = G * tokens_per_gpu / p.step_s;
+                   half.net_seconds / static_cast<double>(d_.L);  // pipeline fill
+    p.tokens_per_s_per_node_no_tbo = d_.G * tokens_per_gpu / p.step_s;
     p.tbo_better = p.step_tbo_s < p.step_s;
-    p.tokens_per_s_per_node = G * tokens_per_gpu / std::min(p.step_s, p.step_tbo_s);
+    p.tokens_per_s_per_node = d_.G * tokens_per_gpu / std::min(p.step_s, p.step_tbo_s);
     return p;
-  };
+  }
+
+ private:
+  // Seconds of one exchange of `n` token rows of `row` bytes each.
+  double Exchange(double n, double row, bool per_node) const {
+    const int W = d_.W, G = d_.G;
+    if (W <= 1) return 0.0;
+    const double intra_rows = n * d_.remote * (std::min(G, W) - 1.0) / (W - 1.0);
+    const double inter_rows = per_node ? n * d_.remote_nodes : n * d_.remote - intra_rows;
+    const double fanout_rows = per_node ? n * d_.remote : intra_rows;
+    return std::max(inter_rows * row / (d_.nic * 1e9), fanout_rows * row / (d_.nvlink * 1e9)) +
+           eff_.collective_latency_us * 1e-6;
+  }
+  double AllReduce(double bytes) const {  // ring over the TP group
+    const int T = d_.T;
+    if (T <= 1) return 0.0;
+    const double bw = (T <= d_.G ? d_.nvlink : d_.nic) * 1e9;
+    return 2.0 * (T - 1.0) / T * bytes / bw + eff_.collective_latency_us * 1e-6;
+  }
+  StepCost Cost(double n, double ctx, bool decode) const {
+    const Dims& d = d_;
+    StepCost s;
+    const double n_g = n * d.T;  // tokens of the DP group: attention runs on all on every TP rank
+    const double attn_flops = 2.0 * n_g * (d.attn_repl + d.attn_split / d.T);
+    const double core =
+        decode ? 2.0 * n_g * (d.H / d.T) * ctx * ((d.lora + d.rope) + d.lora)  // absorbed MLA
+               : 2.0 * n_g * (d.H / d.T) * ctx * (d.qk + d.vd);                // expanded, causal
+    const double expert_flops = 2.0 * n * d.k * d.expert;
+    const double shared_flops = 2.0 * n_g * 3.0 * d.h * c_.shared_intermediate_size() / d.T;
+    const double dense_flops = 2.0 * n_g * 3.0 * d.h * c_.intermediate_size / d.T;
+    // Local experts touched this step: each of the E experts sees ~N k / E tokens.
+    const double tokens_total = n * d.W;
+    const double touched = 1.0 - std::pow(1.0 - d.k / d.E, tokens_total);
+    for (int64_t layer = 0; layer < d.L; ++layer) {
+      const bool moe = c_.IsMoeLayer(layer);
+      s.flops_fp += attn_flops + (moe ? expert_flops + shared_flops : dense_flops);
+      s.flops_bf16 += core;
+      s.hbm_bytes += (d.attn_repl + d.attn_split / d.T) * d.b;
+      if (moe) {
+        s.hbm_bytes += experts_per_gpu_ * touched * d.expert * d.b +
+                       c_.shared_intermediate_size() * 3.0 * d.h / d.T * d.b + d.E * d.h * 2.0;
+        s.net_seconds += Exchange(n, d.h * Dims::dispatch_row, !decode) +
+                         Exchange(n, d.h * Dims::combine_row, !decode);
+      } else {
+        s.hbm_bytes += 3.0 * d.h * c_.intermediate_size / d.T * d.b;
+      }
+      s.net_seconds += 2.0 * AllReduce(n_g * d.h * 2.0);  // after attention and after the MLP
+      // Every TP rank reads its DP group's latent cache (decode) or writes it (prefill).
+      s.hbm_bytes += (decode ? n_g * ctx : n_g) * (d.lora + d.rope) * 2.0;
+    }
+    s.flops_fp += 2.0 * n_g * d.h * d.V / d.T;  // lm_head (vocab-parallel)
+    s.hbm_bytes += d.V * d.h / d.T * 2.0;
+    return s;
+  }
+  std::pair<double, double> Time(const StepCost& s) const {  // compute, HBM seconds
+    const double fp_peak = dtype_ == PlanDType::kFP8 ? cl_.gpu.fp8_tflops : cl_.gpu.bf16_tflops;
+    const double compute = s.flops_fp / (fp_peak * 1e12 * eff_.compute) +
+                           s.flops_bf16 / (cl_.gpu.bf16_tflops * 1e12 * eff_.compute);
+    const double hbm = s.hbm_bytes / (cl_.gpu.hbm_tbps * 1e12 * eff_.hbm);
+    return {compute, hbm};
+  }
+
+  const ModelConfig& c_;
+  const ClusterSpec& cl_;
+  PlanDType dtype_;
+  const Efficiency& eff_;
+  const Dims& d_;
+  int experts_per_gpu_;
+};
+
+}  // namespace
+
+absl::StatusOr<PlanReport> Plan(const ModelConfig& c, const ClusterSpec& cl, const Layout& l,
+                                PlanDType dtype, const Workload& w, const Efficiency& eff) {
+  if (absl::Status s = CheckLayout(c, cl, l, w); !s.ok()) return s;
+  const Dims d(c, cl, l, dtype, eff);
+  PlanReport r;
+  r.params = c.CountParameters();
+  r.world = d.W;
+  PlanMemory(c, cl, l, w, eff, d, &r);
+  r.inter_node_fraction = d.W > 1 ? (d.W - std::min(d.G, d.W)) / (d.W - 1.0) : 0.0;
+  const StepModel model(c, cl, dtype, eff, d, r.experts_per_gpu);
   const double n_decode = static_cast<double>(w.decode_batch);
-  r.dispatch_bytes_per_layer = n_decode * remote * dispatch_b;
-  r.combine_bytes_per_layer = n_decode * remote * combine_b;
-  r.decode = estimate(n_decode, ctx_decode, true, n_decode);
+  r.dispatch_bytes_per_layer = n_decode * d.remote * d.h * Dims::dispatch_row;
+  r.combine_bytes_per_layer = n_decode * d.remote * d.h * Dims::combine_row;
+  const double ctx_decode = w.input_len + w.output_len / 2.0;  // mean context during decode
+  r.decode = model.Estimate(n_decode, ctx_decode, true, n_decode);
   const double n_prefill = static_cast<double>(w.prefill_tokens);
   // Causal prefill: a token at position p attends to p + 1 keys; mean (input_len + 1) / 2.
-  r.prefill = estimate(n_prefill, (w.input_len + 1) / 2.0, false, n_prefill);
+  r.prefill = model.Estimate(n_prefill, (w.input_len + 1) / 2.0, false, n_prefill);
   return r;
 }
 

@@ -111,28 +111,23 @@ float GeneratedValue(const WeightSpec& spec, uint64_t seed, uint64_t i) {
   return ValueFor(spec, HashName(seed, spec.name), i);
 }
 
-absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOptions& opt) {
-  ModelConfig config = config_in;
-  const DType float_dtype = opt.dtype == WeightDType::kF32 ? DType::kF32 : DType::kBF16;
-  config.torch_dtype = float_dtype == DType::kF32 ? "float32" : "bfloat16";
-  config.quantization_config.reset();
-  if (opt.dtype == WeightDType::kFP8) config.quantization_config = QuantizationConfig{};
-  std::error_code ec;
-  fs::create_directories(opt.out_dir, ec);
-  if (ec)
-    return absl::PermissionDeniedError(
-        absl::StrCat("cannot create ", opt.out_dir, ": ", ec.message()));
-  {
-    std::ofstream cfg(fs::path(opt.out_dir) / "config.json");
-    cfg << config.ToJson();
-    if (!cfg)
-      return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
-  }
+namespace {
 
-  const std::vector<WeightSpec> specs = CheckpointWeightSpecs(config, /*include_mtp=*/true);
+// config.json as written: the weights' dtype and, for fp8, the quantization_config.
+ModelConfig WrittenConfig(ModelConfig config, WeightDType dtype) {
+  config.torch_dtype = dtype == WeightDType::kF32 ? "float32" : "bfloat16";
+  config.quantization_config.reset();
+  if (dtype == WeightDType::kFP8) config.quantization_config = QuantizationConfig{};
+  return config;
+}
+
+// Every tensor of the checkpoint with its stored dtype; an fp8 weight is followed by its scales.
+std::vector<Planned> PlanTensors(const ModelConfig& config, const std::vector<WeightSpec>& specs,
+                                 WeightDType dtype) {
+  const DType float_dtype = dtype == WeightDType::kF32 ? DType::kF32 : DType::kBF16;
   std::vector<Planned> plan;
   for (const WeightSpec& s : specs) {
-    if (opt.dtype == WeightDType::kFP8 && s.quantizable()) {
+    if (dtype == WeightDType::kFP8 && s.quantizable()) {
       plan.push_back({s.name, DType::kF8E4M3, s.shape, &s});
       const auto& q = *config.quantization_config;
       plan.push_back({s.name + "_scale_inv",
@@ -145,63 +140,97 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
       plan.push_back({s.name, d, s.shape, &s});
     }
   }
-  // Group into shards; a weight and its scale stay together.
+  return plan;
+}
+
+// Indices into `plan` per file, each file at most max_bytes unless one weight is larger; a weight
+// and its scale stay together.
+std::vector<std::vector<size_t>> GroupIntoShards(const std::vector<Planned>& plan,
+                                                 uint64_t max_bytes) {
   std::vector<std::vector<size_t>> shards(1);
   uint64_t shard_bytes = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
     const uint64_t b =
         plan[i].bytes() + (i + 1 < plan.size() && !plan[i + 1].spec ? plan[i + 1].bytes() : 0);
-    if (plan[i].spec && shard_bytes > 0 && shard_bytes + b > opt.max_shard_bytes) {
+    if (plan[i].spec && shard_bytes > 0 && shard_bytes + b > max_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
     }
     shards.back().push_back(i);
     shard_bytes += plan[i].bytes();
   }
+  return shards;
+}
+
+// Generates and writes the tensors plan[shard...] into one safetensors file; returns its data
+// bytes.
+absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<Planned>& plan,
+                                    const std::vector<size_t>& shard, const ModelConfig& config,
+                                    uint64_t seed) {
+  SafetensorsWriter w;
+  for (size_t i : shard) w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
+  MOE_RETURN_IF_ERROR(w.Begin(path, {{"format", "pt"}}));
+  std::vector<float> values, scale;
+  std::vector<uint8_t> bytes;
+  for (size_t i : shard) {
+    const Planned& p = plan[i];
+    if (!p.spec) continue;  // written with its weight
+    const WeightSpec& spec = *p.spec;
+    const uint64_t count = static_cast<uint64_t>(NumElements(spec.shape));
+    const uint64_t key = HashName(seed, spec.name);
+    values.resize(count);
+#pragma omp parallel for schedule(static)
+    for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
+    if (p.dtype == DType::kF8E4M3) {
+      const auto& q = *config.quantization_config;
+      QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
+      MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
+      MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
+    } else if (p.dtype == DType::kBF16) {
+      bytes.resize(count * 2);
+      auto* out = reinterpret_cast<uint16_t*>(bytes.data());
+      for (uint64_t k = 0; k < count; ++k) out[k] = F32ToBF16(values[k]);
+      MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
+    } else {
+      MOE_RETURN_IF_ERROR(w.Write(p.name, values.data(), count * 4));
+    }
+  }
+  MOE_RETURN_IF_ERROR(w.Finish());
+  return w.data_bytes();
+}
+
+}  // namespace
+
+absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOptions& opt) {
+  const ModelConfig config = WrittenConfig(config_in, opt.dtype);
+  std::error_code ec;
+  fs::create_directories(opt.out_dir, ec);
+  if (ec) {
+    return absl::PermissionDeniedError(
+        absl::StrCat("cannot create ", opt.out_dir, ": ", ec.message()));
+  }
+  {
+    std::ofstream cfg(fs::path(opt.out_dir) / "config.json");
+    cfg << config.ToJson();
+    if (!cfg)
+      return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
+  }
+  const std::vector<WeightSpec> specs = CheckpointWeightSpecs(config, /*include_mtp=*/true);
+  const std::vector<Planned> plan = PlanTensors(config, specs, opt.dtype);
+  const std::vector<std::vector<size_t>> shards = GroupIntoShards(plan, opt.max_shard_bytes);
   const size_t n = shards.size();
   nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
   uint64_t total = 0;
-  std::vector<float> values;
-  std::vector<uint8_t> bytes;
-  std::vector<float> scale;
   for (size_t s = 0; s < n; ++s) {
     const std::string file =
         n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
-    SafetensorsWriter w;
-    for (size_t i : shards[s]) {
-      w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
-      weight_map[plan[i].name] = file;
-    }
-    MOE_RETURN_IF_ERROR(w.Begin((fs::path(opt.out_dir) / file).string(), {{"format", "pt"}}));
-    for (size_t i : shards[s]) {
-      const Planned& p = plan[i];
-      if (!p.spec) continue;  // written with its weight
-      const WeightSpec& spec = *p.spec;
-      const uint64_t count = static_cast<uint64_t>(NumElements(spec.shape));
-      const uint64_t key = HashName(opt.seed, spec.name);
-      values.resize(count);
-#pragma omp parallel for schedule(static)
-      for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
-      if (p.dtype == DType::kF8E4M3) {
-        const auto& q = *config.quantization_config;
-        QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes,
-                    &scale);
-        MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
-        MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
-      } else if (p.dtype == DType::kBF16) {
-        bytes.resize(count * 2);
-        auto* out = reinterpret_cast<uint16_t*>(bytes.data());
-        for (uint64_t k = 0; k < count; ++k) out[k] = F32ToBF16(values[k]);
-        MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
-      } else {
-        MOE_RETURN_IF_ERROR(w.Write(p.name, values.data(), count * 4));
-      }
-    }
-    MOE_RETURN_IF_ERROR(w.Finish());
-    total += w.data_bytes();
+    for (size_t i : shards[s]) weight_map[plan[i].name] = file;
+    MOE_ASSIGN_OR_RETURN(const uint64_t bytes, WriteShard((fs::path(opt.out_dir) / file).string(),
+                                                          plan, shards[s], config, opt.seed));
+    total += bytes;
     if (opt.progress) {
       std::fprintf(stderr, "moe-make-model: wrote %s (%zu tensors, %.1f MB) [%zu/%zu]\n",
-                   file.c_str(), shards[s].size(), w.data_bytes() / 1e6, s + 1, n);
+                   file.c_str(), shards[s].size(), bytes / 1e6, s + 1, n);
     }
   }
   if (n > 1) {

@@ -14,53 +14,88 @@ namespace {
 
 using Kind = WeightSpec::Kind;
 
-void AddDecoderLayer(const ModelConfig& c, int64_t layer, bool moe, std::vector<WeightSpec>* out) {
-  const std::string p = LayerPrefix(layer);
-  const int64_t h = c.hidden_size, heads = c.num_attention_heads;
-  out->push_back({p + "input_layernorm.weight", {h}, Kind::kNorm});
-  if (c.q_lora_rank) {
-    out->push_back({p + "self_attn.q_a_proj.weight", {*c.q_lora_rank, h}, Kind::kLinear});
-    out->push_back({p + "self_attn.q_a_layernorm.weight", {*c.q_lora_rank}, Kind::kNorm});
-    out->push_back({p + "self_attn.q_b_proj.weight",
-                    {heads * c.qk_head_dim(), *c.q_lora_rank},
-                    Kind::kLinear});
-  } else {
-    out->push_back({p + "self_attn.q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear});
+MlpWeights Mlp(const std::string& prefix, int64_t hidden, int64_t inter) {
+  return {{prefix + "gate_proj.weight", {inter, hidden}, Kind::kLinear},
+          {prefix + "up_proj.weight", {inter, hidden}, Kind::kLinear},
+          {prefix + "down_proj.weight", {hidden, inter}, Kind::kLinear}};
+}
+
+void Append(const MlpWeights& m, std::vector<WeightSpec>* out) {
+  out->push_back(m.gate_proj);
+  out->push_back(m.up_proj);
+  out->push_back(m.down_proj);
+}
+
+void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
+  out->push_back(w.input_layernorm);
+  for (const auto* s : {&w.q_a_proj, &w.q_a_layernorm, &w.q_b_proj, &w.q_proj}) {
+    if (*s) out->push_back(**s);
   }
-  out->push_back({p + "self_attn.kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h}, Kind::kLinear});
-  out->push_back({p + "self_attn.kv_a_layernorm.weight", {c.kv_lora_rank}, Kind::kNorm});
-  out->push_back({p + "self_attn.kv_b_proj.weight",
-                  {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
-                  Kind::kLinear});
-  out->push_back({p + "self_attn.o_proj.weight", {h, heads * c.v_head_dim}, Kind::kLinear});
-  out->push_back({p + "post_attention_layernorm.weight", {h}, Kind::kNorm});
-  auto mlp = [&](const std::string& q, int64_t inter) {
-    out->push_back({q + "gate_proj.weight", {inter, h}, Kind::kLinear});
-    out->push_back({q + "up_proj.weight", {inter, h}, Kind::kLinear});
-    out->push_back({q + "down_proj.weight", {h, inter}, Kind::kLinear});
-  };
-  if (!moe) {
-    mlp(p + "mlp.", c.intermediate_size);
-    return;
+  for (const WeightSpec* s : {&w.kv_a_proj_with_mqa, &w.kv_a_layernorm, &w.kv_b_proj, &w.o_proj}) {
+    out->push_back(*s);
   }
-  out->push_back({p + "mlp.gate.weight", {c.n_routed_experts, h}, Kind::kRouter});
-  if (c.topk_method == "noaux_tc") {
-    out->push_back(
-        {p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::kRouterBias});
-  }
-  for (int64_t e = 0; e < c.n_routed_experts; ++e)
-    mlp(ExpertPrefix(layer, e), c.moe_intermediate_size);
-  if (c.n_shared_experts > 0) mlp(p + "mlp.shared_experts.", c.shared_intermediate_size());
+  out->push_back(w.post_attention_layernorm);
+  if (w.mlp) Append(*w.mlp, out);
+  if (w.gate) out->push_back(*w.gate);
+  if (w.e_score_correction_bias) out->push_back(*w.e_score_correction_bias);
+  for (const MlpWeights& e : w.experts) Append(e, out);
+  if (w.shared_experts) Append(*w.shared_experts, out);
 }
 
 }  // namespace
 
+DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) {
+  const std::string p = LayerPrefix(layer), a = p + "self_attn.";
+  const int64_t h = c.hidden_size, heads = c.num_attention_heads;
+  DecoderLayerWeights w;
+  w.input_layernorm = {p + "input_layernorm.weight", {h}, Kind::kNorm};
+  w.post_attention_layernorm = {p + "post_attention_layernorm.weight", {h}, Kind::kNorm};
+  if (c.q_lora_rank) {
+    const int64_t r = *c.q_lora_rank;
+    w.q_a_proj = {a + "q_a_proj.weight", {r, h}, Kind::kLinear};
+    w.q_a_layernorm = {a + "q_a_layernorm.weight", {r}, Kind::kNorm};
+    w.q_b_proj = {a + "q_b_proj.weight", {heads * c.qk_head_dim(), r}, Kind::kLinear};
+  } else {
+    w.q_proj = {a + "q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear};
+  }
+  w.kv_a_proj_with_mqa = {a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h}, Kind::kLinear};
+  w.kv_a_layernorm = {a + "kv_a_layernorm.weight", {c.kv_lora_rank}, Kind::kNorm};
+  w.kv_b_proj = {a + "kv_b_proj.weight",
+                 {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                 Kind::kLinear};
+  w.o_proj = {a + "o_proj.weight", {h, heads * c.v_head_dim}, Kind::kLinear};
+  if (!moe) {
+    w.mlp = Mlp(p + "mlp.", h, c.intermediate_size);
+    return w;
+  }
+  w.gate = {p + "mlp.gate.weight", {c.n_routed_experts, h}, Kind::kRouter};
+  if (c.topk_method == "noaux_tc") {
+    w.e_score_correction_bias = {
+        p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::kRouterBias};
+  }
+  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+    w.experts.push_back(Mlp(ExpertPrefix(layer, e), h, c.moe_intermediate_size));
+  }
+  if (c.n_shared_experts > 0) {
+    w.shared_experts = Mlp(p + "mlp.shared_experts.", h, c.shared_intermediate_size());
+  }
+  return w;
+}
+
+ModelWeights TopLevelWeights(const ModelConfig& c) {
+  return {{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding},
+          {"model.norm.weight", {c.hidden_size}, Kind::kNorm},
+          {"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding}};
+}
+
 std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include_mtp) {
+  const ModelWeights top = TopLevelWeights(c);
   std::vector<WeightSpec> out;
-  out.push_back({"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
-  for (int64_t l = 0; l < c.num_hidden_layers; ++l) AddDecoderLayer(c, l, c.IsMoeLayer(l), &out);
-  out.push_back({"model.norm.weight", {c.hidden_size}, Kind::kNorm});
-  out.push_back({"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
+  out.push_back(top.embed_tokens);
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+    Append(LayerWeights(c, l, c.IsMoeLayer(l)), &out);
+  out.push_back(top.norm);
+  out.push_back(top.lm_head);
   if (include_mtp) {
     for (int64_t i = 0; i < c.num_nextn_predict_layers; ++i) {
       const int64_t l = c.num_hidden_layers + i;
@@ -69,7 +104,7 @@ std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include
       out.push_back({p + "enorm.weight", {c.hidden_size}, Kind::kNorm});
       out.push_back({p + "hnorm.weight", {c.hidden_size}, Kind::kNorm});
       out.push_back({p + "eh_proj.weight", {c.hidden_size, 2 * c.hidden_size}, Kind::kLinear});
-      AddDecoderLayer(c, l, c.n_routed_experts > 0, &out);
+      Append(LayerWeights(c, l, c.n_routed_experts > 0), &out);
       out.push_back({p + "shared_head.norm.weight", {c.hidden_size}, Kind::kNorm});
       out.push_back(
           {p + "shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});

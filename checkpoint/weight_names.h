@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,6 +24,38 @@ struct WeightSpec {
 
 std::string LayerPrefix(int64_t layer);                   // "model.layers.<layer>."
 std::string ExpertPrefix(int64_t layer, int64_t expert);  // "model.layers.<l>.mlp.experts.<e>."
+
+// The one place tensor names and shapes are spelled: the model backends load by these roles and
+// the checkpoint writer writes them.
+
+// A SiLU-gated MLP: a dense layer's, one routed expert's, or the shared experts'.
+struct MlpWeights {
+  WeightSpec gate_proj, up_proj, down_proj;  // [inter, hidden], [inter, hidden], [hidden, inter]
+  int64_t intermediate() const { return gate_proj.shape[0]; }
+};
+
+// One decoder layer by role.
+struct DecoderLayerWeights {
+  WeightSpec input_layernorm, post_attention_layernorm;
+  // MLA: with q-LoRA q_a_proj, q_a_layernorm and q_b_proj; without, a direct q_proj.
+  std::optional<WeightSpec> q_a_proj, q_a_layernorm, q_b_proj, q_proj;
+  WeightSpec kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj;
+  // A dense MLP, or a MoE: router (with its correction bias for noaux_tc), routed experts and
+  // shared experts.
+  std::optional<MlpWeights> mlp;
+  std::optional<WeightSpec> gate, e_score_correction_bias;
+  std::vector<MlpWeights> experts;
+  std::optional<MlpWeights> shared_experts;
+};
+
+// `moe` selects the MoE block (the config's choice for decoder layers; always for MTP layers).
+DecoderLayerWeights LayerWeights(const ModelConfig& config, int64_t layer, bool moe);
+
+// The weights outside the decoder layers.
+struct ModelWeights {
+  WeightSpec embed_tokens, norm, lm_head;
+};
+ModelWeights TopLevelWeights(const ModelConfig& config);
 
 // Every tensor of the decoder, in a stable order. With `include_mtp`, also the MTP layers that
 // DeepSeek-V3 checkpoints carry as model.layers.<num_hidden_layers + i>.* (the engine ignores

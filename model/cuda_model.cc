@@ -33,37 +33,34 @@ class WeightLoader {
   WeightLoader(Checkpoint& ck, WeightBytes* bytes) : ck_(ck), bytes_(bytes) {}
   WeightBytes& bytes() { return *bytes_; }
 
-  // Writes tensor `name` of `shape`, rounded to bf16, at `dst`.
-  absl::Status Bf16Into(const std::string& name, const std::vector<int64_t>& shape, uint64_t* part,
-                        bf16* dst) {
-    MOE_ASSIGN_OR_RETURN(Tensor t, Metered(ck_, part, [&] { return ck_.Load(name, shape); }));
+  // Writes the tensor, rounded to bf16, at `dst`.
+  absl::Status Bf16Into(const WeightSpec& spec, uint64_t* part, bf16* dst) {
+    const std::string& name = spec.name;
+    MOE_ASSIGN_OR_RETURN(Tensor t, Metered(ck_, part, [&] { return ck_.Load(name, spec.shape); }));
     std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
     for (size_t i = 0; i < bits.size(); ++i) bits[i] = F32ToBF16(t.data()[i]);
     return Annotate(name, cuda::CudaStatus(
                               cudaMemcpy(dst, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice),
                               "copy to the GPU"));
   }
-  absl::StatusOr<DeviceBuffer<bf16>> Bf16(const std::string& name,
-                                          const std::vector<int64_t>& shape, uint64_t* part) {
+  absl::StatusOr<DeviceBuffer<bf16>> Bf16(const WeightSpec& spec, uint64_t* part) {
     DeviceBuffer<bf16> b;
-    MOE_RETURN_IF_ERROR(Annotate(name, b.Allocate(static_cast<size_t>(Numel(shape)))));
-    MOE_RETURN_IF_ERROR(Bf16Into(name, shape, part, b.data()));
+    MOE_RETURN_IF_ERROR(Annotate(spec.name, b.Allocate(static_cast<size_t>(Numel(spec.shape)))));
+    MOE_RETURN_IF_ERROR(Bf16Into(spec, part, b.data()));
     return b;
   }
-  absl::StatusOr<DeviceBuffer<float>> F32(const std::string& name,
-                                          const std::vector<int64_t>& shape, uint64_t* part) {
-    MOE_ASSIGN_OR_RETURN(Tensor t, Metered(ck_, part, [&] { return ck_.Load(name, shape); }));
+  absl::StatusOr<DeviceBuffer<float>> F32(const WeightSpec& spec, uint64_t* part) {
+    MOE_ASSIGN_OR_RETURN(Tensor t,
+                         Metered(ck_, part, [&] { return ck_.Load(spec.name, spec.shape); }));
     DeviceBuffer<float> b;
-    MOE_RETURN_IF_ERROR(Annotate(name, b.Upload(t.data(), static_cast<size_t>(t.numel()))));
+    MOE_RETURN_IF_ERROR(Annotate(spec.name, b.Upload(t.data(), static_cast<size_t>(t.numel()))));
     return b;
   }
   // A SiLU-gated MLP's weights: gate_proj and up_proj stacked [2 * inter, hidden], down_proj.
-  absl::Status Mlp(const std::string& prefix, int64_t hidden, int64_t inter, uint64_t* part,
-                   bf16* gate_up, bf16* down) {
-    MOE_RETURN_IF_ERROR(Bf16Into(prefix + "gate_proj.weight", {inter, hidden}, part, gate_up));
-    MOE_RETURN_IF_ERROR(
-        Bf16Into(prefix + "up_proj.weight", {inter, hidden}, part, gate_up + inter * hidden));
-    return Bf16Into(prefix + "down_proj.weight", {hidden, inter}, part, down);
+  absl::Status Mlp(const MlpWeights& w, uint64_t* part, bf16* gate_up, bf16* down) {
+    MOE_RETURN_IF_ERROR(Bf16Into(w.gate_proj, part, gate_up));
+    MOE_RETURN_IF_ERROR(Bf16Into(w.up_proj, part, gate_up + Numel(w.gate_proj.shape)));
+    return Bf16Into(w.down_proj, part, down);
   }
 
  private:
@@ -85,12 +82,12 @@ struct DeviceMlp {
   DeviceBuffer<bf16> gate_up;  // [2 * inter, hidden]: gate rows, then up rows
   DeviceBuffer<bf16> down;     // [hidden, inter]
 
-  absl::Status Load(WeightLoader& w, const std::string& prefix, int64_t hidden, int64_t inter_size,
-                    uint64_t* part) {
-    inter = inter_size;
+  absl::Status Load(WeightLoader& w, const MlpWeights& spec, uint64_t* part) {
+    inter = spec.intermediate();
+    const int64_t hidden = spec.gate_proj.shape[1];
     MOE_RETURN_IF_ERROR(gate_up.Allocate(static_cast<size_t>(2 * inter * hidden)));
     MOE_RETURN_IF_ERROR(down.Allocate(static_cast<size_t>(hidden * inter)));
-    return w.Mlp(prefix, hidden, inter, part, gate_up.data(), down.data());
+    return w.Mlp(spec, part, gate_up.data(), down.data());
   }
 };
 
@@ -173,43 +170,37 @@ struct CudaModel::Impl {
 
   absl::Status LoadWeights(Checkpoint& ck) {
     WeightLoader w(ck, &bytes);
-    const int64_t H = heads, vocab = c.vocab_size;
-    MOE_ASSIGN_OR_RETURN(embed_tokens,
-                         w.Bf16("model.embed_tokens.weight", {vocab, h}, &bytes.embedding));
+    const ModelWeights top = TopLevelWeights(c);
+    MOE_ASSIGN_OR_RETURN(embed_tokens, w.Bf16(top.embed_tokens, &bytes.embedding));
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       MOE_LOG(DEBUG) << "loading layer " << l << " onto the GPU (" << ck.bytes_read() / 1e6
                      << " MB read so far)";
       DeviceLayer& L = layers.emplace_back();
-      const std::string p = LayerPrefix(l), a = p + "self_attn.";
-      MOE_ASSIGN_OR_RETURN(L.input_layernorm,
-                           w.F32(p + "input_layernorm.weight", {h}, &bytes.norms));
+      const DecoderLayerWeights s = LayerWeights(c, l, c.IsMoeLayer(l));
+      MOE_ASSIGN_OR_RETURN(L.input_layernorm, w.F32(s.input_layernorm, &bytes.norms));
       MOE_ASSIGN_OR_RETURN(L.post_attention_layernorm,
-                           w.F32(p + "post_attention_layernorm.weight", {h}, &bytes.norms));
+                           w.F32(s.post_attention_layernorm, &bytes.norms));
       uint64_t* split = &bytes.attention_head_split;
       uint64_t* replicated = &bytes.attention_replicated;
-      if (c.q_lora_rank) {
-        const int64_t r = *c.q_lora_rank;
-        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Bf16(a + "q_a_proj.weight", {r, h}, replicated));
-        MOE_ASSIGN_OR_RETURN(L.q_a_layernorm, w.F32(a + "q_a_layernorm.weight", {r}, replicated));
-        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Bf16(a + "q_b_proj.weight", {H * qk, r}, split));
+      if (s.q_a_proj) {
+        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Bf16(*s.q_a_proj, replicated));
+        MOE_ASSIGN_OR_RETURN(L.q_a_layernorm, w.F32(*s.q_a_layernorm, replicated));
+        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Bf16(*s.q_b_proj, split));
       } else {
-        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Bf16(a + "q_proj.weight", {H * qk, h}, split));
+        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Bf16(*s.q_proj, split));
       }
-      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa,
-                           w.Bf16(a + "kv_a_proj_with_mqa.weight", {dim, h}, replicated));
-      MOE_ASSIGN_OR_RETURN(L.kv_a_layernorm,
-                           w.F32(a + "kv_a_layernorm.weight", {kv_lora}, replicated));
-      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Bf16(a + "kv_b_proj.weight", {H * kvh, kv_lora}, split));
-      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Bf16(a + "o_proj.weight", {h, H * v_dim}, split));
-      L.is_moe = c.IsMoeLayer(l);
+      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa, w.Bf16(s.kv_a_proj_with_mqa, replicated));
+      MOE_ASSIGN_OR_RETURN(L.kv_a_layernorm, w.F32(s.kv_a_layernorm, replicated));
+      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Bf16(s.kv_b_proj, split));
+      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Bf16(s.o_proj, split));
+      L.is_moe = s.gate.has_value();
       if (!L.is_moe) {
-        MOE_RETURN_IF_ERROR(L.dense.Load(w, p + "mlp.", h, c.intermediate_size, &bytes.dense_mlp));
+        MOE_RETURN_IF_ERROR(L.dense.Load(w, *s.mlp, &bytes.dense_mlp));
         continue;
       }
-      MOE_ASSIGN_OR_RETURN(L.gate, w.F32(p + "mlp.gate.weight", {experts, h}, &bytes.router));
-      if (c.topk_method == "noaux_tc") {
-        MOE_ASSIGN_OR_RETURN(
-            L.bias, w.F32(p + "mlp.gate.e_score_correction_bias", {experts}, &bytes.router));
+      MOE_ASSIGN_OR_RETURN(L.gate, w.F32(*s.gate, &bytes.router));
+      if (s.e_score_correction_bias) {
+        MOE_ASSIGN_OR_RETURN(L.bias, w.F32(*s.e_score_correction_bias, &bytes.router));
       }
       const int64_t mi = c.moe_intermediate_size;
       MOE_RETURN_IF_ERROR(L.experts_gate_up.Allocate(static_cast<size_t>(experts * 2 * mi * h)));
@@ -218,19 +209,18 @@ struct CudaModel::Impl {
       for (int64_t e = 0; e < experts; ++e) {
         bf16* gu = L.experts_gate_up.data() + e * 2 * mi * h;
         bf16* dn = L.experts_down.data() + e * h * mi;
-        MOE_RETURN_IF_ERROR(w.Mlp(ExpertPrefix(l, e), h, mi, &bytes.routed_experts, gu, dn));
+        MOE_RETURN_IF_ERROR(w.Mlp(s.experts[e], &bytes.routed_experts, gu, dn));
         gate_up_ptrs.push_back(gu);
         down_ptrs.push_back(dn);
       }
       MOE_RETURN_IF_ERROR(L.gate_up_ptrs.Upload(gate_up_ptrs));
       MOE_RETURN_IF_ERROR(L.down_ptrs.Upload(down_ptrs));
-      if (c.n_shared_experts > 0) {
-        MOE_RETURN_IF_ERROR(L.shared.Load(w, p + "mlp.shared_experts.", h,
-                                          c.shared_intermediate_size(), &bytes.shared_experts));
+      if (s.shared_experts) {
+        MOE_RETURN_IF_ERROR(L.shared.Load(w, *s.shared_experts, &bytes.shared_experts));
       }
     }
-    MOE_ASSIGN_OR_RETURN(norm, w.F32("model.norm.weight", {h}, &bytes.norms));
-    MOE_ASSIGN_OR_RETURN(lm_head, w.Bf16("lm_head.weight", {vocab, h}, &bytes.embedding));
+    MOE_ASSIGN_OR_RETURN(norm, w.F32(top.norm, &bytes.norms));
+    MOE_ASSIGN_OR_RETURN(lm_head, w.Bf16(top.lm_head, &bytes.embedding));
     return absl::OkStatus();
   }
 

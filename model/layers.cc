@@ -8,8 +8,9 @@
 
 namespace moe {
 
-absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const std::string& name, int64_t out,
-                                    int64_t in, Range rows, Range cols) {
+absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const WeightSpec& spec, Range rows,
+                                    Range cols) {
+  const int64_t out = spec.shape.at(0), in = spec.shape.at(1);
   SliceSpec slice = SliceSpec::All();
   if (rows.size() != out) slice = SliceSpec::Rows(rows.begin, rows.end);
   if (cols.size() != in) {
@@ -17,7 +18,7 @@ absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const std::string& name, int
     slice = SliceSpec::Cols(cols.begin, cols.end);
   }
   Linear l;
-  MOE_ASSIGN_OR_RETURN(l.weight_, ck.Load(name, {out, in}, slice));
+  MOE_ASSIGN_OR_RETURN(l.weight_, ck.Load(spec.name, spec.shape, slice));
   return l;
 }
 
@@ -43,10 +44,9 @@ void Linear::Forward(const float* x, int64_t n, float* y) const {
                 y, out_features());
 }
 
-absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const std::string& name, int64_t dim,
-                                      double eps) {
+absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const WeightSpec& spec, double eps) {
   RmsNorm n;
-  MOE_ASSIGN_OR_RETURN(n.weight_, ck.Load(name, {dim}));
+  MOE_ASSIGN_OR_RETURN(n.weight_, ck.Load(spec.name, spec.shape));
   n.eps_ = static_cast<float>(eps);
   return n;
 }
@@ -57,12 +57,12 @@ void RmsNorm::Forward(const float* x, int64_t n, float* y, int64_t ld) const {
 }
 
 absl::StatusOr<VocabParallelEmbedding> VocabParallelEmbedding::Load(Checkpoint& ck,
-                                                                    const std::string& name,
-                                                                    int64_t vocab, int64_t hidden,
+                                                                    const WeightSpec& spec,
                                                                     Range rows, Communicator* tp) {
   VocabParallelEmbedding e;
+  const int64_t vocab = spec.shape.at(0);
   SliceSpec slice = rows.size() == vocab ? SliceSpec::All() : SliceSpec::Rows(rows.begin, rows.end);
-  MOE_ASSIGN_OR_RETURN(e.weight_, ck.Load(name, {vocab, hidden}, slice));
+  MOE_ASSIGN_OR_RETURN(e.weight_, ck.Load(spec.name, spec.shape, slice));
   e.rows_ = rows;
   e.tp_ = tp;
   return e;
@@ -81,12 +81,12 @@ absl::StatusOr<Tensor> VocabParallelEmbedding::Forward(const std::vector<int32_t
   return out;
 }
 
-absl::StatusOr<ParallelLmHead> ParallelLmHead::Load(Checkpoint& ck, const std::string& name,
-                                                    int64_t vocab, int64_t hidden, int tp_size,
-                                                    Communicator* tp) {
+absl::StatusOr<ParallelLmHead> ParallelLmHead::Load(Checkpoint& ck, const WeightSpec& spec,
+                                                    int tp_size, Communicator* tp) {
   ParallelLmHead h;
-  MOE_ASSIGN_OR_RETURN(h.local_, Linear::Load(ck, name, vocab, hidden,
-                                              EvenSplit(vocab, tp_size, tp->rank()), {0, hidden}));
+  const int64_t vocab = spec.shape.at(0), hidden = spec.shape.at(1);
+  MOE_ASSIGN_OR_RETURN(h.local_,
+                       Linear::Load(ck, spec, EvenSplit(vocab, tp_size, tp->rank()), {0, hidden}));
   h.vocab_ = vocab;
   h.tp_size_ = tp_size;
   h.tp_ = tp;

@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_names.h"
 #include "common/tensor.h"
 #include "parallel/communicator.h"
 #include "parallel/shard_plan.h"
@@ -21,11 +22,10 @@ namespace moe {
 class Linear {
  public:
   Linear() = default;
-  static absl::StatusOr<Linear> Load(Checkpoint& ck, const std::string& name, int64_t out,
-                                     int64_t in, Range rows, Range cols);
-  static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const std::string& name, int64_t out,
-                                         int64_t in) {
-    return Load(ck, name, out, in, {0, out}, {0, in});
+  static absl::StatusOr<Linear> Load(Checkpoint& ck, const WeightSpec& spec, Range rows,
+                                     Range cols);
+  static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const WeightSpec& spec) {
+    return Load(ck, spec, {0, spec.shape[0]}, {0, spec.shape[1]});
   }
   // Stacks the rows of several weights (e.g. gate_proj and up_proj) into one product.
   static Linear Concat(std::vector<Linear> parts);
@@ -42,8 +42,7 @@ class Linear {
 class RmsNorm {
  public:
   RmsNorm() = default;
-  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const std::string& name, int64_t dim,
-                                      double eps);
+  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const WeightSpec& spec, double eps);
   // y and x may alias; rows are `ld` apart.
   void Forward(const float* x, int64_t n, float* y, int64_t ld = -1) const;
 
@@ -56,9 +55,8 @@ class RmsNorm {
 class VocabParallelEmbedding {
  public:
   VocabParallelEmbedding() = default;
-  static absl::StatusOr<VocabParallelEmbedding> Load(Checkpoint& ck, const std::string& name,
-                                                     int64_t vocab, int64_t hidden, Range rows,
-                                                     Communicator* tp);
+  static absl::StatusOr<VocabParallelEmbedding> Load(Checkpoint& ck, const WeightSpec& spec,
+                                                     Range rows, Communicator* tp);
   absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens) const;  // [n, hidden]
 
  private:
@@ -71,8 +69,8 @@ class VocabParallelEmbedding {
 class ParallelLmHead {
  public:
   ParallelLmHead() = default;
-  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const std::string& name, int64_t vocab,
-                                             int64_t hidden, int tp_size, Communicator* tp);
+  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const WeightSpec& spec, int tp_size,
+                                             Communicator* tp);
   absl::StatusOr<Tensor> Forward(const float* x, int64_t n) const;  // [n, vocab]
 
  private:

@@ -10,10 +10,10 @@
 namespace moe {
 
 absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint& ck, int64_t layer,
+                                                const DecoderLayerWeights& w,
                                                 const ParallelContext& ctx, float softmax_scale,
                                                 WeightBytes* bytes) {
   MlaAttention a;
-  const std::string p = LayerPrefix(layer) + "self_attn.";
   const Range heads = ctx.shard().heads;
   a.layer_ = layer;
   a.heads_ = heads.size();
@@ -24,44 +24,39 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint
   a.hidden_ = c.hidden_size;
   a.scale_ = softmax_scale;
   a.tp_ = &ctx.tp();
-  const int64_t h = c.hidden_size, H = c.num_attention_heads, qk = c.qk_head_dim();
+  const int64_t h = c.hidden_size, qk = c.qk_head_dim();
   const Range q_rows{heads.begin * qk, heads.end * qk};
   const int64_t kvh = c.qk_nope_head_dim + c.v_head_dim;
   uint64_t* split = &bytes->attention_head_split;
   uint64_t* replicated = &bytes->attention_replicated;
   if (c.q_lora_rank) {
     const int64_t r = *c.q_lora_rank;
-    MOE_ASSIGN_OR_RETURN(a.q_a_proj_, Metered(ck, replicated, [&] {
-                           return Linear::LoadFull(ck, p + "q_a_proj.weight", r, h);
-                         }));
-    MOE_ASSIGN_OR_RETURN(a.q_a_layernorm_, Metered(ck, replicated, [&] {
-                           return RmsNorm::Load(ck, p + "q_a_layernorm.weight", r, c.rms_norm_eps);
-                         }));
     MOE_ASSIGN_OR_RETURN(
-        a.q_b_proj_, Metered(ck, split, [&] {
-          return Linear::Load(ck, p + "q_b_proj.weight", H * qk, r, q_rows, {0, r});
-        }));
+        a.q_a_proj_, Metered(ck, replicated, [&] { return Linear::LoadFull(ck, *w.q_a_proj); }));
+    MOE_ASSIGN_OR_RETURN(a.q_a_layernorm_, Metered(ck, replicated, [&] {
+                           return RmsNorm::Load(ck, *w.q_a_layernorm, c.rms_norm_eps);
+                         }));
+    MOE_ASSIGN_OR_RETURN(a.q_b_proj_, Metered(ck, split, [&] {
+                           return Linear::Load(ck, *w.q_b_proj, q_rows, {0, r});
+                         }));
   } else {
     MOE_ASSIGN_OR_RETURN(a.q_proj_, Metered(ck, split, [&] {
-                           return Linear::Load(ck, p + "q_proj.weight", H * qk, h, q_rows, {0, h});
+                           return Linear::Load(ck, *w.q_proj, q_rows, {0, h});
                          }));
   }
   MOE_ASSIGN_OR_RETURN(a.kv_a_proj_with_mqa_, Metered(ck, replicated, [&] {
-                         return Linear::LoadFull(ck, p + "kv_a_proj_with_mqa.weight",
-                                                 c.kv_cache_dim(), h);
+                         return Linear::LoadFull(ck, w.kv_a_proj_with_mqa);
                        }));
   MOE_ASSIGN_OR_RETURN(a.kv_a_layernorm_, Metered(ck, replicated, [&] {
-                         return RmsNorm::Load(ck, p + "kv_a_layernorm.weight", c.kv_lora_rank,
-                                              c.rms_norm_eps);
+                         return RmsNorm::Load(ck, w.kv_a_layernorm, c.rms_norm_eps);
                        }));
   MOE_ASSIGN_OR_RETURN(a.kv_b_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, p + "kv_b_proj.weight", H * kvh, c.kv_lora_rank,
-                                             {heads.begin * kvh, heads.end * kvh},
+                         return Linear::Load(ck, w.kv_b_proj, {heads.begin * kvh, heads.end * kvh},
                                              {0, c.kv_lora_rank});
                        }));
   MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
                          return Linear::Load(
-                             ck, p + "o_proj.weight", h, H * c.v_head_dim, {0, h},
+                             ck, w.o_proj, {0, h},
                              {heads.begin * c.v_head_dim, heads.end * c.v_head_dim});
                        }));
   return a;

@@ -25,8 +25,8 @@ namespace moe {
 class MlaAttention {
  public:
   static absl::StatusOr<MlaAttention> Load(const ModelConfig& config, Checkpoint& ck, int64_t layer,
-                                           const ParallelContext& ctx, float softmax_scale,
-                                           WeightBytes* bytes);
+                                           const DecoderLayerWeights& w, const ParallelContext& ctx,
+                                           float softmax_scale, WeightBytes* bytes);
   // out [n, hidden] for x [n, hidden] (already input-normalised); writes this layer's cache rows.
   absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
 

@@ -5,16 +5,13 @@
 
 namespace moe {
 
-absl::StatusOr<GatedMlp> GatedMlp::Load(Checkpoint& ck, const std::string& prefix, int64_t hidden,
-                                        int64_t inter, Range part) {
+absl::StatusOr<GatedMlp> GatedMlp::Load(Checkpoint& ck, const MlpWeights& w, Range part) {
   GatedMlp m;
-  MOE_ASSIGN_OR_RETURN(
-      Linear gate, Linear::Load(ck, prefix + "gate_proj.weight", inter, hidden, part, {0, hidden}));
-  MOE_ASSIGN_OR_RETURN(
-      Linear up, Linear::Load(ck, prefix + "up_proj.weight", inter, hidden, part, {0, hidden}));
+  const int64_t hidden = w.gate_proj.shape.at(1);
+  MOE_ASSIGN_OR_RETURN(Linear gate, Linear::Load(ck, w.gate_proj, part, {0, hidden}));
+  MOE_ASSIGN_OR_RETURN(Linear up, Linear::Load(ck, w.up_proj, part, {0, hidden}));
   m.gate_up_ = Linear::Concat({std::move(gate), std::move(up)});
-  MOE_ASSIGN_OR_RETURN(
-      m.down_, Linear::Load(ck, prefix + "down_proj.weight", hidden, inter, {0, hidden}, part));
+  MOE_ASSIGN_OR_RETURN(m.down_, Linear::Load(ck, w.down_proj, {0, hidden}, part));
   return m;
 }
 

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_names.h"
 #include "model/layers.h"
 #include "parallel/shard_plan.h"
 
@@ -14,10 +15,8 @@ namespace moe {
 class GatedMlp {
  public:
   GatedMlp() = default;
-  // `prefix` like "model.layers.0.mlp."; `inter` the full intermediate size, of which this rank
-  // holds the rows in `part`.
-  static absl::StatusOr<GatedMlp> Load(Checkpoint& ck, const std::string& prefix, int64_t hidden,
-                                       int64_t inter, Range part);
+  // This rank holds the intermediate rows `part` of the full weights `w`.
+  static absl::StatusOr<GatedMlp> Load(Checkpoint& ck, const MlpWeights& w, Range part);
   // y [n, hidden] = this rank's partial sum (complete when part covers all rows).
   void Forward(const float* x, int64_t n, float* y) const;
   int64_t intermediate() const { return down_.in_features(); }

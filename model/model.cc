@@ -17,24 +17,22 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
                                                                  float softmax_scale,
                                                                  WeightBytes* bytes) {
   auto d = std::make_unique<DecoderLayer>();
-  const std::string p = LayerPrefix(layer);
+  const DecoderLayerWeights w = LayerWeights(c, layer, c.IsMoeLayer(layer));
   d->hidden_ = c.hidden_size;
   d->tp_ = &ctx.tp();
   MOE_ASSIGN_OR_RETURN(d->input_layernorm_, Metered(ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(ck, p + "input_layernorm.weight", c.hidden_size,
-                                              c.rms_norm_eps);
+                         return RmsNorm::Load(ck, w.input_layernorm, c.rms_norm_eps);
                        }));
   MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_, Metered(ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(ck, p + "post_attention_layernorm.weight",
-                                              c.hidden_size, c.rms_norm_eps);
+                         return RmsNorm::Load(ck, w.post_attention_layernorm, c.rms_norm_eps);
                        }));
-  MOE_ASSIGN_OR_RETURN(d->self_attn_, MlaAttention::Load(c, ck, layer, ctx, softmax_scale, bytes));
-  if (c.IsMoeLayer(layer)) {
-    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, layer, ctx, bytes));
+  MOE_ASSIGN_OR_RETURN(d->self_attn_,
+                       MlaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+  if (w.gate) {
+    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, w, ctx, bytes));
   } else {
     MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
-                           return GatedMlp::Load(ck, p + "mlp.", c.hidden_size, c.intermediate_size,
-                                                 ctx.shard().dense_inter);
+                           return GatedMlp::Load(ck, *w.mlp, ctx.shard().dense_inter);
                          }));
   }
   return d;
@@ -66,9 +64,9 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
   WeightBytes* bytes = &m->weight_bytes_;
+  const ModelWeights top = TopLevelWeights(c);
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
-                         return VocabParallelEmbedding::Load(*ck, "model.embed_tokens.weight",
-                                                             c.vocab_size, c.hidden_size,
+                         return VocabParallelEmbedding::Load(*ck, top.embed_tokens,
                                                              ctx.shard().vocab, &ctx.tp());
                        }));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
@@ -79,12 +77,10 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
   MOE_ASSIGN_OR_RETURN(m->norm_, Metered(*ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(*ck, "model.norm.weight", c.hidden_size,
-                                              c.rms_norm_eps);
+                         return RmsNorm::Load(*ck, top.norm, c.rms_norm_eps);
                        }));
   MOE_ASSIGN_OR_RETURN(m->lm_head_, Metered(*ck, &bytes->embedding, [&] {
-                         return ParallelLmHead::Load(*ck, "lm_head.weight", c.vocab_size,
-                                                     c.hidden_size, ctx.plan().tp_size(),
+                         return ParallelLmHead::Load(*ck, top.lm_head, ctx.plan().tp_size(),
                                                      &ctx.tp());
                        }));
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part

@@ -20,32 +20,27 @@ MoeLayer::MoeLayer(const ModelConfig& config, const ParallelContext& ctx)
       expert_tokens_(static_cast<size_t>(config.n_routed_experts), 0) {}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, Checkpoint& ck,
-                                                         int64_t layer, const ParallelContext& ctx,
+                                                         const DecoderLayerWeights& w,
+                                                         const ParallelContext& ctx,
                                                          WeightBytes* bytes) {
   std::unique_ptr<MoeLayer> m(new MoeLayer(c, ctx));
-  const std::string p = LayerPrefix(layer) + "mlp.";
-  const int64_t h = c.hidden_size;
-  MOE_ASSIGN_OR_RETURN(m->gate_, Metered(ck, &bytes->router, [&] {
-                         return ck.Load(p + "gate.weight", {c.n_routed_experts, h});
-                       }));
-  if (c.topk_method == "noaux_tc") {
+  MOE_ASSIGN_OR_RETURN(
+      m->gate_, Metered(ck, &bytes->router, [&] { return ck.Load(w.gate->name, w.gate->shape); }));
+  if (w.e_score_correction_bias) {
     MOE_ASSIGN_OR_RETURN(m->bias_, Metered(ck, &bytes->router, [&] {
-                           return ck.Load(p + "gate.e_score_correction_bias", {c.n_routed_experts});
+                           return ck.Load(w.e_score_correction_bias->name,
+                                          w.e_score_correction_bias->shape);
                          }));
   }
   for (int64_t e : ctx.shard().experts) {
     MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
-                           return GatedMlp::Load(ck, ExpertPrefix(layer, e), h,
-                                                 c.moe_intermediate_size,
-                                                 {0, c.moe_intermediate_size});
+                           return GatedMlp::Load(ck, w.experts[e], {0, c.moe_intermediate_size});
                          }));
     m->experts_.push_back(std::move(expert));
   }
-  if (c.n_shared_experts > 0) {
+  if (w.shared_experts) {
     MOE_ASSIGN_OR_RETURN(GatedMlp shared, Metered(ck, &bytes->shared_experts, [&] {
-                           return GatedMlp::Load(ck, p + "shared_experts.", h,
-                                                 c.shared_intermediate_size(),
-                                                 ctx.shard().shared_inter);
+                           return GatedMlp::Load(ck, *w.shared_experts, ctx.shard().shared_inter);
                          }));
     m->shared_ = std::make_unique<GatedMlp>(std::move(shared));
   }

@@ -20,7 +20,8 @@ namespace moe {
 class MoeLayer {
  public:
   static absl::StatusOr<std::unique_ptr<MoeLayer>> Load(const ModelConfig& config, Checkpoint& ck,
-                                                        int64_t layer, const ParallelContext& ctx,
+                                                        const DecoderLayerWeights& w,
+                                                        const ParallelContext& ctx,
                                                         WeightBytes* bytes);
   // out [n, hidden] = routed + shared output for x [n, hidden] (complete on every TP rank).
   absl::Status Forward(const float* x, int64_t n, float* out);

@@ -22,8 +22,8 @@
 
 #include "absl/strings/str_format.h"
 #include "common/cli.h"
-#include "common/machine_info.h"
 #include "common/dtype.h"
+#include "common/machine_info.h"
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/ops.h"
 #include "tools/model_maker.h"
@@ -221,7 +221,7 @@ void EndToEnd(const std::string& model, const Bounds& bounds, int steps) {
       s.seq_id = b;
       for (int i = 0; i < 64; ++i) s.tokens.push_back((b * 131 + i * 17 + 5) % c.vocab_size);
       Check(alloc.EnsureCapacity(&s.block_table, 64 + steps + 8, e.block_size()), "blocks");
-      s.sampling = SamplingSpec{};  // greedy on the device: only token ids come back
+      s.sample = SampleRequest{};  // greedy on the device: only token ids come back
     }
     Check(e.Step(seqs, false).status(), "prefill");
     for (auto& s : seqs) {

@@ -151,7 +151,7 @@ struct CudaModel::Impl {
       router_logits, topk_weights, moe_x, moe_gate_up, moe_act, moe_y, mlp_gate_up, mlp_act, last,
       logits, latent, kv_expanded, k, v;
   DeviceBuffer<bf16> x_bf16;
-  DeviceBuffer<cuda::SampleSpec> specs;
+  DeviceBuffer<SampleRequest> sample_requests;
   int64_t last_logit_rows = 0;
 
   std::map<std::pair<int64_t, int64_t>, cudaGraphExec_t> graphs;  // (batch, table width)
@@ -276,7 +276,7 @@ struct CudaModel::Impl {
     if (need.logit_rows > cap.logit_rows) {
       const int64_t L = RoundUpPow2(need.logit_rows, 16);
       MOE_RETURN_IF_ERROR(logits.Allocate(L * c.vocab_size));
-      MOE_RETURN_IF_ERROR(specs.Allocate(L));
+      MOE_RETURN_IF_ERROR(sample_requests.Allocate(L));
       MOE_RETURN_IF_ERROR(sampled.Allocate(L));
       cap.logit_rows = L;
       grew = true;
@@ -590,14 +590,10 @@ absl::StatusOr<std::vector<int32_t>> CudaModel::Sample(const std::vector<SampleR
     return absl::InvalidArgumentError(absl::StrCat(requests.size(), " sampling requests for ",
                                                    d.last_logit_rows, " rows of logits"));
   }
-  std::vector<cuda::SampleSpec> specs;
-  for (const SampleRequest& r : requests) {
-    specs.push_back({r.spec.temperature, r.spec.top_k, r.spec.top_p, r.spec.seed, r.index});
-  }
   std::vector<int32_t> tokens(requests.size());
   if (!tokens.empty()) {
-    MOE_RETURN_IF_ERROR(d.specs.Upload(specs, d.stream));
-    cuda::Sample(d.logits.data(), d.last_logit_rows, d.c.vocab_size, d.specs.data(),
+    MOE_RETURN_IF_ERROR(d.sample_requests.Upload(requests, d.stream));
+    cuda::Sample(d.logits.data(), d.last_logit_rows, d.c.vocab_size, d.sample_requests.data(),
                  d.sampled.data(), d.stream);
     MOE_RETURN_IF_ERROR(d.sampled.Download(tokens.data(), tokens.size(), d.stream));
   }

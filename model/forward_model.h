@@ -21,11 +21,6 @@ struct KvCacheShape {
   int64_t block_size = 64;
 };
 
-struct SampleRequest {
-  SamplingSpec spec;
-  uint64_t index = 0;  // which output token of the request this is (the seeded draw's index)
-};
-
 class ForwardModel {
  public:
   virtual ~ForwardModel() = default;

@@ -126,8 +126,8 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
       logit_rows.push_back(c.first_token + c.num_tokens - 1);
       result.seq_ids.push_back(s.seq_id);
       logit_entry.push_back(static_cast<int64_t>(i));
-      wants_sample.push_back(s.sampling.has_value());
-      samples.push_back({s.sampling.value_or(SamplingSpec{}), s.sample_index});
+      wants_sample.push_back(s.sample.has_value());
+      samples.push_back(s.sample.value_or(SampleRequest{}));
     }
   }
   const int64_t n = batch.num_tokens(), half = config().qk_rope_head_dim / 2;

@@ -30,8 +30,7 @@ struct SequenceStep {
   int dp_group = 0;                  // the attention-DP group that owns the sequence
   // With want_logits: sample the next token on the backend (the TP-rank 0 of the group does, and
   // the step tells every rank).
-  std::optional<SamplingSpec> sampling;
-  uint64_t sample_index = 0;  // which output token of the request the sample is
+  std::optional<SampleRequest> sample;
 };
 
 // What one step produced. The engine's own type; the coordinator's protocol has

@@ -54,7 +54,7 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
     if (opt.use_cache && opt.prefill_chunk > 0) end = std::min(len, r.cached + opt.prefill_chunk);
     s.tokens.assign(r.all.begin() + s.start_pos, r.all.begin() + end);
     s.want_logits = end == len;
-    if (s.want_logits) s.sampling = SamplingSpec{};  // greedy
+    if (s.want_logits) s.sample = SampleRequest{};  // greedy
     MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&r.blocks, end, engine.block_size()));
     s.block_table = r.blocks;
     r.cached = end;

@@ -34,8 +34,8 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::Run(const moe::v1::StepPlan& pla
     s.want_logits = p.sample();
     s.dp_group = p.dp_group();
     const moe::v1::SamplingSpec& sp = p.sampling();
-    s.sampling = SamplingSpec{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()};
-    s.sample_index = static_cast<uint64_t>(p.sample_index());
+    s.sample = SampleRequest{{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()},
+                             static_cast<uint64_t>(p.sample_index())};
   }
   MOE_ASSIGN_OR_RETURN(StepOutput out, engine_.Step(steps, /*return_logits=*/false));
   moe::v1::StepResult result;

@@ -14,6 +14,13 @@ struct SamplingSpec {
   uint64_t seed = 0;
 };
 
+// One token to draw: how, and which output token of the request it is (the seeded draw's index).
+// The CUDA sampler takes the same struct, one per row.
+struct SampleRequest {
+  SamplingSpec spec;
+  uint64_t index = 0;
+};
+
 // Uniform in [0, 1), deterministic in (seed, index).
 double SampleUniform(uint64_t seed, uint64_t index);
 

@@ -12,6 +12,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "kernels/cpu/sampler.h"
 
 namespace moe {
 struct ModelConfig;
@@ -120,16 +121,10 @@ void GroupedLinear(const float* x, const int32_t* offsets, int64_t experts, cons
                    int64_t n, int64_t k, float* y, cudaStream_t stream);
 
 // ---- sampling ---------------------------------------------------------------------------------
-struct SampleSpec {  // one per row
-  float temperature = 0.0f;
-  int32_t top_k = 0;
-  float top_p = 1.0f;
-  uint64_t seed = 0;
-  uint64_t index = 0;
-};
-// The twin of SampleToken (worker/sampler.h): greedy, temperature, top-k, top-p, seeded draw.
-void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleSpec* specs, int32_t* out,
-            cudaStream_t stream);
+// The twin of SampleToken (kernels/cpu/sampler.h): greedy, temperature, top-k, top-p, seeded
+// draw; `requests` (device memory) holds one SampleRequest per row.
+void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleRequest* requests,
+            int32_t* out, cudaStream_t stream);
 
 // Devices visible to this process (0 without a GPU or driver).
 int DeviceCount();

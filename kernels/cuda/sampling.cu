@@ -71,11 +71,12 @@ __device__ int64_t FirstReaching(int64_t vocab, double need, F weight, Shared& s
   return vocab - 1;
 }
 
-__global__ void SampleKernel(const float* logits, int64_t vocab, const SampleSpec* specs,
+__global__ void SampleKernel(const float* logits, int64_t vocab, const SampleRequest* requests,
                              int32_t* out) {
   __shared__ Shared sh;
   const float* l = logits + blockIdx.x * vocab;
-  const SampleSpec spec = specs[blockIdx.x];
+  const SampleRequest request = requests[blockIdx.x];
+  const SamplingSpec& spec = request.spec;
   // The best (key, lowest id) is both the greedy answer and the softmax's maximum.
   uint32_t best_key = 0;
   int64_t best_id = vocab;
@@ -194,7 +195,7 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, const SampleSpe
   }
   const int64_t last_kept = idx[0];
   // The draw: the first kept id (in id order) whose running mass exceeds u * mass.
-  const double u = Uniform(spec.seed, spec.index) * mass;
+  const double u = Uniform(spec.seed, request.index) * mass;
   double base = 0;
   for (int64_t c = 0; c < vocab; c += kThreads) {
     const int64_t i = c + threadIdx.x;
@@ -217,10 +218,11 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, const SampleSpe
 
 }  // namespace
 
-void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleSpec* specs, int32_t* out,
-            cudaStream_t stream) {
+void Sample(const float* logits, int64_t rows, int64_t vocab, const SampleRequest* requests,
+            int32_t* out, cudaStream_t stream) {
   if (rows > 0)
-    SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, specs, out);
+    SampleKernel<<<static_cast<unsigned>(rows), kThreads, 0, stream>>>(logits, vocab, requests,
+                                                                       out);
 }
 
 }  // namespace moe::cuda

@@ -409,13 +409,13 @@ TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
 
 TEST_F(CudaOpsTest, SamplingPicksTheCpuSamplersTokens) {
   const int64_t vocab = 1000;
-  std::vector<SampleSpec> specs;
+  std::vector<SampleRequest> specs;
   for (uint64_t i = 0; i < 64; ++i) {
-    SampleSpec s;
-    s.temperature = i % 8 == 0 ? 0.0f : 0.3f + 0.1f * (i % 10);
-    s.top_k = static_cast<int32_t>(i % 3 == 0 ? 0 : (i % 7) * 20 + 1);
-    s.top_p = i % 4 == 0 ? 1.0f : 0.5f + 0.1f * (i % 5);
-    s.seed = 1000 + i;
+    SampleRequest s;
+    s.spec.temperature = i % 8 == 0 ? 0.0f : 0.3f + 0.1f * (i % 10);
+    s.spec.top_k = static_cast<int32_t>(i % 3 == 0 ? 0 : (i % 7) * 20 + 1);
+    s.spec.top_p = i % 4 == 0 ? 1.0f : 0.5f + 0.1f * (i % 5);
+    s.spec.seed = 1000 + i;
     s.index = i * 3;
     specs.push_back(s);
   }
@@ -429,9 +429,8 @@ TEST_F(CudaOpsTest, SamplingPicksTheCpuSamplersTokens) {
   Sample(dl.data(), rows, vocab, ds.data(), out.data(), stream_);
   const auto got = Down(out, rows);
   for (int64_t r = 0; r < rows; ++r) {
-    const SampleSpec& s = specs[r];
-    const moe::SamplingSpec cpu_spec{s.temperature, s.top_k, s.top_p, s.seed};
-    EXPECT_EQ(got[r], moe::SampleToken(logits.data() + r * vocab, vocab, cpu_spec, s.index))
+    const SampleRequest& s = specs[r];
+    EXPECT_EQ(got[r], moe::SampleToken(logits.data() + r * vocab, vocab, s.spec, s.index))
         << "row " << r;
   }
 }

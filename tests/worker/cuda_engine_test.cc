@@ -173,16 +173,16 @@ TEST_P(CudaEngineTest, DeviceSamplingMatchesTheCpuSamplerOnTheSameLogits) {
     s.seq_id = i;
     s.tokens = {static_cast<int32_t>(i + 1), 2, 3};
     ASSERT_TRUE(alloc.EnsureCapacity(&s.block_table, 3, gpu->block_size()).ok());
-    s.sampling =
-        SamplingSpec{i == 0 ? 0.0f : 0.7f + 0.1f * i, i % 2 ? 0 : 20, i % 3 ? 0.9f : 1.0f, 77u + i};
-    s.sample_index = i;
+    s.sample = SampleRequest{
+        {i == 0 ? 0.0f : 0.7f + 0.1f * i, i % 2 ? 0 : 20, i % 3 ? 0.9f : 1.0f, 77u + i},
+        static_cast<uint64_t>(i)};
     step.push_back(std::move(s));
   }
   auto r = gpu->Step(step);
   ASSERT_TRUE(r.ok()) << r.status();
   for (int j = 0; j < 6; ++j) {
     EXPECT_EQ(r->tokens[j], SampleToken(r->logits.row(j), gpu->config().vocab_size,
-                                        *step[j].sampling, step[j].sample_index))
+                                        step[j].sample->spec, step[j].sample->index))
         << "sequence " << j;
   }
 }

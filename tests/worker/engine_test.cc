@@ -122,21 +122,23 @@ TEST_F(EngineTest, SamplesOnTheBackendAsTheSamplerDoesOnItsLogits) {
   for (int i = 0; i < 4; ++i) {
     SequenceStep s = Seq(10 + i, {static_cast<int32_t>(3 + i), 7, 9}, {});
     ASSERT_TRUE(alloc.EnsureCapacity(&s.block_table, 3, e->block_size()).ok());
-    if (i != 2) s.sampling = SamplingSpec{0.8f + 0.1f * i, i == 1 ? 5 : 0, 0.9f, 100u + i};
-    s.sample_index = 4 + i;
+    if (i != 2) {
+      s.sample = SampleRequest{{0.8f + 0.1f * i, i == 1 ? 5 : 0, 0.9f, 100u + i},
+                               static_cast<uint64_t>(4 + i)};
+    }
     step.push_back(std::move(s));
   }
   auto with_logits = e->Step(step);
   ASSERT_TRUE(with_logits.ok()) << with_logits.status();
   ASSERT_EQ(with_logits->tokens.size(), 4u);
   for (int j = 0; j < 4; ++j) {
-    if (!step[j].sampling) {
+    if (!step[j].sample) {
       EXPECT_EQ(with_logits->tokens[j], -1) << "a sequence without sampling got a token";
       continue;
     }
     EXPECT_EQ(with_logits->tokens[j],
-              SampleToken(with_logits->logits.row(j), e->config().vocab_size, *step[j].sampling,
-                          step[j].sample_index));
+              SampleToken(with_logits->logits.row(j), e->config().vocab_size, step[j].sample->spec,
+                          step[j].sample->index));
   }
   // The same step again (same positions, so the same cache rows): no logits, the same tokens.
   auto tokens_only = e->Step(step, /*return_logits=*/false);

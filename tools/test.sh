@@ -51,8 +51,9 @@ PATH=$guard:$PATH ctest --test-dir build --output-on-failure --timeout 900 \
 rm -rf "$guard"
 # Why tests were skipped, from their own output (scripts print "SKIPPED: why", GoogleTest prints
 # "file:line: Skipped" and then the reason), with how many tests each reason covers.
-reasons=$(grep -hE -A1 "SKIPPED: |: Skipped$" build/ctest-junit.xml |
-  grep -vE "^--$|: Skipped$" | sed -E 's/.*SKIPPED: //' | sort | uniq -c || true)
+reasons=$({ grep -hoE "SKIPPED: .*" build/ctest-junit.xml | sed 's/^SKIPPED: //'
+  grep -hA1 ": Skipped$" build/ctest-junit.xml | grep -vE "^--$|: Skipped$"; } |
+  sed 's/&gt;/>/g; s/&lt;/</g; s/&quot;/"/g; s/&amp;/\&/g' | sort | uniq -c || true)
 [[ -z $reasons ]] || { echo "test.sh: skipped tests, by reason:"; echo "$reasons"; }
 [[ $status -eq 0 ]] || { steps_summary; echo "test.sh: ctest failed"; exit "$status"; }
 step "all tests passed"

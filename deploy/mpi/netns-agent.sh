@@ -13,4 +13,4 @@ for p in "${pairs[@]}"; do
   [[ ${p%%=*} == "$host" ]] && ns=${p#*=}
 done
 [[ -n $ns ]] || { echo "netns-agent: no namespace for $host" >&2; exit 255; }
-exec ip netns exec "$ns" unshare --uts sh -c "hostname $ns; $*"
+exec nsenter --net="/run/netns/$ns" unshare --uts sh -c "hostname $ns; $*"

@@ -44,28 +44,31 @@ cleanup() {
 trap cleanup EXIT
 
 [[ $(id -u) -eq 0 ]] || skip "needs root to create network namespaces"
-command -v ip >/dev/null && command -v unshare >/dev/null || skip "needs iproute2 and unshare"
+command -v ip >/dev/null && command -v unshare >/dev/null && command -v nsenter >/dev/null ||
+  skip "needs iproute2, unshare and nsenter"
 ip netns add "$SW" 2>/dev/null || skip "cannot create network namespaces here"
-ip -n "$SW" link add br0 type bridge || skip "cannot create a bridge"
-ip -n "$SW" link set br0 up
+# Commands enter a namespace with nsenter (which execs the command: $! is its pid), not with
+# `ip netns exec`, which remounts / and /sys and so fails where the root is not a mount point.
+nsenter --net="/run/netns/$SW" ip link add br0 type bridge || skip "cannot create a bridge"
+nsenter --net="/run/netns/$SW" ip link set br0 up
 for i in 0 1 2; do
   h=${HOSTS[$i]}
   ip netns add "$h"
   ip link add eth0 netns "$h" type veth peer name "p$i" netns "$SW"
-  ip -n "$h" addr add "${ADDR[$i]}/24" dev eth0
-  ip -n "$h" link set eth0 up
-  ip -n "$h" link set lo up
-  ip -n "$SW" link set "p$i" master br0
-  ip -n "$SW" link set "p$i" up
+  nsenter --net="/run/netns/$h" ip addr add "${ADDR[$i]}/24" dev eth0
+  nsenter --net="/run/netns/$h" ip link set eth0 up
+  nsenter --net="/run/netns/$h" ip link set lo up
+  nsenter --net="/run/netns/$SW" ip link set "p$i" master br0
+  nsenter --net="/run/netns/$SW" ip link set "p$i" up
 done
-ip netns exec "${HOSTS[1]}" ping -c1 -W2 "${ADDR[2]}" >/dev/null || fail "hosts cannot reach each other"
+nsenter --net="/run/netns/${HOSTS[1]}" ping -c1 -W2 "${ADDR[2]}" >/dev/null || fail "hosts cannot reach each other"
 log "hosts ${HOSTS[*]} at ${ADDR[*]}"
 
 MODEL=$WORK/tiny-dsv3
 "$BUILD/tools/moe-make-model" --preset tiny-dsv3 --dtype f32 --seed 3 --out "$MODEL" 2>/dev/null
 PROMPT=5,17,42,99,7,1,250,33
 WANT=$("$BUILD/tools/moe-generate" --model "$MODEL" --prompt-ids $PROMPT --max-new-tokens 24 --ignore-eos 2>/dev/null)
-client() { ip netns exec "${HOSTS[0]}" "$BUILD/tools/moe-client" --server "$COORD" "$@"; }
+client() { nsenter --net="/run/netns/${HOSTS[0]}" "$BUILD/tools/moe-client" --server "$COORD" "$@"; }
 wait_health() {  # wait_health STATUS SECONDS
   for _ in $(seq 1 $(( $2 * 10 ))); do
     [[ $(client --health 2>/dev/null) == "$1" ]] && return 0
@@ -75,7 +78,7 @@ wait_health() {  # wait_health STATUS SECONDS
 }
 launch_workers() {
   printf "%s slots=2\n%s slots=2\n" "${ADDR[1]}" "${ADDR[2]}" > "$WORK/hostfile"
-  MOE_NETNS_MAP="${ADDR[1]}=${HOSTS[1]},${ADDR[2]}=${HOSTS[2]}" ip netns exec "${HOSTS[0]}" \
+  MOE_NETNS_MAP="${ADDR[1]}=${HOSTS[1]},${ADDR[2]}=${HOSTS[2]}" nsenter --net="/run/netns/${HOSTS[0]}" \
     mpirun -np 4 --hostfile "$WORK/hostfile" --allow-run-as-root \
     --mca plm_rsh_agent "$SRC/deploy/mpi/netns-agent.sh" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
@@ -98,7 +101,7 @@ kill_workers() {
   fail "worker processes would not die"
 }
 
-ip netns exec "${HOSTS[0]}" "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size 4 \
+nsenter --net="/run/netns/${HOSTS[0]}" "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size 4 \
   --tp 2 --listen "$COORD" --heartbeat-timeout-s 3 > "$WORK/coordinator.log" 2>&1 &
 COORD_PID=$!
 wait_health NOT_SERVING 10 || fail "coordinator did not come up NOT_SERVING"
@@ -116,7 +119,7 @@ INFLIGHT=$!
 sleep 0.5
 kill -0 $INFLIGHT 2>/dev/null || fail "the long request ended before the cut"
 CUT=$(date +%s%3N)
-ip -n "$SW" link set p2 down
+nsenter --net="/run/netns/$SW" ip link set p2 down
 log "cut host 2's link"
 wait $INFLIGHT && fail "the in-flight request succeeded after the cut"
 DETECTED=$(date +%s%3N)
@@ -129,7 +132,7 @@ log "health NOT_SERVING"
 
 # Relaunch the workers (the operator's job, or Kubernetes'): old ones are killed, link restored.
 kill_workers
-ip -n "$SW" link set p2 up
+nsenter --net="/run/netns/$SW" ip link set p2 up
 launch_workers 2
 wait_health SERVING 60 || fail "cluster did not serve again after the relaunch"
 kill -0 $COORD_PID || fail "the coordinator died"

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <cmath>
 
+#include "kernels/cpu/skinny_matmul.h"
+
 namespace moe::cpu {
 
 void SetNumThreads(int n) {
@@ -26,6 +28,10 @@ void MatMulNT(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, cons
   if (m == 1) {  // GEMV: y = W x
     cblas_sgemv(CblasRowMajor, CblasNoTrans, static_cast<int>(n), static_cast<int>(k), 1.0f, w,
                 static_cast<int>(ldw), x, 1, beta, y, 1);
+    return;
+  }
+  if (m <= kSkinnyMaxRows) {
+    SkinnyMatMulNT(m, n, k, x, ldx, w, ldw, y, ldy, beta);
     return;
   }
   cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m), static_cast<int>(n),

@@ -39,6 +39,36 @@ TEST(CpuOpsTest, MatMulNTAndNNMatchNaive) {
   }
 }
 
+// Few-row products take their own kernel (m <= 8): every row count, column counts that do not
+// divide into its passes, k with a vector tail, strided operands, beta, and 1 to 3 threads.
+TEST(CpuOpsTest, FewRowProductsMatchNaive) {
+  const int saved = NumThreads();
+  for (int threads : {1, 2, 3}) {
+    SetNumThreads(threads);
+    for (int m = 2; m <= 9; ++m) {
+      for (auto [n, k] : std::vector<std::pair<int, int>>{{1, 3}, {7, 37}, {64, 64}, {131, 70}}) {
+        const int ldx = k + 3, ldw = k + 5, ldy = n + 2;
+        const auto x = Random(m * ldx, 10 + m), w = Random(n * ldw, 20 + n);
+        for (float beta : {0.0f, 1.0f}) {
+          std::vector<float> y(m * ldy, 0.5f);
+          MatMulNT(m, n, k, x.data(), ldx, w.data(), ldw, y.data(), ldy, beta);
+          for (int i = 0; i < m; ++i) {
+            for (int j = 0; j < n; ++j) {
+              double want = beta * 0.5;
+              for (int p = 0; p < k; ++p)
+                want += static_cast<double>(x[i * ldx + p]) * w[j * ldw + p];
+              ASSERT_NEAR(y[i * ldy + j], want, 1e-4)
+                  << m << "x" << n << "x" << k << " beta " << beta << " threads " << threads;
+            }
+            for (int j = n; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], 0.5f) << "wrote past n";
+          }
+        }
+      }
+    }
+  }
+  SetNumThreads(saved);
+}
+
 TEST(CpuOpsTest, MatMulAccumulatesWithBeta) {
   const auto x = Random(2 * 3, 4), w = Random(4 * 3, 5);
   std::vector<float> y(8, 2.0f), ref(8);

@@ -10,6 +10,7 @@
 #include "checkpoint/safetensors_writer.h"
 #include "checkpoint/weight_names.h"
 #include "common/dtype.h"
+#include "common/splitmix.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
 #include "nlohmann/json.hpp"
@@ -18,13 +19,6 @@ namespace moe {
 namespace fs = std::filesystem;
 
 namespace {
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
 
 uint64_t HashName(uint64_t seed, const std::string& name) {
   uint64_t h = 1469598103934665603ull ^ SplitMix64(seed);

@@ -5,23 +5,12 @@
 #include <numeric>
 #include <vector>
 
+#include "common/splitmix.h"
 #include "kernels/cpu/ops.h"
 
 namespace moe {
-namespace {
 
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-}  // namespace
-
-double SampleUniform(uint64_t seed, uint64_t index) {
-  return static_cast<double>(SplitMix64(SplitMix64(seed) ^ SplitMix64(~index)) >> 11) * 0x1.0p-53;
-}
+double SampleUniform(uint64_t seed, uint64_t index) { return UniformDraw(seed, index); }
 
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index) {
   if (spec.temperature <= 0.0f || spec.top_k == 1) {

@@ -7,6 +7,7 @@
 #include <cub/block/block_reduce.cuh>
 #include <cub/block/block_scan.cuh>
 
+#include "common/splitmix.h"
 #include "kernels/cuda/ops.h"
 
 namespace moe::cuda {
@@ -15,17 +16,6 @@ namespace {
 constexpr int kThreads = 256;
 using Reduce = cub::BlockReduce<double, kThreads>;
 using Scan = cub::BlockScan<double, kThreads>;
-
-__device__ uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-__device__ double Uniform(uint64_t seed, uint64_t index) {
-  return static_cast<double>(SplitMix64(SplitMix64(seed) ^ SplitMix64(~index)) >> 11) * 0x1.0p-53;
-}
 
 // Larger float -> larger key.
 __device__ uint32_t Key(float f) {
@@ -195,7 +185,7 @@ __global__ void SampleKernel(const float* logits, int64_t vocab, const SampleReq
   }
   const int64_t last_kept = idx[0];
   // The draw: the first kept id (in id order) whose running mass exceeds u * mass.
-  const double u = Uniform(spec.seed, request.index) * mass;
+  const double u = UniformDraw(spec.seed, request.index) * mass;
   double base = 0;
   for (int64_t c = 0; c < vocab; c += kThreads) {
     const int64_t i = c + threadIdx.x;

@@ -3,6 +3,8 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <cstdlib>
+
 #include "common/cli.h"
 #include "common/logging.h"
 #include "coordinator/server.h"
@@ -18,7 +20,7 @@ int Fail(const absl::Status& s) {
 
 int main(int argc, char** argv) {
   moe::CoordinatorOptions o;
-  std::string model;
+  std::string model, api_key;
   int64_t world = o.world, tp = o.tp, metrics_port = o.metrics_port;
   int64_t startup_timeout_s = 600, heartbeat_timeout_s = 10, drain_timeout_s = 30;
   moe::FlagParser flags(
@@ -46,6 +48,12 @@ int main(int argc, char** argv) {
                "A worker silent this long fails the cluster.");
   flags.AddInt("drain-timeout-s", &drain_timeout_s,
                "On SIGTERM, how long in-flight requests may take to finish.");
+  flags.AddString("api-key", &api_key,
+                  "A key clients must send as `authorization: Bearer KEY` (also MOE_API_KEY). "
+                  "Health and reflection stay open.");
+  flags.AddString("api-key-file", &o.api_key_file,
+                  "File of API keys, one a line (# comments); re-read on SIGHUP, so a key can be "
+                  "revoked without a restart.");
   flags.ParseOrExit(argc, argv);
   moe::SetLogPrefix("coordinator");
   o.world = static_cast<int>(world);
@@ -53,12 +61,15 @@ int main(int argc, char** argv) {
   o.metrics_port = static_cast<int>(metrics_port);
   o.startup_timeout = absl::Seconds(startup_timeout_s);
   o.heartbeat_timeout = absl::Seconds(heartbeat_timeout_s);
+  o.api_keys = {api_key};
+  if (const char* env = std::getenv("MOE_API_KEY")) o.api_keys.emplace_back(env);
 
   // Signals go to a dedicated wait below, not to whichever thread happens to run.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   auto config = moe::LoadModelConfig(model);
@@ -72,6 +83,15 @@ int main(int argc, char** argv) {
   while (true) {
     timespec tick{0, 200 * 1000 * 1000};
     const int sig = sigtimedwait(&signals, nullptr, &tick);
+    if (sig == SIGHUP) {
+      auto keys = (*server)->ReloadApiKeys();
+      if (keys.ok()) {
+        MOE_LOG(INFO) << "SIGHUP: API keys reloaded, " << *keys << " in use";
+      } else {
+        MOE_LOG(ERROR) << "SIGHUP: keeping the API keys in use: " << keys.status().message();
+      }
+      continue;
+    }
     if (sig == SIGTERM || sig == SIGINT) {
       MOE_LOG(INFO) << "signal " << sig << ": draining";
       (*server)->Drain(absl::Seconds(drain_timeout_s));

@@ -36,14 +36,18 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   MOE_LOG(INFO) << config.model_type << ": " << plan.Describe();
   MOE_LOG(INFO) << "KV cache: " << kv_blocks << " blocks of " << o.block_size
                 << " tokens per DP group";
-  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(config, o, plan, kv_blocks));
+  MOE_ASSIGN_OR_RETURN(auto api_keys, ApiKeys::Create(o.api_keys, o.api_key_file));
+  MOE_LOG(INFO) << "API keys: " << (api_keys->enabled() ? "required" : "off (the API is open)");
+  std::unique_ptr<CoordinatorServer> server(
+      new CoordinatorServer(config, o, plan, kv_blocks, std::move(api_keys)));
   MOE_RETURN_IF_ERROR(server->Listen());
   return server;
 }
 
 CoordinatorServer::CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& o,
-                                     const ShardPlan& plan, int64_t kv_blocks)
-    : config_(config), options_(o) {
+                                     const ShardPlan& plan, int64_t kv_blocks,
+                                     std::unique_ptr<ApiKeys> api_keys)
+    : config_(config), options_(o), api_keys_(std::move(api_keys)) {
   SchedulerOptions so;
   so.dp_groups = plan.dp_size();
   so.blocks_per_group = kv_blocks;
@@ -61,7 +65,7 @@ CoordinatorServer::CoordinatorServer(const ModelConfig& config, const Coordinato
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
   const ServingContext ctx{&config_,  cluster_.get(),           scheduler_.get(),
                            &metrics_, kv_blocks * o.block_size, static_cast<int>(o.block_size),
-                           kv_blocks};
+                           kv_blocks, api_keys_.get()};
   inference_ = std::make_unique<InferenceService>(ctx);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
 }

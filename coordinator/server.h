@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/model_config.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
@@ -38,6 +39,10 @@ struct CoordinatorOptions {
   int64_t max_queue = 1024;
   absl::Duration startup_timeout = absl::Seconds(600);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
+  // Keys of the public API (see coordinator/api_keys.h): from flags and the environment, and a
+  // key file re-read by ReloadApiKeys(). None: the API is open.
+  std::vector<std::string> api_keys;
+  std::string api_key_file;
 };
 
 class CoordinatorServer {
@@ -51,6 +56,8 @@ class CoordinatorServer {
   // True while every worker is ready.
   bool serving() const { return serving_.load(); }
   std::string Describe() const { return cluster_->Describe(); }
+  // Reads the API key file again (SIGHUP); the number of keys in use now.
+  absl::StatusOr<size_t> ReloadApiKeys() { return api_keys_->Reload(); }
 
   // Refuses new requests, lets in-flight ones finish for up to `timeout` (then ends them), has
   // the workers exit, and stops every server.
@@ -58,13 +65,14 @@ class CoordinatorServer {
 
  private:
   CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& options,
-                    const ShardPlan& plan, int64_t kv_blocks);
+                    const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys);
   absl::Status Listen();
   void OnPhase(Cluster::Phase phase, const std::string& why);
 
   const ModelConfig config_;
   const CoordinatorOptions options_;
   Metrics metrics_;
+  std::unique_ptr<ApiKeys> api_keys_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<InferenceService> inference_;

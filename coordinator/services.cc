@@ -38,9 +38,24 @@ std::string OutcomeOf(const absl::Status& s) {
 // how late it notices that its client went away (the synchronous gRPC API has no callback for it).
 constexpr absl::Duration kCancellationCheck = absl::Milliseconds(100);
 
+grpc::Status InferenceService::Authorize(const grpc::ServerContext& context) const {
+  const auto& metadata = context.client_metadata();
+  const auto it = metadata.find("authorization");
+  const absl::string_view value = it == metadata.end()
+                                      ? absl::string_view()
+                                      : absl::string_view(it->second.data(), it->second.size());
+  if (ctx_.api_keys->Allows(value)) return grpc::Status::OK;
+  return grpc::Status(
+      grpc::StatusCode::UNAUTHENTICATED,
+      it == metadata.end()
+          ? "this server needs an API key: send the metadata authorization: Bearer KEY"
+          : "the API key is not valid");
+}
+
 grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const moe::v1::GenerateRequest* request,
                                         grpc::ServerWriter<moe::v1::GenerateResponse>* writer) {
+  if (grpc::Status s = Authorize(*context); !s.ok()) return s;
   auto reject = [&](const absl::Status& s) {
     ctx_.metrics->RequestEnded(OutcomeOf(s));
     return ToGrpc(s);
@@ -117,9 +132,10 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
   }
 }
 
-grpc::Status InferenceService::GetModelInfo(grpc::ServerContext*,
+grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
                                             const moe::v1::GetModelInfoRequest*,
                                             moe::v1::ModelInfo* info) {
+  if (grpc::Status s = Authorize(*context); !s.ok()) return s;
   const ModelConfig& c = *ctx_.config;
   const ShardPlan& plan = ctx_.cluster->plan();
   const ParamCounts p = c.CountParameters();

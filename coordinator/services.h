@@ -6,6 +6,7 @@
 #include <random>
 
 #include "common/model_config.h"
+#include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
@@ -22,8 +23,10 @@ struct ServingContext {
   int64_t max_sequence_tokens;  // a DP group's KV capacity
   int kv_block_size;
   int64_t kv_blocks;  // per DP group
+  const ApiKeys* api_keys;
 };
 
+// Every call of the public service first checks its API key (UNAUTHENTICATED without a valid one).
 class InferenceService final : public moe::v1::Inference::Service {
  public:
   explicit InferenceService(ServingContext ctx) : ctx_(ctx) {}
@@ -33,6 +36,7 @@ class InferenceService final : public moe::v1::Inference::Service {
                             moe::v1::ModelInfo* info) override;
 
  private:
+  grpc::Status Authorize(const grpc::ServerContext& context) const;
   ServingContext ctx_;
   std::mutex seed_mu_;
   std::mt19937_64 seeds_{std::random_device{}()};

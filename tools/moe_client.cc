@@ -2,6 +2,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "absl/strings/numbers.h"
@@ -97,10 +98,15 @@ int main(int argc, char** argv) {
   flags.AddInt("timeout-s", &timeout_s, "Deadline for the call in seconds (0: none).");
   flags.AddBool("health", &health, "Check grpc.health.v1 and exit 0 only if SERVING.");
   flags.AddBool("info", &info, "Print the served model's description.");
+  const char* env_key = std::getenv("MOE_API_KEY");
+  std::string api_key = env_key ? env_key : "";
+  flags.AddString("api-key", &api_key,
+                  "API key, sent as `authorization: Bearer KEY` (default: $MOE_API_KEY).");
   flags.ParseOrExit(argc, argv);
 
   auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
   grpc::ClientContext ctx;
+  if (!api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + api_key);
   if (timeout_s > 0) {
     ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(timeout_s));
   } else if (health || info) {

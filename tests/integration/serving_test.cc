@@ -124,6 +124,7 @@ class ServingCluster {
   }
 
   moe::v1::Inference::Stub& stub() { return *stub_; }
+  const std::string& address() const { return address_; }
   Process& coordinator() { return *coordinator_; }
   std::vector<std::unique_ptr<Process>>& workers() { return workers_; }
   std::string Logs() {
@@ -152,9 +153,11 @@ struct Outcome {
 };
 
 Outcome Generate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req,
-                 absl::Duration deadline = absl::Seconds(120), int cancel_after = -1) {
+                 absl::Duration deadline = absl::Seconds(120), int cancel_after = -1,
+                 const std::string& authorization = "") {
   grpc::ClientContext ctx;
   ctx.set_deadline(absl::ToChronoTime(absl::Now() + deadline));
+  if (!authorization.empty()) ctx.AddMetadata("authorization", authorization);
   auto reader = stub.Generate(&ctx, req);
   Outcome out;
   moe::v1::GenerateResponse resp;
@@ -407,6 +410,70 @@ TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
   for (auto& w : cluster.workers()) EXPECT_EQ(w->Wait(absl::Seconds(30)), 0) << cluster.Logs();
   // After the drain began, new requests were refused (the server is gone now).
   EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("draining"));
+}
+
+// With keys configured, the public API answers UNAUTHENTICATED without a valid one; health stays
+// open; a key file is re-read on SIGHUP (a revoked key stops working at once); the keys never
+// appear in the log; moe-client sends its --api-key.
+TEST_F(ServingTest, ApiKeysGuardThePublicApiAndReloadOnSighup) {
+  const std::string key_file = logs_.path() + "/keys";
+  ::moe::testing::WriteFile(key_file, "# operators\nkey-from-file-1\n\nkey-from-file-2\n");
+  ServingCluster cluster(Model(),
+                         {1, 1, true, {"--api-key", "flag-key-0123", "--api-key-file", key_file}},
+                         logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();  // health needs no key
+  const std::vector<int32_t> prompt = Prompt(6);
+  const std::vector<int32_t> want = Reference(prompt, 4);
+  auto generate = [&](const std::string& authorization) {
+    return Generate(cluster.stub(), Request(prompt, 4), absl::Seconds(60), -1, authorization);
+  };
+  EXPECT_EQ(generate("").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(generate("Bearer wrong-key").status.error_code(), grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_EQ(generate("flag-key-0123").status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << "a key without the Bearer scheme";
+  EXPECT_EQ(generate("Bearer flag-key-012").status.error_code(), grpc::StatusCode::UNAUTHENTICATED)
+      << "a prefix of a key";
+  for (const std::string auth :
+       {"Bearer flag-key-0123", "bearer key-from-file-1", "Bearer key-from-file-2"}) {
+    const Outcome out = generate(auth);
+    EXPECT_TRUE(out.status.ok()) << auth << ": " << out.status.error_message();
+    EXPECT_EQ(out.tokens, want) << auth;
+  }
+  {
+    grpc::ClientContext ctx;
+    moe::v1::ModelInfo info;
+    EXPECT_EQ(cluster.stub().GetModelInfo(&ctx, {}, &info).error_code(),
+              grpc::StatusCode::UNAUTHENTICATED);
+  }
+  // Revoke key 1, add key 3, SIGHUP: the change takes effect without a restart.
+  ::moe::testing::WriteFile(key_file, "key-from-file-2\nkey-from-file-3\n");
+  cluster.coordinator().Signal(SIGHUP);
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (cluster.coordinator().Log().find("API keys reloaded") == std::string::npos &&
+         absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(generate("Bearer key-from-file-1").status.error_code(),
+            grpc::StatusCode::UNAUTHENTICATED);
+  EXPECT_TRUE(generate("Bearer key-from-file-3").status.ok());
+  EXPECT_TRUE(generate("Bearer flag-key-0123").status.ok());
+  // The command-line client.
+  const std::string port = cluster.address();
+  auto r = ::moe::testing::RunCommand(absl::StrCat(BinaryPath("tools/moe-client"), " --server ",
+                                                   port, " --api-key key-from-file-3 --prompt-ids ",
+                                                   absl::StrJoin(prompt, ","),
+                                                   " --max-tokens 4 --ignore-eos"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
+  r = ::moe::testing::RunCommand(absl::StrCat(BinaryPath("tools/moe-client"), " --server ", port,
+                                              " --prompt-ids 1,2 --max-tokens 2"));
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED"));
+  for (const char* key :
+       {"flag-key-0123", "key-from-file-1", "key-from-file-2", "key-from-file-3"}) {
+    EXPECT_THAT(cluster.coordinator().Log(), ::testing::Not(HasSubstr(key))) << "a key was logged";
+  }
 }
 
 TEST_F(ServingTest, PythonExampleClient) {

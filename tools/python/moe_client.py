@@ -40,6 +40,8 @@ def main():
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--ignore-eos", action="store_true")
+    ap.add_argument("--api-key", default=os.environ.get("MOE_API_KEY"),
+                    help="sent as 'authorization: Bearer KEY' (default: $MOE_API_KEY)")
     args = ap.parse_args()
 
     pb, pb_grpc = load_stubs()
@@ -52,7 +54,8 @@ def main():
     stub = pb_grpc.InferenceStub(grpc.insecure_channel(args.server))
     tokens = []
     try:
-        for response in stub.Generate(request):
+        metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None
+        for response in stub.Generate(request, metadata=metadata):
             tokens.extend(response.token_ids)
             if response.finish_reason:
                 print(f"finish_reason={pb.FinishReason.Name(response.finish_reason)} "

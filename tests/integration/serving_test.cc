@@ -470,6 +470,13 @@ TEST_F(ServingTest, ApiKeysGuardThePublicApiAndReloadOnSighup) {
                                               " --prompt-ids 1,2 --max-tokens 2"));
   EXPECT_NE(r.exit_code, 0);
   EXPECT_THAT(r.err, HasSubstr("UNAUTHENTICATED"));
+  // The Python example client, through the project's venv.
+  r = ::moe::testing::RunCommand(
+      absl::StrCat(MOE_PYTHON, " ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ", port,
+                   " --api-key key-from-file-3 --prompt-ids ", absl::StrJoin(prompt, ","),
+                   " --max-tokens 4 --ignore-eos"));
+  EXPECT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
   for (const char* key :
        {"flag-key-0123", "key-from-file-1", "key-from-file-2", "key-from-file-3"}) {
     EXPECT_THAT(cluster.coordinator().Log(), ::testing::Not(HasSubstr(key))) << "a key was logged";

@@ -3,13 +3,18 @@
 #include <pthread.h>
 #include <signal.h>
 
+#include <atomic>
 #include <cstdlib>
+#include <thread>
 
 #include "common/cli.h"
 #include "common/logging.h"
 #include "coordinator/server.h"
 
 namespace {
+
+// Exit code when a second SIGTERM/SIGINT cuts the drain short.
+constexpr int kExitInterrupted = 2;
 
 int Fail(const absl::Status& s) {
   MOE_LOG(ERROR) << s.message();
@@ -28,7 +33,8 @@ int main(int argc, char** argv) {
       "The serving cluster's front end: moe.v1.Inference (streaming Generate, GetModelInfo),\n"
       "grpc.health.v1 and server reflection on --listen; Prometheus metrics on --metrics-port.\n"
       "Waits for --world-size workers (moe-worker) to register and load their shards; SIGTERM\n"
-      "drains in-flight requests, tells the workers to exit, and exits 0.");
+      "drains in-flight requests, tells the workers to exit, and exits 0; a second SIGTERM\n"
+      "during the drain exits at once with code 2.");
   flags.AddString("model", &model, "Checkpoint folder (only its config.json is read).", true);
   flags.AddInt("world-size", &world, "Worker ranks W.");
   flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides W; 0: W).");
@@ -93,8 +99,21 @@ int main(int argc, char** argv) {
       continue;
     }
     if (sig == SIGTERM || sig == SIGINT) {
-      MOE_LOG(INFO) << "signal " << sig << ": draining";
-      (*server)->Drain(absl::Seconds(drain_timeout_s));
+      MOE_LOG(INFO) << "signal " << sig << ": draining (a second signal exits at once)";
+      std::atomic<bool> drained{false};
+      std::thread drain([&] {
+        (*server)->Drain(absl::Seconds(drain_timeout_s));
+        drained = true;
+      });
+      while (!drained) {
+        timespec poll{0, 50 * 1000 * 1000};
+        const int again = sigtimedwait(&signals, nullptr, &poll);
+        if (again == SIGTERM || again == SIGINT) {
+          MOE_LOG(WARNING) << "signal " << again << " during the drain: exiting now";
+          std::_Exit(kExitInterrupted);
+        }
+      }
+      drain.join();
       MOE_LOG(INFO) << "bye";
       return 0;
     }

@@ -415,6 +415,31 @@ TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
 // With keys configured, the public API answers UNAUTHENTICATED without a valid one; health stays
 // open; a key file is re-read on SIGHUP (a revoked key stops working at once); the keys never
 // appear in the log; moe-client sends its --api-key.
+TEST_F(ServingTest, SecondSigtermCutsTheDrainShort) {
+  ServingCluster cluster(Model(), {2, 1, true, {"--drain-timeout-s", "600"}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  std::vector<Outcome> out(3);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.emplace_back([&, i] {
+      out[i] = Generate(cluster.stub(), Request(Prompt(i + 2), 450), absl::Seconds(60));
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));  // the requests are running
+  cluster.coordinator().Signal(SIGTERM);
+  absl::SleepFor(absl::Milliseconds(100));
+  ASSERT_THAT(cluster.coordinator().Log(), HasSubstr("draining"));
+  const absl::Time second = absl::Now();
+  cluster.coordinator().Signal(SIGTERM);
+  EXPECT_EQ(cluster.coordinator().Wait(absl::Seconds(10)), 2) << cluster.Logs();
+  EXPECT_LT(absl::Now() - second, absl::Seconds(5)) << "the second SIGTERM did not exit at once";
+  for (auto& c : clients) c.join();  // no stream hangs on a coordinator that is gone
+  int cut = 0;
+  for (const Outcome& o : out) cut += o.status.ok() ? 0 : 1;
+  EXPECT_GT(cut, 0) << "every request finished: the drain was not cut short";
+}
+
 TEST_F(ServingTest, ApiKeysGuardThePublicApiAndReloadOnSighup) {
   const std::string key_file = logs_.path() + "/keys";
   ::moe::testing::WriteFile(key_file, "# operators\nkey-from-file-1\n\nkey-from-file-2\n");

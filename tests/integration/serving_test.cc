@@ -416,12 +416,15 @@ TEST_F(ServingTest, SigtermFinishesInFlightWorkAndEverythingExits) {
 // open; a key file is re-read on SIGHUP (a revoked key stops working at once); the keys never
 // appear in the log; moe-client sends its --api-key.
 TEST_F(ServingTest, SecondSigtermCutsTheDrainShort) {
-  ServingCluster cluster(Model(), {2, 1, true, {"--drain-timeout-s", "600"}}, logs_.path());
+  // One sequence at a time, eight of 450 tokens: thousands of steps (each a gRPC round trip to
+  // the leader) are still to run when the signals come.
+  ServingCluster cluster(Model(), {2, 1, true, {"--drain-timeout-s", "600", "--max-running", "1"}},
+                         logs_.path());
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
-  std::vector<Outcome> out(3);
+  std::vector<Outcome> out(8);
   std::vector<std::thread> clients;
-  for (int i = 0; i < 3; ++i) {
+  for (int i = 0; i < 8; ++i) {
     clients.emplace_back([&, i] {
       out[i] = Generate(cluster.stub(), Request(Prompt(i + 2), 450), absl::Seconds(60));
     });

@@ -136,23 +136,19 @@ void CoordinatorServer::Drain(absl::Duration timeout) {
   }
   cluster_->ReleaseWorkers();
   absl::SleepFor(absl::Seconds(2));  // a heartbeat interval or two for the workers to hear it
+  StopServing(absl::Seconds(2));
+}
+
+void CoordinatorServer::StopServing(absl::Duration grace) {
   stop_monitor_ = true;
   if (monitor_.joinable()) monitor_.join();
-  if (server_) server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   if (http_thread_.joinable()) {
     http_->stop();
     http_thread_.join();
   }
 }
 
-CoordinatorServer::~CoordinatorServer() {
-  stop_monitor_ = true;
-  if (monitor_.joinable()) monitor_.join();
-  if (server_) server_->Shutdown(std::chrono::system_clock::now());
-  if (http_thread_.joinable()) {
-    http_->stop();
-    http_thread_.join();
-  }
-}
+CoordinatorServer::~CoordinatorServer() { StopServing(absl::ZeroDuration()); }
 
 }  // namespace moe

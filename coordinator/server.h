@@ -68,6 +68,8 @@ class CoordinatorServer {
                     const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys);
   absl::Status Listen();
   void OnPhase(Cluster::Phase phase, const std::string& why);
+  // Stops the heartbeat monitor, the gRPC server (in-flight calls get `grace`) and /metrics.
+  void StopServing(absl::Duration grace);
 
   const ModelConfig config_;
   const CoordinatorOptions options_;

@@ -98,8 +98,7 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
   const ModelConfig& c = engine.config();
   MOE_ASSIGN_OR_RETURN(std::vector<Running> seqs, Start(c, prompts, opt));
   absl::Status status;
-  while (status.ok() &&
-         std::any_of(seqs.begin(), seqs.end(), [](const Running& r) { return !r.done; })) {
+  while (std::any_of(seqs.begin(), seqs.end(), [](const Running& r) { return !r.done; })) {
     auto step = NextStep(engine, allocator, seqs, opt);
     if (!step.ok()) {
       status = step.status();

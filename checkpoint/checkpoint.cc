@@ -26,6 +26,64 @@ std::string ScaleName(const std::string& weight_name) { return weight_name + "_s
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// "a.b.weight" -> "a.b" (the module whose int4 tensors stand in for the weight).
+std::string ModuleOf(const std::string& weight_name) {
+  return absl::EndsWith(weight_name, ".weight")
+             ? weight_name.substr(0, weight_name.size() - 7)
+             : weight_name;
+}
+
+// The part [r0, r1) x [c0, c1) of a tensor viewed as rows x cols that `slice` selects.
+struct Window {
+  int64_t r0, r1, c0, c1;
+  int64_t rows() const { return r1 - r0; }
+  int64_t cols() const { return c1 - c0; }
+};
+
+absl::StatusOr<Window> SliceWindow(const std::string& file, const std::string& name,
+                                   const std::vector<int64_t>& shape, SliceSpec slice) {
+  // 1-D tensors are one row.
+  const int64_t rows = shape.size() == 2 ? shape[0] : 1;
+  const int64_t cols = shape.size() == 2 ? shape[1] : NumElements(shape);
+  Window w{0, rows, 0, cols};
+  if (slice.dim == SliceSpec::Dim::kNone) return w;
+  if (shape.size() != 2) return TensorError(file, name, "only 2-D tensors can be sliced");
+  const int64_t limit = slice.dim == SliceSpec::Dim::kRows ? rows : cols;
+  if (slice.begin < 0 || slice.begin > slice.end || slice.end > limit) {
+    return TensorError(
+        file, name,
+        absl::StrCat("slice [", slice.begin, ", ", slice.end, ") outside [0, ", limit, ")"));
+  }
+  if (slice.dim == SliceSpec::Dim::kRows) {
+    w.r0 = slice.begin;
+    w.r1 = slice.end;
+  } else {
+    w.c0 = slice.begin;
+    w.c1 = slice.end;
+  }
+  return w;
+}
+
+absl::Status CheckShape(const std::string& file, const std::string& name,
+                        const std::vector<int64_t>& stored, const std::vector<int64_t>& expected) {
+  if (stored == expected) return absl::OkStatus();
+  return TensorError(file, name,
+                     absl::StrCat("shape ", ShapeString(stored), " disagrees with the ",
+                                  ShapeString(expected), " that config.json implies"));
+}
+
+// The int4 dequantization, element by element (the reference the SIMD kernels are checked against
+// through the widened path): value i of word w is column 8w + i, stored as q + 8.
+float Int4Element(const uint8_t* packed_row, const uint8_t* scale_row, int64_t c,
+                  int64_t group_size) {
+  uint32_t word;
+  std::memcpy(&word, packed_row + (c / 8) * 4, 4);
+  const int q = static_cast<int>((word >> (4 * (c % 8))) & 0xfu) - 8;
+  uint16_t s;
+  std::memcpy(&s, scale_row + (c / group_size) * 2, 2);
+  return static_cast<float>(q) * BF16ToF32(s);
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
@@ -86,7 +144,7 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(
                          " and ", file->path()));
       }
     }
-    ck->files_.push_back(std::move(file));
+    ck->files_.push_back(std::shared_ptr<SafetensorsFile>(std::move(file)));
   }
   for (const auto& [name, file] : weight_map) {
     auto it = ck->where_.find(name);
@@ -111,6 +169,10 @@ uint64_t Checkpoint::total_bytes() const {
   return n;
 }
 
+bool Checkpoint::HasWeight(const std::string& name) const {
+  return Has(name) || Has(ModuleOf(name) + ".weight_packed");
+}
+
 absl::StatusOr<Checkpoint::Location> Checkpoint::Find(const std::string& name) const {
   auto it = where_.find(name);
   if (it == where_.end()) {
@@ -124,38 +186,61 @@ absl::StatusOr<TensorEntry> Checkpoint::Describe(const std::string& name) const 
   return *loc.entry;
 }
 
+absl::StatusOr<const float*> Checkpoint::BlockScales(const Location& loc,
+                                                    const std::string& name) const {
+  const TensorEntry& e = *loc.entry;
+  const std::string& file = loc.file->path();
+  if (!quant_ || !quant_->is_fp8()) {
+    return TensorError(file, name,
+                       "is F8_E4M3 but config.json has no fp8 quantization_config");
+  }
+  if (e.shape.size() != 2) return TensorError(file, name, "F8_E4M3 tensor must be 2-D");
+  const int64_t br = quant_->block_rows, bc = quant_->block_cols;
+  const std::string scale_name = ScaleName(name);
+  auto scale_loc = Find(scale_name);
+  if (!scale_loc.ok()) {
+    return TensorError(
+        file, name, absl::StrCat("F8_E4M3 weight without its block scales \"", scale_name, "\""));
+  }
+  const TensorEntry& s = *scale_loc->entry;
+  const std::vector<int64_t> scale_shape = {CeilDiv(e.shape[0], br), CeilDiv(e.shape[1], bc)};
+  if (s.dtype != DType::kF32 || s.shape != scale_shape) {
+    return TensorError(
+        scale_loc->file->path(), scale_name,
+        absl::StrCat("block scales must be F32 ", ShapeString(scale_shape), " for a ",
+                     ShapeString(e.shape), " weight in ", br, "x", bc, " blocks; got ",
+                     DTypeName(s.dtype), " ", ShapeString(s.shape)));
+  }
+  const auto* scales = reinterpret_cast<const float*>(scale_loc->file->Data(s));
+  // The kernels fold 2^120 into each scale (see kernels/cpu/weight_matmul.cc): scales of real
+  // weights are far below 2^7, and a NaN, infinite or negative one is a broken file.
+  for (int64_t i = 0; i < scale_shape[0] * scale_shape[1]; ++i) {
+    float v;
+    std::memcpy(&v, scales + i, 4);
+    if (!(v >= 0.0f && v < 128.0f)) {
+      return TensorError(scale_loc->file->path(), scale_name,
+                         absl::StrCat("block scale ", v, " at index ", i,
+                                      " is outside [0, 128)"));
+    }
+  }
+  return scales;
+}
+
 absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
                                         const std::vector<int64_t>& expected_shape,
                                         SliceSpec slice) {
+  if (!Has(name) && Has(ModuleOf(name) + ".weight_packed")) {
+    return LoadInt4(name, expected_shape, slice);
+  }
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;
   const std::string& file = loc.file->path();
-  if (e.shape != expected_shape) {
-    return TensorError(file, name,
-                       absl::StrCat("shape ", ShapeString(e.shape), " disagrees with the ",
-                                    ShapeString(expected_shape), " that config.json implies"));
-  }
-  // View the tensor as rows x cols (1-D tensors are one row).
-  const int64_t rows = e.shape.size() == 2 ? e.shape[0] : 1;
+  MOE_RETURN_IF_ERROR(CheckShape(file, name, e.shape, expected_shape));
+  if (e.dtype == DType::kI32) return TensorError(file, name, "I32 is not a weight dtype");
+  MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(file, name, e.shape, slice));
+  const int64_t r0 = win.r0, r1 = win.r1, c0 = win.c0, c1 = win.c1;
   const int64_t cols = e.shape.size() == 2 ? e.shape[1] : NumElements(e.shape);
-  int64_t r0 = 0, r1 = rows, c0 = 0, c1 = cols;
-  if (slice.dim != SliceSpec::Dim::kNone) {
-    if (e.shape.size() != 2) return TensorError(file, name, "only 2-D tensors can be sliced");
-    const int64_t limit = slice.dim == SliceSpec::Dim::kRows ? rows : cols;
-    if (slice.begin < 0 || slice.begin > slice.end || slice.end > limit) {
-      return TensorError(
-          file, name,
-          absl::StrCat("slice [", slice.begin, ", ", slice.end, ") outside [0, ", limit, ")"));
-    }
-    if (slice.dim == SliceSpec::Dim::kRows) {
-      r0 = slice.begin;
-      r1 = slice.end;
-    } else {
-      c0 = slice.begin;
-      c1 = slice.end;
-    }
-  }
-  const int64_t out_rows = r1 - r0, out_cols = c1 - c0;
+  const int64_t out_rows = win.rows(), out_cols = win.cols();
   std::vector<int64_t> out_shape = e.shape;
   if (e.shape.size() == 2) out_shape = {out_rows, out_cols};
   Tensor out = Tensor::Uninitialized(out_shape);
@@ -165,29 +250,10 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
   const float* scales = nullptr;
   int64_t br = 1, bc = 1, scale_cols = 0;
   if (e.dtype == DType::kF8E4M3) {
-    if (!quant_) {
-      return TensorError(file, name, "is F8_E4M3 but config.json has no quantization_config");
-    }
-    if (e.shape.size() != 2) return TensorError(file, name, "F8_E4M3 tensor must be 2-D");
+    MOE_ASSIGN_OR_RETURN(scales, BlockScales(loc, name));
     br = quant_->block_rows;
     bc = quant_->block_cols;
-    const std::string scale_name = ScaleName(name);
-    auto scale_loc = Find(scale_name);
-    if (!scale_loc.ok()) {
-      return TensorError(
-          file, name, absl::StrCat("F8_E4M3 weight without its block scales \"", scale_name, "\""));
-    }
-    const TensorEntry& s = *scale_loc->entry;
-    const std::vector<int64_t> scale_shape = {CeilDiv(rows, br), CeilDiv(cols, bc)};
-    if (s.dtype != DType::kF32 || s.shape != scale_shape) {
-      return TensorError(
-          scale_loc->file->path(), scale_name,
-          absl::StrCat("block scales must be F32 ", ShapeString(scale_shape), " for a ",
-                       ShapeString(e.shape), " weight in ", br, "x", bc, " blocks; got ",
-                       DTypeName(s.dtype), " ", ShapeString(s.shape)));
-    }
-    scales = reinterpret_cast<const float*>(scale_loc->file->Data(s));  // 8-byte aligned data
-    scale_cols = scale_shape[1];
+    scale_cols = CeilDiv(cols, bc);
     read += static_cast<uint64_t>((CeilDiv(r1, br) - r0 / br) * (CeilDiv(c1, bc) - c0 / bc)) * 4;
   }
 #pragma omp parallel for schedule(static) if (out_rows * out_cols > (1 << 16))
@@ -205,6 +271,190 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
     }
   }
   bytes_read_ += read;
+  return out;
+}
+
+std::shared_ptr<const void> Checkpoint::Keeper(const SafetensorsFile* file) const {
+  for (const auto& f : files_) {
+    if (f.get() == file) return f;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
+                                                    const std::vector<int64_t>& expected_shape,
+                                                    SliceSpec slice) {
+  if (expected_shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir_, ": tensor \"", name, "\": a weight matrix must be 2-D"));
+  }
+  if (widen_to_f32_) {
+    MOE_ASSIGN_OR_RETURN(Tensor t, Load(name, expected_shape, slice));
+    auto owned = std::make_shared<Tensor>(std::move(t));
+    WeightMatrix w;
+    w.format = WeightFormat::kF32;
+    w.rows = owned->dim(0);
+    w.cols = owned->dim(1);
+    w.data = reinterpret_cast<const uint8_t*>(owned->data());
+    w.row_stride = w.cols * 4;
+    w.owner = std::move(owned);
+    return w;
+  }
+  const std::string module = ModuleOf(name);
+  if (!Has(name) && Has(module + ".weight_packed")) {
+    MOE_ASSIGN_OR_RETURN(Location packed, Find(module + ".weight_packed"));
+    MOE_ASSIGN_OR_RETURN(const Window win,
+                         SliceWindow(packed.file->path(), name, expected_shape, slice));
+    return LoadInt4Matrix(module, expected_shape, win.r0, win.r1, win.c0, win.c1);
+  }
+  MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
+  const TensorEntry& e = *loc.entry;
+  const std::string& file = loc.file->path();
+  MOE_RETURN_IF_ERROR(CheckShape(file, name, e.shape, expected_shape));
+  MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(file, name, e.shape, slice));
+  WeightMatrix w;
+  w.rows = win.rows();
+  w.cols = win.cols();
+  w.row0 = win.r0;
+  w.col0 = win.c0;
+  switch (e.dtype) {
+    case DType::kF32:
+      w.format = WeightFormat::kF32;
+      break;
+    case DType::kBF16:
+      w.format = WeightFormat::kBF16;
+      break;
+    case DType::kF16:
+      w.format = WeightFormat::kF16;
+      break;
+    case DType::kF8E4M3: {
+      w.format = WeightFormat::kF8Block;
+      MOE_ASSIGN_OR_RETURN(w.block_scales, BlockScales(loc, name));
+      w.block_rows = quant_->block_rows;
+      w.block_cols = quant_->block_cols;
+      w.scale_stride = CeilDiv(e.shape[1], w.block_cols);
+      break;
+    }
+    case DType::kI32:
+      return TensorError(file, name, "I32 is not a weight dtype");
+  }
+  const int64_t esize = static_cast<int64_t>(DTypeSize(e.dtype));
+  w.row_stride = e.shape[1] * esize;
+  w.data = loc.file->Data(e) + win.r0 * w.row_stride + win.c0 * esize;
+  w.owner = Keeper(loc.file);
+  bytes_read_ += w.bytes();
+  return w;
+}
+
+absl::StatusOr<WeightMatrix> Checkpoint::LoadInt4Matrix(const std::string& module,
+                                                        const std::vector<int64_t>& shape,
+                                                        int64_t r0, int64_t r1, int64_t c0,
+                                                        int64_t c1) {
+  const std::string packed_name = module + ".weight_packed";
+  const std::string scale_name = module + ".weight_scale";
+  const std::string shape_name = module + ".weight_shape";
+  MOE_ASSIGN_OR_RETURN(Location packed, Find(packed_name));
+  const std::string& file = packed.file->path();
+  if (!quant_ || !quant_->is_int4()) {
+    return TensorError(file, packed_name,
+                       "int4 weights need config.json's quantization_config to be "
+                       "compressed-tensors pack-quantized");
+  }
+  if (quant_->Ignores(module)) {
+    return TensorError(file, packed_name,
+                       absl::StrCat("module \"", module,
+                                    "\" is in quantization_config.ignore but stored as int4"));
+  }
+  const int64_t out = shape[0], in = shape[1], gs = quant_->group_size;
+  // weight_shape: the unpacked [out, in].
+  auto shape_loc = Find(shape_name);
+  if (!shape_loc.ok()) {
+    return TensorError(file, packed_name, absl::StrCat("int4 weight without \"", shape_name, "\""));
+  }
+  {
+    const TensorEntry& e = *shape_loc->entry;
+    if (e.dtype != DType::kI32 || e.shape != std::vector<int64_t>{2}) {
+      return TensorError(shape_loc->file->path(), shape_name,
+                         absl::StrCat("must be I32 [2], got ", DTypeName(e.dtype), " ",
+                                      ShapeString(e.shape)));
+    }
+    int32_t dims[2];
+    std::memcpy(dims, shape_loc->file->Data(e), sizeof(dims));
+    MOE_RETURN_IF_ERROR(
+        CheckShape(shape_loc->file->path(), shape_name, {dims[0], dims[1]}, shape));
+  }
+  if (in % gs != 0) {
+    return TensorError(file, packed_name,
+                       absl::StrCat("group size ", gs, " does not divide the row of ", in,
+                                    " columns"));
+  }
+  const TensorEntry& p = *packed.entry;
+  if (p.dtype != DType::kI32 || p.shape != std::vector<int64_t>{out, in / 8}) {
+    return TensorError(file, packed_name,
+                       absl::StrCat("must be I32 ", ShapeString({out, in / 8}), " for a ",
+                                    ShapeString(shape), " weight; got ", DTypeName(p.dtype), " ",
+                                    ShapeString(p.shape)));
+  }
+  auto scale_loc = Find(scale_name);
+  if (!scale_loc.ok()) {
+    return TensorError(file, packed_name, absl::StrCat("int4 weight without \"", scale_name, "\""));
+  }
+  const TensorEntry& s = *scale_loc->entry;
+  if (s.dtype != DType::kBF16 || s.shape != std::vector<int64_t>{out, in / gs}) {
+    return TensorError(scale_loc->file->path(), scale_name,
+                       absl::StrCat("group scales must be BF16 ", ShapeString({out, in / gs}),
+                                    " (groups of ", gs, "); got ", DTypeName(s.dtype), " ",
+                                    ShapeString(s.shape)));
+  }
+  if (c0 % gs != 0 || (c1 - c0) % gs != 0) {
+    return TensorError(file, packed_name,
+                       absl::StrCat("column shard [", c0, ", ", c1, ") is not made of whole ", gs,
+                                    "-column groups"));
+  }
+  WeightMatrix w;
+  w.format = WeightFormat::kInt4Group;
+  w.rows = r1 - r0;
+  w.cols = c1 - c0;
+  w.row0 = r0;
+  w.col0 = c0;
+  w.row_stride = in / 2;
+  w.data = packed.file->Data(p) + r0 * w.row_stride + c0 / 2;
+  w.group_size = gs;
+  w.scale_stride = in / gs;
+  w.group_scales = reinterpret_cast<const uint16_t*>(scale_loc->file->Data(s)) +
+                   r0 * w.scale_stride + c0 / gs;
+  if (scale_loc->file != packed.file) {
+    // Both files must stay mapped: the matrix owns the pair.
+    auto pair = std::make_shared<std::pair<std::shared_ptr<const void>, std::shared_ptr<const void>>>(
+        Keeper(packed.file), Keeper(scale_loc->file));
+    w.owner = pair;
+  } else {
+    w.owner = Keeper(packed.file);
+  }
+  bytes_read_ += w.bytes();
+  return w;
+}
+
+absl::StatusOr<Tensor> Checkpoint::LoadInt4(const std::string& name,
+                                            const std::vector<int64_t>& shape, SliceSpec slice) {
+  if (shape.size() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(dir_, ": tensor \"", name, "\": int4 weights are 2-D"));
+  }
+  const std::string module = ModuleOf(name);
+  MOE_ASSIGN_OR_RETURN(Location packed, Find(module + ".weight_packed"));
+  MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(packed.file->path(), name, shape, slice));
+  MOE_ASSIGN_OR_RETURN(WeightMatrix w,
+                       LoadInt4Matrix(module, shape, win.r0, win.r1, win.c0, win.c1));
+  Tensor out = Tensor::Uninitialized({w.rows, w.cols});
+  // The window's packed rows start at column col0 of the stored row; Int4Element counts from
+  // the window's first column, which starts a group and a word.
+#pragma omp parallel for schedule(static) if (w.rows * w.cols > (1 << 16))
+  for (int64_t r = 0; r < w.rows; ++r) {
+    const uint8_t* row = w.data + r * w.row_stride;
+    const auto* scales = reinterpret_cast<const uint8_t*>(w.group_scales + r * w.scale_stride);
+    for (int64_t c = 0; c < w.cols; ++c) out.row(r)[c] = Int4Element(row, scales, c, w.group_size);
+  }
   return out;
 }
 

@@ -2,7 +2,9 @@
 // by `model.safetensors.index.json`). Loads tensors by name as float32 — whole, or a row or column
 // range so a rank reads only its shard — checking each against the shape the model expects.
 // F8_E4M3 weights are dequantized with their `<name>_scale_inv` block scales (DeepSeek-V3 layout:
-// float32 [ceil(rows/block_rows), ceil(cols/block_cols)]).
+// float32 [ceil(rows/block_rows), ceil(cols/block_cols)]); int4 modules (compressed-tensors
+// pack-quantized: `<module>.weight_packed`, `.weight_scale`, `.weight_shape`) with their group
+// scales. LoadMatrix instead gives a weight in its stored format, a view into the mapped file.
 #pragma once
 
 #include <atomic>
@@ -17,6 +19,7 @@
 #include "checkpoint/safetensors.h"
 #include "common/model_config.h"
 #include "common/tensor.h"
+#include "common/weight_matrix.h"
 
 namespace moe {
 
@@ -39,6 +42,8 @@ class Checkpoint {
                                                           std::optional<QuantizationConfig> quant);
 
   bool Has(const std::string& name) const { return where_.count(name) > 0; }
+  // Whether the weight "<module>.weight" is stored, plain or as int4.
+  bool HasWeight(const std::string& name) const;
   std::vector<std::string> TensorNames() const;
   // The stored dtype and shape, or NotFound.
   absl::StatusOr<TensorEntry> Describe(const std::string& name) const;
@@ -47,6 +52,16 @@ class Checkpoint {
   // mismatch is an error naming file and tensor. With a slice, only that part is read.
   absl::StatusOr<Tensor> Load(const std::string& name, const std::vector<int64_t>& expected_shape,
                               SliceSpec slice = SliceSpec::All());
+
+  // The 2-D weight `name` ("<module>.weight", [out, in] = `expected_shape`) in its stored format,
+  // or its window `slice`: a view into the memory-mapped file, kept mapped while the matrix
+  // lives. A module stored as int4 has no "<module>.weight"; its packed tensors are used. Column
+  // windows of int4 weights must be whole groups. With
+  // set_widen_to_f32(true) the weight is converted to float32 instead (the reference path).
+  absl::StatusOr<WeightMatrix> LoadMatrix(const std::string& name,
+                                          const std::vector<int64_t>& expected_shape,
+                                          SliceSpec slice = SliceSpec::All());
+  void set_widen_to_f32(bool widen) { widen_to_f32_ = widen; }
 
   // Bytes copied out of the files so far (data and scales), across threads.
   uint64_t bytes_read() const { return bytes_read_.load(); }
@@ -60,10 +75,18 @@ class Checkpoint {
     const TensorEntry* entry;
   };
   absl::StatusOr<Location> Find(const std::string& name) const;
+  absl::StatusOr<const float*> BlockScales(const Location& loc, const std::string& name) const;
+  absl::StatusOr<Tensor> LoadInt4(const std::string& name, const std::vector<int64_t>& shape,
+                                  SliceSpec slice);
+  absl::StatusOr<WeightMatrix> LoadInt4Matrix(const std::string& module,
+                                              const std::vector<int64_t>& shape, int64_t r0,
+                                              int64_t r1, int64_t c0, int64_t c1);
+  std::shared_ptr<const void> Keeper(const SafetensorsFile* file) const;
 
   std::string dir_;
   std::optional<QuantizationConfig> quant_;
-  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::vector<std::shared_ptr<SafetensorsFile>> files_;
+  bool widen_to_f32_ = false;
   std::map<std::string, Location> where_;
   std::atomic<uint64_t> bytes_read_{0};
 };

@@ -11,6 +11,7 @@ namespace moe {
 size_t DTypeSize(DType t) {
   switch (t) {
     case DType::kF32:
+    case DType::kI32:
       return 4;
     case DType::kBF16:
     case DType::kF16:
@@ -31,6 +32,8 @@ absl::string_view DTypeName(DType t) {
       return "F16";
     case DType::kF8E4M3:
       return "F8_E4M3";
+    case DType::kI32:
+      return "I32";
   }
   return "?";
 }
@@ -40,8 +43,9 @@ absl::StatusOr<DType> ParseDType(absl::string_view name) {
   if (name == "BF16") return DType::kBF16;
   if (name == "F16") return DType::kF16;
   if (name == "F8_E4M3") return DType::kF8E4M3;
-  return absl::InvalidArgumentError(
-      absl::StrCat("unsupported dtype \"", name, "\" (expected F32, BF16, F16 or F8_E4M3)"));
+  if (name == "I32") return DType::kI32;
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unsupported dtype \"", name, "\" (expected F32, BF16, F16, F8_E4M3 or I32)"));
 }
 
 float F16ToF32(uint16_t v) {
@@ -134,6 +138,14 @@ void ConvertToF32(DType t, const void* src, float* dst, size_t n) {
       }();
       const auto* s = static_cast<const uint8_t*>(src);
       for (size_t i = 0; i < n; ++i) dst[i] = table[s[i]];
+      return;
+    }
+    case DType::kI32: {
+      for (size_t i = 0; i < n; ++i) {
+        int32_t v;
+        std::memcpy(&v, static_cast<const uint8_t*>(src) + 4 * i, 4);
+        dst[i] = static_cast<float>(v);
+      }
       return;
     }
   }

@@ -10,11 +10,12 @@
 
 namespace moe {
 
-enum class DType { kF32, kBF16, kF16, kF8E4M3 };
+// kI32 holds packed int4 weights (compressed-tensors `weight_packed`) and `weight_shape`.
+enum class DType { kF32, kBF16, kF16, kF8E4M3, kI32 };
 
 // Bytes per element.
 size_t DTypeSize(DType t);
-// The safetensors spelling: "F32", "BF16", "F16", "F8_E4M3".
+// The safetensors spelling: "F32", "BF16", "F16", "F8_E4M3", "I32".
 absl::string_view DTypeName(DType t);
 absl::StatusOr<DType> ParseDType(absl::string_view safetensors_name);
 
@@ -44,7 +45,7 @@ float F8E4M3ToF32(uint8_t v);
 uint8_t F32ToF8E4M3(float f);
 inline constexpr float kF8E4M3Max = 448.0f;
 
-// Converts `n` elements of type `t` at `src` into float32.
+// Converts `n` elements of type `t` at `src` into float32 (I32 as integers).
 void ConvertToF32(DType t, const void* src, float* dst, size_t n);
 
 }  // namespace moe

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -128,6 +129,60 @@ absl::Status ParseRopeScaling(const Json& j, RopeScaling* rs) {
   return absl::OkStatus();
 }
 
+// compressed-tensors: exactly one config group, weight-only symmetric int4 in groups.
+absl::Status ParseCompressedTensors(const Fields& f, QuantizationConfig* q) {
+  MOE_RETURN_IF_ERROR(f.String("format", &q->format, true));
+  MOE_RETURN_IF_ERROR(f.OneOf("format", q->format, {"pack-quantized"}));
+  if (!f.Has("config_groups") || !f.obj().at("config_groups").is_object() ||
+      f.obj().at("config_groups").size() != 1) {
+    return f.Error("config_groups", "expected an object with exactly one group");
+  }
+  const auto group = f.obj().at("config_groups").begin();
+  const std::string where = absl::StrCat("config.json quantization_config.config_groups.",
+                                         group.key(), " ");
+  if (!group->is_object()) return f.Error("config_groups", "the group is not an object");
+  Fields g(*group, where);
+  if (g.Has("input_activations")) {
+    return g.Error("input_activations", "activation quantization is not supported (weights only)");
+  }
+  if (!g.Has("weights") || !g.obj().at("weights").is_object()) {
+    return g.Error("weights", "missing (required) or not an object");
+  }
+  Fields w(g.obj().at("weights"), where + "weights ");
+  std::string type = "int", strategy = "group";
+  bool symmetric = true;
+  MOE_RETURN_IF_ERROR(w.Int("num_bits", &q->num_bits, true, 1));
+  if (q->num_bits != 4) return w.Error("num_bits", absl::StrCat("only 4 is supported, got ", q->num_bits));
+  MOE_RETURN_IF_ERROR(w.String("type", &type, false));
+  MOE_RETURN_IF_ERROR(w.OneOf("type", type, {"int"}));
+  MOE_RETURN_IF_ERROR(w.String("strategy", &strategy, false));
+  MOE_RETURN_IF_ERROR(w.OneOf("strategy", strategy, {"group"}));
+  MOE_RETURN_IF_ERROR(w.Bool("symmetric", &symmetric));
+  if (!symmetric) return w.Error("symmetric", "only symmetric int4 (no zero points) is supported");
+  MOE_RETURN_IF_ERROR(w.Int("group_size", &q->group_size, true, 1));
+  if (q->group_size % 32 != 0) {
+    return w.Error("group_size", absl::StrCat("must be a multiple of 32, got ", q->group_size));
+  }
+  q->ignore.clear();
+  if (f.Has("ignore")) {
+    const Json& ig = f.obj().at("ignore");
+    if (!ig.is_array()) return f.TypeError("ignore", "an array of module names");
+    for (const Json& e : ig) {
+      if (!e.is_string()) return f.Error("ignore", "expected module names (strings)");
+      q->ignore.push_back(e.get<std::string>());
+      const std::string& entry = q->ignore.back();
+      if (entry.rfind("re:", 0) == 0) {
+        try {
+          std::regex re(entry.substr(3));
+        } catch (const std::regex_error& err) {
+          return f.Error("ignore", absl::StrCat("bad regular expression \"", entry, "\""));
+        }
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseQuantization(const Json& j, QuantizationConfig* q) {
   if (!j.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -135,7 +190,8 @@ absl::Status ParseQuantization(const Json& j, QuantizationConfig* q) {
   }
   Fields f(j, "config.json quantization_config ");
   MOE_RETURN_IF_ERROR(f.String("quant_method", &q->quant_method, true));
-  MOE_RETURN_IF_ERROR(f.OneOf("quant_method", q->quant_method, {"fp8"}));
+  MOE_RETURN_IF_ERROR(f.OneOf("quant_method", q->quant_method, {"fp8", "compressed-tensors"}));
+  if (q->is_int4()) return ParseCompressedTensors(f, q);
   MOE_RETURN_IF_ERROR(f.String("fmt", &q->fmt, false));
   MOE_RETURN_IF_ERROR(f.OneOf("fmt", q->fmt, {"e4m3"}));
   MOE_RETURN_IF_ERROR(f.String("activation_scheme", &q->activation_scheme, false));
@@ -217,6 +273,21 @@ absl::Status Validate(const ModelConfig& c) {
 }
 
 }  // namespace
+
+bool QuantizationConfig::Ignores(const std::string& module) const {
+  for (const std::string& entry : ignore) {
+    if (entry.rfind("re:", 0) == 0) {
+      // As compressed-tensors does (Python's re.match): anchored at the start only.
+      if (std::regex_search(module, std::regex(entry.substr(3)),
+                            std::regex_constants::match_continuous)) {
+        return true;
+      }
+    } else if (module == entry) {
+      return true;
+    }
+  }
+  return false;
+}
 
 bool ModelConfig::IsMoeLayer(int64_t layer) const {
   return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
@@ -318,7 +389,23 @@ std::string ModelConfig::ToJson() const {
     j["eos_token_id"] = eos_token_ids;
   }
   j["torch_dtype"] = torch_dtype;
-  if (quantization_config) {
+  if (quantization_config && quantization_config->is_int4()) {
+    const QuantizationConfig& qc = *quantization_config;
+    Json weights = {{"num_bits", qc.num_bits}, {"type", "int"},       {"symmetric", true},
+                    {"strategy", "group"},     {"group_size", qc.group_size}, {"dynamic", false},
+                    {"actorder", nullptr},     {"block_structure", nullptr},
+                    {"observer", "minmax"},    {"observer_kwargs", Json::object()}};
+    Json group = {{"targets", {"Linear"}},
+                  {"weights", weights},
+                  {"input_activations", nullptr},
+                  {"output_activations", nullptr}};
+    j["quantization_config"] = {{"quant_method", "compressed-tensors"},
+                                {"format", qc.format},
+                                {"quantization_status", "compressed"},
+                                {"kv_cache_scheme", nullptr},
+                                {"config_groups", {{"group_0", group}}},
+                                {"ignore", qc.ignore}};
+  } else if (quantization_config) {
     Json q;
     q["quant_method"] = quantization_config->quant_method;
     q["fmt"] = quantization_config->fmt;

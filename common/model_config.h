@@ -22,12 +22,28 @@ struct RopeScaling {  // "rope_scaling": {"type": "yarn", ...}
   double mscale_all_dim = 0.0;
 };
 
-struct QuantizationConfig {  // "quantization_config": {"quant_method": "fp8", ...}
+// "quantization_config": how the checkpoint's weights are stored below float.
+//   {"quant_method": "fp8", "fmt": "e4m3", "weight_block_size": [128, 128], ...}: DeepSeek-V3/R1
+//     and Kimi K2: F8_E4M3 weights, each with a float32 `weight_scale_inv` per block.
+//   {"quant_method": "compressed-tensors", "format": "pack-quantized", "config_groups": {...},
+//     "ignore": [...]}: Kimi K2 Thinking: int4 `weight_packed` + bf16 `weight_scale` per group of
+//     columns, symmetric, for every Linear except the modules `ignore` names (kept in bf16).
+struct QuantizationConfig {
   std::string quant_method = "fp8";
   std::string fmt = "e4m3";
   std::string activation_scheme = "dynamic";
   int64_t block_rows = 128;  // weight_block_size[0]: rows (output features) per scale block
   int64_t block_cols = 128;  // weight_block_size[1]: columns (input features) per scale block
+
+  std::string format = "pack-quantized";  // compressed-tensors only
+  int64_t num_bits = 4;
+  int64_t group_size = 32;       // columns per scale
+  std::vector<std::string> ignore;  // module names, or "re:<regex>" matched from the start
+
+  bool is_fp8() const { return quant_method == "fp8"; }
+  bool is_int4() const { return quant_method == "compressed-tensors"; }
+  // Whether `module` (e.g. "model.layers.3.self_attn.o_proj") is named by `ignore`.
+  bool Ignores(const std::string& module) const;
 };
 
 struct ParamCounts {

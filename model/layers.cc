@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/weight_matmul.h"
 
 namespace moe {
 
@@ -18,30 +19,12 @@ absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const WeightSpec& spec, Rang
     slice = SliceSpec::Cols(cols.begin, cols.end);
   }
   Linear l;
-  MOE_ASSIGN_OR_RETURN(l.weight_, ck.Load(spec.name, spec.shape, slice));
+  MOE_ASSIGN_OR_RETURN(l.weight_, ck.LoadMatrix(spec.name, spec.shape, slice));
   return l;
 }
 
-Linear Linear::Concat(std::vector<Linear> parts) {
-  int64_t rows = 0;
-  const int64_t in = parts.at(0).in_features();
-  for (const Linear& p : parts) {
-    MOE_CHECK(p.in_features() == in);
-    rows += p.out_features();
-  }
-  Linear l;
-  l.weight_ = Tensor({rows, in});
-  float* dst = l.weight_.data();
-  for (const Linear& p : parts) {
-    std::memcpy(dst, p.weight_.data(), p.weight_.bytes());
-    dst += p.weight_.numel();
-  }
-  return l;
-}
-
-void Linear::Forward(const float* x, int64_t n, float* y) const {
-  cpu::MatMulNT(n, out_features(), in_features(), x, in_features(), weight_.data(), in_features(),
-                y, out_features());
+void Linear::Forward(const float* x, int64_t n, float* y, int64_t ldy) const {
+  cpu::MatMulNT(n, x, in_features(), weight_, y, ldy < 0 ? out_features() : ldy);
 }
 
 absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const WeightSpec& spec, double eps) {
@@ -62,19 +45,19 @@ absl::StatusOr<VocabParallelEmbedding> VocabParallelEmbedding::Load(Checkpoint& 
   VocabParallelEmbedding e;
   const int64_t vocab = spec.shape.at(0);
   SliceSpec slice = rows.size() == vocab ? SliceSpec::All() : SliceSpec::Rows(rows.begin, rows.end);
-  MOE_ASSIGN_OR_RETURN(e.weight_, ck.Load(spec.name, spec.shape, slice));
+  MOE_ASSIGN_OR_RETURN(e.weight_, ck.LoadMatrix(spec.name, spec.shape, slice));
   e.rows_ = rows;
   e.tp_ = tp;
   return e;
 }
 
 absl::StatusOr<Tensor> VocabParallelEmbedding::Forward(const std::vector<int32_t>& tokens) const {
-  const int64_t hidden = weight_.dim(1);
+  const int64_t hidden = weight_.cols;
   Tensor out({static_cast<int64_t>(tokens.size()), hidden});
   for (size_t i = 0; i < tokens.size(); ++i) {
     if (rows_.contains(tokens[i])) {
-      std::memcpy(out.row(static_cast<int64_t>(i)), weight_.row(tokens[i] - rows_.begin),
-                  static_cast<size_t>(hidden) * sizeof(float));
+      const int64_t r = tokens[i] - rows_.begin;
+      cpu::DequantizeRows(weight_, r, r + 1, out.row(static_cast<int64_t>(i)));
     }
   }
   if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(out.data(), out.numel()));

@@ -12,12 +12,13 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weight_names.h"
 #include "common/tensor.h"
+#include "common/weight_matrix.h"
 #include "parallel/communicator.h"
 #include "parallel/shard_plan.h"
 
 namespace moe {
 
-// y = x W^T for a weight stored [out, in]. `rows` selects output rows (column parallel),
+// y = x W^T for a weight stored [out, in], kept in the checkpoint's format (see WeightMatrix). `rows` selects output rows (column parallel),
 // `cols` input columns (row parallel); at most one is not the full range.
 class Linear {
  public:
@@ -27,16 +28,14 @@ class Linear {
   static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const WeightSpec& spec) {
     return Load(ck, spec, {0, spec.shape[0]}, {0, spec.shape[1]});
   }
-  // Stacks the rows of several weights (e.g. gate_proj and up_proj) into one product.
-  static Linear Concat(std::vector<Linear> parts);
-
-  void Forward(const float* x, int64_t n, float* y) const;  // x [n, in] -> y [n, out]
-  int64_t out_features() const { return weight_.empty() ? 0 : weight_.dim(0); }
-  int64_t in_features() const { return weight_.empty() ? 0 : weight_.dim(1); }
-  const Tensor& weight() const { return weight_; }
+  // x [n, in] -> y [n, out], rows of y `ldy` floats apart (default: out).
+  void Forward(const float* x, int64_t n, float* y, int64_t ldy = -1) const;
+  int64_t out_features() const { return weight_.rows; }
+  int64_t in_features() const { return weight_.cols; }
+  const WeightMatrix& weight() const { return weight_; }
 
  private:
-  Tensor weight_;  // [out_local, in_local]
+  WeightMatrix weight_;  // [out_local, in_local], as the checkpoint stores it
 };
 
 class RmsNorm {
@@ -60,7 +59,7 @@ class VocabParallelEmbedding {
   absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens) const;  // [n, hidden]
 
  private:
-  Tensor weight_;
+  WeightMatrix weight_;  // rows dequantized as tokens look them up
   Range rows_;
   Communicator* tp_ = nullptr;
 };

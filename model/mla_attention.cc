@@ -51,8 +51,8 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint
                          return RmsNorm::Load(ck, w.kv_a_layernorm, c.rms_norm_eps);
                        }));
   MOE_ASSIGN_OR_RETURN(a.kv_b_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, w.kv_b_proj, {heads.begin * kvh, heads.end * kvh},
-                                             {0, c.kv_lora_rank});
+                         return ck.Load(w.kv_b_proj.name, w.kv_b_proj.shape,
+                                        SliceSpec::Rows(heads.begin * kvh, heads.end * kvh));
                        }));
   MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
                          return Linear::Load(
@@ -125,7 +125,7 @@ void MlaAttention::Prefill(const ForwardChunk& c, const float* q, const KvCache&
     std::memcpy(latent.data() + t * dim, row, static_cast<size_t>(dim) * sizeof(float));
   }
   FloatVector kv(static_cast<size_t>(ctx * heads_ * kvh));
-  cpu::MatMulNT(ctx, heads_ * kvh, kv_lora_, latent.data(), dim, kv_b_proj_.weight().data(),
+  cpu::MatMulNT(ctx, heads_ * kvh, kv_lora_, latent.data(), dim, kv_b_proj_.data(),
                 kv_lora_, kv.data(), heads_ * kvh);
   FloatVector k(static_cast<size_t>(ctx * heads_ * qk)), v(static_cast<size_t>(ctx * heads_ * v_));
   for (int64_t t = 0; t < ctx; ++t) {
@@ -147,7 +147,7 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
                           const KvCache& cache, float* attn) const {
   const int64_t qk = nope_ + rope_, dim = kv_lora_ + rope_, kvh = nope_ + v_;
   const int64_t b = static_cast<int64_t>(chunks.size());
-  const float* w = kv_b_proj_.weight().data();
+  const float* w = kv_b_proj_.data();
   // Absorb W_UK into the queries: q_cat[token, head] = [W_UK_h^T q_nope | q_pe]. One parallel
   // region over heads; the per-head products inside it run single-threaded.
   FloatVector q_cat(static_cast<size_t>(b * heads_ * dim));

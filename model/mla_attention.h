@@ -41,7 +41,9 @@ class MlaAttention {
   std::optional<RmsNorm> q_a_layernorm_;
   Linear kv_a_proj_with_mqa_;
   RmsNorm kv_a_layernorm_;
-  Linear kv_b_proj_;  // [heads_local * (nope + v), kv_lora]: per head W_UK rows then W_UV rows
+  // [heads_local * (nope + v), kv_lora]: per head W_UK rows then W_UV rows. Float32 (widened at
+  // load; about 0.15% of DeepSeek-V3's weights): decode multiplies by W_UK untransposed.
+  Tensor kv_b_proj_;
   Linear o_proj_;     // [hidden, heads_local * v]
   Communicator* tp_ = nullptr;
 };

@@ -22,8 +22,9 @@ class GatedMlp {
   int64_t intermediate() const { return down_.in_features(); }
 
  private:
-  Linear gate_up_;  // [2 * inter_local, hidden]: gate rows, then up rows
-  Linear down_;     // [hidden, inter_local]
+  Linear gate_;  // [inter_local, hidden]
+  Linear up_;    // [inter_local, hidden]
+  Linear down_;  // [hidden, inter_local]
 };
 
 }  // namespace moe

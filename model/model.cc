@@ -59,8 +59,10 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
 absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
                                                                        const ModelConfig& c,
                                                                        const ParallelContext& ctx,
-                                                                       const KvCacheShape& cache) {
+                                                                       const KvCacheShape& cache,
+                                                                       bool widen_to_f32) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
+  ck->set_widen_to_f32(widen_to_f32);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
   WeightBytes* bytes = &m->weight_bytes_;

@@ -42,14 +42,17 @@ class DecoderLayer {
   Communicator* tp_ = nullptr;
 };
 
-// The CPU backend: float32 weights and cache in host memory, any parallel layout.
+// The CPU backend: weights in the checkpoint's format (memory-mapped), float32 activations and
+// cache in host memory, any parallel layout.
 class DeepseekV3Model : public ForwardModel {
  public:
-  // Reads this rank's shard of the weights in `dir` and allocates its KV cache.
+  // Maps this rank's shard of the weights in `dir` and allocates its KV cache. With
+  // `widen_to_f32` every weight is converted to float32 instead (the reference path).
   static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
                                                                const ModelConfig& config,
                                                                const ParallelContext& ctx,
-                                                               const KvCacheShape& cache);
+                                                               const KvCacheShape& cache,
+                                                               bool widen_to_f32 = false);
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;

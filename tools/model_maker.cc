@@ -1,5 +1,6 @@
 #include "tools/model_maker.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -92,13 +93,46 @@ void QuantizeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int64_
   }
 }
 
+// Quantizes a [rows, cols] weight to symmetric int4 in groups of `group` columns, packed as
+// compressed-tensors does: scale = bf16(amax / 7.5), q = clamp(round(w / scale), -8, 7), stored
+// q + 8, eight per int32 with column 8j + i in bits 4i..4i+3.
+void QuantizeInt4(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t group,
+                  std::vector<int32_t>* packed, std::vector<uint16_t>* scales) {
+  packed->assign(static_cast<size_t>(rows * cols / 8), 0);
+  scales->assign(static_cast<size_t>(rows * (cols / group)), 0);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t g = 0; g < cols / group; ++g) {
+      const float* x = w.data() + r * cols + g * group;
+      float amax = 0.0f;
+      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[i]));
+      const uint16_t s16 = F32ToBF16(amax > 0 ? amax / 7.5f : 1.0f);
+      (*scales)[r * (cols / group) + g] = s16;
+      const float s = BF16ToF32(s16);
+      for (int64_t i = 0; i < group; ++i) {
+        const int q = static_cast<int>(std::clamp(std::nearbyint(x[i] / s), -8.0f, 7.0f));
+        const int64_t c = g * group + i;
+        auto& word = (*packed)[(r * cols + c) / 8];
+        word = static_cast<int32_t>(static_cast<uint32_t>(word) |
+                                    (static_cast<uint32_t>(q + 8) << (4 * (c % 8))));
+      }
+    }
+  }
+}
+
+// "a.b.weight" -> "a.b"
+std::string ModuleName(const std::string& weight_name) {
+  return weight_name.substr(0, weight_name.size() - std::string(".weight").size());
+}
+
 }  // namespace
 
 absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s) {
   if (s == "f32") return WeightDType::kF32;
   if (s == "bf16") return WeightDType::kBF16;
   if (s == "fp8") return WeightDType::kFP8;
-  return absl::InvalidArgumentError(absl::StrCat("unknown dtype \"", s, "\" (f32, bf16 or fp8)"));
+  if (s == "int4") return WeightDType::kInt4;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown dtype \"", s, "\" (f32, bf16, fp8 or int4)"));
 }
 
 float GeneratedValue(const WeightSpec& spec, uint64_t seed, uint64_t i) {
@@ -112,10 +146,19 @@ ModelConfig WrittenConfig(ModelConfig config, WeightDType dtype) {
   config.torch_dtype = dtype == WeightDType::kF32 ? "float32" : "bfloat16";
   config.quantization_config.reset();
   if (dtype == WeightDType::kFP8) config.quantization_config = QuantizationConfig{};
+  if (dtype == WeightDType::kInt4) {
+    QuantizationConfig q;
+    q.quant_method = "compressed-tensors";
+    // Kimi K2 Thinking's list: only the routed experts are int4.
+    q.ignore = {"lm_head", "re:.*self_attn.*", "re:.*shared_experts.*",
+                "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"};
+    config.quantization_config = q;
+  }
   return config;
 }
 
-// Every tensor of the checkpoint with its stored dtype; an fp8 weight is followed by its scales.
+// Every tensor of the checkpoint with its stored dtype; an fp8 weight is followed by its scales, an
+// int4 module's weight_packed by its weight_scale and weight_shape.
 std::vector<Planned> PlanTensors(const ModelConfig& config, const std::vector<WeightSpec>& specs,
                                  WeightDType dtype) {
   const DType float_dtype = dtype == WeightDType::kF32 ? DType::kF32 : DType::kBF16;
@@ -129,6 +172,14 @@ std::vector<Planned> PlanTensors(const ModelConfig& config, const std::vector<We
                       {(s.shape[0] + q.block_rows - 1) / q.block_rows,
                        (s.shape[1] + q.block_cols - 1) / q.block_cols},
                       nullptr});
+    } else if (dtype == WeightDType::kInt4 && s.quantizable() &&
+               !config.quantization_config->Ignores(ModuleName(s.name))) {
+      const std::string module = ModuleName(s.name);
+      const int64_t g = config.quantization_config->group_size;
+      plan.push_back({module + ".weight_packed", DType::kI32, {s.shape[0], s.shape[1] / 8}, &s});
+      plan.push_back({module + ".weight_scale", DType::kBF16, {s.shape[0], s.shape[1] / g},
+                      nullptr});
+      plan.push_back({module + ".weight_shape", DType::kI32, {2}, nullptr});
     } else {
       const DType d = s.kind == WeightSpec::Kind::kRouterBias ? DType::kF32 : float_dtype;
       plan.push_back({s.name, d, s.shape, &s});
@@ -138,14 +189,14 @@ std::vector<Planned> PlanTensors(const ModelConfig& config, const std::vector<We
 }
 
 // Indices into `plan` per file, each file at most max_bytes unless one weight is larger; a weight
-// and its scale stay together.
+// and its scales stay together.
 std::vector<std::vector<size_t>> GroupIntoShards(const std::vector<Planned>& plan,
                                                  uint64_t max_bytes) {
   std::vector<std::vector<size_t>> shards(1);
   uint64_t shard_bytes = 0;
   for (size_t i = 0; i < plan.size(); ++i) {
-    const uint64_t b =
-        plan[i].bytes() + (i + 1 < plan.size() && !plan[i + 1].spec ? plan[i + 1].bytes() : 0);
+    uint64_t b = plan[i].bytes();
+    for (size_t j = i + 1; j < plan.size() && !plan[j].spec; ++j) b += plan[j].bytes();
     if (plan[i].spec && shard_bytes > 0 && shard_bytes + b > max_bytes) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -166,6 +217,8 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
   MOE_RETURN_IF_ERROR(w.Begin(path, {{"format", "pt"}}));
   std::vector<float> values, scale;
   std::vector<uint8_t> bytes;
+  std::vector<int32_t> packed;
+  std::vector<uint16_t> group_scales;
   for (size_t i : shard) {
     const Planned& p = plan[i];
     if (!p.spec) continue;  // written with its weight
@@ -180,6 +233,16 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
       QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
       MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
       MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
+    } else if (p.dtype == DType::kI32) {
+      const std::string module = ModuleName(spec.name);
+      QuantizeInt4(values, spec.shape[0], spec.shape[1], config.quantization_config->group_size,
+                   &packed, &group_scales);
+      const int32_t shape[2] = {static_cast<int32_t>(spec.shape[0]),
+                                static_cast<int32_t>(spec.shape[1])};
+      MOE_RETURN_IF_ERROR(w.Write(p.name, packed.data(), packed.size() * 4));
+      MOE_RETURN_IF_ERROR(
+          w.Write(module + ".weight_scale", group_scales.data(), group_scales.size() * 2));
+      MOE_RETURN_IF_ERROR(w.Write(module + ".weight_shape", shape, sizeof(shape)));
     } else if (p.dtype == DType::kBF16) {
       bytes.resize(count * 2);
       auto* out = reinterpret_cast<uint16_t*>(bytes.data());

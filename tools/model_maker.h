@@ -14,8 +14,10 @@
 
 namespace moe {
 
-enum class WeightDType { kF32, kBF16, kFP8 };
-absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s);  // f32 | bf16 | fp8
+// kInt4: Kimi K2 Thinking's layout — routed experts' Linears in compressed-tensors pack-quantized
+// int4 (groups of 32, bf16 scales), everything else in bf16.
+enum class WeightDType { kF32, kBF16, kFP8, kInt4 };
+absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s);  // f32 | bf16 | fp8 | int4
 
 struct MakeModelOptions {
   std::string out_dir;

@@ -18,7 +18,8 @@ int main(int argc, char** argv) {
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);
   flags.AddInt("seed", &seed, "Seed of the random weights.");
-  flags.AddString("dtype", &dtype, "Weight dtype: f32, bf16 or fp8 (e4m3, 128x128 block scales).");
+  flags.AddString("dtype", &dtype, "Weight dtype: f32, bf16, fp8 (e4m3, 128x128 block scales) or int4 (routed experts in "
+                  "compressed-tensors pack-quantized int4, groups of 32, bf16 scales; the rest bf16).");
   flags.AddInt("shard-mb", &shard_mb,
                "Largest safetensors file in MB before splitting into shards.");
   flags.ParseOrExit(argc, argv);

@@ -1,6 +1,7 @@
 #include "common/model_config.h"
 
 #include <fstream>
+#include <functional>
 #include <sstream>
 
 #include "gmock/gmock.h"
@@ -67,6 +68,73 @@ TEST(ModelConfigTest, ParsesKimiK2) {
   EXPECT_DOUBLE_EQ(c->routed_scaling_factor, 2.827);
   EXPECT_EQ(c->num_moe_layers(), 60);
   EXPECT_EQ(c->bos_token_id, 163584);
+}
+
+// Kimi K2 Thinking's quantization_config as published (routed experts int4, the rest bf16).
+nlohmann::json KimiK2ThinkingQuantization() {
+  return nlohmann::json::parse(R"({
+    "config_groups": {"group_0": {"input_activations": null, "output_activations": null,
+      "targets": ["Linear"], "weights": {"actorder": null, "block_structure": null,
+      "dynamic": false, "group_size": 32, "num_bits": 4, "observer": "minmax",
+      "observer_kwargs": {}, "strategy": "group", "symmetric": true, "type": "int"}}},
+    "format": "pack-quantized",
+    "ignore": ["lm_head", "re:.*self_attn.*", "re:.*shared_experts.*",
+               "re:.*mlp\\.(gate|up|gate_up|down)_proj.*"],
+    "kv_cache_scheme": null, "quant_method": "compressed-tensors",
+    "quantization_status": "compressed"})");
+}
+
+nlohmann::json KimiK2Json() {
+  std::ifstream in(PresetPath("kimi-k2"));
+  return nlohmann::json::parse(in);
+}
+
+TEST(ModelConfigTest, ParsesKimiK2ThinkingInt4Quantization) {
+  nlohmann::json j = KimiK2Json();
+  j["quantization_config"] = KimiK2ThinkingQuantization();
+  auto c = ParseModelConfig(j.dump());
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(c->quantization_config.has_value());
+  const QuantizationConfig& q = *c->quantization_config;
+  EXPECT_TRUE(q.is_int4());
+  EXPECT_FALSE(q.is_fp8());
+  EXPECT_EQ(q.group_size, 32);
+  EXPECT_EQ(q.num_bits, 4);
+  EXPECT_EQ(q.ignore.size(), 4u);
+  EXPECT_TRUE(q.Ignores("model.layers.1.self_attn.kv_b_proj"));
+  EXPECT_FALSE(q.Ignores("model.layers.1.mlp.experts.0.up_proj"));
+  // Written back and read again: the same quantization.
+  auto again = ParseModelConfig(c->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->quantization_config->ignore, q.ignore);
+  EXPECT_EQ(again->quantization_config->group_size, 32);
+}
+
+TEST(ModelConfigTest, RejectsInt4QuantizationsItCannotRun) {
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> cases = {
+      {[](auto& q) { q["format"] = "marlin-24"; }, "\"format\": unsupported value \"marlin-24\""},
+      {[](auto& q) { q["config_groups"]["group_0"]["weights"]["num_bits"] = 8; },
+       "only 4 is supported"},
+      {[](auto& q) { q["config_groups"]["group_0"]["weights"]["symmetric"] = false; },
+       "only symmetric"},
+      {[](auto& q) { q["config_groups"]["group_0"]["weights"]["group_size"] = 48; },
+       "must be a multiple of 32, got 48"},
+      {[](auto& q) { q["config_groups"]["group_0"]["weights"]["strategy"] = "channel"; },
+       "\"strategy\""},
+      {[](auto& q) { q["config_groups"]["group_0"]["input_activations"] = {{"num_bits", 8}}; },
+       "activation quantization is not supported"},
+      {[](auto& q) { q["config_groups"]["group_1"] = q["config_groups"]["group_0"]; },
+       "exactly one group"},
+      {[](auto& q) { q["ignore"] = {"re:(unclosed"}; }, "bad regular expression"},
+  };
+  for (const auto& [mutate, needle] : cases) {
+    nlohmann::json j = KimiK2Json();
+    j["quantization_config"] = KimiK2ThinkingQuantization();
+    mutate(j["quantization_config"]);
+    auto c = ParseModelConfig(j.dump());
+    ASSERT_FALSE(c.ok()) << needle;
+    EXPECT_THAT(c.status().message(), ::testing::HasSubstr(needle));
+  }
 }
 
 // Published: DeepSeek-V3 671B total / 37B active (37.6B with both embedding matrices);

@@ -10,8 +10,9 @@ several prompts by recomputing the full sequence at every step (no KV cache), an
   tests/golden/data/manifest.json          prompts, greedy tokens, checkpoint checksums, versions
 
 The checkpoint is loaded by this script, not by transformers' loader: per-expert tensors are
-stacked into transformers' [experts, 2*inter, hidden] layout and fp8 weights are dequantized here
-(fp8 value x its 128x128 block's weight_scale_inv), independently of the C++ reader.
+stacked into transformers' [experts, 2*inter, hidden] layout and compact weights are dequantized
+here, independently of the C++ reader: fp8 value x its 128x128 block's weight_scale_inv; int4
+(compressed-tensors pack-quantized) nibble - 8 x its group's bf16 weight_scale.
 
 Usage (needs torch, transformers, safetensors, numpy; CI does not run this):
   python3 tests/golden/make_goldens.py --build-dir build
@@ -39,6 +40,7 @@ CASES = [
     ("tiny-kimi-k2-f32", "tiny-kimi-k2", "f32", 12, [1, 17, 70]),
     ("tiny-v2lite-f32", "tiny-v2lite", "f32", 13, [1, 17, 40]),
     ("tiny-dsv3-fp8", "tiny-dsv3", "fp8", 14, [5, 33]),
+    ("tiny-kimi-k2-int4", "tiny-kimi-k2", "int4", 15, [5, 33]),
 ]
 DECODE_STEPS = 16
 
@@ -65,8 +67,19 @@ def load_weights(ckpt, cfg):
     for f in files:
         tensors.update(load_file(os.path.join(ckpt, f)))
     out = {}
+    group = (cfg.get("quantization_config") or {}).get("config_groups", {}).get("group_0", {}) \
+        .get("weights", {}).get("group_size")
     for name, t in tensors.items():
-        if name.endswith("_scale_inv"):
+        if name.endswith("_scale_inv") or name.endswith(".weight_scale") or \
+                name.endswith(".weight_shape"):
+            continue
+        if name.endswith(".weight_packed"):
+            module = name[: -len(".weight_packed")]
+            rows, cols = (int(v) for v in tensors[module + ".weight_shape"])
+            shifts = torch.arange(8, dtype=torch.int32) * 4
+            q = ((t.unsqueeze(-1) >> shifts) & 0xF).reshape(rows, cols).float() - 8.0
+            s = tensors[module + ".weight_scale"].float().repeat_interleave(group, 1)
+            out[module + ".weight"] = q * s
             continue
         if t.dtype == torch.float8_e4m3fn:
             s = tensors[name + "_scale_inv"].float()
@@ -133,12 +146,22 @@ def greedy(model, prompt, steps):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build-dir", default="build")
+    ap.add_argument("--case", action="append", default=[],
+                    help="make only this case (repeatable); the manifest keeps the others")
     args = ap.parse_args()
     maker = os.path.join(args.build_dir, "tools", "moe-make-model")
     torch.manual_seed(0)
     manifest = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
                 "decode_steps": DECODE_STEPS, "cases": {}}
+    manifest_path = os.path.join(DATA, "manifest.json")
+    if args.case:
+        unknown = set(args.case) - {c[0] for c in CASES}
+        assert not unknown, f"unknown cases {sorted(unknown)}"
+        with open(manifest_path) as f:
+            manifest = json.load(f)  # top-level versions: those of the last full run
     for case, preset, dtype, seed, lengths in CASES:
+        if args.case and case not in args.case:
+            continue
         with tempfile.TemporaryDirectory() as tmp:
             ckpt = os.path.join(tmp, case)
             subprocess.run([maker, "--preset", preset, "--out", ckpt, "--dtype", dtype, "--seed", str(seed)],
@@ -147,6 +170,8 @@ def main():
             model, cfg = hf_model(ckpt)
             os.makedirs(os.path.join(DATA, case), exist_ok=True)
             entry = {"preset": preset, "dtype": dtype, "seed": seed, "checkpoint_fnv1a64": checksum,
+                     "transformers_version": transformers.__version__,
+                     "torch_version": torch.__version__,
                      "prompts": [], "tokens": [], "logits": []}
             for i, n in enumerate(lengths):
                 prompt = prompt_ids(cfg["vocab_size"], n, seed * 100 + i)
@@ -158,7 +183,7 @@ def main():
                 entry["logits"].append(rel)
                 print(f"{case}: prompt {i} ({n} tokens) -> {new}", file=sys.stderr)
             manifest["cases"][case] = entry
-    with open(os.path.join(DATA, "manifest.json"), "w") as f:
+    with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
 

@@ -63,9 +63,10 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
 
 class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {
+// One rank's engine against every layout of the world, on a checkpoint in `dtype`.
+void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype) {
   cpu::SetNumThreads(1);
-  const std::string dir = SharedCheckpoint(GetParam(), WeightDType::kF32);
+  const std::string dir = SharedCheckpoint(preset, dtype);
   auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
   ASSERT_NE(single, nullptr);
   std::vector<std::vector<int32_t>> prompts = {
@@ -104,6 +105,20 @@ TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {
       EXPECT_LE(diff / scale, 1e-5) << "sequence " << i;
     }
   }
+}
+
+TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {
+  CheckEveryTpSizeMatchesOneRank(GetParam(), WeightDType::kF32);
+}
+
+// The compact formats, computed in place: DeepSeek's fp8 blocks (TP shards cut blocks) and Kimi K2
+// Thinking's int4 experts.
+TEST(MpiEngineFormatsTest, Fp8EveryTpSizeMatchesOneRank) {
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kFP8);
+}
+
+TEST(MpiEngineFormatsTest, Int4EveryTpSizeMatchesOneRank) {
+  CheckEveryTpSizeMatchesOneRank("tiny-kimi-k2", WeightDType::kInt4);
 }
 
 // Bytes of a tensor (and its fp8 scales) as stored.

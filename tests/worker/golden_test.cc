@@ -72,19 +72,21 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
            "tests/golden/make_goldens.py";
   }
 
-  std::unique_ptr<Engine> LoadEngine(int64_t block_size) {
+  std::unique_ptr<Engine> LoadEngine(int64_t block_size, bool f32_weights = false) {
     auto config = LoadModelConfig(dir_.path());
     EXPECT_TRUE(config.ok());
     EngineOptions opt;
     opt.block_size = block_size;
+    opt.f32_weights = f32_weights;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20);
     auto e = Engine::Load(dir_.path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
   }
 
-  void CheckAgainstGolden(const GenerateOptions& gen, int64_t block_size) {
-    auto engine = LoadEngine(block_size);
+  void CheckAgainstGolden(const GenerateOptions& gen, int64_t block_size,
+                          bool f32_weights = false) {
+    auto engine = LoadEngine(block_size, f32_weights);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     for (size_t i = 0; i < spec_["prompts"].size(); ++i) {
@@ -113,6 +115,11 @@ GenerateOptions Greedy16() {
 }
 
 TEST_P(GoldenTest, PrefillAndDecodeMatchTransformers) { CheckAgainstGolden(Greedy16(), 16); }
+
+// The reference path: every weight converted to float32 at load instead of read in its format.
+TEST_P(GoldenTest, WeightsWidenedToF32MatchTransformers) {
+  CheckAgainstGolden(Greedy16(), 16, /*f32_weights=*/true);
+}
 
 TEST_P(GoldenTest, ChunkedPrefillAcrossBlocksMatchesTransformers) {
   GenerateOptions g = Greedy16();
@@ -146,7 +153,7 @@ TEST_P(GoldenTest, BatchEqualsSequencesRunAlone) {
 
 INSTANTIATE_TEST_SUITE_P(Presets, GoldenTest,
                          ::testing::Values("tiny-dsv3-f32", "tiny-kimi-k2-f32", "tiny-v2lite-f32",
-                                           "tiny-dsv3-fp8"),
+                                           "tiny-dsv3-fp8", "tiny-kimi-k2-int4"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';

@@ -1,0 +1,40 @@
+#include "common/weight_matrix.h"
+
+namespace moe {
+
+absl::string_view WeightFormatName(WeightFormat f) {
+  switch (f) {
+    case WeightFormat::kF32:
+      return "f32";
+    case WeightFormat::kBF16:
+      return "bf16";
+    case WeightFormat::kF16:
+      return "f16";
+    case WeightFormat::kF8Block:
+      return "fp8";
+    case WeightFormat::kInt4Group:
+      return "int4";
+  }
+  return "?";
+}
+
+size_t WeightMatrix::bytes() const {
+  const size_t n = static_cast<size_t>(rows * cols);
+  switch (format) {
+    case WeightFormat::kF32:
+      return n * 4;
+    case WeightFormat::kBF16:
+    case WeightFormat::kF16:
+      return n * 2;
+    case WeightFormat::kF8Block: {
+      const int64_t br = (row0 + rows + block_rows - 1) / block_rows - row0 / block_rows;
+      const int64_t bc = (col0 + cols + block_cols - 1) / block_cols - col0 / block_cols;
+      return n + static_cast<size_t>(br * bc) * 4;
+    }
+    case WeightFormat::kInt4Group:
+      return n / 2 + static_cast<size_t>(rows * (cols / group_size)) * 2;
+  }
+  return 0;
+}
+
+}  // namespace moe

@@ -1,0 +1,53 @@
+// WeightMatrix: a 2-D weight [rows, cols] (output features x input features) in the format the
+// checkpoint stores it, in host memory — usually a view into the memory-mapped safetensors file,
+// kept alive by `owner`. The CPU matmul kernels read it as it is and dequantize in registers.
+//
+// Formats (element (r, c) is stored element (r + row0, c + col0) of the checkpoint tensor; a rank's
+// shard is a window of it, so shards are views too):
+//   kF32, kBF16, kF16  plain elements, rows `row_stride` bytes apart.
+//   kF8Block           float8 e4m3 elements times a float32 scale per block_rows x block_cols block
+//                      of the stored tensor (DeepSeek-V3's `weight_scale_inv`, [ceil(R/br),
+//                      ceil(C/bc)], `scale_stride` floats per row of blocks).
+//   kInt4Group         compressed-tensors "pack-quantized": eight 4-bit values per little-endian
+//                      int32, value i of a word in bits 4i..4i+3, stored as q + 8 (symmetric,
+//                      q in [-8, 7]); times one bf16 scale per `group_size` columns of a row
+//                      (`weight_scale`, [R, C / group_size], `scale_stride` bf16 per row).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+
+#include "absl/strings/string_view.h"
+
+namespace moe {
+
+enum class WeightFormat { kF32, kBF16, kF16, kF8Block, kInt4Group };
+
+absl::string_view WeightFormatName(WeightFormat f);  // "f32", "bf16", "f16", "fp8", "int4"
+
+struct WeightMatrix {
+  WeightFormat format = WeightFormat::kF32;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const uint8_t* data = nullptr;  // element (0, 0)
+  int64_t row_stride = 0;         // bytes between rows
+
+  // kF8Block: float32 block scales of the stored tensor.
+  const float* block_scales = nullptr;
+  int64_t block_rows = 128, block_cols = 128;
+  int64_t row0 = 0, col0 = 0;  // this window's origin in the stored tensor
+  // kInt4Group: bf16 scales, already offset to this window's first row and group.
+  const uint16_t* group_scales = nullptr;
+  int64_t group_size = 32;
+  // Elements between scale rows: floats of a block row (kF8Block), bf16 of a row (kInt4Group).
+  int64_t scale_stride = 0;
+
+  std::shared_ptr<const void> owner;  // keeps `data` and the scales alive
+
+  bool empty() const { return rows == 0 || cols == 0; }
+  // Bytes of data and scales this window reads.
+  size_t bytes() const;
+};
+
+}  // namespace moe

@@ -1,0 +1,328 @@
+// Highway compiles the part between HWY_BEFORE_NAMESPACE and HWY_AFTER_NAMESPACE once per SIMD
+// target (this file includes itself through foreach_target.h); the dispatching code at the end
+// is compiled once.
+#include <cblas.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/dtype.h"
+#include "common/status_macros.h"
+#include "common/tensor.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/weight_matmul.h"
+
+#undef HWY_TARGET_INCLUDE
+#define HWY_TARGET_INCLUDE "kernels/cpu/weight_matmul.cc"
+#include "hwy/foreach_target.h"  // IWYU pragma: keep
+#include "hwy/highway.h"
+
+HWY_BEFORE_NAMESPACE();
+namespace moe::cpu {
+namespace HWY_NAMESPACE {
+namespace hn = hwy::HWY_NAMESPACE;
+
+// At most 16 lanes: an int4 chunk of 32 columns is 16 bytes, decoded as whole vectors.
+using D = hn::CappedTag<float, 16>;
+using V = hn::Vec<D>;
+
+// Each format decodes N consecutive columns of one row, in the kernel's column order, times a
+// scale that is constant over a segment of columns (the whole row for plain formats).
+//
+// int4's kernel order: within each 32-column chunk (16 bytes), first the 16 low nibbles (the
+// even columns), then the 16 high nibbles (the odd columns). x is permuted the same way, so a
+// dot product is unchanged.
+
+// Segment(w): columns per scale; FirstSegment(w): columns of the first one (a window may start
+// inside an fp8 block).
+struct F16Format {
+  static int64_t Segment(const WeightMatrix& w) { return w.cols; }
+  static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
+  static float Scale(const WeightMatrix&, int64_t, int64_t) { return 1.0f; }
+  static V Load(D d, const uint8_t* row, int64_t c, V) {
+    const hn::Rebind<hwy::float16_t, D> d16;
+    return hn::PromoteTo(d, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(row) + c));
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float) {
+    uint16_t v;
+    std::memcpy(&v, row + 2 * c, 2);
+    return F16ToF32(v);
+  }
+};
+
+struct Bf16Format {
+  static int64_t Segment(const WeightMatrix& w) { return w.cols; }
+  static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
+  static float Scale(const WeightMatrix&, int64_t, int64_t) { return 1.0f; }
+  static V Load(D d, const uint8_t* row, int64_t c, V) {
+    const hn::Rebind<uint16_t, D> d16;
+    const hn::RebindToUnsigned<D> du;
+    const auto bits = hn::PromoteTo(du, hn::LoadU(d16, reinterpret_cast<const uint16_t*>(row) + c));
+    return hn::BitCast(d, hn::ShiftLeft<16>(bits));
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float) {
+    const uint32_t bits = static_cast<uint32_t>(row[2 * c] | (row[2 * c + 1] << 8)) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+};
+
+// e4m3: sign to bit 31, exponent and mantissa to bits 20..26 give a float32 equal to the value
+// times 2^-120 (normal and subnormal alike); 2^120 is folded into the scale. Checkpoints hold no
+// NaN codes (quantizers saturate), so 0x7f/0xff are not special-cased.
+struct F8BlockFormat {
+  static constexpr float kExpBias = 1.329228e36f;  // 2^120
+  static int64_t Segment(const WeightMatrix& w) { return w.block_cols; }
+  static int64_t FirstSegment(const WeightMatrix& w) {
+    return w.block_cols - w.col0 % w.block_cols;
+  }
+  static float Scale(const WeightMatrix& w, int64_t r, int64_t seg) {
+    const int64_t br = (r + w.row0) / w.block_rows, bc = w.col0 / w.block_cols + seg;
+    float s;
+    std::memcpy(&s, w.block_scales + br * w.scale_stride + bc, 4);
+    return s * kExpBias;
+  }
+  static V Load(D d, const uint8_t* row, int64_t c, V scale) {
+    const hn::Rebind<uint8_t, D> d8;
+    const hn::RebindToUnsigned<D> du;
+    const auto b = hn::PromoteTo(du, hn::LoadU(d8, row + c));
+    const auto bits = hn::Or(hn::ShiftLeft<24>(hn::And(b, hn::Set(du, 0x80u))),
+                             hn::ShiftLeft<20>(hn::And(b, hn::Set(du, 0x7fu))));
+    return hn::Mul(hn::BitCast(d, bits), scale);
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float scale) {
+    const uint32_t b = row[c];
+    const uint32_t bits = ((b & 0x80u) << 24) | ((b & 0x7fu) << 20);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f * scale;
+  }
+};
+
+struct Int4GroupFormat {
+  static int64_t Segment(const WeightMatrix& w) { return w.group_size; }
+  static int64_t FirstSegment(const WeightMatrix& w) { return w.group_size; }  // whole groups
+  static float Scale(const WeightMatrix& w, int64_t r, int64_t seg) {
+    uint16_t s;
+    std::memcpy(&s, w.group_scales + r * w.scale_stride + seg, 2);
+    const uint32_t bits = static_cast<uint32_t>(s) << 16;
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+  static V Load(D d, const uint8_t* row, int64_t c, V scale) {
+    const hn::Rebind<uint8_t, D> d8;
+    const hn::RebindToUnsigned<D> du;
+    const hn::RebindToSigned<D> di;
+    const int64_t in_chunk = c & 31;
+    const auto b = hn::PromoteTo(du, hn::LoadU(d8, row + (c >> 5) * 16 + (in_chunk & 15)));
+    const auto q = in_chunk < 16 ? hn::And(b, hn::Set(du, 0xfu)) : hn::ShiftRight<4>(b);
+    const V qf = hn::ConvertTo(d, hn::BitCast(di, q));
+    return hn::Mul(hn::Sub(qf, hn::Set(d, 8.0f)), scale);
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float scale) {
+    const int64_t in_chunk = c & 31;
+    const uint8_t b = row[(c >> 5) * 16 + (in_chunk & 15)];
+    const int q = in_chunk < 16 ? (b & 0xf) : (b >> 4);
+    return static_cast<float>(q - 8) * scale;
+  }
+};
+
+// y[i * ldy + j] = sum_c x[i * ldx + c] * W[j, c] for i < M, j in [j0, j1). x in kernel order.
+template <int M, class F>
+void FusedRowsT(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0, int64_t j1,
+                float* y, int64_t ldy) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t seg = F::Segment(w), k = w.cols;
+  for (int64_t j = j0; j < j1; ++j) {
+    const uint8_t* row = w.data + j * w.row_stride;
+    V acc[M];
+    for (int i = 0; i < M; ++i) acc[i] = hn::Zero(d);
+    float tail[M] = {};
+    int64_t s0 = 0, s1 = std::min(k, F::FirstSegment(w));
+    for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + seg)) {
+      const float scale = F::Scale(w, j, s);
+      const V sv = hn::Set(d, scale);
+      int64_t c = s0;
+      for (; c + N <= s1; c += N) {
+        const V wv = F::Load(d, row, c, sv);
+        for (int i = 0; i < M; ++i) acc[i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + c), acc[i]);
+      }
+      for (; c < s1; ++c) {
+        const float wc = F::Scalar(row, c, scale);
+        for (int i = 0; i < M; ++i) tail[i] += wc * x[i * ldx + c];
+      }
+    }
+    for (int i = 0; i < M; ++i) y[i * ldy + j] = hn::GetLane(hn::SumOfLanes(d, acc[i])) + tail[i];
+  }
+}
+
+template <class F>
+void FusedRowsF(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0,
+                int64_t j1, float* y, int64_t ldy) {
+  switch (m) {
+    case 1: return FusedRowsT<1, F>(x, ldx, w, j0, j1, y, ldy);
+    case 2: return FusedRowsT<2, F>(x, ldx, w, j0, j1, y, ldy);
+    case 3: return FusedRowsT<3, F>(x, ldx, w, j0, j1, y, ldy);
+    case 4: return FusedRowsT<4, F>(x, ldx, w, j0, j1, y, ldy);
+    case 5: return FusedRowsT<5, F>(x, ldx, w, j0, j1, y, ldy);
+    case 6: return FusedRowsT<6, F>(x, ldx, w, j0, j1, y, ldy);
+    case 7: return FusedRowsT<7, F>(x, ldx, w, j0, j1, y, ldy);
+    default: return FusedRowsT<8, F>(x, ldx, w, j0, j1, y, ldy);
+  }
+}
+
+void FusedRows(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0,
+               int64_t j1, float* y, int64_t ldy) {
+  switch (w.format) {
+    case WeightFormat::kBF16: return FusedRowsF<Bf16Format>(m, x, ldx, w, j0, j1, y, ldy);
+    case WeightFormat::kF16: return FusedRowsF<F16Format>(m, x, ldx, w, j0, j1, y, ldy);
+    case WeightFormat::kF8Block: return FusedRowsF<F8BlockFormat>(m, x, ldx, w, j0, j1, y, ldy);
+    case WeightFormat::kInt4Group:
+      return FusedRowsF<Int4GroupFormat>(m, x, ldx, w, j0, j1, y, ldy);
+    case WeightFormat::kF32: break;  // BLAS
+  }
+}
+
+template <class F>
+void DecodeRowsF(const WeightMatrix& w, int64_t r0, int64_t r1, float* dst) {
+  const D d;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t seg = F::Segment(w), k = w.cols;
+  for (int64_t r = r0; r < r1; ++r, dst += k) {
+    const uint8_t* row = w.data + r * w.row_stride;
+    int64_t s0 = 0, s1 = std::min(k, F::FirstSegment(w));
+    for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + seg)) {
+      const float scale = F::Scale(w, r, s);
+      const V sv = hn::Set(d, scale);
+      int64_t c = s0;
+      for (; c + N <= s1; c += N) hn::StoreU(F::Load(d, row, c, sv), d, dst + c);
+      for (; c < s1; ++c) dst[c] = F::Scalar(row, c, scale);
+    }
+  }
+}
+
+// Rows [r0, r1) of w as float32 in the kernel's column order.
+void DecodeRows(const WeightMatrix& w, int64_t r0, int64_t r1, float* dst) {
+  switch (w.format) {
+    case WeightFormat::kBF16: return DecodeRowsF<Bf16Format>(w, r0, r1, dst);
+    case WeightFormat::kF16: return DecodeRowsF<F16Format>(w, r0, r1, dst);
+    case WeightFormat::kF8Block: return DecodeRowsF<F8BlockFormat>(w, r0, r1, dst);
+    case WeightFormat::kInt4Group: return DecodeRowsF<Int4GroupFormat>(w, r0, r1, dst);
+    case WeightFormat::kF32:
+      for (int64_t r = r0; r < r1; ++r, dst += w.cols) {
+        std::memcpy(dst, w.data + r * w.row_stride, static_cast<size_t>(w.cols) * 4);
+      }
+      return;
+  }
+}
+
+int64_t Target() { return HWY_TARGET; }
+
+}  // namespace HWY_NAMESPACE
+}  // namespace moe::cpu
+HWY_AFTER_NAMESPACE();
+
+#if HWY_ONCE
+namespace moe::cpu {
+HWY_EXPORT(FusedRows);
+HWY_EXPORT(DecodeRows);
+HWY_EXPORT(Target);
+
+namespace {
+
+// Output features per task of the fused kernel, and weight rows per decoded panel.
+constexpr int64_t kFusedRowsPerTask = 16;
+constexpr int64_t kPanelRows = 64;
+
+bool InKernelOrder(const WeightMatrix& w) { return w.format != WeightFormat::kInt4Group; }
+
+// x [m, k] in the kernel's column order (int4 only permutes; see Int4GroupFormat).
+void PermuteForInt4(int64_t m, const float* x, int64_t ldx, int64_t k, float* out) {
+  for (int64_t i = 0; i < m; ++i) {
+    const float* xi = x + i * ldx;
+    float* oi = out + i * k;
+    for (int64_t c0 = 0; c0 < k; c0 += 32) {
+      for (int64_t t = 0; t < 16; ++t) {
+        oi[c0 + t] = xi[c0 + 2 * t];
+        oi[c0 + 16 + t] = xi[c0 + 2 * t + 1];
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, float* y,
+              int64_t ldy) {
+  const int64_t n = w.rows, k = w.cols;
+  if (m == 0 || n == 0) return;
+  if (w.format == WeightFormat::kF32) {
+    cpu::MatMulNT(m, n, k, x, ldx, reinterpret_cast<const float*>(w.data), w.row_stride / 4, y,
+                  ldy);
+    return;
+  }
+  FloatVector permuted;
+  if (!InKernelOrder(w)) {
+    MOE_CHECK(k % 32 == 0);
+    permuted.resize(static_cast<size_t>(m * k));
+    PermuteForInt4(m, x, ldx, k, permuted.data());
+    x = permuted.data();
+    ldx = k;
+  }
+  const int64_t tasks_fused = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
+  if (m <= kFusedMaxRows) {
+    const auto fused = HWY_DYNAMIC_DISPATCH(FusedRows);
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks_fused; ++t) {
+      const int64_t j0 = t * kFusedRowsPerTask, j1 = std::min(n, j0 + kFusedRowsPerTask);
+      fused(m, x, ldx, w, j0, j1, y, ldy);
+    }
+    return;
+  }
+  const auto decode = HWY_DYNAMIC_DISPATCH(DecodeRows);
+  const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
+#pragma omp parallel
+  {
+    FloatVector panel(static_cast<size_t>(kPanelRows * k));
+#pragma omp for schedule(dynamic)
+    for (int64_t p = 0; p < panels; ++p) {
+      const int64_t j0 = p * kPanelRows, rows = std::min(n, j0 + kPanelRows) - j0;
+      decode(w, j0, j0 + rows, panel.data());
+      // Inside the parallel region BLAS runs on this thread.
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),
+                  static_cast<int>(rows), static_cast<int>(k), 1.0f, x, static_cast<int>(ldx),
+                  panel.data(), static_cast<int>(k), 0.0f, y + j0, static_cast<int>(ldy));
+    }
+  }
+}
+
+void DequantizeRows(const WeightMatrix& w, int64_t r0, int64_t r1, float* dst) {
+  if (r1 <= r0) return;
+  const int64_t k = w.cols;
+  const auto decode = HWY_DYNAMIC_DISPATCH(DecodeRows);
+  if (InKernelOrder(w)) {
+    decode(w, r0, r1, dst);
+    return;
+  }
+  float chunk[32];
+  for (int64_t r = r0; r < r1; ++r, dst += k) {
+    decode(w, r, r + 1, dst);
+    for (int64_t c0 = 0; c0 < k; c0 += 32) {
+      std::memcpy(chunk, dst + c0, sizeof(chunk));
+      for (int64_t t = 0; t < 16; ++t) {
+        dst[c0 + 2 * t] = chunk[t];
+        dst[c0 + 2 * t + 1] = chunk[16 + t];
+      }
+    }
+  }
+}
+
+const char* WeightKernelTarget() { return hwy::TargetName(HWY_DYNAMIC_DISPATCH(Target)()); }
+
+}  // namespace moe::cpu
+#endif  // HWY_ONCE

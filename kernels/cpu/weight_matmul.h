@@ -1,0 +1,31 @@
+// Products with a WeightMatrix in its checkpoint format (f32, bf16, f16, fp8 blocks, int4 groups),
+// activations in float32. One binary runs on any x86-64 CPU: the SIMD code is compiled for each
+// of SSE4, AVX2, AVX-512 (and AVX-512 VNNI/BF16 machines) with Google Highway and picked at run
+// time.
+//
+// Few rows (decode, or the tokens routed to one expert): each weight row is read once, decoded in
+// registers and multiplied into all rows of x, threads splitting the output features. Many rows
+// (prefill): panels of weight rows are decoded into float32 per thread and multiplied by BLAS, so
+// the decoding is amortised over the rows. Inside a parallel region both run on the calling thread.
+#pragma once
+
+#include <cstdint>
+
+#include "common/weight_matrix.h"
+
+namespace moe::cpu {
+
+// Rows of x up to which the fused decode-and-multiply kernel is used.
+inline constexpr int64_t kFusedMaxRows = 8;
+
+// y[m, n] = x[m, k] · W^T for W = w [n, k]; rows of x are `ldx` floats apart, rows of y `ldy`.
+void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, float* y,
+              int64_t ldy);
+
+// Rows [r0, r1) of w as float32, row after row (w.cols floats each).
+void DequantizeRows(const WeightMatrix& w, int64_t r0, int64_t r1, float* dst);
+
+// The SIMD target the dispatcher picked on this CPU, e.g. "AVX3" or "AVX2".
+const char* WeightKernelTarget();
+
+}  // namespace moe::cpu

@@ -1,0 +1,208 @@
+// The compact-weight kernels against a double-precision product with weights dequantized here,
+// element by element, from each format's definition (common/dtype.h conversions, the int4 words
+// read as int32 nibbles) — not through the kernels' own decoders.
+#include "kernels/cpu/weight_matmul.h"
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "common/dtype.h"
+#include "gtest/gtest.h"
+
+namespace moe::cpu {
+namespace {
+
+struct Stored {
+  std::vector<uint8_t> data;
+  std::vector<float> block_scales;
+  std::vector<uint16_t> group_scales;
+  std::vector<double> dense;  // the stored tensor, dequantized [R, C]
+  int64_t rows = 0, cols = 0;
+};
+
+// A random stored tensor [R, C] in format f (fp8 blocks 128x128; int4 groups of 32).
+Stored MakeStored(WeightFormat f, int64_t R, int64_t C, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Stored s;
+  s.rows = R;
+  s.cols = C;
+  s.dense.resize(static_cast<size_t>(R * C));
+  switch (f) {
+    case WeightFormat::kF32:
+      s.data.resize(static_cast<size_t>(R * C) * 4);
+      for (int64_t i = 0; i < R * C; ++i) {
+        const float v = normal(rng);
+        std::memcpy(&s.data[i * 4], &v, 4);
+        s.dense[i] = v;
+      }
+      break;
+    case WeightFormat::kBF16:
+    case WeightFormat::kF16:
+      s.data.resize(static_cast<size_t>(R * C) * 2);
+      for (int64_t i = 0; i < R * C; ++i) {
+        const float v = normal(rng);
+        const uint16_t h = f == WeightFormat::kBF16 ? F32ToBF16(v) : F32ToF16(v);
+        std::memcpy(&s.data[i * 2], &h, 2);
+        s.dense[i] = f == WeightFormat::kBF16 ? BF16ToF32(h) : F16ToF32(h);
+      }
+      break;
+    case WeightFormat::kF8Block: {
+      const int64_t br = (R + 127) / 128, bc = (C + 127) / 128;
+      s.block_scales.resize(static_cast<size_t>(br * bc));
+      for (float& x : s.block_scales) x = std::exp2(static_cast<float>(rng() % 9) - 12.0f) * 1.5f;
+      s.data.resize(static_cast<size_t>(R * C));
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t c = 0; c < C; ++c) {
+          uint8_t b = static_cast<uint8_t>(rng() & 0xff);
+          if ((b & 0x7f) == 0x7f) b &= 0xfe;  // no NaN codes, as in checkpoints
+          s.data[r * C + c] = b;
+          s.dense[r * C + c] =
+              static_cast<double>(F8E4M3ToF32(b)) * s.block_scales[(r / 128) * bc + c / 128];
+        }
+      }
+      break;
+    }
+    case WeightFormat::kInt4Group: {
+      const int64_t groups = C / 32;
+      s.group_scales.resize(static_cast<size_t>(R * groups));
+      for (uint16_t& x : s.group_scales) x = F32ToBF16(0.01f + 0.05f * std::abs(normal(rng)));
+      std::vector<int32_t> words(static_cast<size_t>(R * C / 8));
+      for (int32_t& w : words) w = static_cast<int32_t>(rng());
+      s.data.resize(words.size() * 4);
+      std::memcpy(s.data.data(), words.data(), s.data.size());
+      for (int64_t r = 0; r < R; ++r) {
+        for (int64_t c = 0; c < C; ++c) {
+          const uint32_t word = static_cast<uint32_t>(words[(r * C + c) / 8]);
+          const int q = static_cast<int>((word >> (4 * (c % 8))) & 0xf) - 8;
+          s.dense[r * C + c] = q * static_cast<double>(BF16ToF32(s.group_scales[r * groups + c / 32]));
+        }
+      }
+      break;
+    }
+  }
+  return s;
+}
+
+// The window [r0, r0 + rows) x [c0, c0 + cols) of a stored tensor, as the checkpoint gives it.
+WeightMatrix Window(WeightFormat f, const Stored& s, int64_t r0, int64_t rows, int64_t c0,
+                    int64_t cols) {
+  WeightMatrix w;
+  w.format = f;
+  w.rows = rows;
+  w.cols = cols;
+  w.row0 = r0;
+  w.col0 = c0;
+  switch (f) {
+    case WeightFormat::kF32:
+      w.row_stride = s.cols * 4;
+      w.data = s.data.data() + r0 * w.row_stride + c0 * 4;
+      break;
+    case WeightFormat::kBF16:
+    case WeightFormat::kF16:
+      w.row_stride = s.cols * 2;
+      w.data = s.data.data() + r0 * w.row_stride + c0 * 2;
+      break;
+    case WeightFormat::kF8Block:
+      w.row_stride = s.cols;
+      w.data = s.data.data() + r0 * w.row_stride + c0;
+      w.block_scales = s.block_scales.data();
+      w.scale_stride = (s.cols + 127) / 128;
+      break;
+    case WeightFormat::kInt4Group:
+      w.row_stride = s.cols / 2;
+      w.data = s.data.data() + r0 * w.row_stride + c0 / 2;
+      w.scale_stride = s.cols / 32;
+      w.group_scales = s.group_scales.data() + r0 * w.scale_stride + c0 / 32;
+      break;
+  }
+  return w;
+}
+
+struct Case {
+  WeightFormat format;
+  int64_t R, C, r0, rows, c0, cols;
+};
+
+class WeightMatMulTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(WeightMatMulTest, MatchesTheDequantizedProductForEveryRowCount) {
+  const Case p = GetParam();
+  const Stored s = MakeStored(p.format, p.R, p.C, 7);
+  const WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t m : {1, 2, 3, 5, 8, 9, 40}) {
+    const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
+    std::vector<float> x(static_cast<size_t>(m * ldx));
+    for (float& v : x) v = normal(rng);
+    std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+    MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
+    for (int64_t i = 0; i < m; ++i) {
+      for (int64_t j = 0; j < p.rows; ++j) {
+        double want = 0, mag = 0;
+        for (int64_t c = 0; c < p.cols; ++c) {
+          const double wv = s.dense[(p.r0 + j) * p.C + p.c0 + c];
+          want += x[i * ldx + c] * wv;
+          mag += std::abs(x[i * ldx + c] * wv);
+        }
+        ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + 1e-30)
+            << WeightFormatName(p.format) << " m=" << m << " row " << i << " col " << j;
+      }
+      // Columns past the window in a row of y are left alone.
+      for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
+    }
+  }
+}
+
+TEST_P(WeightMatMulTest, DequantizeRowsGivesTheStoredValues) {
+  const Case p = GetParam();
+  const Stored s = MakeStored(p.format, p.R, p.C, 9);
+  const WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
+  std::vector<float> out(static_cast<size_t>(2 * p.cols));
+  for (int64_t r = 0; r + 2 <= p.rows; r += 2) {
+    DequantizeRows(w, r, r + 2, out.data());
+    for (int64_t i = 0; i < 2; ++i) {
+      for (int64_t c = 0; c < p.cols; ++c) {
+        const double want = s.dense[(p.r0 + r + i) * p.C + p.c0 + c];
+        ASSERT_NEAR(out[i * p.cols + c], want, 1e-7 * std::abs(want)) << r + i << "," << c;
+      }
+    }
+  }
+}
+
+std::string CaseName(const ::testing::TestParamInfo<Case>& info) {
+  const Case& c = info.param;
+  return std::string(WeightFormatName(c.format)) + "_" + std::to_string(c.rows) + "x" +
+         std::to_string(c.cols) + "_at_" + std::to_string(c.r0) + "_" + std::to_string(c.c0);
+}
+
+// Whole tensors, row windows (column-parallel shards), column windows (row-parallel shards), odd
+// sizes that leave vector tails, fp8 blocks cut by the window's rows and columns.
+INSTANTIATE_TEST_SUITE_P(
+    Formats, WeightMatMulTest,
+    ::testing::Values(Case{WeightFormat::kF32, 37, 70, 0, 37, 0, 70},
+                      Case{WeightFormat::kF32, 40, 96, 5, 20, 32, 48},
+                      Case{WeightFormat::kBF16, 37, 70, 0, 37, 0, 70},
+                      Case{WeightFormat::kBF16, 64, 200, 3, 50, 8, 150},
+                      Case{WeightFormat::kF16, 33, 45, 0, 33, 0, 45},
+                      Case{WeightFormat::kF16, 40, 96, 1, 30, 16, 64},
+                      Case{WeightFormat::kF8Block, 300, 300, 0, 300, 0, 300},
+                      Case{WeightFormat::kF8Block, 300, 384, 70, 150, 128, 256},
+                      Case{WeightFormat::kF8Block, 130, 200, 1, 128, 0, 200},
+                      Case{WeightFormat::kF8Block, 64, 400, 0, 64, 100, 250},
+                      Case{WeightFormat::kInt4Group, 37, 256, 0, 37, 0, 256},
+                      Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192}),
+    CaseName);
+
+TEST(WeightKernelTargetTest, NamesTheDispatchedTarget) {
+  const std::string t = WeightKernelTarget();
+  EXPECT_FALSE(t.empty());
+  EXPECT_NE(t, "?");
+}
+
+}  // namespace
+}  // namespace moe::cpu

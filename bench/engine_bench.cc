@@ -1,10 +1,14 @@
 // Engine throughput on the CPU backend, each figure against a bound measured in the same run:
-//   decode tokens/s at batch 1, 8, 32 — batch-1 weight bytes touched per second over the
-//   machine's memory-copy bandwidth;
-//   prefill tokens/s of a 512-token prompt — FLOP/s over the BLAS GEMM rate at a similar shape.
+//   decode tokens/s at batch 1, 8, 32 — weight bytes read per second (in the checkpoint's own
+//   format) over the machine's memory read bandwidth;
+//   prefill tokens/s of a 512-token prompt — FLOP/s over the BLAS GEMM rate at a similar shape;
+//   time from process start to the engine loaded and to the first token, and peak RSS against the
+//   weight bytes plus the KV cache.
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <string>
 #include <set>
 #include <thread>
 
@@ -13,6 +17,7 @@
 #include "common/cli.h"
 #include "common/machine_info.h"
 #include "kernels/cpu/ops.h"
+#include "kernels/cpu/weight_matmul.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 
@@ -23,14 +28,23 @@ double Now() {
   return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
-// float32 bytes of the weights one decode token reads: everything but the routed experts, plus
-// the experts it was routed to (counted from the model's routing counters).
-double DecodeWeightBytes(const ModelConfig& c, int64_t distinct_experts_touched) {
-  const ParamCounts p = c.CountParameters();
-  const double expert = 3.0 * c.hidden_size * c.moe_intermediate_size;
-  const double dense = p.total - p.routed_experts - c.vocab_size * c.hidden_size  // one embed row
-                       + c.hidden_size;
-  return 4.0 * (dense + expert * distinct_experts_touched);
+// Bytes of weights one decode step reads, as stored: everything this rank holds but the routed
+// experts and the embedding matrix (one row per token), plus the experts the step was routed to.
+double DecodeWeightBytes(const ModelConfig& c, const WeightBytes& wb, double distinct_experts) {
+  const double per_expert =
+      static_cast<double>(wb.routed_experts) / (c.n_routed_experts * c.num_moe_layers());
+  return static_cast<double>(wb.total() - wb.routed_experts) - wb.embedding / 2.0 +
+         per_expert * distinct_experts;
+}
+
+// Peak resident memory of this process so far (VmHWM), bytes.
+double PeakResidentBytes() {
+  std::ifstream in("/proc/self/status");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024;
+  }
+  return 0;
 }
 
 struct DecodeResult {
@@ -87,24 +101,34 @@ DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
 }  // namespace moe
 
 int main(int argc, char** argv) {
-  std::string model;
+  const double process_start = moe::Now();
+  std::string model, dtype = "fp8";
   int64_t threads = 0, steps = 32;
+  bool f32_weights = false;
   moe::FlagParser flags("engine_bench",
                         "Decode and prefill throughput of the CPU engine on small-dsv3, with the "
                         "machine bounds\nmeasured in the same run.");
   flags.AddString("model", &model,
-                  "Checkpoint folder; written from the small-dsv3 preset (fp8) if missing.");
+                  "Checkpoint folder; written from the small-dsv3 preset in --dtype if missing.");
+  flags.AddString("dtype", &dtype, "Weight dtype of a checkpoint written here: f32, bf16, fp8, int4.");
+  flags.AddBool("f32-weights", &f32_weights,
+                "Widen the weights to float32 at load (the reference path).");
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
   flags.ParseOrExit(argc, argv);
   if (model.empty()) model = "models/small-dsv3";
+  auto wdtype = moe::ParseWeightDType(dtype);
+  if (!wdtype.ok()) {
+    std::fprintf(stderr, "engine_bench: --dtype: %s\n", std::string(wdtype.status().message()).c_str());
+    return 1;
+  }
   const int nthreads = threads > 0 ? static_cast<int>(threads)
                                    : static_cast<int>(std::thread::hardware_concurrency());
   moe::cpu::SetNumThreads(nthreads);
   if (!std::filesystem::exists(model + "/config.json")) {
     moe::MakeModelOptions opt;
     opt.out_dir = model;
-    opt.dtype = moe::WeightDType::kFP8;
+    opt.dtype = *wdtype;
     opt.progress = true;
     std::fprintf(stderr, "engine_bench: writing small-dsv3 to %s\n", model.c_str());
     if (auto s = moe::WriteCheckpoint(*moe::PresetConfig("small-dsv3"), opt); !s.ok()) {
@@ -118,23 +142,48 @@ int main(int argc, char** argv) {
     return 1;
   }
   moe::EngineOptions eo;
-  eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, 1ull << 30);
+  eo.f32_weights = f32_weights;
+  const uint64_t kv_budget = 256ull << 20;
+  eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, kv_budget);
   std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
+  const double load_start = moe::Now();
   auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
   if (!engine.ok()) {
     std::fprintf(stderr, "engine_bench: %s\n", std::string(engine.status().message()).c_str());
     return 1;
   }
+  const double loaded = moe::Now();
   const moe::ModelConfig& c = *config;
+  const moe::WeightBytes wb = (*engine)->model().weight_bytes();
+  // First token: a 16-token prompt, prefilled and sampled.
+  double first_token = 0;
+  {
+    moe::BlockAllocator alloc((*engine)->num_blocks());
+    moe::SequenceStep s;
+    for (int i = 0; i < 16; ++i) s.tokens.push_back((i * 7 + 1) % c.vocab_size);
+    (void)alloc.EnsureCapacity(&s.block_table, 16, (*engine)->block_size());
+    if (!(*engine)->Step({s}, /*return_logits=*/false).ok()) return 1;
+    first_token = moe::Now();
+    alloc.Free(&s.block_table);
+  }
+  const double hwm_after_load = moe::PeakResidentBytes();
 
   std::fprintf(stderr, "engine_bench: measuring bounds\n");
   const double copy_bw = moe::bench::MemoryCopyBandwidth(1ull << 30, 5);
   const double read_bw = moe::bench::MemoryReadBandwidth(1ull << 30, 5);
   const double gemm = moe::bench::GemmFlops(512, 2 * c.moe_intermediate_size * 2, c.hidden_size, 5);
 
+  // The bounds' buffers are not the engine's: the peak reported at the end starts here.
+  std::ofstream("/proc/self/clear_refs") << "5";
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
-  std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %d threads\n",
-              c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, nthreads);
+  std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %s%s, weights %s (%s), "
+              "%d threads\n",
+              c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, model.c_str(),
+              f32_weights ? " widened to f32" : "", moe::cpu::WeightKernelTarget(),
+              wb.Describe().c_str(), nthreads);
+  std::printf("load: engine loaded %.2f s after process start (Load %.2f s), first token %.2f s "
+              "after start\n",
+              loaded - process_start, loaded - load_start, first_token - process_start);
   std::printf(
       "bounds: memory copy %.1f GB/s (read+write), memory read %.1f GB/s, "
       "sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
@@ -144,12 +193,11 @@ int main(int argc, char** argv) {
   for (int batch : {1, 8, 32}) {
     std::fprintf(stderr, "engine_bench: decode batch %d\n", batch);
     const auto r = moe::RunDecode(**engine, batch, 64, static_cast<int>(steps));
-    const double bytes_per_step =
-        moe::DecodeWeightBytes(c, static_cast<int64_t>(r.experts_per_step + 0.5));
+    const double bytes_per_step = moe::DecodeWeightBytes(c, wb, r.experts_per_step);
     const double bw = bytes_per_step * r.tokens_per_s / batch;
     std::printf("%-22s %14.1f %17.1f GB/s %17.1f GB/s %8.2f\n",
                 absl::StrFormat("decode batch %d", batch).c_str(), r.tokens_per_s, bw / 1e9,
-                copy_bw / 1e9, bw / copy_bw);
+                read_bw / 1e9, bw / read_bw);
   }
   // Prefill: one 512-token prompt.
   {
@@ -175,5 +223,11 @@ int main(int argc, char** argv) {
     std::printf("%-22s %14.1f %16.1f GFLOP/s %16.1f GFLOP/s %8.2f\n", "prefill 512 tokens",
                 512.0 / best, flops / best / 1e9, gemm / 1e9, flops / best / gemm);
   }
+  const double hwm = moe::PeakResidentBytes();
+  const double weights_kv = static_cast<double>(wb.total()) + static_cast<double>(kv_budget);
+  std::printf("memory: peak RSS %.0f MB after load and first token, %.0f MB in the runs; weights "
+              "%.0f MB + KV cache %.0f MB = %.0f MB (peak / that %.2f)\n",
+              hwm_after_load / 1e6, hwm / 1e6, wb.total() / 1e6, kv_budget / 1e6,
+              weights_kv / 1e6, hwm / weights_kv);
   return 0;
 }

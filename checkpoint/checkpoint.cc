@@ -289,7 +289,9 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
         absl::StrCat(dir_, ": tensor \"", name, "\": a weight matrix must be 2-D"));
   }
   if (widen_to_f32_) {
+    const uint64_t before = bytes_read_.load();
     MOE_ASSIGN_OR_RETURN(Tensor t, Load(name, expected_shape, slice));
+    bytes_read_ = before + t.bytes();  // what the kernels will read: float32
     auto owned = std::make_shared<Tensor>(std::move(t));
     WeightMatrix w;
     w.format = WeightFormat::kF32;

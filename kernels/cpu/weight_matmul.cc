@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "common/dtype.h"
@@ -36,11 +37,13 @@ using V = hn::Vec<D>;
 // dot product is unchanged.
 
 // Segment(w): columns per scale; FirstSegment(w): columns of the first one (a window may start
-// inside an fp8 block).
+// inside an fp8 block). RowScales(w, r): row r's scales, found once per row (the divisions are
+// costly next to a 128-column block's work); Scale(row_scales, s): segment s's.
 struct F16Format {
   static int64_t Segment(const WeightMatrix& w) { return w.cols; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
-  static float Scale(const WeightMatrix&, int64_t, int64_t) { return 1.0f; }
+  static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
+  static float Scale(const uint8_t*, int64_t) { return 1.0f; }
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<hwy::float16_t, D> d16;
     return hn::PromoteTo(d, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(row) + c));
@@ -55,7 +58,8 @@ struct F16Format {
 struct Bf16Format {
   static int64_t Segment(const WeightMatrix& w) { return w.cols; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
-  static float Scale(const WeightMatrix&, int64_t, int64_t) { return 1.0f; }
+  static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
+  static float Scale(const uint8_t*, int64_t) { return 1.0f; }
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<uint16_t, D> d16;
     const hn::RebindToUnsigned<D> du;
@@ -71,26 +75,31 @@ struct Bf16Format {
 };
 
 // e4m3: sign to bit 31, exponent and mantissa to bits 20..26 give a float32 equal to the value
-// times 2^-120 (normal and subnormal alike); 2^120 is folded into the scale. Checkpoints hold no
-// NaN codes (quantizers saturate), so 0x7f/0xff are not special-cased.
+// times 2^-120 (normal and subnormal alike); 2^120 is folded into the scale. The byte is
+// sign-extended, so one shift puts the sign in bit 31 and one mask clears bits 27..30.
+// Checkpoints hold no NaN codes (quantizers saturate), so 0x7f/0xff are not special-cased.
 struct F8BlockFormat {
   static constexpr float kExpBias = 1.329228e36f;  // 2^120
+  static constexpr uint32_t kMask = 0x87f00000u;
   static int64_t Segment(const WeightMatrix& w) { return w.block_cols; }
   static int64_t FirstSegment(const WeightMatrix& w) {
     return w.block_cols - w.col0 % w.block_cols;
   }
-  static float Scale(const WeightMatrix& w, int64_t r, int64_t seg) {
-    const int64_t br = (r + w.row0) / w.block_rows, bc = w.col0 / w.block_cols + seg;
+  static const uint8_t* RowScales(const WeightMatrix& w, int64_t r) {
+    return reinterpret_cast<const uint8_t*>(w.block_scales + (r + w.row0) / w.block_rows *
+                                                                 w.scale_stride +
+                                            w.col0 / w.block_cols);
+  }
+  static float Scale(const uint8_t* row_scales, int64_t seg) {
     float s;
-    std::memcpy(&s, w.block_scales + br * w.scale_stride + bc, 4);
+    std::memcpy(&s, row_scales + 4 * seg, 4);
     return s * kExpBias;
   }
   static V Load(D d, const uint8_t* row, int64_t c, V scale) {
-    const hn::Rebind<uint8_t, D> d8;
-    const hn::RebindToUnsigned<D> du;
-    const auto b = hn::PromoteTo(du, hn::LoadU(d8, row + c));
-    const auto bits = hn::Or(hn::ShiftLeft<24>(hn::And(b, hn::Set(du, 0x80u))),
-                             hn::ShiftLeft<20>(hn::And(b, hn::Set(du, 0x7fu))));
+    const hn::Rebind<int8_t, D> d8;
+    const hn::RebindToSigned<D> di;
+    const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c));
+    const auto bits = hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(kMask)));
     return hn::Mul(hn::BitCast(d, bits), scale);
   }
   static float Scalar(const uint8_t* row, int64_t c, float scale) {
@@ -105,9 +114,12 @@ struct F8BlockFormat {
 struct Int4GroupFormat {
   static int64_t Segment(const WeightMatrix& w) { return w.group_size; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.group_size; }  // whole groups
-  static float Scale(const WeightMatrix& w, int64_t r, int64_t seg) {
+  static const uint8_t* RowScales(const WeightMatrix& w, int64_t r) {
+    return reinterpret_cast<const uint8_t*>(w.group_scales + r * w.scale_stride);
+  }
+  static float Scale(const uint8_t* row_scales, int64_t seg) {
     uint16_t s;
-    std::memcpy(&s, w.group_scales + r * w.scale_stride + seg, 2);
+    std::memcpy(&s, row_scales + 2 * seg, 2);
     const uint32_t bits = static_cast<uint32_t>(s) << 16;
     float f;
     std::memcpy(&f, &bits, 4);
@@ -131,33 +143,125 @@ struct Int4GroupFormat {
   }
 };
 
-// y[i * ldy + j] = sum_c x[i * ldx + c] * W[j, c] for i < M, j in [j0, j1). x in kernel order.
+// Accumulators per row of x: with fewer than four rows, consecutive vectors of a weight row go to
+// separate accumulators so that enough FMAs are in flight. (Taking several weight rows side by
+// side instead makes short interleaved streams that run slower from memory.)
+template <int M>
+constexpr int Unroll() {
+  return M == 1 ? 4 : (M == 2 ? 2 : 1);
+}
+
+// y[i * ldy + j] = sum_c x[i * ldx + c] * W[j, c] for i < M. x in kernel order.
 template <int M, class F>
-void FusedRowsT(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0, int64_t j1,
-                float* y, int64_t ldy) {
+void FusedRow(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j, float* y,
+              int64_t ldy) {
+  constexpr int U = Unroll<M>();
   const D d;
   const int64_t N = static_cast<int64_t>(hn::Lanes(d));
   const int64_t seg = F::Segment(w), k = w.cols;
-  for (int64_t j = j0; j < j1; ++j) {
-    const uint8_t* row = w.data + j * w.row_stride;
-    V acc[M];
-    for (int i = 0; i < M; ++i) acc[i] = hn::Zero(d);
-    float tail[M] = {};
-    int64_t s0 = 0, s1 = std::min(k, F::FirstSegment(w));
-    for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + seg)) {
-      const float scale = F::Scale(w, j, s);
-      const V sv = hn::Set(d, scale);
-      int64_t c = s0;
-      for (; c + N <= s1; c += N) {
-        const V wv = F::Load(d, row, c, sv);
-        for (int i = 0; i < M; ++i) acc[i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + c), acc[i]);
-      }
-      for (; c < s1; ++c) {
-        const float wc = F::Scalar(row, c, scale);
-        for (int i = 0; i < M; ++i) tail[i] += wc * x[i * ldx + c];
+  const uint8_t* row = w.data + j * w.row_stride;
+  const uint8_t* row_scales = F::RowScales(w, j);
+  V acc[U][M];
+  for (int u = 0; u < U; ++u) {
+    for (int i = 0; i < M; ++i) acc[u][i] = hn::Zero(d);
+  }
+  float tail[M] = {};
+  int64_t s0 = 0, s1 = std::min(k, F::FirstSegment(w));
+  for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + seg)) {
+    const float scale = F::Scale(row_scales, s);
+    const V sv = hn::Set(d, scale);
+    int64_t c = s0;
+    for (; c + U * N <= s1; c += U * N) {
+      for (int u = 0; u < U; ++u) {
+        const V wv = F::Load(d, row, c + u * N, sv);
+        for (int i = 0; i < M; ++i) {
+          acc[u][i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + c + u * N), acc[u][i]);
+        }
       }
     }
-    for (int i = 0; i < M; ++i) y[i * ldy + j] = hn::GetLane(hn::SumOfLanes(d, acc[i])) + tail[i];
+    for (; c + N <= s1; c += N) {
+      const V wv = F::Load(d, row, c, sv);
+      for (int i = 0; i < M; ++i) acc[0][i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + c), acc[0][i]);
+    }
+    for (; c < s1; ++c) {
+      const float wc = F::Scalar(row, c, scale);
+      for (int i = 0; i < M; ++i) tail[i] += wc * x[i * ldx + c];
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    V sum = acc[0][i];
+    for (int u = 1; u < U; ++u) sum = hn::Add(sum, acc[u][i]);
+    y[i * ldy + j] = hn::GetLane(hn::SumOfLanes(d, sum)) + tail[i];
+  }
+}
+
+// FusedRow for int4, two 32-column chunks (two groups or one) per step: each 16-byte chunk is
+// loaded once and gives its low-nibble and high-nibble vectors, four weight vectors per step for
+// four accumulators (x in kernel order). The columns are a whole number of 32-column chunks.
+template <int M>
+void FusedRowInt4(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j, float* y,
+                  int64_t ldy) {
+  constexpr int U = Unroll<M>();
+  const D d;
+  const hn::Rebind<uint8_t, D> d8;
+  const hn::RebindToUnsigned<D> du;
+  const hn::RebindToSigned<D> di;
+  const int64_t N = static_cast<int64_t>(hn::Lanes(d));
+  const int64_t k = w.cols;
+  const uint8_t* row = w.data + j * w.row_stride;
+  const uint8_t* row_scales = Int4GroupFormat::RowScales(w, j);
+  V acc[U][M];
+  for (int u = 0; u < U; ++u) {
+    for (int i = 0; i < M; ++i) acc[u][i] = hn::Zero(d);
+  }
+  const auto low = hn::Set(du, 0xfu);
+  // (q + 8) * s - 8 * s = q * s
+  auto decode = [&](auto b, V scale, V minus8s) {
+    return hn::MulAdd(hn::ConvertTo(d, hn::BitCast(di, b)), scale, minus8s);
+  };
+  auto fma = [&](int u, V wv, int64_t col) {
+    for (int i = 0; i < M; ++i) acc[u][i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + col), acc[u][i]);
+  };
+  int64_t c = 0;
+  for (; c + 64 <= k; c += 64) {
+    const float sa = Int4GroupFormat::Scale(row_scales, c / w.group_size);
+    const float sb = Int4GroupFormat::Scale(row_scales, (c + 32) / w.group_size);
+    const V va = hn::Set(d, sa), ma = hn::Set(d, -8.0f * sa);
+    const V vb = hn::Set(d, sb), mb = hn::Set(d, -8.0f * sb);
+    for (int64_t o = 0; o < 16; o += N) {
+      const auto ba = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + o));
+      const auto bb = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + 16 + o));
+      fma(0, decode(hn::And(ba, low), va, ma), c + o);
+      fma(1 % U, decode(hn::ShiftRight<4>(ba), va, ma), c + 16 + o);
+      fma(2 % U, decode(hn::And(bb, low), vb, mb), c + 32 + o);
+      fma(3 % U, decode(hn::ShiftRight<4>(bb), vb, mb), c + 48 + o);
+    }
+  }
+  if (c < k) {  // one last 32-column chunk
+    const float sa = Int4GroupFormat::Scale(row_scales, c / w.group_size);
+    const V va = hn::Set(d, sa), ma = hn::Set(d, -8.0f * sa);
+    for (int64_t o = 0; o < 16; o += N) {
+      const auto ba = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + o));
+      fma(0, decode(hn::And(ba, low), va, ma), c + o);
+      fma(1 % U, decode(hn::ShiftRight<4>(ba), va, ma), c + 16 + o);
+    }
+  }
+  for (int i = 0; i < M; ++i) {
+    V sum = acc[0][i];
+    for (int u = 1; u < U; ++u) sum = hn::Add(sum, acc[u][i]);
+    y[i * ldy + j] = hn::GetLane(hn::SumOfLanes(d, sum));
+  }
+}
+
+template <int M, class F>
+void FusedRowsT(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0, int64_t j1,
+                float* y, int64_t ldy) {
+  for (int64_t j = j0; j < j1; ++j) {
+    if constexpr (std::is_same_v<F, Int4GroupFormat>) {
+      FusedRowInt4<M>(x, ldx, w, j, y, ldy);
+    } else {
+      FusedRow<M, F>(x, ldx, w, j, y, ldy);
+    }
   }
 }
 
@@ -195,9 +299,10 @@ void DecodeRowsF(const WeightMatrix& w, int64_t r0, int64_t r1, float* dst) {
   const int64_t seg = F::Segment(w), k = w.cols;
   for (int64_t r = r0; r < r1; ++r, dst += k) {
     const uint8_t* row = w.data + r * w.row_stride;
+    const uint8_t* row_scales = F::RowScales(w, r);
     int64_t s0 = 0, s1 = std::min(k, F::FirstSegment(w));
     for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + seg)) {
-      const float scale = F::Scale(w, r, s);
+      const float scale = F::Scale(row_scales, s);
       const V sv = hn::Set(d, scale);
       int64_t c = s0;
       for (; c + N <= s1; c += N) hn::StoreU(F::Load(d, row, c, sv), d, dst + c);

@@ -195,7 +195,8 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{WeightFormat::kF8Block, 130, 200, 1, 128, 0, 200},
                       Case{WeightFormat::kF8Block, 64, 400, 0, 64, 100, 250},
                       Case{WeightFormat::kInt4Group, 37, 256, 0, 37, 0, 256},
-                      Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192}),
+                      Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192},
+                      Case{WeightFormat::kInt4Group, 20, 160, 0, 20, 0, 160}),
     CaseName);
 
 TEST(WeightKernelTargetTest, NamesTheDispatchedTarget) {

@@ -37,12 +37,13 @@ double DecodeWeightBytes(const ModelConfig& c, const WeightBytes& wb, double dis
          per_expert * distinct_experts;
 }
 
-// Peak resident memory of this process so far (VmHWM), bytes.
-double PeakResidentBytes() {
+// A memory figure of this process from /proc/self/status ("VmHWM:" peak resident, "VmRSS:"
+// resident now), bytes.
+double StatusBytes(const std::string& field) {
   std::ifstream in("/proc/self/status");
   std::string line;
   while (std::getline(in, line)) {
-    if (line.rfind("VmHWM:", 0) == 0) return std::stod(line.substr(6)) * 1024;
+    if (line.rfind(field, 0) == 0) return std::stod(line.substr(field.size())) * 1024;
   }
   return 0;
 }
@@ -146,6 +147,7 @@ int main(int argc, char** argv) {
   const uint64_t kv_budget = 256ull << 20;
   eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, kv_budget);
   std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
+  const double rss_before_load = moe::StatusBytes("VmRSS:");  // the binary and its libraries
   const double load_start = moe::Now();
   auto engine = moe::Engine::Load(model, moe::ParallelContext::Single(*config), eo);
   if (!engine.ok()) {
@@ -166,7 +168,7 @@ int main(int argc, char** argv) {
     first_token = moe::Now();
     alloc.Free(&s.block_table);
   }
-  const double hwm_after_load = moe::PeakResidentBytes();
+  const double hwm_after_load = moe::StatusBytes("VmHWM:");
 
   std::fprintf(stderr, "engine_bench: measuring bounds\n");
   const double copy_bw = moe::bench::MemoryCopyBandwidth(1ull << 30, 5);
@@ -223,11 +225,13 @@ int main(int argc, char** argv) {
     std::printf("%-22s %14.1f %16.1f GFLOP/s %16.1f GFLOP/s %8.2f\n", "prefill 512 tokens",
                 512.0 / best, flops / best / 1e9, gemm / 1e9, flops / best / gemm);
   }
-  const double hwm = moe::PeakResidentBytes();
+  const double hwm = moe::StatusBytes("VmHWM:");
   const double weights_kv = static_cast<double>(wb.total()) + static_cast<double>(kv_budget);
-  std::printf("memory: peak RSS %.0f MB after load and first token, %.0f MB in the runs; weights "
-              "%.0f MB + KV cache %.0f MB = %.0f MB (peak / that %.2f)\n",
-              hwm_after_load / 1e6, hwm / 1e6, wb.total() / 1e6, kv_budget / 1e6,
-              weights_kv / 1e6, hwm / weights_kv);
+  std::printf("memory: %.0f MB resident before loading (binary and libraries); peak above that "
+              "%.0f MB after load and first token, %.0f MB in the runs; weights %.0f MB + KV cache "
+              "%.0f MB = %.0f MB (peak above start / that %.2f)\n",
+              rss_before_load / 1e6, (hwm_after_load - rss_before_load) / 1e6,
+              (hwm - rss_before_load) / 1e6, wb.total() / 1e6, kv_budget / 1e6, weights_kv / 1e6,
+              (hwm - rss_before_load) / weights_kv);
   return 0;
 }

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Sets up a fresh machine and runs every test: installs dependencies, builds the CUDA configuration
 # (compile + link; tests run on the CPU backend) and the CPU-only configuration, runs the bounded
-# fuzz run over the safetensors header parser, then the whole ctest suite. Each step prints what it
+# fuzz runs over the safetensors header parser and the checkpoint reader, then the whole ctest suite. Each step prints what it
 # does and how long it took; a summary of all steps comes last.
 # Usage: tools/test.sh [extra ctest args, e.g. -L unit]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
-FUZZ_SECONDS=${MOE_FUZZ_SECONDS:-60}
+FUZZ_SECONDS=${MOE_FUZZ_SECONDS:-30}
 export CCACHE_BASEDIR=$ROOT CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 export CCACHE_NOHASHDIR=1
 source tools/steps.sh
@@ -25,14 +25,17 @@ cmake -S . -B build-cpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON -DMO
   -DMOE_BUILD_TESTS=OFF -DMOE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-cpu
 
-step "fuzz: safetensors header parser, ${FUZZ_SECONDS}s under libFuzzer + ASan + UBSan"
+step "fuzz: safetensors header parser and checkpoint reader, ${FUZZ_SECONDS}s each under libFuzzer + ASan + UBSan"
 cmake -S tests/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
 cmake --build build-fuzz
-corpus=$(mktemp -d)
-cp tests/fuzz/corpus/* "$corpus"/
-build-fuzz/safetensors_header_fuzz -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
-  "$corpus" 2>&1 | grep -E "^(Done|stat::number_of_executed_units|stat::new_units)|ERROR|SUMMARY"
-rm -rf "$corpus"
+for target in safetensors_header_fuzz checkpoint_fuzz; do
+  corpus=$(mktemp -d)
+  cp tests/fuzz/corpus/* "$corpus"/
+  echo "$target:"
+  build-fuzz/$target -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
+    "$corpus" 2>&1 | grep -E "^(Done|stat::number_of_executed_units|stat::new_units)|ERROR|SUMMARY"
+  rm -rf "$corpus"
+done
 
 # Every test that runs Python must use the project's venv (CMake's MOE_PYTHON). The tests run with
 # a PATH whose first `python3` refuses to run, so a test that picks the interpreter off PATH fails

@@ -342,7 +342,20 @@ namespace {
 
 // Output features per task of the fused kernel, and weight rows per decoded panel.
 constexpr int64_t kFusedRowsPerTask = 16;
-constexpr int64_t kPanelRows = 64;
+// Decoded panels hold up to this many floats (16 MB): a whole expert of DeepSeek-V3 at
+// 2048 x 7168 is a few panels, so each BLAS call is large and x is packed few times.
+constexpr int64_t kPanelFloats = 4 << 20;
+
+// Weight rows per decoded panel: as many as kPanelFloats holds, but on the threads' own (outside
+// a parallel region) at least two panels per thread.
+int64_t PanelRows(int64_t n, int64_t k) {
+  int64_t rows = std::max<int64_t>(16, kPanelFloats / std::max<int64_t>(k, 1));
+  if (!omp_in_parallel()) {
+    const int64_t per_thread = (n + 2 * NumThreads() - 1) / (2 * NumThreads());
+    rows = std::min(rows, std::max<int64_t>(16, per_thread));
+  }
+  return std::min(rows, n);
+}
 
 bool InKernelOrder(const WeightMatrix& w) { return w.format != WeightFormat::kInt4Group; }
 
@@ -390,13 +403,14 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
     return;
   }
   const auto decode = HWY_DYNAMIC_DISPATCH(DecodeRows);
-  const int64_t panels = (n + kPanelRows - 1) / kPanelRows;
+  const int64_t panel_rows = PanelRows(n, k);
+  const int64_t panels = (n + panel_rows - 1) / panel_rows;
 #pragma omp parallel
   {
-    FloatVector panel(static_cast<size_t>(kPanelRows * k));
+    FloatVector panel(static_cast<size_t>(panel_rows * k));
 #pragma omp for schedule(dynamic)
     for (int64_t p = 0; p < panels; ++p) {
-      const int64_t j0 = p * kPanelRows, rows = std::min(n, j0 + kPanelRows) - j0;
+      const int64_t j0 = p * panel_rows, rows = std::min(n, j0 + panel_rows) - j0;
       decode(w, j0, j0 + rows, panel.data());
       // Inside the parallel region BLAS runs on this thread.
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, static_cast<int>(m),

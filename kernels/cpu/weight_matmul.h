@@ -1,6 +1,6 @@
 // Products with a WeightMatrix in its checkpoint format (f32, bf16, f16, fp8 blocks, int4 groups),
 // activations in float32. One binary runs on any x86-64 CPU: the SIMD code is compiled for each
-// of SSE4, AVX2, AVX-512 (and AVX-512 VNNI/BF16 machines) with Google Highway and picked at run
+// of SSSE3, SSE4, AVX2 and AVX-512 (and a scalar fallback) with Google Highway and picked at run
 // time.
 //
 // Few rows (decode, or the tokens routed to one expert): each weight row is read once, decoded in

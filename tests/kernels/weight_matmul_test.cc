@@ -1,6 +1,8 @@
 // The compact-weight kernels against a double-precision product with weights dequantized here,
 // element by element, from each format's definition (common/dtype.h conversions, the int4 words
-// read as int32 nibbles) — not through the kernels' own decoders.
+// read as int32 nibbles) — not through the kernels' own decoders. Every SIMD target this CPU can
+// run (of those compiled: AVX-512, AVX2, SSE4, SSSE3, scalar) is checked, not only the one the
+// dispatcher would pick.
 #include "kernels/cpu/weight_matmul.h"
 
 #include <cmath>
@@ -11,6 +13,7 @@
 
 #include "common/dtype.h"
 #include "gtest/gtest.h"
+#include "hwy/targets.h"
 
 namespace moe::cpu {
 namespace {
@@ -127,10 +130,7 @@ struct Case {
   int64_t R, C, r0, rows, c0, cols;
 };
 
-class WeightMatMulTest : public ::testing::TestWithParam<Case> {};
-
-TEST_P(WeightMatMulTest, MatchesTheDequantizedProductForEveryRowCount) {
-  const Case p = GetParam();
+void CheckProducts(const Case& p) {
   const Stored s = MakeStored(p.format, p.R, p.C, 7);
   const WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
   std::mt19937 rng(3);
@@ -158,8 +158,7 @@ TEST_P(WeightMatMulTest, MatchesTheDequantizedProductForEveryRowCount) {
   }
 }
 
-TEST_P(WeightMatMulTest, DequantizeRowsGivesTheStoredValues) {
-  const Case p = GetParam();
+void CheckDequantize(const Case& p) {
   const Stored s = MakeStored(p.format, p.R, p.C, 9);
   const WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
   std::vector<float> out(static_cast<size_t>(2 * p.cols));
@@ -172,6 +171,30 @@ TEST_P(WeightMatMulTest, DequantizeRowsGivesTheStoredValues) {
       }
     }
   }
+}
+
+class WeightMatMulTest : public ::testing::TestWithParam<Case> {};
+
+// Runs `body` once per SIMD target the CPU supports, the dispatcher forced to it.
+template <typename F>
+void ForEachTarget(F body) {
+  for (int64_t target : hwy::SupportedAndGeneratedTargets()) {
+    hwy::SetSupportedTargetsForTest(target);
+    SCOPED_TRACE(hwy::TargetName(target));
+    ASSERT_STREQ(WeightKernelTarget(), hwy::TargetName(target));
+    body();
+  }
+  hwy::SetSupportedTargetsForTest(0);
+}
+
+TEST_P(WeightMatMulTest, MatchesTheDequantizedProductForEveryRowCount) {
+  const Case p = GetParam();
+  ForEachTarget([&] { CheckProducts(p); });
+}
+
+TEST_P(WeightMatMulTest, DequantizeRowsGivesTheStoredValues) {
+  const Case p = GetParam();
+  ForEachTarget([&] { CheckDequantize(p); });
 }
 
 std::string CaseName(const ::testing::TestParamInfo<Case>& info) {

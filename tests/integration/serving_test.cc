@@ -182,6 +182,39 @@ moe::v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tok
   return r;
 }
 
+// What moe-generate prints for this request (the engine alone, greedy, EOS ignored).
+std::vector<int32_t> ReferenceTokens(Engine& engine, const std::vector<int32_t>& prompt,
+                                     int max_tokens) {
+  BlockAllocator alloc(engine.num_blocks());
+  GenerateOptions g;
+  g.max_new_tokens = max_tokens;
+  auto out = GenerateGreedy(engine, alloc, prompt, g);
+  EXPECT_TRUE(out.ok());
+  return out->tokens;
+}
+
+// A checkpoint written here and its one-rank engine, the reference for the served outputs.
+struct ServedModel {
+  std::string dir;
+  std::unique_ptr<Engine> engine;
+};
+
+ServedModel MakeServedModel(const ScratchDir& scratch, const std::string& preset, WeightDType dtype,
+                            uint64_t seed) {
+  MakeModelOptions opt;
+  opt.out_dir = scratch.file(preset + "-" + std::to_string(static_cast<int>(dtype)));
+  opt.seed = seed;
+  opt.dtype = dtype;
+  EXPECT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
+  auto config = LoadModelConfig(opt.out_dir);
+  EngineOptions eo;
+  eo.block_size = 16;
+  eo.kv_blocks = 256;
+  auto e = Engine::Load(opt.out_dir, ParallelContext::Single(*config), eo);
+  EXPECT_TRUE(e.ok()) << e.status();
+  return {opt.out_dir, e.ok() ? std::move(*e) : nullptr};
+}
+
 class ServingTest : public ::testing::Test {
  public:
   static void SetUpTestSuite() {
@@ -207,14 +240,8 @@ class ServingTest : public ::testing::Test {
     delete dir_;
   }
 
-  // What moe-generate prints for this request (the engine alone, greedy, EOS ignored).
   static std::vector<int32_t> Reference(const std::vector<int32_t>& prompt, int max_tokens) {
-    BlockAllocator alloc(engine_->num_blocks());
-    GenerateOptions g;
-    g.max_new_tokens = max_tokens;
-    auto out = GenerateGreedy(*engine_, alloc, prompt, g);
-    EXPECT_TRUE(out.ok());
-    return out->tokens;
+    return ReferenceTokens(*engine_, prompt, max_tokens);
   }
 
   static std::string Model() { return dir_->file("tiny-dsv3"); }
@@ -233,9 +260,10 @@ std::vector<int32_t> Prompt(int i) {
   return p;
 }
 
-void ConcurrentClientsMatchOfflineGeneration(ServingTest* t, const ClusterOptions& o,
+void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& reference,
+                                             const ClusterOptions& o,
                                              const std::string& log_dir) {
-  ServingCluster cluster(ServingTest::Model(), o, log_dir);
+  ServingCluster cluster(model, o, log_dir);
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
   // 32 clients at once: 20 greedy of different lengths, 6 seeded sampling requests sent twice.
@@ -272,7 +300,7 @@ void ConcurrentClientsMatchOfflineGeneration(ServingTest* t, const ClusterOption
     if (jobs[i].twin < 0) {
       const std::vector<int32_t> prompt(jobs[i].req.prompt_ids().begin(),
                                         jobs[i].req.prompt_ids().end());
-      EXPECT_EQ(out[i].tokens, ServingTest::Reference(prompt, max_tokens));
+      EXPECT_EQ(out[i].tokens, ReferenceTokens(reference, prompt, max_tokens));
     } else {
       EXPECT_EQ(out[i].tokens, out[jobs[i].twin].tokens);  // same seed, same output
     }
@@ -282,19 +310,31 @@ void ConcurrentClientsMatchOfflineGeneration(ServingTest* t, const ClusterOption
     EXPECT_EQ(Generate(cluster.stub(), jobs[i].req).tokens, out[i].tokens);
   }
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
-  static_cast<void>(t);
 }
 
 TEST_F(ServingTest, TwoMpiWorkers) {
-  ConcurrentClientsMatchOfflineGeneration(this, {2, 1, true, {}}, logs_.path());
+  ConcurrentClientsMatchOfflineGeneration(Model(), *engine_, {2, 1, true, {}}, logs_.path());
 }
 
 TEST_F(ServingTest, FourMpiWorkersTpTwo) {
-  ConcurrentClientsMatchOfflineGeneration(this, {4, 2, true, {}}, logs_.path());
+  ConcurrentClientsMatchOfflineGeneration(Model(), *engine_, {4, 2, true, {}}, logs_.path());
 }
 
 TEST_F(ServingTest, TwoTcpWorkersWithoutMpirun) {
-  ConcurrentClientsMatchOfflineGeneration(this, {2, 2, false, {}}, logs_.path());
+  ConcurrentClientsMatchOfflineGeneration(Model(), *engine_, {2, 2, false, {}}, logs_.path());
+}
+
+// The compact formats served: DeepSeek's fp8 and Kimi K2 Thinking's int4, under TP 2.
+TEST_F(ServingTest, Fp8CheckpointServedUnderTpTwo) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-dsv3", WeightDType::kFP8, 42);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {2, 2, true, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, Int4CheckpointServedUnderTpTwo) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-kimi-k2", WeightDType::kInt4, 43);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {2, 2, true, {}}, logs_.path());
 }
 
 TEST_F(ServingTest, PreemptionUnderASmallKvBudgetKeepsOutputsRight) {

@@ -105,15 +105,15 @@ int main(int argc, char** argv) {
   const double process_start = moe::Now();
   std::string model, dtype = "fp8";
   int64_t threads = 0, steps = 32;
-  bool f32_weights = false;
+  std::string weights_dtype = "stored";
   moe::FlagParser flags("engine_bench",
                         "Decode and prefill throughput of the CPU engine on small-dsv3, with the "
                         "machine bounds\nmeasured in the same run.");
   flags.AddString("model", &model,
                   "Checkpoint folder; written from the small-dsv3 preset in --dtype if missing.");
   flags.AddString("dtype", &dtype, "Weight dtype of a checkpoint written here: f32, bf16, fp8, int4.");
-  flags.AddBool("f32-weights", &f32_weights,
-                "Widen the weights to float32 at load (the reference path).");
+  flags.AddString("weights-dtype", &weights_dtype,
+                  "Weights at load: stored, f32 (the reference path) or fp8.");
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
   flags.ParseOrExit(argc, argv);
@@ -143,7 +143,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   moe::EngineOptions eo;
-  eo.f32_weights = f32_weights;
+  auto weights = moe::ParseWeightsAtLoad(weights_dtype);
+  if (!weights.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(weights.status().message()).c_str());
+    return 1;
+  }
+  eo.weights = *weights;
   const uint64_t kv_budget = 256ull << 20;
   eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, kv_budget);
   std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
@@ -178,10 +183,12 @@ int main(int argc, char** argv) {
   // The bounds' buffers are not the engine's: the peak reported at the end starts here.
   std::ofstream("/proc/self/clear_refs") << "5";
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
+  const std::string converted =
+      *weights == moe::WeightsAtLoad::kAsStored ? "" : " converted at load to " + weights_dtype;
   std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %s%s, weights %s (%s), "
               "%d threads\n",
               c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, model.c_str(),
-              f32_weights ? " widened to f32" : "", moe::cpu::WeightKernelTarget(),
+              converted.c_str(), moe::cpu::WeightKernelTarget(),
               wb.Describe().c_str(), nthreads);
   std::printf("load: engine loaded %.2f s after process start (Load %.2f s), first token %.2f s "
               "after start\n",

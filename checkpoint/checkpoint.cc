@@ -9,6 +9,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "checkpoint/quantize.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -274,6 +275,52 @@ absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
   return out;
 }
 
+// The window read as float32, then kept as float32 or quantized to fp8 blocks of its own (the
+// window's first row and column start a block): owned memory, not a view of the file.
+absl::StatusOr<WeightMatrix> Checkpoint::LoadConverted(const std::string& name,
+                                                       const std::vector<int64_t>& shape,
+                                                       SliceSpec slice, WeightFormat to) {
+  const uint64_t before = bytes_read_.load();
+  struct Fp8 {
+    std::vector<uint8_t> q;
+    std::vector<float> scales;
+  };
+  auto fp8 = std::make_shared<Fp8>();
+  if (to == WeightFormat::kF8Block) {
+    // Reserved before the float32 copy is made, so that freeing the copy leaves a hole the next
+    // weight's copy fits in (otherwise the heap grows by about the float32 model).
+    MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(dir_, name, shape, slice));
+    fp8->q.reserve(static_cast<size_t>(win.rows() * win.cols()));
+    fp8->scales.reserve(static_cast<size_t>(CeilDiv(win.rows(), 128) * CeilDiv(win.cols(), 128)));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor t, Load(name, shape, slice));
+  if (Has(name)) {  // the stored pages are not read again
+    const Location loc = where_.at(name);
+    loc.file->Release(*loc.entry);
+  }
+  WeightMatrix w;
+  w.rows = t.dim(0);
+  w.cols = t.dim(1);
+  if (to == WeightFormat::kF32) {
+    auto owned = std::make_shared<Tensor>(std::move(t));
+    w.format = WeightFormat::kF32;
+    w.data = reinterpret_cast<const uint8_t*>(owned->data());
+    w.row_stride = w.cols * 4;
+    w.owner = std::move(owned);
+  } else {
+    auto owned = std::move(fp8);
+    QuantizeFp8(t.data(), w.rows, w.cols, w.block_rows, w.block_cols, &owned->q, &owned->scales);
+    w.format = WeightFormat::kF8Block;
+    w.data = owned->q.data();
+    w.row_stride = w.cols;
+    w.block_scales = owned->scales.data();
+    w.scale_stride = (w.cols + w.block_cols - 1) / w.block_cols;
+    w.owner = std::move(owned);
+  }
+  bytes_read_ = before + w.bytes();  // what the kernels will read
+  return w;
+}
+
 std::shared_ptr<const void> Checkpoint::Keeper(const SafetensorsFile* file) const {
   for (const auto& f : files_) {
     if (f.get() == file) return f;
@@ -283,24 +330,20 @@ std::shared_ptr<const void> Checkpoint::Keeper(const SafetensorsFile* file) cons
 
 absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
                                                     const std::vector<int64_t>& expected_shape,
-                                                    SliceSpec slice) {
+                                                    SliceSpec slice, bool quantizable) {
   if (expected_shape.size() != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat(dir_, ": tensor \"", name, "\": a weight matrix must be 2-D"));
   }
-  if (widen_to_f32_) {
-    const uint64_t before = bytes_read_.load();
-    MOE_ASSIGN_OR_RETURN(Tensor t, Load(name, expected_shape, slice));
-    bytes_read_ = before + t.bytes();  // what the kernels will read: float32
-    auto owned = std::make_shared<Tensor>(std::move(t));
-    WeightMatrix w;
-    w.format = WeightFormat::kF32;
-    w.rows = owned->dim(0);
-    w.cols = owned->dim(1);
-    w.data = reinterpret_cast<const uint8_t*>(owned->data());
-    w.row_stride = w.cols * 4;
-    w.owner = std::move(owned);
-    return w;
+  if (weights_at_load_ == WeightsAtLoad::kF32) {
+    return LoadConverted(name, expected_shape, slice, WeightFormat::kF32);
+  }
+  if (weights_at_load_ == WeightsAtLoad::kFp8 && quantizable && Has(name)) {
+    MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
+    const DType d = loc.entry->dtype;
+    if (d == DType::kF32 || d == DType::kBF16 || d == DType::kF16) {
+      return LoadConverted(name, expected_shape, slice, WeightFormat::kF8Block);
+    }
   }
   const std::string module = ModuleOf(name);
   if (!Has(name) && Has(module + ".weight_packed")) {

@@ -56,12 +56,13 @@ class Checkpoint {
   // The 2-D weight `name` ("<module>.weight", [out, in] = `expected_shape`) in its stored format,
   // or its window `slice`: a view into the memory-mapped file, kept mapped while the matrix
   // lives. A module stored as int4 has no "<module>.weight"; its packed tensors are used. Column
-  // windows of int4 weights must be whole groups. With
-  // set_widen_to_f32(true) the weight is converted to float32 instead (the reference path).
+  // windows of int4 weights must be whole groups. set_weights_at_load() may convert the weight
+  // instead (see WeightsAtLoad); kFp8 converts only a `quantizable` one (a projection).
   absl::StatusOr<WeightMatrix> LoadMatrix(const std::string& name,
                                           const std::vector<int64_t>& expected_shape,
-                                          SliceSpec slice = SliceSpec::All());
-  void set_widen_to_f32(bool widen) { widen_to_f32_ = widen; }
+                                          SliceSpec slice = SliceSpec::All(),
+                                          bool quantizable = false);
+  void set_weights_at_load(WeightsAtLoad w) { weights_at_load_ = w; }
 
   // Bytes copied out of the files so far (data and scales), across threads.
   uint64_t bytes_read() const { return bytes_read_.load(); }
@@ -82,11 +83,14 @@ class Checkpoint {
                                               const std::vector<int64_t>& shape, int64_t r0,
                                               int64_t r1, int64_t c0, int64_t c1);
   std::shared_ptr<const void> Keeper(const SafetensorsFile* file) const;
+  absl::StatusOr<WeightMatrix> LoadConverted(const std::string& name,
+                                             const std::vector<int64_t>& shape, SliceSpec slice,
+                                             WeightFormat to);
 
   std::string dir_;
   std::optional<QuantizationConfig> quant_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
-  bool widen_to_f32_ = false;
+  WeightsAtLoad weights_at_load_ = WeightsAtLoad::kAsStored;
   std::map<std::string, Location> where_;
   std::atomic<uint64_t> bytes_read_{0};
 };

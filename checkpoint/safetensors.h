@@ -56,6 +56,9 @@ class SafetensorsFile {
   const TensorEntry* Find(absl::string_view name) const;
   // Start of the entry's bytes; valid for entry.end - entry.begin bytes.
   const uint8_t* Data(const TensorEntry& entry) const { return data_ + entry.begin; }
+  // Drops the entry's pages from this process's resident memory (they stay in the page cache
+  // and come back if read again): for a tensor converted into memory of its own.
+  void Release(const TensorEntry& entry) const;
 
  private:
   SafetensorsFile() = default;

@@ -1,5 +1,7 @@
 #include "common/weight_matrix.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace moe {
 
 absl::string_view WeightFormatName(WeightFormat f) {
@@ -16,6 +18,14 @@ absl::string_view WeightFormatName(WeightFormat f) {
       return "int4";
   }
   return "?";
+}
+
+absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name) {
+  if (name == "stored") return WeightsAtLoad::kAsStored;
+  if (name == "f32") return WeightsAtLoad::kF32;
+  if (name == "fp8") return WeightsAtLoad::kFp8;
+  return absl::InvalidArgumentError(absl::StrCat("unknown weights dtype \"", name,
+                                                 "\" (stored, f32 or fp8)"));
 }
 
 size_t WeightMatrix::bytes() const {

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 
 namespace moe {
@@ -25,6 +26,16 @@ namespace moe {
 enum class WeightFormat { kF32, kBF16, kF16, kF8Block, kInt4Group };
 
 absl::string_view WeightFormatName(WeightFormat f);  // "f32", "bf16", "f16", "fp8", "int4"
+
+// What loading does with the weights (`--weights-dtype`):
+//   kAsStored  use them in the checkpoint's format (the default);
+//   kF32       convert every weight to float32 (the reference path; 4x fp8's memory);
+//   kFp8       convert float weights of the projections (not the embeddings and lm_head) to fp8
+//              e4m3 in 128x128 blocks, as DeepSeek ships them: for bf16/f32 checkpoints, speed
+//              and memory for accuracy (measured in README.md). fp8 and int4 weights stay as they
+//              are.
+enum class WeightsAtLoad { kAsStored, kF32, kFp8 };
+absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name);  // stored | f32 | fp8
 
 struct WeightMatrix {
   WeightFormat format = WeightFormat::kF32;

@@ -19,7 +19,7 @@ absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const WeightSpec& spec, Rang
     slice = SliceSpec::Cols(cols.begin, cols.end);
   }
   Linear l;
-  MOE_ASSIGN_OR_RETURN(l.weight_, ck.LoadMatrix(spec.name, spec.shape, slice));
+  MOE_ASSIGN_OR_RETURN(l.weight_, ck.LoadMatrix(spec.name, spec.shape, slice, spec.quantizable()));
   return l;
 }
 

@@ -60,9 +60,9 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
                                                                        const ModelConfig& c,
                                                                        const ParallelContext& ctx,
                                                                        const KvCacheShape& cache,
-                                                                       bool widen_to_f32) {
+                                                                       WeightsAtLoad weights) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
-  ck->set_widen_to_f32(widen_to_f32);
+  ck->set_weights_at_load(weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
   WeightBytes* bytes = &m->weight_bytes_;

@@ -46,13 +46,14 @@ class DecoderLayer {
 // cache in host memory, any parallel layout.
 class DeepseekV3Model : public ForwardModel {
  public:
-  // Maps this rank's shard of the weights in `dir` and allocates its KV cache. With
-  // `widen_to_f32` every weight is converted to float32 instead (the reference path).
+  // Maps this rank's shard of the weights in `dir` and allocates its KV cache; `weights` may
+  // convert them instead (see WeightsAtLoad).
   static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
                                                                const ModelConfig& config,
                                                                const ParallelContext& ctx,
                                                                const KvCacheShape& cache,
-                                                               bool widen_to_f32 = false);
+                                                               WeightsAtLoad weights =
+                                                                   WeightsAtLoad::kAsStored);
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;

@@ -8,6 +8,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "checkpoint/quantize.h"
 #include "checkpoint/safetensors_writer.h"
 #include "checkpoint/weight_names.h"
 #include "common/dtype.h"
@@ -66,58 +67,6 @@ struct Planned {
   const WeightSpec* spec;  // null for a scale tensor (made with the weight before it)
   uint64_t bytes() const { return static_cast<uint64_t>(NumElements(shape)) * DTypeSize(dtype); }
 };
-
-// Quantizes a [rows, cols] weight to e4m3 in block_rows x block_cols blocks; scale_inv per block is
-// amax / 448, so that weight = fp8 * scale_inv.
-void QuantizeFp8(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t br, int64_t bc,
-                 std::vector<uint8_t>* q, std::vector<float>* scale_inv) {
-  const int64_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
-  q->assign(static_cast<size_t>(rows * cols), 0);
-  scale_inv->assign(static_cast<size_t>(nbr * nbc), 1.0f);
-  for (int64_t bi = 0; bi < nbr; ++bi) {
-    for (int64_t bj = 0; bj < nbc; ++bj) {
-      float amax = 0.0f;
-      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
-        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
-          amax = std::max(amax, std::fabs(w[r * cols + c]));
-        }
-      }
-      const float s = amax > 0 ? amax / kF8E4M3Max : 1.0f;
-      (*scale_inv)[bi * nbc + bj] = s;
-      for (int64_t r = bi * br; r < std::min(rows, (bi + 1) * br); ++r) {
-        for (int64_t c = bj * bc; c < std::min(cols, (bj + 1) * bc); ++c) {
-          (*q)[r * cols + c] = F32ToF8E4M3(w[r * cols + c] / s);
-        }
-      }
-    }
-  }
-}
-
-// Quantizes a [rows, cols] weight to symmetric int4 in groups of `group` columns, packed as
-// compressed-tensors does: scale = bf16(amax / 7.5), q = clamp(round(w / scale), -8, 7), stored
-// q + 8, eight per int32 with column 8j + i in bits 4i..4i+3.
-void QuantizeInt4(const std::vector<float>& w, int64_t rows, int64_t cols, int64_t group,
-                  std::vector<int32_t>* packed, std::vector<uint16_t>* scales) {
-  packed->assign(static_cast<size_t>(rows * cols / 8), 0);
-  scales->assign(static_cast<size_t>(rows * (cols / group)), 0);
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < cols / group; ++g) {
-      const float* x = w.data() + r * cols + g * group;
-      float amax = 0.0f;
-      for (int64_t i = 0; i < group; ++i) amax = std::max(amax, std::fabs(x[i]));
-      const uint16_t s16 = F32ToBF16(amax > 0 ? amax / 7.5f : 1.0f);
-      (*scales)[r * (cols / group) + g] = s16;
-      const float s = BF16ToF32(s16);
-      for (int64_t i = 0; i < group; ++i) {
-        const int q = static_cast<int>(std::clamp(std::nearbyint(x[i] / s), -8.0f, 7.0f));
-        const int64_t c = g * group + i;
-        auto& word = (*packed)[(r * cols + c) / 8];
-        word = static_cast<int32_t>(static_cast<uint32_t>(word) |
-                                    (static_cast<uint32_t>(q + 8) << (4 * (c % 8))));
-      }
-    }
-  }
-}
 
 // "a.b.weight" -> "a.b"
 std::string ModuleName(const std::string& weight_name) {
@@ -230,12 +179,12 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
     for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
     if (p.dtype == DType::kF8E4M3) {
       const auto& q = *config.quantization_config;
-      QuantizeFp8(values, spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
+      QuantizeFp8(values.data(), spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
       MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
       MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
     } else if (p.dtype == DType::kI32) {
       const std::string module = ModuleName(spec.name);
-      QuantizeInt4(values, spec.shape[0], spec.shape[1], config.quantization_config->group_size,
+      QuantizeInt4(values.data(), spec.shape[0], spec.shape[1], config.quantization_config->group_size,
                    &packed, &group_scales);
       const int32_t shape[2] = {static_cast<int32_t>(spec.shape[0]),
                                 static_cast<int32_t>(spec.shape[1])};

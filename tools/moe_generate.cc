@@ -54,7 +54,8 @@ int DefaultThreads() {
 int main(int argc, char** argv) {
   std::string model, prompt_ids, logits_out, device = "cpu";
   int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0, tp = 0;
-  bool ignore_eos = false, no_cuda_graphs = false, f32_weights = false;
+  bool ignore_eos = false, no_cuda_graphs = false;
+  std::string weights_dtype = "stored";
   moe::FlagParser flags(
       "moe-generate",
       "Greedy generation from a prompt of token ids; prints the new token ids\n"
@@ -76,9 +77,9 @@ int main(int argc, char** argv) {
                   "Backend: cpu (any layout) or cuda (one GPU, one rank; bf16 weights).");
   flags.AddBool("no-cuda-graphs", &no_cuda_graphs,
                 "With --device cuda: run decode steps eagerly instead of replaying CUDA graphs.");
-  flags.AddBool("f32-weights", &f32_weights,
-                "Convert the weights to float32 at load (the reference path) instead of computing on "
-                "the checkpoint's format.");
+  flags.AddString("weights-dtype", &weights_dtype,
+                  "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
+                  "reference path), fp8 (float projections converted to 128x128-block fp8).");
   flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");
@@ -102,6 +103,8 @@ int main(int argc, char** argv) {
   auto prompt = ParseIds(prompt_ids);
   if (!prompt.ok()) return Fail(prompt.status());
   if (max_new < 1) return Fail(absl::InvalidArgumentError("--max-new-tokens must be >= 1"));
+  auto weights = moe::ParseWeightsAtLoad(weights_dtype);
+  if (!weights.ok()) return Fail(weights.status());
   if (kv_mb < 1 || block_size < 1) {
     return Fail(absl::InvalidArgumentError("--kv-cache-mb and --block-size must be >= 1"));
   }
@@ -120,7 +123,7 @@ int main(int argc, char** argv) {
   opt.kv_blocks = *blocks;
   opt.device = *backend;
   opt.cuda_graphs = !no_cuda_graphs;
-  opt.f32_weights = f32_weights;
+  opt.weights = *weights;
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());

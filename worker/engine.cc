@@ -24,7 +24,7 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
-    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache, options.f32_weights));
+    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache, options.weights));
     return std::unique_ptr<ForwardModel>(std::move(model));
   }
 #if MOE_HAVE_CUDA

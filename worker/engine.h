@@ -53,9 +53,8 @@ struct EngineOptions {
   Device device = Device::kCpu;
   int cuda_device = 0;      // the GPU ordinal (of those CUDA_VISIBLE_DEVICES shows)
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
-  // CPU: convert every weight to float32 at load (the reference path; 4x fp8's memory) instead
-  // of computing on the checkpoint's own format.
-  bool f32_weights = false;
+  // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
+  WeightsAtLoad weights = WeightsAtLoad::kAsStored;
 };
 
 class Engine {

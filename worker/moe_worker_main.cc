@@ -147,7 +147,8 @@ absl::StatusOr<std::unique_ptr<moe::Communicator>> ConnectWorld(
 absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model,
                                                         std::unique_ptr<moe::Communicator> world,
                                                         const moe::v1::RegisterResponse& assignment,
-                                                        moe::Device device) {
+                                                        moe::Device device,
+                                                        moe::WeightsAtLoad weights) {
   MOE_ASSIGN_OR_RETURN(const moe::ModelConfig config, moe::LoadModelConfig(model));
   MOE_ASSIGN_OR_RETURN(
       auto ctx, moe::ParallelContext::Create(config, std::move(world), assignment.tp_size()));
@@ -164,6 +165,7 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
   opt.block_size = assignment.kv_block_size();
   opt.kv_blocks = assignment.kv_blocks();
   opt.device = device;
+  opt.weights = weights;
   MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
                 << shard.experts.size() << " experts/layer) from " << model;
   return moe::Engine::Load(model, std::move(ctx), opt);
@@ -173,6 +175,7 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
 
 int main(int argc, char** argv) {
   std::string coordinator, model, host = Hostname(), device = "cpu", collective_listen;
+  std::string weights_dtype = "stored";
   int64_t rank = -1, world_size = 0, threads = 0, register_timeout_s = 600;
   int64_t heartbeat_ms = 1000, lost_after_s = 15;
   moe::FlagParser flags(
@@ -188,6 +191,9 @@ int main(int argc, char** argv) {
   flags.AddString("device", &device,
                   "Backend: cpu, or cuda (one GPU per worker, world size 1 for now; the GPU is "
                   "device 0 of those CUDA_VISIBLE_DEVICES shows).");
+  flags.AddString("weights-dtype", &weights_dtype,
+                  "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
+                  "reference path), fp8 (float projections converted to 128x128-block fp8).");
   flags.AddString("collective-listen", &collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
   flags.AddInt("threads", &threads, "CPU threads (0: the host's cores / ranks on it).");
@@ -199,6 +205,8 @@ int main(int argc, char** argv) {
   flags.ParseOrExit(argc, argv);
   const auto backend = moe::ParseDevice(device);
   if (!backend.ok()) return Fail(backend.status());
+  const auto weights = moe::ParseWeightsAtLoad(weights_dtype);
+  if (!weights.ok()) return Fail(weights.status());
 
   auto collective = JoinCollective(&argc, &argv, &rank, &world_size, host, collective_listen);
   if (!collective.ok()) return Fail(collective.status());
@@ -221,7 +229,7 @@ int main(int argc, char** argv) {
   auto world =
       ConnectWorld(*collective, static_cast<int>(rank), static_cast<int>(world_size), *assignment);
   if (!world.ok()) return Fail(world.status());
-  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend);
+  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend, *weights);
   if (!engine.ok()) return Fail(engine.status());
   const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
   MOE_LOG(INFO) << "loaded " << wb.Describe();

@@ -72,12 +72,13 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
            "tests/golden/make_goldens.py";
   }
 
-  std::unique_ptr<Engine> LoadEngine(int64_t block_size, bool f32_weights = false) {
+  std::unique_ptr<Engine> LoadEngine(int64_t block_size,
+                                     WeightsAtLoad weights = WeightsAtLoad::kAsStored) {
     auto config = LoadModelConfig(dir_.path());
     EXPECT_TRUE(config.ok());
     EngineOptions opt;
     opt.block_size = block_size;
-    opt.f32_weights = f32_weights;
+    opt.weights = weights;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20);
     auto e = Engine::Load(dir_.path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
@@ -85,8 +86,8 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   }
 
   void CheckAgainstGolden(const GenerateOptions& gen, int64_t block_size,
-                          bool f32_weights = false) {
-    auto engine = LoadEngine(block_size, f32_weights);
+                          WeightsAtLoad weights = WeightsAtLoad::kAsStored) {
+    auto engine = LoadEngine(block_size, weights);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     for (size_t i = 0; i < spec_["prompts"].size(); ++i) {
@@ -118,7 +119,7 @@ TEST_P(GoldenTest, PrefillAndDecodeMatchTransformers) { CheckAgainstGolden(Greed
 
 // The reference path: every weight converted to float32 at load instead of read in its format.
 TEST_P(GoldenTest, WeightsWidenedToF32MatchTransformers) {
-  CheckAgainstGolden(Greedy16(), 16, /*f32_weights=*/true);
+  CheckAgainstGolden(Greedy16(), 16, WeightsAtLoad::kF32);
 }
 
 TEST_P(GoldenTest, ChunkedPrefillAcrossBlocksMatchesTransformers) {

@@ -91,6 +91,10 @@ int main(int argc, char** argv) {
   flags.AddInt("n", &n, "Output features (rows of W).");
   flags.AddInt("k", &k, "Input features (columns of W; a multiple of 128).");
   flags.ParseOrExit(argc, argv);
+  if (n < 1 || k < 128 || k % 128 != 0) {
+    std::fprintf(stderr, "weight_matmul_bench: --n must be >= 1 and --k a positive multiple of 128\n");
+    return 1;
+  }
   const int nthreads = threads > 0 ? static_cast<int>(threads)
                                    : static_cast<int>(std::thread::hardware_concurrency());
   moe::cpu::SetNumThreads(nthreads);

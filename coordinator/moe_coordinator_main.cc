@@ -48,6 +48,12 @@ int main(int argc, char** argv) {
                "Tokens per step (prefill is chunked to it).");
   flags.AddInt("max-running", &o.max_running, "Sequences in the running batch.");
   flags.AddInt("max-queue", &o.max_queue, "Waiting requests beyond which new ones are refused.");
+  flags.AddInt("max-prompt-tokens", &o.max_prompt_tokens,
+               "Longest prompt accepted, in tokens (0: the context and KV cache are the limits).");
+  flags.AddInt("max-new-tokens", &o.max_new_tokens,
+               "Largest max_tokens accepted (0: the context and KV cache are the limits).");
+  flags.AddInt("max-request-bytes", &o.max_request_bytes,
+               "Largest gRPC message accepted; larger ones get RESOURCE_EXHAUSTED.");
   flags.AddInt("startup-timeout-s", &startup_timeout_s,
                "Exit with an error if the workers are not all ready within this time.");
   flags.AddInt("heartbeat-timeout-s", &heartbeat_timeout_s,

@@ -25,6 +25,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
       o.max_running < 1 || o.max_queue < 0) {
     return absl::InvalidArgumentError("flags must be positive (see --help)");
   }
+  if (o.max_prompt_tokens < 0 || o.max_new_tokens < 0 || o.max_request_bytes < 1024 ||
+      o.max_request_bytes > (1ll << 30)) {
+    return absl::InvalidArgumentError(
+        "--max-prompt-tokens and --max-new-tokens must be >= 0, --max-request-bytes in [1 KiB, "
+        "1 GiB]");
+  }
   MOE_ASSIGN_OR_RETURN(ShardPlan plan,
                        ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world));
   const int64_t per_block = config.LatentKvBytesPerToken(sizeof(float)) * o.block_size;
@@ -63,8 +69,9 @@ CoordinatorServer::CoordinatorServer(const ModelConfig& config, const Coordinato
   co.heartbeat_timeout = o.heartbeat_timeout;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
-  const ServingContext ctx{&config_,  cluster_.get(),           scheduler_.get(),
-                           &metrics_, kv_blocks * o.block_size, static_cast<int>(o.block_size),
+  const RequestLimits limits{kv_blocks * o.block_size, o.max_prompt_tokens, o.max_new_tokens};
+  const ServingContext ctx{&config_, cluster_.get(),  scheduler_.get(),
+                           &metrics_, limits,        static_cast<int>(o.block_size),
                            kv_blocks, api_keys_.get()};
   inference_ = std::make_unique<InferenceService>(ctx);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
@@ -84,6 +91,7 @@ absl::Status CoordinatorServer::Listen() {
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_request_bytes));
   builder.RegisterService(inference_.get());
   builder.RegisterService(cluster_service_.get());
   server_ = builder.BuildAndStart();

@@ -37,6 +37,10 @@ struct CoordinatorOptions {
   int64_t max_step_tokens = 512;
   int64_t max_running = 256;
   int64_t max_queue = 1024;
+  // Request limits (INVALID_ARGUMENT naming the flag; a larger message: RESOURCE_EXHAUSTED).
+  int64_t max_prompt_tokens = 0;           // 0: the context and the KV cache are the limits
+  int64_t max_new_tokens = 0;              // the largest max_tokens; 0: the same
+  int64_t max_request_bytes = 4ll << 20;   // of one gRPC message (gRPC's default)
   absl::Duration startup_timeout = absl::Seconds(600);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
   // Keys of the public API (see coordinator/api_keys.h): from flags and the environment, and a

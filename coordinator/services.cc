@@ -68,7 +68,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     std::lock_guard<std::mutex> lock(seed_mu_);
     seed = seeds_();
   }
-  auto params = ValidateRequest(*request, *ctx_.config, ctx_.max_sequence_tokens, seed);
+  auto params = ValidateRequest(*request, *ctx_.config, ctx_.limits, seed);
   if (!params.ok()) return reject(params.status());
   const int64_t prompt_tokens = static_cast<int64_t>(params->prompt.size());
   auto submitted = ctx_.scheduler->Submit(std::move(*params));

@@ -2,6 +2,7 @@
 // (whose Step stream, held by the leader worker, is where the serving loop runs).
 #pragma once
 
+#include "coordinator/validation.h"
 #include <atomic>
 #include <random>
 
@@ -20,7 +21,7 @@ struct ServingContext {
   Cluster* cluster;
   Scheduler* scheduler;
   Metrics* metrics;
-  int64_t max_sequence_tokens;  // a DP group's KV capacity
+  RequestLimits limits;
   int kv_block_size;
   int64_t kv_blocks;  // per DP group
   const ApiKeys* api_keys;

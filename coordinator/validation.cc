@@ -7,8 +7,9 @@
 namespace moe {
 
 absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
-                                              const ModelConfig& c, int64_t max_sequence_tokens,
+                                              const ModelConfig& c, const RequestLimits& limits,
                                               uint64_t random_seed) {
+  const int64_t max_sequence_tokens = limits.max_sequence_tokens;
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
   if (r.prompt_ids().empty()) return bad("prompt_ids: the prompt is empty");
   for (int i = 0; i < r.prompt_ids_size(); ++i) {
@@ -18,7 +19,15 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
                  c.vocab_size, ")");
     }
   }
+  if (limits.max_prompt_tokens > 0 && r.prompt_ids_size() > limits.max_prompt_tokens) {
+    return bad("prompt_ids: ", r.prompt_ids_size(), " tokens exceed this server's limit of ",
+               limits.max_prompt_tokens, " (--max-prompt-tokens)");
+  }
   if (r.max_tokens() <= 0) return bad("max_tokens: must be > 0, got ", r.max_tokens());
+  if (limits.max_new_tokens > 0 && r.max_tokens() > limits.max_new_tokens) {
+    return bad("max_tokens: ", r.max_tokens(), " exceeds this server's limit of ",
+               limits.max_new_tokens, " (--max-new-tokens)");
+  }
   const int64_t total = static_cast<int64_t>(r.prompt_ids_size()) + r.max_tokens();
   if (total > c.max_position_embeddings) {
     return bad("max_tokens: prompt (", r.prompt_ids_size(), " tokens) + max_tokens (",

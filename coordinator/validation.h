@@ -9,10 +9,16 @@
 
 namespace moe {
 
-// `max_sequence_tokens`: the most tokens one sequence can hold in a DP group's KV cache.
+// What one request may ask for.
+struct RequestLimits {
+  int64_t max_sequence_tokens = 0;  // the most tokens one sequence can hold in a DP group's cache
+  int64_t max_prompt_tokens = 0;    // --max-prompt-tokens (0: no limit but the context)
+  int64_t max_new_tokens = 0;       // --max-new-tokens: the largest max_tokens (0: no limit)
+};
+
 // `random_seed` is used when the request does not set one.
 absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& request,
                                               const ModelConfig& config,
-                                              int64_t max_sequence_tokens, uint64_t random_seed);
+                                              const RequestLimits& limits, uint64_t random_seed);
 
 }  // namespace moe

@@ -18,15 +18,35 @@ moe::v1::GenerateRequest Good() {
 }
 
 absl::Status Check(const moe::v1::GenerateRequest& r) {
-  return ValidateRequest(r, *PresetConfig("tiny-dsv3"), 400, 5).status();
+  return ValidateRequest(r, *PresetConfig("tiny-dsv3"), RequestLimits{400}, 5).status();
 }
 
 TEST(ValidationTest, AcceptsAndFillsDefaults) {
-  auto p = ValidateRequest(Good(), *PresetConfig("tiny-dsv3"), 400, 5);
+  auto p = ValidateRequest(Good(), *PresetConfig("tiny-dsv3"), RequestLimits{400}, 5);
   ASSERT_TRUE(p.ok());
   EXPECT_FLOAT_EQ(p->sampling.temperature(), 1.0f);  // unset: 1.0
   EXPECT_FLOAT_EQ(p->sampling.top_p(), 1.0f);
   EXPECT_EQ(p->sampling.seed(), 5u);  // the server's random seed when unset
+}
+
+TEST(ValidationTest, ServerLimitsNameTheirFlag) {
+  const RequestLimits limits{400, 3, 10};
+  auto check = [&](const moe::v1::GenerateRequest& r) {
+    return ValidateRequest(r, *PresetConfig("tiny-dsv3"), limits, 5).status();
+  };
+  moe::v1::GenerateRequest r = Good();
+  r.add_prompt_ids(3);
+  EXPECT_TRUE(check(r).ok());  // 3 tokens: at the limit
+  r.add_prompt_ids(4);
+  EXPECT_EQ(check(r).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(check(r).message(),
+              HasSubstr("prompt_ids: 4 tokens exceed this server's limit of 3 (--max-prompt-tokens)"));
+  moe::v1::GenerateRequest t = Good();
+  t.set_max_tokens(10);
+  EXPECT_TRUE(check(t).ok());
+  t.set_max_tokens(11);
+  EXPECT_THAT(check(t).message(),
+              HasSubstr("max_tokens: 11 exceeds this server's limit of 10 (--max-new-tokens)"));
 }
 
 TEST(ValidationTest, EachBadFieldIsNamed) {

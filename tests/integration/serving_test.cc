@@ -360,7 +360,10 @@ TEST_F(ServingTest, PreemptionUnderASmallKvBudgetKeepsOutputsRight) {
 }
 
 TEST_F(ServingTest, StartupHealthBadInputsAndLimits) {
-  ServingCluster cluster(Model(), {1, 1, true, {"--max-queue", "1", "--max-running", "1"}},
+  ServingCluster cluster(Model(),
+                         {1, 1, true,
+                          {"--max-queue", "1", "--max-running", "1", "--max-prompt-tokens", "64",
+                           "--max-new-tokens", "300", "--max-request-bytes", "4096"}},
                          logs_.path());
   // Before the workers: not serving, requests refused with UNAVAILABLE.
   absl::SleepFor(absl::Milliseconds(300));
@@ -384,12 +387,25 @@ TEST_F(ServingTest, StartupHealthBadInputsAndLimits) {
            {[](auto& r) { r.mutable_sampling()->set_top_p(0); }, "sampling.top_p"},
            {[](auto& r) { r.mutable_sampling()->set_top_p(1.01f); }, "sampling.top_p"},
            {[](auto& r) { r.mutable_sampling()->set_top_k(-2); }, "sampling.top_k"},
+           {[](auto& r) {
+              for (int i = 0; i < 63; ++i) r.add_prompt_ids(5);
+            },
+            "(--max-prompt-tokens)"},
+           {[](auto& r) { r.set_max_tokens(301); }, "(--max-new-tokens)"},
        }) {
     moe::v1::GenerateRequest r = Request({1, 2}, 4);
     b.edit(r);
     Outcome o = Generate(cluster.stub(), r);
     EXPECT_EQ(o.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << b.field;
     EXPECT_THAT(o.status.error_message(), HasSubstr(b.field));
+  }
+  // A message over --max-request-bytes: refused by gRPC before it is parsed.
+  {
+    moe::v1::GenerateRequest r = Request({1, 2}, 4);
+    for (int i = 0; i < 3000; ++i) r.add_prompt_ids(300);
+    Outcome o = Generate(cluster.stub(), r);
+    EXPECT_EQ(o.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+    EXPECT_THAT(o.status.error_message(), HasSubstr("4096"));
   }
   // One running and one waiting at most: a burst of long requests overflows the queue.
   std::vector<Outcome> out(6);

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "checkpoint/quantize.h"
+#include "checkpoint/weight_names.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -26,13 +27,6 @@ absl::Status TensorError(const std::string& file, const std::string& name, absl:
 std::string ScaleName(const std::string& weight_name) { return weight_name + "_scale_inv"; }
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-
-// "a.b.weight" -> "a.b" (the module whose int4 tensors stand in for the weight).
-std::string ModuleOf(const std::string& weight_name) {
-  return absl::EndsWith(weight_name, ".weight")
-             ? weight_name.substr(0, weight_name.size() - 7)
-             : weight_name;
-}
 
 // The part [r0, r1) x [c0, c1) of a tensor viewed as rows x cols that `slice` selects.
 struct Window {
@@ -170,8 +164,12 @@ uint64_t Checkpoint::total_bytes() const {
   return n;
 }
 
+bool Checkpoint::StoredAsInt4(const std::string& name) const {
+  return !Has(name) && Has(Int4Names(name).packed);
+}
+
 bool Checkpoint::HasWeight(const std::string& name) const {
-  return Has(name) || Has(ModuleOf(name) + ".weight_packed");
+  return Has(name) || StoredAsInt4(name);
 }
 
 absl::StatusOr<Checkpoint::Location> Checkpoint::Find(const std::string& name) const {
@@ -230,9 +228,7 @@ absl::StatusOr<const float*> Checkpoint::BlockScales(const Location& loc,
 absl::StatusOr<Tensor> Checkpoint::Load(const std::string& name,
                                         const std::vector<int64_t>& expected_shape,
                                         SliceSpec slice) {
-  if (!Has(name) && Has(ModuleOf(name) + ".weight_packed")) {
-    return LoadInt4(name, expected_shape, slice);
-  }
+  if (StoredAsInt4(name)) return LoadInt4(name, expected_shape, slice);
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;
   const std::string& file = loc.file->path();
@@ -285,20 +281,19 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadConverted(const std::string& name,
     std::vector<uint8_t> q;
     std::vector<float> scales;
   };
-  auto fp8 = std::make_shared<Fp8>();
+  std::shared_ptr<Fp8> fp8;
+  WeightMatrix w;  // the block size: WeightMatrix's default, 128 x 128
   if (to == WeightFormat::kF8Block) {
     // Reserved before the float32 copy is made, so that freeing the copy leaves a hole the next
     // weight's copy fits in (otherwise the heap grows by about the float32 model).
     MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(dir_, name, shape, slice));
+    fp8 = std::make_shared<Fp8>();
     fp8->q.reserve(static_cast<size_t>(win.rows() * win.cols()));
-    fp8->scales.reserve(static_cast<size_t>(CeilDiv(win.rows(), 128) * CeilDiv(win.cols(), 128)));
+    fp8->scales.reserve(static_cast<size_t>(CeilDiv(win.rows(), w.block_rows) *
+                                            CeilDiv(win.cols(), w.block_cols)));
   }
   MOE_ASSIGN_OR_RETURN(Tensor t, Load(name, shape, slice));
-  if (Has(name)) {  // the stored pages are not read again
-    const Location loc = where_.at(name);
-    loc.file->Release(*loc.entry);
-  }
-  WeightMatrix w;
+  if (auto loc = Find(name); loc.ok()) loc->file->Release(*loc->entry);  // not read again
   w.rows = t.dim(0);
   w.cols = t.dim(1);
   if (to == WeightFormat::kF32) {
@@ -314,7 +309,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadConverted(const std::string& name,
     w.data = owned->q.data();
     w.row_stride = w.cols;
     w.block_scales = owned->scales.data();
-    w.scale_stride = (w.cols + w.block_cols - 1) / w.block_cols;
+    w.scale_stride = CeilDiv(w.cols, w.block_cols);
     w.owner = std::move(owned);
   }
   bytes_read_ = before + w.bytes();  // what the kernels will read
@@ -345,13 +340,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
       return LoadConverted(name, expected_shape, slice, WeightFormat::kF8Block);
     }
   }
-  const std::string module = ModuleOf(name);
-  if (!Has(name) && Has(module + ".weight_packed")) {
-    MOE_ASSIGN_OR_RETURN(Location packed, Find(module + ".weight_packed"));
-    MOE_ASSIGN_OR_RETURN(const Window win,
-                         SliceWindow(packed.file->path(), name, expected_shape, slice));
-    return LoadInt4Matrix(module, expected_shape, win.r0, win.r1, win.c0, win.c1);
-  }
+  if (StoredAsInt4(name)) return LoadInt4Matrix(name, expected_shape, slice);
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;
   const std::string& file = loc.file->path();
@@ -391,15 +380,19 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
   return w;
 }
 
-absl::StatusOr<WeightMatrix> Checkpoint::LoadInt4Matrix(const std::string& module,
+absl::StatusOr<WeightMatrix> Checkpoint::LoadInt4Matrix(const std::string& name,
                                                         const std::vector<int64_t>& shape,
-                                                        int64_t r0, int64_t r1, int64_t c0,
-                                                        int64_t c1) {
-  const std::string packed_name = module + ".weight_packed";
-  const std::string scale_name = module + ".weight_scale";
-  const std::string shape_name = module + ".weight_shape";
+                                                        SliceSpec slice) {
+  const std::string module = ModuleOf(name);
+  const Int4TensorNames names = Int4Names(name);
+  const std::string& packed_name = names.packed;
+  const std::string& scale_name = names.scale;
+  const std::string& shape_name = names.shape;
   MOE_ASSIGN_OR_RETURN(Location packed, Find(packed_name));
   const std::string& file = packed.file->path();
+  if (shape.size() != 2) return TensorError(file, name, "int4 weights are 2-D");
+  MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(file, name, shape, slice));
+  const int64_t r0 = win.r0, r1 = win.r1, c0 = win.c0, c1 = win.c1;
   if (!quant_ || !quant_->is_int4()) {
     return TensorError(file, packed_name,
                        "int4 weights need config.json's quantization_config to be "
@@ -482,15 +475,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadInt4Matrix(const std::string& modul
 
 absl::StatusOr<Tensor> Checkpoint::LoadInt4(const std::string& name,
                                             const std::vector<int64_t>& shape, SliceSpec slice) {
-  if (shape.size() != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(dir_, ": tensor \"", name, "\": int4 weights are 2-D"));
-  }
-  const std::string module = ModuleOf(name);
-  MOE_ASSIGN_OR_RETURN(Location packed, Find(module + ".weight_packed"));
-  MOE_ASSIGN_OR_RETURN(const Window win, SliceWindow(packed.file->path(), name, shape, slice));
-  MOE_ASSIGN_OR_RETURN(WeightMatrix w,
-                       LoadInt4Matrix(module, shape, win.r0, win.r1, win.c0, win.c1));
+  MOE_ASSIGN_OR_RETURN(WeightMatrix w, LoadInt4Matrix(name, shape, slice));
   Tensor out = Tensor::Uninitialized({w.rows, w.cols});
   // The window's packed rows start at column col0 of the stored row; Int4Element counts from
   // the window's first column, which starts a group and a word.

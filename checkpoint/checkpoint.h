@@ -79,9 +79,10 @@ class Checkpoint {
   absl::StatusOr<const float*> BlockScales(const Location& loc, const std::string& name) const;
   absl::StatusOr<Tensor> LoadInt4(const std::string& name, const std::vector<int64_t>& shape,
                                   SliceSpec slice);
-  absl::StatusOr<WeightMatrix> LoadInt4Matrix(const std::string& module,
-                                              const std::vector<int64_t>& shape, int64_t r0,
-                                              int64_t r1, int64_t c0, int64_t c1);
+  // Whether `name` ("<module>.weight") is stored as compressed-tensors int4 (see Int4Names).
+  bool StoredAsInt4(const std::string& name) const;
+  absl::StatusOr<WeightMatrix> LoadInt4Matrix(const std::string& name,
+                                              const std::vector<int64_t>& shape, SliceSpec slice);
   std::shared_ptr<const void> Keeper(const SafetensorsFile* file) const;
   absl::StatusOr<WeightMatrix> LoadConverted(const std::string& name,
                                              const std::vector<int64_t>& shape, SliceSpec slice,

@@ -1,10 +1,22 @@
 #include "checkpoint/weight_names.h"
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 
 namespace moe {
 
 std::string LayerPrefix(int64_t layer) { return absl::StrCat("model.layers.", layer, "."); }
+
+std::string ModuleOf(const std::string& weight_name) {
+  return absl::EndsWith(weight_name, ".weight")
+             ? weight_name.substr(0, weight_name.size() - std::string(".weight").size())
+             : weight_name;
+}
+
+Int4TensorNames Int4Names(const std::string& weight_name) {
+  const std::string module = ModuleOf(weight_name);
+  return {module + ".weight_packed", module + ".weight_scale", module + ".weight_shape"};
+}
 
 std::string ExpertPrefix(int64_t layer, int64_t expert) {
   return absl::StrCat(LayerPrefix(layer), "mlp.experts.", expert, ".");

@@ -25,6 +25,16 @@ struct WeightSpec {
 std::string LayerPrefix(int64_t layer);                   // "model.layers.<layer>."
 std::string ExpertPrefix(int64_t layer, int64_t expert);  // "model.layers.<l>.mlp.experts.<e>."
 
+// "a.b.weight" -> "a.b": the module a projection weight belongs to (the name compressed-tensors'
+// `ignore` list matches).
+std::string ModuleOf(const std::string& weight_name);
+// The tensors that stand in for "<module>.weight" in a compressed-tensors pack-quantized
+// checkpoint: int4 values (I32), group scales (BF16) and the unpacked shape (I32 [2]).
+struct Int4TensorNames {
+  std::string packed, scale, shape;
+};
+Int4TensorNames Int4Names(const std::string& weight_name);
+
 // The one place tensor names and shapes are spelled: the model backends load by these roles and
 // the checkpoint writer writes them.
 

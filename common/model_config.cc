@@ -2,6 +2,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
 #include <regex>
 #include <sstream>
 
@@ -274,11 +277,26 @@ absl::Status Validate(const ModelConfig& c) {
 
 }  // namespace
 
+namespace {
+
+// Each `ignore` pattern compiled once: Ignores runs for every projection of a checkpoint (tens of
+// thousands for Kimi K2), and compiling takes longer than matching.
+const std::regex& CompiledPattern(const std::string& pattern) {
+  static std::mutex mu;
+  static std::map<std::string, std::unique_ptr<const std::regex>> compiled;
+  std::lock_guard<std::mutex> lock(mu);
+  std::unique_ptr<const std::regex>& re = compiled[pattern];
+  if (!re) re = std::make_unique<const std::regex>(pattern);
+  return *re;
+}
+
+}  // namespace
+
 bool QuantizationConfig::Ignores(const std::string& module) const {
   for (const std::string& entry : ignore) {
     if (entry.rfind("re:", 0) == 0) {
       // As compressed-tensors does (Python's re.match): anchored at the start only.
-      if (std::regex_search(module, std::regex(entry.substr(3)),
+      if (std::regex_search(module, CompiledPattern(entry.substr(3)),
                             std::regex_constants::match_continuous)) {
         return true;
       }

@@ -68,11 +68,6 @@ struct Planned {
   uint64_t bytes() const { return static_cast<uint64_t>(NumElements(shape)) * DTypeSize(dtype); }
 };
 
-// "a.b.weight" -> "a.b"
-std::string ModuleName(const std::string& weight_name) {
-  return weight_name.substr(0, weight_name.size() - std::string(".weight").size());
-}
-
 }  // namespace
 
 absl::StatusOr<WeightDType> ParseWeightDType(const std::string& s) {
@@ -122,13 +117,12 @@ std::vector<Planned> PlanTensors(const ModelConfig& config, const std::vector<We
                        (s.shape[1] + q.block_cols - 1) / q.block_cols},
                       nullptr});
     } else if (dtype == WeightDType::kInt4 && s.quantizable() &&
-               !config.quantization_config->Ignores(ModuleName(s.name))) {
-      const std::string module = ModuleName(s.name);
+               !config.quantization_config->Ignores(ModuleOf(s.name))) {
+      const Int4TensorNames names = Int4Names(s.name);
       const int64_t g = config.quantization_config->group_size;
-      plan.push_back({module + ".weight_packed", DType::kI32, {s.shape[0], s.shape[1] / 8}, &s});
-      plan.push_back({module + ".weight_scale", DType::kBF16, {s.shape[0], s.shape[1] / g},
-                      nullptr});
-      plan.push_back({module + ".weight_shape", DType::kI32, {2}, nullptr});
+      plan.push_back({names.packed, DType::kI32, {s.shape[0], s.shape[1] / 8}, &s});
+      plan.push_back({names.scale, DType::kBF16, {s.shape[0], s.shape[1] / g}, nullptr});
+      plan.push_back({names.shape, DType::kI32, {2}, nullptr});
     } else {
       const DType d = s.kind == WeightSpec::Kind::kRouterBias ? DType::kF32 : float_dtype;
       plan.push_back({s.name, d, s.shape, &s});
@@ -183,15 +177,14 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
       MOE_RETURN_IF_ERROR(w.Write(p.name, bytes.data(), bytes.size()));
       MOE_RETURN_IF_ERROR(w.Write(p.name + "_scale_inv", scale.data(), scale.size() * 4));
     } else if (p.dtype == DType::kI32) {
-      const std::string module = ModuleName(spec.name);
+      const Int4TensorNames names = Int4Names(spec.name);
       QuantizeInt4(values.data(), spec.shape[0], spec.shape[1], config.quantization_config->group_size,
                    &packed, &group_scales);
       const int32_t shape[2] = {static_cast<int32_t>(spec.shape[0]),
                                 static_cast<int32_t>(spec.shape[1])};
       MOE_RETURN_IF_ERROR(w.Write(p.name, packed.data(), packed.size() * 4));
-      MOE_RETURN_IF_ERROR(
-          w.Write(module + ".weight_scale", group_scales.data(), group_scales.size() * 2));
-      MOE_RETURN_IF_ERROR(w.Write(module + ".weight_shape", shape, sizeof(shape)));
+      MOE_RETURN_IF_ERROR(w.Write(names.scale, group_scales.data(), group_scales.size() * 2));
+      MOE_RETURN_IF_ERROR(w.Write(names.shape, shape, sizeof(shape)));
     } else if (p.dtype == DType::kBF16) {
       bytes.resize(count * 2);
       auto* out = reinterpret_cast<uint16_t*>(bytes.data());

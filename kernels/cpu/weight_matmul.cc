@@ -67,10 +67,9 @@ struct Bf16Format {
     return hn::BitCast(d, hn::ShiftLeft<16>(bits));
   }
   static float Scalar(const uint8_t* row, int64_t c, float) {
-    const uint32_t bits = static_cast<uint32_t>(row[2 * c] | (row[2 * c + 1] << 8)) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    uint16_t v;
+    std::memcpy(&v, row + 2 * c, 2);
+    return BF16ToF32(v);
   }
 };
 
@@ -120,10 +119,7 @@ struct Int4GroupFormat {
   static float Scale(const uint8_t* row_scales, int64_t seg) {
     uint16_t s;
     std::memcpy(&s, row_scales + 2 * seg, 2);
-    const uint32_t bits = static_cast<uint32_t>(s) << 16;
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f;
+    return BF16ToF32(s);
   }
   static V Load(D d, const uint8_t* row, int64_t c, V scale) {
     const hn::Rebind<uint8_t, D> d8;
@@ -340,7 +336,7 @@ HWY_EXPORT(Target);
 
 namespace {
 
-// Output features per task of the fused kernel, and weight rows per decoded panel.
+// Output features per task of the fused kernel.
 constexpr int64_t kFusedRowsPerTask = 16;
 // Decoded panels hold up to this many floats (16 MB): a whole expert of DeepSeek-V3 at
 // 2048 x 7168 is a few panels, so each BLAS call is large and x is packed few times.
@@ -392,9 +388,9 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
     x = permuted.data();
     ldx = k;
   }
-  const int64_t tasks_fused = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
   if (m <= kFusedMaxRows) {
     const auto fused = HWY_DYNAMIC_DISPATCH(FusedRows);
+    const int64_t tasks_fused = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < tasks_fused; ++t) {
       const int64_t j0 = t * kFusedRowsPerTask, j1 = std::min(n, j0 + kFusedRowsPerTask);

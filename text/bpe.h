@@ -1,0 +1,58 @@
+// Byte-pair encoding over bytes: a piece of text starts as one symbol per byte, and the adjacent
+// pair with the lowest merge rank is merged (leftmost first on ties) until no pair can merge.
+// Both vocabulary forms reduce to this: HF `tokenizer.json` BPE (ranked merge list, byte-level
+// alphabet decoded to bytes at load) and tiktoken (a token's rank is its id, and any two tokens
+// that concatenate to a third merge with that third token's rank).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+
+namespace moe::text {
+
+class Bpe {
+ public:
+  // `tokens[id]` holds the bytes of token `id` (empty: no token with that id). `merges` are the
+  // pairs in rank order, each part a token's bytes; the merged token must be in `tokens` too.
+  // With `ignore_merges`, a piece that is itself a token is that token (HF's `ignore_merges`).
+  static absl::StatusOr<Bpe> FromMerges(
+      std::vector<std::string> tokens,
+      const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges);
+
+  // tiktoken's mergeable ranks: `tokens[rank]` are the token's bytes.
+  static absl::StatusOr<Bpe> FromRanks(std::vector<std::string> tokens);
+
+  // Appends the ids of `piece` (one pre-tokenized piece). Bytes with no token are dropped, as HF's
+  // BPE does without an unknown token.
+  void Encode(std::string_view piece, std::vector<int32_t>* ids) const;
+
+  std::optional<int32_t> Find(std::string_view bytes) const;
+  const std::vector<std::string>& tokens() const { return tokens_; }
+
+ private:
+  struct Merge {
+    int32_t rank;
+    int32_t id;
+  };
+  static uint64_t PairKey(int32_t left, int32_t right) {
+    return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
+           static_cast<uint32_t>(right);
+  }
+  void Index();
+
+  std::vector<std::string> tokens_;
+  absl::flat_hash_map<std::string, int32_t> id_of_;
+  std::array<int32_t, 256> byte_id_{};
+  absl::flat_hash_map<uint64_t, Merge> merges_;
+  bool whole_piece_first_ = false;
+};
+
+}  // namespace moe::text

@@ -1,0 +1,82 @@
+// Text ↔ token ids for a checkpoint, read from its own files (text/tokenizer_files.h): HF
+// `tokenizer.json` byte-level BPE (DeepSeek-V3/R1, Qwen3, Llama 4, OLMo 2, SmolLM3) and tiktoken
+// (Kimi K2). Encoding runs added tokens → normalizer → pre-tokenizer → BPE → post-processor, as
+// HF tokenizers does; decoding concatenates token bytes and replaces what is not UTF-8.
+// Immutable once built: one instance serves every thread.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "text/added_tokens.h"
+#include "text/bpe.h"
+#include "text/pre_tokenizer.h"
+#include "text/unicode.h"
+
+namespace moe::text {
+
+class Tokenizer {
+ public:
+  struct Parts {
+    std::string source;                       // the file it was read from, for messages
+    std::vector<NormalForm> normalizers;      // applied in order to text between added tokens
+    PreTokenizer pre_tokenizer;
+    Bpe bpe;
+    AddedTokens added;
+    std::vector<int32_t> prefix, suffix;      // what add_special_tokens puts around the ids
+    std::optional<int32_t> bos_id, eos_id;
+  };
+  explicit Tokenizer(Parts parts);
+
+  // The ids of `text`; with `add_special_tokens`, the post-processor's prefix and suffix (BOS).
+  std::vector<int32_t> Encode(std::string_view text, bool add_special_tokens = true) const;
+
+  // The text of `ids` (U+FFFD where their bytes are not UTF-8). Ids without a token decode to
+  // nothing, as in HF tokenizers; a negative id is an error naming it.
+  absl::StatusOr<std::string> Decode(absl::Span<const int32_t> ids,
+                                     bool skip_special_tokens = false) const;
+
+  // The bytes token `id` stands for (empty for a special token when skipping them).
+  absl::StatusOr<std::string_view> TokenBytes(int32_t id, bool skip_special_tokens = false) const;
+
+  // The id of an added token or vocabulary entry spelled exactly `content`.
+  std::optional<int32_t> TokenId(std::string_view content) const;
+
+  bool IsSpecial(int32_t id) const;
+  // One more than the highest id (the model's vocab_size may be larger).
+  int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
+  std::optional<int32_t> bos_id() const { return parts_.bos_id; }
+  std::optional<int32_t> eos_id() const { return parts_.eos_id; }
+  const std::string& source() const { return parts_.source; }
+
+ private:
+  void EncodeOrdinary(std::string_view text, std::vector<int32_t>* ids) const;
+
+  Parts parts_;
+  std::vector<std::string> bytes_;  // by id: BPE tokens, then added tokens' content
+  std::vector<bool> special_;
+};
+
+// Turns a stream of generated ids into text without ever cutting a character: each Push returns
+// the text that is settled, holding back the bytes of a character not yet complete. The pieces
+// of a stream concatenate to Decode of all its ids.
+class StreamDecoder {
+ public:
+  StreamDecoder(const Tokenizer& tokenizer, bool skip_special_tokens)
+      : tokenizer_(tokenizer), skip_special_tokens_(skip_special_tokens) {}
+  absl::StatusOr<std::string> Push(int32_t id);
+  // The rest at the end of the stream (U+FFFD for a character left unfinished).
+  std::string Finish();
+
+ private:
+  const Tokenizer& tokenizer_;
+  bool skip_special_tokens_;
+  std::string pending_;
+};
+
+}  // namespace moe::text

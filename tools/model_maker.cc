@@ -1,4 +1,5 @@
 #include "tools/model_maker.h"
+#include "tools/tokenizer_maker.h"
 
 #include <algorithm>
 #include <cmath>
@@ -214,6 +215,7 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
     if (!cfg)
       return absl::DataLossError(absl::StrCat("cannot write ", opt.out_dir, "/config.json"));
   }
+  MOE_RETURN_IF_ERROR(WriteTokenizer(config, opt.out_dir));
   const std::vector<WeightSpec> specs = CheckpointWeightSpecs(config, /*include_mtp=*/true);
   const std::vector<Planned> plan = PlanTensors(config, specs, opt.dtype);
   const std::vector<std::vector<size_t>> shards = GroupIntoShards(plan, opt.max_shard_bytes);

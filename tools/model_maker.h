@@ -1,6 +1,7 @@
 // Synthetic DeepSeek-V3-architecture checkpoints: a config (e.g. a preset of common/presets.h),
 // filled with deterministic random weights, written as HF-style folders
-// (config.json + safetensors with the official tensor names; fp8 with weight_scale_inv blocks).
+// (config.json + safetensors with the official tensor names; fp8 with weight_scale_inv blocks)
+// and the family's tokenizer files (tools/tokenizer_maker.h).
 #pragma once
 
 #include <cstdint>

@@ -1,20 +1,23 @@
 // moe-make-model: writes a synthetic HF-style checkpoint of a named preset.
 #include <cstdio>
+#include <filesystem>
 
 #include "common/cli.h"
 #include "common/status_macros.h"
 #include "tools/model_maker.h"
+#include "tools/tokenizer_maker.h"
 
 int main(int argc, char** argv) {
   std::string preset, out, dtype = "bf16";
   int64_t seed = 0, shard_mb = 4096;
+  bool tokenizer_only = false;
   moe::FlagParser flags(
       "moe-make-model",
       "Writes a complete HF-style DeepseekV3ForCausalLM checkpoint (config.json, safetensors with\n"
       "the official tensor names, fp8 weight_scale_inv blocks) filled with deterministic random\n"
-      "weights. Presets (common/presets/): tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, and "
-      "the "
-      "full-size deepseek-v3 and kimi-k2.");
+      "weights, and the family's tokenizer files (DeepSeek-V3: tokenizer.json; Kimi K2:\n"
+      "tiktoken.model) holding a small trained byte-level BPE. Presets (common/presets/):\n"
+      "tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, and the full-size deepseek-v3 and kimi-k2.");
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);
   flags.AddInt("seed", &seed, "Seed of the random weights.");
@@ -22,6 +25,8 @@ int main(int argc, char** argv) {
                   "compressed-tensors pack-quantized int4, groups of 32, bf16 scales; the rest bf16).");
   flags.AddInt("shard-mb", &shard_mb,
                "Largest safetensors file in MB before splitting into shards.");
+  flags.AddBool("tokenizer-only", &tokenizer_only,
+                "Write only the tokenizer files (e.g. into a folder made before they were written).");
   flags.ParseOrExit(argc, argv);
 
   auto config = moe::PresetConfig(preset);
@@ -35,6 +40,17 @@ int main(int argc, char** argv) {
   if (seed < 0 || shard_mb <= 0) {
     std::fprintf(stderr, "moe-make-model: --seed must be >= 0 and --shard-mb > 0\n");
     return 2;
+  }
+  if (tokenizer_only) {
+    std::error_code ec;
+    std::filesystem::create_directories(out, ec);
+    if (absl::Status s = moe::WriteTokenizer(*config, out); !s.ok()) {
+      std::fprintf(stderr, "moe-make-model: %s\n", std::string(s.message()).c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "moe-make-model: wrote the %s tokenizer files to %s\n", preset.c_str(),
+                 out.c_str());
+    return 0;
   }
   moe::MakeModelOptions opt;
   opt.out_dir = out;

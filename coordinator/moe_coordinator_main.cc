@@ -35,7 +35,13 @@ int main(int argc, char** argv) {
       "Waits for --world-size workers (moe-worker) to register and load their shards; SIGTERM\n"
       "drains in-flight requests, tells the workers to exit, and exits 0; a second SIGTERM\n"
       "during the drain exits at once with code 2.");
-  flags.AddString("model", &model, "Checkpoint folder (only its config.json is read).", true);
+  flags.AddString("model", &model,
+                  "Checkpoint folder (its config.json and tokenizer files are read; the weights "
+                  "only by workers).",
+                  true);
+  flags.AddString("tokenizer", &o.tokenizer_dir,
+                  "Folder of the tokenizer files (tokenizer.json or tiktoken.model, and "
+                  "tokenizer_config.json). Default: --model.");
   flags.AddInt("world-size", &world, "Worker ranks W.");
   flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides W; 0: W).");
   flags.AddString("listen", &o.listen, "gRPC address HOST:PORT (port 0 picks one; it is logged).");
@@ -84,6 +90,7 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
+  if (o.tokenizer_dir.empty()) o.tokenizer_dir = model;
   auto config = moe::LoadModelConfig(model);
   if (!config.ok()) return Fail(config.status());
   auto server = moe::CoordinatorServer::Start(*config, o);

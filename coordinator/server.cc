@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "text/tokenizer_files.h"
 
 namespace moe {
 namespace {
@@ -15,6 +16,32 @@ namespace {
 void SetReadiness(grpc::HealthCheckServiceInterface* health, bool serving) {
   health->SetServingStatus("", serving);
   health->SetServingStatus("moe.v1.Inference", serving);
+}
+
+// The tokenizer text requests are encoded with. Its absence or a broken file is logged and kept
+// as the answer to text requests: serving token ids does not depend on it.
+absl::StatusOr<std::shared_ptr<const text::Tokenizer>> LoadTokenizerOf(const ModelConfig& config,
+                                                                       const std::string& dir) {
+  if (dir.empty()) return absl::FailedPreconditionError("the coordinator runs without a tokenizer");
+  auto tokenizer = text::LoadTokenizer(dir);
+  if (!tokenizer.ok()) {
+    const absl::Status why = absl::FailedPreconditionError(
+        absl::StrCat("the model has no usable tokenizer: ", tokenizer.status().message()));
+    if (absl::IsNotFound(tokenizer.status())) {
+      MOE_LOG(WARNING) << why.message() << "; the API takes token ids only";
+    } else {
+      MOE_LOG(ERROR) << why.message() << "; text requests will fail, token ids still work";
+    }
+    return why;
+  }
+  MOE_LOG(INFO) << "tokenizer: " << (*tokenizer)->source() << " (" << (*tokenizer)->size()
+                << " ids)";
+  if ((*tokenizer)->size() > config.vocab_size) {
+    MOE_LOG(WARNING) << "the tokenizer has " << (*tokenizer)->size()
+                     << " ids, more than the model's vocab_size " << config.vocab_size
+                     << ": text holding the others is rejected";
+  }
+  return tokenizer;
 }
 
 }  // namespace
@@ -44,16 +71,20 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
                 << " tokens per DP group";
   MOE_ASSIGN_OR_RETURN(auto api_keys, ApiKeys::Create(o.api_keys, o.api_key_file));
   MOE_LOG(INFO) << "API keys: " << (api_keys->enabled() ? "required" : "off (the API is open)");
-  std::unique_ptr<CoordinatorServer> server(
-      new CoordinatorServer(config, o, plan, kv_blocks, std::move(api_keys)));
+  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
+      config, o, plan, kv_blocks, std::move(api_keys), LoadTokenizerOf(config, o.tokenizer_dir)));
   MOE_RETURN_IF_ERROR(server->Listen());
   return server;
 }
 
-CoordinatorServer::CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& o,
-                                     const ShardPlan& plan, int64_t kv_blocks,
-                                     std::unique_ptr<ApiKeys> api_keys)
-    : config_(config), options_(o), api_keys_(std::move(api_keys)) {
+CoordinatorServer::CoordinatorServer(
+    const ModelConfig& config, const CoordinatorOptions& o, const ShardPlan& plan,
+    int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
+    absl::StatusOr<std::shared_ptr<const text::Tokenizer>> tokenizer)
+    : config_(config),
+      options_(o),
+      api_keys_(std::move(api_keys)),
+      tokenizer_(tokenizer.ok() ? *tokenizer : nullptr) {
   SchedulerOptions so;
   so.dp_groups = plan.dp_size();
   so.blocks_per_group = kv_blocks;
@@ -70,9 +101,16 @@ CoordinatorServer::CoordinatorServer(const ModelConfig& config, const Coordinato
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
   const RequestLimits limits{kv_blocks * o.block_size, o.max_prompt_tokens, o.max_new_tokens};
-  const ServingContext ctx{&config_, cluster_.get(),  scheduler_.get(),
-                           &metrics_, limits,        static_cast<int>(o.block_size),
-                           kv_blocks, api_keys_.get()};
+  const ServingContext ctx{&config_,
+                           cluster_.get(),
+                           scheduler_.get(),
+                           &metrics_,
+                           limits,
+                           static_cast<int>(o.block_size),
+                           kv_blocks,
+                           api_keys_.get(),
+                           tokenizer_.get(),
+                           tokenizer.ok() ? "" : std::string(tokenizer.status().message())};
   inference_ = std::make_unique<InferenceService>(ctx);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
 }

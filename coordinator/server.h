@@ -47,6 +47,8 @@ struct CoordinatorOptions {
   // key file re-read by ReloadApiKeys(). None: the API is open.
   std::vector<std::string> api_keys;
   std::string api_key_file;
+  // Where the tokenizer files are (usually the model folder); empty: token ids only.
+  std::string tokenizer_dir;
 };
 
 class CoordinatorServer {
@@ -69,7 +71,8 @@ class CoordinatorServer {
 
  private:
   CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& options,
-                    const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys);
+                    const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
+                    absl::StatusOr<std::shared_ptr<const text::Tokenizer>> tokenizer);
   absl::Status Listen();
   void OnPhase(Cluster::Phase phase, const std::string& why);
   // Stops the heartbeat monitor, the gRPC server (in-flight calls get `grace`) and /metrics.
@@ -79,6 +82,7 @@ class CoordinatorServer {
   const CoordinatorOptions options_;
   Metrics metrics_;
   std::unique_ptr<ApiKeys> api_keys_;
+  std::shared_ptr<const text::Tokenizer> tokenizer_;  // null: token ids only
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<InferenceService> inference_;

@@ -1,5 +1,7 @@
 #include "coordinator/services.h"
 
+#include <optional>
+
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "coordinator/validation.h"
@@ -23,6 +25,7 @@ std::string OutcomeOf(const absl::Status& s) {
     case absl::StatusCode::kDeadlineExceeded:
       return "cancelled";
     case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
     case absl::StatusCode::kResourceExhausted:
       return "rejected";
     case absl::StatusCode::kUnavailable:
@@ -68,13 +71,38 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     std::lock_guard<std::mutex> lock(seed_mu_);
     seed = seeds_();
   }
-  auto params = ValidateRequest(*request, *ctx_.config, ctx_.limits, seed);
+  moe::v1::GenerateRequest encoded;
+  if (!request->prompt().empty()) {
+    encoded = *request;
+    if (absl::Status s = EncodePrompt(ctx_.tokenizer, ctx_.tokenizer_status, &encoded); !s.ok()) {
+      return reject(s);
+    }
+  }
+  auto params = ValidateRequest(request->prompt().empty() ? *request : encoded, *ctx_.config,
+                                ctx_.limits, seed);
   if (!params.ok()) return reject(params.status());
   const int64_t prompt_tokens = static_cast<int64_t>(params->prompt.size());
   auto submitted = ctx_.scheduler->Submit(std::move(*params));
   if (!submitted.ok()) return reject(submitted.status());
   std::shared_ptr<Request> req = std::move(*submitted);
   ctx_.metrics->AddPromptTokens(prompt_tokens);
+
+  // Response text, settled a whole character at a time.
+  std::optional<text::StreamDecoder> decoder;
+  if (ctx_.tokenizer != nullptr) {
+    decoder.emplace(*ctx_.tokenizer,
+                    !request->has_skip_special_tokens() || request->skip_special_tokens());
+  }
+  auto add_text = [&](const std::vector<int32_t>& ids, bool last,
+                      moe::v1::GenerateResponse* resp) {
+    if (!decoder) return;
+    std::string text;
+    for (int32_t id : ids) {
+      if (auto piece = decoder->Push(id); piece.ok()) text += *piece;
+    }
+    if (last) text += decoder->Finish();
+    resp->set_text(std::move(text));
+  };
 
   absl::Time last = req->arrival();
   bool first = true;
@@ -102,6 +130,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
       if (!tokens.empty()) {
         moe::v1::GenerateResponse partial;
         partial.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+        add_text(tokens, /*last=*/true, &partial);
         writer->Write(partial);
       }
       return reject(status);
@@ -109,6 +138,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     if (!tokens.empty() || ended) {
       moe::v1::GenerateResponse resp;
       resp.mutable_token_ids()->Add(tokens.begin(), tokens.end());
+      add_text(tokens, ended, &resp);
       if (ended) {
         resp.set_finish_reason(req->finish_reason());
         resp.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_tokens));
@@ -154,6 +184,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
   info->set_dp_size(plan.dp_size());
   info->set_kv_block_size(ctx_.kv_block_size);
   info->set_kv_blocks_per_dp_group(ctx_.kv_blocks);
+  if (ctx_.tokenizer != nullptr) info->set_tokenizer(ctx_.tokenizer->source());
   return grpc::Status::OK;
 }
 

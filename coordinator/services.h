@@ -2,7 +2,6 @@
 // (whose Step stream, held by the leader worker, is where the serving loop runs).
 #pragma once
 
-#include "coordinator/validation.h"
 #include <atomic>
 #include <random>
 
@@ -11,8 +10,10 @@
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
 #include "coordinator/scheduler.h"
+#include "coordinator/validation.h"
 #include "moe/v1/cluster.grpc.pb.h"
 #include "moe/v1/inference.grpc.pb.h"
+#include "text/tokenizer.h"
 
 namespace moe {
 
@@ -25,6 +26,9 @@ struct ServingContext {
   int kv_block_size;
   int64_t kv_blocks;  // per DP group
   const ApiKeys* api_keys;
+  // The model's tokenizer, or null with the reason in tokenizer_status (text requests get it).
+  const text::Tokenizer* tokenizer;
+  std::string tokenizer_status;
 };
 
 // Every call of the public service first checks its API key (UNAUTHENTICATED without a valid one).

@@ -11,7 +11,7 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
                                               uint64_t random_seed) {
   const int64_t max_sequence_tokens = limits.max_sequence_tokens;
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
-  if (r.prompt_ids().empty()) return bad("prompt_ids: the prompt is empty");
+  if (r.prompt_ids().empty()) return bad("prompt: the prompt is empty (give prompt or prompt_ids)");
   for (int i = 0; i < r.prompt_ids_size(); ++i) {
     const int32_t id = r.prompt_ids(i);
     if (id < 0 || id >= c.vocab_size) {
@@ -65,6 +65,18 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
   p.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   p.ignore_eos = r.ignore_eos();
   return p;
+}
+
+absl::Status EncodePrompt(const text::Tokenizer* tokenizer, absl::string_view why_none,
+                          moe::v1::GenerateRequest* request) {
+  if (request->prompt().empty()) return absl::OkStatus();
+  if (request->prompt_ids_size() > 0) {
+    return absl::InvalidArgumentError("prompt and prompt_ids: give one of them, not both");
+  }
+  if (tokenizer == nullptr) return absl::FailedPreconditionError(why_none);
+  const std::vector<int32_t> ids = tokenizer->Encode(request->prompt());
+  request->mutable_prompt_ids()->Add(ids.begin(), ids.end());
+  return absl::OkStatus();
 }
 
 }  // namespace moe

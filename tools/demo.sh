@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The main job on one machine: installs dependencies, builds, writes the default tiny model,
-# starts a coordinator and 4 worker ranks (mpirun), streams a completion through moe-client, and
-# shuts the cluster down with SIGTERM. Logs go to build/demo/. Any step that fails fails the
+# The main job on one machine: installs dependencies, builds, writes the default tiny model (with
+# its tokenizer), starts a coordinator and 4 worker ranks (mpirun), streams a completion of a text
+# prompt and one of token ids through moe-client, and shuts the cluster down with SIGTERM. Logs go to build/demo/. Any step that fails fails the
 # command (with the logs' last lines); each step prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,6 +29,10 @@ cmake --build build --target moe-coordinator moe-worker moe-client moe-make-mode
 step "model: $MODEL"
 if [[ -f $MODEL/config.json ]]; then say "$MODEL exists"; else
   build/tools/moe-make-model --preset tiny-dsv3 --out "$MODEL"; fi
+if [[ ! -f $MODEL/tokenizer.json && ! -f $MODEL/tiktoken.model ]]; then
+  say "$MODEL has no tokenizer (made by an older moe-make-model): writing it"
+  build/tools/moe-make-model --preset tiny-dsv3 --tokenizer-only --out "$MODEL"
+fi
 mkdir -p "$LOGS"
 
 MPIRUN=(mpirun --oversubscribe -np "$WORKERS")
@@ -58,7 +62,12 @@ say "health: $health"
 info=$(build/tools/moe-client --server "127.0.0.1:$PORT" --info) || fail "moe-client --info"
 say "model: $(tr '\n' ' ' <<<"$info" | cut -c1-160)..."
 
-step "request: prompt 1,2,3,4,5; 24 tokens, greedy"
+step "request: a text prompt; 24 tokens, greedy (random weights: the answer is random words)"
+say "prompt: The capital of France is"
+answer=$(build/tools/moe-client --server "127.0.0.1:$PORT" --prompt "The capital of France is" \
+  --max-tokens 24 --ignore-eos) || fail "the text completion request"
+say "answer: $answer"
+step "request: prompt ids 1,2,3,4,5; 24 tokens, greedy"
 build/tools/moe-client --server "127.0.0.1:$PORT" --prompt-ids 1,2,3,4,5 --max-tokens 24 --ignore-eos ||
   fail "the completion request"
 metrics=$(curl -fsS "http://127.0.0.1:$((PORT + 1))/metrics") || fail "GET /metrics"

@@ -77,17 +77,21 @@ bool ParseIds(const std::string& text, std::vector<int32_t>* ids) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string server = "localhost:50051", prompt_ids, stop_ids;
+  std::string server = "localhost:50051", prompt, prompt_ids, stop_ids, print = "auto";
   int64_t max_tokens = 16, top_k = 0, seed = -1, timeout_s = 0;
   double temperature = 0.0, top_p = 1.0;
-  bool health = false, info = false, ignore_eos = false;
+  bool health = false, info = false, ignore_eos = false, keep_special = false;
   moe::FlagParser flags(
       "moe-client",
-      "Streams a generation from a moe-coordinator: token ids go to stdout as they arrive, the\n"
-      "finish reason and usage to stderr. Errors print the gRPC status code and message and exit\n"
-      "1. --health exits 0 only when the server reports SERVING; --info prints the model.");
+      "Streams a generation from a moe-coordinator: the text (for --prompt) or the token ids (for\n"
+      "--prompt-ids) go to stdout as they arrive, the finish reason and usage to stderr. Errors\n"
+      "print the gRPC status code and message and exit 1. --health exits 0 only when the server\n"
+      "reports SERVING; --info prints the model.");
   flags.AddString("server", &server, "Coordinator address HOST:PORT.");
+  flags.AddString("prompt", &prompt, "Prompt text (encoded by the server's tokenizer).");
   flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids.");
+  flags.AddString("print", &print, "What to stream to stdout: text, ids, or auto (text for --prompt).");
+  flags.AddBool("keep-special-tokens", &keep_special, "Keep special tokens (EOS...) in the text.");
   flags.AddInt("max-tokens", &max_tokens, "Tokens to generate at most.");
   flags.AddDouble("temperature", &temperature, "Sampling temperature (0: greedy).");
   flags.AddDouble("top-p", &top_p, "Nucleus sampling mass in (0, 1].");
@@ -137,7 +141,11 @@ int main(int argc, char** argv) {
   std::vector<int32_t> ids, stops;
   if (!ParseIds(prompt_ids, &ids)) return Usage("--prompt-ids: expected comma-separated integers");
   if (!ParseIds(stop_ids, &stops)) return Usage("--stop-ids: expected comma-separated integers");
+  if (print == "auto") print = prompt.empty() ? "ids" : "text";
+  if (print != "text" && print != "ids") return Usage("--print: expected text, ids or auto");
   req.mutable_prompt_ids()->Add(ids.begin(), ids.end());
+  req.set_prompt(prompt);
+  req.set_skip_special_tokens(!keep_special);
   req.mutable_stop_token_ids()->Add(stops.begin(), stops.end());
   req.set_max_tokens(static_cast<int32_t>(max_tokens));
   req.set_ignore_eos(ignore_eos);
@@ -152,15 +160,20 @@ int main(int argc, char** argv) {
   bool any = false;
   moe::v1::GenerateResponse last;
   while (reader->Read(&resp)) {
-    for (int32_t t : resp.token_ids()) {
-      std::printf("%s%d", any ? " " : "", t);
-      any = true;
+    if (print == "text") {
+      std::fwrite(resp.text().data(), 1, resp.text().size(), stdout);
+      any = any || !resp.text().empty();
+    } else {
+      for (int32_t t : resp.token_ids()) {
+        std::printf("%s%d", any ? " " : "", t);
+        any = true;
+      }
     }
     std::fflush(stdout);
     if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) last = resp;
   }
   if (any) std::printf("\n");
-  std::fflush(stdout);  // the ids line before the summary on stderr, when both go to one place
+  std::fflush(stdout);  // the output before the summary on stderr, when both go to one place
   const grpc::Status s = reader->Finish();
   if (!s.ok()) return Fail(s);
   std::fprintf(stderr, "finish_reason=%s prompt_tokens=%d completion_tokens=%d\n",

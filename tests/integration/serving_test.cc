@@ -21,6 +21,8 @@
 #include "moe/v1/inference.grpc.pb.h"
 #include "tests/integration/process.h"
 #include "tests/test_util.h"
+#include "text/tokenizer_files.h"
+#include "text/utf8.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -148,6 +150,9 @@ class ServingCluster {
 struct Outcome {
   grpc::Status status;
   std::vector<int32_t> tokens;
+  std::string text;                 // the messages' text, concatenated
+  bool every_chunk_utf8 = true;     // no message's text cut a character
+  int prompt_tokens = -1;
   moe::v1::FinishReason reason = moe::v1::FINISH_REASON_UNSPECIFIED;
   int completion_tokens = -1;
 };
@@ -163,9 +168,12 @@ Outcome Generate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest&
   moe::v1::GenerateResponse resp;
   while (reader->Read(&resp)) {
     out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
+    out.text += resp.text();
+    out.every_chunk_utf8 = out.every_chunk_utf8 && text::LossyUtf8(resp.text()) == resp.text();
     if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) {
       out.reason = resp.finish_reason();
       out.completion_tokens = resp.usage().completion_tokens();
+      out.prompt_tokens = resp.usage().prompt_tokens();
     }
     if (cancel_after >= 0 && static_cast<int>(out.tokens.size()) >= cancel_after) ctx.TryCancel();
   }
@@ -584,6 +592,85 @@ TEST_F(ServingTest, PythonExampleClient) {
                    absl::StrJoin(prompt, ","), " --max-tokens 8 --ignore-eos"));
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(r.out, absl::StrJoin(Reference(prompt, 8), " ") + "\n");
+  // Text in, text streamed out.
+  auto tokenizer = text::LoadTokenizer(Model());
+  ASSERT_TRUE(tokenizer.ok());
+  r = ::moe::testing::RunCommand(absl::StrCat(
+      python, " ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ", cluster.address(),
+      " --prompt '你好, world' --max-tokens 8 --ignore-eos"));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, (*tokenizer)->Decode(Reference((*tokenizer)->Encode("你好, world"), 8), true).value() +
+                       "\n");
+}
+
+// Text in, text out: the coordinator encodes with the checkpoint's tokenizer (moe-make-model
+// writes DeepSeek-V3's layout; the tokenizer itself is checked against HF tokenizers by
+// tests/text/tokenizer_parity.py) and streams text that never cuts a character.
+TEST_F(ServingTest, TextPromptsStreamText) {
+  auto tokenizer = text::LoadTokenizer(Model());
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
+  ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  for (const std::string prompt :
+       {"Hello, world!", "你好，世界。DeepSeek-V3 的 MoE", "emoji 🚀👩‍💻 and\ttabs\n\nnew lines",
+        "x"}) {
+    SCOPED_TRACE(prompt);
+    moe::v1::GenerateRequest r = Request({}, 24);
+    r.set_prompt(prompt);
+    const Outcome o = Generate(cluster.stub(), r);
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    const std::vector<int32_t> ids = (*tokenizer)->Encode(prompt);
+    EXPECT_EQ(ids.front(), 0);  // DeepSeek's BOS, as its tokenizer_config.json asks
+    EXPECT_EQ(o.prompt_tokens, static_cast<int>(ids.size()));
+    EXPECT_EQ(o.tokens, Reference(ids, 24));
+    EXPECT_EQ(o.text, (*tokenizer)->Decode(o.tokens, /*skip_special_tokens=*/true).value());
+    EXPECT_TRUE(o.every_chunk_utf8);
+  }
+  // Special tokens kept on request; ids and text at once is refused.
+  moe::v1::GenerateRequest r = Request({}, 8);
+  r.set_prompt("Hi");
+  r.set_skip_special_tokens(false);
+  const Outcome kept = Generate(cluster.stub(), r);
+  ASSERT_TRUE(kept.status.ok());
+  EXPECT_EQ(kept.text, (*tokenizer)->Decode(kept.tokens).value());
+  r.add_prompt_ids(5);
+  EXPECT_EQ(Generate(cluster.stub(), r).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  // moe-client --prompt streams the same text.
+  const std::vector<int32_t> ids = (*tokenizer)->Encode("Hello, world!");
+  auto run = ::moe::testing::RunCommand(absl::StrCat(
+      BinaryPath("tools/moe-client"), " --server ", cluster.address(),
+      " --prompt 'Hello, world!' --max-tokens 12 --ignore-eos"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out,
+            (*tokenizer)->Decode(Reference(ids, 12), /*skip_special_tokens=*/true).value() + "\n");
+}
+
+// Without a usable tokenizer the coordinator still serves token ids; text requests get an error
+// naming what is missing or broken, which the log says at start-up too.
+TEST_F(ServingTest, MissingOrBrokenTokenizerLeavesTokenIdsWorking) {
+  ScratchDir broken;
+  { std::ofstream(broken.file("tokenizer.json")) << R"({"model": {"type": "BPE", "vocab": )"; }
+  ScratchDir empty;
+  for (const auto& [dir, why] : std::vector<std::pair<std::string, std::string>>{
+           {broken.path(), broken.file("tokenizer.json") + ": not JSON"},
+           {empty.path(), "expected tokenizer.json or tiktoken.model"}}) {
+    SCOPED_TRACE(why);
+    ScratchDir logs;
+    ServingCluster cluster(Model(), {1, 1, true, {"--tokenizer", dir}}, logs.path());
+    cluster.StartWorkers();
+    ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+    EXPECT_THAT(cluster.coordinator().Log(), HasSubstr(why));
+    moe::v1::GenerateRequest r = Request({}, 4);
+    r.set_prompt("Hello");
+    const Outcome text = Generate(cluster.stub(), r);
+    EXPECT_EQ(text.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION);
+    EXPECT_THAT(text.status.error_message(), HasSubstr(why));
+    const Outcome ids = Generate(cluster.stub(), Request(Prompt(3), 4));
+    ASSERT_TRUE(ids.status.ok()) << ids.status.error_message();
+    EXPECT_EQ(ids.tokens, Reference(Prompt(3), 4));
+    EXPECT_TRUE(ids.text.empty());
+  }
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
 // moe-generate as a user runs it: real processes, exit codes and messages.
 #include <fstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/npy.h"
@@ -133,6 +134,27 @@ TEST(MoePlanCliTest, TableJsonAndExitCodes) {
   auto bad = RunCommand(plan + " --gpu b200");
   EXPECT_EQ(bad.exit_code, 1);
   EXPECT_THAT(bad.err, ::testing::HasSubstr("unknown GPU preset"));
+}
+
+// moe-tokenize on the tokenizer moe-make-model wrote: ids and text both ways, clear errors.
+TEST_F(MoeGenerateCliTest, MoeTokenizeEncodesDecodesAndNamesBadInput) {
+  const std::string tok = BinaryPath("tools/moe-tokenize") + " --model " + dir_->file("tiny");
+  auto help = RunCommand(BinaryPath("tools/moe-tokenize") + " --help");
+  EXPECT_EQ(help.exit_code, 0);
+  EXPECT_THAT(help.out + help.err, HasSubstr("--jsonl"));
+  auto enc = RunCommand(tok + " --text 'Hello, 世界'");
+  ASSERT_EQ(enc.exit_code, 0) << enc.err;
+  EXPECT_THAT(enc.out, ::testing::StartsWith("0,"));  // BOS first
+  auto dec = RunCommand(tok + " --skip-special --decode " + std::string(absl::StripAsciiWhitespace(enc.out)));
+  ASSERT_EQ(dec.exit_code, 0) << dec.err;
+  EXPECT_EQ(dec.out, "Hello, 世界\n");
+  auto bad = RunCommand(tok + " --decode 1,x");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_THAT(bad.err, HasSubstr("\"x\" is not an id"));
+  ScratchDir empty;
+  auto none = RunCommand(BinaryPath("tools/moe-tokenize") + " --model " + empty.path() + " --text a");
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_THAT(none.err, HasSubstr("expected tokenizer.json or tiktoken.model"));
 }
 
 }  // namespace

@@ -2,9 +2,11 @@
 """A Python client of moe.v1.Inference, with stubs generated from proto/ by grpcio-tools.
 
     tools/install-deps.sh     # makes .venv with grpcio-tools
-    .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3 --max-tokens 16
+    .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt "Hello" --max-tokens 16
+    .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3
 
-Prints the new token ids as they stream in; errors print the gRPC status code and message.
+With --prompt, prints the text as it streams in (the server's tokenizer encodes and decodes it);
+with --prompt-ids, the new token ids at the end. Errors print the gRPC status code and message.
 """
 import argparse
 import os
@@ -33,7 +35,9 @@ def load_stubs():
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--server", default="localhost:50051")
-    ap.add_argument("--prompt-ids", required=True, help="comma-separated token ids")
+    prompt = ap.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-ids", help="comma-separated token ids")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -48,22 +52,26 @@ def main():
     sampling = pb.SamplingParams(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k)
     if args.seed is not None:
         sampling.seed = args.seed
-    request = pb.GenerateRequest(prompt_ids=[int(x) for x in args.prompt_ids.split(",")],
-                                 max_tokens=args.max_tokens, sampling=sampling,
-                                 ignore_eos=args.ignore_eos)
+    request = pb.GenerateRequest(max_tokens=args.max_tokens, sampling=sampling, ignore_eos=args.ignore_eos)
+    if args.prompt is not None:
+        request.prompt = args.prompt
+    else:
+        request.prompt_ids.extend(int(x) for x in args.prompt_ids.split(","))
     stub = pb_grpc.InferenceStub(grpc.insecure_channel(args.server))
     tokens = []
     try:
         metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None
         for response in stub.Generate(request, metadata=metadata):
             tokens.extend(response.token_ids)
+            if args.prompt is not None:
+                print(response.text, end="", flush=True)
             if response.finish_reason:
                 print(f"finish_reason={pb.FinishReason.Name(response.finish_reason)} "
                       f"completion_tokens={response.usage.completion_tokens}", file=sys.stderr)
     except grpc.RpcError as e:
         print(f"moe_client.py: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    print(" ".join(str(t) for t in tokens))
+    print() if args.prompt is not None else print(" ".join(str(t) for t in tokens))
     return 0
 
 

@@ -1,12 +1,16 @@
 // Load generator for a moe-coordinator, and the offline baseline it is compared with.
 //   served:  load_generator --server HOST:PORT --concurrency 8 --requests 32
 //            load_generator --server HOST:PORT --rate 2.5 --requests 64      (Poisson arrivals)
+//   HTTP:    load_generator --http HOST:PORT --concurrency 8 --requests 32   (OpenAI API, SSE)
 //   offline: load_generator --offline --model DIR --concurrency 8 --requests 32
 // Every request has --prompt-len prompt tokens and asks for exactly --output-len tokens (EOS
 // ignored, greedy). Reports output tokens/s, time to first token and inter-token latency
 // percentiles. The offline mode runs the same requests through the engine in this process, in
 // batches of --concurrency (the code path of moe-generate): the bound for the served figure.
+// Over HTTP a streamed event carries the text of one step's token (two when a character spans
+// them: such an event counts its gap once), and the token count comes from the usage chunk.
 #include <grpcpp/grpcpp.h>
+#include <httplib.h>
 
 #include <algorithm>
 #include <atomic>
@@ -20,6 +24,7 @@
 #include "common/machine_info.h"
 #include "kernels/cpu/ops.h"
 #include "moe/v1/inference.grpc.pb.h"
+#include "nlohmann/json.hpp"
 #include "parallel/mpi_communicator.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -48,7 +53,7 @@ std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string server, model;
+  std::string server, model, http;
   int64_t concurrency = 8, requests = 32, prompt_len = 64, output_len = 64, vocab = 32000;
   int64_t threads = 0, tp = 1;
   double rate = 0;
@@ -56,7 +61,8 @@ int main(int argc, char** argv) {
   moe::FlagParser flags("load_generator",
                         "Load for a moe-coordinator (closed loop at --concurrency, or Poisson at "
                         "--rate req/s), or the\nsame requests offline through the engine.");
-  flags.AddString("server", &server, "Coordinator HOST:PORT.");
+  flags.AddString("server", &server, "Coordinator HOST:PORT (gRPC).");
+  flags.AddString("http", &http, "Coordinator's OpenAI-compatible HTTP API HOST:PORT instead.");
   flags.AddBool("offline", &offline, "Run the requests through the engine in-process instead.");
   flags.AddString("model", &model, "Checkpoint folder (offline mode).");
   flags.AddInt("concurrency", &concurrency, "Requests in flight (closed loop) / batch (offline).");
@@ -131,7 +137,58 @@ int main(int argc, char** argv) {
   std::mutex mu;
   std::vector<double> ttft, itl, latency;
   std::atomic<int64_t> next{0}, tokens{0}, failures{0};
+  // One streamed /v1/completions request: event times and the completion tokens of its usage.
+  auto run_http = [&](int64_t i) {
+    const auto prompt = PromptFor(i, prompt_len, vocab);
+    const size_t colon = http.rfind(':');
+    httplib::Client cli(http.substr(0, colon), std::stoi(http.substr(colon + 1)));
+    cli.set_read_timeout(600, 0);
+    const nlohmann::json body = {{"prompt", prompt},           {"max_tokens", output_len},
+                                 {"temperature", 0},           {"ignore_eos", true},
+                                 {"stream", true},             {"stream_options", {{"include_usage", true}}}};
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    const auto start = Clock::now();
+    auto last = start;
+    std::vector<double> my_itl;
+    double my_ttft = -1;
+    int64_t n = 0;
+    std::string buffer;
+    req.content_receiver = [&](const char* data, size_t len, uint64_t, uint64_t) {
+      buffer.append(data, len);
+      for (size_t end; (end = buffer.find("\n\n")) != std::string::npos; buffer.erase(0, end + 2)) {
+        const std::string event = buffer.substr(0, end);
+        if (event.rfind("data: {", 0) != 0) continue;
+        const auto j = nlohmann::json::parse(event.substr(6), nullptr, false);
+        if (j.is_discarded()) continue;
+        if (j.contains("usage") && j["usage"].is_object()) n = j["usage"].value("completion_tokens", 0);
+        if (!j.contains("choices") || j["choices"].empty()) continue;
+        const auto now = Clock::now();
+        if (my_ttft < 0) {
+          my_ttft = Seconds(start, now);
+        } else {
+          my_itl.push_back(Seconds(last, now));
+        }
+        last = now;
+      }
+      return true;
+    };
+    auto res = cli.send(req);
+    if (!res || res->status != 200 || n == 0) {
+      ++failures;
+      return;
+    }
+    tokens += n;
+    std::lock_guard<std::mutex> lock(mu);
+    ttft.push_back(my_ttft);
+    itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+    latency.push_back(Seconds(start, Clock::now()));
+  };
   auto run_one = [&](int64_t i) {
+    if (!http.empty()) return run_http(i);
     moe::v1::GenerateRequest req;
     const auto prompt = PromptFor(i, prompt_len, vocab);
     req.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
@@ -189,9 +246,9 @@ int main(int argc, char** argv) {
   const double dt = Seconds(t0, Clock::now());
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::printf(
-      "served: %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
+      "served (%s): %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
       "tokens/s (%.2f s)\n",
-      static_cast<long long>(requests),
+      http.empty() ? "gRPC" : "HTTP, OpenAI API", static_cast<long long>(requests),
       rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str()
                : ("concurrency " + std::to_string(concurrency)).c_str(),
       static_cast<long long>(prompt_len), static_cast<long long>(output_len),

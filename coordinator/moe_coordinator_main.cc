@@ -1,10 +1,12 @@
-// moe-coordinator: the gRPC front end of the serving cluster. Reads only config.json, plans the
+// moe-coordinator: the front end of the serving cluster (gRPC, and OpenAI-compatible HTTP). Reads
+// config.json and the tokenizer files (never the weights), plans the
 // shards, admits W workers, runs the continuous-batching scheduler, streams tokens to clients.
 #include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <thread>
 
 #include "common/cli.h"
@@ -39,6 +41,14 @@ int main(int argc, char** argv) {
                   "Checkpoint folder (its config.json and tokenizer files are read; the weights "
                   "only by workers).",
                   true);
+  flags.AddString("http-listen", &o.http_listen,
+                  "HOST:PORT of the OpenAI-compatible HTTP API (/v1/completions, /v1/models, "
+                  "/health, /tokenize, /detokenize); empty: none.");
+  int64_t http_threads = o.http_threads;
+  flags.AddInt("http-threads", &http_threads,
+               "HTTP requests served at once (a streaming request holds one until it ends).");
+  flags.AddString("served-model-name", &o.model_name,
+                  "The model name HTTP clients send (default: the model folder's name).");
   flags.AddString("tokenizer", &o.tokenizer_dir,
                   "Folder of the tokenizer files (tokenizer.json or tiktoken.model, and "
                   "tokenizer_config.json). Default: --model.");
@@ -91,6 +101,12 @@ int main(int argc, char** argv) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   if (o.tokenizer_dir.empty()) o.tokenizer_dir = model;
+  if (o.model_name.empty()) {  // "models/tiny-dsv3/" → "tiny-dsv3"
+    std::filesystem::path p = std::filesystem::path(model).lexically_normal();
+    o.model_name = (p.has_filename() ? p : p.parent_path()).filename().string();
+  }
+  if (http_threads < 1) return Fail(absl::InvalidArgumentError("--http-threads must be at least 1"));
+  o.http_threads = static_cast<int>(http_threads);
   auto config = moe::LoadModelConfig(model);
   if (!config.ok()) return Fail(config.status());
   auto server = moe::CoordinatorServer::Start(*config, o);

@@ -5,6 +5,7 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
@@ -112,6 +113,7 @@ CoordinatorServer::CoordinatorServer(
                            tokenizer_.get(),
                            tokenizer.ok() ? "" : std::string(tokenizer.status().message())};
   inference_ = std::make_unique<InferenceService>(ctx);
+  openai_ = std::make_unique<OpenAiApi>(ctx, o.model_name);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
 }
 
@@ -156,6 +158,28 @@ absl::Status CoordinatorServer::Listen() {
     http_thread_ = std::thread([this] { http_->listen_after_bind(); });
     MOE_LOG(INFO) << "metrics on http://0.0.0.0:" << options_.metrics_port << "/metrics";
   }
+  if (!options_.http_listen.empty()) {
+    const size_t colon = options_.http_listen.rfind(':');
+    int port = -1;
+    if (colon == std::string::npos ||
+        !absl::SimpleAtoi(options_.http_listen.substr(colon + 1), &port) || port < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--http-listen ", options_.http_listen, ": expected HOST:PORT"));
+    }
+    const std::string host = options_.http_listen.substr(0, colon);
+    api_http_ = std::make_unique<httplib::Server>();
+    const int threads = options_.http_threads;
+    api_http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+    api_http_->set_payload_max_length(static_cast<size_t>(options_.max_request_bytes));
+    openai_->Register(api_http_.get());
+    http_port_ = port == 0 ? api_http_->bind_to_any_port(host) : port;
+    if (http_port_ <= 0 || (port != 0 && !api_http_->bind_to_port(host, port))) {
+      return absl::UnavailableError(absl::StrCat("cannot listen on --http-listen ", options_.http_listen));
+    }
+    api_http_thread_ = std::thread([this] { api_http_->listen_after_bind(); });
+    MOE_LOG(INFO) << "OpenAI-compatible HTTP API on http://" << host << ":" << http_port_
+                  << "/v1 (model \"" << options_.model_name << "\")";
+  }
   monitor_ = std::thread([this] {
     while (!stop_monitor_) {
       cluster_->CheckHeartbeats();
@@ -192,6 +216,10 @@ void CoordinatorServer::StopServing(absl::Duration grace) {
   if (http_thread_.joinable()) {
     http_->stop();
     http_thread_.join();
+  }
+  if (api_http_thread_.joinable()) {
+    api_http_->stop();
+    api_http_thread_.join();
   }
 }
 

@@ -14,6 +14,7 @@
 #include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
+#include "coordinator/openai_api.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/services.h"
 
@@ -49,6 +50,10 @@ struct CoordinatorOptions {
   std::string api_key_file;
   // Where the tokenizer files are (usually the model folder); empty: token ids only.
   std::string tokenizer_dir;
+  // The OpenAI-compatible HTTP API (coordinator/openai_api.h): HOST:PORT, empty for none.
+  std::string http_listen;
+  int http_threads = 64;   // concurrent HTTP requests (each stream holds one)
+  std::string model_name;  // what HTTP clients pass as "model"
 };
 
 class CoordinatorServer {
@@ -59,6 +64,7 @@ class CoordinatorServer {
   ~CoordinatorServer();
 
   int port() const { return port_; }
+  int http_port() const { return http_port_; }
   // True while every worker is ready.
   bool serving() const { return serving_.load(); }
   std::string Describe() const { return cluster_->Describe(); }
@@ -90,6 +96,10 @@ class CoordinatorServer {
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;
+  std::unique_ptr<OpenAiApi> openai_;
+  std::unique_ptr<httplib::Server> api_http_;
+  std::thread api_http_thread_;
+  int http_port_ = 0;
   std::thread monitor_;  // heartbeats
   std::atomic<bool> serving_{false};
   std::atomic<bool> stop_monitor_{false};

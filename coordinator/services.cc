@@ -1,9 +1,8 @@
 #include "coordinator/services.h"
 
-#include <optional>
-
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "coordinator/generation.h"
 #include "coordinator/validation.h"
 
 namespace moe {
@@ -16,24 +15,6 @@ grpc::Status ToGrpc(const absl::Status& s) {
 namespace {
 
 constexpr char kSessionMetadata[] = "x-moe-session";
-
-std::string OutcomeOf(const absl::Status& s) {
-  switch (s.code()) {
-    case absl::StatusCode::kOk:
-      return "finished";
-    case absl::StatusCode::kCancelled:
-    case absl::StatusCode::kDeadlineExceeded:
-      return "cancelled";
-    case absl::StatusCode::kInvalidArgument:
-    case absl::StatusCode::kFailedPrecondition:
-    case absl::StatusCode::kResourceExhausted:
-      return "rejected";
-    case absl::StatusCode::kUnavailable:
-      return "unavailable";
-    default:
-      return "failed";
-  }
-}
 
 }  // namespace
 
@@ -59,105 +40,34 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
                                         const moe::v1::GenerateRequest* request,
                                         grpc::ServerWriter<moe::v1::GenerateResponse>* writer) {
   if (grpc::Status s = Authorize(*context); !s.ok()) return s;
-  auto reject = [&](const absl::Status& s) {
-    ctx_.metrics->RequestEnded(OutcomeOf(s));
-    return ToGrpc(s);
-  };
-  if (ctx_.cluster->phase() != Cluster::Phase::kServing) {
-    return reject(absl::UnavailableError(absl::StrCat("not serving: ", ctx_.cluster->Describe())));
-  }
-  uint64_t seed;
-  {
-    std::lock_guard<std::mutex> lock(seed_mu_);
-    seed = seeds_();
-  }
-  moe::v1::GenerateRequest encoded;
-  if (!request->prompt().empty()) {
-    encoded = *request;
-    if (absl::Status s = EncodePrompt(ctx_.tokenizer, ctx_.tokenizer_status, &encoded); !s.ok()) {
-      return reject(s);
-    }
-  }
-  auto params = ValidateRequest(request->prompt().empty() ? *request : encoded, *ctx_.config,
-                                ctx_.limits, seed);
-  if (!params.ok()) return reject(params.status());
-  const int64_t prompt_tokens = static_cast<int64_t>(params->prompt.size());
-  auto submitted = ctx_.scheduler->Submit(std::move(*params));
-  if (!submitted.ok()) return reject(submitted.status());
-  std::shared_ptr<Request> req = std::move(*submitted);
-  ctx_.metrics->AddPromptTokens(prompt_tokens);
-
-  // Response text, settled a whole character at a time.
-  std::optional<text::StreamDecoder> decoder;
-  if (ctx_.tokenizer != nullptr) {
-    decoder.emplace(*ctx_.tokenizer,
-                    !request->has_skip_special_tokens() || request->skip_special_tokens());
-  }
-  auto add_text = [&](const std::vector<int32_t>& ids, bool last,
-                      moe::v1::GenerateResponse* resp) {
-    if (!decoder) return;
-    std::string text;
-    for (int32_t id : ids) {
-      if (auto piece = decoder->Push(id); piece.ok()) text += *piece;
-    }
-    if (last) text += decoder->Finish();
-    resp->set_text(std::move(text));
-  };
-
-  absl::Time last = req->arrival();
-  bool first = true;
-  std::vector<int32_t> tokens;
+  auto started = Generation::Start(ctx_, *request);
+  if (!started.ok()) return ToGrpc(started.status());
+  Generation& gen = **started;
   while (true) {
-    tokens.clear();
-    const bool ended = req->Wait(kCancellationCheck, &tokens);
-    const absl::Time now = absl::Now();
-    if (!tokens.empty()) {
-      // Tokens that arrived together share the interval since the previous delivery.
-      const double gap = absl::ToDoubleSeconds(now - last) / static_cast<double>(tokens.size());
-      for (size_t i = 0; i < tokens.size(); ++i) {
-        if (first) {
-          ctx_.metrics->ObserveTimeToFirstToken(absl::ToDoubleSeconds(now - req->arrival()));
-          first = false;
-        } else {
-          ctx_.metrics->ObserveInterTokenLatency(gap);
-        }
-      }
-      ctx_.metrics->AddGenerationTokens(static_cast<int64_t>(tokens.size()));
-      last = now;
+    Generation::Chunk chunk;
+    const bool ended = gen.Next(kCancellationCheck, &chunk);
+    moe::v1::GenerateResponse resp;
+    resp.mutable_token_ids()->Add(chunk.tokens.begin(), chunk.tokens.end());
+    resp.set_text(std::move(chunk.text));
+    if (ended && !gen.status().ok()) {
+      if (resp.token_ids_size() > 0) writer->Write(resp);
+      return ToGrpc(gen.status());
     }
-    const absl::Status status = ended ? req->status() : absl::OkStatus();
-    if (ended && !status.ok()) {
-      if (!tokens.empty()) {
-        moe::v1::GenerateResponse partial;
-        partial.mutable_token_ids()->Add(tokens.begin(), tokens.end());
-        add_text(tokens, /*last=*/true, &partial);
-        writer->Write(partial);
-      }
-      return reject(status);
-    }
-    if (!tokens.empty() || ended) {
-      moe::v1::GenerateResponse resp;
-      resp.mutable_token_ids()->Add(tokens.begin(), tokens.end());
-      add_text(tokens, ended, &resp);
+    if (resp.token_ids_size() > 0 || ended) {
       if (ended) {
-        resp.set_finish_reason(req->finish_reason());
-        resp.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_tokens));
-        resp.mutable_usage()->set_completion_tokens(static_cast<int32_t>(req->produced()));
+        resp.set_finish_reason(gen.finish_reason());
+        resp.mutable_usage()->set_prompt_tokens(static_cast<int32_t>(gen.prompt_tokens()));
+        resp.mutable_usage()->set_completion_tokens(static_cast<int32_t>(gen.completion_tokens()));
       }
       if (!writer->Write(resp)) {
-        req->Cancel();
-        ctx_.scheduler->Wake();
-        return reject(absl::CancelledError("the client went away"));
+        gen.Cancel();
+        return ToGrpc(gen.status());
       }
     }
-    if (ended) {
-      ctx_.metrics->RequestEnded("finished");
-      return grpc::Status::OK;
-    }
+    if (ended) return grpc::Status::OK;
     if (context->IsCancelled()) {
-      req->Cancel();
-      ctx_.scheduler->Wake();
-      return reject(absl::CancelledError("cancelled by the client (or its deadline passed)"));
+      gen.Cancel();
+      return ToGrpc(gen.status());
     }
   }
 }

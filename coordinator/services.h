@@ -2,8 +2,7 @@
 // (whose Step stream, held by the leader worker, is where the serving loop runs).
 #pragma once
 
-#include <atomic>
-#include <random>
+#include <string>
 
 #include "common/model_config.h"
 #include "coordinator/api_keys.h"
@@ -43,8 +42,6 @@ class InferenceService final : public moe::v1::Inference::Service {
  private:
   grpc::Status Authorize(const grpc::ServerContext& context) const;
   ServingContext ctx_;
-  std::mutex seed_mu_;
-  std::mt19937_64 seeds_{std::random_device{}()};
 };
 
 class ClusterService final : public moe::v1::Cluster::Service {

@@ -11,6 +11,12 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
                                               uint64_t random_seed) {
   const int64_t max_sequence_tokens = limits.max_sequence_tokens;
   auto bad = [](auto... parts) { return absl::InvalidArgumentError(absl::StrCat(parts...)); };
+  if (r.stop_size() > 16) return bad("stop: ", r.stop_size(), " stop strings, at most 16");
+  for (int i = 0; i < r.stop_size(); ++i) {
+    if (r.stop(i).empty() || r.stop(i).size() > 256) {
+      return bad("stop[", i, "]: a stop string must have 1 to 256 bytes");
+    }
+  }
   if (r.prompt_ids().empty()) return bad("prompt: the prompt is empty (give prompt or prompt_ids)");
   for (int i = 0; i < r.prompt_ids_size(); ++i) {
     const int32_t id = r.prompt_ids(i);

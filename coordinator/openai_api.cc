@@ -1,0 +1,443 @@
+#include "coordinator/openai_api.h"
+
+#include <httplib.h>
+
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "coordinator/generation.h"
+#include "nlohmann/json.hpp"
+
+namespace moe {
+namespace {
+
+using nlohmann::json;
+
+// How often a waiting handler checks whether its client is still there.
+constexpr absl::Duration kPoll = absl::Milliseconds(50);
+
+int HttpStatus(absl::StatusCode code) {
+  switch (code) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kOutOfRange:
+      return 400;
+    case absl::StatusCode::kUnauthenticated: return 401;
+    case absl::StatusCode::kPermissionDenied: return 403;
+    case absl::StatusCode::kNotFound: return 404;
+    case absl::StatusCode::kResourceExhausted: return 429;
+    case absl::StatusCode::kUnimplemented: return 501;
+    case absl::StatusCode::kUnavailable: return 503;
+    case absl::StatusCode::kCancelled: return 499;
+    default: return 500;
+  }
+}
+
+json ErrorJson(int status, const std::string& message, const std::string& param = "",
+               const std::string& code = "") {
+  json e = {{"message", message},
+            {"type", status >= 500 ? "server_error" : "invalid_request_error"},
+            {"param", param.empty() ? json() : json(param)},
+            {"code", code.empty() ? json() : json(code)}};
+  return {{"error", e}};
+}
+
+void SendError(httplib::Response& res, int status, const std::string& message,
+               const std::string& param = "", const std::string& code = "") {
+  res.status = status;
+  res.set_content(ErrorJson(status, message, param, code).dump(), "application/json");
+}
+
+void SendStatus(httplib::Response& res, const absl::Status& s) {
+  SendError(res, HttpStatus(s.code()), std::string(s.message()));
+}
+
+std::string FinishReasonName(moe::v1::FinishReason r) {
+  return r == moe::v1::FINISH_REASON_STOP ? "stop" : "length";
+}
+
+std::string RandomId(const char* prefix) {
+  static std::mutex mu;
+  static std::mt19937_64 rng{std::random_device{}()};
+  std::lock_guard<std::mutex> lock(mu);
+  return absl::StrFormat("%s-%016x%08x", prefix, rng(), static_cast<uint32_t>(rng()));
+}
+
+// A field of the body, type-checked: INVALID_ARGUMENT naming it otherwise.
+absl::Status Expect(const json& body, const char* key, bool ok, const char* what) {
+  if (!body.contains(key) || body.at(key).is_null() || ok) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat(key, ": expected ", what));
+}
+
+bool Has(const json& body, const char* key) { return body.contains(key) && !body.at(key).is_null(); }
+
+// The prompts of a completion request: a string, a list of strings, a list of token ids, or a
+// list of lists of token ids.
+absl::StatusOr<std::vector<moe::v1::GenerateRequest>> Prompts(const json& body) {
+  if (!Has(body, "prompt")) return absl::InvalidArgumentError("prompt: required");
+  const json& p = body.at("prompt");
+  std::vector<moe::v1::GenerateRequest> out;
+  auto ids = [](const json& list, moe::v1::GenerateRequest* r) {
+    for (const json& id : list) {
+      if (!id.is_number_integer()) return false;
+      r->add_prompt_ids(id.get<int32_t>());
+    }
+    return true;
+  };
+  if (p.is_string()) {
+    out.emplace_back().set_prompt(p.get<std::string>());
+  } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
+    if (!ids(p, &out.emplace_back())) {
+      return absl::InvalidArgumentError("prompt: a list of token ids holds a non-integer");
+    }
+  } else if (p.is_array() && !p.empty()) {
+    for (const json& item : p) {
+      if (item.is_string()) {
+        out.emplace_back().set_prompt(item.get<std::string>());
+      } else if (item.is_array() && ids(item, &out.emplace_back())) {
+      } else {
+        return absl::InvalidArgumentError(
+            "prompt: expected a string, a list of strings or a list of token-id lists");
+      }
+    }
+  } else {
+    return absl::InvalidArgumentError("prompt: expected a non-empty string or list");
+  }
+  if (out.size() > 64) return absl::InvalidArgumentError("prompt: at most 64 prompts at once");
+  return out;
+}
+
+// The sampling and stopping fields every choice shares.
+absl::Status Common(const json& body, moe::v1::GenerateRequest* r) {
+  // What this server cannot do yet is refused, not ignored.
+  auto set = [&](const char* key) {
+    if (!Has(body, key)) return false;
+    const json& v = body.at(key);
+    return !(v == false || v == 0 || (v.is_string() && v.get<std::string>().empty()));
+  };
+  for (const char* key : {"logprobs", "top_logprobs", "suffix", "echo"}) {
+    if (set(key)) return absl::InvalidArgumentError(absl::StrCat(key, ": not supported yet"));
+  }
+  if (Has(body, "best_of") && body.at("best_of") != 1) {
+    return absl::InvalidArgumentError("best_of: only 1 is supported");
+  }
+  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
+    if (Has(body, penalty) && (!body.at(penalty).is_number() || body.at(penalty).get<double>() != 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(penalty, ": only 0 is supported"));
+    }
+  }
+  if (Has(body, "logit_bias") && !body.at("logit_bias").empty()) {
+    return absl::InvalidArgumentError("logit_bias: not supported");
+  }
+  const json& b = body;
+  for (auto s : {Expect(b, "max_tokens", b.value("max_tokens", json()).is_number_integer(), "an integer"),
+                 Expect(b, "max_completion_tokens",
+                        b.value("max_completion_tokens", json()).is_number_integer(), "an integer"),
+                 Expect(b, "temperature", b.value("temperature", json()).is_number(), "a number"),
+                 Expect(b, "top_p", b.value("top_p", json()).is_number(), "a number"),
+                 Expect(b, "top_k", b.value("top_k", json()).is_number_integer(), "an integer"),
+                 Expect(b, "seed", b.value("seed", json()).is_number_integer(), "an integer"),
+                 Expect(b, "ignore_eos", b.value("ignore_eos", json()).is_boolean(), "a boolean"),
+                 Expect(b, "skip_special_tokens", b.value("skip_special_tokens", json()).is_boolean(),
+                        "a boolean")}) {
+    if (!s.ok()) return s;
+  }
+  int64_t max_tokens = 16;  // OpenAI's default for completions
+  if (Has(b, "max_tokens")) max_tokens = b.at("max_tokens").get<int64_t>();
+  if (Has(b, "max_completion_tokens")) max_tokens = b.at("max_completion_tokens").get<int64_t>();
+  if (max_tokens < 1 || max_tokens > (1 << 30)) {
+    return absl::InvalidArgumentError("max_tokens: must be at least 1");
+  }
+  r->set_max_tokens(static_cast<int32_t>(max_tokens));
+  moe::v1::SamplingParams* sp = r->mutable_sampling();
+  if (Has(b, "temperature")) sp->set_temperature(b.at("temperature").get<float>());
+  if (Has(b, "top_p")) sp->set_top_p(b.at("top_p").get<float>());
+  if (Has(b, "top_k")) sp->set_top_k(std::max<int32_t>(0, b.at("top_k").get<int32_t>()));
+  if (Has(b, "seed")) sp->set_seed(b.at("seed").get<uint64_t>());
+  if (Has(b, "ignore_eos")) r->set_ignore_eos(b.at("ignore_eos").get<bool>());
+  if (Has(b, "skip_special_tokens")) r->set_skip_special_tokens(b.at("skip_special_tokens").get<bool>());
+  if (Has(b, "stop")) {
+    const json& stop = b.at("stop");
+    if (stop.is_string()) {
+      r->add_stop(stop.get<std::string>());
+    } else if (stop.is_array()) {
+      for (const json& s : stop) {
+        if (!s.is_string()) return absl::InvalidArgumentError("stop: expected strings");
+        r->add_stop(s.get<std::string>());
+      }
+    } else {
+      return absl::InvalidArgumentError("stop: expected a string or a list of strings");
+    }
+  }
+  if (Has(b, "stop_token_ids")) {
+    for (const json& id : b.at("stop_token_ids")) {
+      if (!id.is_number_integer()) return absl::InvalidArgumentError("stop_token_ids: expected integers");
+      r->add_stop_token_ids(id.get<int32_t>());
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The running choices of one completion request.
+struct Choices {
+  std::string id, model;
+  int64_t created = 0;
+  int64_t n = 1;  // choices per prompt (gens[p * n + j])
+  std::vector<std::unique_ptr<Generation>> gens;
+  std::vector<std::string> text;  // per choice, for the non-streaming answer
+  std::vector<bool> ended;
+
+  json Usage() const {
+    int64_t prompt = 0, completion = 0;
+    for (size_t i = 0; i < gens.size(); ++i) {
+      if (i % n == 0) prompt += gens[i]->prompt_tokens();  // once per prompt, as OpenAI counts
+      completion += gens[i]->completion_tokens();
+    }
+    return {{"prompt_tokens", prompt}, {"completion_tokens", completion},
+            {"total_tokens", prompt + completion}};
+  }
+  void CancelAll() {
+    for (auto& g : gens) g->Cancel();
+  }
+  // Polls every unfinished choice once; calls on_chunk(choice, text, ended). False when all ended.
+  template <typename Fn>
+  bool Poll(Fn on_chunk) {
+    bool any_running = false;
+    const absl::Duration wait = gens.size() == 1 ? kPoll : absl::Milliseconds(5);
+    for (size_t i = 0; i < gens.size(); ++i) {
+      if (ended[i]) continue;
+      Generation::Chunk chunk;
+      ended[i] = gens[i]->Next(wait, &chunk);
+      on_chunk(i, chunk.text, ended[i]);
+      any_running = any_running || !ended[i];
+    }
+    return any_running;
+  }
+};
+
+}  // namespace
+
+OpenAiApi::OpenAiApi(const ServingContext& ctx, std::string model_name)
+    : ctx_(ctx), model_name_(std::move(model_name)) {}
+
+void OpenAiApi::Register(httplib::Server* server) {
+  // Routes and bodies gRPC would have refused, in OpenAI's error form.
+  server->set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return;
+    if (res.status == 413) {
+      SendError(res, 413, "the request body is larger than this server accepts (--max-request-bytes)");
+    } else if (res.status == 404) {
+      SendError(res, 404, absl::StrCat("no route ", req.method, " ", req.path));
+    } else {
+      SendError(res, res.status, absl::StrCat("HTTP ", res.status));
+    }
+  });
+  // API keys (as gRPC's): Authorization: Bearer KEY, except for /health.
+  server->set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    if (req.path == "/health" || !ctx_.api_keys->enabled()) return httplib::Server::HandlerResponse::Unhandled;
+    const std::string header = req.get_header_value("Authorization");
+    if (ctx_.api_keys->Allows(absl::string_view(header.data(), header.size()))) {
+      return httplib::Server::HandlerResponse::Unhandled;
+    }
+    SendError(res, 401,
+              header.empty() ? "this server needs an API key: send Authorization: Bearer KEY"
+                             : "the API key is not valid",
+              "", "invalid_api_key");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+
+  server->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    if (ctx_.cluster->phase() == Cluster::Phase::kServing) {
+      res.status = 200;
+      return;
+    }
+    SendError(res, 503, absl::StrCat("not serving: ", ctx_.cluster->Describe()));
+  });
+
+  server->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    json model = {{"id", model_name_},
+                  {"object", "model"},
+                  {"created", absl::ToUnixSeconds(absl::Now())},
+                  {"owned_by", "moe-serve"},
+                  {"max_model_len", ctx_.config->max_position_embeddings}};
+    res.set_content(json({{"object", "list"}, {"data", json::array({model})}}).dump(),
+                    "application/json");
+  });
+
+  server->Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return SendError(res, 400, "the body is not a JSON object");
+    if (!body.contains("prompt") || !body.at("prompt").is_string()) {
+      return SendError(res, 400, "prompt: expected a string", "prompt");
+    }
+    if (ctx_.tokenizer == nullptr) return SendError(res, 400, ctx_.tokenizer_status);
+    const bool add_special = body.value("add_special_tokens", true);
+    const std::vector<int32_t> ids =
+        ctx_.tokenizer->Encode(body.at("prompt").get<std::string>(), add_special);
+    res.set_content(json({{"count", ids.size()},
+                          {"max_model_len", ctx_.config->max_position_embeddings},
+                          {"tokens", ids}})
+                        .dump(),
+                    "application/json");
+  });
+
+  server->Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return SendError(res, 400, "the body is not a JSON object");
+    if (ctx_.tokenizer == nullptr) return SendError(res, 400, ctx_.tokenizer_status);
+    std::vector<int32_t> ids;
+    if (!body.contains("tokens") || !body.at("tokens").is_array()) {
+      return SendError(res, 400, "tokens: expected a list of token ids", "tokens");
+    }
+    for (const json& id : body.at("tokens")) {
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 ||
+          id.get<int64_t>() >= ctx_.config->vocab_size) {
+        return SendError(res, 400,
+                         absl::StrCat("tokens: ", id.dump(), " is not a token id of the model"),
+                         "tokens");
+      }
+      ids.push_back(id.get<int32_t>());
+    }
+    auto text = ctx_.tokenizer->Decode(ids, body.value("skip_special_tokens", false));
+    if (!text.ok()) return SendStatus(res, text.status());
+    res.set_content(json({{"prompt", *text}}).dump(-1, ' ', false, json::error_handler_t::replace),
+                    "application/json");
+  });
+
+  server->Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
+    SendError(res, 501,
+              "chat completions need the model's chat template, which this server does not apply "
+              "yet; send the prompt to /v1/completions");
+  });
+
+  server->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    json body = json::parse(req.body, nullptr, false);
+    if (body.is_discarded() || !body.is_object()) return SendError(res, 400, "the body is not a JSON object");
+    if (Has(body, "model") &&
+        (!body.at("model").is_string() || body.at("model").get<std::string>() != model_name_)) {
+      return SendError(res, 404,
+                       absl::StrCat("The model `",
+                                    body.at("model").is_string() ? body.at("model").get<std::string>()
+                                                                 : body.at("model").dump(),
+                                    "` does not exist; this server serves `", model_name_, "`"),
+                       "model", "model_not_found");
+    }
+    auto prompts = Prompts(body);
+    if (!prompts.ok()) return SendError(res, 400, std::string(prompts.status().message()), "prompt");
+    moe::v1::GenerateRequest common;
+    if (absl::Status s = Common(body, &common); !s.ok()) return SendStatus(res, s);
+    const int64_t n = body.value("n", json(1)).is_number_integer() ? body.value("n", 1) : -1;
+    if (n < 1 || n > 16) return SendError(res, 400, "n: expected an integer in [1, 16]", "n");
+    const bool stream = body.value("stream", json(false)).is_boolean() && body.value("stream", false);
+    const bool include_usage =
+        stream && body.contains("stream_options") && body.at("stream_options").is_object() &&
+        body.at("stream_options").value("include_usage", false);
+
+    auto choices = std::make_shared<Choices>();
+    choices->id = RandomId("cmpl");
+    choices->model = model_name_;
+    choices->created = absl::ToUnixSeconds(absl::Now());
+    choices->n = n;
+    for (const moe::v1::GenerateRequest& prompt : *prompts) {
+      for (int64_t j = 0; j < n; ++j) {
+        moe::v1::GenerateRequest r = common;
+        r.set_prompt(prompt.prompt());
+        r.mutable_prompt_ids()->CopyFrom(prompt.prompt_ids());
+        // Each choice samples differently; a seeded request stays reproducible.
+        if (common.sampling().has_seed()) r.mutable_sampling()->set_seed(common.sampling().seed() + j);
+        auto gen = Generation::Start(ctx_, r);
+        if (!gen.ok()) {
+          choices->CancelAll();
+          return SendStatus(res, gen.status());
+        }
+        choices->gens.push_back(std::move(*gen));
+      }
+    }
+    choices->text.assign(choices->gens.size(), "");
+    choices->ended.assign(choices->gens.size(), false);
+    auto chunk_json = [choices](size_t i, const std::string& text, const json& finish) {
+      json c = {{"id", choices->id},
+                {"object", "text_completion"},
+                {"created", choices->created},
+                {"model", choices->model},
+                {"choices", json::array({{{"index", i},
+                                          {"text", text},
+                                          {"logprobs", nullptr},
+                                          {"finish_reason", finish}}})}};
+      return c;
+    };
+
+    if (!stream) {
+      absl::Status failure;
+      while (choices->Poll([&](size_t i, const std::string& text, bool ended) {
+        choices->text[i] += text;
+        if (ended && !choices->gens[i]->status().ok() && failure.ok()) {
+          failure = choices->gens[i]->status();
+        }
+      })) {
+      }
+      if (!failure.ok()) return SendStatus(res, failure);
+      json list = json::array();
+      for (size_t i = 0; i < choices->gens.size(); ++i) {
+        list.push_back({{"index", i},
+                        {"text", choices->text[i]},
+                        {"logprobs", nullptr},
+                        {"finish_reason", FinishReasonName(choices->gens[i]->finish_reason())}});
+      }
+      json out = {{"id", choices->id},     {"object", "text_completion"},
+                  {"created", choices->created}, {"model", choices->model},
+                  {"choices", list},       {"usage", choices->Usage()}};
+      res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+      return;
+    }
+
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider(
+        "text/event-stream",
+        [choices, include_usage, chunk_json](size_t, httplib::DataSink& sink) {
+          auto send = [&](const json& j) {
+            const std::string event =
+                "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+            return sink.write(event.data(), event.size());
+          };
+          bool client_gone = false;
+          while (!client_gone && choices->Poll([&](size_t i, const std::string& text, bool ended) {
+            if (client_gone) return;
+            const Generation& g = *choices->gens[i];
+            if (ended && !g.status().ok()) {
+              const int status = HttpStatus(g.status().code());
+              client_gone = !send(ErrorJson(status, std::string(g.status().message())));
+              return;
+            }
+            if (!text.empty() || ended) {
+              json c = chunk_json(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json());
+              if (include_usage) c["usage"] = nullptr;
+              client_gone = !send(c);
+            }
+          })) {
+            if (!client_gone && sink.is_writable && !sink.is_writable()) client_gone = true;
+          }
+          if (client_gone) {
+            choices->CancelAll();
+            return false;
+          }
+          if (include_usage) {
+            json u = chunk_json(0, "", nullptr);
+            u["choices"] = json::array();
+            u["usage"] = choices->Usage();
+            send(u);
+          }
+          const std::string done = "data: [DONE]\n\n";
+          sink.write(done.data(), done.size());
+          sink.done();
+          return true;
+        },
+        [choices](bool) { choices->CancelAll(); });
+  });
+}
+
+}  // namespace moe

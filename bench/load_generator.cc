@@ -143,9 +143,13 @@ int main(int argc, char** argv) {
     const size_t colon = http.rfind(':');
     httplib::Client cli(http.substr(0, colon), std::stoi(http.substr(colon + 1)));
     cli.set_read_timeout(600, 0);
+    cli.set_tcp_nodelay(true);
     const nlohmann::json body = {{"prompt", prompt},           {"max_tokens", output_len},
                                  {"temperature", 0},           {"ignore_eos", true},
-                                 {"stream", true},             {"stream_options", {{"include_usage", true}}}};
+                                 {"stream", true},             {"stream_options", {{"include_usage", true}}},
+                                 // Random weights pick many special ids (the padding of the
+                                 // vocabulary): kept, every token has text and so an event.
+                                 {"skip_special_tokens", false}};
     httplib::Request req;
     req.method = "POST";
     req.path = "/v1/completions";

@@ -171,6 +171,7 @@ absl::Status CoordinatorServer::Listen() {
     const int threads = options_.http_threads;
     api_http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     api_http_->set_payload_max_length(static_cast<size_t>(options_.max_request_bytes));
+    api_http_->set_tcp_nodelay(true);  // an SSE event is small: send it now, not after an ACK
     openai_->Register(api_http_.get());
     http_port_ = port == 0 ? api_http_->bind_to_any_port(host) : port;
     if (http_port_ <= 0 || (port != 0 && !api_http_->bind_to_port(host, port))) {

@@ -15,10 +15,10 @@ COMMON=(--requests 32 --prompt-len 64 --output-len 64 --vocab 32000)
   "$BUILD/bench/load_generator" --offline --model "$MODEL" --concurrency "$BATCH" "${COMMON[@]}"
 
 "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size 1 --listen "127.0.0.1:$PORT" \
-  --http-listen "127.0.0.1:$((PORT + 2))" \
+  --cluster-listen "127.0.0.1:$((PORT + 1))" --http-listen "127.0.0.1:$((PORT + 2))" \
   --kv-cache-mb 512 --max-running "$BATCH" >/tmp/moe_bench_coordinator.log 2>&1 &
 C=$!
-"$BUILD/worker/moe-worker" --coordinator "127.0.0.1:$PORT" --model "$MODEL" --rank 0 \
+"$BUILD/worker/moe-worker" --coordinator "127.0.0.1:$((PORT + 1))" --model "$MODEL" --rank 0 \
   --world-size 1 >/tmp/moe_bench_worker.log 2>&1 &
 W=$!
 trap 'kill $C $W 2>/dev/null || true' EXIT

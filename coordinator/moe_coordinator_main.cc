@@ -33,8 +33,10 @@ int main(int argc, char** argv) {
   moe::FlagParser flags(
       "moe-coordinator",
       "The serving cluster's front end: moe.v1.Inference (streaming Generate, GetModelInfo),\n"
-      "grpc.health.v1 and server reflection on --listen; Prometheus metrics on --metrics-port.\n"
-      "Waits for --world-size workers (moe-worker) to register and load their shards; SIGTERM\n"
+      "grpc.health.v1 and server reflection on --listen; the workers' control plane\n"
+      "(moe.v1.Cluster) on --cluster-listen only; Prometheus metrics on --metrics-port.\n"
+      "Waits for --world-size workers (moe-worker --coordinator <the --cluster-listen address>)\n"
+      "to register and load their shards; SIGTERM\n"
       "drains in-flight requests, tells the workers to exit, and exits 0; a second SIGTERM\n"
       "during the drain exits at once with code 2.");
   flags.AddString("model", &model,
@@ -54,7 +56,11 @@ int main(int argc, char** argv) {
                   "tokenizer_config.json). Default: --model.");
   flags.AddInt("world-size", &world, "Worker ranks W.");
   flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides W; 0: W).");
-  flags.AddString("listen", &o.listen, "gRPC address HOST:PORT (port 0 picks one; it is logged).");
+  flags.AddString("listen", &o.listen,
+                  "Public gRPC address HOST:PORT (port 0 picks one; it is logged).");
+  flags.AddString("cluster-listen", &o.cluster_listen,
+                  "Control-plane address HOST:PORT for the workers, on the cluster network (never "
+                  "the public one; port 0 picks one, logged).");
   flags.AddInt("metrics-port", &metrics_port, "HTTP port for /metrics (0: off).");
   flags.AddInt("kv-cache-mb", &o.kv_cache_mb, "KV cache per worker rank, in MB of float32.");
   flags.AddInt("kv-blocks", &o.kv_blocks,

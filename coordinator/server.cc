@@ -133,9 +133,21 @@ absl::Status CoordinatorServer::Listen() {
   builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_request_bytes));
   builder.RegisterService(inference_.get());
-  builder.RegisterService(cluster_service_.get());
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) return absl::UnavailableError("cannot listen on " + options_.listen);
+  // The control plane on its own listener: the public port answers UNIMPLEMENTED for it and its
+  // reflection does not list it.
+  grpc::ServerBuilder cluster_builder;
+  cluster_builder.AddListeningPort(options_.cluster_listen, grpc::InsecureServerCredentials(),
+                                   &cluster_port_);
+  cluster_builder.SetMaxReceiveMessageSize(64 << 20);  // step results, from workers only
+  cluster_builder.RegisterService(cluster_service_.get());
+  cluster_server_ = cluster_builder.BuildAndStart();
+  if (!cluster_server_ || cluster_port_ == 0) {
+    return absl::UnavailableError("cannot listen on --cluster-listen " + options_.cluster_listen);
+  }
+  MOE_LOG(INFO) << "control plane (moe.v1.Cluster, for workers) on " << options_.cluster_listen
+                << " port " << cluster_port_;
   // "liveness" answers SERVING while the process runs (for liveness probes); "" and the service
   // name answer SERVING only while every worker is ready (for readiness probes and clients).
   server_->GetHealthCheckService()->SetServingStatus("liveness", true);
@@ -214,6 +226,7 @@ void CoordinatorServer::StopServing(absl::Duration grace) {
   stop_monitor_ = true;
   if (monitor_.joinable()) monitor_.join();
   if (server_) server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  if (cluster_server_) cluster_server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
   if (http_thread_.joinable()) {
     http_->stop();
     http_thread_.join();

@@ -28,7 +28,10 @@ class Server;
 namespace moe {
 
 struct CoordinatorOptions {
-  std::string listen = "0.0.0.0:50051";  // port 0 picks one (see port())
+  std::string listen = "0.0.0.0:50051";  // the public API; port 0 picks one (see port())
+  // The control plane (moe.v1.Cluster: workers register, heartbeat, run steps), on the cluster
+  // network only, never on the public port; port 0 picks one (see cluster_port()).
+  std::string cluster_listen = "127.0.0.1:50052";
   int world = 1;
   int tp = 0;                 // 0: world
   int metrics_port = 0;       // 0: no metrics endpoint
@@ -64,6 +67,7 @@ class CoordinatorServer {
   ~CoordinatorServer();
 
   int port() const { return port_; }
+  int cluster_port() const { return cluster_port_; }
   int http_port() const { return http_port_; }
   // True while every worker is ready.
   bool serving() const { return serving_.load(); }
@@ -94,6 +98,8 @@ class CoordinatorServer {
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ClusterService> cluster_service_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<grpc::Server> cluster_server_;
+  int cluster_port_ = 0;
   std::unique_ptr<httplib::Server> http_;
   std::thread http_thread_;
   std::unique_ptr<OpenAiApi> openai_;

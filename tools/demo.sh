@@ -41,10 +41,11 @@ MPIRUN=(mpirun --oversubscribe -np "$WORKERS")
 step "cluster: coordinator + $WORKERS workers"
 say "starting moe-coordinator on 127.0.0.1:$PORT (log: $LOGS/coordinator.log)"
 build/coordinator/moe-coordinator --model "$MODEL" --world-size "$WORKERS" \
-  --listen "127.0.0.1:$PORT" --metrics-port $((PORT + 1)) >"$LOGS/coordinator.log" 2>&1 &
+  --listen "127.0.0.1:$PORT" --cluster-listen "127.0.0.1:$((PORT + 2))" --metrics-port $((PORT + 1)) \
+  >"$LOGS/coordinator.log" 2>&1 &
 COORDINATOR=$!
 say "starting $WORKERS moe-worker ranks with mpirun (log: $LOGS/workers.log)"
-"${MPIRUN[@]}" build/worker/moe-worker --coordinator "127.0.0.1:$PORT" --model "$MODEL" \
+"${MPIRUN[@]}" build/worker/moe-worker --coordinator "127.0.0.1:$((PORT + 2))" --model "$MODEL" \
   >"$LOGS/workers.log" 2>&1 &
 WORKERS_PID=$!
 cleanup() { kill "$COORDINATOR" "$WORKERS_PID" 2>/dev/null || true; }

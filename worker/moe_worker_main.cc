@@ -183,7 +183,8 @@ int main(int argc, char** argv) {
       "One rank of the serving engine. Under mpirun (`mpirun -np W moe-worker ...`) ranks come\n"
       "from MPI; otherwise start W processes with --rank and --world-size (collectives over TCP,\n"
       "peers found through the coordinator). Exit codes: 0 shutdown, 1 error, 3 session lost.");
-  flags.AddString("coordinator", &coordinator, "Coordinator address HOST:PORT.", true);
+  flags.AddString("coordinator", &coordinator,
+                  "The coordinator's control-plane address HOST:PORT (its --cluster-listen).", true);
   flags.AddString("model", &model, "Checkpoint folder on this host.", true);
   flags.AddInt("rank", &rank, "This rank (without mpirun).");
   flags.AddInt("world-size", &world_size, "Ranks in the engine (without mpirun).");

@@ -23,9 +23,10 @@ for r in "${RANKS[@]}"; do
         --concurrency "$n" --requests "$n" "${COMMON[@]}" 2>/dev/null | tps)
     echo "offline,$scaling,$r,$n,$t"
     "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size "$r" --tp 1 \
-      --listen "127.0.0.1:$PORT" --kv-cache-mb 256 >/tmp/moe_scaling_coordinator.log 2>&1 &
+      --listen "127.0.0.1:$PORT" --cluster-listen "127.0.0.1:$((PORT + 1))" --kv-cache-mb 256 \
+      >/tmp/moe_scaling_coordinator.log 2>&1 &
     C=$!
-    "${MPIRUN[@]}" -np "$r" "$BUILD/worker/moe-worker" --coordinator "127.0.0.1:$PORT" \
+    "${MPIRUN[@]}" -np "$r" "$BUILD/worker/moe-worker" --coordinator "127.0.0.1:$((PORT + 1))" \
       --model "$MODEL" >/tmp/moe_scaling_workers.log 2>&1 &
     WK=$!
     until "$BUILD/tools/moe-client" --server "127.0.0.1:$PORT" --health >/dev/null 2>&1; do

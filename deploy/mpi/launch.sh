@@ -4,6 +4,9 @@
 # hosts) across all hosts through mpirun. Ctrl-C / SIGTERM drains and stops everything.
 #
 #   deploy/mpi/launch.sh --hostfile hosts --model /models/DeepSeek-V3 [--tp 8] [--port 50051]
+#                        [--cluster-port 50052]
+# --port is the public API; the workers reach the control plane on --cluster-port of the first
+# host (MOE_COORDINATOR_ADDRESS overrides that address): keep it off the public network.
 #
 # hostfile (Open MPI syntax), e.g. two nodes of eight GPUs:
 #   node-a slots=8
@@ -18,14 +21,15 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${MOE_BIN:-$HERE/../../build}
-HOSTFILE="" MODEL="" TP=0 PORT=50051 METRICS_PORT=9090 DRY_RUN=0 EXTRA=()
-usage() { sed -n '2,20p' "$0"; exit "${1:-0}"; }
+HOSTFILE="" MODEL="" TP=0 PORT=50051 CLUSTER_PORT=50052 METRICS_PORT=9090 DRY_RUN=0 EXTRA=()
+usage() { sed -n '2,23p' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
     --hostfile) HOSTFILE=$2; shift 2 ;;
     --model) MODEL=$2; shift 2 ;;
     --tp) TP=$2; shift 2 ;;
     --port) PORT=$2; shift 2 ;;
+    --cluster-port) CLUSTER_PORT=$2; shift 2 ;;
     --metrics-port) METRICS_PORT=$2; shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --help|-h) usage 0 ;;
@@ -39,7 +43,7 @@ done
 WORLD=$(awk '!/^#/ && NF { s = 1; for (i = 2; i <= NF; i++) if ($i ~ /^slots=/) { split($i, a, "="); s = a[2] } n += s } END { print n }' "$HOSTFILE")
 FIRST=$(awk '!/^#/ && NF { print $1; exit }' "$HOSTFILE")
 HOSTS=$(awk '!/^#/ && NF { n++ } END { print n + 0 }' "$HOSTFILE")
-COORDINATOR=${MOE_COORDINATOR_ADDRESS:-$FIRST:$PORT}
+COORDINATOR=${MOE_COORDINATOR_ADDRESS:-$FIRST:$CLUSTER_PORT}
 [[ $TP -gt 0 ]] || TP=$WORLD
 
 MPIRUN=(mpirun -np "$WORLD" --hostfile "$HOSTFILE" --map-by slot --bind-to none)
@@ -53,9 +57,10 @@ fi
 MPIRUN+=(${MOE_MPIRUN_ARGS:-})
 WORKER=("$HERE/rank-env.sh" "$BIN/worker/moe-worker" --coordinator "$COORDINATOR" --model "$MODEL" "${EXTRA[@]}")
 CO=("$BIN/coordinator/moe-coordinator" --model "$MODEL" --world-size "$WORLD" --tp "$TP"
-  --listen "0.0.0.0:$PORT" --metrics-port "$METRICS_PORT" ${MOE_COORDINATOR_ARGS:-})
+  --listen "0.0.0.0:$PORT" --cluster-listen "0.0.0.0:$CLUSTER_PORT" --metrics-port "$METRICS_PORT"
+  ${MOE_COORDINATOR_ARGS:-})
 
-echo "launch.sh: $WORLD ranks (TP $TP) over $HOSTS host(s); coordinator $COORDINATOR"
+echo "launch.sh: $WORLD ranks (TP $TP) over $HOSTS host(s); coordinator control plane $COORDINATOR, public API port $PORT"
 if [[ $DRY_RUN -eq 1 ]]; then
   echo "coordinator: ${CO[*]}"
   echo "workers:     ${MPIRUN[*]} ${WORKER[*]}"

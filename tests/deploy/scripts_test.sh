@@ -35,10 +35,11 @@ echo "scripts-test: pod-ranks.sh ok"
 
 printf "# two nodes\nnode-a slots=8\nnode-b slots=8\n" > "$T/hosts"
 out=$("$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /models/m --tp 8 --dry-run)
-grep -q "16 ranks (TP 8) over 2 host(s); coordinator node-a:50051" <<< "$out" || fail "launch.sh: $out"
+grep -q "16 ranks (TP 8) over 2 host(s); coordinator control plane node-a:50052, public API port 50051" <<< "$out" || fail "launch.sh: $out"
 grep -q "mpirun -np 16 --hostfile $T/hosts" <<< "$out" || fail "launch.sh mpirun: $out"
 grep -q "moe-coordinator --model /models/m --world-size 16 --tp 8" <<< "$out" || fail "launch.sh coordinator: $out"
-grep -q "rank-env.sh .*moe-worker --coordinator node-a:50051 --model /models/m" <<< "$out" || fail "launch.sh worker: $out"
+grep -q "rank-env.sh .*moe-worker --coordinator node-a:50052 --model /models/m" <<< "$out" || fail "launch.sh worker: $out"
+grep -q "moe-coordinator .*--listen 0.0.0.0:50051 --cluster-listen 0.0.0.0:50052" <<< "$out" || fail "launch.sh coordinator: $out"
 out=$(MOE_IFACE=eth1 "$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --dry-run)
 grep -q -- "--mca btl_tcp_if_include eth1 --mca oob_tcp_if_include eth1" <<< "$out" || fail "launch.sh MOE_IFACE: $out"
 "$SRC/deploy/mpi/launch.sh" --model /m >/dev/null 2>&1 && fail "launch.sh accepted a missing --hostfile"

@@ -78,7 +78,7 @@ def check_coordinator(overlay, docs, cfg):
     c = spec["containers"][0]
     args = " ".join(c.get("args", []))
     for flag in ("--world-size=$(WORLD_SIZE)", "--tp=$(TP_SIZE)", "--model=$(MODEL_DIR)",
-                 "--listen=0.0.0.0:50051"):
+                 "--listen=0.0.0.0:50051", "--cluster-listen=0.0.0.0:50052"):
         check(flag in args, f"{overlay}: coordinator args lack {flag}")
     _, refs = env_names(c)
     check("moe-serve-config" in refs, f"{overlay}: coordinator does not read moe-serve-config")
@@ -91,8 +91,13 @@ def check_coordinator(overlay, docs, cfg):
     svcs = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "moe-coordinator"]
     check(svcs and any(p["port"] == 50051 for p in svcs[0]["spec"]["ports"]),
           f"{overlay}: moe-coordinator Service does not expose 50051")
-    check(cfg.get("COORDINATOR_ADDRESS") == "moe-coordinator:50051",
-          f"{overlay}: workers are not pointed at the coordinator Service")
+    check(svcs and not any(p["port"] == 50052 for p in svcs[0]["spec"]["ports"]),
+          f"{overlay}: the public moe-coordinator Service must not expose the control plane")
+    cluster = [d for d in by_kind(docs, "Service") if d["metadata"]["name"] == "moe-cluster"]
+    check(cluster and [p["port"] for p in cluster[0]["spec"]["ports"]] == [50052],
+          f"{overlay}: no moe-cluster Service with the control plane (50052) alone")
+    check(cfg.get("COORDINATOR_ADDRESS") == "moe-cluster:50052",
+          f"{overlay}: workers are not pointed at the control-plane Service")
 
 
 def check_lws(overlay, docs, cfg):

@@ -20,7 +20,8 @@ HOSTS=(${TAG}h0 ${TAG}h1 ${TAG}h2)
 ADDR=(10.77.0.1 10.77.0.2 10.77.0.3)
 WORK=$(mktemp -d)
 PORT=50051
-COORD=${ADDR[0]}:$PORT
+COORD=${ADDR[0]}:$PORT                # the public API (clients)
+CONTROL=${ADDR[0]}:$((PORT + 1))      # the control plane (--cluster-listen: workers)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 log() { echo "netns-test: $*"; }
@@ -83,7 +84,7 @@ launch_workers() {
     --mca plm_rsh_agent "$SRC/deploy/mpi/netns-agent.sh" --mca plm_rsh_no_tree_spawn 1 \
     --mca btl tcp,self --mca btl_tcp_if_include 10.77.0.0/24 --mca oob_tcp_if_include 10.77.0.0/24 \
     -x MOE_NETNS_MAP \
-    "$BUILD/worker/moe-worker" --coordinator "$COORD" --model "$MODEL" --heartbeat-ms 300 \
+    "$BUILD/worker/moe-worker" --coordinator "$CONTROL" --model "$MODEL" --heartbeat-ms 300 \
     --coordinator-lost-s 5 > "$WORK/workers-$1.log" 2>&1 &
   MPIRUN_PID=$!
 }
@@ -102,7 +103,8 @@ kill_workers() {
 }
 
 nsenter --net="/run/netns/${HOSTS[0]}" "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size 4 \
-  --tp 2 --listen "$COORD" --heartbeat-timeout-s 3 > "$WORK/coordinator.log" 2>&1 &
+  --tp 2 --listen "$COORD" --cluster-listen "$CONTROL" --heartbeat-timeout-s 3 \
+  > "$WORK/coordinator.log" 2>&1 &
 COORD_PID=$!
 wait_health NOT_SERVING 10 || fail "coordinator did not come up NOT_SERVING"
 launch_workers 1

@@ -57,12 +57,13 @@ MODEL = os.path.join(WORK, "tiny-dsv3")
 subprocess.run([f"{BUILD}/tools/moe-make-model", "--preset", "tiny-dsv3", "--dtype", "f32",
                 "--seed", "5", "--out", MODEL], check=True, capture_output=True)
 tok = tokenizers.Tokenizer.from_file(os.path.join(MODEL, "tokenizer.json"))
-GRPC, HTTP, METRICS = free_port(), free_port(), free_port()
+GRPC, CLUSTER, HTTP, METRICS = free_port(), free_port(), free_port(), free_port()
 env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
            OMPI_MCA_rmaps_base_oversubscribe="1")
 coordinator = subprocess.Popen(
     [f"{BUILD}/coordinator/moe-coordinator", "--model", MODEL, "--world-size", "2",
-     "--listen", f"127.0.0.1:{GRPC}", "--http-listen", f"127.0.0.1:{HTTP}",
+     "--listen", f"127.0.0.1:{GRPC}", "--cluster-listen", f"127.0.0.1:{CLUSTER}",
+     "--http-listen", f"127.0.0.1:{HTTP}",
      "--metrics-port", str(METRICS), "--api-key", KEY, "--max-running", "4", "--max-queue", "12",
      "--max-request-bytes", "65536"],
     stdout=open(os.path.join(WORK, "coordinator.log"), "w"), stderr=subprocess.STDOUT)
@@ -100,7 +101,7 @@ try:
     check(status == 503, f"completion before workers: {status} {body}")
 
     workers = subprocess.Popen(
-        ["mpirun", "-np", "2", f"{BUILD}/worker/moe-worker", "--coordinator", f"127.0.0.1:{GRPC}",
+        ["mpirun", "-np", "2", f"{BUILD}/worker/moe-worker", "--coordinator", f"127.0.0.1:{CLUSTER}",
          "--model", MODEL, "--heartbeat-ms", "300"],
         stdout=open(os.path.join(WORK, "workers.log"), "w"), stderr=subprocess.STDOUT, env=env)
     for _ in range(600):

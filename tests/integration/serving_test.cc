@@ -18,6 +18,7 @@
 #include "grpc/health/v1/health.grpc.pb.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
+#include "moe/v1/cluster.grpc.pb.h"
 #include "moe/v1/inference.grpc.pb.h"
 #include "tests/integration/process.h"
 #include "tests/test_util.h"
@@ -50,6 +51,7 @@ class ServingCluster {
     const int port = FreePort();
     metrics_port_ = FreePort();
     address_ = absl::StrCat("127.0.0.1:", port);
+    cluster_address_ = absl::StrCat("127.0.0.1:", FreePort());
     std::vector<std::string> argv = {BinaryPath("coordinator/moe-coordinator"),
                                      "--model",
                                      model,
@@ -59,6 +61,8 @@ class ServingCluster {
                                      std::to_string(o.tp),
                                      "--listen",
                                      address_,
+                                     "--cluster-listen",
+                                     cluster_address_,
                                      "--metrics-port",
                                      std::to_string(metrics_port_),
                                      "--heartbeat-timeout-s",
@@ -75,14 +79,14 @@ class ServingCluster {
     if (o_.mpirun) {
       workers_.push_back(std::make_unique<Process>(
           std::vector<std::string>{"mpirun", "--oversubscribe", "-np", std::to_string(o_.world),
-                                   worker, "--coordinator", address_, "--model", model_,
+                                   worker, "--coordinator", cluster_address_, "--model", model_,
                                    "--heartbeat-ms", "300"},
           dir_ + "/workers.log"));
       return;
     }
     for (int r = 0; r < o_.world; ++r) {
       workers_.push_back(std::make_unique<Process>(
-          std::vector<std::string>{worker, "--coordinator", address_, "--model", model_, "--rank",
+          std::vector<std::string>{worker, "--coordinator", cluster_address_, "--model", model_, "--rank",
                                    std::to_string(r), "--world-size", std::to_string(o_.world),
                                    "--host", "127.0.0.1", "--threads", "1", "--heartbeat-ms",
                                    "300"},
@@ -127,6 +131,7 @@ class ServingCluster {
 
   moe::v1::Inference::Stub& stub() { return *stub_; }
   const std::string& address() const { return address_; }
+  const std::string& cluster_address() const { return cluster_address_; }
   Process& coordinator() { return *coordinator_; }
   std::vector<std::unique_ptr<Process>>& workers() { return workers_; }
   std::string Logs() {
@@ -138,7 +143,7 @@ class ServingCluster {
  private:
   std::string model_;
   ClusterOptions o_;
-  std::string dir_, address_;
+  std::string dir_, address_, cluster_address_;
   int metrics_port_ = 0;
   std::unique_ptr<Process> coordinator_;
   std::vector<std::unique_ptr<Process>> workers_;
@@ -671,6 +676,29 @@ TEST_F(ServingTest, MissingOrBrokenTokenizerLeavesTokenIdsWorking) {
     EXPECT_EQ(ids.tokens, Reference(Prompt(3), 4));
     EXPECT_TRUE(ids.text.empty());
   }
+}
+
+// The workers' control plane is not on the public port: a client there cannot register as a
+// worker (UNIMPLEMENTED, the service is not served), only on --cluster-listen.
+TEST_F(ServingTest, ControlPlaneIsNotOnThePublicPort) {
+  ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
+  absl::SleepFor(absl::Milliseconds(300));
+  auto call_register = [](const std::string& address) {
+    auto stub = moe::v1::Cluster::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    moe::v1::RegisterRequest req;
+    moe::v1::RegisterResponse resp;
+    return stub->Register(&ctx, req, &resp);
+  };
+  const grpc::Status on_public = call_register(cluster.address());
+  EXPECT_EQ(on_public.error_code(), grpc::StatusCode::UNIMPLEMENTED) << on_public.error_message();
+  const grpc::Status on_cluster = call_register(cluster.cluster_address());
+  EXPECT_EQ(on_cluster.error_code(), grpc::StatusCode::INVALID_ARGUMENT)
+      << on_cluster.error_message();  // it is there (and refuses a request of world size 0)
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "coordinator/generation.h"
+#include "coordinator/openai_request.h"
 #include "nlohmann/json.hpp"
 
 namespace moe {
@@ -65,121 +66,6 @@ std::string RandomId(const char* prefix) {
   static std::mt19937_64 rng{std::random_device{}()};
   std::lock_guard<std::mutex> lock(mu);
   return absl::StrFormat("%s-%016x%08x", prefix, rng(), static_cast<uint32_t>(rng()));
-}
-
-// A field of the body, type-checked: INVALID_ARGUMENT naming it otherwise.
-absl::Status Expect(const json& body, const char* key, bool ok, const char* what) {
-  if (!body.contains(key) || body.at(key).is_null() || ok) return absl::OkStatus();
-  return absl::InvalidArgumentError(absl::StrCat(key, ": expected ", what));
-}
-
-bool Has(const json& body, const char* key) { return body.contains(key) && !body.at(key).is_null(); }
-
-// The prompts of a completion request: a string, a list of strings, a list of token ids, or a
-// list of lists of token ids.
-absl::StatusOr<std::vector<moe::v1::GenerateRequest>> Prompts(const json& body) {
-  if (!Has(body, "prompt")) return absl::InvalidArgumentError("prompt: required");
-  const json& p = body.at("prompt");
-  std::vector<moe::v1::GenerateRequest> out;
-  auto ids = [](const json& list, moe::v1::GenerateRequest* r) {
-    for (const json& id : list) {
-      if (!id.is_number_integer()) return false;
-      r->add_prompt_ids(id.get<int32_t>());
-    }
-    return true;
-  };
-  if (p.is_string()) {
-    out.emplace_back().set_prompt(p.get<std::string>());
-  } else if (p.is_array() && !p.empty() && p[0].is_number_integer()) {
-    if (!ids(p, &out.emplace_back())) {
-      return absl::InvalidArgumentError("prompt: a list of token ids holds a non-integer");
-    }
-  } else if (p.is_array() && !p.empty()) {
-    for (const json& item : p) {
-      if (item.is_string()) {
-        out.emplace_back().set_prompt(item.get<std::string>());
-      } else if (item.is_array() && ids(item, &out.emplace_back())) {
-      } else {
-        return absl::InvalidArgumentError(
-            "prompt: expected a string, a list of strings or a list of token-id lists");
-      }
-    }
-  } else {
-    return absl::InvalidArgumentError("prompt: expected a non-empty string or list");
-  }
-  if (out.size() > 64) return absl::InvalidArgumentError("prompt: at most 64 prompts at once");
-  return out;
-}
-
-// The sampling and stopping fields every choice shares.
-absl::Status Common(const json& body, moe::v1::GenerateRequest* r) {
-  // What this server cannot do yet is refused, not ignored.
-  auto set = [&](const char* key) {
-    if (!Has(body, key)) return false;
-    const json& v = body.at(key);
-    return !(v == false || v == 0 || (v.is_string() && v.get<std::string>().empty()));
-  };
-  for (const char* key : {"logprobs", "top_logprobs", "suffix", "echo"}) {
-    if (set(key)) return absl::InvalidArgumentError(absl::StrCat(key, ": not supported yet"));
-  }
-  if (Has(body, "best_of") && body.at("best_of") != 1) {
-    return absl::InvalidArgumentError("best_of: only 1 is supported");
-  }
-  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
-    if (Has(body, penalty) && (!body.at(penalty).is_number() || body.at(penalty).get<double>() != 0)) {
-      return absl::InvalidArgumentError(absl::StrCat(penalty, ": only 0 is supported"));
-    }
-  }
-  if (Has(body, "logit_bias") && !body.at("logit_bias").empty()) {
-    return absl::InvalidArgumentError("logit_bias: not supported");
-  }
-  const json& b = body;
-  for (auto s : {Expect(b, "max_tokens", b.value("max_tokens", json()).is_number_integer(), "an integer"),
-                 Expect(b, "max_completion_tokens",
-                        b.value("max_completion_tokens", json()).is_number_integer(), "an integer"),
-                 Expect(b, "temperature", b.value("temperature", json()).is_number(), "a number"),
-                 Expect(b, "top_p", b.value("top_p", json()).is_number(), "a number"),
-                 Expect(b, "top_k", b.value("top_k", json()).is_number_integer(), "an integer"),
-                 Expect(b, "seed", b.value("seed", json()).is_number_integer(), "an integer"),
-                 Expect(b, "ignore_eos", b.value("ignore_eos", json()).is_boolean(), "a boolean"),
-                 Expect(b, "skip_special_tokens", b.value("skip_special_tokens", json()).is_boolean(),
-                        "a boolean")}) {
-    if (!s.ok()) return s;
-  }
-  int64_t max_tokens = 16;  // OpenAI's default for completions
-  if (Has(b, "max_tokens")) max_tokens = b.at("max_tokens").get<int64_t>();
-  if (Has(b, "max_completion_tokens")) max_tokens = b.at("max_completion_tokens").get<int64_t>();
-  if (max_tokens < 1 || max_tokens > (1 << 30)) {
-    return absl::InvalidArgumentError("max_tokens: must be at least 1");
-  }
-  r->set_max_tokens(static_cast<int32_t>(max_tokens));
-  moe::v1::SamplingParams* sp = r->mutable_sampling();
-  if (Has(b, "temperature")) sp->set_temperature(b.at("temperature").get<float>());
-  if (Has(b, "top_p")) sp->set_top_p(b.at("top_p").get<float>());
-  if (Has(b, "top_k")) sp->set_top_k(std::max<int32_t>(0, b.at("top_k").get<int32_t>()));
-  if (Has(b, "seed")) sp->set_seed(b.at("seed").get<uint64_t>());
-  if (Has(b, "ignore_eos")) r->set_ignore_eos(b.at("ignore_eos").get<bool>());
-  if (Has(b, "skip_special_tokens")) r->set_skip_special_tokens(b.at("skip_special_tokens").get<bool>());
-  if (Has(b, "stop")) {
-    const json& stop = b.at("stop");
-    if (stop.is_string()) {
-      r->add_stop(stop.get<std::string>());
-    } else if (stop.is_array()) {
-      for (const json& s : stop) {
-        if (!s.is_string()) return absl::InvalidArgumentError("stop: expected strings");
-        r->add_stop(s.get<std::string>());
-      }
-    } else {
-      return absl::InvalidArgumentError("stop: expected a string or a list of strings");
-    }
-  }
-  if (Has(b, "stop_token_ids")) {
-    for (const json& id : b.at("stop_token_ids")) {
-      if (!id.is_number_integer()) return absl::InvalidArgumentError("stop_token_ids: expected integers");
-      r->add_stop_token_ids(id.get<int32_t>());
-    }
-  }
-  return absl::OkStatus();
 }
 
 // The running choices of one completion request.
@@ -315,40 +201,26 @@ void OpenAiApi::Register(httplib::Server* server) {
   });
 
   server->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    json body = json::parse(req.body, nullptr, false);
-    if (body.is_discarded() || !body.is_object()) return SendError(res, 400, "the body is not a JSON object");
-    if (Has(body, "model") &&
-        (!body.at("model").is_string() || body.at("model").get<std::string>() != model_name_)) {
+    auto parsed = ParseCompletionRequest(req.body);
+    if (!parsed.ok()) return SendStatus(res, parsed.status());
+    if (parsed->model && *parsed->model != model_name_) {
       return SendError(res, 404,
-                       absl::StrCat("The model `",
-                                    body.at("model").is_string() ? body.at("model").get<std::string>()
-                                                                 : body.at("model").dump(),
+                       absl::StrCat("The model `", *parsed->model,
                                     "` does not exist; this server serves `", model_name_, "`"),
                        "model", "model_not_found");
     }
-    auto prompts = Prompts(body);
-    if (!prompts.ok()) return SendError(res, 400, std::string(prompts.status().message()), "prompt");
-    moe::v1::GenerateRequest common;
-    if (absl::Status s = Common(body, &common); !s.ok()) return SendStatus(res, s);
-    const int64_t n = body.value("n", json(1)).is_number_integer() ? body.value("n", 1) : -1;
-    if (n < 1 || n > 16) return SendError(res, 400, "n: expected an integer in [1, 16]", "n");
-    const bool stream = body.value("stream", json(false)).is_boolean() && body.value("stream", false);
-    const bool include_usage =
-        stream && body.contains("stream_options") && body.at("stream_options").is_object() &&
-        body.at("stream_options").value("include_usage", false);
-
+    const int64_t n = parsed->n;
+    const bool stream = parsed->stream, include_usage = parsed->include_usage;
     auto choices = std::make_shared<Choices>();
     choices->id = RandomId("cmpl");
     choices->model = model_name_;
     choices->created = absl::ToUnixSeconds(absl::Now());
     choices->n = n;
-    for (const moe::v1::GenerateRequest& prompt : *prompts) {
+    for (const moe::v1::GenerateRequest& prompt : parsed->prompts) {
       for (int64_t j = 0; j < n; ++j) {
-        moe::v1::GenerateRequest r = common;
-        r.set_prompt(prompt.prompt());
-        r.mutable_prompt_ids()->CopyFrom(prompt.prompt_ids());
+        moe::v1::GenerateRequest r = prompt;
         // Each choice samples differently; a seeded request stays reproducible.
-        if (common.sampling().has_seed()) r.mutable_sampling()->set_seed(common.sampling().seed() + j);
+        if (r.sampling().has_seed()) r.mutable_sampling()->set_seed(prompt.sampling().seed() + j);
         auto gen = Generation::Start(ctx_, r);
         if (!gen.ok()) {
           choices->CancelAll();

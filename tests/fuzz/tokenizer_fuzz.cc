@@ -13,6 +13,7 @@
 #include <memory>
 #include <string>
 
+#include "tests/fuzz/fuzz_tokenizer.h"
 #include "text/tokenizer_files.h"
 #include "text/utf8.h"
 
@@ -26,42 +27,6 @@ std::string Scratch(const char* name) {
 
 void Write(const std::string& path, const std::string& text) {
   std::ofstream(path, std::ios::binary) << text;
-}
-
-constexpr char kTokenizerJson[] = R"({
-  "added_tokens": [{"id": 300, "content": "<s>", "special": true},
-                   {"id": 301, "content": "<t>", "special": false, "lstrip": true, "rstrip": true}],
-  "normalizer": {"type": "NFC"},
-  "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-    {"type": "Split", "pattern": {"Regex": "\\p{N}{1,3}"}, "behavior": "Isolated"},
-    {"type": "ByteLevel", "add_prefix_space": false, "use_regex": true}]},
-  "post_processor": {"type": "TemplateProcessing",
-    "single": [{"SpecialToken": {"id": "<s>"}}, {"Sequence": {"id": "A"}}],
-    "special_tokens": {"<s>": {"id": "<s>", "ids": [300], "tokens": ["<s>"]}}},
-  "decoder": {"type": "ByteLevel"},
-  "model": {"type": "BPE", "vocab": {VOCAB}, "merges": ["Ġ t", "h e", "Ġt he", "i n"]}})";
-
-// A vocabulary of every byte plus a few merges, as byte-level JSON text.
-std::string FullTokenizerJson() {
-  std::string vocab;
-  const std::string bytes_json = [] {
-    std::string out;
-    for (int b = 0; b < 256; ++b) {
-      // The byte-level character of byte b, JSON-escaped through \u.
-      int cp = b;
-      const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
-      static int next = 0x100;
-      if (!printable) cp = next++;
-      char buf[32];
-      std::snprintf(buf, sizeof(buf), "\"\\u%04x\": %d, ", cp, b);
-      out += buf;
-    }
-    return out;
-  }();
-  vocab = "{" + bytes_json + "\"Ġt\": 256, \"he\": 257, \"Ġthe\": 258, \"in\": 259}";
-  std::string json = kTokenizerJson;
-  json.replace(json.find("{VOCAB}"), 7, vocab);
-  return json;
 }
 
 void CheckText(const moe::text::Tokenizer& tok, const std::string& text) {
@@ -84,7 +49,7 @@ void CheckText(const moe::text::Tokenizer& tok, const std::string& text) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   static const std::shared_ptr<const moe::text::Tokenizer> bpe = [] {
     const std::string path = Scratch("tokenizer.json");
-    Write(path, FullTokenizerJson());
+    Write(path, moe::fuzz::FullTokenizerJson());
     return moe::text::LoadTokenizer(path.substr(0, path.rfind('/'))).value();
   }();
   static const std::shared_ptr<const moe::text::Tokenizer> tiktoken = [] {

@@ -1,0 +1,84 @@
+#include "coordinator/openai_request.h"
+
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace moe {
+namespace {
+
+using ::testing::HasSubstr;
+
+std::string Error(const std::string& body) {
+  auto r = ParseCompletionRequest(body);
+  EXPECT_FALSE(r.ok()) << body;
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
+  return std::string(r.status().message());
+}
+
+TEST(OpenAiRequestTest, FieldsMapToTheGenerateRequest) {
+  auto r = ParseCompletionRequest(R"({"model": "m", "prompt": "Hi", "max_tokens": 7,
+      "temperature": 0.5, "top_p": 0.9, "top_k": 20, "seed": 3, "stop": ["\n\n", "END"],
+      "stop_token_ids": [4], "ignore_eos": true, "skip_special_tokens": false, "n": 2,
+      "stream": true, "stream_options": {"include_usage": true}, "user": "ignored"})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->model, "m");
+  EXPECT_EQ(r->n, 2);
+  EXPECT_TRUE(r->stream);
+  EXPECT_TRUE(r->include_usage);
+  ASSERT_EQ(r->prompts.size(), 1u);
+  const moe::v1::GenerateRequest& g = r->prompts[0];
+  EXPECT_EQ(g.prompt(), "Hi");
+  EXPECT_EQ(g.max_tokens(), 7);
+  EXPECT_FLOAT_EQ(g.sampling().temperature(), 0.5f);
+  EXPECT_FLOAT_EQ(g.sampling().top_p(), 0.9f);
+  EXPECT_EQ(g.sampling().top_k(), 20);
+  EXPECT_EQ(g.sampling().seed(), 3u);
+  EXPECT_THAT(g.stop(), ::testing::ElementsAre("\n\n", "END"));
+  EXPECT_THAT(g.stop_token_ids(), ::testing::ElementsAre(4));
+  EXPECT_TRUE(g.ignore_eos());
+  EXPECT_FALSE(g.skip_special_tokens());
+}
+
+TEST(OpenAiRequestTest, PromptForms) {
+  auto defaults = ParseCompletionRequest(R"({"prompt": [1, 2, 3]})");
+  ASSERT_TRUE(defaults.ok());
+  EXPECT_THAT(defaults->prompts[0].prompt_ids(), ::testing::ElementsAre(1, 2, 3));
+  EXPECT_EQ(defaults->prompts[0].max_tokens(), 16);  // OpenAI's default
+  EXPECT_FALSE(defaults->prompts[0].sampling().has_temperature());  // the server's default (1)
+  auto batch = ParseCompletionRequest(R"({"prompt": ["a", [5, 6], "b"], "max_tokens": 2})");
+  ASSERT_TRUE(batch.ok());
+  ASSERT_EQ(batch->prompts.size(), 3u);
+  EXPECT_EQ(batch->prompts[0].prompt(), "a");
+  EXPECT_THAT(batch->prompts[1].prompt_ids(), ::testing::ElementsAre(5, 6));
+  EXPECT_EQ(batch->prompts[2].max_tokens(), 2);
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x", "stream_options": {"include_usage": true}})")
+                   ->include_usage);  // only with stream
+}
+
+TEST(OpenAiRequestTest, BadBodiesNameTheField) {
+  EXPECT_THAT(Error("not json"), HasSubstr("not a JSON object"));
+  EXPECT_THAT(Error("[1]"), HasSubstr("not a JSON object"));
+  EXPECT_THAT(Error(R"({"max_tokens": 3})"), HasSubstr("prompt: required"));
+  EXPECT_THAT(Error(R"({"prompt": {}})"), HasSubstr("prompt"));
+  EXPECT_THAT(Error(R"({"prompt": [1, "a"]})"), HasSubstr("non-integer"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "max_tokens": "9"})"), HasSubstr("max_tokens: expected an integer"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "max_tokens": 0})"), HasSubstr("max_tokens"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "temperature": "hot"})"), HasSubstr("temperature"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "stop": 5})"), HasSubstr("stop"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "n": 0})"), HasSubstr("n: expected"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "stream": "yes"})"), HasSubstr("stream: expected"));
+  EXPECT_THAT(Error(R"({"prompt": "x", "model": 3})"), HasSubstr("model: expected"));
+  for (const char* unsupported :
+       {R"("logprobs": 2)", R"("echo": true)", R"("suffix": "s")", R"("presence_penalty": 0.5)",
+        R"("logit_bias": {"5": 1})", R"("best_of": 3)"}) {
+    EXPECT_THAT(Error(std::string(R"({"prompt": "x", )") + unsupported + "}"),
+                ::testing::AnyOf(HasSubstr("not supported"), HasSubstr("only")))
+        << unsupported;
+  }
+  // Their neutral values are accepted.
+  EXPECT_TRUE(ParseCompletionRequest(R"({"prompt": "x", "logprobs": null, "echo": false,
+      "presence_penalty": 0, "frequency_penalty": 0, "best_of": 1, "logit_bias": {}})").ok());
+}
+
+}  // namespace
+}  // namespace moe

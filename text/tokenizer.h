@@ -48,6 +48,12 @@ class Tokenizer {
   std::optional<int32_t> TokenId(std::string_view content) const;
 
   bool IsSpecial(int32_t id) const;
+  // The ids add_special_tokens puts before and after the text.
+  std::vector<int32_t> special_ids() const {
+    std::vector<int32_t> ids = parts_.prefix;
+    ids.insert(ids.end(), parts_.suffix.begin(), parts_.suffix.end());
+    return ids;
+  }
   // One more than the highest id (the model's vocab_size may be larger).
   int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
   std::optional<int32_t> bos_id() const { return parts_.bos_id; }

@@ -330,7 +330,16 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
                         MOE_RETURN_IF_ERROR(ApplyConfig(config, &parts));
                         return true;
                       }).status());
-  return std::make_shared<const Tokenizer>(std::move(parts));
+  const std::string source = parts.source;
+  auto tokenizer = std::make_shared<const Tokenizer>(std::move(parts));
+  // What the post-processor adds must be tokens of the vocabulary.
+  for (int32_t id : tokenizer->special_ids()) {
+    if (!tokenizer->TokenBytes(id).ok() || tokenizer->TokenBytes(id)->empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          source, ": post_processor: token id ", id, " it adds is not a token of the vocabulary"));
+    }
+  }
+  return tokenizer;
 }
 
 }  // namespace moe::text

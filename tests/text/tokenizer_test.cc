@@ -197,6 +197,11 @@ TEST(TokenizerFilesTest, ErrorsNameTheFileAndWhatIsWrong) {
   Write(dir.file("tokenizer.json"), sentencepiece);
   EXPECT_THAT(error(), HasSubstr("Metaspace"));
 
+  std::string no_added = kTinyTokenizer;  // the template's BOS (id 100) is then no token
+  no_added.replace(no_added.find("added_tokens"), 12, "renamed_away");
+  Write(dir.file("tokenizer.json"), no_added);
+  EXPECT_THAT(error(), HasSubstr("post_processor: token id 100"));
+
   Write(dir.file("tokenizer.json"), kTinyTokenizer);
   Write(dir.file("tokenizer_config.json"), R"({"bos_token": "<nope>"})");
   EXPECT_THAT(error(), HasSubstr("tokenizer_config.json: bos_token \"<nope>\" is not a token"));

@@ -137,6 +137,19 @@ int main(int argc, char** argv) {
   std::mutex mu;
   std::vector<double> ttft, itl, latency;
   std::atomic<int64_t> next{0}, tokens{0}, failures{0};
+  // A finished request's figures (or a failure).
+  auto record = [&](bool ok, Clock::time_point start, double my_ttft,
+                    const std::vector<double>& my_itl, int64_t n) {
+    if (!ok) {
+      ++failures;
+      return;
+    }
+    tokens += n;
+    std::lock_guard<std::mutex> lock(mu);
+    ttft.push_back(my_ttft);
+    itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+    latency.push_back(Seconds(start, Clock::now()));
+  };
   // One streamed /v1/completions request: event times and the completion tokens of its usage.
   auto run_http = [&](int64_t i) {
     const auto prompt = PromptFor(i, prompt_len, vocab);
@@ -181,15 +194,7 @@ int main(int argc, char** argv) {
       return true;
     };
     auto res = cli.send(req);
-    if (!res || res->status != 200 || n == 0) {
-      ++failures;
-      return;
-    }
-    tokens += n;
-    std::lock_guard<std::mutex> lock(mu);
-    ttft.push_back(my_ttft);
-    itl.insert(itl.end(), my_itl.begin(), my_itl.end());
-    latency.push_back(Seconds(start, Clock::now()));
+    record(res && res->status == 200 && n > 0, start, my_ttft, my_itl, n);
   };
   auto run_one = [&](int64_t i) {
     if (!http.empty()) return run_http(i);
@@ -220,15 +225,7 @@ int main(int argc, char** argv) {
       last = now;
       n += k;
     }
-    if (!reader->Finish().ok()) {
-      ++failures;
-      return;
-    }
-    tokens += n;
-    std::lock_guard<std::mutex> lock(mu);
-    ttft.push_back(my_ttft);
-    itl.insert(itl.end(), my_itl.begin(), my_itl.end());
-    latency.push_back(Seconds(start, Clock::now()));
+    record(reader->Finish().ok(), start, my_ttft, my_itl, n);
   };
   const auto t0 = Clock::now();
   std::vector<std::thread> workers;

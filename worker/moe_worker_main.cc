@@ -60,7 +60,8 @@ int LeadSteps(moe::CoordinatorClient& client, const std::string& session, moe::S
     if (plan.shutdown()) {
       const grpc::Status end = lost ? stream->Finish() : grpc::Status::OK;
       if (lost && !end.ok()) {
-        MOE_LOG(ERROR) << "step stream ended: " << end.error_message();
+        MOE_LOG(ERROR) << "the coordinator's step stream ended (" << end.error_message()
+                       << "): the session is lost, exiting for the launcher to restart";
         return kExitSessionLost;
       }
       MOE_LOG(INFO) << "shutdown requested by the coordinator";

@@ -74,14 +74,19 @@ class ServingCluster {
     health_ = grpc::health::v1::Health::NewStub(channel_);
   }
 
+  // Extra flags for every worker StartWorkers launches (mpirun mode).
+  void AddWorkerFlags(const std::vector<std::string>& flags) {
+    worker_flags_.insert(worker_flags_.end(), flags.begin(), flags.end());
+  }
+
   void StartWorkers() {
     const std::string worker = BinaryPath("worker/moe-worker");
     if (o_.mpirun) {
-      workers_.push_back(std::make_unique<Process>(
-          std::vector<std::string>{"mpirun", "--oversubscribe", "-np", std::to_string(o_.world),
-                                   worker, "--coordinator", cluster_address_, "--model", model_,
-                                   "--heartbeat-ms", "300"},
-          dir_ + "/workers.log"));
+      std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", std::to_string(o_.world),
+                                       worker, "--coordinator", cluster_address_, "--model", model_,
+                                       "--heartbeat-ms", "300"};
+      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+      workers_.push_back(std::make_unique<Process>(argv, dir_ + "/workers.log"));
       return;
     }
     for (int r = 0; r < o_.world; ++r) {
@@ -144,6 +149,7 @@ class ServingCluster {
   std::string model_;
   ClusterOptions o_;
   std::string dir_, address_, cluster_address_;
+  std::vector<std::string> worker_flags_;
   int metrics_port_ = 0;
   std::unique_ptr<Process> coordinator_;
   std::vector<std::unique_ptr<Process>> workers_;
@@ -768,6 +774,38 @@ TEST_F(ServingTest, HundredCancellationsInARowFreeEveryBlock) {
   const Outcome after = Generate(cluster.stub(), Request(Prompt(5), 8));
   ASSERT_TRUE(after.status.ok());
   EXPECT_EQ(after.tokens, Reference(Prompt(5), 8));
+}
+
+// kill -9 of the coordinator under load: the client's stream fails at once, the workers notice
+// within --coordinator-lost-s and exit (code 3: their launcher restarts them), and a restarted
+// coordinator with relaunched workers serves again.
+TEST_F(ServingTest, KillNineOfTheCoordinator) {
+  {
+    ServingCluster cluster(Model(), {2, 1, true, {}}, logs_.path());
+    cluster.AddWorkerFlags({"--coordinator-lost-s", "3"});
+    cluster.StartWorkers();
+    ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+    Outcome out;
+    std::thread client([&] { out = Generate(cluster.stub(), Request(Prompt(2), 400)); });
+    absl::SleepFor(absl::Milliseconds(500));
+    const absl::Time killed = absl::Now();
+    cluster.coordinator().Signal(SIGKILL);
+    client.join();
+    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE) << out.status.error_message();
+    const std::optional<int> code = cluster.workers()[0]->Wait(absl::Seconds(20));
+    ASSERT_TRUE(code.has_value()) << "the workers did not exit\n" << cluster.Logs();
+    EXPECT_NE(*code, 0);
+    std::printf("kill -9 of the coordinator: the workers exited %.1f s later (code %d)\n",
+                absl::ToDoubleSeconds(absl::Now() - killed), *code);
+    EXPECT_THAT(cluster.workers()[0]->Log(), HasSubstr("session is lost"));
+  }
+  ScratchDir logs;
+  ServingCluster again(Model(), {2, 1, true, {}}, logs.path());
+  again.StartWorkers();
+  ASSERT_TRUE(again.WaitServing()) << again.Logs();
+  const Outcome o = Generate(again.stub(), Request(Prompt(2), 12));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.tokens, Reference(Prompt(2), 12));
 }
 
 }  // namespace

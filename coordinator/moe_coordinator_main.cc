@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
                   "Control-plane address HOST:PORT for the workers, on the cluster network (never "
                   "the public one; port 0 picks one, logged).");
   flags.AddInt("metrics-port", &metrics_port, "HTTP port for /metrics (0: off).");
+  flags.AddString("metrics-host", &o.metrics_host,
+                  "Address /metrics binds (127.0.0.1: loopback only).");
+  flags.AddBool("metrics-need-key", &o.metrics_need_key,
+                "/metrics answers 401 without one of the API keys (when keys are configured).");
   flags.AddInt("kv-cache-mb", &o.kv_cache_mb, "KV cache per worker rank, in MB of float32.");
   flags.AddInt("kv-blocks", &o.kv_blocks,
                "KV cache blocks per worker rank, overriding --kv-cache-mb (0: use it).");

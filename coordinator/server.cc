@@ -157,18 +157,28 @@ absl::Status CoordinatorServer::Listen() {
 
   if (options_.metrics_port > 0) {
     http_ = std::make_unique<httplib::Server>();
-    http_->Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    http_->Get("/metrics", [this](const httplib::Request& req, httplib::Response& res) {
+      if (options_.metrics_need_key && api_keys_->enabled()) {
+        const std::string header = req.get_header_value("Authorization");
+        if (!api_keys_->Allows(absl::string_view(header.data(), header.size()))) {
+          res.status = 401;
+          res.set_content("/metrics needs an API key: send Authorization: Bearer KEY\n",
+                          "text/plain");
+          return;
+        }
+      }
       const SchedulerStats st = scheduler_->Stats();
       const Metrics::Gauges g{st.waiting,     st.running,     st.blocks_used,
                               st.blocks_free, st.preemptions, serving_.load()};
       res.set_content(metrics_.Render(g), "text/plain; version=0.0.4");
     });
-    if (!http_->bind_to_port("0.0.0.0", options_.metrics_port)) {
+    if (!http_->bind_to_port(options_.metrics_host, options_.metrics_port)) {
       return absl::UnavailableError(
           absl::StrCat("cannot listen on metrics port ", options_.metrics_port));
     }
     http_thread_ = std::thread([this] { http_->listen_after_bind(); });
-    MOE_LOG(INFO) << "metrics on http://0.0.0.0:" << options_.metrics_port << "/metrics";
+    MOE_LOG(INFO) << "metrics on http://" << options_.metrics_host << ":" << options_.metrics_port
+                  << "/metrics" << (options_.metrics_need_key ? " (API key required)" : "");
   }
   if (!options_.http_listen.empty()) {
     const size_t colon = options_.http_listen.rfind(':');

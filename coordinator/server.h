@@ -35,6 +35,8 @@ struct CoordinatorOptions {
   int world = 1;
   int tp = 0;                 // 0: world
   int metrics_port = 0;       // 0: no metrics endpoint
+  std::string metrics_host = "0.0.0.0";  // 127.0.0.1 keeps /metrics on loopback
+  bool metrics_need_key = false;         // /metrics answers 401 without an API key
   int64_t kv_cache_mb = 256;  // per worker rank, float32
   int64_t kv_blocks = 0;      // overrides kv_cache_mb when > 0
   int64_t block_size = 64;

@@ -122,6 +122,14 @@ class ServingCluster {
     auto res = c.Get("/metrics");
     return res ? res->body : "";
   }
+  // The HTTP status of GET /metrics with this Authorization header ("" for none).
+  int MetricsStatus(const std::string& authorization) {
+    httplib::Client c("127.0.0.1", metrics_port_);
+    httplib::Headers headers;
+    if (!authorization.empty()) headers.emplace("Authorization", authorization);
+    auto res = c.Get("/metrics", headers);
+    return res ? res->status : -1;
+  }
   // The value of the series `line_prefix` (e.g. "moe_kv_blocks_used").
   double Metric(const std::string& series) {
     for (absl::string_view line : absl::StrSplit(Metrics(), '\n')) {
@@ -522,10 +530,17 @@ TEST_F(ServingTest, ApiKeysGuardThePublicApiAndReloadOnSighup) {
   const std::string key_file = logs_.path() + "/keys";
   ::moe::testing::WriteFile(key_file, "# operators\nkey-from-file-1\n\nkey-from-file-2\n");
   ServingCluster cluster(Model(),
-                         {1, 1, true, {"--api-key", "flag-key-0123", "--api-key-file", key_file}},
+                         {1, 1, true,
+                          {"--api-key", "flag-key-0123", "--api-key-file", key_file,
+                           "--metrics-need-key", "--metrics-host", "127.0.0.1"}},
                          logs_.path());
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();  // health needs no key
+  // /metrics behind the keys too (--metrics-need-key), on loopback (--metrics-host).
+  EXPECT_EQ(cluster.MetricsStatus(""), 401);
+  EXPECT_EQ(cluster.MetricsStatus("Bearer wrong-key"), 401);
+  EXPECT_EQ(cluster.MetricsStatus("Bearer flag-key-0123"), 200);
+  EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("metrics on http://127.0.0.1:"));
   const std::vector<int32_t> prompt = Prompt(6);
   const std::vector<int32_t> want = Reference(prompt, 4);
   auto generate = [&](const std::string& authorization) {

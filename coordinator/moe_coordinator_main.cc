@@ -43,6 +43,10 @@ int main(int argc, char** argv) {
                   "Checkpoint folder (its config.json and tokenizer files are read; the weights "
                   "only by workers).",
                   true);
+  flags.AddString("tls-cert", &o.tls_cert, "PEM certificate (chain) of the public gRPC port: TLS.");
+  flags.AddString("tls-key", &o.tls_key, "PEM private key of --tls-cert.");
+  flags.AddString("tls-client-ca", &o.tls_client_ca,
+                  "PEM CA that must have signed every client's certificate (mTLS).");
   flags.AddString("http-listen", &o.http_listen,
                   "HOST:PORT of the OpenAI-compatible HTTP API (/v1/completions, /v1/models, "
                   "/health, /tokenize, /detokenize); empty: none.");

@@ -5,6 +5,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 
+#include <fstream>
+#include <sstream>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
@@ -43,6 +46,41 @@ absl::StatusOr<std::shared_ptr<const text::Tokenizer>> LoadTokenizerOf(const Mod
                      << ": text holding the others is rejected";
   }
   return tokenizer;
+}
+
+// A PEM file's text, or an error naming the flag that gave its path.
+absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
+    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": not a readable PEM file"));
+  }
+  return text.str();
+}
+
+// The public port's credentials: TLS (and mTLS with a client CA) from PEM files, or plaintext.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> PublicCredentials(
+    const CoordinatorOptions& o) {
+  if (o.tls_cert.empty() && o.tls_key.empty() && o.tls_client_ca.empty()) {
+    return grpc::InsecureServerCredentials();
+  }
+  if (o.tls_cert.empty() || o.tls_key.empty()) {
+    return absl::InvalidArgumentError(
+        "--tls-cert and --tls-key go together (and --tls-client-ca needs both)");
+  }
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
+  grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
+  MOE_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(o.tls_cert, "--tls-cert"));
+  MOE_ASSIGN_OR_RETURN(pair.private_key, ReadPem(o.tls_key, "--tls-key"));
+  ssl.pem_key_cert_pairs.push_back(pair);
+  if (!o.tls_client_ca.empty()) {
+    MOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.tls_client_ca, "--tls-client-ca"));
+    ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
+  }
+  MOE_LOG(INFO) << "public gRPC port: TLS"
+                << (o.tls_client_ca.empty() ? "" : " with client certificates (mTLS)");
+  return grpc::SslServerCredentials(ssl);
 }
 
 }  // namespace
@@ -129,8 +167,10 @@ void CoordinatorServer::OnPhase(Cluster::Phase phase, const std::string& why) {
 absl::Status CoordinatorServer::Listen() {
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> credentials,
+                       PublicCredentials(options_));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options_.listen, grpc::InsecureServerCredentials(), &port_);
+  builder.AddListeningPort(options_.listen, credentials, &port_);
   builder.SetMaxReceiveMessageSize(static_cast<int>(options_.max_request_bytes));
   builder.RegisterService(inference_.get());
   server_ = builder.BuildAndStart();

@@ -53,6 +53,9 @@ struct CoordinatorOptions {
   // key file re-read by ReloadApiKeys(). None: the API is open.
   std::vector<std::string> api_keys;
   std::string api_key_file;
+  // TLS on the public gRPC port (PEM files): with tls_client_ca, clients must present a
+  // certificate it signed (mTLS). All empty: plaintext.
+  std::string tls_cert, tls_key, tls_client_ca;
   // Where the tokenizer files are (usually the model folder); empty: token ids only.
   std::string tokenizer_dir;
   // The OpenAI-compatible HTTP API (coordinator/openai_api.h): HOST:PORT, empty for none.

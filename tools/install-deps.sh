@@ -11,7 +11,7 @@ PACKAGES=(
   libopenblas-dev libopenblas-openmp-dev libhwy-dev
   nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  iproute2 iputils-ping procps psmisc util-linux curl
+  iproute2 iputils-ping procps psmisc util-linux curl openssl
 )
 
 SUDO=""

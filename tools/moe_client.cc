@@ -3,7 +3,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <fstream>
+#include <sstream>
 #include <string>
+#include <tuple>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
@@ -106,9 +109,28 @@ int main(int argc, char** argv) {
   std::string api_key = env_key ? env_key : "";
   flags.AddString("api-key", &api_key,
                   "API key, sent as `authorization: Bearer KEY` (default: $MOE_API_KEY).");
+  std::string tls_ca, tls_cert, tls_key;
+  flags.AddString("tls-ca", &tls_ca, "PEM CA that signed the server's certificate: use TLS.");
+  flags.AddString("tls-cert", &tls_cert, "PEM client certificate, for a server that wants mTLS.");
+  flags.AddString("tls-key", &tls_key, "PEM private key of --tls-cert.");
   flags.ParseOrExit(argc, argv);
 
-  auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
+  std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+  if (!tls_ca.empty() || !tls_cert.empty()) {
+    grpc::SslCredentialsOptions ssl;
+    for (auto [flag, path, out] : {std::tuple{"--tls-ca", &tls_ca, &ssl.pem_root_certs},
+                                   std::tuple{"--tls-cert", &tls_cert, &ssl.pem_cert_chain},
+                                   std::tuple{"--tls-key", &tls_key, &ssl.pem_private_key}}) {
+      if (path->empty()) continue;
+      std::ifstream in(*path);
+      std::stringstream text;
+      text << in.rdbuf();
+      if (!in) return Usage(std::string(flag) + ": cannot read " + *path);
+      *out = text.str();
+    }
+    credentials = grpc::SslCredentials(ssl);
+  }
+  auto channel = grpc::CreateChannel(server, credentials);
   grpc::ClientContext ctx;
   if (!api_key.empty()) ctx.AddMetadata("authorization", "Bearer " + api_key);
   if (timeout_s > 0) {

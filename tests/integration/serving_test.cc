@@ -823,5 +823,49 @@ TEST_F(ServingTest, KillNineOfTheCoordinator) {
   EXPECT_EQ(o.tokens, Reference(Prompt(2), 12));
 }
 
+// TLS on the public port, with client certificates required (mTLS): moe-client and the Python
+// client get through with the CA and a client certificate, not without; the workers' control
+// plane is unaffected. Certificates from deploy/tls/make-test-certs.sh (openssl).
+TEST_F(ServingTest, TlsAndMutualTlsOnThePublicPort) {
+  const std::string certs = logs_.path() + "/certs";
+  auto made = ::moe::testing::RunCommand(
+      absl::StrCat(MOE_SOURCE_DIR, "/deploy/tls/make-test-certs.sh ", certs));
+  ASSERT_EQ(made.exit_code, 0) << made.err;
+  ServingCluster cluster(Model(),
+                         {1, 1, true,
+                          {"--tls-cert", certs + "/server.pem", "--tls-key", certs + "/server.key",
+                           "--tls-client-ca", certs + "/ca.pem"}},
+                         logs_.path());
+  cluster.StartWorkers();
+  const std::string client = absl::StrCat(BinaryPath("tools/moe-client"), " --server ",
+                                          cluster.address(), " --timeout-s 10");
+  const std::string mtls = absl::StrCat(" --tls-ca ", certs, "/ca.pem --tls-cert ", certs,
+                                        "/client.pem --tls-key ", certs, "/client.key");
+  bool serving = false;
+  for (int i = 0; i < 300 && !serving; ++i) {
+    serving = ::moe::testing::RunCommand(client + mtls + " --health").exit_code == 0;
+    if (!serving) absl::SleepFor(absl::Milliseconds(200));
+  }
+  ASSERT_TRUE(serving) << cluster.Logs();
+  EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("TLS with client certificates (mTLS)"));
+  const std::vector<int32_t> prompt = Prompt(4);
+  const std::string ids = absl::StrJoin(prompt, ",");
+  auto ok = ::moe::testing::RunCommand(client + mtls + " --prompt-ids " + ids +
+                                       " --max-tokens 6 --ignore-eos");
+  ASSERT_EQ(ok.exit_code, 0) << ok.err;
+  EXPECT_EQ(ok.out, absl::StrJoin(Reference(prompt, 6), " ") + "\n");
+  // Plaintext, and TLS without a client certificate, are refused.
+  for (const std::string& flags : {std::string(""), absl::StrCat(" --tls-ca ", certs, "/ca.pem")}) {
+    auto refused = ::moe::testing::RunCommand(client + flags + " --prompt-ids 1,2 --max-tokens 2");
+    EXPECT_NE(refused.exit_code, 0) << flags;
+    EXPECT_THAT(refused.err, HasSubstr("UNAVAILABLE")) << flags;
+  }
+  auto python = ::moe::testing::RunCommand(absl::StrCat(
+      MOE_PYTHON, " ", MOE_SOURCE_DIR, "/tools/python/moe_client.py --server ", cluster.address(),
+      mtls, " --prompt-ids ", ids, " --max-tokens 6 --ignore-eos"));
+  ASSERT_EQ(python.exit_code, 0) << python.err;
+  EXPECT_EQ(python.out, ok.out);
+}
+
 }  // namespace
 }  // namespace moe

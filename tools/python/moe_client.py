@@ -44,6 +44,9 @@ def main():
     ap.add_argument("--top-k", type=int, default=0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--ignore-eos", action="store_true")
+    ap.add_argument("--tls-ca", help="PEM CA that signed the server's certificate: use TLS")
+    ap.add_argument("--tls-cert", help="PEM client certificate, for a server that wants mTLS")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     ap.add_argument("--api-key", default=os.environ.get("MOE_API_KEY"),
                     help="sent as 'authorization: Bearer KEY' (default: $MOE_API_KEY)")
     args = ap.parse_args()
@@ -57,7 +60,13 @@ def main():
         request.prompt = args.prompt
     else:
         request.prompt_ids.extend(int(x) for x in args.prompt_ids.split(","))
-    stub = pb_grpc.InferenceStub(grpc.insecure_channel(args.server))
+    if args.tls_ca or args.tls_cert:
+        read = lambda path: open(path, "rb").read() if path else None  # noqa: E731
+        credentials = grpc.ssl_channel_credentials(read(args.tls_ca), read(args.tls_key), read(args.tls_cert))
+        channel = grpc.secure_channel(args.server, credentials)
+    else:
+        channel = grpc.insecure_channel(args.server)
+    stub = pb_grpc.InferenceStub(channel)
     tokens = []
     try:
         metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None

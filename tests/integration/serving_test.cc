@@ -745,13 +745,17 @@ TEST_F(ServingTest, KillNineOfAWorkerUnderLoad) {
   for (auto& c : clients) c.join();
   absl::Duration slowest;
   for (const absl::Time t : ended) slowest = std::max(slowest, t - killed);
-  std::printf("kill -9 of rank 1: all 32 streams ended within %.2f s\n",
+  std::printf("kill -9 of rank 1: the streams ended within %.2f s\n",
               absl::ToDoubleSeconds(slowest));
+  int unavailable = 0;
   for (int i = 0; i < 32; ++i) {
+    if (out[i].status.ok() && ended[i] < killed) continue;  // finished before the kill
     EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
         << i << ": " << out[i].status.error_message();
     EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
+    ++unavailable;
   }
+  EXPECT_GT(unavailable, 0);
   EXPECT_NE(cluster.Health(), grpc::health::v1::HealthCheckResponse::SERVING);
   const Outcome refused = Generate(cluster.stub(), Request(Prompt(1), 4));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)
@@ -796,17 +800,27 @@ TEST_F(ServingTest, HundredCancellationsInARowFreeEveryBlock) {
 // coordinator with relaunched workers serves again.
 TEST_F(ServingTest, KillNineOfTheCoordinator) {
   {
-    ServingCluster cluster(Model(), {2, 1, true, {}}, logs_.path());
+    // Eight long requests one at a time: seconds of work still to run when the kill comes.
+    ServingCluster cluster(Model(), {2, 1, true, {"--max-running", "1"}}, logs_.path());
     cluster.AddWorkerFlags({"--coordinator-lost-s", "3"});
     cluster.StartWorkers();
     ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
-    Outcome out;
-    std::thread client([&] { out = Generate(cluster.stub(), Request(Prompt(2), 400)); });
+    std::vector<Outcome> out(8);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 8; ++i) {
+      clients.emplace_back([&, i] { out[i] = Generate(cluster.stub(), Request(Prompt(i), 450)); });
+    }
     absl::SleepFor(absl::Milliseconds(500));
     const absl::Time killed = absl::Now();
     cluster.coordinator().Signal(SIGKILL);
-    client.join();
-    EXPECT_EQ(out.status.error_code(), grpc::StatusCode::UNAVAILABLE) << out.status.error_message();
+    for (auto& c : clients) c.join();
+    int unavailable = 0;
+    for (const Outcome& o : out) {
+      if (o.status.ok()) continue;  // finished before the kill
+      EXPECT_EQ(o.status.error_code(), grpc::StatusCode::UNAVAILABLE) << o.status.error_message();
+      ++unavailable;
+    }
+    EXPECT_GT(unavailable, 0);
     const std::optional<int> code = cluster.workers()[0]->Wait(absl::Seconds(20));
     ASSERT_TRUE(code.has_value()) << "the workers did not exit\n" << cluster.Logs();
     EXPECT_NE(*code, 0);

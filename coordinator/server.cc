@@ -229,7 +229,19 @@ absl::Status CoordinatorServer::Listen() {
           absl::StrCat("--http-listen ", options_.http_listen, ": expected HOST:PORT"));
     }
     const std::string host = options_.http_listen.substr(0, colon);
-    api_http_ = std::make_unique<httplib::Server>();
+    // With --tls-cert the HTTP API is HTTPS with the same certificate (and client CA: mTLS).
+    if (!options_.tls_cert.empty()) {
+      auto https = std::make_unique<httplib::SSLServer>(
+          options_.tls_cert.c_str(), options_.tls_key.c_str(),
+          options_.tls_client_ca.empty() ? nullptr : options_.tls_client_ca.c_str());
+      if (!https->is_valid()) {
+        return absl::InvalidArgumentError(
+            "--http-listen with --tls-cert: the certificate, key or client CA cannot be used");
+      }
+      api_http_ = std::move(https);
+    } else {
+      api_http_ = std::make_unique<httplib::Server>();
+    }
     const int threads = options_.http_threads;
     api_http_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
     api_http_->set_payload_max_length(static_cast<size_t>(options_.max_request_bytes));
@@ -240,7 +252,8 @@ absl::Status CoordinatorServer::Listen() {
       return absl::UnavailableError(absl::StrCat("cannot listen on --http-listen ", options_.http_listen));
     }
     api_http_thread_ = std::thread([this] { api_http_->listen_after_bind(); });
-    MOE_LOG(INFO) << "OpenAI-compatible HTTP API on http://" << host << ":" << http_port_
+    MOE_LOG(INFO) << "OpenAI-compatible HTTP API on " << (options_.tls_cert.empty() ? "http" : "https")
+                  << "://" << host << ":" << http_port_
                   << "/v1 (model \"" << options_.model_name << "\")";
   }
   monitor_ = std::thread([this] {

@@ -845,10 +845,12 @@ TEST_F(ServingTest, TlsAndMutualTlsOnThePublicPort) {
   auto made = ::moe::testing::RunCommand(
       absl::StrCat(MOE_SOURCE_DIR, "/deploy/tls/make-test-certs.sh ", certs));
   ASSERT_EQ(made.exit_code, 0) << made.err;
+  const int http_port = FreePort();
   ServingCluster cluster(Model(),
                          {1, 1, true,
                           {"--tls-cert", certs + "/server.pem", "--tls-key", certs + "/server.key",
-                           "--tls-client-ca", certs + "/ca.pem"}},
+                           "--tls-client-ca", certs + "/ca.pem", "--http-listen",
+                           absl::StrCat("127.0.0.1:", http_port)}},
                          logs_.path());
   cluster.StartWorkers();
   const std::string client = absl::StrCat(BinaryPath("tools/moe-client"), " --server ",
@@ -879,6 +881,20 @@ TEST_F(ServingTest, TlsAndMutualTlsOnThePublicPort) {
       mtls, " --prompt-ids ", ids, " --max-tokens 6 --ignore-eos"));
   ASSERT_EQ(python.exit_code, 0) << python.err;
   EXPECT_EQ(python.out, ok.out);
+  // The HTTP API is HTTPS with the same certificate and client CA.
+  httplib::SSLClient with_cert("127.0.0.1", http_port, certs + "/client.pem", certs + "/client.key");
+  with_cert.set_ca_cert_path(certs + "/ca.pem");
+  with_cert.enable_server_certificate_verification(true);
+  auto models = with_cert.Get("/v1/models");
+  ASSERT_TRUE(models) << httplib::to_string(models.error());
+  EXPECT_EQ(models->status, 200);
+  EXPECT_THAT(models->body, HasSubstr("tiny-dsv3"));
+  httplib::SSLClient without_cert("127.0.0.1", http_port);
+  without_cert.set_ca_cert_path(certs + "/ca.pem");
+  without_cert.enable_server_certificate_verification(true);
+  EXPECT_FALSE(without_cert.Get("/v1/models")) << "mTLS: no client certificate, no answer";
+  httplib::Client plain("127.0.0.1", http_port);
+  EXPECT_FALSE(plain.Get("/v1/models")) << "plaintext HTTP to the HTTPS port";
 }
 
 }  // namespace

@@ -113,6 +113,9 @@ int main(int argc, char** argv) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGHUP);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A client that goes away mid-response must not end the process: with TLS the HTTP API writes
+  // through OpenSSL, whose writes to a closed socket raise SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
 
   if (o.tokenizer_dir.empty()) o.tokenizer_dir = model;
   if (o.model_name.empty()) {  // "models/tiny-dsv3/" → "tiny-dsv3"

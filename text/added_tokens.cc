@@ -5,10 +5,16 @@
 namespace moe::text {
 namespace {
 
+// Where the character that ends just before text[pos] starts (pos > floor), not before `floor`.
+size_t CharStartBefore(std::string_view text, size_t pos, size_t floor = 0) {
+  size_t start = pos - 1;
+  while (start > floor && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+  return start;
+}
+
 // The code point that ends just before text[pos] (pos > 0).
 char32_t CodePointBefore(std::string_view text, size_t pos) {
-  size_t start = pos - 1;
-  while (start > 0 && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+  size_t start = CharStartBefore(text, pos);
   return NextCodePoint(text, &start);
 }
 
@@ -70,11 +76,9 @@ void AddedTokens::Split(std::string_view text, absl::FunctionRef<void(std::strin
     size_t begin = m.begin, end = m.end;
     if (token.lstrip) {
       while (begin > done) {
-        const size_t before = begin;
-        size_t start = begin - 1;
-        while (start > done && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) --start;
+        const size_t start = CharStartBefore(text, begin, done);
         size_t probe = start;
-        if (!IsWhitespace(NextCodePoint(text, &probe)) || probe != before) break;
+        if (!IsWhitespace(NextCodePoint(text, &probe)) || probe != begin) break;
         begin = start;
       }
     }

@@ -7,7 +7,8 @@
 
 namespace moe::text {
 
-void Bpe::Index() {
+Bpe::Bpe(std::vector<std::string> tokens, bool whole_piece_first)
+    : tokens_(std::move(tokens)), whole_piece_first_(whole_piece_first) {
   id_of_.reserve(tokens_.size());
   for (size_t id = 0; id < tokens_.size(); ++id) {
     if (!tokens_[id].empty()) id_of_.try_emplace(tokens_[id], static_cast<int32_t>(id));
@@ -22,15 +23,11 @@ void Bpe::Index() {
 absl::StatusOr<Bpe> Bpe::FromMerges(std::vector<std::string> tokens,
                                     const std::vector<std::pair<std::string, std::string>>& merges,
                                     bool ignore_merges) {
-  Bpe bpe;
-  bpe.tokens_ = std::move(tokens);
-  bpe.whole_piece_first_ = ignore_merges;
-  bpe.Index();
+  Bpe bpe(std::move(tokens), ignore_merges);
   bpe.merges_.reserve(merges.size());
-  auto id_of = [&](const std::string& bytes) -> std::optional<int32_t> { return bpe.Find(bytes); };
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     const auto& [left, right] = merges[rank];
-    const auto l = id_of(left), r = id_of(right), m = id_of(left + right);
+    const auto l = bpe.Find(left), r = bpe.Find(right), m = bpe.Find(left + right);
     if (!l || !r || !m) {
       return absl::InvalidArgumentError(absl::StrCat(
           "merge ", rank, " (\"", absl::CHexEscape(left), "\" + \"", absl::CHexEscape(right),
@@ -42,11 +39,8 @@ absl::StatusOr<Bpe> Bpe::FromMerges(std::vector<std::string> tokens,
   return bpe;
 }
 
-absl::StatusOr<Bpe> Bpe::FromRanks(std::vector<std::string> tokens) {
-  Bpe bpe;
-  bpe.tokens_ = std::move(tokens);
-  bpe.whole_piece_first_ = true;  // tiktoken looks a whole piece up before merging
-  bpe.Index();
+Bpe Bpe::FromRanks(std::vector<std::string> tokens) {
+  Bpe bpe(std::move(tokens), /*whole_piece_first=*/true);  // tiktoken looks a piece up first
   for (size_t rank = 0; rank < bpe.tokens_.size(); ++rank) {
     const std::string& t = bpe.tokens_[rank];
     if (t.empty()) continue;

@@ -28,7 +28,9 @@ class Bpe {
       const std::vector<std::pair<std::string, std::string>>& merges, bool ignore_merges);
 
   // tiktoken's mergeable ranks: `tokens[rank]` are the token's bytes.
-  static absl::StatusOr<Bpe> FromRanks(std::vector<std::string> tokens);
+  static Bpe FromRanks(std::vector<std::string> tokens);
+
+  Bpe() = default;
 
   // Appends the ids of `piece` (one pre-tokenized piece). Bytes with no token are dropped, as HF's
   // BPE does without an unknown token.
@@ -46,7 +48,8 @@ class Bpe {
     return (static_cast<uint64_t>(static_cast<uint32_t>(left)) << 32) |
            static_cast<uint32_t>(right);
   }
-  void Index();
+  // Takes the tokens and indexes them (bytes → id, the single bytes' ids).
+  Bpe(std::vector<std::string> tokens, bool whole_piece_first);
 
   std::vector<std::string> tokens_;
   absl::flat_hash_map<std::string, int32_t> id_of_;

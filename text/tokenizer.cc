@@ -60,11 +60,18 @@ absl::StatusOr<std::string> Tokenizer::Decode(absl::Span<const int32_t> ids,
   return LossyUtf8(bytes);
 }
 
-std::optional<int32_t> Tokenizer::TokenId(std::string_view content) const {
-  for (const AddedToken& t : parts_.added.tokens()) {
+std::optional<int32_t> Tokenizer::Parts::TokenId(std::string_view content) const {
+  for (const AddedToken& t : added.tokens()) {
     if (t.content == content) return t.id;
   }
-  return parts_.bpe.Find(content);
+  return bpe.Find(content);
+}
+
+bool Tokenizer::Parts::HasToken(int32_t id) const {
+  for (const AddedToken& t : added.tokens()) {
+    if (t.id == id) return true;
+  }
+  return id >= 0 && id < static_cast<int32_t>(bpe.tokens().size()) && !bpe.tokens()[id].empty();
 }
 
 bool Tokenizer::IsSpecial(int32_t id) const { return id >= 0 && id < size() && special_[id]; }

@@ -30,6 +30,11 @@ class Tokenizer {
     AddedTokens added;
     std::vector<int32_t> prefix, suffix;      // what add_special_tokens puts around the ids
     std::optional<int32_t> bos_id, eos_id;
+
+    // The id of an added token or vocabulary entry spelled exactly `content`.
+    std::optional<int32_t> TokenId(std::string_view content) const;
+    // Whether `id` is an added token or a vocabulary entry.
+    bool HasToken(int32_t id) const;
   };
   explicit Tokenizer(Parts parts);
 
@@ -45,15 +50,9 @@ class Tokenizer {
   absl::StatusOr<std::string_view> TokenBytes(int32_t id, bool skip_special_tokens = false) const;
 
   // The id of an added token or vocabulary entry spelled exactly `content`.
-  std::optional<int32_t> TokenId(std::string_view content) const;
+  std::optional<int32_t> TokenId(std::string_view content) const { return parts_.TokenId(content); }
 
   bool IsSpecial(int32_t id) const;
-  // The ids add_special_tokens puts before and after the text.
-  std::vector<int32_t> special_ids() const {
-    std::vector<int32_t> ids = parts_.prefix;
-    ids.insert(ids.end(), parts_.suffix.begin(), parts_.suffix.end());
-    return ids;
-  }
   // One more than the highest id (the model's vocab_size may be larger).
   int32_t size() const { return static_cast<int32_t>(bytes_.size()); }
   std::optional<int32_t> bos_id() const { return parts_.bos_id; }

@@ -49,13 +49,25 @@ absl::StatusOr<json> ReadJson(const fs::path& path) {
   return j;
 }
 
-// A token in the vocabulary's spelling as bytes: byte-level strings decode to the bytes they
-// spell; anything else (and every string of a vocabulary that is not byte-level) is its UTF-8.
-std::string VocabBytes(const std::string& s, bool byte_level) {
-  if (byte_level) {
-    if (auto b = FromByteLevel(s)) return *b;
-  }
+// A token of a byte-level vocabulary as bytes: a byte-level string decodes to the bytes it
+// spells; anything else (added tokens such as "<｜begin▁of▁sentence｜>") is its own UTF-8.
+std::string VocabBytes(const std::string& s) {
+  if (auto b = FromByteLevel(s)) return *b;
   return s;
+}
+
+// An added token's flags from its JSON entry (tokenizer.json's added_tokens, or
+// tokenizer_config.json's added_tokens_decoder), `special` unless it says otherwise when
+// `special_by_default`.
+AddedToken AddedTokenFromJson(const json& t, int32_t id, bool special_by_default) {
+  AddedToken a;
+  a.id = id;
+  a.content = t.at("content").get<std::string>();
+  a.special = t.value("special", special_by_default);
+  a.lstrip = t.value("lstrip", false);
+  a.rstrip = t.value("rstrip", false);
+  a.single_word = t.value("single_word", false);
+  return a;
 }
 
 // "bos_token": "..." or {"content": "..."} (or null).
@@ -70,16 +82,10 @@ std::optional<std::string> TokenContent(const json& config, const char* key) {
 // BOS/EOS and add_bos_token/add_eos_token from tokenizer_config.json (transformers' Llama-style
 // tokenizers rebuild the post-processor from these flags, so where they are given they decide).
 absl::Status ApplyConfig(const json& config, Tokenizer::Parts* parts) {
-  auto id_of = [&](const std::string& content) -> std::optional<int32_t> {
-    for (const AddedToken& t : parts->added.tokens()) {
-      if (t.content == content) return t.id;
-    }
-    return parts->bpe.Find(content);
-  };
   for (const char* key : {"bos_token", "eos_token"}) {
     auto content = TokenContent(config, key);
     if (!content) continue;
-    auto id = id_of(*content);
+    auto id = parts->TokenId(*content);
     if (!id) {
       return absl::InvalidArgumentError(
           absl::StrCat(key, " \"", *content, "\" is not a token of the tokenizer"));
@@ -178,7 +184,6 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
       return absl::UnimplementedError(absl::StrCat("BPE \"", key, "\" is not supported"));
     }
   }
-  const bool byte_level = true;
   std::vector<std::string> tokens;
   for (const auto& [text, id_json] : model.at("vocab").items()) {
     const int64_t id = id_json.get<int64_t>();
@@ -186,7 +191,7 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
       return absl::InvalidArgumentError(absl::StrCat("model.vocab: id ", id, " out of range"));
     }
     if (id >= static_cast<int64_t>(tokens.size())) tokens.resize(id + 1);
-    tokens[id] = VocabBytes(text, byte_level);
+    tokens[id] = VocabBytes(text);
   }
   std::vector<std::pair<std::string, std::string>> merges;
   const json& merge_list = model.at("merges");
@@ -209,7 +214,7 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat("model.merges[", i, "] is not a pair"));
     }
-    merges.emplace_back(VocabBytes(left, byte_level), VocabBytes(right, byte_level));
+    merges.emplace_back(VocabBytes(left), VocabBytes(right));
   }
   auto bpe = Bpe::FromMerges(std::move(tokens), merges, model.value("ignore_merges", false));
   if (!bpe.ok()) return absl::InvalidArgumentError(absl::StrCat("model: ", bpe.status().message()));
@@ -217,13 +222,7 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
 
   std::vector<AddedToken> added;
   for (const json& t : j.value("added_tokens", json::array())) {
-    AddedToken a;
-    a.id = t.at("id").get<int32_t>();
-    a.content = t.at("content").get<std::string>();
-    a.special = t.value("special", false);
-    a.lstrip = t.value("lstrip", false);
-    a.rstrip = t.value("rstrip", false);
-    a.single_word = t.value("single_word", false);
+    AddedToken a = AddedTokenFromJson(t, t.at("id").get<int32_t>(), /*special_by_default=*/false);
     if (a.id < 0 || a.id >= (1 << 24) || a.content.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("added_tokens: bad entry ", t.dump()));
     }
@@ -258,27 +257,17 @@ absl::StatusOr<Tokenizer::Parts> ParseTiktoken(std::string_view text, const json
   if (tokens.empty()) return absl::InvalidArgumentError("no ranks");
   Tokenizer::Parts parts;
   const auto base = static_cast<int32_t>(tokens.size());
-  MOE_ASSIGN_OR_RETURN(parts.bpe, Bpe::FromRanks(std::move(tokens)));
+  parts.bpe = Bpe::FromRanks(std::move(tokens));
   MOE_ASSIGN_OR_RETURN(parts.pre_tokenizer, PreTokenizer::FromPattern(kKimiPattern));
 
   std::vector<AddedToken> added;
   const json decoder = config.value("added_tokens_decoder", json::object());
   for (int32_t id = base; id < base + kKimiReservedSpecialTokens; ++id) {
-    AddedToken a;
-    a.id = id;
-    a.special = true;
     const std::string key = std::to_string(id);
-    if (decoder.contains(key)) {
-      const json& t = decoder.at(key);
-      a.content = t.at("content").get<std::string>();
-      a.special = t.value("special", true);
-      a.lstrip = t.value("lstrip", false);
-      a.rstrip = t.value("rstrip", false);
-      a.single_word = t.value("single_word", false);
-    } else {
-      a.content = absl::StrCat("<|reserved_token_", id, "|>");
-    }
-    added.push_back(std::move(a));
+    const json entry = decoder.contains(key)
+                           ? decoder.at(key)
+                           : json{{"content", absl::StrCat("<|reserved_token_", id, "|>")}};
+    added.push_back(AddedTokenFromJson(entry, id, /*special_by_default=*/true));
   }
   parts.added = AddedTokens(std::move(added));
   return parts;
@@ -330,16 +319,16 @@ absl::StatusOr<std::shared_ptr<const Tokenizer>> LoadTokenizer(const std::string
                         MOE_RETURN_IF_ERROR(ApplyConfig(config, &parts));
                         return true;
                       }).status());
-  const std::string source = parts.source;
-  auto tokenizer = std::make_shared<const Tokenizer>(std::move(parts));
   // What the post-processor adds must be tokens of the vocabulary.
-  for (int32_t id : tokenizer->special_ids()) {
-    if (!tokenizer->TokenBytes(id).ok() || tokenizer->TokenBytes(id)->empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          source, ": post_processor: token id ", id, " it adds is not a token of the vocabulary"));
+  for (const std::vector<int32_t>* ids : {&parts.prefix, &parts.suffix}) {
+    for (int32_t id : *ids) {
+      if (!parts.HasToken(id)) {
+        return absl::InvalidArgumentError(absl::StrCat(parts.source, ": post_processor: token id ",
+                                                       id, " it adds is not a token of the vocabulary"));
+      }
     }
   }
-  return tokenizer;
+  return std::make_shared<const Tokenizer>(std::move(parts));
 }
 
 }  // namespace moe::text

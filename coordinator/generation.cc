@@ -76,8 +76,7 @@ Generation::Generation(const ServingContext& ctx, std::shared_ptr<Request> reque
                        std::vector<std::string> stops)
     : ctx_(ctx),
       request_(std::move(request)),
-      stops_(stops),
-      has_stops_(!stops.empty()),
+      stops_(std::move(stops)),
       last_token_(request_->arrival()),
       prompt_tokens_(prompt_tokens) {
   if (ctx_.tokenizer != nullptr) decoder_.emplace(*ctx_.tokenizer, skip_special_tokens);
@@ -93,10 +92,14 @@ void Generation::End(const absl::Status& status, const std::string& outcome) {
   ctx_.metrics->RequestEnded(outcome);
 }
 
-void Generation::Cancel() {
-  if (ended_) return;
+void Generation::Release() {
   request_->Cancel();
   ctx_.scheduler->Wake();
+}
+
+void Generation::Cancel() {
+  if (ended_) return;
+  Release();
   End(absl::CancelledError("the client went away (cancelled, deadline or disconnect)"),
       "cancelled");
 }
@@ -122,32 +125,24 @@ bool Generation::Next(absl::Duration timeout, Chunk* chunk) {
   }
   // Tokens and their text, up to the token that completes a stop string.
   std::string text;
-  bool stopped = false;
   for (int32_t id : tokens) {
     chunk->tokens.push_back(id);
     ++completion_tokens_;
     if (!decoder_) continue;
-    if (auto piece = decoder_->Push(id); piece.ok()) {
-      text += has_stops_ ? stops_.Feed(*piece) : *piece;
-    }
-    if (stops_.stopped()) {
-      stopped = true;
-      break;
-    }
+    if (auto piece = decoder_->Push(id); piece.ok()) text += stops_.Feed(*piece);
+    if (stops_.stopped()) break;
   }
-  if (stopped) {
-    request_->Cancel();  // nothing more is wanted: free its KV blocks
-    ctx_.scheduler->Wake();
+  if (ended && decoder_ && !stops_.stopped()) {
+    text += stops_.Feed(decoder_->Finish());
+    text += stops_.Flush();
+  }
+  chunk->text += text;
+  if (stops_.stopped()) {
+    Release();  // nothing more is wanted
     reason_ = moe::v1::FINISH_REASON_STOP;
-    chunk->text += text;
     End(absl::OkStatus(), "finished");
     return true;
   }
-  if (ended && decoder_) {
-    const std::string rest = decoder_->Finish();
-    text += has_stops_ ? stops_.Feed(rest) + stops_.Flush() : rest;
-  }
-  chunk->text += text;
   if (!ended) return false;
   reason_ = request_->finish_reason();
   const absl::Status status = request_->status();

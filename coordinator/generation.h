@@ -36,6 +36,7 @@ class Generation {
   // The client went away: the request stops and its KV blocks are freed.
   void Cancel();
 
+  bool ended() const { return ended_; }
   absl::Status status() const { return status_; }
   moe::v1::FinishReason finish_reason() const { return reason_; }
   int64_t prompt_tokens() const { return prompt_tokens_; }
@@ -45,12 +46,13 @@ class Generation {
   Generation(const ServingContext& ctx, std::shared_ptr<Request> request, int64_t prompt_tokens,
              bool skip_special_tokens, std::vector<std::string> stops);
   void End(const absl::Status& status, const std::string& outcome);
+  // Tells the scheduler the request is no longer wanted (its KV blocks are freed).
+  void Release();
 
   ServingContext ctx_;
   std::shared_ptr<Request> request_;
   std::optional<text::StreamDecoder> decoder_;
-  StopStrings stops_;
-  bool has_stops_;
+  StopStrings stops_;  // with no stop strings it passes the text through
   absl::Time last_token_;
   bool first_token_ = true;
   bool ended_ = false;

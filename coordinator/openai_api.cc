@@ -75,7 +75,14 @@ struct Choices {
   int64_t n = 1;  // choices per prompt (gens[p * n + j])
   std::vector<std::unique_ptr<Generation>> gens;
   std::vector<std::string> text;  // per choice, for the non-streaming answer
-  std::vector<bool> ended;
+
+  // The fields every answer and every streamed event share.
+  json Envelope() const {
+    return {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}};
+  }
+  static json Choice(size_t i, const std::string& text, const json& finish_reason) {
+    return {{"index", i}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  }
 
   json Usage() const {
     int64_t prompt = 0, completion = 0;
@@ -95,11 +102,11 @@ struct Choices {
     bool any_running = false;
     const absl::Duration wait = gens.size() == 1 ? kPoll : absl::Milliseconds(5);
     for (size_t i = 0; i < gens.size(); ++i) {
-      if (ended[i]) continue;
+      if (gens[i]->ended()) continue;
       Generation::Chunk chunk;
-      ended[i] = gens[i]->Next(wait, &chunk);
-      on_chunk(i, chunk.text, ended[i]);
-      any_running = any_running || !ended[i];
+      const bool ended = gens[i]->Next(wait, &chunk);
+      on_chunk(i, chunk.text, ended);
+      any_running = any_running || !ended;
     }
     return any_running;
   }
@@ -230,18 +237,6 @@ void OpenAiApi::Register(httplib::Server* server) {
       }
     }
     choices->text.assign(choices->gens.size(), "");
-    choices->ended.assign(choices->gens.size(), false);
-    auto chunk_json = [choices](size_t i, const std::string& text, const json& finish) {
-      json c = {{"id", choices->id},
-                {"object", "text_completion"},
-                {"created", choices->created},
-                {"model", choices->model},
-                {"choices", json::array({{{"index", i},
-                                          {"text", text},
-                                          {"logprobs", nullptr},
-                                          {"finish_reason", finish}}})}};
-      return c;
-    };
 
     if (!stream) {
       absl::Status failure;
@@ -253,16 +248,13 @@ void OpenAiApi::Register(httplib::Server* server) {
       })) {
       }
       if (!failure.ok()) return SendStatus(res, failure);
-      json list = json::array();
+      json out = choices->Envelope();
+      out["choices"] = json::array();
       for (size_t i = 0; i < choices->gens.size(); ++i) {
-        list.push_back({{"index", i},
-                        {"text", choices->text[i]},
-                        {"logprobs", nullptr},
-                        {"finish_reason", FinishReasonName(choices->gens[i]->finish_reason())}});
+        out["choices"].push_back(Choices::Choice(
+            i, choices->text[i], FinishReasonName(choices->gens[i]->finish_reason())));
       }
-      json out = {{"id", choices->id},     {"object", "text_completion"},
-                  {"created", choices->created}, {"model", choices->model},
-                  {"choices", list},       {"usage", choices->Usage()}};
+      out["usage"] = choices->Usage();
       res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
       return;
     }
@@ -270,7 +262,7 @@ void OpenAiApi::Register(httplib::Server* server) {
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider(
         "text/event-stream",
-        [choices, include_usage, chunk_json](size_t, httplib::DataSink& sink) {
+        [choices, include_usage](size_t, httplib::DataSink& sink) {
           auto send = [&](const json& j) {
             const std::string event =
                 "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
@@ -286,7 +278,9 @@ void OpenAiApi::Register(httplib::Server* server) {
               return;
             }
             if (!text.empty() || ended) {
-              json c = chunk_json(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json());
+              json c = choices->Envelope();
+              c["choices"] = json::array(
+                  {Choices::Choice(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json())});
               if (include_usage) c["usage"] = nullptr;
               client_gone = !send(c);
             }
@@ -298,7 +292,7 @@ void OpenAiApi::Register(httplib::Server* server) {
             return false;
           }
           if (include_usage) {
-            json u = chunk_json(0, "", nullptr);
+            json u = choices->Envelope();
             u["choices"] = json::array();
             u["usage"] = choices->Usage();
             send(u);

@@ -48,16 +48,14 @@ absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(
   }
   moe::v1::GenerateRequest encoded;
   const moe::v1::GenerateRequest* r = &request;
-  if (!request.prompt().empty()) {
+  if (!request.prompt().empty() || request.messages_size() > 0) {
     encoded = request;
-    if (absl::Status s = EncodePrompt(ctx.tokenizer, ctx.tokenizer_status, &encoded); !s.ok()) {
-      return reject(s);
-    }
+    if (absl::Status s = ctx.text->Encode(&encoded); !s.ok()) return reject(s);
     r = &encoded;
   }
-  if (request.stop_size() > 0 && ctx.tokenizer == nullptr) {
+  if (request.stop_size() > 0 && ctx.text->tokenizer == nullptr) {
     return reject(absl::FailedPreconditionError(
-        absl::StrCat("stop: stop strings need the model's tokenizer; ", ctx.tokenizer_status)));
+        absl::StrCat("stop: stop strings need the model's tokenizer; ", ctx.text->tokenizer_status)));
   }
   auto params = ValidateRequest(*r, *ctx.config, ctx.limits, RandomSeed());
   if (!params.ok()) return reject(params.status());
@@ -79,7 +77,7 @@ Generation::Generation(const ServingContext& ctx, std::shared_ptr<Request> reque
       stops_(std::move(stops)),
       last_token_(request_->arrival()),
       prompt_tokens_(prompt_tokens) {
-  if (ctx_.tokenizer != nullptr) decoder_.emplace(*ctx_.tokenizer, skip_special_tokens);
+  if (ctx_.text->tokenizer != nullptr) decoder_.emplace(*ctx_.text->tokenizer, skip_special_tokens);
 }
 
 Generation::~Generation() {

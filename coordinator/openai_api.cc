@@ -2,6 +2,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <memory>
 #include <random>
 #include <string>
@@ -68,20 +69,37 @@ std::string RandomId(const char* prefix) {
   return absl::StrFormat("%s-%016x%08x", prefix, rng(), static_cast<uint32_t>(rng()));
 }
 
-// The running choices of one completion request.
+// The running choices of one completion or chat completion request.
 struct Choices {
   std::string id, model;
   int64_t created = 0;
   int64_t n = 1;  // choices per prompt (gens[p * n + j])
+  bool chat = false;
+  bool stream = false;
   std::vector<std::unique_ptr<Generation>> gens;
   std::vector<std::string> text;  // per choice, for the non-streaming answer
 
   // The fields every answer and every streamed event share.
   json Envelope() const {
-    return {{"id", id}, {"object", "text_completion"}, {"created", created}, {"model", model}};
+    const char* object = !chat ? "text_completion" : stream ? "chat.completion.chunk" : "chat.completion";
+    return {{"id", id}, {"object", object}, {"created", created}, {"model", model}};
   }
-  static json Choice(size_t i, const std::string& text, const json& finish_reason) {
-    return {{"index", i}, {"text", text}, {"logprobs", nullptr}, {"finish_reason", finish_reason}};
+  // One choice of an answer or event: `text` is the whole answer, or what is new in an event
+  // (a chat stream's first event per choice carries the role; `role_only` makes that one).
+  json Choice(size_t i, const std::string& text, const json& finish_reason, bool role_only = false) const {
+    json c = {{"index", i}};
+    if (!chat) {
+      c["text"] = text;
+    } else if (!stream) {
+      c["message"] = {{"role", "assistant"}, {"content", text}};
+    } else if (role_only) {
+      c["delta"] = {{"role", "assistant"}, {"content", ""}};
+    } else {
+      c["delta"] = text.empty() ? json::object() : json({{"content", text}});
+    }
+    c["logprobs"] = nullptr;
+    c["finish_reason"] = finish_reason;
+    return c;
   }
 
   json Usage() const {
@@ -167,10 +185,10 @@ void OpenAiApi::Register(httplib::Server* server) {
     if (!body.contains("prompt") || !body.at("prompt").is_string()) {
       return SendError(res, 400, "prompt: expected a string", "prompt");
     }
-    if (ctx_.tokenizer == nullptr) return SendError(res, 400, ctx_.tokenizer_status);
+    if (ctx_.text->tokenizer == nullptr) return SendError(res, 400, ctx_.text->tokenizer_status);
     const bool add_special = body.value("add_special_tokens", true);
     const std::vector<int32_t> ids =
-        ctx_.tokenizer->Encode(body.at("prompt").get<std::string>(), add_special);
+        ctx_.text->tokenizer->Encode(body.at("prompt").get<std::string>(), add_special);
     res.set_content(json({{"count", ids.size()},
                           {"max_model_len", ctx_.config->max_position_embeddings},
                           {"tokens", ids}})
@@ -181,7 +199,7 @@ void OpenAiApi::Register(httplib::Server* server) {
   server->Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res) {
     json body = json::parse(req.body, nullptr, false);
     if (body.is_discarded() || !body.is_object()) return SendError(res, 400, "the body is not a JSON object");
-    if (ctx_.tokenizer == nullptr) return SendError(res, 400, ctx_.tokenizer_status);
+    if (ctx_.text->tokenizer == nullptr) return SendError(res, 400, ctx_.text->tokenizer_status);
     std::vector<int32_t> ids;
     if (!body.contains("tokens") || !body.at("tokens").is_array()) {
       return SendError(res, 400, "tokens: expected a list of token ids", "tokens");
@@ -195,115 +213,137 @@ void OpenAiApi::Register(httplib::Server* server) {
       }
       ids.push_back(id.get<int32_t>());
     }
-    auto text = ctx_.tokenizer->Decode(ids, body.value("skip_special_tokens", false));
+    auto text = ctx_.text->tokenizer->Decode(ids, body.value("skip_special_tokens", false));
     if (!text.ok()) return SendStatus(res, text.status());
     res.set_content(json({{"prompt", *text}}).dump(-1, ' ', false, json::error_handler_t::replace),
                     "application/json");
   });
 
-  server->Post("/v1/chat/completions", [](const httplib::Request&, httplib::Response& res) {
-    SendError(res, 501,
-              "chat completions need the model's chat template, which this server does not apply "
-              "yet; send the prompt to /v1/completions");
-  });
-
   server->Post("/v1/completions", [this](const httplib::Request& req, httplib::Response& res) {
-    auto parsed = ParseCompletionRequest(req.body);
-    if (!parsed.ok()) return SendStatus(res, parsed.status());
-    if (parsed->model && *parsed->model != model_name_) {
-      return SendError(res, 404,
-                       absl::StrCat("The model `", *parsed->model,
-                                    "` does not exist; this server serves `", model_name_, "`"),
-                       "model", "model_not_found");
-    }
-    const int64_t n = parsed->n;
-    const bool stream = parsed->stream, include_usage = parsed->include_usage;
-    auto choices = std::make_shared<Choices>();
-    choices->id = RandomId("cmpl");
-    choices->model = model_name_;
-    choices->created = absl::ToUnixSeconds(absl::Now());
-    choices->n = n;
-    for (const moe::v1::GenerateRequest& prompt : parsed->prompts) {
-      for (int64_t j = 0; j < n; ++j) {
-        moe::v1::GenerateRequest r = prompt;
-        // Each choice samples differently; a seeded request stays reproducible.
-        if (r.sampling().has_seed()) r.mutable_sampling()->set_seed(prompt.sampling().seed() + j);
-        auto gen = Generation::Start(ctx_, r);
-        if (!gen.ok()) {
-          choices->CancelAll();
-          return SendStatus(res, gen.status());
-        }
-        choices->gens.push_back(std::move(*gen));
-      }
-    }
-    choices->text.assign(choices->gens.size(), "");
-
-    if (!stream) {
-      absl::Status failure;
-      while (choices->Poll([&](size_t i, const std::string& text, bool ended) {
-        choices->text[i] += text;
-        if (ended && !choices->gens[i]->status().ok() && failure.ok()) {
-          failure = choices->gens[i]->status();
-        }
-      })) {
-      }
-      if (!failure.ok()) return SendStatus(res, failure);
-      json out = choices->Envelope();
-      out["choices"] = json::array();
-      for (size_t i = 0; i < choices->gens.size(); ++i) {
-        out["choices"].push_back(Choices::Choice(
-            i, choices->text[i], FinishReasonName(choices->gens[i]->finish_reason())));
-      }
-      out["usage"] = choices->Usage();
-      res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
-      return;
-    }
-
-    res.set_header("Cache-Control", "no-cache");
-    res.set_chunked_content_provider(
-        "text/event-stream",
-        [choices, include_usage](size_t, httplib::DataSink& sink) {
-          auto send = [&](const json& j) {
-            const std::string event =
-                "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-            return sink.write(event.data(), event.size());
-          };
-          bool client_gone = false;
-          while (!client_gone && choices->Poll([&](size_t i, const std::string& text, bool ended) {
-            if (client_gone) return;
-            const Generation& g = *choices->gens[i];
-            if (ended && !g.status().ok()) {
-              const int status = HttpStatus(g.status().code());
-              client_gone = !send(ErrorJson(status, std::string(g.status().message())));
-              return;
-            }
-            if (!text.empty() || ended) {
-              json c = choices->Envelope();
-              c["choices"] = json::array(
-                  {Choices::Choice(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json())});
-              if (include_usage) c["usage"] = nullptr;
-              client_gone = !send(c);
-            }
-          })) {
-            if (!client_gone && sink.is_writable && !sink.is_writable()) client_gone = true;
-          }
-          if (client_gone) {
-            choices->CancelAll();
-            return false;
-          }
-          if (include_usage) {
-            json u = choices->Envelope();
-            u["choices"] = json::array();
-            u["usage"] = choices->Usage();
-            send(u);
-          }
-          const std::string done = "data: [DONE]\n\n";
-          sink.write(done.data(), done.size());
-          sink.done();
-          return true;
-        },
-        [choices](bool) { choices->CancelAll(); });
+    Complete(ParseCompletionRequest(req.body), res);
   });
+  server->Post("/v1/chat/completions", [this](const httplib::Request& req, httplib::Response& res) {
+    Complete(ParseChatCompletionRequest(req.body), res);
+  });
+}
+
+void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Response& res) const {
+  if (!parsed.ok()) return SendStatus(res, parsed.status());
+  if (parsed->model && *parsed->model != model_name_) {
+    return SendError(res, 404,
+                     absl::StrCat("The model `", *parsed->model,
+                                  "` does not exist; this server serves `", model_name_, "`"),
+                     "model", "model_not_found");
+  }
+  const int64_t n = parsed->n;
+  const bool stream = parsed->stream, include_usage = parsed->include_usage;
+  auto choices = std::make_shared<Choices>();
+  choices->id = RandomId(parsed->conversation ? "chatcmpl" : "cmpl");
+  choices->model = model_name_;
+  choices->created = absl::ToUnixSeconds(absl::Now());
+  choices->n = n;
+  choices->chat = parsed->conversation.has_value();
+  choices->stream = stream;
+  for (moe::v1::GenerateRequest& prompt : parsed->prompts) {
+    if (parsed->conversation) {
+      if (absl::Status s = ctx_.text->EncodeConversation(*parsed->conversation, &prompt); !s.ok()) {
+        return SendStatus(res, s);
+      }
+      if (prompt.max_tokens() == 0) prompt.set_max_tokens(DefaultMaxTokens(prompt.prompt_ids_size()));
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      moe::v1::GenerateRequest r = prompt;
+      // Each choice samples differently; a seeded request stays reproducible.
+      if (r.sampling().has_seed()) r.mutable_sampling()->set_seed(prompt.sampling().seed() + j);
+      auto gen = Generation::Start(ctx_, r);
+      if (!gen.ok()) {
+        choices->CancelAll();
+        return SendStatus(res, gen.status());
+      }
+      choices->gens.push_back(std::move(*gen));
+    }
+  }
+  choices->text.assign(choices->gens.size(), "");
+
+  if (!stream) {
+    absl::Status failure;
+    while (choices->Poll([&](size_t i, const std::string& text, bool ended) {
+      choices->text[i] += text;
+      if (ended && !choices->gens[i]->status().ok() && failure.ok()) {
+        failure = choices->gens[i]->status();
+      }
+    })) {
+    }
+    if (!failure.ok()) return SendStatus(res, failure);
+    json out = choices->Envelope();
+    out["choices"] = json::array();
+    for (size_t i = 0; i < choices->gens.size(); ++i) {
+      out["choices"].push_back(choices->Choice(
+          i, choices->text[i], FinishReasonName(choices->gens[i]->finish_reason())));
+    }
+    out["usage"] = choices->Usage();
+    res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
+    return;
+  }
+
+  res.set_header("Cache-Control", "no-cache");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [choices, include_usage](size_t, httplib::DataSink& sink) {
+        auto send = [&](const json& j) {
+          const std::string event =
+              "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+          return sink.write(event.data(), event.size());
+        };
+        bool client_gone = false;
+        for (size_t i = 0; choices->chat && i < choices->gens.size() && !client_gone; ++i) {
+          json c = choices->Envelope();
+          c["choices"] = json::array({choices->Choice(i, "", json(), /*role_only=*/true)});
+          if (include_usage) c["usage"] = nullptr;
+          client_gone = !send(c);
+        }
+        while (!client_gone && choices->Poll([&](size_t i, const std::string& text, bool ended) {
+          if (client_gone) return;
+          const Generation& g = *choices->gens[i];
+          if (ended && !g.status().ok()) {
+            const int status = HttpStatus(g.status().code());
+            client_gone = !send(ErrorJson(status, std::string(g.status().message())));
+            return;
+          }
+          if (!text.empty() || ended) {
+            json c = choices->Envelope();
+            c["choices"] = json::array(
+                {choices->Choice(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json())});
+            if (include_usage) c["usage"] = nullptr;
+            client_gone = !send(c);
+          }
+        })) {
+          if (!client_gone && sink.is_writable && !sink.is_writable()) client_gone = true;
+        }
+        if (client_gone) {
+          choices->CancelAll();
+          return false;
+        }
+        if (include_usage) {
+          json u = choices->Envelope();
+          u["choices"] = json::array();
+          u["usage"] = choices->Usage();
+          send(u);
+        }
+        const std::string done = "data: [DONE]\n\n";
+        sink.write(done.data(), done.size());
+        sink.done();
+        return true;
+      },
+      [choices](bool) { choices->CancelAll(); });
+}
+
+int32_t OpenAiApi::DefaultMaxTokens(int prompt_tokens) const {
+  // What is left of the context (and of a DP group's KV cache), as vLLM defaults a chat's max_tokens.
+  int64_t room = std::min<int64_t>(ctx_.config->max_position_embeddings, ctx_.limits.max_sequence_tokens) -
+                 prompt_tokens;
+  if (ctx_.limits.max_new_tokens > 0) room = std::min(room, ctx_.limits.max_new_tokens);
+  return static_cast<int32_t>(std::clamp<int64_t>(room, 1, 1 << 30));
 }
 
 }  // namespace moe

@@ -8,7 +8,8 @@
 namespace moe {
 namespace {
 
-using nlohmann::json;
+// Ordered: the messages and tools of a chat request reach its template in the order they came.
+using json = nlohmann::ordered_json;
 
 // A field of the body, type-checked: INVALID_ARGUMENT naming it otherwise.
 absl::Status Expect(const json& body, const char* key, bool ok, const char* what) {
@@ -54,8 +55,9 @@ absl::StatusOr<std::vector<moe::v1::GenerateRequest>> Prompts(const json& body) 
   return out;
 }
 
-// The sampling and stopping fields every choice shares.
-absl::Status Common(const json& body, moe::v1::GenerateRequest* r) {
+// The sampling and stopping fields every choice shares; max_tokens is `default_max_tokens` when
+// the body does not set it.
+absl::Status Common(const json& body, int64_t default_max_tokens, moe::v1::GenerateRequest* r) {
   // What this server cannot do yet is refused, not ignored.
   auto set = [&](const char* key) {
     if (!Has(body, key)) return false;
@@ -89,10 +91,11 @@ absl::Status Common(const json& body, moe::v1::GenerateRequest* r) {
                         "a boolean")}) {
     if (!s.ok()) return s;
   }
-  int64_t max_tokens = 16;  // OpenAI's default for completions
+  int64_t max_tokens = default_max_tokens;
+  const bool given = Has(b, "max_tokens") || Has(b, "max_completion_tokens");
   if (Has(b, "max_tokens")) max_tokens = b.at("max_tokens").get<int64_t>();
   if (Has(b, "max_completion_tokens")) max_tokens = b.at("max_completion_tokens").get<int64_t>();
-  if (max_tokens < 1 || max_tokens > (1 << 30)) {
+  if (given && (max_tokens < 1 || max_tokens > (1 << 30))) {
     return absl::InvalidArgumentError("max_tokens: must be at least 1");
   }
   r->set_max_tokens(static_cast<int32_t>(max_tokens));
@@ -125,44 +128,71 @@ absl::Status Common(const json& body, moe::v1::GenerateRequest* r) {
   return absl::OkStatus();
 }
 
-}  // namespace
-
-absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view text) {
-  const json body = json::parse(text, nullptr, false);
-  if (body.is_discarded() || !body.is_object()) {
-    return absl::InvalidArgumentError("the body is not a JSON object");
-  }
-  CompletionRequest out;
+// The fields /v1/completions and /v1/chat/completions share: model, n, stream, stream_options.
+absl::Status Envelope(const json& body, CompletionRequest* out) {
   if (Has(body, "model")) {
     if (!body.at("model").is_string()) return absl::InvalidArgumentError("model: expected a string");
-    out.model = body.at("model").get<std::string>();
-  }
-  auto prompts = Prompts(body);
-  if (!prompts.ok()) return prompts.status();
-  moe::v1::GenerateRequest common;
-  if (absl::Status s = Common(body, &common); !s.ok()) return s;
-  for (const moe::v1::GenerateRequest& p : *prompts) {
-    moe::v1::GenerateRequest r = common;
-    r.set_prompt(p.prompt());
-    r.mutable_prompt_ids()->CopyFrom(p.prompt_ids());
-    out.prompts.push_back(std::move(r));
+    out->model = body.at("model").get<std::string>();
   }
   if (Has(body, "n")) {
     if (!body.at("n").is_number_integer()) return absl::InvalidArgumentError("n: expected an integer in [1, 16]");
-    out.n = body.at("n").get<int64_t>();
+    out->n = body.at("n").get<int64_t>();
   }
-  if (out.n < 1 || out.n > 16) return absl::InvalidArgumentError("n: expected an integer in [1, 16]");
+  if (out->n < 1 || out->n > 16) return absl::InvalidArgumentError("n: expected an integer in [1, 16]");
   if (Has(body, "stream")) {
     if (!body.at("stream").is_boolean()) return absl::InvalidArgumentError("stream: expected a boolean");
-    out.stream = body.at("stream").get<bool>();
+    out->stream = body.at("stream").get<bool>();
   }
   if (Has(body, "stream_options")) {
     const json& o = body.at("stream_options");
     if (!o.is_object() || (o.contains("include_usage") && !o.at("include_usage").is_boolean())) {
       return absl::InvalidArgumentError("stream_options: expected {\"include_usage\": bool}");
     }
-    out.include_usage = out.stream && o.value("include_usage", false);
+    out->include_usage = out->stream && o.value("include_usage", false);
   }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<json> Body(std::string_view text) {
+  json body = json::parse(text, nullptr, false);
+  if (body.is_discarded() || !body.is_object()) {
+    return absl::InvalidArgumentError("the body is not a JSON object");
+  }
+  return body;
+}
+
+}  // namespace
+
+absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view text) {
+  auto body = Body(text);
+  if (!body.ok()) return body.status();
+  CompletionRequest out;
+  auto prompts = Prompts(*body);
+  if (!prompts.ok()) return prompts.status();
+  moe::v1::GenerateRequest common;
+  // 16 is OpenAI's default max_tokens for completions.
+  if (absl::Status s = Common(*body, /*default_max_tokens=*/16, &common); !s.ok()) return s;
+  for (const moe::v1::GenerateRequest& p : *prompts) {
+    moe::v1::GenerateRequest r = common;
+    r.set_prompt(p.prompt());
+    r.mutable_prompt_ids()->CopyFrom(p.prompt_ids());
+    out.prompts.push_back(std::move(r));
+  }
+  if (absl::Status s = Envelope(*body, &out); !s.ok()) return s;
+  return out;
+}
+
+absl::StatusOr<CompletionRequest> ParseChatCompletionRequest(std::string_view text) {
+  auto body = Body(text);
+  if (!body.ok()) return body.status();
+  CompletionRequest out;
+  auto conversation = text::Conversation::FromRequest(*body);
+  if (!conversation.ok()) return conversation.status();
+  out.conversation = *std::move(conversation);
+  moe::v1::GenerateRequest common;
+  if (absl::Status s = Common(*body, /*default_max_tokens=*/0, &common); !s.ok()) return s;
+  out.prompts.push_back(std::move(common));
+  if (absl::Status s = Envelope(*body, &out); !s.ok()) return s;
   return out;
 }
 

@@ -12,7 +12,6 @@
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "text/tokenizer_files.h"
 
 namespace moe {
 namespace {
@@ -20,32 +19,6 @@ namespace {
 void SetReadiness(grpc::HealthCheckServiceInterface* health, bool serving) {
   health->SetServingStatus("", serving);
   health->SetServingStatus("moe.v1.Inference", serving);
-}
-
-// The tokenizer text requests are encoded with. Its absence or a broken file is logged and kept
-// as the answer to text requests: serving token ids does not depend on it.
-absl::StatusOr<std::shared_ptr<const text::Tokenizer>> LoadTokenizerOf(const ModelConfig& config,
-                                                                       const std::string& dir) {
-  if (dir.empty()) return absl::FailedPreconditionError("the coordinator runs without a tokenizer");
-  auto tokenizer = text::LoadTokenizer(dir);
-  if (!tokenizer.ok()) {
-    const absl::Status why = absl::FailedPreconditionError(
-        absl::StrCat("the model has no usable tokenizer: ", tokenizer.status().message()));
-    if (absl::IsNotFound(tokenizer.status())) {
-      MOE_LOG(WARNING) << why.message() << "; the API takes token ids only";
-    } else {
-      MOE_LOG(ERROR) << why.message() << "; text requests will fail, token ids still work";
-    }
-    return why;
-  }
-  MOE_LOG(INFO) << "tokenizer: " << (*tokenizer)->source() << " (" << (*tokenizer)->size()
-                << " ids)";
-  if ((*tokenizer)->size() > config.vocab_size) {
-    MOE_LOG(WARNING) << "the tokenizer has " << (*tokenizer)->size()
-                     << " ids, more than the model's vocab_size " << config.vocab_size
-                     << ": text holding the others is rejected";
-  }
-  return tokenizer;
 }
 
 // A PEM file's text, or an error naming the flag that gave its path.
@@ -111,7 +84,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   MOE_ASSIGN_OR_RETURN(auto api_keys, ApiKeys::Create(o.api_keys, o.api_key_file));
   MOE_LOG(INFO) << "API keys: " << (api_keys->enabled() ? "required" : "off (the API is open)");
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
-      config, o, plan, kv_blocks, std::move(api_keys), LoadTokenizerOf(config, o.tokenizer_dir)));
+      config, o, plan, kv_blocks, std::move(api_keys), ModelText::Load(config, o.tokenizer_dir)));
   MOE_RETURN_IF_ERROR(server->Listen());
   return server;
 }
@@ -119,11 +92,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
 CoordinatorServer::CoordinatorServer(
     const ModelConfig& config, const CoordinatorOptions& o, const ShardPlan& plan,
     int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
-    absl::StatusOr<std::shared_ptr<const text::Tokenizer>> tokenizer)
+    ModelText text)
     : config_(config),
       options_(o),
       api_keys_(std::move(api_keys)),
-      tokenizer_(tokenizer.ok() ? *tokenizer : nullptr) {
+      text_(std::move(text)) {
   SchedulerOptions so;
   so.dp_groups = plan.dp_size();
   so.blocks_per_group = kv_blocks;
@@ -148,8 +121,7 @@ CoordinatorServer::CoordinatorServer(
                            static_cast<int>(o.block_size),
                            kv_blocks,
                            api_keys_.get(),
-                           tokenizer_.get(),
-                           tokenizer.ok() ? "" : std::string(tokenizer.status().message())};
+                           &text_};
   inference_ = std::make_unique<InferenceService>(ctx);
   openai_ = std::make_unique<OpenAiApi>(ctx, o.model_name);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);

@@ -87,7 +87,7 @@ class CoordinatorServer {
  private:
   CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& options,
                     const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
-                    absl::StatusOr<std::shared_ptr<const text::Tokenizer>> tokenizer);
+                    ModelText text);
   absl::Status Listen();
   void OnPhase(Cluster::Phase phase, const std::string& why);
   // Stops the heartbeat monitor, the gRPC server (in-flight calls get `grace`) and /metrics.
@@ -97,7 +97,7 @@ class CoordinatorServer {
   const CoordinatorOptions options_;
   Metrics metrics_;
   std::unique_ptr<ApiKeys> api_keys_;
-  std::shared_ptr<const text::Tokenizer> tokenizer_;  // null: token ids only
+  const ModelText text_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<InferenceService> inference_;

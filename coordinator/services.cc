@@ -94,7 +94,7 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
   info->set_dp_size(plan.dp_size());
   info->set_kv_block_size(ctx_.kv_block_size);
   info->set_kv_blocks_per_dp_group(ctx_.kv_blocks);
-  if (ctx_.tokenizer != nullptr) info->set_tokenizer(ctx_.tokenizer->source());
+  if (ctx_.text->tokenizer != nullptr) info->set_tokenizer(ctx_.text->tokenizer->source());
   return grpc::Status::OK;
 }
 

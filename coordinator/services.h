@@ -8,11 +8,11 @@
 #include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
+#include "coordinator/model_text.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/validation.h"
 #include "moe/v1/cluster.grpc.pb.h"
 #include "moe/v1/inference.grpc.pb.h"
-#include "text/tokenizer.h"
 
 namespace moe {
 
@@ -25,9 +25,7 @@ struct ServingContext {
   int kv_block_size;
   int64_t kv_blocks;  // per DP group
   const ApiKeys* api_keys;
-  // The model's tokenizer, or null with the reason in tokenizer_status (text requests get it).
-  const text::Tokenizer* tokenizer;
-  std::string tokenizer_status;
+  const ModelText* text;  // the tokenizer and chat template, or why they are missing
 };
 
 // Every call of the public service first checks its API key (UNAUTHENTICATED without a valid one).

@@ -73,16 +73,4 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
   return p;
 }
 
-absl::Status EncodePrompt(const text::Tokenizer* tokenizer, absl::string_view why_none,
-                          moe::v1::GenerateRequest* request) {
-  if (request->prompt().empty()) return absl::OkStatus();
-  if (request->prompt_ids_size() > 0) {
-    return absl::InvalidArgumentError("prompt and prompt_ids: give one of them, not both");
-  }
-  if (tokenizer == nullptr) return absl::FailedPreconditionError(why_none);
-  const std::vector<int32_t> ids = tokenizer->Encode(request->prompt());
-  request->mutable_prompt_ids()->Add(ids.begin(), ids.end());
-  return absl::OkStatus();
-}
-
 }  // namespace moe

@@ -6,7 +6,6 @@
 #include "common/model_config.h"
 #include "coordinator/request.h"
 #include "moe/v1/inference.pb.h"
-#include "text/tokenizer.h"
 
 namespace moe {
 
@@ -16,12 +15,6 @@ struct RequestLimits {
   int64_t max_prompt_tokens = 0;    // --max-prompt-tokens (0: no limit but the context)
   int64_t max_new_tokens = 0;       // --max-new-tokens: the largest max_tokens (0: no limit)
 };
-
-// A request with a text `prompt` gets its token ids in `prompt_ids` from `tokenizer` (null: the
-// model has none, and `why_none` says why: FAILED_PRECONDITION). Both prompts at once is
-// INVALID_ARGUMENT. A request with ids only is left as it is.
-absl::Status EncodePrompt(const text::Tokenizer* tokenizer, absl::string_view why_none,
-                          moe::v1::GenerateRequest* request);
 
 // `random_seed` is used when the request does not set one.
 absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& request,

@@ -54,6 +54,46 @@ jinja::Value TemplateMessage(const json& message) {
 
 }  // namespace
 
+absl::StatusOr<Conversation> Conversation::FromRequest(const json& body) {
+  auto given = [&](const char* key) { return body.contains(key) && !body.at(key).is_null(); };
+  if (!body.is_object()) return absl::InvalidArgumentError("the body is not a JSON object");
+  if (!given("messages") || !body.at("messages").is_array() || body.at("messages").empty()) {
+    return absl::InvalidArgumentError("messages: expected a non-empty list of messages");
+  }
+  Conversation c;
+  c.messages = body.at("messages");
+  for (size_t i = 0; i < c.messages.size(); ++i) {
+    const json& m = c.messages[i];
+    if (!m.is_object() || !m.contains("role") || !m.at("role").is_string()) {
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "]: expected an object with a string \"role\""));
+    }
+    if (m.contains("content") && !m.at("content").is_null() && !m.at("content").is_string() &&
+        !m.at("content").is_array()) {
+      return absl::InvalidArgumentError(absl::StrCat("messages[", i, "].content: expected a string or a list of parts"));
+    }
+  }
+  if (given("tools")) {
+    if (!body.at("tools").is_array()) return absl::InvalidArgumentError("tools: expected a list");
+    if (!body.at("tools").empty()) c.tools = body.at("tools");
+  }
+  if (given("add_generation_prompt")) {
+    if (!body.at("add_generation_prompt").is_boolean()) {
+      return absl::InvalidArgumentError("add_generation_prompt: expected a boolean");
+    }
+    c.add_generation_prompt = body.at("add_generation_prompt").get<bool>();
+  }
+  if (given("chat_template_kwargs")) {
+    if (!body.at("chat_template_kwargs").is_object()) {
+      return absl::InvalidArgumentError("chat_template_kwargs: expected an object");
+    }
+    c.variables = body.at("chat_template_kwargs");
+  }
+  if (given("continue_final_message") && body.at("continue_final_message") != false) {
+    return absl::InvalidArgumentError("continue_final_message: not supported");
+  }
+  return c;
+}
+
 absl::StatusOr<ChatTemplate> ChatTemplate::FromSource(const std::string& source, const json& special_tokens,
                                                       std::string origin) {
   auto parsed = jinja::Template::Parse(source);

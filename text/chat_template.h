@@ -21,6 +21,11 @@ struct Conversation {
   nlohmann::ordered_json tools;                                        // null: no tools
   bool add_generation_prompt = true;
   nlohmann::ordered_json variables = nlohmann::ordered_json::object();  // chat_template_kwargs
+
+  // From the fields of an OpenAI chat request (as vLLM takes them): `messages` (required, each an
+  // object with a string `role`), `tools`, `add_generation_prompt`, `chat_template_kwargs`.
+  // INVALID_ARGUMENT names a field of the wrong type; `continue_final_message` is refused.
+  static absl::StatusOr<Conversation> FromRequest(const nlohmann::ordered_json& body);
 };
 
 class ChatTemplate {

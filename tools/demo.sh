@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on one machine: installs dependencies, builds, writes the default tiny model (with
-# its tokenizer), starts a coordinator and 4 worker ranks (mpirun), streams a completion of a text
-# prompt and one of token ids through moe-client, and shuts the cluster down with SIGTERM. Logs go to build/demo/. Any step that fails fails the
+# its tokenizer and chat template), starts a coordinator and 4 worker ranks (mpirun), streams a
+# completion of a text prompt, an answer to a chat message and a completion of token ids through
+# moe-client, and shuts the cluster down with SIGTERM. Logs go to build/demo/. Any step that fails fails the
 # command (with the logs' last lines); each step prints how long it took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -68,6 +69,11 @@ say "prompt: The capital of France is"
 answer=$(build/tools/moe-client --server "127.0.0.1:$PORT" --prompt "The capital of France is" \
   --max-tokens 24 --ignore-eos) || fail "the text completion request"
 say "answer: $answer"
+step "request: a chat message (the model's chat template makes the prompt); 24 tokens, greedy"
+say "user: What is the capital of France?"
+answer=$(build/tools/moe-client --server "127.0.0.1:$PORT" --system "You are terse." \
+  --chat "What is the capital of France?" --max-tokens 24 --ignore-eos) || fail "the chat request"
+say "assistant: $answer"
 step "request: prompt ids 1,2,3,4,5; 24 tokens, greedy"
 build/tools/moe-client --server "127.0.0.1:$PORT" --prompt-ids 1,2,3,4,5 --max-tokens 24 --ignore-eos ||
   fail "the completion request"

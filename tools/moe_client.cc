@@ -80,19 +80,22 @@ bool ParseIds(const std::string& text, std::vector<int32_t>* ids) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string server = "localhost:50051", prompt, prompt_ids, stop_ids, print = "auto";
+  std::string server = "localhost:50051", prompt, prompt_ids, stop_ids, print = "auto", chat, system;
   int64_t max_tokens = 16, top_k = 0, seed = -1, timeout_s = 0;
   double temperature = 0.0, top_p = 1.0;
   bool health = false, info = false, ignore_eos = false, keep_special = false;
   moe::FlagParser flags(
       "moe-client",
-      "Streams a generation from a moe-coordinator: the text (for --prompt) or the token ids (for\n"
-      "--prompt-ids) go to stdout as they arrive, the finish reason and usage to stderr. Errors\n"
+      "Streams a generation from a moe-coordinator: the text (for --prompt and --chat) or the token\n"
+      "ids (for --prompt-ids) go to stdout as they arrive, the finish reason and usage to stderr. Errors\n"
       "print the gRPC status code and message and exit 1. --health exits 0 only when the server\n"
       "reports SERVING; --info prints the model.");
   flags.AddString("server", &server, "Coordinator address HOST:PORT.");
   flags.AddString("prompt", &prompt, "Prompt text (encoded by the server's tokenizer).");
   flags.AddString("prompt-ids", &prompt_ids, "Comma-separated prompt token ids.");
+  flags.AddString("chat", &chat, "A user message, sent as a conversation (the server applies the "
+                  "model's chat template).");
+  flags.AddString("system", &system, "With --chat: a system message before the user's.");
   flags.AddString("print", &print, "What to stream to stdout: text, ids, or auto (text for --prompt).");
   flags.AddBool("keep-special-tokens", &keep_special, "Keep special tokens (EOS...) in the text.");
   flags.AddInt("max-tokens", &max_tokens, "Tokens to generate at most.");
@@ -163,10 +166,18 @@ int main(int argc, char** argv) {
   std::vector<int32_t> ids, stops;
   if (!ParseIds(prompt_ids, &ids)) return Usage("--prompt-ids: expected comma-separated integers");
   if (!ParseIds(stop_ids, &stops)) return Usage("--stop-ids: expected comma-separated integers");
-  if (print == "auto") print = prompt.empty() ? "ids" : "text";
+  if (!system.empty() && chat.empty()) return Usage("--system needs --chat");
+  if (print == "auto") print = prompt.empty() && chat.empty() ? "ids" : "text";
   if (print != "text" && print != "ids") return Usage("--print: expected text, ids or auto");
   req.mutable_prompt_ids()->Add(ids.begin(), ids.end());
   req.set_prompt(prompt);
+  for (const auto& [role, content] : {std::pair<const char*, const std::string&>{"system", system},
+                                      {"user", chat}}) {
+    if (content.empty()) continue;
+    moe::v1::ChatMessage* m = req.add_messages();
+    m->set_role(role);
+    m->set_content(content);
+  }
   req.set_skip_special_tokens(!keep_special);
   req.mutable_stop_token_ids()->Add(stops.begin(), stops.end());
   req.set_max_tokens(static_cast<int32_t>(max_tokens));

@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
       "Writes a complete HF-style DeepseekV3ForCausalLM checkpoint (config.json, safetensors with\n"
       "the official tensor names, fp8 weight_scale_inv blocks) filled with deterministic random\n"
       "weights, and the family's tokenizer files (DeepSeek-V3: tokenizer.json; Kimi K2:\n"
-      "tiktoken.model) holding a small trained byte-level BPE. Presets (common/presets/):\n"
+      "tiktoken.model) holding a small trained byte-level BPE, and the family's published chat\n"
+      "template. Presets (common/presets/):\n"
       "tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, and the full-size deepseek-v3 and kimi-k2.");
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -13,6 +15,7 @@
 #include "absl/strings/str_split.h"
 #include "common/cli.h"
 #include "nlohmann/json.hpp"
+#include "text/chat_template.h"
 #include "text/tokenizer_files.h"
 
 namespace {
@@ -30,10 +33,52 @@ std::string Stream(const moe::text::Tokenizer& tokenizer, const std::vector<int3
   return text + decoder.Finish();
 }
 
+std::string ReadAll(std::istream& in) {
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+// --chat: the rendered prompt on stdout.
+int RenderChat(const std::string& model, const std::string& request, const std::string& template_file) {
+  std::string body_text;
+  if (request == "-") {
+    body_text = ReadAll(std::cin);
+  } else {
+    std::ifstream in(request, std::ios::binary);
+    if (!in) return Fail("--chat: cannot read " + request);
+    body_text = ReadAll(in);
+  }
+  const auto body = nlohmann::ordered_json::parse(body_text, nullptr, false);
+  if (body.is_discarded()) return Fail("--chat: " + request + " is not JSON");
+  auto conversation = moe::text::Conversation::FromRequest(body);
+  if (!conversation.ok()) return Fail(std::string(conversation.status().message()));
+  absl::StatusOr<std::optional<moe::text::ChatTemplate>> chat_template = std::nullopt;
+  if (!template_file.empty()) {
+    std::ifstream in(template_file, std::ios::binary);
+    if (!in) return Fail("--chat-template: cannot read " + template_file);
+    std::ifstream config(model + "/tokenizer_config.json");
+    const auto special = config ? nlohmann::ordered_json::parse(ReadAll(config), nullptr, false)
+                                : nlohmann::ordered_json::object();
+    auto t = moe::text::ChatTemplate::FromSource(ReadAll(in), special, template_file);
+    if (!t.ok()) return Fail(std::string(t.status().message()));
+    chat_template = std::optional<moe::text::ChatTemplate>(*std::move(t));
+  } else {
+    chat_template = moe::text::ChatTemplate::Load(model);
+  }
+  if (!chat_template.ok()) return Fail(std::string(chat_template.status().message()));
+  if (!chat_template->has_value()) return Fail(model + " has no chat template (give --chat-template)");
+  auto prompt = (*chat_template)->Render(*conversation);
+  if (!prompt.ok()) return Fail(std::string(prompt.status().message()));
+  std::fwrite(prompt->data(), 1, prompt->size(), stdout);
+  std::printf("\n");
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, text, decode, jsonl, out;
+  std::string model, text, decode, jsonl, out, chat, chat_template;
   bool no_special = false, skip_special = false;
   int64_t repeat = 1;
   moe::FlagParser flags(
@@ -41,12 +86,17 @@ int main(int argc, char** argv) {
       "Encodes and decodes with a checkpoint's tokenizer (tokenizer.json or tiktoken.model).\n"
       "  moe-tokenize --model DIR --text 'Hello'        prints the ids\n"
       "  moe-tokenize --model DIR --decode 1,2,3        prints the text\n"
-      "  moe-tokenize --model DIR --jsonl IN --out OUT  a corpus: per line {ids, text, stream}");
+      "  moe-tokenize --model DIR --jsonl IN --out OUT  a corpus: per line {ids, text, stream}\n"
+      "  moe-tokenize --model DIR --chat REQUEST.json   the prompt the chat template renders for an\n"
+      "                                                 OpenAI chat request body ('-': stdin)");
   flags.AddString("model", &model, "Checkpoint folder holding the tokenizer files.", true);
   flags.AddString("text", &text, "Text to encode.");
   flags.AddString("decode", &decode, "Comma-separated ids to decode.");
   flags.AddString("jsonl", &jsonl, "Corpus: one JSON string a line.");
   flags.AddString("out", &out, "With --jsonl: where to write one JSON object a line.");
+  flags.AddString("chat", &chat, "An OpenAI chat request body (messages, tools, add_generation_prompt, "
+                  "chat_template_kwargs) to render with the checkpoint's chat template.");
+  flags.AddString("chat-template", &chat_template, "With --chat: a Jinja file to use instead of the checkpoint's.");
   flags.AddBool("no-special", &no_special, "Encode without the BOS/EOS add_special_tokens adds.");
   flags.AddBool("skip-special", &skip_special, "Decode without special tokens.");
   flags.AddInt("repeat", &repeat, "With --jsonl: encode the corpus this many times for timing.");
@@ -59,6 +109,7 @@ int main(int argc, char** argv) {
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count();
   const moe::text::Tokenizer& tok = **tokenizer;
 
+  if (flags.WasSet("chat")) return RenderChat(model, chat, chat_template);
   if (flags.WasSet("text")) {
     std::printf("%s\n", absl::StrJoin(tok.Encode(text, !no_special), ",").c_str());
     return 0;

@@ -24,6 +24,14 @@ constexpr std::string_view kMergesText =
 #include "tools/bpe_merges.inc"
     ;
 
+// The published chat templates of DeepSeek-V3.1 and Kimi K2 (tools/data/chat_templates/).
+constexpr const char* kDeepseekChatTemplate =
+#include "tools/chat_template_deepseek-v3.1.inc"
+    ;
+constexpr const char* kKimiChatTemplate =
+#include "tools/chat_template_kimi-k2.inc"
+    ;
+
 constexpr const char* kBos = "<｜begin▁of▁sentence｜>";
 constexpr const char* kEos = "<｜end▁of▁sentence｜>";
 constexpr const char* kPad = "<｜▁pad▁｜>";
@@ -157,7 +165,8 @@ absl::Status WriteDeepseek(const ModelConfig& config, const fs::path& dir) {
       {"pad_token", ConfigToken(kEos)},
       {"sp_model_kwargs", ordered_json::object()},
       {"unk_token", nullptr},
-      {"tokenizer_class", "LlamaTokenizerFast"}};
+      {"tokenizer_class", "LlamaTokenizerFast"},
+      {"chat_template", kDeepseekChatTemplate}};
   return WriteText(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n");
 }
 
@@ -197,7 +206,8 @@ absl::Status WriteKimi(const ModelConfig& config, const fs::path& dir) {
       {"extra_special_tokens", ordered_json::object()},
       {"model_max_length", config.max_position_embeddings},
       {"tokenizer_class", "TikTokenTokenizer"},
-      {"auto_map", {{"AutoTokenizer", {"tokenization_kimi.TikTokenTokenizer", nullptr}}}}};
+      {"auto_map", {{"AutoTokenizer", {"tokenization_kimi.TikTokenTokenizer", nullptr}}}},
+      {"chat_template", kKimiChatTemplate}};
   return WriteText(dir / "tokenizer_config.json", tokenizer_config.dump(2) + "\n");
 }
 

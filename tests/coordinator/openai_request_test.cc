@@ -82,3 +82,50 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(OpenAiChatRequestTest, ConversationAndFields) {
+  auto r = ParseChatCompletionRequest(R"({"model": "m", "messages": [
+      {"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "text", "text": "U"}]}],
+      "tools": [{"type": "function", "function": {"name": "f", "parameters": {"z": 1, "a": 2}}}],
+      "chat_template_kwargs": {"enable_thinking": false}, "add_generation_prompt": true,
+      "temperature": 0, "stream": true, "n": 2})");
+  ASSERT_TRUE(r.ok()) << r.status();
+  ASSERT_TRUE(r->conversation.has_value());
+  EXPECT_EQ(r->conversation->messages.size(), 2u);
+  // Key order is kept: a template's `tools | tojson` prints them as they came.
+  EXPECT_EQ(r->conversation->tools.dump(), R"([{"type":"function","function":{"name":"f","parameters":{"z":1,"a":2}}}])");
+  EXPECT_EQ(r->conversation->variables.dump(), R"({"enable_thinking":false})");
+  EXPECT_TRUE(r->conversation->add_generation_prompt);
+  ASSERT_EQ(r->prompts.size(), 1u);
+  EXPECT_EQ(r->prompts[0].max_tokens(), 0);  // filled in from the context once encoded
+  EXPECT_TRUE(r->stream);
+  EXPECT_EQ(r->n, 2);
+  EXPECT_EQ(ParseChatCompletionRequest(R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 5})")
+                ->prompts[0].max_tokens(), 5);
+}
+
+TEST(OpenAiChatRequestTest, BadConversationsNameTheField) {
+  for (const auto& [body, field] : std::vector<std::pair<std::string, std::string>>{
+           {R"({"prompt": "x"})", "messages"},
+           {R"({"messages": []})", "messages"},
+           {R"({"messages": ["hi"]})", "messages[0]"},
+           {R"({"messages": [{"content": "hi"}]})", "role"},
+           {R"({"messages": [{"role": "user", "content": 5}]})", "messages[0].content"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "tools": {}})", "tools"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": []})", "chat_template_kwargs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": "yes"})", "add_generation_prompt"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "continue_final_message": true})", "continue_final_message"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", "logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "max_tokens"}}) {
+    auto r = ParseChatCompletionRequest(body);
+    ASSERT_FALSE(r.ok()) << body;
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
+    EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr(field)) << body;
+  }
+}
+
+}  // namespace
+}  // namespace moe

@@ -3,9 +3,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "tests/test_util.h"
-#include "text/tokenizer_files.h"
 #include "tools/model_maker.h"
-#include "tools/tokenizer_maker.h"
 
 namespace moe {
 namespace {
@@ -79,30 +77,6 @@ TEST(ValidationTest, EachBadFieldIsNamed) {
     EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument) << c.message;
     EXPECT_THAT(std::string(s.message()), HasSubstr(c.message));
   }
-}
-
-TEST(ValidationTest, TextPromptsAreEncodedOrRefused) {
-  moe::testing::ScratchDir dir;
-  ASSERT_TRUE(WriteTokenizer(*PresetConfig("tiny-dsv3"), dir.path()).ok());
-  auto tokenizer = text::LoadTokenizer(dir.path());
-  ASSERT_TRUE(tokenizer.ok());
-  moe::v1::GenerateRequest r;
-  r.set_prompt("Hello");
-  r.set_max_tokens(4);
-  ASSERT_TRUE(EncodePrompt(tokenizer->get(), "", &r).ok());
-  const std::vector<int32_t> want = (*tokenizer)->Encode("Hello");
-  EXPECT_EQ(std::vector<int32_t>(r.prompt_ids().begin(), r.prompt_ids().end()), want);
-  EXPECT_TRUE(Check(r).ok());
-  EXPECT_EQ(EncodePrompt(tokenizer->get(), "", &r).code(), absl::StatusCode::kInvalidArgument);
-
-  moe::v1::GenerateRequest text;
-  text.set_prompt("Hello");
-  const absl::Status none = EncodePrompt(nullptr, "no tokenizer in /m", &text);
-  EXPECT_EQ(none.code(), absl::StatusCode::kFailedPrecondition);
-  EXPECT_EQ(none.message(), "no tokenizer in /m");
-  moe::v1::GenerateRequest ids = Good();
-  EXPECT_TRUE(EncodePrompt(nullptr, "unused", &ids).ok());  // ids need no tokenizer
-  EXPECT_EQ(ids.prompt_ids_size(), 2);
 }
 
 }  // namespace

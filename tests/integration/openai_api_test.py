@@ -3,7 +3,8 @@
 for the raw SSE framing) against a real moe-coordinator and mpirun-launched moe-worker ranks on
 loopback. Expected text comes from elsewhere: moe-generate (the engine alone, itself checked
 against HF transformers) produces the reference token ids for the prompt that HF `tokenizers`
-encodes, and `tokenizers` decodes them.
+encodes, and `tokenizers` decodes them; chat prompts are rendered with Jinja2 configured as
+transformers' apply_chat_template configures it.
 
 Usage: openai_api_test.py BUILD_DIR WORK_DIR
 """
@@ -19,6 +20,7 @@ import time
 import urllib.error
 import urllib.request
 
+import jinja2.sandbox
 import openai
 import tokenizers
 
@@ -73,6 +75,26 @@ workers = None
 def reference(prompt, max_tokens):
     """Greedy ids from the engine alone for `prompt` (HF tokenizers' ids), and their text."""
     ids = tok.encode(prompt).ids
+    out = subprocess.run([f"{BUILD}/tools/moe-generate", "--model", MODEL, "--threads", "1",
+                          "--prompt-ids", ",".join(map(str, ids)), "--max-new-tokens", str(max_tokens)],
+                         check=True, capture_output=True, text=True).stdout
+    new = [int(x) for x in re.findall(r"-?\d+", out.strip().splitlines()[-1])]
+    return ids, new, tok.decode(new, skip_special_tokens=True)
+
+
+def render_chat(messages, **kwargs):
+    """The prompt transformers' apply_chat_template(add_generation_prompt=True) renders."""
+    config = json.load(open(os.path.join(MODEL, "tokenizer_config.json")))
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                                       extensions=["jinja2.ext.loopcontrols"])
+    token = lambda t: t["content"] if isinstance(t, dict) else t  # noqa: E731
+    return env.from_string(config["chat_template"]).render(
+        messages=messages, tools=None, documents=None, add_generation_prompt=True,
+        bos_token=token(config["bos_token"]), eos_token=token(config["eos_token"]), **kwargs)
+
+
+def chat_reference(messages, max_tokens, **kwargs):
+    ids = tok.encode(render_chat(messages, **kwargs), add_special_tokens=False).ids
     out = subprocess.run([f"{BUILD}/tools/moe-generate", "--model", MODEL, "--threads", "1",
                           "--prompt-ids", ",".join(map(str, ids)), "--max-new-tokens", str(max_tokens)],
                          check=True, capture_output=True, text=True).stdout
@@ -197,6 +219,42 @@ try:
     check(all(results.get(i) == refs[prompts[i % len(prompts)]][2] for i in range(16)),
           "16 concurrent streams equal their references")
 
+    # Chat completions: the conversation rendered with the checkpoint's template, then generated.
+    conversations = [
+        [{"role": "user", "content": "Hello!"}],
+        [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "你好，世界"},
+         {"role": "assistant", "content": "<think>hm</think>Hi."}, {"role": "user", "content": "🚀 again"}]]
+    for messages in conversations:
+        ids, new, text = chat_reference(messages, 16)
+        r = client.chat.completions.create(model="tiny-dsv3", messages=messages, max_tokens=16,
+                                           temperature=0, extra_body={"ignore_eos": True})
+        check(r.object == "chat.completion" and r.id.startswith("chatcmpl-"), f"chat envelope {r}")
+        check(r.choices[0].message.role == "assistant" and r.choices[0].message.content == text,
+              f"chat answer {r.choices[0].message!r} != {text!r}")
+        check(r.usage.prompt_tokens == len(ids) and r.usage.completion_tokens == 16, f"chat usage {r.usage}")
+        chunks = list(client.chat.completions.create(model="tiny-dsv3", messages=messages, max_tokens=16,
+                                                     temperature=0, stream=True,
+                                                     stream_options={"include_usage": True},
+                                                     extra_body={"ignore_eos": True}))
+        check(all(c.object == "chat.completion.chunk" for c in chunks), "chat chunk objects")
+        check(chunks[0].choices[0].delta.role == "assistant", f"first chat chunk has the role: {chunks[0]}")
+        streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        check(streamed == text, f"streamed chat {streamed!r} != {text!r}")
+        finals = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+        check(finals == ["length"], f"chat stream finish reasons {finals}")
+        check(chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == len(ids), f"chat usage chunk {chunks[-1]}")
+    # chat_template_kwargs reach the template: DeepSeek-V3.1's thinking mode opens <think>.
+    thinking = [{"role": "user", "content": "Think."}]
+    ids, new, text = chat_reference(thinking, 8, thinking=True)
+    check(ids != tok.encode(render_chat(thinking), add_special_tokens=False).ids, "thinking changes the prompt")
+    status, body = http("POST", "/v1/chat/completions", {"messages": thinking, "max_tokens": 8, "temperature": 0,
+                                                        "ignore_eos": True, "chat_template_kwargs": {"thinking": True}})
+    check(status == 200 and json.loads(body)["choices"][0]["message"]["content"] == text, f"thinking chat: {body}")
+    # Without max_tokens a chat may use the rest of the context; stop at EOS or a stop token.
+    r = client.chat.completions.create(model="tiny-dsv3", messages=thinking, temperature=0,
+                                       extra_body={"stop_token_ids": [chat_reference(thinking, 3)[1][2]]})
+    check(r.choices[0].finish_reason == "stop" and r.usage.completion_tokens <= 3, f"chat without max_tokens: {r.usage}")
+
     # A client that goes away mid-stream: its request is cancelled, its KV blocks freed.
     cancelled_before = metric('moe_requests_total{outcome="cancelled"}') or 0
     s = client.completions.create(model="tiny-dsv3", prompt=prompts[2], max_tokens=400,
@@ -228,7 +286,10 @@ try:
             ("logprobs", lambda: client.completions.create(model="tiny-dsv3", prompt="x", logprobs=2), 400, "logprobs"),
             ("temperature", lambda: client.completions.create(model="tiny-dsv3", prompt="x", temperature=-1), 400, "temperature"),
             ("too long", lambda: client.completions.create(model="tiny-dsv3", prompt="x", max_tokens=100000), 400, "max_tokens"),
-            ("chat (not yet)", lambda: client.chat.completions.create(model="tiny-dsv3", messages=[{"role": "user", "content": "hi"}]), 501, "chat template"),
+            ("no messages", lambda: client.chat.completions.create(model="tiny-dsv3", messages=[]), 400, "messages"),
+            ("message without role", lambda: client.chat.completions.create(model="tiny-dsv3", messages=[{"content": "hi"}]), 400, "role"),
+            # DeepSeek-V3.1's template concatenates content with strings: a list of parts fails in it.
+            ("template fails", lambda: client.chat.completions.create(model="tiny-dsv3", messages=[{"role": "user", "content": [{"type": "text", "text": "hi"}]}]), 400, "concatenate"),
             ("bad key", lambda: openai.OpenAI(base_url=f"http://127.0.0.1:{HTTP}/v1", api_key="wrong", max_retries=0).completions.create(model="tiny-dsv3", prompt="x"), 401, "not valid")]:
         got, message = error_of(call)
         check(got == status and text in message, f"{name}: {got} {message}")

@@ -1,6 +1,7 @@
 // The served system as users run it: moe-coordinator and moe-worker processes on loopback ports,
 // clients over gRPC. Greedy outputs are checked against the engine run alone (the code path of
 // moe-generate, itself checked against HF transformers).
+#include <algorithm>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
@@ -671,6 +672,31 @@ TEST_F(ServingTest, TextPromptsStreamText) {
   ASSERT_EQ(run.exit_code, 0) << run.err;
   EXPECT_EQ(run.out,
             (*tokenizer)->Decode(Reference(ids, 12), /*skip_special_tokens=*/true).value() + "\n");
+
+  // A conversation, rendered with the checkpoint's chat template (moe-make-model writes
+  // DeepSeek-V3.1's; what it renders for this conversation is spelled out here) and encoded
+  // without adding a second BOS.
+  const std::string rendered = "<｜begin▁of▁sentence｜>Be brief.<｜User｜>Hi there<｜Assistant｜></think>";
+  const std::vector<int32_t> chat_ids = (*tokenizer)->Encode(rendered, /*add_special_tokens=*/false);
+  EXPECT_EQ(std::count(chat_ids.begin(), chat_ids.end(), 0), 1);
+  moe::v1::GenerateRequest chat = Request({}, 12);
+  for (const auto& [role, content] : {std::pair<std::string, std::string>{"system", "Be brief."},
+                                      {"user", "Hi there"}}) {
+    moe::v1::ChatMessage* m = chat.add_messages();
+    m->set_role(role);
+    m->set_content(content);
+  }
+  const Outcome answer = Generate(cluster.stub(), chat);
+  ASSERT_TRUE(answer.status.ok()) << answer.status.error_message();
+  EXPECT_EQ(answer.prompt_tokens, static_cast<int>(chat_ids.size()));
+  EXPECT_EQ(answer.tokens, Reference(chat_ids, 12));
+  run = ::moe::testing::RunCommand(absl::StrCat(BinaryPath("tools/moe-client"), " --server ",
+                                                cluster.address(),
+                                                " --system 'Be brief.' --chat 'Hi there' --max-tokens 12 --ignore-eos"));
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_EQ(run.out, (*tokenizer)->Decode(answer.tokens, /*skip_special_tokens=*/true).value() + "\n");
+  chat.add_prompt_ids(5);  // a conversation and ids at once
+  EXPECT_EQ(Generate(cluster.stub(), chat).status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
 }
 
 // Without a usable tokenizer the coordinator still serves token ids; text requests get an error

@@ -36,7 +36,7 @@ absl::StatusOr<std::string> Render(const json& c) {
     if (!t.ok()) return t.status();
     return t->Render(jinja::Value::FromJson(c.at("variables")).as_dict());
   }
-  const std::string source = Read(kDir / "chat_templates" / c.at("template").get<std::string>());
+  const std::string source = Read(std::filesystem::path(MOE_SOURCE_DIR) / "tools" / "data" / "chat_templates" / c.at("template").get<std::string>());
   auto t = ChatTemplate::FromSource(source, c.at("special_tokens"), c.at("template").get<std::string>());
   if (!t.ok()) return t.status();
   Conversation conversation;

@@ -3,7 +3,7 @@
 
 Two kinds of case, both written to tests/text/chat_template_goldens.json:
 
-  conversations  each published chat template in tests/text/chat_templates/ (DeepSeek-R1,
+  conversations  each published chat template in tools/data/chat_templates/ (DeepSeek-R1,
                  DeepSeek-V3.1, Kimi K2, Kimi K2 Thinking, Qwen3) applied to a set of conversations
                  (system prompts, multi-turn, tool calls and results, reasoning, list content,
                  template switches such as enable_thinking) by
@@ -183,7 +183,7 @@ def main():
 
     cases = []
     for template, family in TEMPLATES.items():
-        with open(os.path.join(HERE, "chat_templates", template), encoding="utf-8") as f:
+        with open(os.path.join(HERE, "..", "..", "tools", "data", "chat_templates", template), encoding="utf-8") as f:
             source = f.read()
         tok = PreTrainedTokenizerFast(tokenizer_file=args.tokenizer, **SPECIAL[family])
         for name, messages, tools, agp, kwargs in CONVERSATIONS:

@@ -257,6 +257,10 @@ absl::StatusOr<Value> Arithmetic(absl::string_view op, const Value& a, const Val
     if (next != args.size()) return TypeError("not all arguments converted during string formatting");
     return Value(std::move(out));
   }
+  if (op == "+" && (a.is_string() || a.is_list()) && !b.is_number()) {  // Python's wording
+    return TypeError(absl::StrCat("can only concatenate ", a.TypeName(), " (not \"", b.TypeName(),
+                                  "\") to ", a.TypeName()));
+  }
   if (!a.is_number() || !b.is_number()) {
     return TypeError(absl::StrCat("unsupported operand type(s) for ", op, ": '", a.TypeName(), "' and '",
                                   b.TypeName(), "'"));

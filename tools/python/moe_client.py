@@ -5,7 +5,7 @@
     .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt "Hello" --max-tokens 16
     .venv/bin/python3 tools/python/moe_client.py --server localhost:50051 --prompt-ids 1,2,3
 
-With --prompt, prints the text as it streams in (the server's tokenizer encodes and decodes it);
+With --prompt or --chat, prints the text as it streams in (the server's tokenizer encodes and decodes it);
 with --prompt-ids, the new token ids at the end. Errors print the gRPC status code and message.
 """
 import argparse
@@ -38,6 +38,8 @@ def main():
     prompt = ap.add_mutually_exclusive_group(required=True)
     prompt.add_argument("--prompt", help="prompt text")
     prompt.add_argument("--prompt-ids", help="comma-separated token ids")
+    prompt.add_argument("--chat", help="a user message, sent as a conversation (the server applies the chat template)")
+    ap.add_argument("--system", help="with --chat: a system message before the user's")
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
     ap.add_argument("--top-p", type=float, default=1.0)
@@ -56,8 +58,13 @@ def main():
     if args.seed is not None:
         sampling.seed = args.seed
     request = pb.GenerateRequest(max_tokens=args.max_tokens, sampling=sampling, ignore_eos=args.ignore_eos)
+    text_out = args.prompt is not None or args.chat is not None
     if args.prompt is not None:
         request.prompt = args.prompt
+    elif args.chat is not None:
+        if args.system:
+            request.messages.add(role="system", content=args.system)
+        request.messages.add(role="user", content=args.chat)
     else:
         request.prompt_ids.extend(int(x) for x in args.prompt_ids.split(","))
     if args.tls_ca or args.tls_cert:
@@ -72,7 +79,7 @@ def main():
         metadata = [("authorization", f"Bearer {args.api_key}")] if args.api_key else None
         for response in stub.Generate(request, metadata=metadata):
             tokens.extend(response.token_ids)
-            if args.prompt is not None:
+            if text_out:
                 print(response.text, end="", flush=True)
             if response.finish_reason:
                 print(f"finish_reason={pb.FinishReason.Name(response.finish_reason)} "
@@ -80,7 +87,7 @@ def main():
     except grpc.RpcError as e:
         print(f"moe_client.py: {e.code().name}: {e.details()}", file=sys.stderr)
         return 1
-    print() if args.prompt is not None else print(" ".join(str(t) for t in tokens))
+    print() if text_out else print(" ".join(str(t) for t in tokens))
     return 0
 
 

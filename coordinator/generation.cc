@@ -105,7 +105,8 @@ void Generation::Cancel() {
 bool Generation::Next(absl::Duration timeout, Chunk* chunk) {
   if (ended_) return true;
   std::vector<int32_t> tokens;
-  const bool ended = request_->Wait(timeout, &tokens);
+  std::vector<moe::v1::TokenLogprobs> logprobs;
+  const bool ended = request_->Wait(timeout, &tokens, &logprobs);
   const absl::Time now = absl::Now();
   if (!tokens.empty()) {
     // Tokens that arrived together share the interval since the previous delivery.
@@ -123,8 +124,10 @@ bool Generation::Next(absl::Duration timeout, Chunk* chunk) {
   }
   // Tokens and their text, up to the token that completes a stop string.
   std::string text;
-  for (int32_t id : tokens) {
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    const int32_t id = tokens[i];
     chunk->tokens.push_back(id);
+    if (i < logprobs.size()) chunk->logprobs.push_back(std::move(logprobs[i]));
     ++completion_tokens_;
     if (!decoder_) continue;
     if (auto piece = decoder_->Push(id); piece.ok()) text += stops_.Feed(*piece);

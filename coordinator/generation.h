@@ -22,6 +22,7 @@ class Generation {
   struct Chunk {
     std::vector<int32_t> tokens;
     std::string text;  // empty without a tokenizer
+    std::vector<moe::v1::TokenLogprobs> logprobs;  // one per token, when the request asked
   };
 
   // Errors as the request deserves: UNAVAILABLE (not serving), INVALID_ARGUMENT (naming the

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "coordinator/generation.h"
 #include "coordinator/openai_request.h"
+#include "text/utf8.h"
 #include "nlohmann/json.hpp"
 
 namespace moe {
@@ -77,7 +78,68 @@ struct Choices {
   bool chat = false;
   bool stream = false;
   std::vector<std::unique_ptr<Generation>> gens;
-  std::vector<std::string> text;  // per choice, for the non-streaming answer
+  // Per choice, for the non-streaming answer: its text, tokens and their log-probabilities.
+  std::vector<std::string> text;
+  std::vector<std::vector<int32_t>> tokens;
+  std::vector<std::vector<moe::v1::TokenLogprobs>> logprobs;
+  bool want_logprobs = false;
+  const text::Tokenizer* tokenizer = nullptr;  // spells the logprobs' tokens (null: "token_id:N")
+  std::vector<int64_t> text_offset;            // per choice: where its next token's text starts
+
+  // A token as the logprobs spell it: its text (U+FFFD for bytes that are not whole characters,
+  // as vLLM shows them) and its bytes.
+  std::string TokenText(int32_t id, std::string* bytes = nullptr) const {
+    if (tokenizer != nullptr) {
+      if (auto b = tokenizer->TokenBytes(id); b.ok()) {
+        if (bytes != nullptr) bytes->assign(b->data(), b->size());
+        return text::LossyUtf8(*b);
+      }
+    }
+    const std::string s = absl::StrCat("token_id:", id);
+    if (bytes != nullptr) *bytes = s;
+    return s;
+  }
+  json ChatEntry(int32_t id, float logprob) const {
+    std::string bytes;
+    const std::string token = TokenText(id, &bytes);
+    std::vector<int> values;
+    for (char c : bytes) values.push_back(static_cast<unsigned char>(c));
+    return {{"token", token}, {"logprob", logprob}, {"bytes", values}};
+  }
+  // The `logprobs` of choice i for these tokens: OpenAI's chat form ({"content": [...]}) or its
+  // completions form (tokens, token_logprobs, top_logprobs, text_offset); null when not asked.
+  json Logprobs(size_t i, const std::vector<int32_t>& ids, const std::vector<moe::v1::TokenLogprobs>& lps) {
+    if (!want_logprobs) return nullptr;
+    const size_t n_tokens = std::min(ids.size(), lps.size());
+    if (chat) {
+      json content = json::array();
+      for (size_t k = 0; k < n_tokens; ++k) {
+        json e = ChatEntry(ids[k], lps[k].logprob());
+        e["top_logprobs"] = json::array();
+        for (int j = 0; j < lps[k].top_ids_size(); ++j) {
+          e["top_logprobs"].push_back(ChatEntry(lps[k].top_ids(j), lps[k].top_logprobs(j)));
+        }
+        content.push_back(std::move(e));
+      }
+      return {{"content", content}};
+    }
+    json out = {{"tokens", json::array()}, {"token_logprobs", json::array()},
+                {"top_logprobs", json::array()}, {"text_offset", json::array()}};
+    for (size_t k = 0; k < n_tokens; ++k) {
+      const std::string token = TokenText(ids[k]);
+      out["tokens"].push_back(token);
+      out["token_logprobs"].push_back(lps[k].logprob());
+      json top = json::object();  // the alternatives and, as vLLM adds it, the chosen token
+      for (int j = 0; j < lps[k].top_ids_size(); ++j) top[TokenText(lps[k].top_ids(j))] = lps[k].top_logprobs(j);
+      if (!top.contains(token)) top[token] = lps[k].logprob();
+      out["top_logprobs"].push_back(std::move(top));
+      out["text_offset"].push_back(text_offset[i]);
+      text_offset[i] += static_cast<int64_t>(std::count_if(token.begin(), token.end(), [](char c) {
+        return (static_cast<unsigned char>(c) & 0xC0) != 0x80;  // characters, not bytes
+      }));
+    }
+    return out;
+  }
 
   // The fields every answer and every streamed event share.
   json Envelope() const {
@@ -86,7 +148,8 @@ struct Choices {
   }
   // One choice of an answer or event: `text` is the whole answer, or what is new in an event
   // (a chat stream's first event per choice carries the role; `role_only` makes that one).
-  json Choice(size_t i, const std::string& text, const json& finish_reason, bool role_only = false) const {
+  json Choice(size_t i, const std::string& text, const json& finish_reason, bool role_only = false,
+              json logprobs = nullptr) const {
     json c = {{"index", i}};
     if (!chat) {
       c["text"] = text;
@@ -97,7 +160,7 @@ struct Choices {
     } else {
       c["delta"] = text.empty() ? json::object() : json({{"content", text}});
     }
-    c["logprobs"] = nullptr;
+    c["logprobs"] = std::move(logprobs);
     c["finish_reason"] = finish_reason;
     return c;
   }
@@ -114,7 +177,7 @@ struct Choices {
   void CancelAll() {
     for (auto& g : gens) g->Cancel();
   }
-  // Polls every unfinished choice once; calls on_chunk(choice, text, ended). False when all ended.
+  // Polls every unfinished choice once; calls on_chunk(choice, chunk, ended). False when all ended.
   template <typename Fn>
   bool Poll(Fn on_chunk) {
     bool any_running = false;
@@ -123,7 +186,7 @@ struct Choices {
       if (gens[i]->ended()) continue;
       Generation::Chunk chunk;
       const bool ended = gens[i]->Next(wait, &chunk);
-      on_chunk(i, chunk.text, ended);
+      on_chunk(i, chunk, ended);
       any_running = any_running || !ended;
     }
     return any_running;
@@ -244,6 +307,8 @@ void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Resp
   choices->n = n;
   choices->chat = parsed->conversation.has_value();
   choices->stream = stream;
+  choices->want_logprobs = !parsed->prompts.empty() && parsed->prompts[0].has_logprobs();
+  choices->tokenizer = ctx_.text->tokenizer.get();
   for (moe::v1::GenerateRequest& prompt : parsed->prompts) {
     if (parsed->conversation) {
       if (absl::Status s = ctx_.text->EncodeConversation(*parsed->conversation, &prompt); !s.ok()) {
@@ -264,11 +329,16 @@ void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Resp
     }
   }
   choices->text.assign(choices->gens.size(), "");
+  choices->tokens.resize(choices->gens.size());
+  choices->logprobs.resize(choices->gens.size());
+  choices->text_offset.assign(choices->gens.size(), 0);
 
   if (!stream) {
     absl::Status failure;
-    while (choices->Poll([&](size_t i, const std::string& text, bool ended) {
-      choices->text[i] += text;
+    while (choices->Poll([&](size_t i, const Generation::Chunk& chunk, bool ended) {
+      choices->text[i] += chunk.text;
+      choices->tokens[i].insert(choices->tokens[i].end(), chunk.tokens.begin(), chunk.tokens.end());
+      choices->logprobs[i].insert(choices->logprobs[i].end(), chunk.logprobs.begin(), chunk.logprobs.end());
       if (ended && !choices->gens[i]->status().ok() && failure.ok()) {
         failure = choices->gens[i]->status();
       }
@@ -279,7 +349,8 @@ void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Resp
     out["choices"] = json::array();
     for (size_t i = 0; i < choices->gens.size(); ++i) {
       out["choices"].push_back(choices->Choice(
-          i, choices->text[i], FinishReasonName(choices->gens[i]->finish_reason())));
+          i, choices->text[i], FinishReasonName(choices->gens[i]->finish_reason()), false,
+          choices->Logprobs(i, choices->tokens[i], choices->logprobs[i])));
     }
     out["usage"] = choices->Usage();
     res.set_content(out.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
@@ -302,7 +373,7 @@ void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Resp
           if (include_usage) c["usage"] = nullptr;
           client_gone = !send(c);
         }
-        while (!client_gone && choices->Poll([&](size_t i, const std::string& text, bool ended) {
+        while (!client_gone && choices->Poll([&](size_t i, const Generation::Chunk& chunk, bool ended) {
           if (client_gone) return;
           const Generation& g = *choices->gens[i];
           if (ended && !g.status().ok()) {
@@ -310,10 +381,11 @@ void OpenAiApi::Complete(absl::StatusOr<CompletionRequest> parsed, httplib::Resp
             client_gone = !send(ErrorJson(status, std::string(g.status().message())));
             return;
           }
-          if (!text.empty() || ended) {
+          if (!chunk.text.empty() || ended || !chunk.logprobs.empty()) {
             json c = choices->Envelope();
-            c["choices"] = json::array(
-                {choices->Choice(i, text, ended ? json(FinishReasonName(g.finish_reason())) : json())});
+            c["choices"] = json::array({choices->Choice(
+                i, chunk.text, ended ? json(FinishReasonName(g.finish_reason())) : json(), false,
+                choices->Logprobs(i, chunk.tokens, chunk.logprobs))});
             if (include_usage) c["usage"] = nullptr;
             client_gone = !send(c);
           }

@@ -1,7 +1,7 @@
 // The OpenAI-compatible HTTP API of the coordinator, on cpp-httplib (Debian's libcpp-httplib, the
 // library /metrics already uses; SSE is its chunked content provider):
 //   POST /v1/completions       text or token-id prompts (batches too), n choices, streaming (SSE)
-//                              with stream_options.include_usage, stop strings, seed, ...
+//                              with stream_options.include_usage, stop strings, seed, logprobs...
 //   POST /v1/chat/completions  conversations rendered with the model's chat template (as
 //                              transformers' apply_chat_template does), streaming as above
 //   GET  /v1/models, GET /health, POST /tokenize, POST /detokenize (as vLLM's server has them)

@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "coordinator/validation.h"
 #include "nlohmann/json.hpp"
 
 namespace moe {
@@ -57,15 +58,46 @@ absl::StatusOr<std::vector<moe::v1::GenerateRequest>> Prompts(const json& body) 
 
 // The sampling and stopping fields every choice shares; max_tokens is `default_max_tokens` when
 // the body does not set it.
-absl::Status Common(const json& body, int64_t default_max_tokens, moe::v1::GenerateRequest* r) {
+absl::Status Common(const json& body, bool chat, int64_t default_max_tokens,
+                    moe::v1::GenerateRequest* r) {
   // What this server cannot do yet is refused, not ignored.
   auto set = [&](const char* key) {
     if (!Has(body, key)) return false;
     const json& v = body.at(key);
     return !(v == false || v == 0 || (v.is_string() && v.get<std::string>().empty()));
   };
-  for (const char* key : {"logprobs", "top_logprobs", "suffix", "echo"}) {
+  for (const char* key : {"suffix", "echo"}) {
     if (set(key)) return absl::InvalidArgumentError(absl::StrCat(key, ": not supported yet"));
+  }
+  // Log-probabilities: a completion's `logprobs` is the number of alternatives; a chat's is a
+  // boolean with the number in `top_logprobs`.
+  const std::string range = absl::StrCat("an integer in [0, ", kMaxTopLogprobs, "]");
+  auto count = [&](const char* key) -> absl::StatusOr<int32_t> {
+    const json& v = body.at(key);
+    if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(absl::StrCat(key, ": expected ", range));
+    }
+    return v.get<int32_t>();
+  };
+  if (!chat && Has(body, "logprobs")) {
+    auto k = count("logprobs");
+    if (!k.ok()) return k.status();
+    r->set_logprobs(*k);
+  }
+  if (!chat && Has(body, "top_logprobs")) {
+    return absl::InvalidArgumentError("top_logprobs: a chat field; completions take logprobs: N");
+  }
+  if (chat && Has(body, "logprobs")) {
+    if (!body.at("logprobs").is_boolean()) return absl::InvalidArgumentError("logprobs: expected a boolean");
+    if (body.at("logprobs").get<bool>()) r->set_logprobs(0);
+  }
+  if (chat && Has(body, "top_logprobs")) {
+    auto k = count("top_logprobs");
+    if (!k.ok()) return k.status();
+    if (!r->has_logprobs() && *k > 0) {
+      return absl::InvalidArgumentError("top_logprobs: needs \"logprobs\": true");
+    }
+    if (r->has_logprobs()) r->set_logprobs(*k);
   }
   if (Has(body, "best_of") && body.at("best_of") != 1) {
     return absl::InvalidArgumentError("best_of: only 1 is supported");
@@ -171,7 +203,7 @@ absl::StatusOr<CompletionRequest> ParseCompletionRequest(std::string_view text) 
   if (!prompts.ok()) return prompts.status();
   moe::v1::GenerateRequest common;
   // 16 is OpenAI's default max_tokens for completions.
-  if (absl::Status s = Common(*body, /*default_max_tokens=*/16, &common); !s.ok()) return s;
+  if (absl::Status s = Common(*body, /*chat=*/false, /*default_max_tokens=*/16, &common); !s.ok()) return s;
   for (const moe::v1::GenerateRequest& p : *prompts) {
     moe::v1::GenerateRequest r = common;
     r.set_prompt(p.prompt());
@@ -190,7 +222,7 @@ absl::StatusOr<CompletionRequest> ParseChatCompletionRequest(std::string_view te
   if (!conversation.ok()) return conversation.status();
   out.conversation = *std::move(conversation);
   moe::v1::GenerateRequest common;
-  if (absl::Status s = Common(*body, /*default_max_tokens=*/0, &common); !s.ok()) return s;
+  if (absl::Status s = Common(*body, /*chat=*/true, /*default_max_tokens=*/0, &common); !s.ok()) return s;
   out.prompts.push_back(std::move(common));
   if (absl::Status s = Envelope(*body, &out); !s.ok()) return s;
   return out;

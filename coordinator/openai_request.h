@@ -2,9 +2,10 @@
 // it asks for: the prompt (a string, a list of strings, a list of token ids or a list of those)
 // or the conversation (messages, tools, add_generation_prompt, chat_template_kwargs, as vLLM
 // takes them), the sampling and stopping fields (OpenAI's, and vLLM's ignore_eos,
-// skip_special_tokens, top_k, stop_token_ids), n, stream and stream_options. What the server cannot do yet (logprobs, echo, suffix,
-// penalties, logit_bias, best_of > 1) is INVALID_ARGUMENT, not ignored; so is a field of the
-// wrong type, named in the message.
+// skip_special_tokens, top_k, stop_token_ids), logprobs (a completion's count of alternatives, a
+// chat's boolean with top_logprobs), n, stream and stream_options. What the server cannot do yet
+// (echo, suffix, penalties, logit_bias, best_of > 1) is INVALID_ARGUMENT, not ignored; so is a
+// field of the wrong type, named in the message.
 #pragma once
 
 #include <cstdint>

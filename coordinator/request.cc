@@ -4,10 +4,13 @@
 
 namespace moe {
 
-void Request::Emit(int32_t token) {
+void Request::Emit(int32_t token, const moe::v1::TokenLogprobs* logprobs) {
   std::lock_guard<std::mutex> lock(mu_);
   if (ended_) return;
   pending_.push_back(token);
+  if (params_.sampling.logprobs()) {
+    pending_logprobs_.push_back(logprobs != nullptr ? *logprobs : moe::v1::TokenLogprobs());
+  }
   ++produced_;
   cv_.notify_all();
 }
@@ -28,12 +31,15 @@ void Request::Fail(const absl::Status& status) {
   cv_.notify_all();
 }
 
-bool Request::Wait(absl::Duration timeout, std::vector<int32_t>* tokens) {
+bool Request::Wait(absl::Duration timeout, std::vector<int32_t>* tokens,
+                   std::vector<moe::v1::TokenLogprobs>* logprobs) {
   std::unique_lock<std::mutex> lock(mu_);
   cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout),
                [&] { return ended_ || !pending_.empty(); });
   tokens->insert(tokens->end(), pending_.begin(), pending_.end());
   pending_.clear();
+  if (logprobs != nullptr) logprobs->insert(logprobs->end(), pending_logprobs_.begin(), pending_logprobs_.end());
+  pending_logprobs_.clear();
   return ended_;
 }
 

@@ -31,14 +31,16 @@ class Request {
   const RequestParams& params() const { return params_; }
   absl::Time arrival() const { return arrival_; }
 
-  // Producer side (the scheduler).
-  void Emit(int32_t token);
+  // Producer side (the scheduler). `logprobs` goes with the token when the request asked for them.
+  void Emit(int32_t token, const moe::v1::TokenLogprobs* logprobs = nullptr);
   void Finish(moe::v1::FinishReason reason);
   void Fail(const absl::Status& status);
 
   // Consumer side. Waits up to `timeout` for news; moves the tokens produced since the last call
-  // into `tokens`; returns true once the request has ended.
-  bool Wait(absl::Duration timeout, std::vector<int32_t>* tokens);
+  // into `tokens` (and their log-probabilities, when asked for, into `logprobs`); returns true
+  // once the request has ended.
+  bool Wait(absl::Duration timeout, std::vector<int32_t>* tokens,
+            std::vector<moe::v1::TokenLogprobs>* logprobs = nullptr);
   absl::Status status() const;
   moe::v1::FinishReason finish_reason() const;
   int64_t produced() const;
@@ -54,6 +56,7 @@ class Request {
   mutable std::mutex mu_;
   std::condition_variable cv_;
   std::vector<int32_t> pending_;
+  std::vector<moe::v1::TokenLogprobs> pending_logprobs_;
   int64_t produced_ = 0;
   bool ended_ = false;
   bool cancelled_ = false;

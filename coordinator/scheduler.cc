@@ -166,7 +166,7 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
     const RequestParams& p = s->request->params();
     s->tokens.push_back(token);
     ++s->generated;
-    s->request->Emit(token);
+    s->request->Emit(token, i < result.logprobs_size() ? &result.logprobs(i) : nullptr);
     const bool stop = std::count(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) > 0 ||
                       (!p.ignore_eos && std::count(options_.eos_token_ids.begin(),
                                                    options_.eos_token_ids.end(), token) > 0);

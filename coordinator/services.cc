@@ -49,6 +49,7 @@ grpc::Status InferenceService::Generate(grpc::ServerContext* context,
     moe::v1::GenerateResponse resp;
     resp.mutable_token_ids()->Add(chunk.tokens.begin(), chunk.tokens.end());
     resp.set_text(std::move(chunk.text));
+    for (moe::v1::TokenLogprobs& lp : chunk.logprobs) *resp.add_logprobs() = std::move(lp);
     if (ended && !gen.status().ok()) {
       if (resp.token_ids_size() > 0) writer->Write(resp);
       return ToGrpc(gen.status());

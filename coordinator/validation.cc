@@ -54,6 +54,9 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
   const float top_p = s.has_top_p() ? s.top_p() : 1.0f;
   if (!(top_p > 0.0f && top_p <= 1.0f))
     return bad("sampling.top_p: must be in (0, 1], got ", top_p);
+  if (r.has_logprobs() && (r.logprobs() < 0 || r.logprobs() > kMaxTopLogprobs)) {
+    return bad("logprobs: must be in [0, ", kMaxTopLogprobs, "], got ", r.logprobs());
+  }
   for (int i = 0; i < r.stop_token_ids_size(); ++i) {
     const int32_t id = r.stop_token_ids(i);
     if (id < 0 || id >= c.vocab_size) {
@@ -68,6 +71,10 @@ absl::StatusOr<RequestParams> ValidateRequest(const moe::v1::GenerateRequest& r,
   p.sampling.set_top_k(s.top_k());
   p.sampling.set_top_p(top_p);
   p.sampling.set_seed(s.has_seed() ? s.seed() : random_seed);
+  if (r.has_logprobs()) {
+    p.sampling.set_logprobs(true);
+    p.sampling.set_top_logprobs(r.logprobs());
+  }
   p.stop_token_ids.assign(r.stop_token_ids().begin(), r.stop_token_ids().end());
   p.ignore_eos = r.ignore_eos();
   return p;

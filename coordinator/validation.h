@@ -9,6 +9,9 @@
 
 namespace moe {
 
+// The most alternatives a request may ask log-probabilities of (OpenAI's and vLLM's bound).
+constexpr int32_t kMaxTopLogprobs = 20;
+
 // What one request may ask for.
 struct RequestLimits {
   int64_t max_sequence_tokens = 0;  // the most tokens one sequence can hold in a DP group's cache

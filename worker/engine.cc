@@ -144,17 +144,72 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
       std::find(wants_sample.begin(), wants_sample.end(), true) != wants_sample.end();
   std::vector<int64_t> sampled_entry;
   std::vector<int32_t> sampled;
+  std::vector<std::pair<int64_t, TokenLogprobs>> logprobs;  // by step entry
   if (any_sample && ctx_->shard().tp_rank == 0) {
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> drawn, model_->Sample(samples));
+    const bool any_logprobs = std::any_of(samples.begin(), samples.end(),
+                                          [](const SampleRequest& r) { return r.logprobs; });
+    Tensor logits;
+    if (any_logprobs && return_logits) logits = result.logits;
+    if (any_logprobs && !return_logits) {
+      MOE_ASSIGN_OR_RETURN(logits, model_->Logits());
+    }
     for (size_t j = 0; j < drawn.size(); ++j) {
       if (!wants_sample[j]) continue;
       sampled_entry.push_back(logit_entry[j]);
       sampled.push_back(drawn[j]);
+      if (samples[j].logprobs) {
+        logprobs.emplace_back(logit_entry[j],
+                              LogprobsOf(logits.row(static_cast<int64_t>(j)), config().vocab_size,
+                                         drawn[j], samples[j].top_logprobs));
+      }
     }
   }
   result.tokens.assign(step.size(), -1);
   MOE_RETURN_IF_ERROR(ShareSampledTokens(sampled_entry, sampled, &result));
+  MOE_RETURN_IF_ERROR(ShareLogprobs(step, logprobs, &result));
   return result;
+}
+
+absl::Status Engine::ShareLogprobs(const std::vector<SequenceStep>& step,
+                                   const std::vector<std::pair<int64_t, TokenLogprobs>>& mine,
+                                   StepOutput* out) {
+  out->logprobs.assign(step.size(), TokenLogprobs());
+  // The layout every rank derives from the step alone: per asking entry, one value and `top` (id,
+  // value) pairs.
+  std::vector<size_t> offset(step.size(), 0);
+  size_t slots = 0;
+  auto asks = [&](const SequenceStep& s) { return s.want_logits && s.sample && s.sample->logprobs; };
+  for (size_t i = 0; i < step.size(); ++i) {
+    offset[i] = slots;
+    if (asks(step[i])) slots += 1 + static_cast<size_t>(std::max(0, step[i].sample->top_logprobs));
+  }
+  if (slots == 0) return absl::OkStatus();
+  std::vector<float> values(slots, 0.0f);
+  std::vector<int64_t> ids(slots, 0);
+  for (const auto& [entry, lp] : mine) {
+    const size_t at = offset[static_cast<size_t>(entry)];
+    values[at] = lp.logprob;
+    for (size_t k = 0; k < lp.top_ids.size(); ++k) {
+      ids[at + 1 + k] = lp.top_ids[k];
+      values[at + 1 + k] = lp.top_logprobs[k];
+    }
+  }
+  if (ctx_->world().size() > 1) {  // one rank contributes each slot: the sums are exact
+    MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(values.data(), values.size()));
+    MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(ids.data(), ids.size()));
+  }
+  for (size_t i = 0; i < step.size(); ++i) {
+    if (!asks(step[i])) continue;
+    TokenLogprobs& lp = out->logprobs[i];
+    lp.logprob = values[offset[i]];
+    const int top = std::max(0, step[i].sample->top_logprobs);
+    for (int k = 0; k < top; ++k) {
+      lp.top_ids.push_back(static_cast<int32_t>(ids[offset[i] + 1 + static_cast<size_t>(k)]));
+      lp.top_logprobs.push_back(values[offset[i] + 1 + static_cast<size_t>(k)]);
+    }
+  }
+  return absl::OkStatus();
 }
 
 absl::Status Engine::ShareSampledTokens(const std::vector<int64_t>& sampled_entry,

@@ -42,6 +42,8 @@ struct StepOutput {
   std::vector<int32_t> tokens;
   // On every rank: the tokens routed to each routed expert in this step, summed over the ranks.
   std::vector<int64_t> expert_tokens;
+  // On every rank, per entry of the step: the log-probabilities its sample asked for (else empty).
+  std::vector<TokenLogprobs> logprobs;
 };
 
 enum class Device { kCpu, kCuda };
@@ -91,6 +93,11 @@ class Engine {
   // step's per-expert token counts, on every rank.
   absl::Status ShareSampledTokens(const std::vector<int64_t>& sampled_entry,
                                   const std::vector<int32_t>& sampled, StepOutput* out);
+  // Two sums over the world (values, ids) when any entry of the step asked for log-probabilities:
+  // `mine` (this rank's, by step entry) reaches every rank in out->logprobs.
+  absl::Status ShareLogprobs(const std::vector<SequenceStep>& step,
+                             const std::vector<std::pair<int64_t, TokenLogprobs>>& mine,
+                             StepOutput* out);
   ModelConfig config_;
   RotaryEmbedding rope_;
   std::unique_ptr<ParallelContext> ctx_;

@@ -1,5 +1,7 @@
 #include "worker/step_runner.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 
@@ -35,7 +37,8 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::Run(const moe::v1::StepPlan& pla
     s.dp_group = p.dp_group();
     const moe::v1::SamplingSpec& sp = p.sampling();
     s.sample = SampleRequest{{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()},
-                             static_cast<uint64_t>(p.sample_index())};
+                             static_cast<uint64_t>(p.sample_index()), sp.logprobs(),
+                             std::max(sp.top_logprobs(), 0)};
   }
   MOE_ASSIGN_OR_RETURN(StepOutput out, engine_.Step(steps, /*return_logits=*/false));
   moe::v1::StepResult result;
@@ -44,6 +47,13 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::Run(const moe::v1::StepPlan& pla
     if (out.tokens[i] < 0) continue;
     result.add_seq_ids(steps[i].seq_id);
     result.add_tokens(out.tokens[i]);
+    moe::v1::TokenLogprobs* lp = result.add_logprobs();
+    if (steps[i].sample->logprobs) {
+      lp->set_logprob(out.logprobs[i].logprob);
+      lp->mutable_top_ids()->Add(out.logprobs[i].top_ids.begin(), out.logprobs[i].top_ids.end());
+      lp->mutable_top_logprobs()->Add(out.logprobs[i].top_logprobs.begin(),
+                                      out.logprobs[i].top_logprobs.end());
+    }
   }
   result.mutable_expert_tokens()->Add(out.expert_tokens.begin(), out.expert_tokens.end());
   return result;

@@ -12,6 +12,27 @@ namespace moe {
 
 double SampleUniform(uint64_t seed, uint64_t index) { return UniformDraw(seed, index); }
 
+TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int32_t top) {
+  double m = logits[0];
+  for (int64_t i = 1; i < vocab; ++i) m = std::max<double>(m, logits[i]);
+  double z = 0;
+  for (int64_t i = 0; i < vocab; ++i) z += std::exp(static_cast<double>(logits[i]) - m);
+  const double lse = m + std::log(z);
+  TokenLogprobs out;
+  out.logprob = static_cast<float>(logits[token] - lse);
+  const int64_t k = std::clamp<int64_t>(top, 0, vocab);
+  std::vector<int32_t> ids(static_cast<size_t>(vocab));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::partial_sort(ids.begin(), ids.begin() + k, ids.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  for (int64_t i = 0; i < k; ++i) {
+    out.top_ids.push_back(ids[static_cast<size_t>(i)]);
+    out.top_logprobs.push_back(static_cast<float>(logits[ids[static_cast<size_t>(i)]] - lse));
+  }
+  return out;
+}
+
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index) {
   if (spec.temperature <= 0.0f || spec.top_k == 1) {
     return static_cast<int32_t>(cpu::ArgMax(logits, vocab));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace moe {
 
@@ -19,7 +20,20 @@ struct SamplingSpec {
 struct SampleRequest {
   SamplingSpec spec;
   uint64_t index = 0;
+  // Also report log-probabilities (of the raw logits, not the sampling distribution): the drawn
+  // token's and those of the `top_logprobs` most likely tokens.
+  bool logprobs = false;
+  int32_t top_logprobs = 0;
 };
+
+// The log-probabilities at one position: log_softmax(logits) of `token`, and the `top` most
+// likely tokens (most likely first, ties to the lower id) with theirs. Computed in double.
+struct TokenLogprobs {
+  float logprob = 0;
+  std::vector<int32_t> top_ids;
+  std::vector<float> top_logprobs;
+};
+TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int32_t top);
 
 // Uniform in [0, 1), deterministic in (seed, index).
 double SampleUniform(uint64_t seed, uint64_t index);

@@ -69,7 +69,7 @@ TEST(OpenAiRequestTest, BadBodiesNameTheField) {
   EXPECT_THAT(Error(R"({"prompt": "x", "stream": "yes"})"), HasSubstr("stream: expected"));
   EXPECT_THAT(Error(R"({"prompt": "x", "model": 3})"), HasSubstr("model: expected"));
   for (const char* unsupported :
-       {R"("logprobs": 2)", R"("echo": true)", R"("suffix": "s")", R"("presence_penalty": 0.5)",
+       {R"("echo": true)", R"("suffix": "s")", R"("presence_penalty": 0.5)",
         R"("logit_bias": {"5": 1})", R"("best_of": 3)"}) {
     EXPECT_THAT(Error(std::string(R"({"prompt": "x", )") + unsupported + "}"),
                 ::testing::AnyOf(HasSubstr("not supported"), HasSubstr("only")))
@@ -118,13 +118,36 @@ TEST(OpenAiChatRequestTest, BadConversationsNameTheField) {
            {R"({"messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": []})", "chat_template_kwargs"},
            {R"({"messages": [{"role": "user", "content": "x"}], "add_generation_prompt": "yes"})", "add_generation_prompt"},
            {R"({"messages": [{"role": "user", "content": "x"}], "continue_final_message": true})", "continue_final_message"},
-           {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true})", "logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 3})", "logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", "top_logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true, "top_logprobs": 21})", "top_logprobs"},
            {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", "max_tokens"}}) {
     auto r = ParseChatCompletionRequest(body);
     ASSERT_FALSE(r.ok()) << body;
     EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << body;
     EXPECT_THAT(std::string(r.status().message()), ::testing::HasSubstr(field)) << body;
   }
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(OpenAiLogprobsRequestTest, CompletionCountAndChatBooleanMapToOneField) {
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x"})")->prompts[0].has_logprobs());
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x", "logprobs": null})")->prompts[0].has_logprobs());
+  EXPECT_EQ(ParseCompletionRequest(R"({"prompt": "x", "logprobs": 0})")->prompts[0].logprobs(), 0);
+  EXPECT_EQ(ParseCompletionRequest(R"({"prompt": "x", "logprobs": 5})")->prompts[0].logprobs(), 5);
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x", "logprobs": 21})").ok());
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x", "logprobs": true})").ok());
+  EXPECT_FALSE(ParseCompletionRequest(R"({"prompt": "x", "top_logprobs": 2})").ok());
+  const std::string chat = R"({"messages": [{"role": "user", "content": "x"}])";
+  EXPECT_FALSE(ParseChatCompletionRequest(chat + "}")->prompts[0].has_logprobs());
+  EXPECT_FALSE(ParseChatCompletionRequest(chat + R"(, "logprobs": false})")->prompts[0].has_logprobs());
+  EXPECT_EQ(ParseChatCompletionRequest(chat + R"(, "logprobs": true})")->prompts[0].logprobs(), 0);
+  EXPECT_EQ(ParseChatCompletionRequest(chat + R"(, "logprobs": true, "top_logprobs": 20})")->prompts[0].logprobs(), 20);
 }
 
 }  // namespace

@@ -8,11 +8,14 @@ transformers' apply_chat_template configures it.
 
 Usage: openai_api_test.py BUILD_DIR WORK_DIR
 """
+import array
 import json
+import math
 import os
 import re
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -80,6 +83,29 @@ def reference(prompt, max_tokens):
                          check=True, capture_output=True, text=True).stdout
     new = [int(x) for x in re.findall(r"-?\d+", out.strip().splitlines()[-1])]
     return ids, new, tok.decode(new, skip_special_tokens=True)
+
+
+def logprobs_reference(ids, max_tokens, top):
+    """Greedy tokens of the engine alone and, from its logits (moe-generate --logits-out), each
+    position's log-softmax: the token's and the `top` most likely (ties: lower id)."""
+    path = os.path.join(WORK, "logits.npy")
+    out = subprocess.run([f"{BUILD}/tools/moe-generate", "--model", MODEL, "--threads", "1",
+                          "--prompt-ids", ",".join(map(str, ids)), "--max-new-tokens", str(max_tokens),
+                          "--logits-out", path], check=True, capture_output=True, text=True).stdout
+    new = [int(x) for x in re.findall(r"-?\d+", out.strip().splitlines()[-1])]
+    data = open(path, "rb").read()
+    header_len = struct.unpack("<H", data[8:10])[0]
+    shape = [int(x) for x in re.search(r"\(([^)]*)\)", data[10:10 + header_len].decode()).group(1).split(",") if x.strip()]
+    values = array.array("f")
+    values.frombytes(data[10 + header_len:])
+    result = []
+    for k, token in enumerate(new):
+        row = values[k * shape[1]:(k + 1) * shape[1]]
+        m = max(row)
+        lse = m + math.log(sum(math.exp(x - m) for x in row))
+        best = sorted(range(len(row)), key=lambda v: (-row[v], v))[:top]
+        result.append((token, row[token] - lse, [(v, row[v] - lse) for v in best]))
+    return result
 
 
 def render_chat(messages, **kwargs):
@@ -255,6 +281,45 @@ try:
                                        extra_body={"stop_token_ids": [chat_reference(thinking, 3)[1][2]]})
     check(r.choices[0].finish_reason == "stop" and r.usage.completion_tokens <= 3, f"chat without max_tokens: {r.usage}")
 
+    # Log-probabilities, against the engine's own logits; token strings as HF tokenizers decodes them.
+    ids = tok.encode(prompts[0]).ids
+    want = logprobs_reference(ids, 8, 2)
+    near = lambda a, b: abs(a - b) < 1e-4  # noqa: E731
+    for stream in (False, True):
+        r = client.completions.create(model="tiny-dsv3", prompt=prompts[0], max_tokens=8, temperature=0,
+                                      logprobs=2, stream=stream, extra_body={"ignore_eos": True})
+        parts = list(r) if stream else [r]
+        tokens = [t for p in parts if p.choices and p.choices[0].logprobs for t in p.choices[0].logprobs.tokens]
+        values = [v for p in parts if p.choices and p.choices[0].logprobs for v in p.choices[0].logprobs.token_logprobs]
+        tops = [d for p in parts if p.choices and p.choices[0].logprobs for d in p.choices[0].logprobs.top_logprobs]
+        offsets = [o for p in parts if p.choices and p.choices[0].logprobs for o in p.choices[0].logprobs.text_offset]
+        check(tokens == [tok.decode([t]) for t, _, _ in want], f"logprobs tokens (stream={stream}): {tokens}")
+        check(len(values) == 8 and all(near(v, lp) for v, (_, lp, _) in zip(values, want)),
+              f"token_logprobs (stream={stream}): {values} vs {[lp for _, lp, _ in want]}")
+        # The legacy form is a dict by token text: tokens that spell the same (partial characters
+        # all read "\ufffd") share a key, so only the ones spelled uniquely are compared.
+        def unique(best, chosen):
+            spelled = [tok.decode([v]) for v, _ in best] + [tok.decode([chosen])]
+            return [(tok.decode([v]), lp) for v, lp in best if spelled.count(tok.decode([v])) == 1]
+        check(all(len(d) >= len(unique(best, t)) and all(near(d[k], lp) for k, lp in unique(best, t))
+                  for d, (t, _, best) in zip(tops, want)) and len(tops) == 8,
+              f"top_logprobs (stream={stream}): {tops}")
+        check(offsets == [sum(len(x) for x in tokens[:k]) for k in range(len(tokens))], f"text_offset {offsets}")
+    r = client.completions.create(model="tiny-dsv3", prompt=prompts[0], max_tokens=4, temperature=0)
+    check(r.choices[0].logprobs is None, "no logprobs unless asked")
+    chat_msgs = [{"role": "user", "content": "Hello!"}]
+    chat_ids = tok.encode(render_chat(chat_msgs), add_special_tokens=False).ids
+    want = logprobs_reference(chat_ids, 6, 3)
+    r = client.chat.completions.create(model="tiny-dsv3", messages=chat_msgs, max_tokens=6, temperature=0,
+                                       logprobs=True, top_logprobs=3, extra_body={"ignore_eos": True})
+    content = r.choices[0].logprobs.content
+    check([c.token for c in content] == [tok.decode([t]) for t, _, _ in want], f"chat logprob tokens {content}")
+    check(all(near(c.logprob, lp) for c, (_, lp, _) in zip(content, want)), "chat logprobs")
+    check(all([t.token for t in c.top_logprobs] == [tok.decode([v]) for v, _ in best] and
+              all(near(t.logprob, lp) for t, (_, lp) in zip(c.top_logprobs, best)) for c, (_, _, best) in zip(content, want)),
+          "chat top_logprobs")
+    check(all(bytes(c.bytes).decode("utf-8", "replace") == c.token for c in content), "chat logprob bytes")
+
     # A client that goes away mid-stream: its request is cancelled, its KV blocks freed.
     cancelled_before = metric('moe_requests_total{outcome="cancelled"}') or 0
     s = client.completions.create(model="tiny-dsv3", prompt=prompts[2], max_tokens=400,
@@ -283,7 +348,7 @@ try:
     for name, call, status, text in [
             ("unknown model", lambda: client.completions.create(model="gpt-9", prompt="x"), 404, "gpt-9"),
             ("max_tokens 0", lambda: client.completions.create(model="tiny-dsv3", prompt="x", max_tokens=0), 400, "max_tokens"),
-            ("logprobs", lambda: client.completions.create(model="tiny-dsv3", prompt="x", logprobs=2), 400, "logprobs"),
+            ("logprobs over 20", lambda: client.completions.create(model="tiny-dsv3", prompt="x", logprobs=21), 400, "logprobs"),
             ("temperature", lambda: client.completions.create(model="tiny-dsv3", prompt="x", temperature=-1), 400, "temperature"),
             ("too long", lambda: client.completions.create(model="tiny-dsv3", prompt="x", max_tokens=100000), 400, "max_tokens"),
             ("no messages", lambda: client.chat.completions.create(model="tiny-dsv3", messages=[]), 400, "messages"),

@@ -2,6 +2,8 @@
 // clients over gRPC. Greedy outputs are checked against the engine run alone (the code path of
 // moe-generate, itself checked against HF transformers).
 #include <algorithm>
+#include <cmath>
+#include <numeric>
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
@@ -175,6 +177,7 @@ struct Outcome {
   int prompt_tokens = -1;
   moe::v1::FinishReason reason = moe::v1::FINISH_REASON_UNSPECIFIED;
   int completion_tokens = -1;
+  std::vector<moe::v1::TokenLogprobs> logprobs;
 };
 
 Outcome Generate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest& req,
@@ -189,6 +192,7 @@ Outcome Generate(moe::v1::Inference::Stub& stub, const moe::v1::GenerateRequest&
   while (reader->Read(&resp)) {
     out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
     out.text += resp.text();
+    out.logprobs.insert(out.logprobs.end(), resp.logprobs().begin(), resp.logprobs().end());
     out.every_chunk_utf8 = out.every_chunk_utf8 && text::LossyUtf8(resp.text()) == resp.text();
     if (resp.finish_reason() != moe::v1::FINISH_REASON_UNSPECIFIED) {
       out.reason = resp.finish_reason();
@@ -208,6 +212,50 @@ moe::v1::GenerateRequest Request(const std::vector<int32_t>& prompt, int max_tok
   r.set_ignore_eos(true);
   r.mutable_sampling()->set_temperature(0.0f);
   return r;
+}
+
+// The engine alone's log-probabilities of `tokens` and of the `top` most likely tokens at each
+// position: log-softmax of its logits, in double, written out here.
+std::vector<moe::v1::TokenLogprobs> ReferenceLogprobs(Engine& engine, const std::vector<int32_t>& prompt,
+                                                      int max_tokens, int top) {
+  BlockAllocator alloc(engine.num_blocks());
+  GenerateOptions g;
+  g.max_new_tokens = max_tokens;
+  auto out = GenerateGreedy(engine, alloc, prompt, g);
+  EXPECT_TRUE(out.ok());
+  std::vector<moe::v1::TokenLogprobs> lps;
+  const int64_t vocab = out->logits.shape()[1];
+  for (size_t k = 0; k < out->tokens.size(); ++k) {
+    const float* row = out->logits.row(static_cast<int64_t>(k));
+    double z = 0, m = *std::max_element(row, row + vocab);
+    for (int64_t v = 0; v < vocab; ++v) z += std::exp(row[v] - m);
+    const double lse = m + std::log(z);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    moe::v1::TokenLogprobs lp;
+    lp.set_logprob(static_cast<float>(row[out->tokens[k]] - lse));
+    for (int j = 0; j < top; ++j) {
+      lp.add_top_ids(order[static_cast<size_t>(j)]);
+      lp.add_top_logprobs(static_cast<float>(row[order[static_cast<size_t>(j)]] - lse));
+    }
+    lps.push_back(lp);
+  }
+  return lps;
+}
+
+void ExpectLogprobsNear(const std::vector<moe::v1::TokenLogprobs>& got,
+                        const std::vector<moe::v1::TokenLogprobs>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t k = 0; k < got.size(); ++k) {
+    SCOPED_TRACE(absl::StrCat("token ", k));
+    EXPECT_NEAR(got[k].logprob(), want[k].logprob(), 1e-4);
+    ASSERT_EQ(got[k].top_ids_size(), want[k].top_ids_size());
+    for (int j = 0; j < got[k].top_ids_size(); ++j) {
+      EXPECT_EQ(got[k].top_ids(j), want[k].top_ids(j));
+      EXPECT_NEAR(got[k].top_logprobs(j), want[k].top_logprobs(j), 1e-4);
+    }
+  }
 }
 
 // What moe-generate prints for this request (the engine alone, greedy, EOS ignored).
@@ -302,6 +350,8 @@ void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& r
   };
   std::vector<Job> jobs;
   for (int i = 0; i < 20; ++i) jobs.push_back({Request(Prompt(i), 1 + (i * 5) % 24)});
+  // Some ask for log-probabilities (which travel from their group's sampling rank to the leader).
+  for (int i = 0; i < 20; i += 3) jobs[static_cast<size_t>(i)].req.set_logprobs(i % 2 ? 0 : 3);
   for (int i = 0; i < 6; ++i) {
     moe::v1::GenerateRequest r = Request(Prompt(100 + i), 12);
     r.mutable_sampling()->set_temperature(0.7f + 0.1f * i);
@@ -330,6 +380,12 @@ void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& r
       const std::vector<int32_t> prompt(jobs[i].req.prompt_ids().begin(),
                                         jobs[i].req.prompt_ids().end());
       EXPECT_EQ(out[i].tokens, ReferenceTokens(reference, prompt, max_tokens));
+      if (jobs[i].req.has_logprobs()) {
+        ExpectLogprobsNear(out[i].logprobs,
+                           ReferenceLogprobs(reference, prompt, max_tokens, jobs[i].req.logprobs()));
+      } else {
+        EXPECT_TRUE(out[i].logprobs.empty());
+      }
     } else {
       EXPECT_EQ(out[i].tokens, out[jobs[i].twin].tokens);  // same seed, same output
     }

@@ -25,14 +25,15 @@ cmake -S . -B build-cpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOE_WERROR=ON -DMO
   -DMOE_BUILD_TESTS=OFF -DMOE_BUILD_BENCH=OFF >/dev/null
 cmake --build build-cpu
 
-step "fuzz: safetensors header parser, checkpoint reader, tokenizers, request path, ${FUZZ_SECONDS}s each under libFuzzer + ASan + UBSan"
+step "fuzz: safetensors header parser, checkpoint reader, tokenizers, request path, chat templates, ${FUZZ_SECONDS}s each under libFuzzer + ASan + UBSan"
 cmake -S tests/fuzz -B build-fuzz -G Ninja -DCMAKE_CXX_COMPILER=clang++ >/dev/null
 cmake --build build-fuzz
-for target in safetensors_header_fuzz checkpoint_fuzz tokenizer_fuzz request_fuzz; do
+for target in safetensors_header_fuzz checkpoint_fuzz tokenizer_fuzz request_fuzz chat_template_fuzz; do
   corpus=$(mktemp -d)
   seeds=tests/fuzz/corpus
   [[ $target == tokenizer_fuzz ]] && seeds=tests/fuzz/corpus-tokenizer
   [[ $target == request_fuzz ]] && seeds=tests/fuzz/corpus-request
+  [[ $target == chat_template_fuzz ]] && seeds=tests/fuzz/corpus-chat-template
   cp "$seeds"/* "$corpus"/
   echo "$target:"
   build-fuzz/$target -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \

@@ -1,8 +1,9 @@
 // libFuzzer target for the request path, without a cluster: the first byte picks what the rest
-// is — 0: a serialized moe.v1.GenerateRequest (gRPC), 1: an OpenAI /v1/completions JSON body —
-// which then goes through everything a request meets before a worker sees it: the body's
-// parsing, the prompt's encoding by a tokenizer, validation against tiny-dsv3's config and the
-// server's limits, and admission to a scheduler. Each step must return a status, never crash; a
+// is — 0: a serialized moe.v1.GenerateRequest (gRPC), 1: an OpenAI /v1/completions JSON body,
+// 2: an OpenAI /v1/chat/completions body — which then goes through everything a request meets
+// before a worker sees it: the body's parsing, the prompt's encoding by a tokenizer (a chat's
+// rendering with DeepSeek-V3.1's chat template first), validation against tiny-dsv3's config and
+// the server's limits, and admission to a scheduler. Each step must return a status, never crash; a
 // request that is admitted must hold only ids of the vocabulary and ask for tokens that fit.
 #include <unistd.h>
 
@@ -14,11 +15,11 @@
 #include <google/protobuf/stubs/logging.h>
 
 #include "common/model_config.h"
+#include "coordinator/model_text.h"
 #include "coordinator/openai_request.h"
 #include "coordinator/scheduler.h"
 #include "coordinator/validation.h"
 #include "tests/fuzz/fuzz_tokenizer.h"
-#include "text/tokenizer_files.h"
 
 namespace {
 
@@ -26,10 +27,14 @@ namespace {
 constexpr char kConfig[] =
 #include "tiny_dsv3_config.inc"
     ;
+// tools/data/chat_templates/deepseek-v3.1.jinja, compiled in the same way.
+constexpr char kChatTemplate[] =
+#include "chat_template.inc"
+    ;
 
-void Admit(const moe::text::Tokenizer& tok, const moe::ModelConfig& config,
+void Admit(const moe::ModelText& text, const moe::ModelConfig& config,
            moe::v1::GenerateRequest request) {
-  if (!moe::EncodePrompt(&tok, "no tokenizer", &request).ok()) return;
+  if (!text.Encode(&request).ok()) return;
   const moe::RequestLimits limits{/*max_sequence_tokens=*/256, /*max_prompt_tokens=*/200,
                                   /*max_new_tokens=*/100};
   auto params = moe::ValidateRequest(request, config, limits, /*random_seed=*/1);
@@ -59,21 +64,31 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }();
   (void)quiet;
   static const moe::ModelConfig config = moe::ParseModelConfig(kConfig).value();
-  static const std::shared_ptr<const moe::text::Tokenizer> tok = [] {
+  static const moe::ModelText text = [] {
     char tmpl[] = "/tmp/request_fuzz.XXXXXX";
     const std::string dir = mkdtemp(tmpl);
     std::ofstream(dir + "/tokenizer.json") << moe::fuzz::FullTokenizerJson();
-    return moe::text::LoadTokenizer(dir).value();
+    std::ofstream(dir + "/chat_template.jinja") << kChatTemplate;
+    moe::ModelText t = moe::ModelText::Load(config, dir);
+    if (t.tokenizer == nullptr || !t.chat_template) std::abort();
+    return t;
   }();
   if (size == 0) return 0;
   const std::string rest(reinterpret_cast<const char*>(data) + 1, size - 1);
-  if (data[0] % 2 == 0) {
+  if (data[0] % 3 == 0) {
     moe::v1::GenerateRequest request;
-    if (request.ParseFromString(rest)) Admit(*tok, config, std::move(request));
-  } else {
+    if (request.ParseFromString(rest)) Admit(text, config, std::move(request));
+  } else if (data[0] % 3 == 1) {
     auto parsed = moe::ParseCompletionRequest(rest);
     if (!parsed.ok()) return 0;
-    for (const moe::v1::GenerateRequest& r : parsed->prompts) Admit(*tok, config, r);
+    for (const moe::v1::GenerateRequest& r : parsed->prompts) Admit(text, config, r);
+  } else {
+    auto parsed = moe::ParseChatCompletionRequest(rest);
+    if (!parsed.ok()) return 0;
+    moe::v1::GenerateRequest r = parsed->prompts[0];
+    if (!text.EncodeConversation(*parsed->conversation, &r).ok()) return 0;
+    if (r.max_tokens() == 0) r.set_max_tokens(8);
+    Admit(text, config, r);
   }
   return 0;
 }

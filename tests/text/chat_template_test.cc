@@ -97,6 +97,13 @@ TEST(ChatTemplateTest, RunawayTemplatesStop) {
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
 
+  auto silent = jinja::Template::Parse(
+      "{% for i in range(1000000) %}{% for j in range(1000000) %}{% endfor %}{% endfor %}");
+  ASSERT_TRUE(silent.ok());
+  r = silent->Render(jinja::Dict());
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+
   auto recursion = jinja::Template::Parse("{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}");
   ASSERT_TRUE(recursion.ok());
   EXPECT_FALSE(recursion->Render(jinja::Dict()).ok());

@@ -13,6 +13,7 @@ namespace {
 
 constexpr size_t kMaxOutput = size_t{16} << 20;  // a prompt is far smaller: this stops a runaway loop
 constexpr int kMaxCallDepth = 64;
+constexpr int64_t kMaxIterations = 1'000'000;  // loop iterations and macro calls, all together
 
 enum class Flow { kNormal, kBreak, kContinue };
 
@@ -68,6 +69,14 @@ class Renderer {
                           "cannot unpack ", v.TypeName(), " into ", targets.size(), " names")));
     }
     for (size_t i = 0; i < targets.size(); ++i) (*scope_.back())[targets[i]] = v.as_list()[i];
+    return absl::OkStatus();
+  }
+
+  // One more loop iteration or macro call: a template that would run for hours stops.
+  absl::Status Count() {
+    if (++iterations_ > kMaxIterations) {
+      return absl::ResourceExhaustedError("the template runs over 1,000,000 loop iterations and macro calls");
+    }
     return absl::OkStatus();
   }
 
@@ -158,6 +167,7 @@ class Renderer {
     const List& list = *items;
     const int64_t n = static_cast<int64_t>(list.size());
     for (int64_t i = 0; i < n; ++i) {
+      MOE_RETURN_IF_ERROR(Count());
       Frame frame;
       Scoped scoped(this, &frame);
       MOE_RETURN_IF_ERROR(Assign(s.targets, list[static_cast<size_t>(i)], s.line));
@@ -192,6 +202,7 @@ class Renderer {
   Value Macro(const Stmt& s) {
     const Stmt* macro = &s;
     return Value::Func([this, macro](Args& args) -> absl::StatusOr<Value> {
+      MOE_RETURN_IF_ERROR(Count());
       if (depth_ >= kMaxCallDepth) {
         return absl::ResourceExhaustedError(absl::StrCat("macro calls nested over ", kMaxCallDepth, " deep"));
       }
@@ -384,6 +395,7 @@ class Renderer {
   Frame globals_, top_;
   std::vector<Frame*> scope_;
   int depth_ = 0;
+  int64_t iterations_ = 0;
 };
 
 }  // namespace

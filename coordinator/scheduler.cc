@@ -8,7 +8,9 @@
 namespace moe {
 
 Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
-  for (int g = 0; g < options_.dp_groups; ++g) allocators_.emplace_back(options_.blocks_per_group);
+  for (int g = 0; g < options_.dp_groups; ++g) {
+    caches_.emplace_back(options_.blocks_per_group, options_.block_size, options_.prefix_cache);
+  }
 }
 
 absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(RequestParams params) {
@@ -38,7 +40,7 @@ bool Scheduler::idle() const {
 }
 
 void Scheduler::Release(Sequence& s) {
-  if (s.group >= 0) allocators_[s.group].Free(&s.blocks);
+  if (s.group >= 0) caches_[s.group].Release(&s.blocks);
 }
 
 void Scheduler::Preempt(const SeqPtr& s) {
@@ -73,8 +75,8 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   const int64_t remaining = static_cast<int64_t>(s->tokens.size()) - s->computed;
   const int64_t n = std::min(remaining, *budget);
   if (n <= 0) return false;
-  BlockAllocator& alloc = allocators_[s->group];
-  while (!alloc.EnsureCapacity(&s->blocks, s->computed + n, options_.block_size).ok()) {
+  PrefixCache& cache = caches_[s->group];
+  while (!cache.EnsureCapacity(&s->blocks, s->computed + n).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;
     for (const SeqPtr& r : running_) {
@@ -111,15 +113,25 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
   while (!waiting_.empty() && budget > 0 &&
          static_cast<int64_t>(running_.size()) < options_.max_running) {
     const SeqPtr s = waiting_.front();
+    // The group with the longest cached prefix of the sequence, then the most blocks to be had.
     int best = 0;
+    int64_t best_hit = caches_[0].Peek(s->tokens);
     for (int g = 1; g < options_.dp_groups; ++g) {
-      if (allocators_[g].free_blocks() > allocators_[best].free_blocks()) best = g;
+      const int64_t hit = caches_[g].Peek(s->tokens);
+      if (hit > best_hit || (hit == best_hit && caches_[g].available_blocks() > caches_[best].available_blocks())) {
+        best = g;
+        best_hit = hit;
+      }
     }
     s->group = best;
+    s->computed = caches_[best].Match(s->tokens, &s->blocks);
     if (!Schedule(s, &budget)) {
+      Release(*s);
+      s->computed = 0;
       s->group = -1;
       break;
     }
+    caches_[best].RecordLookup(static_cast<int64_t>(s->tokens.size()), s->computed);
     waiting_.pop_front();
     running_.push_back(s);
   }
@@ -154,6 +166,8 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
   for (const SeqPtr& s : in_flight_) {
     s->computed += s->scheduled;
     s->scheduled = 0;
+    // Its blocks that are now full and computed can serve later sequences.
+    if (s->group >= 0) caches_[s->group].Commit(s->tokens, s->computed, s->blocks);
   }
   absl::flat_hash_map<int64_t, SeqPtr> by_id;
   for (const SeqPtr& s : in_flight_) by_id.emplace(s->request->id(), s);
@@ -196,9 +210,14 @@ SchedulerStats Scheduler::Stats() const {
   SchedulerStats st;
   st.waiting = static_cast<int64_t>(waiting_.size());
   st.running = static_cast<int64_t>(running_.size());
-  for (const BlockAllocator& a : allocators_) {
-    st.blocks_free += a.free_blocks();
-    st.blocks_used += a.total_blocks() - a.free_blocks();
+  for (const PrefixCache& c : caches_) {
+    st.blocks_free += c.available_blocks();
+    st.blocks_used += c.total_blocks() - c.available_blocks();  // held by sequences
+    const PrefixCacheStats p = c.stats();
+    st.prefix_cache.query_tokens += p.query_tokens;
+    st.prefix_cache.hit_tokens += p.hit_tokens;
+    st.prefix_cache.cached_blocks += p.cached_blocks;
+    st.prefix_cache.evictions += p.evictions;
   }
   st.preemptions = preemptions_;
   return st;

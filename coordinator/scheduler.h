@@ -2,8 +2,9 @@
 //   - requests wait in arrival order; each step first continues the running sequences (a decode
 //     token, or the next chunk of a prompt), then admits waiting ones first come first served,
 //     within a token budget per step (prefill is chunked to it);
-//   - each attention-DP group has its own KV cache: a sequence is placed in the group with the
-//     most free blocks, and blocks are accounted per sequence;
+//   - each attention-DP group has its own KV cache (a PrefixCache): a sequence is placed in the
+//     group holding the longest cached prefix of its prompt (then: the most blocks to be had),
+//     starts after that prefix, and its full computed blocks are cached for later sequences;
 //   - when blocks run out, the newest running sequence is preempted — its blocks return and it
 //     waits again, to be recomputed (prompt + tokens so far) when it is readmitted;
 //   - cancelled requests leave at the next step and their blocks return.
@@ -21,7 +22,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
-#include "common/block_allocator.h"
+#include "coordinator/prefix_cache.h"
 #include "coordinator/request.h"
 #include "moe/v1/cluster.pb.h"
 
@@ -35,6 +36,7 @@ struct SchedulerOptions {
   int64_t max_running = 256;      // sequences in the batch, all groups together
   int64_t max_waiting = 1024;     // queued requests beyond this are refused
   std::vector<int32_t> eos_token_ids;
+  bool prefix_cache = true;  // reuse the KV blocks of cached prompt prefixes
 };
 
 struct SchedulerStats {
@@ -43,6 +45,7 @@ struct SchedulerStats {
   int64_t blocks_used = 0;
   int64_t blocks_free = 0;
   int64_t preemptions = 0;  // since start
+  PrefixCacheStats prefix_cache;  // all DP groups together
 };
 
 class Scheduler {
@@ -89,7 +92,7 @@ class Scheduler {
   int64_t preemptions_ = 0;
   std::list<SeqPtr> waiting_;               // arrival order (request id)
   std::list<SeqPtr> running_;               // admission order
-  std::vector<BlockAllocator> allocators_;  // per DP group
+  std::vector<PrefixCache> caches_;  // per DP group
   std::vector<SeqPtr> in_flight_;
 };
 

@@ -104,6 +104,7 @@ CoordinatorServer::CoordinatorServer(
   so.max_step_tokens = o.max_step_tokens;
   so.max_running = o.max_running;
   so.max_waiting = o.max_queue;
+  so.prefix_cache = o.prefix_cache;
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
   Cluster::Options co;
@@ -181,7 +182,9 @@ absl::Status CoordinatorServer::Listen() {
       }
       const SchedulerStats st = scheduler_->Stats();
       const Metrics::Gauges g{st.waiting,     st.running,     st.blocks_used,
-                              st.blocks_free, st.preemptions, serving_.load()};
+                              st.blocks_free, st.preemptions, serving_.load(),
+                              st.prefix_cache.query_tokens,   st.prefix_cache.hit_tokens,
+                              st.prefix_cache.cached_blocks,  st.prefix_cache.evictions};
       res.set_content(metrics_.Render(g), "text/plain; version=0.0.4");
     });
     if (!http_->bind_to_port(options_.metrics_host, options_.metrics_port)) {

@@ -1,10 +1,13 @@
-// The scheduler driven by a fake engine that checks every plan it receives: each chunk continues
-// exactly where its sequence's cached positions end, block tables hold enough blocks and no block
-// belongs to two live sequences of a group. The fake's next token is a pure function of the
-// sequence so far, so preemption + recompute must reproduce the same outputs.
+// The scheduler driven by a fake engine with a paged KV cache of its own: each chunk's context is
+// read from the blocks its table names (every position must have been written, by this
+// sequence or by one whose prefix it shares), its tokens are written to them (no block written
+// in a step may be in another sequence's table in that step), and the next token is a pure
+// function of the context read — so a block shared, evicted or reused wrongly changes the
+// outputs, which must equal those of the whole sequence computed directly.
 #include "coordinator/scheduler.h"
 
 #include <map>
+#include <numeric>
 #include <set>
 
 #include "gmock/gmock.h"
@@ -25,35 +28,56 @@ class FakeEngine {
  public:
   explicit FakeEngine(const SchedulerOptions& o) : o_(o) {}
 
-  // Runs one plan; records failures with gtest. `all` maps request id -> prompt + generated.
   moe::v1::StepResult Run(const moe::v1::StepPlan& plan) {
     moe::v1::StepResult r;
     r.set_step(plan.step());
-    std::map<int, std::set<int32_t>> used;  // group -> blocks of sequences in this step
+    std::map<int, std::map<int32_t, int>> holders;  // group -> block -> sequences naming it
+    std::map<int, std::set<int32_t>> written;       // group -> blocks written in this step
     for (const auto& s : plan.sequences()) {
-      const int64_t id = s.seq_id();
-      auto& known = cached_[id];
-      // A chunk starts where the cache ends, unless the sequence restarts (recompute).
-      if (s.start_pos() == 0) known.clear();
-      EXPECT_EQ(s.start_pos(), static_cast<int64_t>(known.size())) << "seq " << id;
-      for (int32_t t : s.tokens()) known.push_back(t);
-      EXPECT_GE(s.block_table_size() * o_.block_size, static_cast<int64_t>(known.size()));
-      for (int32_t b : s.block_table()) {
-        EXPECT_TRUE(used[s.dp_group()].insert(b).second) << "block " << b << " shared";
-        EXPECT_LT(b, o_.blocks_per_group);
-      }
       EXPECT_LT(s.dp_group(), o_.dp_groups);
+      for (int32_t b : s.block_table()) {
+        EXPECT_LT(b, o_.blocks_per_group);
+        ++holders[s.dp_group()][b];
+      }
+      const int64_t end = s.start_pos() + s.tokens_size();
+      EXPECT_GE(s.block_table_size() * o_.block_size, end) << "seq " << s.seq_id();
+      for (int64_t pos = s.start_pos(); pos < end; ++pos) {
+        written[s.dp_group()].insert(s.block_table(static_cast<int>(pos / o_.block_size)));
+      }
+    }
+    for (const auto& [group, blocks] : written) {
+      for (int32_t b : blocks) EXPECT_EQ(holders[group][b], 1) << "block " << b << " written while shared";
+    }
+    for (const auto& s : plan.sequences()) {
+      const int g = s.dp_group();
+      std::vector<int32_t> context;
+      for (int64_t pos = 0; pos < s.start_pos(); ++pos) {
+        const int32_t t = Slot(g, s.block_table(static_cast<int>(pos / o_.block_size)), pos);
+        EXPECT_GE(t, 0) << "seq " << s.seq_id() << " reads position " << pos << " nobody wrote";
+        context.push_back(t);
+      }
+      for (int i = 0; i < s.tokens_size(); ++i) {
+        const int64_t pos = s.start_pos() + i;
+        Slot(g, s.block_table(static_cast<int>(pos / o_.block_size)), pos) = s.tokens(i);
+        context.push_back(s.tokens(i));
+      }
       if (s.sample()) {
-        r.add_seq_ids(id);
-        r.add_tokens(NextToken(known));
+        r.add_seq_ids(s.seq_id());
+        r.add_tokens(NextToken(context));
       }
     }
     return r;
   }
 
  private:
+  int32_t& Slot(int group, int32_t block, int64_t pos) {
+    auto& slots = blocks_[{group, block}];
+    if (slots.empty()) slots.assign(static_cast<size_t>(o_.block_size), -1);
+    return slots[static_cast<size_t>(pos % o_.block_size)];
+  }
+
   SchedulerOptions o_;
-  std::map<int64_t, std::vector<int32_t>> cached_;
+  std::map<std::pair<int, int32_t>, std::vector<int32_t>> blocks_;
 };
 
 RequestParams Params(std::vector<int32_t> prompt, int64_t max_tokens) {
@@ -281,6 +305,171 @@ TEST(SchedulerTest, SamplingSpecAndIndexTravelWithThePlan) {
     EXPECT_FLOAT_EQ(plan->sequences(0).sampling().temperature(), 0.5f);
     s.Complete(engine.Run(*plan));
   }
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+std::vector<int32_t> Range(int32_t from, int32_t n) {
+  std::vector<int32_t> v(static_cast<size_t>(n));
+  std::iota(v.begin(), v.end(), from);
+  return v;
+}
+
+std::vector<int32_t> Concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+// The first plan entry of request `id` in the next step.
+const moe::v1::SequencePlan* EntryOf(const moe::v1::StepPlan& p, int64_t id) {
+  for (const auto& s : p.sequences()) {
+    if (s.seq_id() == id) return &s;
+  }
+  return nullptr;
+}
+
+TEST(PrefixCacheSchedulerTest, ALaterRequestStartsAfterTheCachedPrefix) {
+  const SchedulerOptions o = Options(1, 32, 4, 64);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> system = Range(10, 12);  // three full blocks
+  const std::vector<int32_t> a_prompt = Concat(system, {1, 2}), b_prompt = Concat(system, {3, 4, 5});
+  auto a = *s.Submit(Params(a_prompt, 5));
+  EXPECT_EQ(Drive(s, engine, {a})[0], Expected(a_prompt, 5));
+  // An unrelated request in between takes free blocks, not the cached ones.
+  const std::vector<int32_t> other = Range(60, 17);
+  auto x = *s.Submit(Params(other, 5));
+  EXPECT_EQ(Drive(s, engine, {x})[0], Expected(other, 5));
+  auto b = *s.Submit(Params(b_prompt, 5));
+  auto p = s.NextStep(absl::ZeroDuration());
+  ASSERT_TRUE(p);
+  const auto* entry = EntryOf(*p, b->id());
+  ASSERT_NE(entry, nullptr);
+  EXPECT_EQ(entry->start_pos(), 12);  // the system prompt's blocks are reused
+  EXPECT_EQ(entry->tokens_size(), 3);
+  s.Complete(engine.Run(*p));
+  EXPECT_EQ(Drive(s, engine, {b})[0], Expected(b_prompt, 5));
+  const SchedulerStats st = s.Stats();
+  EXPECT_EQ(st.prefix_cache.hit_tokens, 12);
+  EXPECT_EQ(st.prefix_cache.query_tokens,
+            static_cast<int64_t>(a_prompt.size() + other.size() + b_prompt.size()));
+  EXPECT_GE(st.prefix_cache.cached_blocks, 3);
+  EXPECT_EQ(st.blocks_used, 0);  // cached blocks no sequence holds are not "used"
+  EXPECT_EQ(st.blocks_free, 32);
+}
+
+TEST(PrefixCacheSchedulerTest, AFullyCachedPromptStillComputesItsLastToken) {
+  const SchedulerOptions o = Options(1, 32, 4, 64);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> prompt = Range(40, 8);  // exactly two blocks
+  for (int round = 0; round < 3; ++round) {
+    auto r = *s.Submit(Params(prompt, 4));
+    auto p = s.NextStep(absl::ZeroDuration());
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->sequences(0).start_pos(), round == 0 ? 0 : 4) << "round " << round;
+    s.Complete(engine.Run(*p));
+    EXPECT_EQ(Drive(s, engine, {r})[0], Expected(prompt, 4)) << "round " << round;
+  }
+  // Multi-turn: the next turn's prompt holds the previous prompt and answer.
+  const std::vector<int32_t> turn2 = Concat(Concat(prompt, Expected(prompt, 4)), {7, 7, 7});
+  auto r = *s.Submit(Params(turn2, 3));
+  auto p = s.NextStep(absl::ZeroDuration());
+  EXPECT_EQ(p->sequences(0).start_pos(), 8);  // the answer's first 3 tokens ended in no full block
+  s.Complete(engine.Run(*p));
+  EXPECT_EQ(Drive(s, engine, {r})[0], Expected(turn2, 3));
+}
+
+TEST(PrefixCacheSchedulerTest, LiveSequencesShareBlocksAndOneCancelledLeavesTheOtherRight) {
+  const SchedulerOptions o = Options(1, 32, 4, 64);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> shared = Range(100, 8);
+  auto first = *s.Submit(Params(Concat(shared, {1}), 40));
+  s.Complete(engine.Run(*s.NextStep(absl::ZeroDuration())));  // first's prefill: blocks cached
+  auto a = *s.Submit(Params(Concat(shared, {2}), 40));
+  auto b = *s.Submit(Params(Concat(shared, {3}), 40));
+  auto p = s.NextStep(absl::ZeroDuration());
+  ASSERT_TRUE(p);
+  const auto* ea = EntryOf(*p, a->id());
+  const auto* eb = EntryOf(*p, b->id());
+  ASSERT_TRUE(ea && eb);
+  EXPECT_EQ(ea->start_pos(), 8);
+  EXPECT_EQ(eb->start_pos(), 8);
+  EXPECT_EQ(ea->block_table(0), eb->block_table(0));  // one copy of the shared prefix
+  s.Complete(engine.Run(*p));
+  for (int i = 0; i < 5; ++i) s.Complete(engine.Run(*s.NextStep(absl::ZeroDuration())));
+  first->Cancel();
+  a->Cancel();  // one of the sharers goes; the other's prefix must stay intact
+  const auto out = Drive(s, engine, {b});
+  EXPECT_EQ(out[0], Expected(Concat(shared, {3}), 40));
+  EXPECT_EQ(s.Stats().blocks_used, 0);
+}
+
+TEST(PrefixCacheSchedulerTest, EvictsLeastRecentlyUsedUnderPressureAndStaysRight) {
+  // 10 blocks of 4: far fewer than the prompts' prefixes need.
+  const SchedulerOptions o = Options(1, 10, 4, 32);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  // Four 3-block prefixes, each asked for twice in a row (the second time a hit), cycling so that
+  // older prefixes must make room; then all at once, with preemption.
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 10; ++i) prompts.push_back(Concat(Range(200 + 16 * ((i / 2) % 4), 12), {i}));
+  for (const auto& prompt : prompts) {
+    auto r = *s.Submit(Params(prompt, 6));
+    EXPECT_EQ(Drive(s, engine, {r})[0], Expected(prompt, 6));
+  }
+  std::vector<std::shared_ptr<Request>> reqs;
+  for (const auto& prompt : prompts) reqs.push_back(*s.Submit(Params(prompt, 6)));
+  const auto out = Drive(s, engine, reqs);
+  for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(out[i], Expected(prompts[i], 6)) << i;
+  const SchedulerStats st = s.Stats();
+  EXPECT_GT(st.prefix_cache.evictions, 0);
+  EXPECT_GT(st.prefix_cache.hit_tokens, 0);
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(st.blocks_free, 10);
+}
+
+TEST(PrefixCacheSchedulerTest, RoutesToTheGroupHoldingThePrefix) {
+  const SchedulerOptions o = Options(2, 16, 4, 64);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> prefix = Range(300, 8);
+  auto a = *s.Submit(Params(Concat(prefix, {1}), 2));
+  auto p = s.NextStep(absl::ZeroDuration());
+  const int group = p->sequences(0).dp_group();
+  s.Complete(engine.Run(*p));
+  Drive(s, engine, {a});
+  // Another request first fills the other group's free-block lead... then the sharer arrives.
+  for (int i = 0; i < 3; ++i) {
+    auto r = *s.Submit(Params(Concat(prefix, {10 + i}), 2));
+    auto q = s.NextStep(absl::ZeroDuration());
+    EXPECT_EQ(EntryOf(*q, r->id())->dp_group(), group);
+    EXPECT_EQ(EntryOf(*q, r->id())->start_pos(), 8);
+    s.Complete(engine.Run(*q));
+    EXPECT_EQ(Drive(s, engine, {r})[0], Expected(Concat(prefix, {10 + i}), 2));
+  }
+}
+
+TEST(PrefixCacheSchedulerTest, OffComputesEveryPrompt) {
+  SchedulerOptions o = Options(1, 32, 4, 64);
+  o.prefix_cache = false;
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> prompt = Range(50, 12);
+  for (int round = 0; round < 2; ++round) {
+    auto r = *s.Submit(Params(prompt, 3));
+    auto p = s.NextStep(absl::ZeroDuration());
+    EXPECT_EQ(p->sequences(0).start_pos(), 0);
+    s.Complete(engine.Run(*p));
+    EXPECT_EQ(Drive(s, engine, {r})[0], Expected(prompt, 3));
+  }
+  EXPECT_EQ(s.Stats().prefix_cache.hit_tokens, 0);
+  EXPECT_EQ(s.Stats().prefix_cache.cached_blocks, 0);
 }
 
 }  // namespace

@@ -397,6 +397,79 @@ void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& r
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
 }
 
+// Prefix caching (on by default) on two DP groups: prompts sharing none, part of one, one and
+// several full blocks of a prefix, a multi-turn conversation, concurrent sharers, one of two
+// sharers cancelled, and a cache small enough to evict — every output equals the engine alone's,
+// hits and evictions are counted, and no block stays held. Off, the same outputs and no hits.
+TEST_F(ServingTest, PrefixCacheKeepsOutputsRight) {
+  std::vector<int32_t> system;
+  for (int j = 0; j < 50; ++j) system.push_back((j * 13 + 7) % 512);  // 3 blocks of 16, and 2
+  auto prompt = [&](int prefix, int i) {
+    std::vector<int32_t> p(system.begin(), system.begin() + prefix);
+    for (int j = 0; j < 5; ++j) p.push_back((i * 37 + j * 11 + 1) % 512);
+    return p;
+  };
+  for (const bool cache : {true, false}) {
+    SCOPED_TRACE(cache ? "prefix cache on" : "prefix cache off");
+    ScratchDir logs;
+    std::vector<std::string> flags = {"--block-size", "16", "--kv-blocks", "40"};
+    if (!cache) flags.push_back("--no-prefix-cache");
+    ServingCluster cluster(Model(), {2, 1, true, flags}, logs.path());
+    cluster.StartWorkers();
+    ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+    for (int prefix : {0, 10, 16, 50}) {
+      for (int i = 0; i < 3; ++i) {
+        const std::vector<int32_t> p = prompt(prefix, i);
+        moe::v1::GenerateRequest r = Request(p, 12);
+        r.set_logprobs(2);  // the distribution, not only the argmax, must be the same
+        const Outcome o = Generate(cluster.stub(), r);
+        EXPECT_EQ(o.tokens, Reference(p, 12)) << prefix << " " << i;
+        ExpectLogprobsNear(o.logprobs, ReferenceLogprobs(*engine_, p, 12, 2));
+      }
+    }
+    // A conversation: each turn's prompt is the last turn's prompt and answer, and a question.
+    std::vector<int32_t> turn = prompt(50, 9);
+    for (int t = 0; t < 3; ++t) {
+      const Outcome o = Generate(cluster.stub(), Request(turn, 20));
+      ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+      EXPECT_EQ(o.tokens, Reference(turn, 20)) << "turn " << t;
+      turn.insert(turn.end(), o.tokens.begin(), o.tokens.end());
+      for (int j = 0; j < 7; ++j) turn.push_back((t * 5 + j * 3 + 2) % 512);
+    }
+    // Concurrent sharers, and one of two long sharers cancelled part way.
+    std::vector<Outcome> out(10);
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 10; ++i) {
+      threads.emplace_back([&, i] {
+        out[i] = i == 8 ? Generate(cluster.stub(), Request(prompt(50, 100 + i), 60), absl::Seconds(120), 5)
+                        : Generate(cluster.stub(), Request(prompt(50, 100 + i), i == 9 ? 60 : 16));
+      });
+    }
+    for (auto& th : threads) th.join();
+    for (int i = 0; i < 10; ++i) {
+      if (i == 8) {
+        EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::CANCELLED);
+        continue;
+      }
+      EXPECT_EQ(out[i].tokens, Reference(prompt(50, 100 + i), i == 9 ? 60 : 16)) << "concurrent " << i;
+    }
+    // More distinct prefixes than the cache holds.
+    for (int i = 0; i < 12; ++i) {
+      std::vector<int32_t> p;
+      for (int j = 0; j < 70; ++j) p.push_back((i * 101 + j * 7 + 3) % 512);
+      EXPECT_EQ(Generate(cluster.stub(), Request(p, 4)).tokens, Reference(p, 4)) << "distinct " << i;
+    }
+    EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0) << cluster.Metrics();
+    if (cache) {
+      EXPECT_GT(cluster.Metric("moe_prefix_cache_hits_total"), 16 * 10) << cluster.Metrics();
+      EXPECT_GT(cluster.Metric("moe_prefix_cache_evictions_total"), 0) << cluster.Metrics();
+      EXPECT_GT(cluster.Metric("moe_prefix_cache_blocks"), 0) << cluster.Metrics();
+    } else {
+      EXPECT_EQ(cluster.Metric("moe_prefix_cache_hits_total"), 0) << cluster.Metrics();
+    }
+  }
+}
+
 TEST_F(ServingTest, TwoMpiWorkers) {
   ConcurrentClientsMatchOfflineGeneration(Model(), *engine_, {2, 1, true, {}}, logs_.path());
 }

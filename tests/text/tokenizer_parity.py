@@ -277,6 +277,16 @@ def build_cases(work, lines):
     return cases
 
 
+def moe_tokenize_rows(moe_tokenize, folder, mode, in_path, out_name):
+    """moe-tokenize's rows for `mode` (--jsonl or --decode-jsonl) over in_path, or None; and the process."""
+    out = folder / out_name
+    proc = subprocess.run([moe_tokenize, "--model", str(folder), mode, str(in_path), "--out", str(out)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return None, proc
+    return [json.loads(r) for r in out.read_text(encoding="utf-8").split("\n") if r], proc
+
+
 def run_case(name, folder, oracle_class, corpus_path, lines, moe_tokenize, show):
     oracle = oracle_class(folder)
     start = time.perf_counter()
@@ -288,13 +298,10 @@ def run_case(name, folder, oracle_class, corpus_path, lines, moe_tokenize, show)
     if batch != expected:
         print(f"{name}: the library's batch encoding differs from its one-line encoding")
         return 1
-    out = folder / "moe-tokenize.jsonl"
-    proc = subprocess.run([moe_tokenize, "--model", str(folder), "--jsonl", str(corpus_path),
-                           "--out", str(out)], capture_output=True, text=True)
-    if proc.returncode != 0:
+    rows, proc = moe_tokenize_rows(moe_tokenize, folder, "--jsonl", corpus_path, "moe-tokenize.jsonl")
+    if rows is None:
         print(f"{name}: moe-tokenize failed:\n{proc.stderr}")
         return 1
-    rows = [json.loads(r) for r in out.read_text(encoding="utf-8").split("\n") if r]
     bad = 0
     for i, (line, want, row) in enumerate(zip(lines, expected, rows)):
         problems = []
@@ -314,14 +321,12 @@ def run_case(name, folder, oracle_class, corpus_path, lines, moe_tokenize, show)
     pool, byte_pool = oracle.ids(), oracle.byte_ids()
     sequences = [[rng.choice(byte_pool if byte_pool and rng.random() < 0.5 else pool)
                   for _ in range(rng.randint(1, 12))] for _ in range(2000)]
-    ids_path, decoded_path = folder / "decode-ids.jsonl", folder / "decoded.jsonl"
+    ids_path = folder / "decode-ids.jsonl"
     ids_path.write_text("".join(json.dumps(q) + "\n" for q in sequences))
-    proc_d = subprocess.run([moe_tokenize, "--model", str(folder), "--decode-jsonl", str(ids_path),
-                             "--out", str(decoded_path)], capture_output=True, text=True)
-    if proc_d.returncode != 0:
+    decoded, proc_d = moe_tokenize_rows(moe_tokenize, folder, "--decode-jsonl", ids_path, "decoded.jsonl")
+    if decoded is None:
         print(f"{name}: moe-tokenize --decode-jsonl failed:\n{proc_d.stderr}")
         return 1
-    decoded = [json.loads(r) for r in decoded_path.read_text(encoding="utf-8").split("\n") if r]
     bad_decodes = 0
     for q, row in zip(sequences, decoded):
         want_text = oracle.decode(q)

@@ -138,6 +138,17 @@ void PrefixCache::Release(std::vector<int32_t>* table) {
   table->clear();
 }
 
+void PrefixCache::Clear() {
+  by_hash_.clear();
+  lru_.clear();
+  free_.clear();
+  for (int64_t i = static_cast<int64_t>(blocks_.size()) - 1; i >= 0; --i) {
+    Block& b = blocks_[static_cast<size_t>(i)];
+    b = Block();
+    free_.push_back(static_cast<int32_t>(i));
+  }
+}
+
 PrefixCacheStats PrefixCache::stats() const {
   return {query_tokens_, hit_tokens_, static_cast<int64_t>(by_hash_.size()), evictions_};
 }

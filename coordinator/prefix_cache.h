@@ -49,6 +49,9 @@ class PrefixCache {
   void Commit(const std::vector<int32_t>& tokens, int64_t computed, const std::vector<int32_t>& table);
   // Drops the sequence's references and clears `table`.
   void Release(std::vector<int32_t>* table);
+  // Forgets every cached prefix (the workers' caches are gone: they were relaunched). Every
+  // block must have been released.
+  void Clear();
 
   // Blocks a new sequence could get: free ones and unreferenced cached ones.
   int64_t available_blocks() const { return static_cast<int64_t>(free_.size() + lru_.size()); }

@@ -202,6 +202,7 @@ void Scheduler::FailAll(const absl::Status& status) {
     list->clear();
   }
   in_flight_.clear();
+  for (PrefixCache& c : caches_) c.Clear();
   cv_.notify_all();
 }
 

@@ -58,7 +58,8 @@ class Scheduler {
   std::optional<moe::v1::StepPlan> NextStep(absl::Duration wait);
   // Applies the result of the step NextStep returned last: appends tokens, finishes requests.
   void Complete(const moe::v1::StepResult& result);
-  // Ends every request with `status` and returns every block.
+  // Ends every request with `status`, returns every block and forgets every cached prefix (the
+  // cluster failed: the workers that held the KV cache are gone).
   void FailAll(const absl::Status& status);
   // Makes a waiting NextStep return (a request was cancelled, the cluster changed).
   void Wake();

@@ -474,3 +474,27 @@ TEST(PrefixCacheSchedulerTest, OffComputesEveryPrompt) {
 
 }  // namespace
 }  // namespace moe
+
+namespace moe {
+namespace {
+
+TEST(PrefixCacheSchedulerTest, FailAllForgetsTheCachedPrefixes) {
+  const SchedulerOptions o = Options(1, 32, 4, 64);
+  Scheduler s(o);
+  FakeEngine engine(o);
+  const std::vector<int32_t> prompt = Range(70, 12);
+  auto a = *s.Submit(Params(prompt, 3));
+  Drive(s, engine, {a});
+  EXPECT_GE(s.Stats().prefix_cache.cached_blocks, 2);
+  s.FailAll(absl::UnavailableError("a worker failed"));  // relaunched workers hold no KV
+  EXPECT_EQ(s.Stats().prefix_cache.cached_blocks, 0);
+  FakeEngine fresh(o);
+  auto b = *s.Submit(Params(prompt, 3));
+  auto p = s.NextStep(absl::ZeroDuration());
+  EXPECT_EQ(p->sequences(0).start_pos(), 0);
+  s.Complete(fresh.Run(*p));
+  EXPECT_EQ(Drive(s, fresh, {b})[0], Expected(prompt, 3));
+}
+
+}  // namespace
+}  // namespace moe

@@ -886,6 +886,13 @@ TEST_F(ServingTest, KillNineOfAWorkerUnderLoad) {
   ServingCluster cluster(Model(), {2, 1, false, {}}, logs_.path());  // W processes, TCP mesh
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  // Prompts of several full blocks, cached before the kill: the relaunched workers' caches are
+  // empty, so the coordinator must not reuse them.
+  std::vector<std::vector<int32_t>> long_prompts(2);
+  for (int i = 0; i < 2; ++i) {
+    for (int j = 0; j < 150 + i; ++j) long_prompts[i].push_back((j * 31 + 7) % 512);
+    ASSERT_TRUE(Generate(cluster.stub(), Request(long_prompts[i], 4)).status.ok());
+  }
   std::vector<Outcome> out(32);
   std::vector<absl::Time> ended(32);
   std::vector<std::thread> clients;
@@ -926,6 +933,11 @@ TEST_F(ServingTest, KillNineOfAWorkerUnderLoad) {
     const Outcome o = Generate(cluster.stub(), Request(Prompt(i), 12));
     ASSERT_TRUE(o.status.ok()) << o.status.error_message();
     EXPECT_EQ(o.tokens, Reference(Prompt(i), 12));
+  }
+  for (const auto& p : long_prompts) {
+    const Outcome o = Generate(cluster.stub(), Request(p, 12));
+    ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+    EXPECT_EQ(o.tokens, Reference(p, 12)) << "a prefix cached before the restart was reused";
   }
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
 }

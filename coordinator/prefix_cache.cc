@@ -41,17 +41,22 @@ int32_t PrefixCache::Lookup(uint64_t parent, const int32_t* tokens) const {
   return it->second;
 }
 
-int64_t PrefixCache::Peek(const std::vector<int32_t>& tokens) const {
-  if (!enabled_ || tokens.empty()) return 0;
+std::vector<int32_t> PrefixCache::CachedPrefix(const std::vector<int32_t>& tokens) const {
+  std::vector<int32_t> ids;
+  if (!enabled_ || tokens.empty()) return ids;
   const int64_t most = (static_cast<int64_t>(tokens.size()) - 1) / block_size_;
   uint64_t parent = kRoot;
-  int64_t found = 0;
-  for (; found < most; ++found) {
-    const int32_t id = Lookup(parent, tokens.data() + found * block_size_);
+  for (int64_t b = 0; b < most; ++b) {
+    const int32_t id = Lookup(parent, tokens.data() + b * block_size_);
     if (id < 0) break;
+    ids.push_back(id);
     parent = blocks_[static_cast<size_t>(id)].hash;
   }
-  return found * block_size_;
+  return ids;
+}
+
+int64_t PrefixCache::Peek(const std::vector<int32_t>& tokens) const {
+  return static_cast<int64_t>(CachedPrefix(tokens).size()) * block_size_;
 }
 
 void PrefixCache::Reference(int32_t id) {
@@ -61,15 +66,12 @@ void PrefixCache::Reference(int32_t id) {
 }
 
 int64_t PrefixCache::Match(const std::vector<int32_t>& tokens, std::vector<int32_t>* table) {
-  const int64_t n = Peek(tokens);
-  uint64_t parent = kRoot;
-  for (int64_t b = 0; b < n / block_size_; ++b) {
-    const int32_t id = Lookup(parent, tokens.data() + b * block_size_);
+  const std::vector<int32_t> ids = CachedPrefix(tokens);
+  for (int32_t id : ids) {
     Reference(id);
     table->push_back(id);
-    parent = blocks_[static_cast<size_t>(id)].hash;
   }
-  return n;
+  return static_cast<int64_t>(ids.size()) * block_size_;
 }
 
 absl::Status PrefixCache::EnsureCapacity(std::vector<int32_t>* table, int64_t tokens) {

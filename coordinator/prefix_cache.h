@@ -68,6 +68,8 @@ class PrefixCache {
     std::list<int32_t>::iterator lru;  // valid while cached and unreferenced
   };
   static uint64_t ChainHash(uint64_t parent, const int32_t* tokens, int64_t n);
+  // The blocks of the longest cached prefix Peek describes, in order.
+  std::vector<int32_t> CachedPrefix(const std::vector<int32_t>& tokens) const;
   // The cached block holding these tokens after `parent`, or -1.
   int32_t Lookup(uint64_t parent, const int32_t* tokens) const;
   void Reference(int32_t id);

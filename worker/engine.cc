@@ -149,11 +149,12 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> drawn, model_->Sample(samples));
     const bool any_logprobs = std::any_of(samples.begin(), samples.end(),
                                           [](const SampleRequest& r) { return r.logprobs; });
-    Tensor logits;
-    if (any_logprobs && return_logits) logits = result.logits;
+    // The logits the step already returned, else fetched from the backend only when asked for.
+    Tensor fetched;
     if (any_logprobs && !return_logits) {
-      MOE_ASSIGN_OR_RETURN(logits, model_->Logits());
+      MOE_ASSIGN_OR_RETURN(fetched, model_->Logits());
     }
+    const Tensor& logits = return_logits ? result.logits : fetched;
     for (size_t j = 0; j < drawn.size(); ++j) {
       if (!wants_sample[j]) continue;
       sampled_entry.push_back(logit_entry[j]);

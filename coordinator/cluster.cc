@@ -26,7 +26,10 @@ const char* PhaseName(Cluster::Phase p) {
 }
 
 Cluster::Cluster(ShardPlan plan, Options options, PhaseCallback on_phase)
-    : plan_(std::move(plan)), options_(options), on_phase_(std::move(on_phase)) {
+    : plan_(std::move(plan)),
+      options_(options),
+      on_phase_(std::move(on_phase)),
+      step_deadline_(options.step_deadline) {
   std::lock_guard<std::mutex> lock(mu_);
   NewSessionLocked();
 }
@@ -37,6 +40,8 @@ void Cluster::NewSessionLocked() {
   workers_.clear();
   leader_ = nullptr;
   failure_.clear();
+  step_deadline_.Reset();
+  step_in_flight_.reset();
   SetPhaseLocked(Phase::kWaitingForWorkers, "new session " + session_);
 }
 
@@ -77,9 +82,7 @@ absl::StatusOr<moe::v1::RegisterResponse> Cluster::Register(const moe::v1::Regis
       const std::string why =
           absl::StrCat("rank ", r.rank(), " registered again (restarted on ", r.host(), ")");
       MOE_LOG(WARNING) << why << ": ending session " << session_;
-      failure_ = why;
-      SetPhaseLocked(Phase::kFailed, why);
-      if (leader_ != nullptr) leader_->TryCancel();
+      FailLocked(why);
       NewSessionLocked();
     }
     if (!workers_.empty() && workers_.begin()->second.info.collective() != r.collective()) {
@@ -87,7 +90,7 @@ absl::StatusOr<moe::v1::RegisterResponse> Cluster::Register(const moe::v1::Regis
           "rank ", r.rank(), " uses ", r.collective(), " collectives, rank ",
           workers_.begin()->first, " uses ", workers_.begin()->second.info.collective()));
     }
-    workers_[r.rank()] = Worker{r, absl::Now(), false};
+    workers_[r.rank()] = Worker{r, absl::Now(), false, {}};
     session = session_;
     MOE_LOG(INFO) << "rank " << r.rank() << " registered from " << r.host() << " (pid " << r.pid()
                   << "): " << workers_.size() << " of " << world;
@@ -155,27 +158,70 @@ absl::StatusOr<bool> Cluster::Heartbeat(const moe::v1::HeartbeatRequest& r) {
                      failure_.empty() ? "" : absl::StrCat(" (", failure_, ")")));
   }
   auto it = workers_.find(r.rank());
-  if (it != workers_.end()) it->second.last_heartbeat = absl::Now();
+  if (it != workers_.end()) {
+    it->second.last_heartbeat = absl::Now();
+    it->second.progress = r;
+  }
   return released_;
 }
 
-void Cluster::CheckHeartbeats() {
+void Cluster::Check() {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (phase_ != Phase::kLoading && phase_ != Phase::kServing) return;
     const absl::Time now = absl::Now();
-    for (const auto& [rank, w] : workers_) {
-      if (now - w.last_heartbeat > options_.heartbeat_timeout) {
-        failure_ = absl::StrCat("rank ", rank, " (", w.info.host(), ") sent no heartbeat for ",
-                                absl::FormatDuration(options_.heartbeat_timeout));
-        MOE_LOG(ERROR) << failure_ << ": the cluster failed";
-        SetPhaseLocked(Phase::kFailed, failure_);
-        if (leader_ != nullptr) leader_->TryCancel();
-        break;
-      }
-    }
+    std::string why = CheckHeartbeatsLocked(now);
+    if (why.empty()) why = CheckStepLocked(now);
+    if (!why.empty()) FailLocked(why);
   }
   Notify();
+}
+
+std::string Cluster::CheckHeartbeatsLocked(absl::Time now) const {
+  for (const auto& [rank, w] : workers_) {
+    if (now - w.last_heartbeat > options_.heartbeat_timeout) {
+      return absl::StrCat("rank ", rank, " (", w.info.host(), ") sent no heartbeat for ",
+                          absl::FormatDuration(options_.heartbeat_timeout));
+    }
+  }
+  return "";
+}
+
+std::string Cluster::CheckStepLocked(absl::Time now) const {
+  if (!step_in_flight_ || now - step_in_flight_->sent <= step_in_flight_->deadline) return "";
+  const StepInFlight& s = *step_in_flight_;
+  return absl::StrCat("step ", s.step, " (", s.tokens, " tokens) has run for ",
+                      absl::FormatDuration(absl::Trunc(now - s.sent, absl::Milliseconds(1))),
+                      ", past its deadline of ", absl::FormatDuration(s.deadline),
+                      " (every rank still sends heartbeats: a rank is wedged; ",
+                      RankProgressLocked(), ")");
+}
+
+// "rank 0 (host-a): in step 42 for 5.1s; rank 1 (host-b): finished step 41, not in a step".
+std::string Cluster::RankProgressLocked() const {
+  std::vector<std::string> parts;
+  for (const auto& [rank, w] : workers_) {
+    const moe::v1::HeartbeatRequest& p = w.progress;
+    parts.push_back(
+        p.current_step() > 0
+            ? absl::StrCat("rank ", rank, " (", w.info.host(), "): in step ", p.current_step(),
+                           " for ", absl::FormatDuration(absl::Milliseconds(p.current_step_ms())))
+            : absl::StrCat("rank ", rank, " (", w.info.host(), "): finished step ", p.last_step(),
+                           ", not in a step"));
+  }
+  return absl::StrJoin(parts, "; ");
+}
+
+void Cluster::StepSent(int64_t step, int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  step_in_flight_ = StepInFlight{step, tokens, absl::Now(), step_deadline_.For(tokens)};
+}
+
+void Cluster::StepDone(int64_t step) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!step_in_flight_ || step_in_flight_->step != step) return;
+  step_deadline_.Record(step_in_flight_->tokens, absl::Now() - step_in_flight_->sent);
+  step_in_flight_.reset();
 }
 
 absl::Status Cluster::AttachLeader(const std::string& session, grpc::ServerContext* context) {
@@ -203,12 +249,17 @@ void Cluster::Fail(const std::string& why) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (phase_ == Phase::kFailed || phase_ == Phase::kShuttingDown) return;
-    failure_ = why;
-    MOE_LOG(ERROR) << why << ": the cluster failed";
-    SetPhaseLocked(Phase::kFailed, why);
-    if (leader_ != nullptr) leader_->TryCancel();
+    FailLocked(why);
   }
   Notify();
+}
+
+void Cluster::FailLocked(const std::string& why) {
+  failure_ = why;
+  MOE_LOG(ERROR) << why << ": the cluster failed";
+  SetPhaseLocked(Phase::kFailed, why);
+  step_in_flight_.reset();
+  if (leader_ != nullptr) leader_->TryCancel();
 }
 
 void Cluster::BeginShutdown() {

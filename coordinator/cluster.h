@@ -1,6 +1,7 @@
 // The workers as the coordinator sees them, one session at a time:
 //   waiting for workers -> loading (all W registered) -> serving (all W loaded their shard)
-//   -> failed (a heartbeat missed, the leader's stream broke, a worker restarted) -> waiting ...
+//   -> failed (a heartbeat missed, a step ran past its deadline, the leader's stream broke, a
+//   worker restarted) -> waiting ...
 //   any -> shutting down (SIGTERM).
 // A session is one incarnation of the worker group; workers of an ended session are told so on
 // their next heartbeat (and exit), and a group that registers again starts a new one. Phase
@@ -13,12 +14,14 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/model_config.h"
+#include "coordinator/step_deadline.h"
 #include "moe/v1/cluster.pb.h"
 #include "parallel/shard_plan.h"
 
@@ -31,6 +34,7 @@ class Cluster {
     int kv_block_size = 64;
     int64_t kv_blocks = 0;  // per rank
     absl::Duration heartbeat_timeout = absl::Seconds(10);
+    StepDeadlineOptions step_deadline;
   };
   using PhaseCallback = std::function<void(Phase phase, const std::string& why)>;
 
@@ -42,8 +46,14 @@ class Cluster {
   absl::Status Ready(const moe::v1::ReadyRequest& request);
   // FAILED_PRECONDITION for an ended session; true asks the worker to exit.
   absl::StatusOr<bool> Heartbeat(const moe::v1::HeartbeatRequest& request);
-  // Checks every rank's last heartbeat; fails the session if one is older than the timeout.
-  void CheckHeartbeats();
+  // Fails the session if a rank's last heartbeat is older than the timeout, or if the step in
+  // flight has run past its deadline (its ranks are alive but wedged: the failure names where
+  // each rank's heartbeats say it is).
+  void Check();
+
+  // The leader's step loop: a plan was sent / its result came back.
+  void StepSent(int64_t step, int64_t tokens);
+  void StepDone(int64_t step);
 
   // The leader's Step stream: `context` is cancelled when the session fails.
   absl::Status AttachLeader(const std::string& session, grpc::ServerContext* context);
@@ -67,7 +77,18 @@ class Cluster {
     moe::v1::RegisterRequest info;
     absl::Time last_heartbeat;
     bool ready = false;
+    moe::v1::HeartbeatRequest progress;  // the last heartbeat's step progress
   };
+  struct StepInFlight {
+    int64_t step;
+    int64_t tokens;
+    absl::Time sent;
+    absl::Duration deadline;
+  };
+  void FailLocked(const std::string& why);
+  std::string CheckHeartbeatsLocked(absl::Time now) const;  // why the session failed, or ""
+  std::string CheckStepLocked(absl::Time now) const;
+  std::string RankProgressLocked() const;
   void NewSessionLocked();
   void SetPhaseLocked(Phase phase, const std::string& why);
   std::string DescribeLocked() const;
@@ -83,6 +104,8 @@ class Cluster {
   int64_t sessions_ = 0;
   std::string failure_;
   std::map<int, Worker> workers_;
+  StepDeadline step_deadline_;
+  std::optional<StepInFlight> step_in_flight_;
   grpc::ServerContext* leader_ = nullptr;
   bool released_ = false;
   std::vector<std::pair<Phase, std::string>> pending_;

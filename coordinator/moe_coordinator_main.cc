@@ -92,6 +92,17 @@ int main(int argc, char** argv) {
                "Exit with an error if the workers are not all ready within this time.");
   flags.AddInt("heartbeat-timeout-s", &heartbeat_timeout_s,
                "A worker silent this long fails the cluster.");
+  double step_deadline_min_s = absl::ToDoubleSeconds(o.step_deadline.min);
+  double step_deadline_factor = o.step_deadline.factor;
+  double first_steps_deadline_s = absl::ToDoubleSeconds(o.step_deadline.warmup);
+  flags.AddDouble("step-deadline-factor", &step_deadline_factor,
+                  "A step that runs longer than this many times its predicted time (the slowest "
+                  "recent step's, scaled to its tokens) fails the cluster: a rank is wedged, though "
+                  "its heartbeats go on. 0: steps have no deadline.");
+  flags.AddDouble("step-deadline-min-s", &step_deadline_min_s, "No step's deadline is shorter.");
+  flags.AddDouble("first-steps-deadline-s", &first_steps_deadline_s,
+                  "The deadline of a worker group's first steps, before any is measured (the "
+                  "weights are still being paged in).");
   flags.AddInt("drain-timeout-s", &drain_timeout_s,
                "On SIGTERM, how long in-flight requests may take to finish.");
   flags.AddString("api-key", &api_key,
@@ -108,6 +119,14 @@ int main(int argc, char** argv) {
   o.metrics_port = static_cast<int>(metrics_port);
   o.startup_timeout = absl::Seconds(startup_timeout_s);
   o.heartbeat_timeout = absl::Seconds(heartbeat_timeout_s);
+  if (step_deadline_factor < 0 || step_deadline_min_s <= 0 || first_steps_deadline_s <= 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--step-deadline-factor must be >= 0, --step-deadline-min-s and "
+        "--first-steps-deadline-s > 0"));
+  }
+  o.step_deadline.factor = step_deadline_factor;
+  o.step_deadline.min = absl::Seconds(step_deadline_min_s);
+  o.step_deadline.warmup = absl::Seconds(first_steps_deadline_s);
   o.api_keys = {api_key};
   if (const char* env = std::getenv("MOE_API_KEY")) o.api_keys.emplace_back(env);
 

@@ -111,6 +111,7 @@ CoordinatorServer::CoordinatorServer(
   co.kv_block_size = static_cast<int>(o.block_size);
   co.kv_blocks = kv_blocks;
   co.heartbeat_timeout = o.heartbeat_timeout;
+  co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
   const RequestLimits limits{kv_blocks * o.block_size, o.max_prompt_tokens, o.max_new_tokens};
@@ -233,7 +234,7 @@ absl::Status CoordinatorServer::Listen() {
   }
   monitor_ = std::thread([this] {
     while (!stop_monitor_) {
-      cluster_->CheckHeartbeats();
+      cluster_->Check();
       absl::SleepFor(absl::Milliseconds(200));
     }
   });

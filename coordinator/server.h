@@ -50,6 +50,7 @@ struct CoordinatorOptions {
   int64_t max_request_bytes = 4ll << 20;   // of one gRPC message (gRPC's default)
   absl::Duration startup_timeout = absl::Seconds(600);
   absl::Duration heartbeat_timeout = absl::Seconds(10);
+  StepDeadlineOptions step_deadline;  // a wedged rank: see coordinator/step_deadline.h
   // Keys of the public API (see coordinator/api_keys.h): from flags and the environment, and a
   // key file re-read by ReloadApiKeys(). None: the API is open.
   std::vector<std::string> api_keys;
@@ -112,7 +113,7 @@ class CoordinatorServer {
   std::unique_ptr<httplib::Server> api_http_;
   std::thread api_http_thread_;
   int http_port_ = 0;
-  std::thread monitor_;  // heartbeats
+  std::thread monitor_;  // heartbeats and step deadlines
   std::atomic<bool> serving_{false};
   std::atomic<bool> stop_monitor_{false};
   int port_ = 0;

@@ -154,17 +154,19 @@ grpc::Status ClusterService::Step(
     }
     std::optional<moe::v1::StepPlan> plan = ctx_.scheduler->NextStep(absl::Milliseconds(50));
     if (!plan) continue;
+    int64_t tokens = 0;
+    for (const auto& s : plan->sequences()) tokens += s.tokens_size();
     moe::v1::StepResult result;
+    ctx_.cluster->StepSent(plan->step(), tokens);
     if (!stream->Write(*plan) || !stream->Read(&result)) {
-      ctx_.cluster->Fail("the leader's step stream broke");
+      ctx_.cluster->Fail("the leader's step stream broke");  // unless the deadline failed it first
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "step stream broke");
     }
     if (!result.error().empty()) {
       ctx_.cluster->Fail(absl::StrCat("a step failed on the workers: ", result.error()));
       return grpc::Status(grpc::StatusCode::INTERNAL, result.error());
     }
-    int64_t tokens = 0;
-    for (const auto& s : plan->sequences()) tokens += s.tokens_size();
+    ctx_.cluster->StepDone(plan->step());
     ctx_.metrics->AddStep(tokens);
     ctx_.metrics->AddExpertTokens({result.expert_tokens().begin(), result.expert_tokens().end()});
     ctx_.scheduler->Complete(result);

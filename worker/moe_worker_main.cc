@@ -243,15 +243,25 @@ int main(int argc, char** argv) {
   ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
   ready.set_weight_bytes_detail(wb.Describe());
   if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
+  moe::StepRunner runner(**engine);
+  const moe::StepProgress& progress = runner.progress();
   client.StartHeartbeats(
       session, static_cast<int>(rank), absl::Milliseconds(heartbeat_ms),
-      absl::Seconds(lost_after_s), [](const absl::Status& why) {
+      absl::Seconds(lost_after_s),
+      [&progress](moe::v1::HeartbeatRequest* r) {
+        r->set_last_step(progress.last_step);
+        const int64_t current = progress.current_step;
+        r->set_current_step(current);
+        if (current > 0) {
+          r->set_current_step_ms(absl::ToUnixMillis(absl::Now()) - progress.current_since_ms);
+        }
+      },
+      [](const absl::Status& why) {
         // Other ranks may be blocked in a collective with this one: leave
         // at once; the launcher (mpirun, Kubernetes) sees the exit.
         MOE_LOG(WARNING) << why.message() << "; exiting";
         std::_Exit(why.code() == absl::StatusCode::kCancelled ? 0 : kExitSessionLost);
       });
-  moe::StepRunner runner(**engine);
   const int code = rank == 0 ? LeadSteps(client, session, runner) : FollowSteps(runner);
   client.StopHeartbeats();
   return code;

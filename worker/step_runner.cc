@@ -25,6 +25,15 @@ absl::Status StepRunner::SharePlan(moe::v1::StepPlan* plan) {
 }
 
 absl::StatusOr<moe::v1::StepResult> StepRunner::Run(const moe::v1::StepPlan& plan) {
+  progress_.current_since_ms = absl::ToUnixMillis(absl::Now());
+  progress_.current_step = plan.step();
+  auto result = RunStep(plan);
+  progress_.last_step = plan.step();
+  progress_.current_step = 0;
+  return result;
+}
+
+absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan& plan) {
   std::vector<SequenceStep> steps(static_cast<size_t>(plan.sequences_size()));
   for (int i = 0; i < plan.sequences_size(); ++i) {
     const moe::v1::SequencePlan& p = plan.sequences(i);

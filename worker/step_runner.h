@@ -3,11 +3,22 @@
 // gives every rank the sampled tokens and the per-expert counts); the leader returns the result.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
+
 #include "absl/status/statusor.h"
 #include "moe/v1/cluster.pb.h"
 #include "worker/engine.h"
 
 namespace moe {
+
+// What a rank is doing, read by its heartbeat thread while the step loop runs: the coordinator
+// names a wedged rank from it.
+struct StepProgress {
+  std::atomic<int64_t> last_step{0};     // the last step this rank finished
+  std::atomic<int64_t> current_step{0};  // the step it is running, 0 between steps
+  std::atomic<int64_t> current_since_ms{0};  // since when (absl::ToUnixMillis)
+};
 
 class StepRunner {
  public:
@@ -19,8 +30,13 @@ class StepRunner {
   // Collective: runs a shared plan; the result for the coordinator (the same on every rank).
   absl::StatusOr<moe::v1::StepResult> Run(const moe::v1::StepPlan& plan);
 
+  const StepProgress& progress() const { return progress_; }
+
  private:
+  absl::StatusOr<moe::v1::StepResult> RunStep(const moe::v1::StepPlan& plan);
+
   Engine& engine_;
+  StepProgress progress_;
 };
 
 }  // namespace moe

@@ -46,8 +46,9 @@ absl::Status CoordinatorClient::ReportReady(const moe::v1::ReadyRequest& request
 
 void CoordinatorClient::StartHeartbeats(const std::string& session, int rank,
                                         absl::Duration interval, absl::Duration lost_after,
+                                        std::function<void(moe::v1::HeartbeatRequest*)> progress,
                                         std::function<void(const absl::Status&)> on_end) {
-  heartbeat_ = std::thread([this, session, rank, interval, lost_after, on_end] {
+  heartbeat_ = std::thread([this, session, rank, interval, lost_after, progress, on_end] {
     absl::Time last_ok = absl::Now();
     while (!stop_) {
       grpc::ClientContext ctx;
@@ -55,6 +56,7 @@ void CoordinatorClient::StartHeartbeats(const std::string& session, int rank,
       moe::v1::HeartbeatRequest req;
       req.set_session(session);
       req.set_rank(rank);
+      if (progress) progress(&req);
       moe::v1::HeartbeatResponse resp;
       const grpc::Status s = stub_->Heartbeat(&ctx, req, &resp);
       if (s.ok() && resp.shutdown()) {

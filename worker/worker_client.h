@@ -30,10 +30,12 @@ class CoordinatorClient {
                                                      absl::Duration timeout);
   absl::Status ReportReady(const moe::v1::ReadyRequest& request);
 
-  // Sends heartbeats every `interval` on a thread. `on_end` runs once (on that thread) when the
-  // coordinator asks for shutdown, says the session ended, or is unreachable for `lost_after`.
+  // Sends heartbeats every `interval` on a thread, each filled in by `progress` (the rank's step
+  // progress) when given. `on_end` runs once (on that thread) when the coordinator asks for
+  // shutdown, says the session ended, or is unreachable for `lost_after`.
   void StartHeartbeats(const std::string& session, int rank, absl::Duration interval,
                        absl::Duration lost_after,
+                       std::function<void(moe::v1::HeartbeatRequest*)> progress,
                        std::function<void(const absl::Status& why)> on_end);
   void StopHeartbeats();
 

@@ -7,7 +7,11 @@
 #   2. cutting host 2's link: health turns NOT_SERVING and the in-flight request fails with
 #      UNAVAILABLE within MAX_DETECT_S seconds (heartbeat timeout 3 s + a step);
 #   3. relaunching the workers (link restored): SERVING again and the same output, with the same
-#      coordinator process.
+#      coordinator process;
+#   4. a worker<->worker partition (hosts 1 and 2 lose each other, both still reach host 0, so
+#      every rank's heartbeats go on while its step is stuck in a collective): the step deadline
+#      fails the cluster, the in-flight request fails with UNAVAILABLE within MAX_DETECT_S seconds,
+#      health turns NOT_SERVING; after a relaunch the cluster serves again.
 # Needs root (namespaces); exits 77 (skipped) with a message otherwise. Always removes what it made.
 # Usage: netns_cluster_test.sh BUILD_DIR SOURCE_DIR
 set -uo pipefail
@@ -141,6 +145,38 @@ kill -0 $COORD_PID || fail "the coordinator died"
 GOT=$(client --prompt-ids $PROMPT --max-tokens 24 --ignore-eos 2>/dev/null)
 [[ "$GOT" == "$WANT" ]] || fail "output after the relaunch '$GOT' differs from '$WANT'"
 log "SERVING again with the same coordinator (pid $COORD_PID); output matches"
+# A worker<->worker partition: each worker host routes the other's address into a blackhole.
+partition() {  # partition add|del
+  nsenter --net="/run/netns/${HOSTS[1]}" ip route "$1" blackhole "${ADDR[2]}/32"
+  nsenter --net="/run/netns/${HOSTS[2]}" ip route "$1" blackhole "${ADDR[1]}/32"
+}
+client --prompt-ids $PROMPT --max-tokens 400 --ignore-eos > "$WORK/inflight.out" 2> "$WORK/inflight.err" &
+INFLIGHT=$!
+sleep 0.5
+kill -0 $INFLIGHT 2>/dev/null || fail "the long request ended before the partition"
+CUT=$(date +%s%3N)
+partition add
+nsenter --net="/run/netns/${HOSTS[1]}" ping -c1 -W1 "${ADDR[0]}" >/dev/null || fail "host 1 lost the coordinator"
+nsenter --net="/run/netns/${HOSTS[2]}" ping -c1 -W1 "${ADDR[0]}" >/dev/null || fail "host 2 lost the coordinator"
+log "partitioned host 1 from host 2 (both still reach the coordinator)"
+wait $INFLIGHT && fail "the in-flight request succeeded across the partition"
+DETECTED=$(date +%s%3N)
+grep -q "UNAVAILABLE" "$WORK/inflight.err" || fail "in-flight request did not fail with UNAVAILABLE: $(cat "$WORK/inflight.err")"
+ELAPSED_MS=$(( DETECTED - CUT ))
+log "in-flight request failed with UNAVAILABLE after ${ELAPSED_MS} ms: $(cat "$WORK/inflight.err")"
+(( ELAPSED_MS <= MAX_DETECT_S * 1000 )) || fail "failure took ${ELAPSED_MS} ms (bound ${MAX_DETECT_S} s)"
+# (a heartbeat timeout would have failed it first, and then no step deadline is checked)
+grep -q "a rank is wedged" "$WORK/coordinator.log" || fail "the coordinator did not fail the cluster by the step deadline"
+[[ $(client --health) == NOT_SERVING ]] || fail "health is not NOT_SERVING while a rank is wedged"
+log "health NOT_SERVING: $(grep -m1 "a rank is wedged" "$WORK/coordinator.log" | sed 's/.*\] //')"
+kill_workers
+partition del
+launch_workers 3
+wait_health SERVING 60 || fail "cluster did not serve again after the partition healed"
+GOT=$(client --prompt-ids $PROMPT --max-tokens 24 --ignore-eos 2>/dev/null)
+[[ "$GOT" == "$WANT" ]] || fail "output after the partition '$GOT' differs from '$WANT'"
+log "SERVING again after the partition; output matches"
+
 kill -TERM $COORD_PID
 wait $COORD_PID || fail "coordinator exit code $?"
 log "PASSED"

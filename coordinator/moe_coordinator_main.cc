@@ -47,6 +47,12 @@ int main(int argc, char** argv) {
   flags.AddString("tls-key", &o.tls_key, "PEM private key of --tls-cert.");
   flags.AddString("tls-client-ca", &o.tls_client_ca,
                   "PEM CA that must have signed every client's certificate (mTLS).");
+  flags.AddString("cluster-cert", &o.cluster_tls.cert,
+                  "PEM certificate of the control plane, signed by --cluster-ca: with it, the "
+                  "control plane is mutual TLS.");
+  flags.AddString("cluster-key", &o.cluster_tls.key, "PEM private key of --cluster-cert.");
+  flags.AddString("cluster-ca", &o.cluster_tls.ca,
+                  "PEM CA of the cluster: every worker must present a certificate it signed.");
   flags.AddString("http-listen", &o.http_listen,
                   "HOST:PORT of the OpenAI-compatible HTTP API (/v1/completions, /v1/models, "
                   "/health, /tokenize, /detokenize); empty: none.");

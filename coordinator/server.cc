@@ -5,13 +5,12 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/tls_files.h"
 
 namespace moe {
 namespace {
@@ -19,17 +18,6 @@ namespace {
 void SetReadiness(grpc::HealthCheckServiceInterface* health, bool serving) {
   health->SetServingStatus("", serving);
   health->SetServingStatus("moe.v1.Inference", serving);
-}
-
-// A PEM file's text, or an error naming the flag that gave its path.
-absl::StatusOr<std::string> ReadPem(const std::string& path, const char* flag) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  if (!in || text.str().find("-----BEGIN") == std::string::npos) {
-    return absl::InvalidArgumentError(absl::StrCat(flag, " ", path, ": not a readable PEM file"));
-  }
-  return text.str();
 }
 
 // The public port's credentials: TLS (and mTLS with a client CA) from PEM files, or plaintext.
@@ -44,15 +32,29 @@ absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> PublicCredentials(
   }
   grpc::SslServerCredentialsOptions ssl(GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE);
   grpc::SslServerCredentialsOptions::PemKeyCertPair pair;
-  MOE_ASSIGN_OR_RETURN(pair.cert_chain, ReadPem(o.tls_cert, "--tls-cert"));
-  MOE_ASSIGN_OR_RETURN(pair.private_key, ReadPem(o.tls_key, "--tls-key"));
+  MOE_ASSIGN_OR_RETURN(pair.cert_chain, ReadPemFile(o.tls_cert, "--tls-cert"));
+  MOE_ASSIGN_OR_RETURN(pair.private_key, ReadPemFile(o.tls_key, "--tls-key"));
   ssl.pem_key_cert_pairs.push_back(pair);
   if (!o.tls_client_ca.empty()) {
-    MOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPem(o.tls_client_ca, "--tls-client-ca"));
+    MOE_ASSIGN_OR_RETURN(ssl.pem_root_certs, ReadPemFile(o.tls_client_ca, "--tls-client-ca"));
     ssl.client_certificate_request = GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY;
   }
   MOE_LOG(INFO) << "public gRPC port: TLS"
                 << (o.tls_client_ca.empty() ? "" : " with client certificates (mTLS)");
+  return grpc::SslServerCredentials(ssl);
+}
+
+// The control plane's: mutual TLS with the cluster CA (every worker presents a certificate it
+// signed), or plaintext.
+absl::StatusOr<std::shared_ptr<grpc::ServerCredentials>> ClusterCredentials(
+    const CoordinatorOptions& o) {
+  if (!o.cluster_tls.enabled()) return grpc::InsecureServerCredentials();
+  MOE_ASSIGN_OR_RETURN(const TlsPem pem,
+                       ReadTlsFiles(o.cluster_tls, {"--cluster-cert", "--cluster-key", "--cluster-ca"}));
+  grpc::SslServerCredentialsOptions ssl(GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+  ssl.pem_key_cert_pairs.push_back({pem.key, pem.cert});
+  ssl.pem_root_certs = pem.ca;
+  MOE_LOG(INFO) << "control plane: mutual TLS with the cluster CA " << o.cluster_tls.ca;
   return grpc::SslServerCredentials(ssl);
 }
 
@@ -151,9 +153,10 @@ absl::Status CoordinatorServer::Listen() {
   if (!server_ || port_ == 0) return absl::UnavailableError("cannot listen on " + options_.listen);
   // The control plane on its own listener: the public port answers UNIMPLEMENTED for it and its
   // reflection does not list it.
+  MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> cluster_credentials,
+                       ClusterCredentials(options_));
   grpc::ServerBuilder cluster_builder;
-  cluster_builder.AddListeningPort(options_.cluster_listen, grpc::InsecureServerCredentials(),
-                                   &cluster_port_);
+  cluster_builder.AddListeningPort(options_.cluster_listen, cluster_credentials, &cluster_port_);
   cluster_builder.SetMaxReceiveMessageSize(64 << 20);  // step results, from workers only
   cluster_builder.RegisterService(cluster_service_.get());
   cluster_server_ = cluster_builder.BuildAndStart();

@@ -11,6 +11,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/model_config.h"
+#include "common/tls_files.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
 #include "coordinator/metrics.h"
@@ -32,6 +33,9 @@ struct CoordinatorOptions {
   // The control plane (moe.v1.Cluster: workers register, heartbeat, run steps), on the cluster
   // network only, never on the public port; port 0 picks one (see cluster_port()).
   std::string cluster_listen = "127.0.0.1:50052";
+  // Mutual TLS on the control plane: the coordinator's certificate and key, and the cluster CA
+  // every worker's certificate must be signed by. None: plaintext.
+  TlsFiles cluster_tls;
   int world = 1;
   int tp = 0;                 // 0: world
   int metrics_port = 0;       // 0: no metrics endpoint

@@ -14,8 +14,12 @@
 #include <cstring>
 #include <numeric>
 
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace moe {
@@ -53,38 +57,94 @@ void Tune(int fd) {
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-absl::Status WriteAll(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::send(fd, p, n, MSG_NOSIGNAL);
-    if (w < 0 && errno == EINTR) continue;
-    if (w <= 0) return Errno("send to peer");
-    p += w;
-    n -= static_cast<size_t>(w);
+// One peer's connection: a socket, and its TLS session when the mesh is mutual TLS. After the
+// mesh is set up the socket is non-blocking and every transfer goes through Transfer().
+struct Link {
+  int fd = -1;
+  SSL* ssl = nullptr;
+};
+
+// Try*: bytes moved now (0: it would block; `want` says for which poll event), or the error.
+absl::StatusOr<size_t> TlsResult(const Link& l, int r, short* want, const char* what) {
+  if (r > 0) return static_cast<size_t>(r);
+  const int e = SSL_get_error(l.ssl, r);
+  if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+    *want = e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT;
+    return 0;
+  }
+  if (e == SSL_ERROR_ZERO_RETURN || (e == SSL_ERROR_SYSCALL && errno == 0)) {
+    return absl::UnavailableError("peer closed the connection");
+  }
+  if (e == SSL_ERROR_SYSCALL) return Errno(what);
+  return absl::UnavailableError(absl::StrCat(what, ": ", OpenSslErrors()));
+}
+
+absl::StatusOr<size_t> TrySend(const Link& l, const char* p, size_t n, short* want) {
+  if (l.ssl != nullptr) {
+    ERR_clear_error();
+    const int w = SSL_write(l.ssl, p, static_cast<int>(std::min<size_t>(n, 1 << 30)));
+    return TlsResult(l, w, want, "TLS send to peer");
+  }
+  const ssize_t w = ::send(l.fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (w >= 0) return static_cast<size_t>(w);
+  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return Errno("send to peer");
+  *want = POLLOUT;
+  return 0;
+}
+
+absl::StatusOr<size_t> TryRecv(const Link& l, char* p, size_t n, short* want) {
+  if (l.ssl != nullptr) {
+    ERR_clear_error();
+    const int r = SSL_read(l.ssl, p, static_cast<int>(std::min<size_t>(n, 1 << 30)));
+    return TlsResult(l, r, want, "TLS receive from peer");
+  }
+  const ssize_t r = ::recv(l.fd, p, n, MSG_DONTWAIT);
+  if (r == 0) return absl::UnavailableError("peer closed the connection");
+  if (r > 0) return static_cast<size_t>(r);
+  if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return Errno("receive from peer");
+  *want = POLLIN;
+  return 0;
+}
+
+// Sends `sn` bytes to `out` while receiving `rn` bytes from `in` (either may be nothing),
+// progressing both, so that large simultaneous exchanges cannot deadlock.
+absl::Status Transfer(const Link* out, const void* send, size_t sn, const Link* in, void* recv,
+                      size_t rn) {
+  const char* sp = static_cast<const char*>(send);
+  char* rp = static_cast<char*>(recv);
+  short want_out = POLLOUT, want_in = POLLIN;
+  while (sn > 0 || rn > 0) {
+    bool moved = false;
+    if (sn > 0) {
+      MOE_ASSIGN_OR_RETURN(const size_t w, TrySend(*out, sp, sn, &want_out));
+      sp += w;
+      sn -= w;
+      moved |= w > 0;
+    }
+    if (rn > 0) {
+      MOE_ASSIGN_OR_RETURN(const size_t r, TryRecv(*in, rp, rn, &want_in));
+      rp += r;
+      rn -= r;
+      moved |= r > 0;
+    }
+    if (moved) continue;
+    pollfd fds[2];
+    nfds_t n = 0;
+    if (sn > 0) fds[n++] = {out->fd, want_out, 0};
+    if (rn > 0) fds[n++] = {in->fd, want_in, 0};
+    if (::poll(fds, n, -1) < 0 && errno != EINTR) return Errno("poll");
   }
   return absl::OkStatus();
 }
 
-absl::Status ReadAll(int fd, void* data, size_t n) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::recv(fd, p, n, 0);
-    if (r < 0 && errno == EINTR) continue;
-    if (r == 0) return absl::UnavailableError("peer closed the connection");
-    if (r < 0) return Errno("receive from peer");
-    p += r;
-    n -= static_cast<size_t>(r);
-  }
-  return absl::OkStatus();
-}
-
-// The sockets of a mesh, shared by a communicator and the sub-groups split from it: operations
-// are issued in the same program order on every rank, so sharing a socket cannot mix messages up.
+// The links of a mesh, shared by a communicator and the sub-groups split from it: operations
+// are issued in the same program order on every rank, so sharing a link cannot mix messages up.
 struct Mesh {
-  std::vector<int> fds;  // by world rank; -1 for self
+  std::vector<Link> links;  // by world rank; fd -1 for self
   ~Mesh() {
-    for (int fd : fds) {
-      if (fd >= 0) ::close(fd);
+    for (Link& l : links) {
+      if (l.ssl != nullptr) SSL_free(l.ssl);
+      if (l.fd >= 0) ::close(l.fd);
     }
   }
 };
@@ -133,11 +193,11 @@ class TcpCommunicator final : public Communicator {
   absl::Status Broadcast(void* data, size_t bytes, int root) override {
     if (rank_ == root) {
       for (int r = 0; r < size(); ++r) {
-        if (r != root) MOE_RETURN_IF_ERROR(WriteAll(Fd(r), data, bytes));
+        if (r != root) MOE_RETURN_IF_ERROR(Transfer(&Peer(r), data, bytes, nullptr, nullptr, 0));
       }
       return absl::OkStatus();
     }
-    return ReadAll(Fd(root), data, bytes);
+    return Transfer(nullptr, nullptr, 0, &Peer(root), data, bytes);
   }
   absl::Status Barrier() override {
     std::vector<char> all(static_cast<size_t>(size()));
@@ -169,7 +229,7 @@ class TcpCommunicator final : public Communicator {
   }
 
  private:
-  int Fd(int r) const { return mesh_->fds[members_[r]]; }
+  const Link& Peer(int r) const { return mesh_->links[members_[r]]; }
 
   template <typename T>
   absl::Status Reduce(T* data, size_t count) {
@@ -183,45 +243,8 @@ class TcpCommunicator final : public Communicator {
     return absl::OkStatus();
   }
 
-  // Sends `sn` bytes to `to` while receiving `rn` bytes from `from`, progressing both.
   absl::Status Exchange(int to, const void* send, size_t sn, int from, void* recv, size_t rn) {
-    const int out = Fd(to), in = Fd(from);
-    const char* sp = static_cast<const char*>(send);
-    char* rp = static_cast<char*>(recv);
-    while (sn > 0 || rn > 0) {
-      pollfd fds[2];
-      int n = 0, si = -1, ri = -1;
-      if (sn > 0) {
-        si = n;
-        fds[n++] = {out, POLLOUT, 0};
-      }
-      if (rn > 0) {
-        ri = n;
-        fds[n++] = {in, POLLIN, 0};
-      }
-      if (::poll(fds, static_cast<nfds_t>(n), -1) < 0) {
-        if (errno == EINTR) continue;
-        return Errno("poll");
-      }
-      if (si >= 0 && (fds[si].revents & (POLLOUT | POLLERR | POLLHUP))) {
-        const ssize_t w = ::send(out, sp, sn, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (w < 0 && errno != EAGAIN && errno != EINTR) return Errno("send to peer");
-        if (w > 0) {
-          sp += w;
-          sn -= static_cast<size_t>(w);
-        }
-      }
-      if (ri >= 0 && (fds[ri].revents & (POLLIN | POLLERR | POLLHUP))) {
-        const ssize_t r = ::recv(in, rp, rn, MSG_DONTWAIT);
-        if (r == 0) return absl::UnavailableError("peer closed the connection");
-        if (r < 0 && errno != EAGAIN && errno != EINTR) return Errno("receive from peer");
-        if (r > 0) {
-          rp += r;
-          rn -= static_cast<size_t>(r);
-        }
-      }
-    }
-    return absl::OkStatus();
+    return Transfer(&Peer(to), send, sn, &Peer(from), recv, rn);
   }
 
   std::shared_ptr<Mesh> mesh_;
@@ -253,13 +276,45 @@ TcpListener::~TcpListener() {
   if (fd_ >= 0) ::close(fd_);
 }
 
+namespace {
+
+void SetNonBlocking(int fd) { ::fcntl(fd, F_SETFL, ::fcntl(fd, F_GETFL) | O_NONBLOCK); }
+
+// The TLS handshake on a new connection, when the mesh has TLS; then the socket goes
+// non-blocking for Transfer().
+absl::StatusOr<Link> OpenLink(int fd, const MeshTls* tls, bool client, absl::Duration timeout) {
+  Link link{fd, nullptr};
+  if (tls != nullptr) {
+    auto ssl = tls->Handshake(fd, client, std::max(timeout, absl::Seconds(1)));
+    if (!ssl.ok()) {
+      ::close(fd);
+      return ssl.status();
+    }
+    link.ssl = *ssl;
+  }
+  SetNonBlocking(fd);
+  return link;
+}
+
+std::string PeerAddress(int fd) {
+  sockaddr_in a{};
+  socklen_t len = sizeof(a);
+  if (getpeername(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) return "?";
+  char ip[INET_ADDRSTRLEN] = {};
+  inet_ntop(AF_INET, &a.sin_addr, ip, sizeof(ip));
+  return absl::StrCat(ip, ":", ntohs(a.sin_port));
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<Communicator>> ConnectTcpMesh(int rank,
                                                              const std::vector<std::string>& peers,
                                                              TcpListener& listener,
-                                                             absl::Duration timeout) {
+                                                             absl::Duration timeout,
+                                                             const MeshTls* tls) {
   const int world = static_cast<int>(peers.size());
   auto mesh = std::make_shared<Mesh>();
-  mesh->fds.assign(static_cast<size_t>(world), -1);
+  mesh->links.assign(static_cast<size_t>(world), Link{});
   const absl::Time deadline = absl::Now() + timeout;
   // Connect to the lower ranks (they may still be starting: retry until the deadline).
   for (int r = 0; r < rank; ++r) {
@@ -270,9 +325,15 @@ absl::StatusOr<std::unique_ptr<Communicator>> ConnectTcpMesh(int rank,
       if (fd < 0) return Errno("socket");
       if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
         Tune(fd);
+        auto link = OpenLink(fd, tls, /*client=*/true, deadline - absl::Now());
+        if (!link.ok()) {
+          return absl::Status(link.status().code(),
+                              absl::StrCat("rank ", rank, ": rank ", r, " at ", peers[r], ": ",
+                                           link.status().message()));
+        }
+        mesh->links[r] = *link;
         const int32_t me = rank;
-        MOE_RETURN_IF_ERROR(WriteAll(fd, &me, sizeof(me)));
-        mesh->fds[r] = fd;
+        MOE_RETURN_IF_ERROR(Transfer(&mesh->links[r], &me, sizeof(me), nullptr, nullptr, 0));
         break;
       }
       ::close(fd);
@@ -283,8 +344,9 @@ absl::StatusOr<std::unique_ptr<Communicator>> ConnectTcpMesh(int rank,
       absl::SleepFor(absl::Milliseconds(50));
     }
   }
-  // Accept the higher ranks; each announces its rank.
-  for (int accepted = 0; accepted < world - rank - 1; ++accepted) {
+  // Accept the higher ranks; each announces its rank. With TLS, a connection that fails the
+  // handshake is not one of them: it is closed and the wait goes on.
+  for (int accepted = 0; accepted < world - rank - 1;) {
     pollfd p{listener.fd(), POLLIN, 0};
     const int wait_ms =
         static_cast<int>(std::max<int64_t>(0, absl::ToInt64Milliseconds(deadline - absl::Now())));
@@ -295,13 +357,24 @@ absl::StatusOr<std::unique_ptr<Communicator>> ConnectTcpMesh(int rank,
     const int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_CLOEXEC);
     if (fd < 0) return Errno("accept");
     Tune(fd);
-    int32_t peer = -1;
-    MOE_RETURN_IF_ERROR(ReadAll(fd, &peer, sizeof(peer)));
-    if (peer <= rank || peer >= world || mesh->fds[peer] >= 0) {
-      ::close(fd);
-      return absl::InvalidArgumentError(absl::StrCat("rank ", rank, ": unexpected peer ", peer));
+    const std::string from = PeerAddress(fd);
+    auto link = OpenLink(fd, tls, /*client=*/false, absl::Seconds(10));
+    if (!link.ok()) {
+      MOE_LOG(WARNING) << "rank " << rank << ": refused a mesh connection from " << from << ": "
+                       << link.status().message();
+      continue;
     }
-    mesh->fds[peer] = fd;
+    Mesh one;  // owns the link until it is known to be a peer
+    one.links.push_back(*link);
+    int32_t peer = -1;
+    MOE_RETURN_IF_ERROR(Transfer(nullptr, nullptr, 0, &one.links[0], &peer, sizeof(peer)));
+    if (peer <= rank || peer >= world || mesh->links[peer].fd >= 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("rank ", rank, ": unexpected peer ", peer, " from ", from));
+    }
+    mesh->links[peer] = one.links[0];
+    one.links.clear();
+    ++accepted;
   }
   std::vector<int> members(static_cast<size_t>(world));
   std::iota(members.begin(), members.end(), 0);

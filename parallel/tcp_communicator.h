@@ -3,6 +3,7 @@
 // from the coordinator, connects to the lower ranks and accepts the higher ones. Collectives are
 // pairwise exchanges progressed with poll(), so large simultaneous sends cannot deadlock; the
 // all-reduce gathers every contribution and sums in rank order (bit-identical on every rank).
+// With a MeshTls, every link is mutual TLS 1.3 with the cluster CA (parallel/mesh_tls.h).
 #pragma once
 
 #include <memory>
@@ -12,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "parallel/communicator.h"
+#include "parallel/mesh_tls.h"
 
 namespace moe {
 
@@ -29,10 +31,12 @@ class TcpListener {
   std::string address_;
 };
 
-// Connects rank `rank` to every address in `peers` (index = rank; its own entry is ignored).
+// Connects rank `rank` to every address in `peers` (index = rank; its own entry is ignored);
+// with `tls`, every link is mutual TLS with the cluster CA.
 absl::StatusOr<std::unique_ptr<Communicator>> ConnectTcpMesh(int rank,
                                                              const std::vector<std::string>& peers,
                                                              TcpListener& listener,
-                                                             absl::Duration timeout);
+                                                             absl::Duration timeout,
+                                                             const MeshTls* tls = nullptr);
 
 }  // namespace moe

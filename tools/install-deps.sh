@@ -6,7 +6,7 @@ set -euo pipefail
 PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3 python3-venv
   clang libclang-rt-14-dev
-  libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
+  libssl-dev libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler libabsl-dev
   libopenmpi-dev openmpi-bin
   libopenblas-dev libopenblas-openmp-dev libhwy-dev
   nlohmann-json3-dev libcpp-httplib-dev libpcre2-dev libutf8proc-dev

@@ -7,6 +7,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
@@ -136,12 +137,13 @@ absl::StatusOr<Collective> JoinCollective(int* argc, char*** argv, int64_t* rank
 
 // The world communicator once the coordinator has told every rank its peers.
 absl::StatusOr<std::unique_ptr<moe::Communicator>> ConnectWorld(
-    Collective& c, int rank, int world_size, const moe::v1::RegisterResponse& assignment) {
+    Collective& c, int rank, int world_size, const moe::v1::RegisterResponse& assignment,
+    const moe::MeshTls* tls) {
   if (c.world) return std::move(c.world);
   if (world_size == 1) return moe::MakeSelfCommunicator();
   const std::vector<std::string> peers(assignment.peer_addresses().begin(),
                                        assignment.peer_addresses().end());
-  return moe::ConnectTcpMesh(rank, peers, *c.listener, absl::Seconds(60));
+  return moe::ConnectTcpMesh(rank, peers, *c.listener, absl::Seconds(60), tls);
 }
 
 // Loads this rank's shard, after checking that the coordinator planned the same shards from the
@@ -199,6 +201,18 @@ int main(int argc, char** argv) {
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
   flags.AddString("collective-listen", &collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
+  moe::TlsFiles cluster_tls;
+  std::string cluster_tls_name;
+  flags.AddString("cluster-cert", &cluster_tls.cert,
+                  "PEM certificate of this rank, signed by --cluster-ca: with it, the control "
+                  "plane and the TCP mesh are mutual TLS (MPI's transport is not covered).");
+  flags.AddString("cluster-key", &cluster_tls.key, "PEM private key of --cluster-cert.");
+  flags.AddString("cluster-ca", &cluster_tls.ca,
+                  "PEM CA of the cluster: the coordinator's and every peer's certificate must be "
+                  "signed by it.");
+  flags.AddString("cluster-tls-name", &cluster_tls_name,
+                  "The name the coordinator's certificate carries (default: the host of "
+                  "--coordinator).");
   flags.AddInt("threads", &threads, "CPU threads (0: the host's cores / ranks on it).");
   flags.AddInt("register-timeout-s", &register_timeout_s,
                "Give up if the coordinator does not complete registration within this time.");
@@ -216,7 +230,20 @@ int main(int argc, char** argv) {
   moe::SetLogPrefix(absl::StrCat("worker ", rank, "/", world_size));
   moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads) : DefaultThreads());
 
-  moe::CoordinatorClient client(coordinator);
+  std::optional<moe::TlsPem> cluster_pem;
+  std::unique_ptr<moe::MeshTls> mesh_tls;
+  if (cluster_tls.enabled()) {
+    auto pem = moe::ReadTlsFiles(cluster_tls, {"--cluster-cert", "--cluster-key", "--cluster-ca"});
+    if (!pem.ok()) return Fail(pem.status());
+    cluster_pem = std::move(*pem);
+    if (collective->kind == "tcp") {
+      auto tls = moe::MeshTls::Create(cluster_tls);
+      if (!tls.ok()) return Fail(tls.status());
+      mesh_tls = std::move(*tls);
+    }
+  }
+  moe::CoordinatorClient client(coordinator, cluster_pem ? &*cluster_pem : nullptr,
+                                cluster_tls_name);
   moe::v1::RegisterRequest reg;
   reg.set_collective(collective->kind);
   reg.set_collective_address(collective->address);
@@ -229,9 +256,12 @@ int main(int argc, char** argv) {
   auto assignment = client.Register(reg, absl::Seconds(register_timeout_s));
   if (!assignment.ok()) return Fail(assignment.status());
   const std::string session = assignment->session();
-  auto world =
-      ConnectWorld(*collective, static_cast<int>(rank), static_cast<int>(world_size), *assignment);
+  auto world = ConnectWorld(*collective, static_cast<int>(rank), static_cast<int>(world_size),
+                            *assignment, mesh_tls.get());
   if (!world.ok()) return Fail(world.status());
+  if (mesh_tls) {
+    MOE_LOG(INFO) << "TCP mesh joined: mutual TLS with the cluster CA " << cluster_tls.ca;
+  }
   auto engine = LoadEngine(model, std::move(*world), *assignment, *backend, *weights);
   if (!engine.ok()) return Fail(engine.status());
   const moe::WeightBytes& wb = (*engine)->model().weight_bytes();

@@ -10,8 +10,25 @@ absl::Status FromGrpc(const grpc::Status& s) {
   return absl::Status(static_cast<absl::StatusCode>(s.error_code()), s.error_message());
 }
 
-CoordinatorClient::CoordinatorClient(const std::string& address)
-    : channel_(grpc::CreateChannel(address, grpc::InsecureChannelCredentials())),
+namespace {
+
+std::shared_ptr<grpc::Channel> ControlPlaneChannel(const std::string& address, const TlsPem* tls,
+                                                   const std::string& tls_name) {
+  if (tls == nullptr) return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+  grpc::SslCredentialsOptions ssl;
+  ssl.pem_root_certs = tls->ca;
+  ssl.pem_private_key = tls->key;
+  ssl.pem_cert_chain = tls->cert;
+  grpc::ChannelArguments args;
+  if (!tls_name.empty()) args.SetSslTargetNameOverride(tls_name);
+  return grpc::CreateCustomChannel(address, grpc::SslCredentials(ssl), args);
+}
+
+}  // namespace
+
+CoordinatorClient::CoordinatorClient(const std::string& address, const TlsPem* tls,
+                                     const std::string& tls_name)
+    : channel_(ControlPlaneChannel(address, tls, tls_name)),
       stub_(moe::v1::Cluster::NewStub(channel_)) {}
 
 CoordinatorClient::~CoordinatorClient() { StopHeartbeats(); }
@@ -20,6 +37,7 @@ absl::StatusOr<moe::v1::RegisterResponse> CoordinatorClient::Register(
     const moe::v1::RegisterRequest& request, absl::Duration timeout) {
   const absl::Time deadline = absl::Now() + timeout;
   absl::Duration backoff = absl::Milliseconds(100);
+  absl::Time next_warning = absl::Now() + absl::Seconds(2);
   while (true) {
     grpc::ClientContext ctx;
     ctx.set_deadline(absl::ToChronoTime(deadline));
@@ -31,7 +49,11 @@ absl::StatusOr<moe::v1::RegisterResponse> CoordinatorClient::Register(
       return absl::Status(FromGrpc(s).code(),
                           absl::StrCat("registering with the coordinator: ", s.error_message()));
     }
-    MOE_LOG(DEBUG) << "coordinator not reachable yet (" << s.error_message() << "), retrying";
+    if (absl::Now() >= next_warning) {  // a wrong address or certificate shows here
+      MOE_LOG(WARNING) << "coordinator not reachable yet (" << s.error_message()
+                       << "), retrying";
+      next_warning = absl::Now() + absl::Seconds(30);
+    }
     absl::SleepFor(backoff);
     backoff = std::min(backoff * 2, absl::Seconds(2));
   }

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_files.h"
 #include "moe/v1/cluster.grpc.pb.h"
 
 namespace moe {
@@ -22,7 +23,11 @@ absl::Status FromGrpc(const grpc::Status& s);
 
 class CoordinatorClient {
  public:
-  explicit CoordinatorClient(const std::string& address);
+  // Plaintext, or mutual TLS when `tls` is given: this rank's certificate and key, and the cluster
+  // CA the coordinator's certificate must be signed by; `tls_name` is the name that certificate
+  // must carry (empty: the host of `address`).
+  explicit CoordinatorClient(const std::string& address, const TlsPem* tls = nullptr,
+                             const std::string& tls_name = "");
   ~CoordinatorClient();
 
   // Retries (the coordinator may start later) until it answers or `timeout` passes.

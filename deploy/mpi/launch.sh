@@ -4,9 +4,12 @@
 # hosts) across all hosts through mpirun. Ctrl-C / SIGTERM drains and stops everything.
 #
 #   deploy/mpi/launch.sh --hostfile hosts --model /models/DeepSeek-V3 [--tp 8] [--port 50051]
-#                        [--cluster-port 50052]
+#                        [--cluster-port 50052] [--cluster-tls DIR]
 # --port is the public API; the workers reach the control plane on --cluster-port of the first
 # host (MOE_COORDINATOR_ADDRESS overrides that address): keep it off the public network.
+# --cluster-tls DIR makes the control plane mutual TLS with DIR/cluster.pem, cluster.key and
+# cluster-ca.pem (deploy/tls/make-test-certs.sh's names; the certificate must name the first
+# host). MPI's own transport between the ranks stays unencrypted.
 #
 # hostfile (Open MPI syntax), e.g. two nodes of eight GPUs:
 #   node-a slots=8
@@ -21,7 +24,7 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${MOE_BIN:-$HERE/../../build}
-HOSTFILE="" MODEL="" TP=0 PORT=50051 CLUSTER_PORT=50052 METRICS_PORT=9090 DRY_RUN=0 EXTRA=()
+HOSTFILE="" MODEL="" TP=0 PORT=50051 CLUSTER_PORT=50052 METRICS_PORT=9090 DRY_RUN=0 EXTRA=() TLS=()
 usage() { sed -n '2,23p' "$0"; exit "${1:-0}"; }
 while [[ $# -gt 0 ]]; do
   case $1 in
@@ -31,6 +34,8 @@ while [[ $# -gt 0 ]]; do
     --port) PORT=$2; shift 2 ;;
     --cluster-port) CLUSTER_PORT=$2; shift 2 ;;
     --metrics-port) METRICS_PORT=$2; shift 2 ;;
+    --cluster-tls) TLS=(--cluster-cert "$2/cluster.pem" --cluster-key "$2/cluster.key"
+                        --cluster-ca "$2/cluster-ca.pem"); shift 2 ;;
     --dry-run) DRY_RUN=1; shift ;;
     --help|-h) usage 0 ;;
     --) shift; EXTRA=("$@"); break ;;
@@ -55,10 +60,11 @@ if [[ -n ${MOE_IFACE:-} ]]; then
 fi
 [[ $(id -u) -eq 0 ]] && MPIRUN+=(--allow-run-as-root)
 MPIRUN+=(${MOE_MPIRUN_ARGS:-})
-WORKER=("$HERE/rank-env.sh" "$BIN/worker/moe-worker" --coordinator "$COORDINATOR" --model "$MODEL" "${EXTRA[@]}")
+WORKER=("$HERE/rank-env.sh" "$BIN/worker/moe-worker" --coordinator "$COORDINATOR" --model "$MODEL"
+  "${TLS[@]}" "${EXTRA[@]}")
 CO=("$BIN/coordinator/moe-coordinator" --model "$MODEL" --world-size "$WORLD" --tp "$TP"
   --listen "0.0.0.0:$PORT" --cluster-listen "0.0.0.0:$CLUSTER_PORT" --metrics-port "$METRICS_PORT"
-  ${MOE_COORDINATOR_ARGS:-})
+  "${TLS[@]}" ${MOE_COORDINATOR_ARGS:-})
 
 echo "launch.sh: $WORLD ranks (TP $TP) over $HOSTS host(s); coordinator control plane $COORDINATOR, public API port $PORT"
 if [[ $DRY_RUN -eq 1 ]]; then

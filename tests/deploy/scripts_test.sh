@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The deployment shell scripts, without a cluster:
 #   deploy/k8s/base/pod-ranks.sh starts RANKS_PER_POD ranks numbered from LWS_WORKER_INDEX, one GPU
-#   and one collective port each, and ends with the first rank's exit code;
+#   and one collective port each, with the cluster certificate (mutual TLS), and ends with the
+#   first rank's exit code;
 #   deploy/mpi/launch.sh --dry-run derives the world size and the coordinator from a hostfile.
 # Usage: scripts_test.sh SOURCE_DIR
 set -uo pipefail
@@ -14,9 +15,13 @@ fail() { echo "scripts-test: FAILED: $*"; exit 1; }
 mkdir -p "$T/bin"
 cat > "$T/bin/moe-worker" <<'FAKE'
 #!/bin/sh
-rank=""
-while [ $# -gt 0 ]; do [ "$1" = "--rank" ] && rank=$2; shift; done
-echo "rank=$rank gpu=$CUDA_VISIBLE_DEVICES" >> "$RECORD"
+rank="" tls=""
+while [ $# -gt 0 ]; do
+  [ "$1" = "--rank" ] && rank=$2
+  case "$1" in --cluster-cert|--cluster-key|--cluster-ca) tls="$tls $1=$2" ;; esac
+  shift
+done
+echo "rank=$rank gpu=$CUDA_VISIBLE_DEVICES tls=$tls" >> "$RECORD"
 if [ "$rank" = "4" ]; then sleep 1; exit 3; fi
 sleep 30
 FAKE
@@ -29,7 +34,9 @@ code=$?
 [[ $code -eq 3 ]] || fail "pod-ranks.sh exited $code, expected the failing rank's 3"
 (( $(date +%s) - start < 10 )) || fail "pod-ranks.sh did not stop at the first exit"
 sort "$T/record" > "$T/sorted"
-printf "rank=3 gpu=0\nrank=4 gpu=1\nrank=5 gpu=2\n" | diff - "$T/sorted" || fail "wrong ranks or GPUs"
+TLS=" --cluster-cert=/etc/moe/cluster-tls/tls.crt --cluster-key=/etc/moe/cluster-tls/tls.key --cluster-ca=/etc/moe/cluster-tls/ca.crt"
+printf "rank=3 gpu=0 tls=%s\nrank=4 gpu=1 tls=%s\nrank=5 gpu=2 tls=%s\n" "$TLS" "$TLS" "$TLS" |
+  diff - "$T/sorted" || fail "wrong ranks, GPUs or certificates"
 pgrep -f "$T/bin/moe-worker" >/dev/null && fail "ranks left running"
 echo "scripts-test: pod-ranks.sh ok"
 
@@ -42,6 +49,9 @@ grep -q "rank-env.sh .*moe-worker --coordinator node-a:50052 --model /models/m" 
 grep -q "moe-coordinator .*--listen 0.0.0.0:50051 --cluster-listen 0.0.0.0:50052" <<< "$out" || fail "launch.sh coordinator: $out"
 out=$(MOE_IFACE=eth1 "$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --dry-run)
 grep -q -- "--mca btl_tcp_if_include eth1 --mca oob_tcp_if_include eth1" <<< "$out" || fail "launch.sh MOE_IFACE: $out"
+out=$("$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --cluster-tls /tls --dry-run)
+want="--cluster-cert /tls/cluster.pem --cluster-key /tls/cluster.key --cluster-ca /tls/cluster-ca.pem"
+[[ $(grep -c -- "$want" <<< "$out") -eq 2 ]] || fail "launch.sh --cluster-tls (coordinator and workers): $out"
 "$SRC/deploy/mpi/launch.sh" --model /m >/dev/null 2>&1 && fail "launch.sh accepted a missing --hostfile"
 echo "scripts-test: launch.sh ok"
 # rank-env.sh: local rank i gets GPU i.

@@ -70,6 +70,23 @@ def check_weights_read_only(where, spec):
           f"{where}: weights must come from the moe-weights PVC, read-only")
 
 
+TLS_DIR = "/etc/moe/cluster-tls"
+TLS_FLAGS = (f"--cluster-cert={TLS_DIR}/tls.crt", f"--cluster-key={TLS_DIR}/tls.key",
+             f"--cluster-ca={TLS_DIR}/ca.crt")
+
+
+def check_cluster_tls_mounted(where, spec, container):
+    """The pod mounts the moe-cluster-tls Secret (the cluster certificate) where the flags say."""
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    secret = vols.get("cluster-tls", {}).get("secret", {})
+    check(secret.get("secretName") == "moe-cluster-tls",
+          f"{where}: no cluster-tls volume from the moe-cluster-tls Secret")
+    mounts = {m["name"]: m for m in container.get("volumeMounts", [])}
+    m = mounts.get("cluster-tls", {})
+    check(m.get("mountPath") == TLS_DIR and m.get("readOnly") is True,
+          f"{where}: the cluster certificate is not mounted read-only at {TLS_DIR}")
+
+
 def check_coordinator(overlay, docs, cfg):
     deps = [d for d in by_kind(docs, "Deployment") if d["metadata"]["name"] == "moe-coordinator"]
     if not check(len(deps) == 1, f"{overlay}: no moe-coordinator Deployment"):
@@ -78,8 +95,9 @@ def check_coordinator(overlay, docs, cfg):
     c = spec["containers"][0]
     args = " ".join(c.get("args", []))
     for flag in ("--world-size=$(WORLD_SIZE)", "--tp=$(TP_SIZE)", "--model=$(MODEL_DIR)",
-                 "--listen=0.0.0.0:50051", "--cluster-listen=0.0.0.0:50052"):
+                 "--listen=0.0.0.0:50051", "--cluster-listen=0.0.0.0:50052") + TLS_FLAGS:
         check(flag in args, f"{overlay}: coordinator args lack {flag}")
+    check_cluster_tls_mounted(f"{overlay}/coordinator", spec, c)
     _, refs = env_names(c)
     check("moe-serve-config" in refs, f"{overlay}: coordinator does not read moe-serve-config")
     check(c.get("readinessProbe", {}).get("grpc", {}).get("port") == 50051,
@@ -129,6 +147,7 @@ def check_lws(overlay, docs, cfg):
     check("moe-serve-config" in refs, f"{overlay}: workers do not read moe-serve-config")
     mounts = {m["mountPath"] for m in c.get("volumeMounts", [])}
     check("/dev/shm" in mounts, f"{overlay}: workers need a /dev/shm volume")
+    check_cluster_tls_mounted(f"{overlay}/workers", spec, c)
     check_pod_security(f"{overlay}/workers", spec)
     check_weights_read_only(f"{overlay}/workers", spec)
     gpus = c["resources"].get("limits", {}).get("nvidia.com/gpu")
@@ -162,10 +181,13 @@ def check_mpijob(overlay, docs, cfg):
           f"{overlay}: mpirun -np must equal WORLD_SIZE {world}")
     check("moe-worker" in cmd and "--coordinator=$(COORDINATOR_ADDRESS)" in cmd,
           f"{overlay}: mpirun must start moe-worker against the coordinator")
+    for flag in TLS_FLAGS:
+        check(flag in cmd, f"{overlay}: moe-worker under mpirun lacks {flag}")
     wspec = s["mpiReplicaSpecs"]["Worker"]["template"]["spec"]
     wc = wspec["containers"][0]
     gpus = wc["resources"].get("limits", {}).get("nvidia.com/gpu")
     check(gpus is None or int(gpus) == slots, f"{overlay}: GPUs per worker pod != slotsPerWorker")
+    check_cluster_tls_mounted(f"{overlay}/mpijob-worker", wspec, wc)
     check_pod_security(f"{overlay}/mpijob-worker", wspec)
     check_weights_read_only(f"{overlay}/mpijob-worker", wspec)
     check(not by_kind(docs, "LeaderWorkerSet"), f"{overlay}: the LeaderWorkerSet must be removed")

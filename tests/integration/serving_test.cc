@@ -25,6 +25,7 @@
 #include "moe/v1/inference.grpc.pb.h"
 #include "tests/integration/process.h"
 #include "tests/test_util.h"
+#include "common/tls_files.h"
 #include "text/tokenizer_files.h"
 #include "text/utf8.h"
 #include "tools/model_maker.h"
@@ -39,6 +40,7 @@ using ::moe::testing::FreePort;
 using ::moe::testing::Process;
 using ::moe::testing::ScratchDir;
 using ::testing::HasSubstr;
+using ::testing::Not;
 
 struct ClusterOptions {
   int world = 2;
@@ -77,7 +79,7 @@ class ServingCluster {
     health_ = grpc::health::v1::Health::NewStub(channel_);
   }
 
-  // Extra flags for every worker StartWorkers launches (mpirun mode).
+  // Extra flags for every worker StartWorkers launches.
   void AddWorkerFlags(const std::vector<std::string>& flags) {
     worker_flags_.insert(worker_flags_.end(), flags.begin(), flags.end());
   }
@@ -93,12 +95,13 @@ class ServingCluster {
       return;
     }
     for (int r = 0; r < o_.world; ++r) {
-      workers_.push_back(std::make_unique<Process>(
-          std::vector<std::string>{worker, "--coordinator", cluster_address_, "--model", model_, "--rank",
-                                   std::to_string(r), "--world-size", std::to_string(o_.world),
-                                   "--host", "127.0.0.1", "--threads", "1", "--heartbeat-ms",
-                                   "300"},
-          absl::StrCat(dir_, "/worker", r, ".log")));
+      std::vector<std::string> argv = {worker, "--coordinator", cluster_address_, "--model", model_,
+                                       "--rank", std::to_string(r), "--world-size",
+                                       std::to_string(o_.world), "--host", "127.0.0.1",
+                                       "--threads", "1", "--heartbeat-ms", "300"};
+      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+      workers_.push_back(
+          std::make_unique<Process>(argv, absl::StrCat(dir_, "/worker", r, ".log")));
     }
   }
 
@@ -1063,6 +1066,74 @@ TEST_F(ServingTest, TlsAndMutualTlsOnThePublicPort) {
   EXPECT_FALSE(without_cert.Get("/v1/models")) << "mTLS: no client certificate, no answer";
   httplib::Client plain("127.0.0.1", http_port);
   EXPECT_FALSE(plain.Get("/v1/models")) << "plaintext HTTP to the HTTPS port";
+}
+
+// Mutual TLS with the cluster CA on the control plane and the TCP mesh: workers holding a
+// certificate it signed register, join the mesh and serve; anything else calling the control
+// plane — plaintext, TLS without a certificate, another CA's certificate, a worker of another
+// cluster — is refused before a request is read.
+TEST_F(ServingTest, MutualTlsOnTheControlPlaneAndTheMesh) {
+  const std::string certs = logs_.path() + "/certs", other = logs_.path() + "/other";
+  for (const std::string& dir : {certs, other}) {
+    auto made = ::moe::testing::RunCommand(
+        absl::StrCat(MOE_SOURCE_DIR, "/deploy/tls/make-test-certs.sh ", dir));
+    ASSERT_EQ(made.exit_code, 0) << made.err;
+  }
+  auto tls_flags = [](const std::string& dir) {
+    return std::vector<std::string>{"--cluster-cert", dir + "/cluster.pem", "--cluster-key",
+                                    dir + "/cluster.key", "--cluster-ca", dir + "/cluster-ca.pem"};
+  };
+  ServingCluster cluster(Model(), {2, 1, /*mpirun=*/false, tls_flags(certs)}, logs_.path());
+  cluster.AddWorkerFlags(tls_flags(certs));
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("control plane: mutual TLS"));
+  for (auto& w : cluster.workers()) {
+    EXPECT_THAT(w->Log(), HasSubstr("TCP mesh joined: mutual TLS"));
+  }
+  const std::vector<int32_t> prompt = Prompt(5);
+  const Outcome o = Generate(cluster.stub(), Request(prompt, 10));
+  ASSERT_TRUE(o.status.ok()) << o.status.error_message();
+  EXPECT_EQ(o.tokens, Reference(prompt, 10));
+
+  auto call_register = [&](std::shared_ptr<grpc::ChannelCredentials> credentials) {
+    auto stub = moe::v1::Cluster::NewStub(
+        grpc::CreateChannel(cluster.cluster_address(), credentials));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    moe::v1::RegisterRequest req;
+    moe::v1::RegisterResponse resp;
+    return stub->Register(&ctx, req, &resp);
+  };
+  auto pem = [](const std::string& path) { return *ReadPemFile(path, "test"); };
+  grpc::SslCredentialsOptions no_cert;
+  no_cert.pem_root_certs = pem(certs + "/cluster-ca.pem");
+  grpc::SslCredentialsOptions foreign = no_cert;
+  foreign.pem_private_key = pem(other + "/cluster.key");
+  foreign.pem_cert_chain = pem(other + "/cluster.pem");
+  for (const auto& [what, credentials] :
+       std::vector<std::pair<std::string, std::shared_ptr<grpc::ChannelCredentials>>>{
+           {"plaintext", grpc::InsecureChannelCredentials()},
+           {"TLS without a certificate", grpc::SslCredentials(no_cert)},
+           {"another CA's certificate", grpc::SslCredentials(foreign)}}) {
+    const grpc::Status s = call_register(credentials);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << what << ": " << s.error_message();
+  }
+  // A worker of another cluster cannot register (nor disturb this one).
+  Process stranger({BinaryPath("worker/moe-worker"), "--coordinator", cluster.cluster_address(),
+                    "--model", Model(), "--rank", "1", "--world-size", "2", "--host",
+                    "127.0.0.1", "--register-timeout-s", "3", "--cluster-cert",
+                    other + "/cluster.pem", "--cluster-key", other + "/cluster.key",
+                    "--cluster-ca", other + "/cluster-ca.pem"},
+                   logs_.path() + "/stranger.log");
+  const std::optional<int> code = stranger.Wait(absl::Seconds(30));
+  ASSERT_TRUE(code.has_value()) << stranger.Log();
+  EXPECT_EQ(*code, 1) << stranger.Log();
+  std::printf("a worker of another cluster: %s\n", stranger.Log().c_str());
+  EXPECT_THAT(cluster.coordinator().Log(), Not(HasSubstr("rank 1 registered again")));
+  const Outcome after = Generate(cluster.stub(), Request(prompt, 10));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, o.tokens);
 }
 
 }  // namespace

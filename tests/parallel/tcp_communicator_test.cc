@@ -1,19 +1,51 @@
-// The TCP mesh backend with W ranks as threads of this process, over loopback sockets.
+// The TCP mesh backend with W ranks as threads of this process, over loopback sockets, in
+// plaintext and with mutual TLS.
 #include "parallel/tcp_communicator.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cmath>
 #include <numeric>
 #include <random>
 #include <thread>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "parallel/moe_dispatch.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
 
-// Runs body(rank, comm) on `world` threads joined in one mesh.
-void RunMesh(int world, const std::function<void(int, Communicator&)>& body) {
+// Test certificates (deploy/tls/make-test-certs.sh), made once: `which` 0 and 1 are two clusters
+// with different CAs.
+TlsFiles ClusterFiles(int which) {
+  static const auto* dirs = [] {
+    auto* d = new std::vector<std::string>;
+    for (int i = 0; i < 2; ++i) {
+      d->push_back(absl::StrCat(::testing::TempDir(), "/moe_mesh_certs_", getpid(), "_", i));
+      const auto r = testing::RunCommand(
+          absl::StrCat(MOE_SOURCE_DIR, "/deploy/tls/make-test-certs.sh ", d->back()));
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+    }
+    return d;
+  }();
+  const std::string& dir = (*dirs)[which];
+  return TlsFiles{dir + "/cluster.pem", dir + "/cluster.key", dir + "/cluster-ca.pem"};
+}
+
+std::unique_ptr<MeshTls> ClusterTls(int which) {
+  auto tls = MeshTls::Create(ClusterFiles(which));
+  EXPECT_TRUE(tls.ok()) << tls.status();
+  return tls.ok() ? std::move(*tls) : nullptr;
+}
+
+// Runs body(rank, comm) on `world` threads joined in one mesh (mutual TLS with `tls`).
+void RunMesh(int world, const std::function<void(int, Communicator&)>& body,
+             const MeshTls* tls = nullptr) {
   std::vector<std::unique_ptr<TcpListener>> listeners;
   std::vector<std::string> peers;
   for (int r = 0; r < world; ++r) {
@@ -25,7 +57,7 @@ void RunMesh(int world, const std::function<void(int, Communicator&)>& body) {
   std::vector<std::thread> threads;
   for (int r = 0; r < world; ++r) {
     threads.emplace_back([&, r] {
-      auto comm = ConnectTcpMesh(r, peers, *listeners[r], absl::Seconds(20));
+      auto comm = ConnectTcpMesh(r, peers, *listeners[r], absl::Seconds(20), tls);
       ASSERT_TRUE(comm.ok()) << comm.status();
       body(r, **comm);
     });
@@ -33,10 +65,20 @@ void RunMesh(int world, const std::function<void(int, Communicator&)>& body) {
   for (auto& t : threads) t.join();
 }
 
-class TcpTest : public ::testing::TestWithParam<int> {};
+// (world size, mutual TLS)
+class TcpTest : public ::testing::TestWithParam<std::tuple<int, bool>> {
+ protected:
+  void SetUp() override {
+    if (std::get<1>(GetParam())) tls_ = ClusterTls(0);
+  }
+  void RunMesh(int world, const std::function<void(int, Communicator&)>& body) {
+    ::moe::RunMesh(world, body, tls_.get());
+  }
+  std::unique_ptr<MeshTls> tls_;
+};
 
 TEST_P(TcpTest, Collectives) {
-  const int W = GetParam();
+  const int W = std::get<0>(GetParam());
   RunMesh(W, [W](int rank, Communicator& c) {
     EXPECT_EQ(c.rank(), rank);
     EXPECT_EQ(c.size(), W);
@@ -66,7 +108,7 @@ TEST_P(TcpTest, Collectives) {
 
 TEST_P(TcpTest, LargeAllToAllVDoesNotDeadlock) {
   // 8 MiB to every peer at once: far beyond socket buffers.
-  const int W = GetParam();
+  const int W = std::get<0>(GetParam());
   const size_t n = 8u << 20;
   RunMesh(W, [&](int rank, Communicator& c) {
     std::vector<size_t> bytes(W, n);
@@ -82,7 +124,7 @@ TEST_P(TcpTest, LargeAllToAllVDoesNotDeadlock) {
 }
 
 TEST_P(TcpTest, SplitIntoGroups) {
-  const int W = GetParam();
+  const int W = std::get<0>(GetParam());
   RunMesh(W, [&](int rank, Communicator& c) {
     auto sub = c.Split(rank % 2, -rank);  // two groups, ranks reversed by key
     ASSERT_TRUE(sub.ok());
@@ -103,7 +145,7 @@ TEST_P(TcpTest, SplitIntoGroups) {
 }
 
 TEST_P(TcpTest, MoeDispatchCombineMatchesDirectComputation) {
-  const int W = GetParam();
+  const int W = std::get<0>(GetParam());
   const int64_t hidden = 16, top_k = 3, experts = 12, tokens = 7;
   RunMesh(W, [&](int rank, Communicator& c) {
     const ExpertPlacement placement = ExpertPlacement::Contiguous(experts, W);
@@ -151,7 +193,71 @@ TEST(TcpMeshTest, UnreachablePeerTimesOut) {
   EXPECT_EQ(c.status().code(), absl::StatusCode::kDeadlineExceeded);
 }
 
-INSTANTIATE_TEST_SUITE_P(Worlds, TcpTest, ::testing::Values(2, 3, 4));
+// A mutual-TLS mesh refuses what the cluster CA did not sign and still forms with its ranks:
+// rank 0 sees a plaintext client, then a rank with another cluster's certificate, then its real
+// rank 1.
+TEST(TcpMeshTest, MutualTlsRefusesStrangersAndStillForms) {
+  const auto tls = ClusterTls(0), foreign = ClusterTls(1);
+  ASSERT_TRUE(tls && foreign);
+  auto l0 = TcpListener::Listen("127.0.0.1:0");
+  auto l1 = TcpListener::Listen("127.0.0.1:0");
+  auto lx = TcpListener::Listen("127.0.0.1:0");
+  ASSERT_TRUE(l0.ok() && l1.ok() && lx.ok());
+  const std::vector<std::string> peers = {(*l0)->address(), (*l1)->address()};
+  absl::StatusOr<std::unique_ptr<Communicator>> rank0;
+  std::thread t0([&] { rank0 = ConnectTcpMesh(0, peers, **l0, absl::Seconds(30), tls.get()); });
+
+  // A plaintext client announcing itself as rank 1: the handshake fails, the link is closed.
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(std::stoi(peers[0].substr(peers[0].rfind(':') + 1))));
+  inet_pton(AF_INET, "127.0.0.1", &addr.sin_addr);
+  ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  const int32_t fake[4] = {1, 0, 0, 0};
+  ASSERT_EQ(::send(fd, fake, sizeof(fake), MSG_NOSIGNAL), static_cast<ssize_t>(sizeof(fake)));
+  char byte;
+  EXPECT_LE(::recv(fd, &byte, 1, 0), 0);  // closed on it (or an alert, then closed)
+  while (::recv(fd, &byte, 1, 0) > 0) {
+  }
+  ::close(fd);
+
+  // A rank of another cluster: its certificate is refused, so nothing it sends arrives; it
+  // refuses rank 0's certificate too.
+  auto stranger = ConnectTcpMesh(1, peers, **lx, absl::Seconds(30), foreign.get());
+  EXPECT_FALSE(stranger.ok());
+  EXPECT_EQ(stranger.status().code(), absl::StatusCode::kUnauthenticated) << stranger.status();
+
+  // The real rank 1.
+  auto rank1 = ConnectTcpMesh(1, peers, **l1, absl::Seconds(30), tls.get());
+  t0.join();
+  ASSERT_TRUE(rank0.ok()) << rank0.status();
+  ASSERT_TRUE(rank1.ok()) << rank1.status();
+  int64_t a = 5, b = 7;
+  std::thread r0([&] { ASSERT_TRUE((*rank0)->AllReduceSum(&a, 1).ok()); });
+  ASSERT_TRUE((*rank1)->AllReduceSum(&b, 1).ok());
+  r0.join();
+  EXPECT_EQ(a, 12);
+  EXPECT_EQ(b, 12);
+}
+
+TEST(TcpMeshTest, MutualTlsNeedsAllThreeFilesAndNamesABadOne) {
+  TlsFiles f = ClusterFiles(0);
+  f.ca.clear();
+  EXPECT_EQ(MeshTls::Create(f).status().code(), absl::StatusCode::kInvalidArgument);
+  f = ClusterFiles(0);
+  f.key = f.cert;  // a certificate where the key should be
+  const auto bad = MeshTls::Create(f);
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(bad.status().message().find("--cluster-key"), std::string::npos) << bad.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(Worlds, TcpTest,
+                         ::testing::Combine(::testing::Values(2, 3, 4), ::testing::Bool()),
+                         [](const auto& info) {
+                           return absl::StrCat("W", std::get<0>(info.param),
+                                               std::get<1>(info.param) ? "_Tls" : "_Plain");
+                         });
 
 }  // namespace
 }  // namespace moe

@@ -18,9 +18,12 @@ struct WeightBytes {
   uint64_t routed_experts = 0;        // this rank's experts only
   uint64_t router = 0;                // gate weight and correction bias (replicated)
   uint64_t norms = 0;                 // layer norms and the final norm (replicated)
+  // The MTP layer's own tensors (embedding, enorm/hnorm, eh_proj, shared head; its decoder block
+  // counts in the parts above), when it is loaded.
+  uint64_t mtp = 0;
   uint64_t total() const {
     return embedding + attention_head_split + attention_replicated + dense_mlp + shared_experts +
-           routed_experts + router + norms;
+           routed_experts + router + norms + mtp;
   }
   std::string Describe() const;  // "12.3 MB: routed experts 8.1 MB, ..."
 };

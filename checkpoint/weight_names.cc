@@ -100,6 +100,19 @@ ModelWeights TopLevelWeights(const ModelConfig& c) {
           {"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding}};
 }
 
+MtpWeights MtpLayerWeights(const ModelConfig& c, int64_t depth) {
+  MtpWeights m;
+  m.layer = c.num_hidden_layers + depth;
+  const std::string p = LayerPrefix(m.layer);
+  m.embed_tokens = {p + "embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding};
+  m.enorm = {p + "enorm.weight", {c.hidden_size}, Kind::kNorm};
+  m.hnorm = {p + "hnorm.weight", {c.hidden_size}, Kind::kNorm};
+  m.eh_proj = {p + "eh_proj.weight", {c.hidden_size, 2 * c.hidden_size}, Kind::kLinear};
+  m.head_norm = {p + "shared_head.norm.weight", {c.hidden_size}, Kind::kNorm};
+  m.head = {p + "shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding};
+  return m;
+}
+
 std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include_mtp) {
   const ModelWeights top = TopLevelWeights(c);
   std::vector<WeightSpec> out;
@@ -110,16 +123,14 @@ std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include
   out.push_back(top.lm_head);
   if (include_mtp) {
     for (int64_t i = 0; i < c.num_nextn_predict_layers; ++i) {
-      const int64_t l = c.num_hidden_layers + i;
-      const std::string p = LayerPrefix(l);
-      out.push_back({p + "embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
-      out.push_back({p + "enorm.weight", {c.hidden_size}, Kind::kNorm});
-      out.push_back({p + "hnorm.weight", {c.hidden_size}, Kind::kNorm});
-      out.push_back({p + "eh_proj.weight", {c.hidden_size, 2 * c.hidden_size}, Kind::kLinear});
-      Append(LayerWeights(c, l, c.n_routed_experts > 0), &out);
-      out.push_back({p + "shared_head.norm.weight", {c.hidden_size}, Kind::kNorm});
-      out.push_back(
-          {p + "shared_head.head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding});
+      const MtpWeights m = MtpLayerWeights(c, i);
+      out.push_back(m.embed_tokens);
+      out.push_back(m.enorm);
+      out.push_back(m.hnorm);
+      out.push_back(m.eh_proj);
+      Append(LayerWeights(c, m.layer, c.n_routed_experts > 0), &out);
+      out.push_back(m.head_norm);
+      out.push_back(m.head);
     }
   }
   return out;

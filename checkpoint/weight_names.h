@@ -67,9 +67,16 @@ struct ModelWeights {
 };
 ModelWeights TopLevelWeights(const ModelConfig& config);
 
+// MTP depth `depth` (model.layers.<num_hidden_layers + depth>.*): its own embedding, the two
+// input norms, eh_proj [hidden, 2 * hidden], a MoE decoder layer and the shared head.
+struct MtpWeights {
+  int64_t layer = 0;
+  WeightSpec embed_tokens, enorm, hnorm, eh_proj, head_norm, head;
+};
+MtpWeights MtpLayerWeights(const ModelConfig& config, int64_t depth);
+
 // Every tensor of the decoder, in a stable order. With `include_mtp`, also the MTP layers that
-// DeepSeek-V3 checkpoints carry as model.layers.<num_hidden_layers + i>.* (the engine ignores
-// them).
+// DeepSeek-V3 checkpoints carry as model.layers.<num_hidden_layers + i>.*.
 std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& config, bool include_mtp);
 
 }  // namespace moe

@@ -35,6 +35,17 @@ class ForwardModel {
   virtual absl::StatusOr<std::vector<int32_t>> Sample(
       const std::vector<SampleRequest>& requests) = 0;
 
+  // The MTP layer (speculative decoding), for backends that loaded it: runs it over `batch` — the
+  // positions whose next token is known, rows `main_rows` of the last Forward, `next_tokens` one
+  // per row — writing its cache rows, and returns the draft logits of `logit_rows` of `batch`.
+  virtual bool has_mtp() const { return false; }
+  virtual absl::StatusOr<Tensor> ForwardMtp(const std::vector<int64_t>& main_rows,
+                                            const std::vector<int32_t>& next_tokens,
+                                            const ForwardBatch& batch,
+                                            const std::vector<int64_t>& logit_rows) {
+    return absl::UnimplementedError("this backend has no MTP layer");
+  }
+
   // Tokens this rank routed to each expert so far, summed over the MoE layers.
   virtual std::vector<int64_t> ExpertTokenCounts() const = 0;
   // What this rank read from the checkpoint, by part.

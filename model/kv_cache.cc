@@ -13,11 +13,12 @@ KvCache::KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_size, int
       data_(static_cast<size_t>(num_layers * num_blocks * block_size * dim), 0.0f) {}
 
 absl::StatusOr<int64_t> KvCache::BlocksForBudget(const ModelConfig& c, int64_t block_size,
-                                                 uint64_t bytes) {
+                                                 uint64_t bytes, int64_t mtp_layers) {
   if (block_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV block size must be > 0, got ", block_size));
   }
-  const uint64_t per_block = static_cast<uint64_t>(c.LatentKvBytesPerToken(sizeof(float))) *
+  const uint64_t per_layer = static_cast<uint64_t>(c.kv_cache_dim()) * sizeof(float);
+  const uint64_t per_block = per_layer * static_cast<uint64_t>(c.num_hidden_layers + mtp_layers) *
                              static_cast<uint64_t>(block_size);
   const int64_t blocks = static_cast<int64_t>(bytes / per_block);
   if (blocks < 1) {

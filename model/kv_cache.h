@@ -17,9 +17,10 @@ namespace moe {
 class KvCache {
  public:
   KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_size, int64_t dim);
-  // As many float32 blocks as fit in `bytes`; an error when none does.
+  // As many float32 blocks as fit in `bytes` (for the decoder's layers and `mtp_layers` MTP
+  // layers); an error when none does.
   static absl::StatusOr<int64_t> BlocksForBudget(const ModelConfig& config, int64_t block_size,
-                                                 uint64_t bytes);
+                                                 uint64_t bytes, int64_t mtp_layers = 0);
 
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }

@@ -60,11 +60,12 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
                                                                        const ModelConfig& c,
                                                                        const ParallelContext& ctx,
                                                                        const KvCacheShape& cache,
-                                                                       WeightsAtLoad weights) {
+                                                                       WeightsAtLoad weights,
+                                                                       bool load_mtp) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   ck->set_weights_at_load(weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
-  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache));
+  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache, load_mtp));
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
@@ -85,6 +86,9 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
                          return ParallelLmHead::Load(*ck, top.lm_head, ctx.plan().tp_size(),
                                                      &ctx.tp());
                        }));
+  if (load_mtp) {
+    MOE_ASSIGN_OR_RETURN(m->mtp_, MtpLayer::Load(m->config_, *ck, ctx, softmax_scale, bytes));
+  }
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
   return m;
 }
@@ -100,6 +104,7 @@ absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const 
   for (int64_t i = 0; i < m; ++i) {
     std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
   }
+  if (mtp_) hidden_ = std::move(x);  // the MTP layer reads rows of it after this step's sampling
   norm_.Forward(last.data(), m, last.data());
   MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
   return absl::OkStatus();
@@ -120,12 +125,34 @@ absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
   return tokens;
 }
 
+absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& main_rows,
+                                                    const std::vector<int32_t>& next_tokens,
+                                                    const ForwardBatch& batch,
+                                                    const std::vector<int64_t>& logit_rows) {
+  if (!mtp_) return absl::FailedPreconditionError("the MTP layer was not loaded");
+  const int64_t h = config_.hidden_size, n = static_cast<int64_t>(main_rows.size());
+  if (n != batch.num_tokens() || next_tokens.size() != main_rows.size()) {
+    return absl::InvalidArgumentError("MTP rows, next tokens and batch differ in length");
+  }
+  Tensor normed({n, h});
+  for (int64_t i = 0; i < n; ++i) {
+    if (main_rows[i] < 0 || main_rows[i] >= (hidden_.empty() ? 0 : hidden_.dim(0))) {
+      return absl::InvalidArgumentError("MTP row outside the last step's rows");
+    }
+    std::memcpy(normed.row(i), hidden_.row(main_rows[i]), static_cast<size_t>(h) * sizeof(float));
+  }
+  norm_.Forward(normed.data(), n, normed.data());
+  return mtp_->Forward(normed.data(), next_tokens, batch, cache_, logit_rows);
+}
+
 std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {
   std::vector<int64_t> counts(static_cast<size_t>(config_.n_routed_experts), 0);
-  for (const auto& l : layers_) {
-    if (l->moe() == nullptr) continue;
-    for (size_t e = 0; e < counts.size(); ++e) counts[e] += l->moe()->expert_tokens()[e];
-  }
+  auto add = [&](const DecoderLayer& l) {
+    if (l.moe() == nullptr) return;
+    for (size_t e = 0; e < counts.size(); ++e) counts[e] += l.moe()->expert_tokens()[e];
+  };
+  for (const auto& l : layers_) add(*l);
+  if (mtp_) add(mtp_->block());
   return counts;
 }
 

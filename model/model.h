@@ -1,7 +1,7 @@
 // DeepseekV3ForCausalLM on one rank: embed_tokens -> num_hidden_layers x (input_layernorm -> MLA
 // -> residual -> post_attention_layernorm -> dense MLP or MoE -> residual) -> norm -> lm_head.
-// Loads only this rank's shard of the checkpoint; the MTP layers (model.layers.<L>.* for
-// L >= num_hidden_layers) are not read.
+// Loads only this rank's shard of the checkpoint; the MTP layer (model.layers.<L>.* for
+// L = num_hidden_layers) only when asked for (speculative decoding), with a cache layer of its own.
 #pragma once
 
 #include <memory>
@@ -19,6 +19,7 @@
 #include "model/mla_attention.h"
 #include "model/mlp.h"
 #include "model/moe_layer.h"
+#include "model/mtp_layer.h"
 #include "parallel/parallel_context.h"
 
 namespace moe {
@@ -53,26 +54,35 @@ class DeepseekV3Model : public ForwardModel {
                                                                const ParallelContext& ctx,
                                                                const KvCacheShape& cache,
                                                                WeightsAtLoad weights =
-                                                                   WeightsAtLoad::kAsStored);
+                                                                   WeightsAtLoad::kAsStored,
+                                                               bool load_mtp = false);
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;
   absl::StatusOr<Tensor> Logits() override { return logits_; }
   absl::StatusOr<std::vector<int32_t>> Sample(const std::vector<SampleRequest>& requests) override;
+  bool has_mtp() const override { return mtp_ != nullptr; }
+  absl::StatusOr<Tensor> ForwardMtp(const std::vector<int64_t>& main_rows,
+                                    const std::vector<int32_t>& next_tokens,
+                                    const ForwardBatch& batch,
+                                    const std::vector<int64_t>& logit_rows) override;
   std::vector<int64_t> ExpertTokenCounts() const override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
-  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache)
+  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp)
       : config_(config),
-        cache_(config.num_hidden_layers, cache.blocks, cache.block_size, config.kv_cache_dim()) {}
+        cache_(config.num_hidden_layers + (mtp ? 1 : 0), cache.blocks, cache.block_size,
+               config.kv_cache_dim()) {}
   ModelConfig config_;
   KvCache cache_;
   VocabParallelEmbedding embed_tokens_;
   std::vector<std::unique_ptr<DecoderLayer>> layers_;
   RmsNorm norm_;
   ParallelLmHead lm_head_;
+  std::unique_ptr<MtpLayer> mtp_;
   WeightBytes weight_bytes_;
+  Tensor hidden_;  // the last Forward's final hidden states (before model.norm), every row
   Tensor logits_;
 };
 

@@ -86,6 +86,10 @@ int main(int argc, char** argv) {
   flags.AddInt("prefill-chunk", &prefill_chunk,
                "Prefill the prompt in chunks of this many tokens "
                "(0: all at once).");
+  bool mtp = false;
+  flags.AddBool("mtp", &mtp,
+                "Speculative decoding with the checkpoint's MTP layer: each step also verifies "
+                "the layer's draft of the next token (CPU backend; the output is the same).");
   flags.ParseOrExit(argc, argv);
 
   std::unique_ptr<moe::Communicator> world = moe::MakeSelfCommunicator();
@@ -118,12 +122,14 @@ int main(int argc, char** argv) {
   moe::EngineOptions opt;
   opt.block_size = block_size;
   auto blocks =
-      moe::KvCache::BlocksForBudget(*config, block_size, static_cast<uint64_t>(kv_mb) << 20);
+      moe::KvCache::BlocksForBudget(*config, block_size, static_cast<uint64_t>(kv_mb) << 20,
+                                    mtp ? 1 : 0);
   if (!blocks.ok()) return Fail(blocks.status());
   opt.kv_blocks = *blocks;
   opt.device = *backend;
   opt.cuda_graphs = !no_cuda_graphs;
   opt.weights = *weights;
+  opt.mtp = mtp;
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());
@@ -137,9 +143,20 @@ int main(int argc, char** argv) {
   gen.max_new_tokens = max_new;
   gen.stop_at_eos = !ignore_eos;
   gen.prefill_chunk = prefill_chunk;
+  gen.speculative = mtp;
   auto out = moe::GenerateGreedy(**engine, allocator, *prompt, gen);
   if (!out.ok()) return Fail(out.status());
   if (g_rank != 0) return 0;
+  if (mtp) {
+    std::fprintf(stderr,
+                 "moe-generate: MTP drafts accepted %lld of %lld (%.1f%%); %zu tokens in %lld "
+                 "steps\n",
+                 static_cast<long long>(out->accepted), static_cast<long long>(out->drafts),
+                 out->drafts ? 100.0 * static_cast<double>(out->accepted) /
+                                   static_cast<double>(out->drafts)
+                             : 0.0,
+                 out->tokens.size(), static_cast<long long>(out->steps));
+  }
   for (size_t i = 0; i < out->tokens.size(); ++i) {
     std::printf("%s%d", i ? " " : "", out->tokens[i]);
   }

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/ops.h"
 #include "model/model.h"
 #if MOE_HAVE_CUDA
 #include "model/cuda_model.h"
@@ -24,8 +25,12 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
-    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache, options.weights));
+    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache,
+                                                            options.weights, options.mtp));
     return std::unique_ptr<ForwardModel>(std::move(model));
+  }
+  if (options.mtp) {
+    return absl::UnimplementedError("speculative decoding (the MTP layer) runs on the CPU backend only");
   }
 #if MOE_HAVE_CUDA
   CudaModelOptions cuda;
@@ -93,6 +98,23 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
         return bad(absl::StrCat("KV block ", b, " outside the cache's ", num_blocks(), " blocks"));
       }
     }
+    if (s.num_draft < 0 || s.num_draft >= static_cast<int>(s.tokens.size())) {
+      return bad(absl::StrCat(s.num_draft, " drafts among ", s.tokens.size(),
+                              " tokens (the first token is never a draft)"));
+    }
+    if (s.num_draft > 0 && !(s.want_logits && s.sample)) {
+      return bad("drafts to verify need want_logits and a sample request");
+    }
+    if (s.num_draft > 0 && s.sample->logprobs) {
+      return bad("log-probabilities of speculated tokens are not supported");
+    }
+    if (s.mtp && !model_->has_mtp()) {
+      return bad("asks for the MTP layer, which the engine did not load (EngineOptions::mtp)");
+    }
+    if (s.mtp && !(s.want_logits && s.sample) &&
+        (s.lookahead < 0 || s.lookahead >= c.vocab_size)) {
+      return bad("an MTP chunk that samples nothing needs the prompt's next token (lookahead)");
+    }
     if (s.dp_group < 0 || s.dp_group >= ctx_->plan().dp_size()) {
       return bad(
           absl::StrCat("DP group ", s.dp_group, " outside [0, ", ctx_->plan().dp_size(), ")"));
@@ -107,9 +129,9 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
   ForwardBatch batch;
   std::vector<int32_t> tokens;
   std::vector<int64_t> logit_rows;
-  std::vector<SampleRequest> samples;
-  std::vector<bool> wants_sample;
-  std::vector<int64_t> logit_entry;  // the step entry of each logits row
+  std::vector<SampleRequest> samples;  // per logits row
+  std::vector<int64_t> logit_entry;    // the step entry of each logits row
+  std::vector<int> logit_offset;       // which of its entry's sampled positions the row is
   StepOutput result;
   for (size_t i = 0; i < step.size(); ++i) {
     const SequenceStep& s = step[i];
@@ -122,12 +144,16 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
     batch.chunks.push_back(c);
     tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
     for (int64_t i = 0; i < c.num_tokens; ++i) batch.positions.push_back(s.start_pos + i);
-    if (s.want_logits) {
-      logit_rows.push_back(c.first_token + c.num_tokens - 1);
+    if (!s.want_logits) continue;
+    // The last token's row, or with drafts the rows of the last num_draft + 1 tokens.
+    for (int j = 0; j <= s.num_draft; ++j) {
+      logit_rows.push_back(c.first_token + c.num_tokens - 1 - s.num_draft + j);
       result.seq_ids.push_back(s.seq_id);
       logit_entry.push_back(static_cast<int64_t>(i));
-      wants_sample.push_back(s.sample.has_value());
-      samples.push_back(s.sample.value_or(SampleRequest{}));
+      logit_offset.push_back(j);
+      SampleRequest r = s.sample.value_or(SampleRequest{});
+      r.index += static_cast<uint64_t>(j);
+      samples.push_back(r);
     }
   }
   const int64_t n = batch.num_tokens(), half = config().qk_rope_head_dim / 2;
@@ -140,36 +166,121 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
   if (return_logits) {
     MOE_ASSIGN_OR_RETURN(result.logits, model_->Logits());
   }
-  const bool any_sample =
-      std::find(wants_sample.begin(), wants_sample.end(), true) != wants_sample.end();
-  std::vector<int64_t> sampled_entry;
-  std::vector<int32_t> sampled;
+  const bool any_sample = std::any_of(step.begin(), step.end(), [&](const SequenceStep& s) {
+    return s.dp_group == my_group && s.want_logits && s.sample.has_value();
+  });
+  std::vector<std::vector<int32_t>> sampled(step.size());  // by step entry
   std::vector<std::pair<int64_t, TokenLogprobs>> logprobs;  // by step entry
   if (any_sample && ctx_->shard().tp_rank == 0) {
     MOE_ASSIGN_OR_RETURN(std::vector<int32_t> drawn, model_->Sample(samples));
-    const bool any_logprobs = std::any_of(samples.begin(), samples.end(),
-                                          [](const SampleRequest& r) { return r.logprobs; });
-    // The logits the step already returned, else fetched from the backend only when asked for.
+    // Host logits for log-probabilities and for checking sampled drafts: the ones the step
+    // already returned, else fetched from the backend only when needed.
+    bool need_logits = false;
+    for (size_t k = 0; k < samples.size(); ++k) {
+      const SequenceStep& s = step[static_cast<size_t>(logit_entry[k])];
+      need_logits |= s.sample && (samples[k].logprobs ||
+                                  (s.num_draft > 0 && s.sample->spec.temperature > 0.0f &&
+                                   s.sample->spec.top_k != 1));
+    }
     Tensor fetched;
-    if (any_logprobs && !return_logits) {
+    if (need_logits && !return_logits) {
       MOE_ASSIGN_OR_RETURN(fetched, model_->Logits());
     }
     const Tensor& logits = return_logits ? result.logits : fetched;
-    for (size_t j = 0; j < drawn.size(); ++j) {
-      if (!wants_sample[j]) continue;
-      sampled_entry.push_back(logit_entry[j]);
-      sampled.push_back(drawn[j]);
-      if (samples[j].logprobs) {
-        logprobs.emplace_back(logit_entry[j],
-                              LogprobsOf(logits.row(static_cast<int64_t>(j)), config().vocab_size,
-                                         drawn[j], samples[j].top_logprobs));
+    std::vector<bool> rejected(step.size(), false);  // a draft of the entry was: it ends there
+    for (size_t k = 0; k < drawn.size(); ++k) {
+      const size_t entry = static_cast<size_t>(logit_entry[k]);
+      const SequenceStep& s = step[entry];
+      if (!s.sample) continue;
+      const int j = logit_offset[k];
+      std::vector<int32_t>& made = sampled[entry];
+      if (rejected[entry]) continue;
+      if (j == s.num_draft) {  // no draft left to check: the token after them
+        made.push_back(drawn[k]);
+        if (samples[k].logprobs) {
+          logprobs.emplace_back(entry, LogprobsOf(logits.row(static_cast<int64_t>(k)),
+                                                  config().vocab_size, drawn[k],
+                                                  samples[k].top_logprobs));
+        }
+        continue;
       }
+      const int32_t draft = s.tokens[s.tokens.size() - static_cast<size_t>(s.num_draft - j)];
+      const bool greedy = s.sample->spec.temperature <= 0.0f || s.sample->spec.top_k == 1;
+      const DraftVerdict v =
+          greedy ? DraftVerdict{drawn[k] == draft, drawn[k]}
+                 : VerifyDraft(logits.row(static_cast<int64_t>(k)), config().vocab_size,
+                               samples[k].spec, samples[k].index, draft);
+      made.push_back(v.token);
+      rejected[entry] = !v.accepted;
     }
   }
   result.tokens.assign(step.size(), -1);
-  MOE_RETURN_IF_ERROR(ShareSampledTokens(sampled_entry, sampled, &result));
+  MOE_RETURN_IF_ERROR(ShareSampledTokens(step, sampled, &result));
   MOE_RETURN_IF_ERROR(ShareLogprobs(step, logprobs, &result));
+  result.drafts.assign(step.size(), -1);
+  if (std::any_of(step.begin(), step.end(), [](const SequenceStep& s) { return s.mtp; })) {
+    MOE_RETURN_IF_ERROR(RunMtp(step, batch, &result));
+  }
   return result;
+}
+
+absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const ForwardBatch& batch,
+                            StepOutput* out) {
+  const int my_group = ctx_->shard().dp_rank;
+  ForwardBatch mtp;
+  std::vector<int64_t> main_rows, logit_rows, logit_entry;
+  std::vector<int32_t> next;
+  size_t chunk = 0;
+  for (size_t i = 0; i < step.size(); ++i) {
+    const SequenceStep& s = step[i];
+    if (s.dp_group != my_group) continue;
+    const ForwardChunk& c = batch.chunks[chunk++];
+    if (!s.mtp) continue;
+    // Position start_pos + r has its next token known: the chunk's own tokens up to the last one
+    // that is not a draft, then the tokens sampled in this step (or the lookahead).
+    std::vector<int32_t> known(s.tokens.begin() + 1,
+                               s.tokens.end() - static_cast<std::ptrdiff_t>(s.num_draft));
+    if (out->tokens[i] >= 0) {
+      known.push_back(out->tokens[i]);
+      known.insert(known.end(), out->next_tokens[i].begin(), out->next_tokens[i].end());
+    } else {
+      known.push_back(s.lookahead);
+    }
+    ForwardChunk m;
+    m.first_token = mtp.num_tokens();
+    m.num_tokens = static_cast<int64_t>(known.size());
+    m.start_pos = s.start_pos;
+    m.block_table = &s.block_table;
+    mtp.chunks.push_back(m);
+    for (int64_t r = 0; r < m.num_tokens; ++r) {
+      main_rows.push_back(c.first_token + r);
+      mtp.positions.push_back(s.start_pos + r);
+    }
+    next.insert(next.end(), known.begin(), known.end());
+    if (out->tokens[i] >= 0) {
+      logit_rows.push_back(m.first_token + m.num_tokens - 1);
+      logit_entry.push_back(static_cast<int64_t>(i));
+    }
+  }
+  const int64_t n = mtp.num_tokens(), half = config().qk_rope_head_dim / 2;
+  mtp.rope_cos = Tensor({n, half});
+  mtp.rope_sin = Tensor({n, half});
+  for (int64_t t = 0; t < n; ++t) {
+    rope_.CosSin(mtp.positions[t], mtp.rope_cos.row(t), mtp.rope_sin.row(t));
+  }
+  MOE_ASSIGN_OR_RETURN(Tensor logits, model_->ForwardMtp(main_rows, next, mtp, logit_rows));
+  std::vector<int64_t> sums(step.size(), 0);  // draft + 1 per entry; from TP-rank 0 of each group
+  if (ctx_->shard().tp_rank == 0) {
+    for (size_t k = 0; k < logit_entry.size(); ++k) {
+      sums[static_cast<size_t>(logit_entry[k])] =
+          cpu::ArgMax(logits.row(static_cast<int64_t>(k)), config().vocab_size) + 1;
+    }
+  }
+  if (ctx_->world().size() > 1) {
+    MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
+  }
+  for (size_t i = 0; i < step.size(); ++i) out->drafts[i] = static_cast<int32_t>(sums[i] - 1);
+  return absl::OkStatus();
 }
 
 absl::Status Engine::ShareLogprobs(const std::vector<SequenceStep>& step,
@@ -213,19 +324,38 @@ absl::Status Engine::ShareLogprobs(const std::vector<SequenceStep>& step,
   return absl::OkStatus();
 }
 
-absl::Status Engine::ShareSampledTokens(const std::vector<int64_t>& sampled_entry,
-                                        const std::vector<int32_t>& sampled, StepOutput* out) {
-  // sums = [token + 1 per step entry (0: not sampled here) | this step's count per expert].
-  const size_t n = out->tokens.size();
+absl::Status Engine::ShareSampledTokens(const std::vector<SequenceStep>& step,
+                                        const std::vector<std::vector<int32_t>>& sampled,
+                                        StepOutput* out) {
+  // sums = [token + 1 per sampled slot (0: not sampled) | this step's count per expert]; every
+  // rank derives the slots from the step: 1 + num_draft per entry that samples.
+  std::vector<size_t> offset(step.size() + 1, 0);
+  for (size_t i = 0; i < step.size(); ++i) {
+    const bool samples = step[i].want_logits && step[i].sample.has_value();
+    offset[i + 1] = offset[i] + (samples ? 1 + static_cast<size_t>(step[i].num_draft) : 0);
+  }
+  const size_t n = offset.back();
   const std::vector<int64_t> counts = model_->ExpertTokenCounts();
   std::vector<int64_t> sums(n + counts.size(), 0);
-  for (size_t j = 0; j < sampled.size(); ++j) sums[sampled_entry[j]] = sampled[j] + 1;
+  for (size_t i = 0; i < step.size(); ++i) {
+    for (size_t j = 0; j < sampled[i].size(); ++j) sums[offset[i] + j] = sampled[i][j] + 1;
+  }
   for (size_t e = 0; e < counts.size(); ++e) sums[n + e] = counts[e] - expert_counts_[e];
   expert_counts_ = counts;
   if (ctx_->world().size() > 1) {
     MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
   }
-  for (size_t i = 0; i < n; ++i) out->tokens[i] = static_cast<int32_t>(sums[i] - 1);
+  out->next_tokens.assign(step.size(), {});
+  for (size_t i = 0; i < step.size(); ++i) {
+    for (size_t at = offset[i]; at < offset[i + 1] && sums[at] > 0; ++at) {
+      const int32_t token = static_cast<int32_t>(sums[at] - 1);
+      if (at == offset[i]) {
+        out->tokens[i] = token;
+      } else {
+        out->next_tokens[i].push_back(token);
+      }
+    }
+  }
   out->expert_tokens.assign(sums.begin() + static_cast<std::ptrdiff_t>(n), sums.end());
   return absl::OkStatus();
 }

@@ -31,19 +31,37 @@ struct SequenceStep {
   // With want_logits: sample the next token on the backend (the TP-rank 0 of the group does, and
   // the step tells every rank).
   std::optional<SampleRequest> sample;
+  // Speculative decoding. The last `num_draft` of `tokens` are drafts to verify (needs `sample`):
+  // a token is sampled after each of the last num_draft + 1 positions (draw indices
+  // sample->index, +1, ...), and drafts are kept up to the first the target disagrees with
+  // (VerifyDraft); StepOutput::next_tokens has the tokens after the first.
+  int num_draft = 0;
+  // Runs the MTP layer (EngineOptions::mtp) over this entry's positions whose next token is known
+  // by the end of the step, keeping its cache complete, and with `sample` drafts the token after
+  // the last sampled one (StepOutput::drafts). A chunk that samples nothing (a prefill chunk
+  // before the prompt's end) gives `lookahead`, the prompt's token after the chunk.
+  bool mtp = false;
+  int32_t lookahead = -1;
 };
 
 // What one step produced. The engine's own type; the coordinator's protocol has
 // moe::v1::StepResult.
 struct StepOutput {
-  std::vector<int64_t> seq_ids;  // sequences of this rank's DP group that wanted logits
-  Tensor logits;                 // [seq_ids.size(), vocab], unless the step asked for none
+  // Per logits row: the sequences of this rank's DP group that wanted logits (one row each, or
+  // 1 + num_draft rows with drafts: those positions' logits, whether accepted or not).
+  std::vector<int64_t> seq_ids;
+  Tensor logits;  // [seq_ids.size(), vocab], unless the step asked for none
   // On every rank, per entry of the step (every DP group's): the sampled token, or -1.
   std::vector<int32_t> tokens;
   // On every rank: the tokens routed to each routed expert in this step, summed over the ranks.
   std::vector<int64_t> expert_tokens;
   // On every rank, per entry of the step: the log-probabilities its sample asked for (else empty).
   std::vector<TokenLogprobs> logprobs;
+  // On every rank, per entry: the tokens sampled after `tokens[i]` in this step — its accepted
+  // drafts, then the token after the last of them (empty without drafts) — and the MTP layer's
+  // draft of the token after all of them (-1 when the entry did not ask).
+  std::vector<std::vector<int32_t>> next_tokens;
+  std::vector<int32_t> drafts;
 };
 
 enum class Device { kCpu, kCuda };
@@ -57,6 +75,8 @@ struct EngineOptions {
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;
+  // Load the MTP layer (and its cache layer) for speculative decoding (CPU backend).
+  bool mtp = false;
 };
 
 class Engine {
@@ -89,10 +109,15 @@ class Engine {
         model_(std::move(model)),
         options_(options),
         expert_counts_(model_->ExpertTokenCounts()) {}
-  // One sum over the world: every entry's sampled token (from its group's TP-rank 0) and the
-  // step's per-expert token counts, on every rank.
-  absl::Status ShareSampledTokens(const std::vector<int64_t>& sampled_entry,
-                                  const std::vector<int32_t>& sampled, StepOutput* out);
+  // One sum over the world: every entry's sampled tokens (from its group's TP-rank 0: `sampled`,
+  // by step entry, 1 + num_draft slots each) and the step's per-expert token counts, on every rank.
+  absl::Status ShareSampledTokens(const std::vector<SequenceStep>& step,
+                                  const std::vector<std::vector<int32_t>>& sampled,
+                                  StepOutput* out);
+  // The MTP layer over every entry that asked (a collective: every rank runs it, with or without
+  // rows), then one sum over the world of the drafts.
+  absl::Status RunMtp(const std::vector<SequenceStep>& step, const ForwardBatch& batch,
+                      StepOutput* out);
   // Two sums over the world (values, ids) when any entry of the step asked for log-probabilities:
   // `mine` (this rank's, by step entry) reaches every rank in out->logprobs.
   absl::Status ShareLogprobs(const std::vector<SequenceStep>& step,

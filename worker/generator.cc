@@ -13,6 +13,7 @@ struct Running {
   std::vector<int32_t> all;  // prompt + generated
   std::vector<int32_t> blocks;
   int64_t cached = 0;  // positions already in the cache
+  int32_t draft = -1;  // the MTP layer's draft of the token after `all`
   Generation gen;
   std::vector<float> logits;  // rows of gen.logits, while running
   bool done = false;
@@ -55,9 +56,20 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
     s.tokens.assign(r.all.begin() + s.start_pos, r.all.begin() + end);
     s.want_logits = end == len;
     if (s.want_logits) s.sample = SampleRequest{};  // greedy
-    MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&r.blocks, end, engine.block_size()));
+    if (opt.speculative) {
+      s.mtp = true;
+      if (!s.want_logits) s.lookahead = r.all[static_cast<size_t>(end)];
+      // A draft is worth verifying only while more than one token is still to come.
+      const int64_t left = opt.max_new_tokens - static_cast<int64_t>(r.gen.tokens.size());
+      if (s.want_logits && r.draft >= 0 && left > 1 &&
+          end + 1 <= engine.config().max_position_embeddings) {
+        s.tokens.push_back(r.draft);
+        s.num_draft = 1;
+      }
+    }
+    MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(
+        &r.blocks, end + s.num_draft, engine.block_size()));
     s.block_table = r.blocks;
-    r.cached = end;
     step.push_back(std::move(s));
   }
   return step;
@@ -68,24 +80,51 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
 // its logits.
 void Advance(const ModelConfig& c, const std::vector<SequenceStep>& step, const StepOutput& out,
              const GenerateOptions& opt, std::vector<Running>& seqs) {
+  // Per entry: the new tokens of this step, in order.
+  std::vector<std::vector<int32_t>> made(step.size());
+  for (size_t k = 0; k < step.size(); ++k) {
+    if (out.tokens[k] < 0) continue;
+    made[k].push_back(out.tokens[k]);
+    made[k].insert(made[k].end(), out.next_tokens[k].begin(), out.next_tokens[k].end());
+  }
   if (opt.keep_logits) {
-    for (size_t j = 0; j < out.seq_ids.size(); ++j) {
-      const float* row = out.logits.row(static_cast<int64_t>(j));
-      std::vector<float>& rows = seqs[static_cast<size_t>(out.seq_ids[j])].logits;
-      rows.insert(rows.end(), row, row + c.vocab_size);
+    // Logits rows come per entry of this rank's group in step order; an entry with drafts has
+    // one row per verified position, of which those of its new tokens count.
+    size_t row = 0;
+    for (size_t k = 0; k < step.size() && row < out.seq_ids.size(); ++k) {
+      if (!step[k].want_logits || out.seq_ids[row] != step[k].seq_id) continue;
+      std::vector<float>& rows = seqs[static_cast<size_t>(step[k].seq_id)].logits;
+      for (int j = 0; j <= step[k].num_draft; ++j, ++row) {
+        if (j > 0 && static_cast<size_t>(j) >= made[k].size()) continue;
+        const float* r = out.logits.row(static_cast<int64_t>(row));
+        rows.insert(rows.end(), r, r + c.vocab_size);
+      }
     }
   }
   for (size_t k = 0; k < step.size(); ++k) {
-    if (!step[k].want_logits) continue;
     Running& r = seqs[static_cast<size_t>(step[k].seq_id)];
-    const std::vector<int32_t>& made = r.gen.tokens;
-    const bool after_eos = opt.stop_at_eos && !made.empty() &&
-                           std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(), made.back());
-    if (static_cast<int64_t>(made.size()) == opt.max_new_tokens || after_eos) {
-      r.done = true;
-    } else {
-      r.gen.tokens.push_back(out.tokens[k]);
-      r.all.push_back(out.tokens[k]);
+    ++r.gen.steps;
+    // Cached now: the positions before this step's last non-draft token, that token's, and
+    // those of the drafts the target accepted.
+    const int64_t accepted =
+        std::min<int64_t>(step[k].num_draft, std::max<int64_t>(0, static_cast<int64_t>(made[k].size()) - 1));
+    r.cached = step[k].start_pos + static_cast<int64_t>(step[k].tokens.size()) -
+               step[k].num_draft + accepted;
+    if (!step[k].want_logits) continue;
+    r.gen.drafts += step[k].num_draft;
+    r.gen.accepted += accepted;
+    r.draft = out.drafts.empty() ? -1 : out.drafts[k];
+    for (int32_t token : made[k]) {
+      const std::vector<int32_t>& so_far = r.gen.tokens;
+      const bool after_eos = opt.stop_at_eos && !so_far.empty() &&
+                             std::count(c.eos_token_ids.begin(), c.eos_token_ids.end(),
+                                        so_far.back());
+      if (static_cast<int64_t>(so_far.size()) == opt.max_new_tokens || after_eos) {
+        r.done = true;
+        break;
+      }
+      r.gen.tokens.push_back(token);
+      r.all.push_back(token);
     }
   }
 }

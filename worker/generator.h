@@ -1,5 +1,5 @@
 // Offline greedy generation on an Engine: prefill the prompt (in chunks), then decode one token
-// per step, keeping each step's logits. The reference path for tests and `moe-generate`. On a
+// per step (or, speculating with the MTP layer, one or two), keeping each position's logits. The reference path for tests and `moe-generate`. On a
 // multi-rank engine every rank calls it with the same arguments.
 #pragma once
 
@@ -20,12 +20,19 @@ struct GenerateOptions {
   // false: the backend picks each greedy token and no logits are kept (Generation::logits is
   // empty) — a GPU backend then copies only token ids to the host.
   bool keep_logits = true;
+  // Speculative decoding with the MTP layer (an engine loaded with EngineOptions::mtp): every
+  // decode step verifies the MTP layer's draft of the next token besides sampling one. The
+  // tokens and logits equal those without it.
+  bool speculative = false;
 };
 
 struct Generation {
   std::vector<int32_t> tokens;  // the new tokens
   // [1 + tokens.size(), vocab]: the prompt's last position, then the step after each new token.
   Tensor logits;
+  // Speculative decoding: drafts verified, and accepted.
+  int64_t drafts = 0, accepted = 0;
+  int64_t steps = 0;  // engine steps the sequence took part in
 };
 
 // Runs one sequence alone. Uses (and returns) blocks of `allocator`.

@@ -33,10 +33,13 @@ TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int3
   return out;
 }
 
-int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index) {
-  if (spec.temperature <= 0.0f || spec.top_k == 1) {
-    return static_cast<int32_t>(cpu::ArgMax(logits, vocab));
-  }
+namespace {
+
+// The tokens sampling may pick and their unnormalised probabilities, in token-id order (the draw
+// walks them in that order: the distribution does not depend on it, and id order is what a GPU
+// can reproduce without sorting the vocabulary). Not for greedy specs.
+std::vector<std::pair<int32_t, double>> KeptTokens(const float* logits, int64_t vocab,
+                                                   const SamplingSpec& spec) {
   std::vector<int32_t> ids(static_cast<size_t>(vocab));
   std::iota(ids.begin(), ids.end(), 0);
   auto better = [&](int32_t a, int32_t b) {
@@ -65,22 +68,55 @@ int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec
       }
     }
   }
-  // Draw in token-id order over the kept set (the distribution does not depend on the order; id
-  // order is what a GPU can reproduce without sorting the vocabulary).
-  std::vector<std::pair<int32_t, double>> kept_set;
-  double kept = 0;
-  for (size_t i = 0; i < keep; ++i) {
-    kept_set.push_back({ids[i], p[i]});
-    kept += p[i];
-  }
-  std::sort(kept_set.begin(), kept_set.end());
-  const double u = SampleUniform(spec.seed, index) * kept;
+  std::vector<std::pair<int32_t, double>> kept;
+  for (size_t i = 0; i < keep; ++i) kept.push_back({ids[i], p[i]});
+  std::sort(kept.begin(), kept.end());
+  return kept;
+}
+
+// The token whose interval of the kept mass holds u * mass, skipping `skip`.
+int32_t Walk(const std::vector<std::pair<int32_t, double>>& kept, double u, int32_t skip) {
+  double mass = 0;
+  for (const auto& [id, prob] : kept) mass += id == skip ? 0 : prob;
+  const double at = u * mass;
   double acc = 0;
-  for (const auto& [id, prob] : kept_set) {
+  int32_t last = kept.back().first;
+  for (const auto& [id, prob] : kept) {
+    if (id == skip) continue;
     acc += prob;
-    if (u < acc) return id;
+    last = id;
+    if (at < acc) return id;
   }
-  return kept_set.back().first;
+  return last;
+}
+
+bool Greedy(const SamplingSpec& spec) { return spec.temperature <= 0.0f || spec.top_k == 1; }
+
+}  // namespace
+
+int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index) {
+  if (Greedy(spec)) return static_cast<int32_t>(cpu::ArgMax(logits, vocab));
+  return Walk(KeptTokens(logits, vocab, spec), SampleUniform(spec.seed, index), -1);
+}
+
+DraftVerdict VerifyDraft(const float* logits, int64_t vocab, const SamplingSpec& spec,
+                         uint64_t index, int32_t draft) {
+  if (Greedy(spec)) {
+    const int32_t best = static_cast<int32_t>(cpu::ArgMax(logits, vocab));
+    return {best == draft, best};
+  }
+  const auto kept = KeptTokens(logits, vocab, spec);
+  double mass = 0, p_draft = 0;
+  for (const auto& [id, prob] : kept) {
+    mass += prob;
+    if (id == draft) p_draft = prob;
+  }
+  // The acceptance draw is a stream of its own (seed ^ a constant), so it never equals the
+  // resampling draw of the same index.
+  constexpr uint64_t kAcceptStream = 0x5bd1e9955bd1e995ull;
+  if (SampleUniform(spec.seed ^ kAcceptStream, index) * mass < p_draft) return {true, draft};
+  if (p_draft >= mass) return {true, draft};  // the only token left: nothing else to draw
+  return {false, Walk(kept, SampleUniform(spec.seed, index), draft)};
 }
 
 }  // namespace moe

@@ -43,4 +43,18 @@ double SampleUniform(uint64_t seed, uint64_t index);
 // The draw walks the kept tokens in id order: u * (kept mass) falls in one token's interval.
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index);
 
+// Speculative decoding's check of a drafted token against the target's logits at its position,
+// for a draft proposed deterministically (the MTP layer's argmax). Greedy: the target's argmax,
+// accepted when it is the draft. Sampled: the draft is accepted with probability p(draft) under
+// the sampling distribution p (temperature, top-k, top-p as SampleToken); otherwise the token is
+// drawn from p without the draft, renormalised. Either way the token follows p exactly, so
+// speculation keeps the target's distribution (seeded outputs are reproducible, but not the
+// tokens SampleToken alone would draw).
+struct DraftVerdict {
+  bool accepted;
+  int32_t token;  // the draft when accepted, else the token that replaces it
+};
+DraftVerdict VerifyDraft(const float* logits, int64_t vocab, const SamplingSpec& spec,
+                         uint64_t index, int32_t draft);
+
 }  // namespace moe

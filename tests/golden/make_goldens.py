@@ -14,8 +14,20 @@ stacked into transformers' [experts, 2*inter, hidden] layout and compact weights
 here, independently of the C++ reader: fp8 value x its 128x128 block's weight_scale_inv; int4
 (compressed-tensors pack-quantized) nibble - 8 x its group's bf16 weight_scale.
 
+The MTP layer (model.layers.<num_hidden_layers>.*), which transformers does not run, is checked
+against a torch implementation written here from the DeepSeek-V3 report's equations (section 2.2):
+for row i, x = eh_proj([enorm(embed(t_{i+1})) ; hnorm(h_i)]) with h_i the main model's final
+hidden state (after model.norm), then the layer's decoder block (transformers'
+DeepseekV3DecoderLayer with the layer's weights, causal attention over the rows, positions i),
+then shared_head.head(shared_head.norm(x)). `--mtp` writes
+
+  tests/golden/data/mtp/<case>-prompt<i>.npy  float32 MTP logits [n, vocab], one row per prompt
+                                              position; t_{i+1} for the last one is the case's
+                                              first greedy token
+  manifest.json "mtp": its prompts, next tokens and files
+
 Usage (needs torch, transformers, safetensors, numpy; CI does not run this):
-  python3 tests/golden/make_goldens.py --build-dir build
+  python3 tests/golden/make_goldens.py --build-dir build [--mtp]
 """
 import argparse
 import json
@@ -59,7 +71,8 @@ def prompt_ids(vocab, length, seed):
     return [int(x) for x in rng.integers(2, vocab, size=length)]
 
 
-def load_weights(ckpt, cfg):
+def raw_weights(ckpt, cfg):
+    """Every tensor of the checkpoint, dequantized to float32, by its checkpoint name."""
     tensors = {}
     index = os.path.join(ckpt, "model.safetensors.index.json")
     files = sorted(set(json.load(open(index))["weight_map"].values())) if os.path.exists(index) \
@@ -87,6 +100,22 @@ def load_weights(ckpt, cfg):
             s = s.repeat_interleave(128, 0)[:rows].repeat_interleave(128, 1)[:, :cols]
             t = t.float() * s
         out[name] = t.float()
+    return out
+
+
+def stacked_experts(out, p, n_experts):
+    """transformers' fused expert tensors of the MoE whose weights start with `p` ("...mlp.")."""
+    return {
+        p + "experts.gate_up_proj": torch.stack([
+            torch.cat([out[f"{p}experts.{e}.gate_proj.weight"], out[f"{p}experts.{e}.up_proj.weight"]])
+            for e in range(n_experts)]),
+        p + "experts.down_proj": torch.stack(
+            [out[f"{p}experts.{e}.down_proj.weight"] for e in range(n_experts)]),
+    }
+
+
+def load_weights(ckpt, cfg):
+    out = raw_weights(ckpt, cfg)
     sd = {}
     n_layers = cfg["num_hidden_layers"]
     for name, t in out.items():
@@ -100,12 +129,7 @@ def load_weights(ckpt, cfg):
         p = f"model.layers.{l}.mlp."
         if f"{p}experts.0.gate_proj.weight" not in out:
             continue
-        E = cfg["n_routed_experts"]
-        sd[p + "experts.gate_up_proj"] = torch.stack([
-            torch.cat([out[f"{p}experts.{e}.gate_proj.weight"], out[f"{p}experts.{e}.up_proj.weight"]])
-            for e in range(E)])
-        sd[p + "experts.down_proj"] = torch.stack(
-            [out[f"{p}experts.{e}.down_proj.weight"] for e in range(E)])
+        sd.update(stacked_experts(out, p, cfg["n_routed_experts"]))
     return sd
 
 
@@ -143,17 +167,94 @@ def greedy(model, prompt, steps):
     return np.stack(rows).astype(np.float32), new
 
 
+# (case, prompt lengths) of the MTP goldens: the case's checkpoint, its first greedy token.
+MTP_CASES = [("tiny-dsv3-f32", [1, 17, 70])]
+
+
+@torch.no_grad()
+def mtp_logits(model, raw, cfg, prompt, next_tokens):
+    from transformers.models.deepseek_v3.modeling_deepseek_v3 import (
+        DeepseekV3DecoderLayer, DeepseekV3RMSNorm)
+    L = cfg["num_hidden_layers"]
+    p = f"model.layers.{L}."
+
+    def rms(x, w):
+        norm = DeepseekV3RMSNorm(x.shape[-1], eps=cfg["rms_norm_eps"])
+        norm.weight.data = w.clone()
+        return norm(x)
+
+    n = len(prompt)
+    h = model.model(torch.tensor([prompt])).last_hidden_state[0]  # after model.norm
+    e = raw[p + "embed_tokens.weight"][torch.tensor(next_tokens)]
+    x = torch.cat([rms(e, raw[p + "enorm.weight"]), rms(h, raw[p + "hnorm.weight"])], dim=-1)
+    x = x @ raw[p + "eh_proj.weight"].T
+    block = DeepseekV3DecoderLayer(model.config, layer_idx=L).float().eval()
+    own = {p + k for k in ("embed_tokens.weight", "enorm.weight", "hnorm.weight", "eh_proj.weight",
+                           "shared_head.norm.weight", "shared_head.head.weight")}
+    sd = {k[len(p):]: v for k, v in raw.items()
+          if k.startswith(p) and k not in own and ".mlp.experts." not in k}
+    sd.update({k[len(p):]: v for k, v in
+               stacked_experts(raw, p + "mlp.", cfg["n_routed_experts"]).items()})
+    block.load_state_dict(sd, strict=True)
+    pos = torch.arange(n)[None]
+    cos_sin = model.model.rotary_emb(x[None], pos)
+    mask = torch.full((n, n), float("-inf")).triu(1)[None, None]
+    y = block(x[None], attention_mask=mask, position_ids=pos, position_embeddings=cos_sin)
+    y = (y[0] if isinstance(y, tuple) else y)[0]
+    logits = rms(y, raw[p + "shared_head.norm.weight"]) @ raw[p + "shared_head.head.weight"].T
+    assert torch.isfinite(logits).all()
+    return logits.numpy().astype(np.float32)
+
+
+def make_mtp_goldens(maker, manifest):
+    os.makedirs(os.path.join(DATA, "mtp"), exist_ok=True)
+    entry = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
+             "cases": {}}
+    for case, lengths in MTP_CASES:
+        spec = manifest["cases"][case]
+        with tempfile.TemporaryDirectory() as tmp:
+            ckpt = os.path.join(tmp, case)
+            subprocess.run([maker, "--preset", spec["preset"], "--out", ckpt, "--dtype", spec["dtype"],
+                            "--seed", str(spec["seed"])], check=True, stderr=subprocess.DEVNULL)
+            assert fnv1a64(os.path.join(ckpt, "model.safetensors")) == spec["checkpoint_fnv1a64"]
+            model, cfg = hf_model(ckpt)
+            raw = raw_weights(ckpt, cfg)
+            c = {"prompts": [], "next_tokens": [], "logits": []}
+            for i, n in enumerate(lengths):
+                prompt = spec["prompts"][i]
+                assert len(prompt) == n
+                nxt = prompt[1:] + [spec["tokens"][i][0]]
+                rel = f"mtp/{case}-prompt{i}.npy"
+                np.save(os.path.join(DATA, rel), mtp_logits(model, raw, cfg, prompt, nxt))
+                c["prompts"].append(prompt)
+                c["next_tokens"].append(nxt)
+                c["logits"].append(rel)
+                print(f"{case}: MTP over prompt {i} ({n} tokens)", file=sys.stderr)
+            entry["cases"][case] = c
+    manifest["mtp"] = entry
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--build-dir", default="build")
     ap.add_argument("--case", action="append", default=[],
                     help="make only this case (repeatable); the manifest keeps the others")
+    ap.add_argument("--mtp", action="store_true",
+                    help="make only the MTP goldens (from the cases already in the manifest)")
     args = ap.parse_args()
     maker = os.path.join(args.build_dir, "tools", "moe-make-model")
+    manifest_path = os.path.join(DATA, "manifest.json")
+    if args.mtp:
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        make_mtp_goldens(maker, manifest)
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f, indent=1)
+            f.write("\n")
+        return
     torch.manual_seed(0)
     manifest = {"transformers_version": transformers.__version__, "torch_version": torch.__version__,
                 "decode_steps": DECODE_STEPS, "cases": {}}
-    manifest_path = os.path.join(DATA, "manifest.json")
     if args.case:
         unknown = set(args.case) - {c[0] for c in CASES}
         assert not unknown, f"unknown cases {sorted(unknown)}"
@@ -183,6 +284,8 @@ def main():
                 entry["logits"].append(rel)
                 print(f"{case}: prompt {i} ({n} tokens) -> {new}", file=sys.stderr)
             manifest["cases"][case] = entry
+    if not args.case or any(c in args.case for c, _ in MTP_CASES):
+        make_mtp_goldens(maker, manifest)  # they read the cases' prompts and greedy tokens
     with open(manifest_path, "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")

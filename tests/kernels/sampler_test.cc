@@ -70,6 +70,36 @@ TEST(SamplerTest, TopPKeepsTheSmallestPrefixReachingP) {
   CheckDistribution({1.0f, 0, 0.8f, 11}, Softmax({1, 2, 4}, 1.0));
 }
 
+// Speculative decoding's check of a draft: whatever the draft, the token it leaves follows the
+// sampling distribution (against the same softmax as above), and the draft is accepted with its
+// probability under it.
+TEST(SamplerTest, DraftVerificationKeepsTheSamplingDistribution) {
+  const SamplingSpec spec{1.0f, 3, 1.0f, 21};  // top-3: tokens 1, 4 and 2
+  const std::vector<double> want = Softmax({1, 2, 4}, 1.0);
+  for (const int32_t draft : {1, 2, 0}) {  // likely, less likely, outside the kept set
+    SCOPED_TRACE("draft " + std::to_string(draft));
+    std::vector<int> count(kLogits.size(), 0);
+    int accepted = 0;
+    const int n = 200000;
+    for (int i = 0; i < n; ++i) {
+      const DraftVerdict v = VerifyDraft(kLogits.data(), 6, spec, static_cast<uint64_t>(i), draft);
+      EXPECT_EQ(v.accepted, v.token == draft);
+      ++count[v.token];
+      accepted += v.accepted;
+    }
+    for (size_t t = 0; t < want.size(); ++t) {
+      const double sd = std::sqrt(want[t] * (1 - want[t]) / n);
+      EXPECT_NEAR(count[t] / static_cast<double>(n), want[t], 5 * sd + 1e-9) << "token " << t;
+    }
+    EXPECT_EQ(accepted, count[static_cast<size_t>(draft)]);
+  }
+  // Greedy: accepted exactly when the draft is the argmax (the lower id on ties).
+  EXPECT_TRUE(VerifyDraft(kLogits.data(), 6, SamplingSpec{}, 0, 1).accepted);
+  const DraftVerdict no = VerifyDraft(kLogits.data(), 6, SamplingSpec{}, 0, 4);
+  EXPECT_FALSE(no.accepted);
+  EXPECT_EQ(no.token, 1);
+}
+
 TEST(SamplerTest, UniformIsInRange) {
   for (uint64_t i = 0; i < 1000; ++i) {
     const double u = SampleUniform(3, i);

@@ -48,14 +48,15 @@ std::string SharedCheckpoint(const std::string& preset, WeightDType dtype) {
 }
 
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
-                                   int tp) {
+                                   int tp, bool mtp = false) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok());
   auto ctx = ParallelContext::Create(*config, std::move(world), tp);
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   EngineOptions opt;
   opt.block_size = 16;
-  opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20);
+  opt.mtp = mtp;
+  opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20, mtp ? 1 : 0);
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
   return e.ok() ? std::move(*e) : nullptr;
@@ -63,8 +64,10 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
 
 class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
 
-// One rank's engine against every layout of the world, on a checkpoint in `dtype`.
-void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype) {
+// One rank's engine against every layout of the world, on a checkpoint in `dtype`; with
+// `speculative`, the layouts decode speculatively with the MTP layer (sharded like the others).
+void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype,
+                                    bool speculative = false) {
   cpu::SetNumThreads(1);
   const std::string dir = SharedCheckpoint(preset, dtype);
   auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
@@ -83,10 +86,12 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
     SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
     auto world = MakeMpiWorldCommunicator();
     ASSERT_TRUE(world.ok());
-    auto engine = LoadEngine(dir, std::move(*world), tp);
+    auto engine = LoadEngine(dir, std::move(*world), tp, speculative);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
-    auto got = GenerateGreedyBatch(*engine, alloc, prompts, gen);
+    GenerateOptions layout_gen = gen;
+    layout_gen.speculative = speculative;
+    auto got = GenerateGreedyBatch(*engine, alloc, prompts, layout_gen);
     ASSERT_TRUE(got.ok()) << got.status();
     const int dp = World() / tp, my_group = Rank() / tp;
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -119,6 +124,12 @@ TEST(MpiEngineFormatsTest, Fp8EveryTpSizeMatchesOneRank) {
 
 TEST(MpiEngineFormatsTest, Int4EveryTpSizeMatchesOneRank) {
   CheckEveryTpSizeMatchesOneRank("tiny-kimi-k2", WeightDType::kInt4);
+}
+
+// Speculative decoding with the MTP layer under every layout: the tokens and logits of one rank
+// decoding without it.
+TEST(MpiEngineSpeculativeTest, MtpUnderEveryTpSizeMatchesOneRankWithoutIt) {
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, /*speculative=*/true);
 }
 
 // Bytes of a tensor (and its fp8 scales) as stored.

@@ -9,6 +9,8 @@
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
+#include "model/model.h"
+#include "model/rope.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 
@@ -38,15 +40,6 @@ uint64_t Fnv1a64(const std::string& path) {
   return h;
 }
 
-double RelativeError(const Tensor& ours, const Tensor& ref) {
-  double diff = 0, scale = 0;
-  for (int64_t i = 0; i < ref.numel(); ++i) {
-    diff = std::max(diff, static_cast<double>(std::fabs(ours[i] - ref[i])));
-    scale = std::max(scale, static_cast<double>(std::fabs(ref[i])));
-  }
-  return diff / scale;
-}
-
 struct GoldenCase {
   std::string name;
   nlohmann::json spec;
@@ -73,13 +66,15 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
   }
 
   std::unique_ptr<Engine> LoadEngine(int64_t block_size,
-                                     WeightsAtLoad weights = WeightsAtLoad::kAsStored) {
+                                     WeightsAtLoad weights = WeightsAtLoad::kAsStored,
+                                     bool mtp = false) {
     auto config = LoadModelConfig(dir_.path());
     EXPECT_TRUE(config.ok());
     EngineOptions opt;
     opt.block_size = block_size;
     opt.weights = weights;
-    opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20);
+    opt.mtp = mtp;
+    opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20, mtp ? 1 : 0);
     auto e = Engine::Load(dir_.path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
@@ -87,7 +82,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
 
   void CheckAgainstGolden(const GenerateOptions& gen, int64_t block_size,
                           WeightsAtLoad weights = WeightsAtLoad::kAsStored) {
-    auto engine = LoadEngine(block_size, weights);
+    auto engine = LoadEngine(block_size, weights, gen.speculative);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     for (size_t i = 0; i < spec_["prompts"].size(); ++i) {
@@ -100,7 +95,7 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
       ASSERT_TRUE(got.ok()) << got.status();
       EXPECT_EQ(got->tokens, want);
       ASSERT_EQ(got->logits.shape(), ref->shape());
-      EXPECT_LE(RelativeError(got->logits, *ref), kTolerance);
+      EXPECT_LE(::moe::testing::MaxRelativeError(got->logits, *ref), kTolerance);
       EXPECT_EQ(alloc.free_blocks(), alloc.total_blocks());  // every block returned
     }
   }
@@ -148,7 +143,7 @@ TEST_P(GoldenTest, BatchEqualsSequencesRunAlone) {
     auto alone = GenerateGreedy(*engine, alloc, prompts[i], Greedy16());
     ASSERT_TRUE(alone.ok());
     EXPECT_EQ((*batch)[i].tokens, alone->tokens);
-    EXPECT_LE(RelativeError((*batch)[i].logits, alone->logits), 1e-5);
+    EXPECT_LE(::moe::testing::MaxRelativeError((*batch)[i].logits, alone->logits), 1e-5);
   }
 }
 
@@ -160,6 +155,74 @@ INSTANTIATE_TEST_SUITE_P(Presets, GoldenTest,
                            for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';
                            return s;
                          });
+
+// Speculative decoding with the MTP layer (the presets that have one): the same tokens and logits
+// as transformers without speculation.
+class MtpGoldenTest : public GoldenTest {};
+
+TEST_P(MtpGoldenTest, SpeculativeDecodingMatchesTransformers) {
+  GenerateOptions g = Greedy16();
+  g.speculative = true;
+  CheckAgainstGolden(g, 16);
+  g.prefill_chunk = 7;
+  CheckAgainstGolden(g, 16);
+}
+
+// The MTP layer's own forward against the torch implementation in make_goldens.py: the draft
+// logits of every prompt position, t_{i+1} the prompt's next token (the first greedy token last).
+class MtpReferenceTest : public GoldenTest {};
+
+TEST_P(MtpReferenceTest, MtpLayerMatchesTheTorchReference) {
+  const nlohmann::json mtp = Manifest()["mtp"]["cases"][GetParam()];
+  auto config = LoadModelConfig(dir_.path());
+  ASSERT_TRUE(config.ok());
+  auto ctx = ParallelContext::Single(*config);
+  const KvCacheShape cache{*KvCache::BlocksForBudget(*config, 16, 16 << 20, 1), 16};
+  auto model = DeepseekV3Model::Load(dir_.path(), *config, *ctx, cache, WeightsAtLoad::kAsStored,
+                                     /*load_mtp=*/true);
+  ASSERT_TRUE(model.ok()) << model.status();
+  const RotaryEmbedding rope(*config);
+  for (size_t i = 0; i < mtp["prompts"].size(); ++i) {
+    SCOPED_TRACE("prompt " + std::to_string(i));
+    const std::vector<int32_t> prompt = mtp["prompts"][i];
+    const std::vector<int32_t> next = mtp["next_tokens"][i];
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    std::vector<int32_t> blocks;
+    for (int64_t b = 0; b * 16 < n; ++b) blocks.push_back(static_cast<int32_t>(b));
+    ForwardBatch batch;
+    batch.chunks.push_back({0, n, 0, &blocks});
+    const int64_t half = config->qk_rope_head_dim / 2;
+    batch.rope_cos = Tensor({n, half});
+    batch.rope_sin = Tensor({n, half});
+    std::vector<int64_t> rows;
+    for (int64_t t = 0; t < n; ++t) {
+      batch.positions.push_back(t);
+      rope.CosSin(t, batch.rope_cos.row(t), batch.rope_sin.row(t));
+      rows.push_back(t);
+    }
+    ASSERT_TRUE((*model)->Forward(prompt, batch, {n - 1}).ok());
+    auto logits = (*model)->ForwardMtp(rows, next, batch, rows);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    auto ref = ReadNpy(GoldenDir() + "/" + mtp["logits"][i].get<std::string>());
+    ASSERT_TRUE(ref.ok()) << ref.status();
+    ASSERT_EQ(logits->shape(), ref->shape());
+    const double err = ::moe::testing::MaxRelativeError(*logits, *ref);
+    std::printf("MTP logits, prompt of %lld: max |ours - ref| / max |ref| = %.2e\n",
+                static_cast<long long>(n), err);
+    EXPECT_LE(err, kTolerance);
+  }
+}
+
+std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';
+  return s;
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, MtpGoldenTest,
+                         ::testing::Values("tiny-dsv3-f32", "tiny-dsv3-fp8"), CaseName);
+// The cases make_goldens.py has MTP goldens for (MTP_CASES).
+INSTANTIATE_TEST_SUITE_P(Presets, MtpReferenceTest, ::testing::Values("tiny-dsv3-f32"), CaseName);
 
 }  // namespace
 }  // namespace moe

@@ -33,6 +33,7 @@ class Cluster {
   struct Options {
     int kv_block_size = 64;
     int64_t kv_blocks = 0;  // per rank
+    bool mtp = false;       // the workers load the MTP layer (speculative decoding)
     absl::Duration heartbeat_timeout = absl::Seconds(10);
     StepDeadlineOptions step_deadline;
   };

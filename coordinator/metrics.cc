@@ -108,6 +108,11 @@ std::string Metrics::Render(const Gauges& g) const {
         g.prefix_cached_blocks);
   counter("moe_prefix_cache_evictions_total", "Cached prefix blocks evicted for space.",
           static_cast<uint64_t>(g.prefix_evictions));
+  counter("moe_spec_decode_draft_tokens_total",
+          "Draft tokens of the MTP layer verified by the model (--mtp).",
+          static_cast<uint64_t>(g.spec_drafts));
+  counter("moe_spec_decode_accepted_tokens_total", "Draft tokens the model accepted (--mtp).",
+          static_cast<uint64_t>(g.spec_accepted));
   absl::StrAppend(&out,
                   "# HELP moe_expert_tokens_total Tokens routed to each expert, over all MoE "
                   "layers.\n# TYPE moe_expert_tokens_total counter\n");

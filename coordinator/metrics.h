@@ -39,6 +39,8 @@ class Metrics {
     bool serving = false;
     // Prefix caching: prompt tokens looked up and found (counters), cached blocks, evictions.
     int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0, prefix_cached_blocks = 0, prefix_evictions = 0;
+    // Speculative decoding (--mtp): draft tokens verified and accepted (counters).
+    int64_t spec_drafts = 0, spec_accepted = 0;
   };
   std::string Render(const Gauges& gauges) const;
 

@@ -88,6 +88,12 @@ int main(int argc, char** argv) {
   flags.AddBool("no-prefix-cache", &no_prefix_cache,
                 "Compute every prompt in full (by default the KV blocks of prompt prefixes already "
                 "computed are reused).");
+  flags.AddBool("mtp", &o.mtp,
+                "Speculative decoding with the checkpoint's MTP layer (DeepSeek-V3's "
+                "num_nextn_predict_layers): the workers load it, and each decode step verifies "
+                "its draft of the next token, so a step can give two tokens. Outputs keep their "
+                "distribution (greedy: the same tokens). Not with logprobs (those requests are "
+                "not speculated).");
   flags.AddInt("max-prompt-tokens", &o.max_prompt_tokens,
                "Longest prompt accepted, in tokens (0: the context and KV cache are the limits).");
   flags.AddInt("max-new-tokens", &o.max_new_tokens,

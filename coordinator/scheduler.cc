@@ -46,6 +46,7 @@ void Scheduler::Release(Sequence& s) {
 void Scheduler::Preempt(const SeqPtr& s) {
   Release(*s);
   s->computed = 0;
+  s->draft = -1;
   s->group = -1;
   running_.remove(s);
   // Back among the waiting, in arrival order: it resumes before later arrivals.
@@ -69,14 +70,23 @@ void Scheduler::PurgeCancelled() {
   }
 }
 
-// Reserves blocks for the sequence's next chunk and adds it to the step. Returns false (nothing
-// scheduled) when its group cannot hold the chunk even after preempting newer sequences.
+bool Scheduler::WillDraft(const Sequence& s, int64_t n) const {
+  const RequestParams& p = s.request->params();
+  return options_.speculative && s.draft >= 0 &&
+         s.computed + n == static_cast<int64_t>(s.tokens.size()) && s.generated + 1 < p.max_tokens &&
+         !p.sampling.logprobs();
+}
+
+// Reserves blocks for the sequence's next chunk (and its draft) and adds it to the step. Returns
+// false (nothing scheduled) when its group cannot hold the chunk even after preempting newer
+// sequences.
 bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   const int64_t remaining = static_cast<int64_t>(s->tokens.size()) - s->computed;
   const int64_t n = std::min(remaining, *budget);
   if (n <= 0) return false;
+  const int drafted = WillDraft(*s, n) && n + 1 <= *budget ? 1 : 0;
   PrefixCache& cache = caches_[s->group];
-  while (!cache.EnsureCapacity(&s->blocks, s->computed + n).ok()) {
+  while (!cache.EnsureCapacity(&s->blocks, s->computed + n + drafted).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;
     for (const SeqPtr& r : running_) {
@@ -89,7 +99,8 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
     Preempt(victim);
   }
   s->scheduled = n;
-  *budget -= n;
+  s->drafted = drafted;
+  *budget -= n + drafted;
   in_flight_.push_back(s);
   return true;
 }
@@ -152,6 +163,14 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
       *p->mutable_sampling() = s->request->params().sampling;
       p->set_sample_index(s->generated);
     }
+    if (options_.speculative) {
+      p->set_mtp(true);
+      if (!last_chunk) p->set_lookahead(s->tokens[static_cast<size_t>(s->computed + s->scheduled)]);
+      if (s->drafted > 0) {
+        p->add_tokens(s->draft);
+        p->set_num_draft(s->drafted);
+      }
+    }
   }
   return plan;
 }
@@ -166,29 +185,49 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
   for (const SeqPtr& s : in_flight_) {
     s->computed += s->scheduled;
     s->scheduled = 0;
-    // Its blocks that are now full and computed can serve later sequences.
-    if (s->group >= 0) caches_[s->group].Commit(s->tokens, s->computed, s->blocks);
   }
   absl::flat_hash_map<int64_t, SeqPtr> by_id;
   for (const SeqPtr& s : in_flight_) by_id.emplace(s->request->id(), s);
+  std::vector<SeqPtr> ended;
   for (int i = 0; i < result.seq_ids_size(); ++i) {
     auto it = by_id.find(result.seq_ids(i));
     if (it == by_id.end()) continue;
     const SeqPtr s = it->second;
     if (s->request->cancelled() || s->group < 0) continue;  // leaves at the next step
-    const int32_t token = result.tokens(i);
+    // This step's tokens: the first sampled one, then (speculating) those after it.
+    std::vector<int32_t> made = {result.tokens(i)};
+    if (i < result.next_tokens_size()) {
+      made.insert(made.end(), result.next_tokens(i).ids().begin(), result.next_tokens(i).ids().end());
+    }
+    // An accepted draft's position is computed: its KV holds the token that was emitted there.
+    const int accepted = std::min<int>(s->drafted, static_cast<int>(made.size()) - 1);
+    drafts_ += s->drafted;
+    drafts_accepted_ += accepted;
+    s->computed += accepted;
+    s->draft = i < result.drafts_size() ? result.drafts(i) : -1;
     const RequestParams& p = s->request->params();
-    s->tokens.push_back(token);
-    ++s->generated;
-    s->request->Emit(token, i < result.logprobs_size() ? &result.logprobs(i) : nullptr);
-    const bool stop = std::count(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) > 0 ||
-                      (!p.ignore_eos && std::count(options_.eos_token_ids.begin(),
-                                                   options_.eos_token_ids.end(), token) > 0);
-    if (stop || s->generated >= p.max_tokens) {
-      s->request->Finish(stop ? moe::v1::FINISH_REASON_STOP : moe::v1::FINISH_REASON_LENGTH);
-      EndSequence(s);
+    for (size_t k = 0; k < made.size(); ++k) {
+      const int32_t token = made[k];
+      s->tokens.push_back(token);
+      ++s->generated;
+      s->request->Emit(token, k == 0 && i < result.logprobs_size() ? &result.logprobs(i) : nullptr);
+      const bool stop = std::count(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) > 0 ||
+                        (!p.ignore_eos && std::count(options_.eos_token_ids.begin(),
+                                                     options_.eos_token_ids.end(), token) > 0);
+      if (stop || s->generated >= p.max_tokens) {
+        s->request->Finish(stop ? moe::v1::FINISH_REASON_STOP : moe::v1::FINISH_REASON_LENGTH);
+        s->computed = std::min<int64_t>(s->computed, static_cast<int64_t>(s->tokens.size()));
+        ended.push_back(s);
+        break;
+      }
     }
   }
+  for (const SeqPtr& s : in_flight_) {
+    s->drafted = 0;
+    // Its blocks that are now full and computed can serve later sequences.
+    if (s->group >= 0) caches_[s->group].Commit(s->tokens, s->computed, s->blocks);
+  }
+  for (const SeqPtr& s : ended) EndSequence(s);
   in_flight_.clear();
 }
 
@@ -221,6 +260,8 @@ SchedulerStats Scheduler::Stats() const {
     st.prefix_cache.evictions += p.evictions;
   }
   st.preemptions = preemptions_;
+  st.drafts = drafts_;
+  st.drafts_accepted = drafts_accepted_;
   return st;
 }
 

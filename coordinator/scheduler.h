@@ -7,7 +7,10 @@
 //     starts after that prefix, and its full computed blocks are cached for later sequences;
 //   - when blocks run out, the newest running sequence is preempted — its blocks return and it
 //     waits again, to be recomputed (prompt + tokens so far) when it is readmitted;
-//   - cancelled requests leave at the next step and their blocks return.
+//   - cancelled requests leave at the next step and their blocks return;
+//   - speculative decoding (the workers' MTP layer): a decoding sequence's step also carries the
+//     MTP layer's last draft; the result can then bring two tokens. A drafted position costs a
+//     token of the step's budget and a KV slot; a rejected draft's slot is overwritten next step.
 // One step is in flight at a time: NextStep() plans it, Complete() applies its result.
 #pragma once
 
@@ -37,6 +40,7 @@ struct SchedulerOptions {
   int64_t max_waiting = 1024;     // queued requests beyond this are refused
   std::vector<int32_t> eos_token_ids;
   bool prefix_cache = true;  // reuse the KV blocks of cached prompt prefixes
+  bool speculative = false;  // the workers run the MTP layer: plan drafts, take several tokens
 };
 
 struct SchedulerStats {
@@ -46,6 +50,7 @@ struct SchedulerStats {
   int64_t blocks_free = 0;
   int64_t preemptions = 0;  // since start
   PrefixCacheStats prefix_cache;  // all DP groups together
+  int64_t drafts = 0, drafts_accepted = 0;  // speculative decoding, since start
 };
 
 class Scheduler {
@@ -74,7 +79,9 @@ class Scheduler {
     int64_t generated = 0;
     int group = -1;
     std::vector<int32_t> blocks;
-    int64_t scheduled = 0;  // tokens in the step in flight
+    int64_t scheduled = 0;  // tokens in the step in flight (not counting a draft)
+    int32_t draft = -1;     // the MTP layer's draft of the token after `tokens`
+    int drafted = 0;        // drafts in the step in flight
   };
   using SeqPtr = std::shared_ptr<Sequence>;
 
@@ -82,6 +89,9 @@ class Scheduler {
   void Preempt(const SeqPtr& s);
   void PurgeCancelled();
   bool Schedule(const SeqPtr& s, int64_t* budget);
+  // Whether the sequence's next step verifies its draft: it decodes, has one, more than one token
+  // is still to come, and it wants no log-probabilities.
+  bool WillDraft(const Sequence& s, int64_t n) const;
   void EndSequence(const SeqPtr& s);
 
   const SchedulerOptions options_;
@@ -91,6 +101,7 @@ class Scheduler {
   int64_t next_id_ = 0;
   int64_t next_step_ = 0;
   int64_t preemptions_ = 0;
+  int64_t drafts_ = 0, drafts_accepted_ = 0;
   std::list<SeqPtr> waiting_;               // arrival order (request id)
   std::list<SeqPtr> running_;               // admission order
   std::vector<PrefixCache> caches_;  // per DP group

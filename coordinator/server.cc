@@ -74,7 +74,13 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   MOE_ASSIGN_OR_RETURN(ShardPlan plan,
                        ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world));
-  const int64_t per_block = config.LatentKvBytesPerToken(sizeof(float)) * o.block_size;
+  if (o.mtp && config.num_nextn_predict_layers < 1) {
+    return absl::InvalidArgumentError(
+        "--mtp: the model has no MTP layer (config.json: num_nextn_predict_layers is 0)");
+  }
+  // The workers' float32 latent cache: a layer per decoder layer, and one for the MTP layer.
+  const int64_t per_block = (config.num_hidden_layers + (o.mtp ? 1 : 0)) * config.kv_cache_dim() *
+                            static_cast<int64_t>(sizeof(float)) * o.block_size;
   const int64_t kv_blocks = o.kv_blocks > 0 ? o.kv_blocks : (o.kv_cache_mb << 20) / per_block;
   if (kv_blocks < 1) {
     return absl::InvalidArgumentError(
@@ -107,12 +113,14 @@ CoordinatorServer::CoordinatorServer(
   so.max_running = o.max_running;
   so.max_waiting = o.max_queue;
   so.prefix_cache = o.prefix_cache;
+  so.speculative = o.mtp;
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
   Cluster::Options co;
   co.kv_block_size = static_cast<int>(o.block_size);
   co.kv_blocks = kv_blocks;
   co.heartbeat_timeout = o.heartbeat_timeout;
+  co.mtp = o.mtp;
   co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
@@ -188,7 +196,8 @@ absl::Status CoordinatorServer::Listen() {
       const Metrics::Gauges g{st.waiting,     st.running,     st.blocks_used,
                               st.blocks_free, st.preemptions, serving_.load(),
                               st.prefix_cache.query_tokens,   st.prefix_cache.hit_tokens,
-                              st.prefix_cache.cached_blocks,  st.prefix_cache.evictions};
+                              st.prefix_cache.cached_blocks,  st.prefix_cache.evictions,
+                              st.drafts,                      st.drafts_accepted};
       res.set_content(metrics_.Render(g), "text/plain; version=0.0.4");
     });
     if (!http_->bind_to_port(options_.metrics_host, options_.metrics_port)) {

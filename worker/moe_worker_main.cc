@@ -170,6 +170,7 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
   opt.kv_blocks = assignment.kv_blocks();
   opt.device = device;
   opt.weights = weights;
+  opt.mtp = assignment.mtp();
   MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
                 << shard.experts.size() << " experts/layer) from " << model;
   return moe::Engine::Load(model, std::move(ctx), opt);

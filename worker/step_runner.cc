@@ -45,9 +45,14 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     s.want_logits = p.sample();
     s.dp_group = p.dp_group();
     const moe::v1::SamplingSpec& sp = p.sampling();
-    s.sample = SampleRequest{{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()},
-                             static_cast<uint64_t>(p.sample_index()), sp.logprobs(),
-                             std::max(sp.top_logprobs(), 0)};
+    if (p.sample()) {
+      s.sample = SampleRequest{{sp.temperature(), sp.top_k(), sp.top_p(), sp.seed()},
+                               static_cast<uint64_t>(p.sample_index()), sp.logprobs(),
+                               std::max(sp.top_logprobs(), 0)};
+    }
+    s.num_draft = p.num_draft();
+    s.mtp = p.mtp();
+    s.lookahead = p.lookahead();
   }
   MOE_ASSIGN_OR_RETURN(StepOutput out, engine_.Step(steps, /*return_logits=*/false));
   moe::v1::StepResult result;
@@ -56,6 +61,9 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     if (out.tokens[i] < 0) continue;
     result.add_seq_ids(steps[i].seq_id);
     result.add_tokens(out.tokens[i]);
+    result.add_next_tokens()->mutable_ids()->Add(out.next_tokens[i].begin(),
+                                                 out.next_tokens[i].end());
+    result.add_drafts(out.drafts[i]);
     moe::v1::TokenLogprobs* lp = result.add_logprobs();
     if (steps[i].sample->logprobs) {
       lp->set_logprob(out.logprobs[i].logprob);

@@ -10,6 +10,7 @@
 #include <numeric>
 #include <set>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -61,10 +62,23 @@ class FakeEngine {
         Slot(g, s.block_table(static_cast<int>(pos / o_.block_size)), pos) = s.tokens(i);
         context.push_back(s.tokens(i));
       }
-      if (s.sample()) {
-        r.add_seq_ids(s.seq_id());
-        r.add_tokens(NextToken(context));
+      if (!s.sample()) continue;
+      // Speculation: the drafts (the last num_draft tokens) are checked as the model would, up
+      // to the first that is not the next token; then a new draft, right every other time.
+      std::vector<int32_t> known(context.begin(), context.end() - s.num_draft());
+      std::vector<int32_t> made;
+      for (int j = 0; j <= s.num_draft(); ++j) {
+        made.push_back(NextToken(known));
+        known.push_back(made.back());
+        if (j < s.num_draft() && made.back() != s.tokens(s.tokens_size() - s.num_draft() + j)) {
+          break;
+        }
       }
+      r.add_seq_ids(s.seq_id());
+      r.add_tokens(made[0]);
+      r.add_next_tokens()->mutable_ids()->Add(made.begin() + 1, made.end());
+      const int32_t right = NextToken(known);
+      r.add_drafts(s.mtp() ? (drafts_++ % 2 == 0 ? right : (right + 1) % kVocab) : -1);
     }
     return r;
   }
@@ -78,6 +92,7 @@ class FakeEngine {
 
   SchedulerOptions o_;
   std::map<std::pair<int, int32_t>, std::vector<int32_t>> blocks_;
+  int64_t drafts_ = 0;
 };
 
 RequestParams Params(std::vector<int32_t> prompt, int64_t max_tokens) {
@@ -142,6 +157,73 @@ TEST(SchedulerTest, ChunkedPrefillThenDecode) {
   EXPECT_EQ(out[0], Expected(prompt, 6));
   EXPECT_EQ(r->finish_reason(), moe::v1::FINISH_REASON_LENGTH);
   EXPECT_EQ(s.Stats().blocks_free, 16);
+}
+
+// Speculative decoding: a decoding sequence's step carries its draft (a token of the budget and a
+// KV slot); an accepted draft brings two tokens at once, a rejected one's slot is written again
+// — the outputs equal the direct computation, with and without chunked prefill and preemption.
+TEST(SchedulerTest, SpeculativeDraftsKeepTheOutputs) {
+  for (const int64_t blocks : {64, 10}) {  // 10: preemptions
+    SCOPED_TRACE(absl::StrCat(blocks, " blocks"));
+    SchedulerOptions o = Options(2, blocks, 4, 8);
+    o.speculative = true;
+    Scheduler s(o);
+    FakeEngine engine(o);
+    std::vector<std::shared_ptr<Request>> reqs;
+    std::vector<std::vector<int32_t>> prompts;
+    for (int i = 0; i < 8; ++i) {
+      prompts.push_back({});
+      for (int j = 0; j < 3 + 2 * i; ++j) prompts.back().push_back((i * 7 + j * 3) % kVocab);
+      reqs.push_back(*s.Submit(Params(prompts.back(), 5 + i)));
+    }
+    auto first = s.NextStep(absl::ZeroDuration());
+    ASSERT_TRUE(first);
+    for (const auto& p : first->sequences()) {
+      EXPECT_TRUE(p.mtp());
+      EXPECT_EQ(p.num_draft(), 0);  // nothing drafted before a prefill
+      if (!p.sample()) {
+        EXPECT_GE(p.lookahead(), 0);  // a chunk short of the prompt's end
+      }
+    }
+    s.Complete(engine.Run(*first));
+    const auto out = Drive(s, engine, reqs);
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      EXPECT_EQ(out[i], Expected(prompts[i], 5 + static_cast<int64_t>(i))) << i;
+    }
+    const SchedulerStats st = s.Stats();
+    EXPECT_GT(st.drafts, 10);
+    EXPECT_GT(st.drafts_accepted, 0);
+    EXPECT_LT(st.drafts_accepted, st.drafts);
+    EXPECT_EQ(st.blocks_used, 0);  // nothing held at the end
+  }
+}
+
+TEST(SchedulerTest, NoDraftForTheLastTokenOrWithLogprobs) {
+  SchedulerOptions o = Options(1, 64, 4, 64);
+  o.speculative = true;
+  Scheduler s(o);
+  FakeEngine engine(o);
+  auto one = *s.Submit(Params({1, 2, 3}, 2));
+  RequestParams lp = Params({4, 5}, 6);
+  lp.sampling.set_logprobs(true);
+  auto with_logprobs = *s.Submit(lp);
+  int drafts_seen = 0;
+  while (!s.idle()) {
+    auto p = s.NextStep(absl::ZeroDuration());
+    if (!p) continue;
+    for (const auto& q : p->sequences()) {
+      if (q.seq_id() == with_logprobs->id()) {
+        EXPECT_EQ(q.num_draft(), 0);
+      }
+      drafts_seen += q.num_draft();
+    }
+    s.Complete(engine.Run(*p));
+  }
+  // `one`: its prefill gives token 1 and a draft; the step for token 2 is its last: no draft.
+  EXPECT_EQ(drafts_seen, 0);
+  std::vector<int32_t> t;
+  ASSERT_TRUE(one->Wait(absl::ZeroDuration(), &t));
+  EXPECT_EQ(t, Expected({1, 2, 3}, 2));
 }
 
 TEST(SchedulerTest, NewRequestsJoinTheRunningBatch) {

@@ -398,6 +398,9 @@ void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& r
     EXPECT_EQ(Generate(cluster.stub(), jobs[i].req).tokens, out[i].tokens);
   }
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
+  if (std::count(o.coordinator_flags.begin(), o.coordinator_flags.end(), "--mtp")) {
+    EXPECT_GT(cluster.Metric("moe_spec_decode_draft_tokens_total"), 100) << cluster.Metrics();
+  }
 }
 
 // Prefix caching (on by default) on two DP groups: prompts sharing none, part of one, one and
@@ -483,6 +486,14 @@ TEST_F(ServingTest, FourMpiWorkersTpTwo) {
 
 TEST_F(ServingTest, TwoTcpWorkersWithoutMpirun) {
   ConcurrentClientsMatchOfflineGeneration(Model(), *engine_, {2, 2, false, {}}, logs_.path());
+}
+
+// Speculative decoding with the MTP layer (--mtp: the workers load it), prefill chunked to 24
+// tokens (so chunks carry their lookahead): greedy outputs equal the engine alone's without it,
+// logprobs requests are not speculated, seeded sampling stays reproducible.
+TEST_F(ServingTest, MtpSpeculativeDecodingKeepsOutputs) {
+  ConcurrentClientsMatchOfflineGeneration(
+      Model(), *engine_, {2, 2, true, {"--mtp", "--max-batch-tokens", "24"}}, logs_.path());
 }
 
 // The compact formats served: DeepSeek's fp8 and Kimi K2 Thinking's int4, under TP 2.

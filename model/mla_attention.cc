@@ -98,10 +98,15 @@ absl::Status MlaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   }
   // Attention output per token: [n, heads_local * v].
   FloatVector attn(static_cast<size_t>(n * heads_ * v_), 0.0f);
-  std::vector<const ForwardChunk*> decode;
+  // Chunks of a few tokens attend in the latent space (each token over the positions up to its
+  // own; all of the chunk's rows are in the cache already); longer ones expand K and V once.
+  constexpr int64_t kLatentChunk = 4;
+  std::vector<LatentQuery> decode;
   for (const ForwardChunk& c : batch.chunks) {
-    if (c.num_tokens == 1) {
-      decode.push_back(&c);
+    if (c.num_tokens <= kLatentChunk) {
+      for (int64_t i = 0; i < c.num_tokens; ++i) {
+        decode.push_back({c.first_token + i, c.start_pos + i + 1, c.block_table});
+      }
     } else {
       Prefill(c, q.data(), cache, attn.data());
     }
@@ -143,10 +148,10 @@ void MlaAttention::Prefill(const ForwardChunk& c, const float* q, const KvCache&
                        heads_, qk, v_, c.start_pos, scale_, attn + c.first_token * heads_ * v_);
 }
 
-void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const float* q,
+void MlaAttention::Decode(const std::vector<LatentQuery>& queries, const float* q,
                           const KvCache& cache, float* attn) const {
   const int64_t qk = nope_ + rope_, dim = kv_lora_ + rope_, kvh = nope_ + v_;
-  const int64_t b = static_cast<int64_t>(chunks.size());
+  const int64_t b = static_cast<int64_t>(queries.size());
   const float* w = kv_b_proj_.data();
   // Absorb W_UK into the queries: q_cat[token, head] = [W_UK_h^T q_nope | q_pe]. One parallel
   // region over heads; the per-head products inside it run single-threaded.
@@ -158,7 +163,7 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
 #pragma omp for schedule(static)
     for (int64_t hd = 0; hd < heads_; ++hd) {
       for (int64_t i = 0; i < b; ++i) {
-        const float* qi = q + (chunks[i]->first_token * heads_ + hd) * qk;
+        const float* qi = q + (queries[i].row * heads_ + hd) * qk;
         std::memcpy(q_nope.data() + i * nope_, qi, static_cast<size_t>(nope_) * sizeof(float));
         std::memcpy(q_cat.data() + (i * heads_ + hd) * dim + kv_lora_, qi + nope_,
                     static_cast<size_t>(rope_) * sizeof(float));
@@ -173,8 +178,8 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
   // region: even inactive, it would make the kernel's own region nested and serial.
   auto attend = [&](int64_t i) {
     cpu::MlaDecodeAttention(q_cat.data() + i * heads_ * dim, heads_, kv_lora_, rope_,
-                            cache.Layer(layer_), chunks[i]->block_table->data(), cache.block_size(),
-                            chunks[i]->context(), scale_, o_lat.data() + i * heads_ * kv_lora_);
+                            cache.Layer(layer_), queries[i].block_table->data(), cache.block_size(),
+                            queries[i].context, scale_, o_lat.data() + i * heads_ * kv_lora_);
   };
   if (b == 1) {
     attend(0);
@@ -191,7 +196,7 @@ void MlaAttention::Decode(const std::vector<const ForwardChunk*>& chunks, const 
       cpu::MatMulNT(b, v_, kv_lora_, o_lat.data() + hd * kv_lora_, heads_ * kv_lora_,
                     w + (hd * kvh + nope_) * kv_lora_, kv_lora_, o_h.data(), v_);
       for (int64_t i = 0; i < b; ++i) {
-        std::memcpy(attn + (chunks[i]->first_token * heads_ + hd) * v_, o_h.data() + i * v_,
+        std::memcpy(attn + (queries[i].row * heads_ + hd) * v_, o_h.data() + i * v_,
                     static_cast<size_t>(v_) * sizeof(float));
       }
     }

@@ -4,8 +4,9 @@
 //   q_pe, k_pe rotated (interleaved RoPE); [c_kv | k_pe] written to the latent cache
 //   prefill (a chunk of several tokens): K/V expanded from the cache, k = [W_UK c_kv | k_pe],
 //     v = W_UV c_kv, causal softmax attention
-//   decode (one token): absorbed — q_lat = W_UK^T q_nope; scores = q_lat·c_kv + q_pe·k_pe;
-//     out = W_UV (sum_t p_t c_kv_t) — the cache is never expanded
+//   decode (a chunk of at most kLatentChunk tokens: a decode token, or one with drafts to verify):
+//     absorbed — per token, q_lat = W_UK^T q_nope; scores = q_lat·c_kv + q_pe·k_pe over the
+//     positions up to its own; out = W_UV (sum_t p_t c_kv_t) — the cache is never expanded
 //   o_proj row-parallel: partial sums over the TP group are added.
 #pragma once
 
@@ -32,7 +33,13 @@ class MlaAttention {
 
  private:
   void Prefill(const ForwardChunk& chunk, const float* q, const KvCache& cache, float* attn) const;
-  void Decode(const std::vector<const ForwardChunk*>& chunks, const float* q, const KvCache& cache,
+  // A query token attending in the latent space: its row in the step and its chunk.
+  struct LatentQuery {
+    int64_t row;
+    int64_t context;  // positions it sees: those before it, and its own
+    const std::vector<int32_t>* block_table;
+  };
+  void Decode(const std::vector<LatentQuery>& queries, const float* q, const KvCache& cache,
               float* attn) const;
 
   int64_t layer_ = 0, heads_ = 0, nope_ = 0, rope_ = 0, v_ = 0, kv_lora_ = 0, hidden_ = 0;

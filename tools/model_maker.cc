@@ -6,6 +6,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
@@ -86,6 +87,36 @@ float GeneratedValue(const WeightSpec& spec, uint64_t seed, uint64_t i) {
 
 namespace {
 
+bool EndsWith(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// MakeModelOptions::mtp_agrees: element i of `spec`, or nullopt for the generated value.
+std::optional<float> AgreeingValue(const ModelConfig& c, const WeightSpec& spec, uint64_t seed,
+                                   uint64_t i) {
+  if (EndsWith(spec.name, "self_attn.o_proj.weight") || EndsWith(spec.name, "down_proj.weight")) {
+    return 0.0f;
+  }
+  if (c.num_nextn_predict_layers < 1) return std::nullopt;
+  const MtpWeights m = MtpLayerWeights(c, 0);
+  const ModelWeights top = TopLevelWeights(c);
+  const std::pair<const WeightSpec*, const WeightSpec*> copies[] = {
+      {&m.embed_tokens, &top.embed_tokens}, {&m.head, &top.lm_head}, {&m.head_norm, &top.norm}};
+  for (const auto& [mtp, model] : copies) {
+    if (spec.name == mtp->name) return GeneratedValue(*model, seed, i);
+  }
+  if (spec.name == m.enorm.name) return 1.0f;
+  if (spec.name == m.eh_proj.name) {  // [I | 0]: the token's embedding, nothing of h
+    const uint64_t cols = static_cast<uint64_t>(spec.shape[1]);
+    return i / cols == i % cols ? 1.0f : 0.0f;
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+namespace {
+
 // config.json as written: the weights' dtype and, for fp8, the quantization_config.
 ModelConfig WrittenConfig(ModelConfig config, WeightDType dtype) {
   config.torch_dtype = dtype == WeightDType::kF32 ? "float32" : "bfloat16";
@@ -155,7 +186,7 @@ std::vector<std::vector<size_t>> GroupIntoShards(const std::vector<Planned>& pla
 // bytes.
 absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<Planned>& plan,
                                     const std::vector<size_t>& shard, const ModelConfig& config,
-                                    uint64_t seed) {
+                                    uint64_t seed, bool mtp_agrees) {
   SafetensorsWriter w;
   for (size_t i : shard) w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
   MOE_RETURN_IF_ERROR(w.Begin(path, {{"format", "pt"}}));
@@ -171,7 +202,11 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
     const uint64_t key = HashName(seed, spec.name);
     values.resize(count);
 #pragma omp parallel for schedule(static)
-    for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) values[k] = ValueFor(spec, key, k);
+    for (int64_t k = 0; k < static_cast<int64_t>(count); ++k) {
+      const std::optional<float> agree =
+          mtp_agrees ? AgreeingValue(config, spec, seed, static_cast<uint64_t>(k)) : std::nullopt;
+      values[k] = agree ? *agree : ValueFor(spec, key, k);
+    }
     if (p.dtype == DType::kF8E4M3) {
       const auto& q = *config.quantization_config;
       QuantizeFp8(values.data(), spec.shape[0], spec.shape[1], q.block_rows, q.block_cols, &bytes, &scale);
@@ -227,7 +262,8 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
         n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
     for (size_t i : shards[s]) weight_map[plan[i].name] = file;
     MOE_ASSIGN_OR_RETURN(const uint64_t bytes, WriteShard((fs::path(opt.out_dir) / file).string(),
-                                                          plan, shards[s], config, opt.seed));
+                                                          plan, shards[s], config, opt.seed,
+                                                          opt.mtp_agrees));
     total += bytes;
     if (opt.progress) {
       std::fprintf(stderr, "moe-make-model: wrote %s (%zu tensors, %.1f MB) [%zu/%zu]\n",

@@ -26,6 +26,12 @@ struct MakeModelOptions {
   WeightDType dtype = WeightDType::kBF16;
   uint64_t max_shard_bytes = 4ull << 30;  // split into model-0000i-of-0000n files beyond this
   bool progress = false;                  // print a line per file to stderr
+  // A benchmark variant whose MTP layer agrees with the model (to measure speculative decoding's
+  // gain, which random MTP weights never show): every decoder layer's output projections
+  // (o_proj, down_proj) are zero, so the model predicts from the token alone; the MTP layer has
+  // the model's embedding, final norm and head, eh_proj passes the token's embedding through and
+  // its block adds nothing — it drafts what the model will say next. Not a realistic model.
+  bool mtp_agrees = false;
 };
 
 // Writes config.json and the weights of `config` to options.out_dir (created if needed).

@@ -28,6 +28,10 @@ int main(int argc, char** argv) {
                "Largest safetensors file in MB before splitting into shards.");
   flags.AddBool("tokenizer-only", &tokenizer_only,
                 "Write only the tokenizer files (e.g. into a folder made before they were written).");
+  bool mtp_agrees = false;
+  flags.AddBool("mtp-agrees", &mtp_agrees,
+                "Benchmarks of speculative decoding: decoder layers' output projections zero and "
+                "an MTP layer that drafts what the model will say next (not a realistic model).");
   flags.ParseOrExit(argc, argv);
 
   auto config = moe::PresetConfig(preset);
@@ -58,6 +62,7 @@ int main(int argc, char** argv) {
   opt.seed = static_cast<uint64_t>(seed);
   opt.dtype = *wdtype;
   opt.max_shard_bytes = static_cast<uint64_t>(shard_mb) << 20;
+  opt.mtp_agrees = mtp_agrees;
   opt.progress = true;
   const moe::ParamCounts p = config->CountParameters();
   std::fprintf(stderr, "moe-make-model: %s, %.3fB parameters (%.3fB active), %s -> %s\n",

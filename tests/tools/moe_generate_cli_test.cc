@@ -101,6 +101,31 @@ TEST_F(MoeGenerateCliTest, MissingTensorIsNamed) {
   EXPECT_THAT(r.err, HasSubstr("missing tensor \"model.layers.0.self_attn.q_a_proj.weight\""));
 }
 
+// --mtp: the same tokens as transformers' greedy run, and the acceptance reported; asked of a
+// checkpoint without an MTP layer, a clear error at start-up (moe-generate and moe-coordinator).
+TEST_F(MoeGenerateCliTest, MtpSpeculatesOnlyWhereTheCheckpointHasTheLayer) {
+  std::ifstream in(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/manifest.json");
+  const auto spec = nlohmann::json::parse(in)["cases"]["tiny-dsv3-f32"];
+  const std::vector<int> prompt = spec["prompts"][1], want = spec["tokens"][1];
+  auto r = RunCommand(Gen("--mtp --ignore-eos --max-new-tokens 16 --prompt-ids " +
+                          absl::StrJoin(prompt, ",")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
+  EXPECT_THAT(r.err, HasSubstr("MTP drafts accepted"));
+  ScratchDir dir;
+  MakeModelOptions opt;
+  opt.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-kimi-k2"), opt).ok());
+  auto gen = RunCommand(BinaryPath("tools/moe-generate") + " --mtp --model " + dir.path() +
+                        " --prompt-ids 1,2");
+  EXPECT_EQ(gen.exit_code, 1);
+  EXPECT_THAT(gen.err, HasSubstr("no MTP layer (config.json: num_nextn_predict_layers is 0)"));
+  auto coordinator = RunCommand(BinaryPath("coordinator/moe-coordinator") + " --mtp --model " +
+                                dir.path() + " --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0");
+  EXPECT_NE(coordinator.exit_code, 0);
+  EXPECT_THAT(coordinator.err + coordinator.out, HasSubstr("--mtp: the model has no MTP layer"));
+}
+
 TEST_F(MoeGenerateCliTest, MissingModelFolder) {
   auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model /nonexistent --prompt-ids 1");
   EXPECT_EQ(r.exit_code, 1);

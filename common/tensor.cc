@@ -1,5 +1,7 @@
 #include "common/tensor.h"
 
+#include <cstring>
+
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "common/status_macros.h"
@@ -30,5 +32,15 @@ Tensor::Tensor(std::vector<int64_t> shape, FloatVector data)
 }
 
 std::string Tensor::ShapeString() const { return moe::ShapeString(shape_); }
+
+Tensor GatherRows(const Tensor& x, const std::vector<int64_t>& rows) {
+  const int64_t cols = x.dim(1);
+  Tensor out = Tensor::Uninitialized({static_cast<int64_t>(rows.size()), cols});
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::memcpy(out.row(static_cast<int64_t>(i)), x.row(rows[i]),
+                static_cast<size_t>(cols) * sizeof(float));
+  }
+  return out;
+}
 
 }  // namespace moe

@@ -73,4 +73,7 @@ class Tensor {
 std::string ShapeString(const std::vector<int64_t>& shape);
 int64_t NumElements(const std::vector<int64_t>& shape);
 
+// Rows `rows` of the 2-D tensor `x`, in that order: [rows.size(), x.dim(1)].
+Tensor GatherRows(const Tensor& x, const std::vector<int64_t>& rows);
+
 }  // namespace moe

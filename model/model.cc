@@ -98,12 +98,8 @@ absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const 
   logits_ = Tensor();
   MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
   for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
-  const int64_t h = config_.hidden_size;
   const int64_t m = static_cast<int64_t>(logit_rows.size());
-  Tensor last({m, h});
-  for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
-  }
+  Tensor last = GatherRows(x, logit_rows);
   if (mtp_) hidden_ = std::move(x);  // the MTP layer reads rows of it after this step's sampling
   norm_.Forward(last.data(), m, last.data());
   MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
@@ -130,17 +126,19 @@ absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& m
                                                     const ForwardBatch& batch,
                                                     const std::vector<int64_t>& logit_rows) {
   if (!mtp_) return absl::FailedPreconditionError("the MTP layer was not loaded");
-  const int64_t h = config_.hidden_size, n = static_cast<int64_t>(main_rows.size());
+  const int64_t n = static_cast<int64_t>(main_rows.size());
   if (n != batch.num_tokens() || next_tokens.size() != main_rows.size()) {
     return absl::InvalidArgumentError("MTP rows, next tokens and batch differ in length");
   }
-  Tensor normed({n, h});
-  for (int64_t i = 0; i < n; ++i) {
-    if (main_rows[i] < 0 || main_rows[i] >= (hidden_.empty() ? 0 : hidden_.dim(0))) {
+  if (hidden_.shape().size() != 2) {
+    return absl::FailedPreconditionError("the MTP layer runs after a Forward step");
+  }
+  for (int64_t r : main_rows) {
+    if (r < 0 || r >= hidden_.dim(0)) {
       return absl::InvalidArgumentError("MTP row outside the last step's rows");
     }
-    std::memcpy(normed.row(i), hidden_.row(main_rows[i]), static_cast<size_t>(h) * sizeof(float));
   }
+  Tensor normed = GatherRows(hidden_, main_rows);
   norm_.Forward(normed.data(), n, normed.data());
   return mtp_->Forward(normed.data(), next_tokens, batch, cache_, logit_rows);
 }

@@ -59,10 +59,7 @@ absl::StatusOr<Tensor> MtpLayer::Forward(const float* hidden,
   eh_proj_.Forward(both.data(), n, x.data());
   MOE_RETURN_IF_ERROR(block_->Forward(x.data(), batch, cache));
   const int64_t m = static_cast<int64_t>(logit_rows.size());
-  Tensor last({m, h});
-  for (int64_t i = 0; i < m; ++i) {
-    std::memcpy(last.row(i), x.row(logit_rows[i]), static_cast<size_t>(h) * sizeof(float));
-  }
+  Tensor last = GatherRows(x, logit_rows);
   head_norm_.Forward(last.data(), m, last.data());
   return head_.Forward(last.data(), m);
 }

@@ -67,4 +67,13 @@ void RotaryEmbedding::CosSin(int64_t position, float* cos, float* sin) const {
   }
 }
 
+void RotaryEmbedding::SetAngles(ForwardBatch& batch) const {
+  const int64_t n = batch.num_tokens(), half = dim_ / 2;
+  batch.rope_cos = Tensor({n, half});
+  batch.rope_sin = Tensor({n, half});
+  for (int64_t t = 0; t < n; ++t) {
+    CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
+  }
+}
+
 }  // namespace moe

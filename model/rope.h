@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/model_config.h"
+#include "model/forward_batch.h"
 
 namespace moe {
 
@@ -19,6 +20,8 @@ class RotaryEmbedding {
   int64_t dim() const { return dim_; }
   // cos and sin of each rotated pair at `position` (dim/2 values each), attention factor included.
   void CosSin(int64_t position, float* cos, float* sin) const;
+  // Fills batch.rope_cos / rope_sin for every one of batch.positions.
+  void SetAngles(ForwardBatch& batch) const;
   const std::vector<float>& inv_freq() const { return inv_freq_; }
   float attention_factor() const { return attention_factor_; }
   // 1/sqrt(qk_head_dim), YaRN-corrected.

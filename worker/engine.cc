@@ -156,12 +156,7 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
       samples.push_back(r);
     }
   }
-  const int64_t n = batch.num_tokens(), half = config().qk_rope_head_dim / 2;
-  batch.rope_cos = Tensor({n, half});
-  batch.rope_sin = Tensor({n, half});
-  for (int64_t t = 0; t < n; ++t) {
-    rope_.CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
-  }
+  rope_.SetAngles(batch);
   MOE_RETURN_IF_ERROR(model_->Forward(tokens, batch, logit_rows));
   if (return_logits) {
     MOE_ASSIGN_OR_RETURN(result.logits, model_->Logits());
@@ -179,8 +174,7 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
     for (size_t k = 0; k < samples.size(); ++k) {
       const SequenceStep& s = step[static_cast<size_t>(logit_entry[k])];
       need_logits |= s.sample && (samples[k].logprobs ||
-                                  (s.num_draft > 0 && s.sample->spec.temperature > 0.0f &&
-                                   s.sample->spec.top_k != 1));
+                                  (s.num_draft > 0 && !IsGreedy(s.sample->spec)));
     }
     Tensor fetched;
     if (need_logits && !return_logits) {
@@ -205,11 +199,12 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
         continue;
       }
       const int32_t draft = s.tokens[s.tokens.size() - static_cast<size_t>(s.num_draft - j)];
-      const bool greedy = s.sample->spec.temperature <= 0.0f || s.sample->spec.top_k == 1;
+      // Greedy: the backend's draw is the argmax (no host logits needed).
       const DraftVerdict v =
-          greedy ? DraftVerdict{drawn[k] == draft, drawn[k]}
-                 : VerifyDraft(logits.row(static_cast<int64_t>(k)), config().vocab_size,
-                               samples[k].spec, samples[k].index, draft);
+          IsGreedy(s.sample->spec)
+              ? DraftVerdict{drawn[k] == draft, drawn[k]}
+              : VerifyDraft(logits.row(static_cast<int64_t>(k)), config().vocab_size,
+                            samples[k].spec, samples[k].index, draft);
       made.push_back(v.token);
       rejected[entry] = !v.accepted;
     }
@@ -262,12 +257,7 @@ absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const Forward
       logit_entry.push_back(static_cast<int64_t>(i));
     }
   }
-  const int64_t n = mtp.num_tokens(), half = config().qk_rope_head_dim / 2;
-  mtp.rope_cos = Tensor({n, half});
-  mtp.rope_sin = Tensor({n, half});
-  for (int64_t t = 0; t < n; ++t) {
-    rope_.CosSin(mtp.positions[t], mtp.rope_cos.row(t), mtp.rope_sin.row(t));
-  }
+  rope_.SetAngles(mtp);
   MOE_ASSIGN_OR_RETURN(Tensor logits, model_->ForwardMtp(main_rows, next, mtp, logit_rows));
   std::vector<int64_t> sums(step.size(), 0);  // draft + 1 per entry; from TP-rank 0 of each group
   if (ctx_->shard().tp_rank == 0) {

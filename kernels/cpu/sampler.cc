@@ -90,18 +90,18 @@ int32_t Walk(const std::vector<std::pair<int32_t, double>>& kept, double u, int3
   return last;
 }
 
-bool Greedy(const SamplingSpec& spec) { return spec.temperature <= 0.0f || spec.top_k == 1; }
-
 }  // namespace
 
+bool IsGreedy(const SamplingSpec& spec) { return spec.temperature <= 0.0f || spec.top_k == 1; }
+
 int32_t SampleToken(const float* logits, int64_t vocab, const SamplingSpec& spec, uint64_t index) {
-  if (Greedy(spec)) return static_cast<int32_t>(cpu::ArgMax(logits, vocab));
+  if (IsGreedy(spec)) return static_cast<int32_t>(cpu::ArgMax(logits, vocab));
   return Walk(KeptTokens(logits, vocab, spec), SampleUniform(spec.seed, index), -1);
 }
 
 DraftVerdict VerifyDraft(const float* logits, int64_t vocab, const SamplingSpec& spec,
                          uint64_t index, int32_t draft) {
-  if (Greedy(spec)) {
+  if (IsGreedy(spec)) {
     const int32_t best = static_cast<int32_t>(cpu::ArgMax(logits, vocab));
     return {best == draft, best};
   }

@@ -35,6 +35,9 @@ struct TokenLogprobs {
 };
 TokenLogprobs LogprobsOf(const float* logits, int64_t vocab, int32_t token, int32_t top);
 
+// Whether the spec picks the argmax (temperature <= 0, or top_k 1).
+bool IsGreedy(const SamplingSpec& spec);
+
 // Uniform in [0, 1), deterministic in (seed, index).
 double SampleUniform(uint64_t seed, uint64_t index);
 

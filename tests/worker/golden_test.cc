@@ -191,15 +191,12 @@ TEST_P(MtpReferenceTest, MtpLayerMatchesTheTorchReference) {
     for (int64_t b = 0; b * 16 < n; ++b) blocks.push_back(static_cast<int32_t>(b));
     ForwardBatch batch;
     batch.chunks.push_back({0, n, 0, &blocks});
-    const int64_t half = config->qk_rope_head_dim / 2;
-    batch.rope_cos = Tensor({n, half});
-    batch.rope_sin = Tensor({n, half});
     std::vector<int64_t> rows;
     for (int64_t t = 0; t < n; ++t) {
       batch.positions.push_back(t);
-      rope.CosSin(t, batch.rope_cos.row(t), batch.rope_sin.row(t));
       rows.push_back(t);
     }
+    rope.SetAngles(batch);
     ASSERT_TRUE((*model)->Forward(prompt, batch, {n - 1}).ok());
     auto logits = (*model)->ForwardMtp(rows, next, batch, rows);
     ASSERT_TRUE(logits.ok()) << logits.status();

@@ -39,14 +39,24 @@ void Append(const MlpWeights& m, std::vector<WeightSpec>* out) {
 }
 
 void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
-  out->push_back(w.input_layernorm);
-  for (const auto* s : {&w.q_a_proj, &w.q_a_layernorm, &w.q_b_proj, &w.q_proj}) {
-    if (*s) out->push_back(**s);
+  if (w.input_layernorm) out->push_back(*w.input_layernorm);
+  if (w.mla) {
+    const MlaWeights& a = *w.mla;
+    for (const auto* s : {&a.q_a_proj, &a.q_a_layernorm, &a.q_b_proj, &a.q_proj}) {
+      if (*s) out->push_back(**s);
+    }
+    for (const WeightSpec* s : {&a.kv_a_proj_with_mqa, &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj}) {
+      out->push_back(*s);
+    }
   }
-  for (const WeightSpec* s : {&w.kv_a_proj_with_mqa, &w.kv_a_layernorm, &w.kv_b_proj, &w.o_proj}) {
-    out->push_back(*s);
+  if (w.gqa) {
+    const GqaWeights& a = *w.gqa;
+    for (const WeightSpec* s : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj}) out->push_back(*s);
+    if (a.q_norm) out->push_back(*a.q_norm);
+    if (a.k_norm) out->push_back(*a.k_norm);
   }
   out->push_back(w.post_attention_layernorm);
+  if (w.post_feedforward_layernorm) out->push_back(*w.post_feedforward_layernorm);
   if (w.mlp) Append(*w.mlp, out);
   if (w.gate) out->push_back(*w.gate);
   if (w.e_score_correction_bias) out->push_back(*w.e_score_correction_bias);
@@ -60,22 +70,43 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
   const std::string p = LayerPrefix(layer), a = p + "self_attn.";
   const int64_t h = c.hidden_size, heads = c.num_attention_heads;
   DecoderLayerWeights w;
-  w.input_layernorm = {p + "input_layernorm.weight", {h}, Kind::kNorm};
-  w.post_attention_layernorm = {p + "post_attention_layernorm.weight", {h}, Kind::kNorm};
-  if (c.q_lora_rank) {
-    const int64_t r = *c.q_lora_rank;
-    w.q_a_proj = {a + "q_a_proj.weight", {r, h}, Kind::kLinear};
-    w.q_a_layernorm = {a + "q_a_layernorm.weight", {r}, Kind::kNorm};
-    w.q_b_proj = {a + "q_b_proj.weight", {heads * c.qk_head_dim(), r}, Kind::kLinear};
-  } else {
-    w.q_proj = {a + "q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear};
+  if (c.norm_placement == NormPlacement::kPre) {
+    w.input_layernorm = {p + "input_layernorm.weight", {h}, Kind::kNorm};
   }
-  w.kv_a_proj_with_mqa = {a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h}, Kind::kLinear};
-  w.kv_a_layernorm = {a + "kv_a_layernorm.weight", {c.kv_lora_rank}, Kind::kNorm};
-  w.kv_b_proj = {a + "kv_b_proj.weight",
-                 {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
-                 Kind::kLinear};
-  w.o_proj = {a + "o_proj.weight", {h, heads * c.v_head_dim}, Kind::kLinear};
+  w.post_attention_layernorm = {p + "post_attention_layernorm.weight", {h}, Kind::kNorm};
+  if (c.norm_placement == NormPlacement::kPost) {
+    w.post_feedforward_layernorm = {p + "post_feedforward_layernorm.weight", {h}, Kind::kNorm};
+  }
+  if (c.is_mla()) {
+    MlaWeights& m = w.mla.emplace();
+    if (c.q_lora_rank) {
+      const int64_t r = *c.q_lora_rank;
+      m.q_a_proj = {a + "q_a_proj.weight", {r, h}, Kind::kLinear};
+      m.q_a_layernorm = {a + "q_a_layernorm.weight", {r}, Kind::kNorm};
+      m.q_b_proj = {a + "q_b_proj.weight", {heads * c.qk_head_dim(), r}, Kind::kLinear};
+    } else {
+      m.q_proj = {a + "q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear};
+    }
+    m.kv_a_proj_with_mqa = {a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h},
+                            Kind::kLinear};
+    m.kv_a_layernorm = {a + "kv_a_layernorm.weight", {c.kv_lora_rank}, Kind::kNorm};
+    m.kv_b_proj = {a + "kv_b_proj.weight",
+                   {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
+                   Kind::kLinear};
+    m.o_proj = {a + "o_proj.weight", {h, heads * c.v_head_dim}, Kind::kLinear};
+  } else {
+    GqaWeights& g = w.gqa.emplace();
+    const int64_t q = heads * c.head_dim, kv = c.num_key_value_heads * c.head_dim;
+    g.q_proj = {a + "q_proj.weight", {q, h}, Kind::kLinear};
+    g.k_proj = {a + "k_proj.weight", {kv, h}, Kind::kLinear};
+    g.v_proj = {a + "v_proj.weight", {kv, h}, Kind::kLinear};
+    g.o_proj = {a + "o_proj.weight", {h, q}, Kind::kLinear};
+    if (c.qk_norm != QkNorm::kNone) {
+      const bool whole = c.qk_norm == QkNorm::kWhole;
+      g.q_norm = {a + "q_norm.weight", {whole ? q : c.head_dim}, Kind::kNorm};
+      g.k_norm = {a + "k_norm.weight", {whole ? kv : c.head_dim}, Kind::kNorm};
+    }
+  }
   if (!moe) {
     w.mlp = Mlp(p + "mlp.", h, c.intermediate_size);
     return w;
@@ -95,9 +126,13 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
 }
 
 ModelWeights TopLevelWeights(const ModelConfig& c) {
-  return {{"model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding},
+  const WeightSpec embed = {"model.embed_tokens.weight", {c.vocab_size, c.hidden_size},
+                            Kind::kEmbedding};
+  return {embed,
           {"model.norm.weight", {c.hidden_size}, Kind::kNorm},
-          {"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding}};
+          c.tie_word_embeddings
+              ? embed
+              : WeightSpec{"lm_head.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding}};
 }
 
 MtpWeights MtpLayerWeights(const ModelConfig& c, int64_t depth) {
@@ -120,7 +155,7 @@ std::vector<WeightSpec> CheckpointWeightSpecs(const ModelConfig& c, bool include
   for (int64_t l = 0; l < c.num_hidden_layers; ++l)
     Append(LayerWeights(c, l, c.IsMoeLayer(l)), &out);
   out.push_back(top.norm);
-  out.push_back(top.lm_head);
+  if (!c.tie_word_embeddings) out.push_back(top.lm_head);
   if (include_mtp) {
     for (int64_t i = 0; i < c.num_nextn_predict_layers; ++i) {
       const MtpWeights m = MtpLayerWeights(c, i);

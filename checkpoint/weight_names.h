@@ -1,6 +1,6 @@
-// The tensors of a DeepseekV3ForCausalLM checkpoint, named as the official checkpoints name them
+// The tensors of a checkpoint, named as the official checkpoints of each family name them
 // (`model.layers.N.self_attn.kv_a_proj_with_mqa.weight`, `model.layers.N.mlp.experts.E.up_proj
-// .weight`, ...), with the shapes a config implies.
+// .weight`, `model.layers.N.self_attn.k_norm.weight`, ...), with the shapes a config implies.
 #pragma once
 
 #include <cstdint>
@@ -44,12 +44,27 @@ struct MlpWeights {
   int64_t intermediate() const { return gate_proj.shape[0]; }
 };
 
-// One decoder layer by role.
-struct DecoderLayerWeights {
-  WeightSpec input_layernorm, post_attention_layernorm;
-  // MLA: with q-LoRA q_a_proj, q_a_layernorm and q_b_proj; without, a direct q_proj.
+// MLA: with q-LoRA q_a_proj, q_a_layernorm and q_b_proj; without, a direct q_proj.
+struct MlaWeights {
   std::optional<WeightSpec> q_a_proj, q_a_layernorm, q_b_proj, q_proj;
   WeightSpec kv_a_proj_with_mqa, kv_a_layernorm, kv_b_proj, o_proj;
+};
+
+// Grouped-query attention: q_proj [heads * head_dim, hidden], k_proj and v_proj
+// [kv_heads * head_dim, hidden], o_proj [hidden, heads * head_dim]; the QK-norm weights where the
+// family has them ([head_dim] per head, or the whole projection's width).
+struct GqaWeights {
+  WeightSpec q_proj, k_proj, v_proj, o_proj;
+  std::optional<WeightSpec> q_norm, k_norm;
+};
+
+// One decoder layer by role.
+struct DecoderLayerWeights {
+  std::optional<WeightSpec> input_layernorm;  // absent with post-normalisation (OLMo 2)
+  WeightSpec post_attention_layernorm;
+  std::optional<WeightSpec> post_feedforward_layernorm;  // OLMo 2
+  std::optional<MlaWeights> mla;
+  std::optional<GqaWeights> gqa;
   // A dense MLP, or a MoE: router (with its correction bias for noaux_tc), routed experts and
   // shared experts.
   std::optional<MlpWeights> mlp;
@@ -63,7 +78,7 @@ DecoderLayerWeights LayerWeights(const ModelConfig& config, int64_t layer, bool 
 
 // The weights outside the decoder layers.
 struct ModelWeights {
-  WeightSpec embed_tokens, norm, lm_head;
+  WeightSpec embed_tokens, norm, lm_head;  // with tie_word_embeddings lm_head is embed_tokens
 };
 ModelWeights TopLevelWeights(const ModelConfig& config);
 

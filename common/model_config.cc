@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -265,7 +266,7 @@ absl::Status Validate(const ModelConfig& c) {
       c.rope_scaling->original_max_position_embeddings > c.max_position_embeddings) {
     return err("rope_scaling", "original_max_position_embeddings exceeds max_position_embeddings");
   }
-  if (c.tie_word_embeddings) {
+  if (c.tie_word_embeddings && c.is_mla()) {
     return err("tie_word_embeddings", "tied embeddings are not supported for this architecture");
   }
   if (c.attention_bias) return err("attention_bias", "attention biases are not supported");
@@ -308,7 +309,13 @@ bool QuantizationConfig::Ignores(const std::string& module) const {
 }
 
 bool ModelConfig::IsMoeLayer(int64_t layer) const {
-  return n_routed_experts > 0 && layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
+  if (n_routed_experts == 0) return false;
+  if (decoder_sparse_step > 0) {
+    return (layer + 1) % decoder_sparse_step == 0 &&
+           std::find(mlp_only_layers.begin(), mlp_only_layers.end(), layer) ==
+               mlp_only_layers.end();
+  }
+  return layer >= first_k_dense_replace && layer % moe_layer_freq == 0;
 }
 
 int64_t ModelConfig::num_moe_layers() const {
@@ -320,16 +327,22 @@ int64_t ModelConfig::num_moe_layers() const {
 ParamCounts ModelConfig::CountParameters() const {
   ParamCounts p;
   const int64_t h = hidden_size, heads = num_attention_heads;
-  p.embedding = 2 * vocab_size * h;
+  p.embedding = (tie_word_embeddings ? 1 : 2) * vocab_size * h;
   int64_t attn = 0;
-  if (q_lora_rank) {
+  if (!is_mla()) {
+    attn += h * heads * head_dim * 2 + 2 * h * num_key_value_heads * head_dim;
+    if (qk_norm == QkNorm::kPerHead) attn += 2 * head_dim;
+    if (qk_norm == QkNorm::kWhole) attn += (heads + num_key_value_heads) * head_dim;
+  } else if (q_lora_rank) {
     attn += h * *q_lora_rank + *q_lora_rank + *q_lora_rank * heads * qk_head_dim();
   } else {
     attn += h * heads * qk_head_dim();
   }
-  attn += h * kv_cache_dim() + kv_lora_rank;
-  attn += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
-  attn += heads * v_head_dim * h;
+  if (is_mla()) {
+    attn += h * kv_cache_dim() + kv_lora_rank;
+    attn += kv_lora_rank * heads * (qk_nope_head_dim + v_head_dim);
+    attn += heads * v_head_dim * h;
+  }
   const int64_t expert = 3 * h * moe_intermediate_size;
   int64_t moe_active = 0;
   for (int64_t l = 0; l < num_hidden_layers; ++l) {
@@ -358,27 +371,46 @@ std::string ModelConfig::ToJson() const {
   j["vocab_size"] = vocab_size;
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
-  j["moe_intermediate_size"] = moe_intermediate_size;
   j["num_hidden_layers"] = num_hidden_layers;
-  j["num_nextn_predict_layers"] = num_nextn_predict_layers;
   j["num_attention_heads"] = num_attention_heads;
   j["num_key_value_heads"] = num_key_value_heads;
-  j["n_shared_experts"] = n_shared_experts;
-  j["n_routed_experts"] = n_routed_experts;
-  j["num_experts_per_tok"] = num_experts_per_tok;
-  j["routed_scaling_factor"] = routed_scaling_factor;
-  j["kv_lora_rank"] = kv_lora_rank;
-  j["q_lora_rank"] = q_lora_rank ? Json(*q_lora_rank) : Json(nullptr);
-  j["qk_rope_head_dim"] = qk_rope_head_dim;
-  j["qk_nope_head_dim"] = qk_nope_head_dim;
-  j["v_head_dim"] = v_head_dim;
-  j["topk_method"] = topk_method;
-  j["scoring_func"] = scoring_func;
-  j["n_group"] = n_group;
-  j["topk_group"] = topk_group;
-  j["norm_topk_prob"] = norm_topk_prob;
-  j["moe_layer_freq"] = moe_layer_freq;
-  j["first_k_dense_replace"] = first_k_dense_replace;
+  if (is_mla()) {
+    j["moe_intermediate_size"] = moe_intermediate_size;
+    j["num_nextn_predict_layers"] = num_nextn_predict_layers;
+    j["n_shared_experts"] = n_shared_experts;
+    j["n_routed_experts"] = n_routed_experts;
+    j["num_experts_per_tok"] = num_experts_per_tok;
+    j["routed_scaling_factor"] = routed_scaling_factor;
+    j["kv_lora_rank"] = kv_lora_rank;
+    j["q_lora_rank"] = q_lora_rank ? Json(*q_lora_rank) : Json(nullptr);
+    j["qk_rope_head_dim"] = qk_rope_head_dim;
+    j["qk_nope_head_dim"] = qk_nope_head_dim;
+    j["v_head_dim"] = v_head_dim;
+    j["topk_method"] = topk_method;
+    j["scoring_func"] = scoring_func;
+    j["n_group"] = n_group;
+    j["topk_group"] = topk_group;
+    j["norm_topk_prob"] = norm_topk_prob;
+    j["moe_layer_freq"] = moe_layer_freq;
+    j["first_k_dense_replace"] = first_k_dense_replace;
+  } else {
+    j["head_dim"] = head_dim;
+    if (model_type == "qwen3_moe") {
+      j["num_experts"] = n_routed_experts;
+      j["num_experts_per_tok"] = num_experts_per_tok;
+      j["moe_intermediate_size"] = moe_intermediate_size;
+      j["norm_topk_prob"] = norm_topk_prob;
+      j["decoder_sparse_step"] = decoder_sparse_step;
+      j["mlp_only_layers"] = mlp_only_layers;
+    }
+    if (model_type == "smollm3") {
+      std::vector<int> flags;
+      for (bool b : rope_layers) flags.push_back(b ? 1 : 0);
+      j["no_rope_layers"] = flags;
+    }
+    if (model_type != "olmo2") j["sliding_window"] = nullptr;
+    if (model_type != "mistral" && model_type != "olmo2") j["use_sliding_window"] = false;
+  }
   j["hidden_act"] = hidden_act;
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
@@ -401,6 +433,7 @@ std::string ModelConfig::ToJson() const {
   j["attention_bias"] = attention_bias;
   j["tie_word_embeddings"] = tie_word_embeddings;
   if (bos_token_id) j["bos_token_id"] = *bos_token_id;
+  j["pad_token_id"] = pad_token_id ? Json(*pad_token_id) : Json(nullptr);
   if (eos_token_ids.size() == 1) {
     j["eos_token_id"] = eos_token_ids[0];
   } else if (!eos_token_ids.empty()) {
@@ -434,37 +467,39 @@ std::string ModelConfig::ToJson() const {
   return j.dump(2) + "\n";
 }
 
-absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
-  Json j = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
-  if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
-  if (!j.is_object()) return absl::InvalidArgumentError("config.json: expected a JSON object");
-  Fields f(j, "config.json ");
-  ModelConfig c;
+namespace {
 
-  if (!f.Has("architectures")) return f.Error("architectures", "missing (required)");
-  const Json& arch = j.at("architectures");
-  if (!arch.is_array()) return f.TypeError("architectures", "an array of strings");
-  for (const Json& a : arch) {
-    if (!a.is_string()) return f.TypeError("architectures", "an array of strings");
-    c.architectures.push_back(a.get<std::string>());
-  }
-  if (c.architectures.size() != 1 || c.architectures[0] != "DeepseekV3ForCausalLM") {
-    return f.Error("architectures",
-                   absl::StrCat("unsupported architecture [", absl::StrJoin(c.architectures, ", "),
-                                "] (supported: DeepseekV3ForCausalLM)"));
-  }
-  MOE_RETURN_IF_ERROR(f.String("model_type", &c.model_type, true));
-  MOE_RETURN_IF_ERROR(f.OneOf("model_type", c.model_type, {"deepseek_v3", "kimi_k2"}));
+// The architectures this engine runs, with their model_type values.
+struct Architecture {
+  const char* name;
+  std::initializer_list<absl::string_view> model_types;
+};
+constexpr Architecture kArchitectures[] = {
+    {"DeepseekV3ForCausalLM", {"deepseek_v3", "kimi_k2"}},
+    {"Qwen3ForCausalLM", {"qwen3"}},
+    {"Qwen3MoeForCausalLM", {"qwen3_moe"}},
+    {"MistralForCausalLM", {"mistral"}},
+    {"SmolLM3ForCausalLM", {"smollm3"}},
+    {"Olmo2ForCausalLM", {"olmo2"}},
+};
 
-  MOE_RETURN_IF_ERROR(f.Int("vocab_size", &c.vocab_size, true, 1));
-  MOE_RETURN_IF_ERROR(f.Int("hidden_size", &c.hidden_size, true, 1));
-  MOE_RETURN_IF_ERROR(f.Int("intermediate_size", &c.intermediate_size, true, 1));
+absl::Status ParseIntList(const Fields& f, const char* key, std::vector<int64_t>* out) {
+  if (!f.Has(key)) return absl::OkStatus();
+  const Json& v = f.obj().at(key);
+  if (!v.is_array()) return f.TypeError(key, "an array of integers");
+  out->clear();
+  for (const Json& e : v) {
+    if (!e.is_number_integer()) return f.Error(key, "expected integers");
+    out->push_back(e.get<int64_t>());
+  }
+  return absl::OkStatus();
+}
+
+// MLA and DeepSeek's MoE.
+absl::Status ParseDeepseekFields(const Fields& f, ModelConfig& c) {
+  const Json& j = f.obj();
   MOE_RETURN_IF_ERROR(f.Int("moe_intermediate_size", &c.moe_intermediate_size, true, 1));
-  MOE_RETURN_IF_ERROR(f.Int("num_hidden_layers", &c.num_hidden_layers, true, 1));
   MOE_RETURN_IF_ERROR(f.Int("num_nextn_predict_layers", &c.num_nextn_predict_layers, false, 0));
-  MOE_RETURN_IF_ERROR(f.Int("num_attention_heads", &c.num_attention_heads, true, 1));
-  c.num_key_value_heads = c.num_attention_heads;
-  MOE_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c.num_key_value_heads, false, 1));
   MOE_RETURN_IF_ERROR(f.Int("n_shared_experts", &c.n_shared_experts, false, 0));
   MOE_RETURN_IF_ERROR(f.Int("n_routed_experts", &c.n_routed_experts, true, 1));
   MOE_RETURN_IF_ERROR(f.Int("num_experts_per_tok", &c.num_experts_per_tok, true, 1));
@@ -491,24 +526,143 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   MOE_RETURN_IF_ERROR(f.Bool("norm_topk_prob", &c.norm_topk_prob));
   MOE_RETURN_IF_ERROR(f.Int("moe_layer_freq", &c.moe_layer_freq, false, 1));
   MOE_RETURN_IF_ERROR(f.Int("first_k_dense_replace", &c.first_k_dense_replace, false, 0));
+  if (f.Has("rope_scaling")) {
+    RopeScaling rs;
+    MOE_RETURN_IF_ERROR(ParseRopeScaling(j.at("rope_scaling"), &rs));
+    c.rope_scaling = rs;
+  }
+  return absl::OkStatus();
+}
+
+// Grouped-query attention and the switches of each GQA family.
+absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
+  c.head_dim = c.hidden_size / c.num_attention_heads;
+  MOE_RETURN_IF_ERROR(f.Int("head_dim", &c.head_dim, false, 2));
+  if (c.head_dim % 2 != 0) return f.Error("head_dim", absl::StrCat("must be even, got ", c.head_dim));
+  c.qk_rope_head_dim = c.v_head_dim = c.head_dim;
+  c.qk_nope_head_dim = 0;
+  c.kv_lora_rank = 0;
+  c.n_group = c.topk_group = 1;
+  c.n_routed_experts = c.num_experts_per_tok = 0;
+  if (c.num_attention_heads % c.num_key_value_heads != 0) {
+    return f.Error("num_key_value_heads",
+                   absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
+                                c.num_attention_heads));
+  }
+  if (f.Has("rope_scaling")) {
+    return f.Error("rope_scaling", "RoPE scaling is not supported for this architecture yet");
+  }
+  bool sliding = false;
+  MOE_RETURN_IF_ERROR(f.Bool("use_sliding_window", &sliding));
+  if (sliding || (c.model_type == "mistral" && f.Has("sliding_window"))) {
+    return f.Error("sliding_window", "sliding-window attention is not supported for this "
+                                     "architecture yet (null or use_sliding_window false)");
+  }
+  if (c.model_type == "qwen3" || c.model_type == "qwen3_moe") c.qk_norm = QkNorm::kPerHead;
+  if (c.model_type == "olmo2") {
+    c.qk_norm = QkNorm::kWhole;
+    c.norm_placement = NormPlacement::kPost;
+  }
+  if (c.model_type == "smollm3") {
+    std::vector<int64_t> flags;
+    if (f.Has("no_rope_layers")) {
+      MOE_RETURN_IF_ERROR(ParseIntList(f, "no_rope_layers", &flags));
+      if (static_cast<int64_t>(flags.size()) != c.num_hidden_layers) {
+        return f.Error("no_rope_layers",
+                       absl::StrCat("expected one entry per layer (", c.num_hidden_layers,
+                                    "), got ", flags.size()));
+      }
+    } else {
+      int64_t interval = 4;
+      MOE_RETURN_IF_ERROR(f.Int("no_rope_layer_interval", &interval, false, 1));
+      for (int64_t l = 0; l < c.num_hidden_layers; ++l) flags.push_back((l + 1) % interval != 0);
+    }
+    for (int64_t v : flags) c.rope_layers.push_back(v != 0);
+  }
+  if (c.model_type == "qwen3_moe") {
+    c.topk_method = "greedy";
+    c.scoring_func = "softmax";
+    c.norm_topk_prob = false;  // transformers' Qwen3MoeConfig default
+    MOE_RETURN_IF_ERROR(f.Int("num_experts", &c.n_routed_experts, true, 1));
+    MOE_RETURN_IF_ERROR(f.Int("num_experts_per_tok", &c.num_experts_per_tok, true, 1));
+    MOE_RETURN_IF_ERROR(f.Int("moe_intermediate_size", &c.moe_intermediate_size, true, 1));
+    MOE_RETURN_IF_ERROR(f.Bool("norm_topk_prob", &c.norm_topk_prob));
+    c.decoder_sparse_step = 1;
+    MOE_RETURN_IF_ERROR(f.Int("decoder_sparse_step", &c.decoder_sparse_step, false, 1));
+    MOE_RETURN_IF_ERROR(ParseIntList(f, "mlp_only_layers", &c.mlp_only_layers));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
+  Json j = Json::parse(json_text.begin(), json_text.end(), nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) return absl::InvalidArgumentError("config.json: not valid JSON");
+  if (!j.is_object()) return absl::InvalidArgumentError("config.json: expected a JSON object");
+  Fields f(j, "config.json ");
+  ModelConfig c;
+
+  if (!f.Has("architectures")) return f.Error("architectures", "missing (required)");
+  const Json& arch = j.at("architectures");
+  if (!arch.is_array()) return f.TypeError("architectures", "an array of strings");
+  for (const Json& a : arch) {
+    if (!a.is_string()) return f.TypeError("architectures", "an array of strings");
+    c.architectures.push_back(a.get<std::string>());
+  }
+  const Architecture* known = nullptr;
+  for (const Architecture& a : kArchitectures) {
+    if (c.architectures.size() == 1 && c.architectures[0] == a.name) known = &a;
+  }
+  if (known == nullptr) {
+    std::vector<std::string> names;
+    for (const Architecture& a : kArchitectures) names.push_back(a.name);
+    return f.Error("architectures",
+                   absl::StrCat("unsupported architecture [", absl::StrJoin(c.architectures, ", "),
+                                "] (supported: ", absl::StrJoin(names, ", "), ")"));
+  }
+  MOE_RETURN_IF_ERROR(f.String("model_type", &c.model_type, true));
+  MOE_RETURN_IF_ERROR(f.OneOf("model_type", c.model_type, known->model_types));
+
+  MOE_RETURN_IF_ERROR(f.Int("vocab_size", &c.vocab_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("hidden_size", &c.hidden_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("intermediate_size", &c.intermediate_size, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_hidden_layers", &c.num_hidden_layers, true, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_attention_heads", &c.num_attention_heads, true, 1));
+  c.num_key_value_heads = c.num_attention_heads;
+  MOE_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c.num_key_value_heads, false, 1));
   MOE_RETURN_IF_ERROR(f.String("hidden_act", &c.hidden_act, false));
   MOE_RETURN_IF_ERROR(f.OneOf("hidden_act", c.hidden_act, {"silu"}));
   MOE_RETURN_IF_ERROR(f.Int("max_position_embeddings", &c.max_position_embeddings, true, 1));
   MOE_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c.rms_norm_eps, false));
   if (!(c.rms_norm_eps > 0)) return f.Error("rms_norm_eps", "must be positive");
   MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
-  if (!(c.rope_theta > 1)) return f.Error("rope_theta", "must be > 1");
-  if (f.Has("rope_scaling")) {
-    RopeScaling rs;
-    MOE_RETURN_IF_ERROR(ParseRopeScaling(j.at("rope_scaling"), &rs));
-    c.rope_scaling = rs;
+  if (f.Has("rope_parameters")) {  // transformers 5 spelling: {"rope_type": ..., "rope_theta": ...}
+    const Json& rp = j.at("rope_parameters");
+    if (!rp.is_object()) return f.TypeError("rope_parameters", "an object");
+    Fields r(rp, "config.json rope_parameters ");
+    std::string type = "default";
+    MOE_RETURN_IF_ERROR(r.String("rope_type", &type, false));
+    MOE_RETURN_IF_ERROR(r.OneOf("rope_type", type, {"default"}));
+    MOE_RETURN_IF_ERROR(r.Double("rope_theta", &c.rope_theta, false));
   }
+  if (!(c.rope_theta > 1)) return f.Error("rope_theta", "must be > 1");
   MOE_RETURN_IF_ERROR(f.Bool("attention_bias", &c.attention_bias));
   MOE_RETURN_IF_ERROR(f.Bool("tie_word_embeddings", &c.tie_word_embeddings));
+  if (c.model_type == "deepseek_v3" || c.model_type == "kimi_k2") {
+    MOE_RETURN_IF_ERROR(ParseDeepseekFields(f, c));
+  } else {
+    MOE_RETURN_IF_ERROR(ParseGqaFields(f, c));
+  }
   if (f.Has("bos_token_id")) {
     int64_t bos = 0;
     MOE_RETURN_IF_ERROR(f.Int("bos_token_id", &bos, true, 0));
     c.bos_token_id = bos;
+  }
+  if (f.Has("pad_token_id")) {
+    int64_t pad = 0;
+    MOE_RETURN_IF_ERROR(f.Int("pad_token_id", &pad, true, 0));
+    c.pad_token_id = pad;
   }
   MOE_RETURN_IF_ERROR(ParseTokenIds(f, "eos_token_id", &c.eos_token_ids));
   MOE_RETURN_IF_ERROR(f.String("torch_dtype", &c.torch_dtype, false));

@@ -1,5 +1,11 @@
-// ModelConfig: the architecture of a DeepseekV3ForCausalLM checkpoint (model_type deepseek_v3 or
-// kimi_k2), read from its HF `config.json`, validated, with the figures derived from it.
+// ModelConfig: the architecture of a checkpoint, read from its HF `config.json`, validated, with
+// the figures derived from it. One decoder shape with switches:
+//   - DeepseekV3ForCausalLM (model_type deepseek_v3 or kimi_k2): MLA attention, DeepSeek's MoE
+//     with shared experts and grouped routing, an MTP layer;
+//   - the GQA families — Qwen3ForCausalLM (qwen3), Qwen3MoeForCausalLM (qwen3_moe),
+//     MistralForCausalLM (mistral), SmolLM3ForCausalLM (smollm3), Olmo2ForCausalLM (olmo2):
+//     grouped-query attention over num_key_value_heads x head_dim, rotate-half RoPE, and the
+//     family's switches below (QK-norm, norm placement, NoPE layers, softmax top-k MoE).
 #pragma once
 
 #include <cstdint>
@@ -58,6 +64,19 @@ struct ParamCounts {
   int64_t active = 0;  // per token: num_experts_per_tok routed experts instead of all
 };
 
+// Where a GQA family normalises a layer's blocks.
+enum class NormPlacement {
+  kPre,   // x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x))
+  kPost,  // OLMo 2: x + post_attention_layernorm(attn(x)), then x + post_feedforward_layernorm(mlp(x))
+};
+
+// RMSNorm of the queries and keys before RoPE.
+enum class QkNorm {
+  kNone,
+  kPerHead,  // Qwen3: over each head's head_dim values (q_norm/k_norm weights [head_dim])
+  kWhole,    // OLMo 2: over the whole projection (q_norm [heads * head_dim], k_norm [kv * head_dim])
+};
+
 struct ModelConfig {
   std::vector<std::string> architectures;
   std::string model_type;
@@ -93,13 +112,34 @@ struct ModelConfig {
   bool attention_bias = false;
   bool tie_word_embeddings = false;
   std::optional<int64_t> bos_token_id;
+  std::optional<int64_t> pad_token_id;  // null: none (transformers then pads no embedding row)
   std::vector<int64_t> eos_token_ids;
   std::string torch_dtype = "bfloat16";
   std::optional<QuantizationConfig> quantization_config;
 
+  // GQA families (is_mla() false). For them qk_rope_head_dim = v_head_dim = head_dim and
+  // qk_nope_head_dim = 0, so RoPE and the softmax scale are computed as for MLA.
+  int64_t head_dim = 0;
+  QkNorm qk_norm = QkNorm::kNone;
+  NormPlacement norm_placement = NormPlacement::kPre;
+  std::vector<bool> rope_layers;  // SmolLM3's no_rope_layers (1: RoPE, 0: NoPE); empty: all RoPE
+  // Qwen3-MoE: layer l is MoE when (l + 1) % decoder_sparse_step == 0 and l is not in
+  // mlp_only_layers (0: DeepSeek's first_k_dense_replace / moe_layer_freq rule instead).
+  int64_t decoder_sparse_step = 0;
+  std::vector<int64_t> mlp_only_layers;
+
+  bool is_mla() const { return kv_lora_rank > 0; }  // DeepseekV3ForCausalLM
+  bool UsesRope(int64_t layer) const {
+    return rope_layers.empty() || layer >= static_cast<int64_t>(rope_layers.size()) ||
+           rope_layers[static_cast<size_t>(layer)];
+  }
+
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
-  // Values per token and layer in the MLA latent KV cache: c_kv and the shared rotated k_pe.
-  int64_t kv_cache_dim() const { return kv_lora_rank + qk_rope_head_dim; }
+  // Values per token and layer in the KV cache: for MLA the latent c_kv and the shared rotated
+  // k_pe; for GQA every KV head's key then value.
+  int64_t kv_cache_dim() const {
+    return is_mla() ? kv_lora_rank + qk_rope_head_dim : 2 * num_key_value_heads * head_dim;
+  }
   int64_t shared_intermediate_size() const { return moe_intermediate_size * n_shared_experts; }
   bool IsMoeLayer(int64_t layer) const;
   int64_t num_moe_layers() const;
@@ -108,8 +148,9 @@ struct ModelConfig {
   int64_t LatentKvBytesPerToken(int64_t bytes_per_value) const {
     return num_hidden_layers * kv_cache_dim() * bytes_per_value;
   }
-  // What caching the expanded per-head K and V would take instead.
+  // What caching the expanded per-head K and V would take instead (GQA: what it caches).
   int64_t ExpandedKvBytesPerToken(int64_t bytes_per_value) const {
+    if (!is_mla()) return LatentKvBytesPerToken(bytes_per_value);
     return num_hidden_layers * num_attention_heads * (qk_head_dim() + v_head_dim) *
            bytes_per_value;
   }

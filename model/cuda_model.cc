@@ -176,23 +176,25 @@ struct CudaModel::Impl {
       MOE_LOG(DEBUG) << "loading layer " << l << " onto the GPU (" << ck.bytes_read() / 1e6
                      << " MB read so far)";
       DeviceLayer& L = layers.emplace_back();
-      const DecoderLayerWeights s = LayerWeights(c, l, c.IsMoeLayer(l));
-      MOE_ASSIGN_OR_RETURN(L.input_layernorm, w.F32(s.input_layernorm, &bytes.norms));
+      const DecoderLayerWeights layer_weights = LayerWeights(c, l, c.IsMoeLayer(l));
+      const DecoderLayerWeights& s = layer_weights;
+      const MlaWeights& a = *s.mla;
+      MOE_ASSIGN_OR_RETURN(L.input_layernorm, w.F32(*s.input_layernorm, &bytes.norms));
       MOE_ASSIGN_OR_RETURN(L.post_attention_layernorm,
                            w.F32(s.post_attention_layernorm, &bytes.norms));
       uint64_t* split = &bytes.attention_head_split;
       uint64_t* replicated = &bytes.attention_replicated;
-      if (s.q_a_proj) {
-        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Bf16(*s.q_a_proj, replicated));
-        MOE_ASSIGN_OR_RETURN(L.q_a_layernorm, w.F32(*s.q_a_layernorm, replicated));
-        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Bf16(*s.q_b_proj, split));
+      if (a.q_a_proj) {
+        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Bf16(*a.q_a_proj, replicated));
+        MOE_ASSIGN_OR_RETURN(L.q_a_layernorm, w.F32(*a.q_a_layernorm, replicated));
+        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Bf16(*a.q_b_proj, split));
       } else {
-        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Bf16(*s.q_proj, split));
+        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Bf16(*a.q_proj, split));
       }
-      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa, w.Bf16(s.kv_a_proj_with_mqa, replicated));
-      MOE_ASSIGN_OR_RETURN(L.kv_a_layernorm, w.F32(s.kv_a_layernorm, replicated));
-      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Bf16(s.kv_b_proj, split));
-      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Bf16(s.o_proj, split));
+      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa, w.Bf16(a.kv_a_proj_with_mqa, replicated));
+      MOE_ASSIGN_OR_RETURN(L.kv_a_layernorm, w.F32(a.kv_a_layernorm, replicated));
+      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Bf16(a.kv_b_proj, split));
+      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Bf16(a.o_proj, split));
       L.is_moe = s.gate.has_value();
       if (!L.is_moe) {
         MOE_RETURN_IF_ERROR(L.dense.Load(w, *s.mlp, &bytes.dense_mlp));
@@ -503,6 +505,11 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& di
                                                            const ParallelContext& ctx,
                                                            const KvCacheShape& cache,
                                                            const CudaModelOptions& options) {
+  if (!config.is_mla()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the CUDA backend runs MLA models (DeepseekV3ForCausalLM) only; ", config.architectures[0],
+        " runs on the CPU backend (--device cpu)"));
+  }
   if (ctx.world().size() != 1) {
     return absl::UnimplementedError(absl::StrCat(
         "the CUDA backend runs on one GPU (world size 1), not ", ctx.world().size(),

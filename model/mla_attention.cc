@@ -10,10 +10,11 @@
 namespace moe {
 
 absl::StatusOr<MlaAttention> MlaAttention::Load(const ModelConfig& c, Checkpoint& ck, int64_t layer,
-                                                const DecoderLayerWeights& w,
+                                                const DecoderLayerWeights& layer_w,
                                                 const ParallelContext& ctx, float softmax_scale,
                                                 WeightBytes* bytes) {
   MlaAttention a;
+  const MlaWeights& w = *layer_w.mla;
   const Range heads = ctx.shard().heads;
   a.layer_ = layer;
   a.heads_ = heads.size();

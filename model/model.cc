@@ -19,15 +19,23 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
   auto d = std::make_unique<DecoderLayer>();
   const DecoderLayerWeights w = LayerWeights(c, layer, c.IsMoeLayer(layer));
   d->hidden_ = c.hidden_size;
+  d->placement_ = c.norm_placement;
   d->tp_ = &ctx.tp();
-  MOE_ASSIGN_OR_RETURN(d->input_layernorm_, Metered(ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(ck, w.input_layernorm, c.rms_norm_eps);
-                       }));
-  MOE_ASSIGN_OR_RETURN(d->post_attention_layernorm_, Metered(ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(ck, w.post_attention_layernorm, c.rms_norm_eps);
-                       }));
-  MOE_ASSIGN_OR_RETURN(d->self_attn_,
-                       MlaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+  auto norm = [&](const std::optional<WeightSpec>& spec, RmsNorm* out) -> absl::Status {
+    if (!spec) return absl::OkStatus();
+    MOE_ASSIGN_OR_RETURN(*out, Metered(ck, &bytes->norms, [&] {
+                           return RmsNorm::Load(ck, *spec, c.rms_norm_eps);
+                         }));
+    return absl::OkStatus();
+  };
+  MOE_RETURN_IF_ERROR(norm(w.input_layernorm, &d->input_layernorm_));
+  MOE_RETURN_IF_ERROR(norm(w.post_attention_layernorm, &d->post_attention_layernorm_));
+  MOE_RETURN_IF_ERROR(norm(w.post_feedforward_layernorm, &d->post_feedforward_layernorm_));
+  if (w.mla) {
+    MOE_ASSIGN_OR_RETURN(d->mla_, MlaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+  } else {
+    MOE_ASSIGN_OR_RETURN(d->gqa_, GqaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+  }
   if (w.gate) {
     MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, w, ctx, bytes));
   } else {
@@ -41,17 +49,34 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
 absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache) {
   const int64_t n = batch.num_tokens();
   const size_t count = static_cast<size_t>(n * hidden_);
+  const bool pre = placement_ == NormPlacement::kPre;
   FloatVector normed(count), delta(count);
-  input_layernorm_.Forward(x, n, normed.data());
-  MOE_RETURN_IF_ERROR(self_attn_->Forward(normed.data(), batch, cache, delta.data()));
-  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
-  post_attention_layernorm_.Forward(x, n, normed.data());
-  if (moe_) {
-    MOE_RETURN_IF_ERROR(moe_->Forward(normed.data(), n, delta.data()));
+  // Attention block: x += attn(input_layernorm(x)), or x += post_attention_layernorm(attn(x)).
+  const float* in = x;
+  if (pre) {
+    input_layernorm_.Forward(x, n, normed.data());
+    in = normed.data();
+  }
+  if (mla_) {
+    MOE_RETURN_IF_ERROR(mla_->Forward(in, batch, cache, delta.data()));
   } else {
-    dense_->Forward(normed.data(), n, delta.data());
+    MOE_RETURN_IF_ERROR(gqa_->Forward(in, batch, cache, delta.data()));
+  }
+  if (!pre) post_attention_layernorm_.Forward(delta.data(), n, delta.data());
+  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  // MLP block: x += mlp(post_attention_layernorm(x)), or x += post_feedforward_layernorm(mlp(x)).
+  in = x;
+  if (pre) {
+    post_attention_layernorm_.Forward(x, n, normed.data());
+    in = normed.data();
+  }
+  if (moe_) {
+    MOE_RETURN_IF_ERROR(moe_->Forward(in, n, delta.data()));
+  } else {
+    dense_->Forward(in, n, delta.data());
     if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
   }
+  if (!pre) post_feedforward_layernorm_.Forward(delta.data(), n, delta.data());
   cpu::Add(x, delta.data(), static_cast<int64_t>(count));
   return absl::OkStatus();
 }
@@ -65,7 +90,9 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   ck->set_weights_at_load(weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
-  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache, load_mtp));
+  const int64_t cache_dim =
+      c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
+  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache, load_mtp, cache_dim));
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {

@@ -1,5 +1,7 @@
-// DeepseekV3ForCausalLM on one rank: embed_tokens -> num_hidden_layers x (input_layernorm -> MLA
-// -> residual -> post_attention_layernorm -> dense MLP or MoE -> residual) -> norm -> lm_head.
+// A decoder-only causal LM on one rank: embed_tokens -> num_hidden_layers x (attention block ->
+// residual -> MLP block -> residual) -> norm -> lm_head (or the embedding, tied). The blocks are
+// the config's: MLA or GQA attention; a dense MLP or a MoE; norms before each block (DeepSeek,
+// Qwen3, Mistral, SmolLM3) or after it, inside the residual (OLMo 2).
 // Loads only this rank's shard of the checkpoint; the MTP layer (model.layers.<L>.* for
 // L = num_hidden_layers) only when asked for (speculative decoding), with a cache layer of its own.
 #pragma once
@@ -15,6 +17,7 @@
 #include "model/forward_batch.h"
 #include "model/forward_model.h"
 #include "model/kv_cache.h"
+#include "model/gqa_attention.h"
 #include "model/layers.h"
 #include "model/mla_attention.h"
 #include "model/mlp.h"
@@ -36,8 +39,10 @@ class DecoderLayer {
 
  private:
   int64_t hidden_ = 0;
-  RmsNorm input_layernorm_, post_attention_layernorm_;
-  std::optional<MlaAttention> self_attn_;
+  NormPlacement placement_ = NormPlacement::kPre;
+  RmsNorm input_layernorm_, post_attention_layernorm_, post_feedforward_layernorm_;
+  std::optional<MlaAttention> mla_;
+  std::optional<GqaAttention> gqa_;
   std::optional<GatedMlp> dense_;  // first_k_dense_replace layers (TP-split rows)
   std::unique_ptr<MoeLayer> moe_;
   Communicator* tp_ = nullptr;
@@ -70,10 +75,11 @@ class DeepseekV3Model : public ForwardModel {
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
-  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp)
+  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp,
+                  int64_t cache_dim)
       : config_(config),
         cache_(config.num_hidden_layers + (mtp ? 1 : 0), cache.blocks, cache.block_size,
-               config.kv_cache_dim()) {}
+               cache_dim) {}
   ModelConfig config_;
   KvCache cache_;
   VocabParallelEmbedding embed_tokens_;

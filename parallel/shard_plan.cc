@@ -47,6 +47,12 @@ absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world
                                                    " does not divide num_attention_heads ",
                                                    config.num_attention_heads, " of config.json"));
   }
+  const int64_t kv = config.num_key_value_heads;
+  if (!config.is_mla() && kv % tp_size != 0 && tp_size % kv != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("--tp ", tp_size,
+                                                   " must divide num_key_value_heads ", kv,
+                                                   " of config.json or be a multiple of it"));
+  }
   ShardPlan p;
   p.config_ = config;
   p.world_ = world_size;
@@ -61,6 +67,10 @@ RankShard ShardPlan::Shard(int rank) const {
   s.tp_rank = TpRank(rank);
   s.dp_rank = DpRank(rank);
   s.heads = EvenSplit(config_.num_attention_heads, tp_, s.tp_rank);
+  // GQA: the KV heads this rank's query heads read (shared by neighbouring ranks when the TP
+  // group is larger than num_key_value_heads).
+  const int64_t group = config_.num_attention_heads / std::max<int64_t>(1, config_.num_key_value_heads);
+  s.kv_heads = {s.heads.begin / group, (s.heads.end - 1) / group + 1};
   s.vocab = EvenSplit(config_.vocab_size, tp_, s.tp_rank);
   s.dense_inter = EvenSplit(config_.intermediate_size, tp_, s.tp_rank);
   s.shared_inter = EvenSplit(config_.shared_intermediate_size(), tp_, s.tp_rank);

@@ -1,5 +1,6 @@
 // ShardPlan: how one model is split over an engine of W ranks.
-//   - MLA attention is tensor parallel over groups of T ranks (heads split; o_proj row-parallel),
+//   - Attention (MLA or GQA) is tensor parallel over groups of T ranks (query heads split, GQA's
+//     KV heads with them; o_proj row-parallel),
 //     and data parallel across the D = W / T groups (each owns different sequences and their
 //     latent KV cache). Rank r is TP rank r % T of DP group r / T.
 //   - Embedding and lm_head are vocab-parallel over the TP group; the dense MLP layers and the
@@ -55,6 +56,7 @@ struct RankShard {
   int tp_rank = 0;
   int dp_rank = 0;
   Range heads;                   // attention heads of this TP rank
+  Range kv_heads;                // GQA: the key/value heads those query heads read
   Range vocab;                   // embedding / lm_head rows
   Range dense_inter;             // intermediate rows of the dense MLP layers
   Range shared_inter;            // intermediate rows of the shared experts

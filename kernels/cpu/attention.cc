@@ -41,14 +41,14 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
   }
 }
 
-void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
-                     int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale,
-                     float* out) {
+void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
+                            int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
+                            int64_t start, float scale, float* out) {
   // Per head and tile of query rows: S = Q K^T (one GEMM over the strided head slices), causal
   // mask, softmax per row, O = P V. Heads and tiles run in parallel; the products inside are
-  // single-threaded BLAS calls.
+  // single-threaded BLAS calls. Query head h reads key/value head h / (heads / kv_heads).
   constexpr int64_t kTile = 128;
-  const int64_t tiles = (q_len + kTile - 1) / kTile;
+  const int64_t tiles = (q_len + kTile - 1) / kTile, group = heads / kv_heads;
 #pragma omp parallel
   {
     std::vector<float> s(static_cast<size_t>(kTile * ctx));
@@ -57,8 +57,9 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
       for (int64_t tile = 0; tile < tiles; ++tile) {
         const int64_t i0 = tile * kTile, rows = std::min(kTile, q_len - i0);
         const int64_t visible = std::min(ctx, start + i0 + rows);  // keys any row of the tile sees
-        MatMulNT(rows, visible, dqk, q + (i0 * heads + h) * dqk, heads * dqk, k + h * dqk,
-                 heads * dqk, s.data(), visible);
+        const int64_t kvh = h / group;
+        MatMulNT(rows, visible, dqk, q + (i0 * heads + h) * dqk, heads * dqk, k + kvh * dqk,
+                 kv_heads * dqk, s.data(), visible);
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * visible;
           const int64_t sees = std::min(ctx, start + i0 + r + 1);
@@ -66,8 +67,48 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
           SoftmaxInPlace(row, sees);
           std::fill(row + sees, row + visible, 0.0f);
         }
-        MatMulNN(rows, dv, visible, s.data(), visible, v + h * dv, heads * dv,
+        MatMulNN(rows, dv, visible, s.data(), visible, v + kvh * dv, kv_heads * dv,
                  out + (i0 * heads + h) * dv, heads * dv);
+      }
+    }
+  }
+}
+
+void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
+                     int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale,
+                     float* out) {
+  GroupedCausalAttention(q, k, v, q_len, ctx, heads, heads, dqk, dv, start, scale, out);
+}
+
+void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                        const float* cache, const int32_t* blocks, int64_t block_size,
+                        int64_t ctx_len, float scale, float* out) {
+  const int64_t row = 2 * kv_heads * head_dim, group = heads / kv_heads;
+#pragma omp parallel if (heads * ctx_len * head_dim > 65536)
+  {
+    std::vector<float> p(static_cast<size_t>(ctx_len));
+#pragma omp for schedule(static)
+    for (int64_t h = 0; h < heads; ++h) {
+      const float* qh = q + h * head_dim;
+      const int64_t k_off = (h / group) * head_dim, v_off = (kv_heads + h / group) * head_dim;
+      for (int64_t t = 0; t < ctx_len; ++t) {
+        const float* kv =
+            cache +
+            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
+        float s = 0.0f;
+#pragma omp simd reduction(+ : s)
+        for (int64_t i = 0; i < head_dim; ++i) s += qh[i] * kv[k_off + i];
+        p[t] = s * scale;
+      }
+      SoftmaxInPlace(p.data(), ctx_len);
+      float* oh = out + h * head_dim;
+      std::fill(oh, oh + head_dim, 0.0f);
+      for (int64_t t = 0; t < ctx_len; ++t) {
+        const float* kv =
+            cache +
+            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
+        const float w = p[t];
+        for (int64_t i = 0; i < head_dim; ++i) oh[i] += w * kv[v_off + i];
       }
     }
   }

@@ -1,4 +1,4 @@
-// Attention kernels of MLA on the CPU.
+// Attention kernels on the CPU: MLA's, and grouped-query attention's.
 #pragma once
 
 #include <cstdint>
@@ -22,5 +22,20 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 void CausalAttention(const float* q, const float* k, const float* v, int64_t q_len, int64_t ctx,
                      int64_t heads, int64_t dqk, int64_t dv, int64_t start, float scale,
                      float* out);
+
+// The same with `kv_heads` key/value heads shared by groups of heads / kv_heads query heads:
+// k [ctx, kv_heads, dqk], v [ctx, kv_heads, dv]; query head h reads K/V head h / (heads / kv_heads).
+void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
+                            int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
+                            int64_t start, float scale, float* out);
+
+// Grouped-query decode for one query token over a paged K/V cache.
+//   q:      [heads, head_dim] (rotated)
+//   cache:  the layer's block pool; a row is [k (kv_heads x head_dim) | v (kv_heads x head_dim)]
+//   blocks: the sequence's block table, covering ctx_len tokens
+//   out:    [heads, head_dim] = sum_t softmax_t(scale * q_h·k_t,g) v_t,g with g = h / (heads / kv_heads)
+void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
+                        const float* cache, const int32_t* blocks, int64_t block_size,
+                        int64_t ctx_len, float scale, float* out);
 
 }  // namespace moe::cpu

@@ -31,6 +31,9 @@ void SoftmaxInPlace(float* x, int64_t n);
 // Rotates adjacent pairs (x[2i], x[2i+1]) by the angle whose cos/sin are cos[i], sin[i] —
 // DeepSeek's interleaved RoPE layout. `dim` is even.
 void RopeInterleaved(float* x, int64_t dim, const float* cos, const float* sin);
+// Rotates the pairs (x[i], x[i + dim/2]) by the angle of cos[i], sin[i] — the rotate-half layout
+// of Llama, Qwen, Mistral and the other GQA families.
+void RopeHalves(float* x, int64_t dim, const float* cos, const float* sin);
 
 void Add(float* y, const float* x, int64_t n);  // y += x
 void Scale(float* y, float a, int64_t n);       // y *= a

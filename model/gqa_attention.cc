@@ -1,0 +1,168 @@
+#include "model/gqa_attention.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
+#include "kernels/cpu/attention.h"
+#include "kernels/cpu/ops.h"
+
+namespace moe {
+
+absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint& ck,
+                                                int64_t layer, const DecoderLayerWeights& layer_w,
+                                                const ParallelContext& ctx, float softmax_scale,
+                                                WeightBytes* bytes) {
+  const GqaWeights& w = *layer_w.gqa;
+  GqaAttention a;
+  const Range heads = ctx.shard().heads, kv = ctx.shard().kv_heads;
+  const int64_t d = c.head_dim, h = c.hidden_size, tp = ctx.plan().tp_size();
+  a.layer_ = layer;
+  a.heads_ = heads.size();
+  a.kv_heads_ = kv.size();
+  a.head_dim_ = d;
+  a.hidden_ = h;
+  a.full_q_ = c.num_attention_heads * d;
+  a.full_kv_ = c.num_key_value_heads * d;
+  a.kv_replication_ = tp * kv.size() / c.num_key_value_heads;
+  a.rope_ = c.UsesRope(layer);
+  a.scale_ = softmax_scale;
+  a.eps_ = static_cast<float>(c.rms_norm_eps);
+  a.qk_norm_ = c.qk_norm;
+  a.tp_ = &ctx.tp();
+  uint64_t* split = &bytes->attention_head_split;
+  MOE_ASSIGN_OR_RETURN(a.q_proj_, Metered(ck, split, [&] {
+                         return Linear::Load(ck, w.q_proj, {heads.begin * d, heads.end * d}, {0, h});
+                       }));
+  MOE_ASSIGN_OR_RETURN(a.k_proj_, Metered(ck, split, [&] {
+                         return Linear::Load(ck, w.k_proj, {kv.begin * d, kv.end * d}, {0, h});
+                       }));
+  MOE_ASSIGN_OR_RETURN(a.v_proj_, Metered(ck, split, [&] {
+                         return Linear::Load(ck, w.v_proj, {kv.begin * d, kv.end * d}, {0, h});
+                       }));
+  MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
+                         return Linear::Load(ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
+                       }));
+  uint64_t* replicated = &bytes->attention_replicated;
+  if (c.qk_norm == QkNorm::kPerHead) {
+    MOE_ASSIGN_OR_RETURN(a.q_norm_, Metered(ck, replicated, [&] {
+                           return RmsNorm::Load(ck, *w.q_norm, c.rms_norm_eps);
+                         }));
+    MOE_ASSIGN_OR_RETURN(a.k_norm_, Metered(ck, replicated, [&] {
+                           return RmsNorm::Load(ck, *w.k_norm, c.rms_norm_eps);
+                         }));
+  } else if (c.qk_norm == QkNorm::kWhole) {
+    auto slice = [&](const WeightSpec& spec, Range r) -> absl::StatusOr<Tensor> {
+      MOE_ASSIGN_OR_RETURN(Tensor full, ck.Load(spec.name, spec.shape));
+      Tensor local({r.size() * d});
+      std::memcpy(local.data(), full.data() + r.begin * d,
+                  static_cast<size_t>(r.size() * d) * sizeof(float));
+      return local;
+    };
+    MOE_ASSIGN_OR_RETURN(a.q_norm_whole_,
+                         Metered(ck, replicated, [&] { return slice(*w.q_norm, heads); }));
+    MOE_ASSIGN_OR_RETURN(a.k_norm_whole_,
+                         Metered(ck, replicated, [&] { return slice(*w.k_norm, kv); }));
+  }
+  return a;
+}
+
+absl::Status GqaAttention::WholeNorm(float* x, int64_t n, int64_t width, const Tensor& weight,
+                                     int64_t replication) const {
+  const int64_t local = weight.numel();
+  std::vector<float> sumsq(static_cast<size_t>(n), 0.0f);
+  for (int64_t t = 0; t < n; ++t) {
+    const float* r = x + t * local;
+    float s = 0.0f;
+    for (int64_t i = 0; i < local; ++i) s += r[i] * r[i];
+    sumsq[t] = s;
+  }
+  if (tp_->size() > 1) {
+    MOE_RETURN_IF_ERROR(tp_->AllReduceSum(sumsq.data(), sumsq.size()));
+    for (float& s : sumsq) s /= static_cast<float>(replication);
+  }
+  for (int64_t t = 0; t < n; ++t) {
+    float* r = x + t * local;
+    const float inv = 1.0f / std::sqrt(sumsq[t] / static_cast<float>(width) + eps_);
+    for (int64_t i = 0; i < local; ++i) r[i] = r[i] * inv * weight.data()[i];
+  }
+  return absl::OkStatus();
+}
+
+absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, KvCache& cache,
+                                   float* out) const {
+  const int64_t n = batch.num_tokens(), d = head_dim_;
+  const int64_t qw = heads_ * d, kvw = kv_heads_ * d, row = 2 * kvw;
+  FloatVector q(static_cast<size_t>(n * qw)), kv(static_cast<size_t>(n * row));
+  q_proj_.Forward(x, n, q.data());
+  k_proj_.Forward(x, n, kv.data(), row);
+  v_proj_.Forward(x, n, kv.data() + kvw, row);
+  if (qk_norm_ == QkNorm::kPerHead) {
+    q_norm_->Forward(q.data(), n * heads_, q.data());
+    for (int64_t t = 0; t < n; ++t) k_norm_->Forward(kv.data() + t * row, kv_heads_, kv.data() + t * row);
+  } else if (qk_norm_ == QkNorm::kWhole) {
+    MOE_RETURN_IF_ERROR(WholeNorm(q.data(), n, full_q_, q_norm_whole_, 1));
+    FloatVector k(static_cast<size_t>(n * kvw));
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(k.data() + t * kvw, kv.data() + t * row, static_cast<size_t>(kvw) * sizeof(float));
+    }
+    MOE_RETURN_IF_ERROR(WholeNorm(k.data(), n, full_kv_, k_norm_whole_, kv_replication_));
+    for (int64_t t = 0; t < n; ++t) {
+      std::memcpy(kv.data() + t * row, k.data() + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
+    }
+  }
+  if (rope_) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float* cos = batch.rope_cos.row(t);
+      const float* sin = batch.rope_sin.row(t);
+      for (int64_t hd = 0; hd < heads_; ++hd) cpu::RopeHalves(q.data() + t * qw + hd * d, d, cos, sin);
+      for (int64_t hd = 0; hd < kv_heads_; ++hd) {
+        cpu::RopeHalves(kv.data() + t * row + hd * d, d, cos, sin);
+      }
+    }
+  }
+  for (const ForwardChunk& c : batch.chunks) {
+    for (int64_t i = 0; i < c.num_tokens; ++i) {
+      const int64_t pos = c.start_pos + i;
+      const int32_t block = (*c.block_table)[pos / cache.block_size()];
+      std::memcpy(cache.Row(layer_, block, pos % cache.block_size()),
+                  kv.data() + (c.first_token + i) * row, static_cast<size_t>(row) * sizeof(float));
+    }
+  }
+  // Attention output per token: [n, heads_local * head_dim]. Chunks of a few tokens (decode,
+  // draft verification) read the paged cache per token; longer ones gather K and V once.
+  constexpr int64_t kPagedChunk = 4;
+  FloatVector attn(static_cast<size_t>(n * qw), 0.0f);
+  const float* layer_cache = cache.Layer(layer_);
+  const int64_t bs = cache.block_size();
+  for (const ForwardChunk& c : batch.chunks) {
+    if (c.num_tokens <= kPagedChunk) {
+      for (int64_t i = 0; i < c.num_tokens; ++i) {
+        const int64_t r = c.first_token + i;
+        cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache,
+                                c.block_table->data(), bs, c.start_pos + i + 1, scale_,
+                                attn.data() + r * qw);
+      }
+      continue;
+    }
+    const int64_t ctx = c.context();
+    FloatVector k(static_cast<size_t>(ctx * kvw)), v(static_cast<size_t>(ctx * kvw));
+    for (int64_t t = 0; t < ctx; ++t) {
+      const float* src =
+          layer_cache + (static_cast<int64_t>((*c.block_table)[t / bs]) * bs + t % bs) * row;
+      std::memcpy(k.data() + t * kvw, src, static_cast<size_t>(kvw) * sizeof(float));
+      std::memcpy(v.data() + t * kvw, src + kvw, static_cast<size_t>(kvw) * sizeof(float));
+    }
+    cpu::GroupedCausalAttention(q.data() + c.first_token * qw, k.data(), v.data(), c.num_tokens,
+                                ctx, heads_, kv_heads_, d, d, c.start_pos, scale_,
+                                attn.data() + c.first_token * qw);
+  }
+  o_proj_.Forward(attn.data(), n, out);
+  if (tp_->size() > 1) {
+    MOE_RETURN_IF_ERROR(tp_->AllReduceSum(out, static_cast<size_t>(n * hidden_)));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace moe

@@ -1,0 +1,56 @@
+// Grouped-query attention (Llama, Qwen3, Mistral, SmolLM3, OLMo 2), split over the TP group by
+// query heads, each rank keeping the key/value heads its query heads read:
+//   q = q_proj(x) [heads x head_dim], k = k_proj(x), v = v_proj(x) [kv_heads x head_dim]
+//   QK-norm where the family has it: RMSNorm per head (Qwen3) or over the whole projection
+//     (OLMo 2; under TP its sum of squares is summed over the group)
+//   q, k rotated (rotate-half RoPE) except on NoPE layers (SmolLM3's no_rope_layers)
+//   [k | v] written to the layer's paged cache; causal softmax(scale q·k) v with query head h
+//     reading K/V head h / (heads / kv_heads)
+//   o_proj row-parallel: partial sums over the TP group are added.
+#pragma once
+
+#include <optional>
+
+#include "absl/status/statusor.h"
+#include "checkpoint/checkpoint.h"
+#include "checkpoint/weight_bytes.h"
+#include "common/model_config.h"
+#include "model/forward_batch.h"
+#include "model/kv_cache.h"
+#include "model/layers.h"
+#include "parallel/parallel_context.h"
+
+namespace moe {
+
+class GqaAttention {
+ public:
+  static absl::StatusOr<GqaAttention> Load(const ModelConfig& config, Checkpoint& ck, int64_t layer,
+                                           const DecoderLayerWeights& w, const ParallelContext& ctx,
+                                           float softmax_scale, WeightBytes* bytes);
+  // Values per token in this rank's cache rows: its KV heads' keys and values.
+  static int64_t CacheDim(const ModelConfig& config, const RankShard& shard) {
+    return 2 * shard.kv_heads.size() * config.head_dim;
+  }
+  // out [n, hidden] for x [n, hidden] (already normalised where the family does); writes this
+  // layer's cache rows.
+  absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
+
+ private:
+  // RMSNorm over the whole projection (OLMo 2): rows of `width` local values; the sum of squares
+  // of a row is taken over the TP group, divided by how many ranks hold each value.
+  absl::Status WholeNorm(float* x, int64_t n, int64_t width, const Tensor& weight,
+                         int64_t replication) const;
+
+  int64_t layer_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0, hidden_ = 0;
+  int64_t full_q_ = 0, full_kv_ = 0;  // the whole projections' widths (for WholeNorm)
+  int64_t kv_replication_ = 1;        // ranks holding each KV head
+  bool rope_ = true;
+  float scale_ = 1.0f, eps_ = 1e-6f;
+  QkNorm qk_norm_ = QkNorm::kNone;
+  Linear q_proj_, k_proj_, v_proj_, o_proj_;
+  std::optional<RmsNorm> q_norm_, k_norm_;  // per head
+  Tensor q_norm_whole_, k_norm_whole_;      // this rank's slice of the whole-projection weights
+  Communicator* tp_ = nullptr;
+};
+
+}  // namespace moe

@@ -2,7 +2,9 @@
 """Makes the golden outputs the engine is tested against, with HF transformers as the oracle.
 
 For each case (a preset checkpoint written by moe-make-model), loads the checkpoint into
-transformers' DeepseekV3ForCausalLM (CPU, float32, eager attention), runs greedy generation on
+transformers' model class for its architecture (DeepseekV3ForCausalLM, Qwen3ForCausalLM,
+Qwen3MoeForCausalLM, MistralForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM; CPU, float32,
+eager attention), runs greedy generation on
 several prompts by recomputing the full sequence at every step (no KV cache), and writes
 
   tests/golden/data/<case>/prompt<i>.npy   float32 logits [1 + steps, vocab]: the prompt's last
@@ -53,6 +55,13 @@ CASES = [
     ("tiny-v2lite-f32", "tiny-v2lite", "f32", 13, [1, 17, 40]),
     ("tiny-dsv3-fp8", "tiny-dsv3", "fp8", 14, [5, 33]),
     ("tiny-kimi-k2-int4", "tiny-kimi-k2", "int4", 15, [5, 33]),
+    # The GQA families: 17 and 70 cross 16- and 64-token KV blocks.
+    ("tiny-qwen3-f32", "tiny-qwen3", "f32", 21, [1, 17, 70]),
+    ("tiny-qwen3-moe-f32", "tiny-qwen3-moe", "f32", 22, [1, 17, 70]),
+    ("tiny-qwen3-moe-bf16", "tiny-qwen3-moe", "bf16", 23, [5, 33]),
+    ("tiny-mistral-f32", "tiny-mistral", "f32", 24, [1, 17, 70]),
+    ("tiny-smollm3-f32", "tiny-smollm3", "f32", 25, [1, 17, 70]),
+    ("tiny-olmo2-f32", "tiny-olmo2", "f32", 26, [1, 17, 70]),
 ]
 DECODE_STEPS = 16
 
@@ -129,12 +138,25 @@ def load_weights(ckpt, cfg):
         p = f"model.layers.{l}.mlp."
         if f"{p}experts.0.gate_proj.weight" not in out:
             continue
-        sd.update(stacked_experts(out, p, cfg["n_routed_experts"]))
+        sd.update(stacked_experts(out, p, cfg.get("n_routed_experts") or cfg["num_experts"]))
     return sd
 
 
 def hf_model(ckpt):
     cfg = json.load(open(os.path.join(ckpt, "config.json")))
+    if cfg["architectures"] != ["DeepseekV3ForCausalLM"]:
+        config = transformers.AutoConfig.from_pretrained(ckpt)
+        assert type(config).__name__.replace("Config", "ForCausalLM") == cfg["architectures"][0]
+        config._attn_implementation = "eager"
+        model = transformers.AutoModelForCausalLM.from_config(config).float().eval()
+        assert type(model).__name__ == cfg["architectures"][0]
+        missing, unexpected = model.load_state_dict(load_weights(ckpt, cfg), strict=False)
+        assert not unexpected, unexpected
+        # Tied embeddings: lm_head is the embedding's parameter, not in the files.
+        assert missing == (["lm_head.weight"] if cfg["tie_word_embeddings"] else []), missing
+        if cfg["tie_word_embeddings"]:
+            assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+        return model, cfg
     hf_cfg = dict(cfg)
     hf_cfg.pop("model_type", None)  # kimi_k2 is this architecture under another name
     hf_cfg.pop("quantization_config", None)  # dequantized here

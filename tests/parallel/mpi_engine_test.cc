@@ -116,6 +116,19 @@ TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {
   CheckEveryTpSizeMatchesOneRank(GetParam(), WeightDType::kF32);
 }
 
+// The GQA families: query heads split over the TP group with the KV heads they read (replicated
+// across ranks where the group is larger than num_key_value_heads: tiny-qwen3 at T >= 4, OLMo 2's
+// whole-projection k_norm at T = 8), Qwen3-MoE's experts over every rank.
+class MpiGqaEngineTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(MpiGqaEngineTest, EveryTpSizeMatchesOneRank) {
+  CheckEveryTpSizeMatchesOneRank(GetParam(), WeightDType::kF32);
+}
+
+TEST(MpiGqaEngineFormatsTest, Qwen3MoeBf16EveryTpSizeMatchesOneRank) {
+  CheckEveryTpSizeMatchesOneRank("tiny-qwen3-moe", WeightDType::kBF16);
+}
+
 // The compact formats, computed in place: DeepSeek's fp8 blocks (TP shards cut blocks) and Kimi K2
 // Thinking's int4 experts.
 TEST(MpiEngineFormatsTest, Fp8EveryTpSizeMatchesOneRank) {
@@ -180,12 +193,18 @@ TEST_P(MpiEngineTest, EachRankReadsOnlyItsShare) {
   }
 }
 
+std::string ParamName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (char& c : s) c = std::isalnum(c) ? c : '_';
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(Models, MpiEngineTest, ::testing::Values("tiny-dsv3", "tiny-kimi-k2"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& c : s) c = std::isalnum(c) ? c : '_';
-                           return s;
-                         });
+                         ParamName);
+INSTANTIATE_TEST_SUITE_P(Models, MpiGqaEngineTest,
+                         ::testing::Values("tiny-qwen3", "tiny-qwen3-moe", "tiny-mistral",
+                                           "tiny-smollm3", "tiny-olmo2"),
+                         ParamName);
 
 }  // namespace
 }  // namespace moe

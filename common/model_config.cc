@@ -351,7 +351,7 @@ ParamCounts ModelConfig::CountParameters() const {
     if (IsMoeLayer(l)) {
       p.routed_experts += n_routed_experts * expert;
       p.shared_experts += n_shared_experts * expert;
-      p.router += h * n_routed_experts + n_routed_experts;
+      p.router += h * n_routed_experts + (topk_method == "noaux_tc" ? n_routed_experts : 0);
       moe_active += num_experts_per_tok * expert;
     } else {
       p.dense_mlp += 3 * h * intermediate_size;

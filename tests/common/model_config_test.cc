@@ -258,6 +258,132 @@ INSTANTIATE_TEST_SUITE_P(
                 "\"tie_word_embeddings\""}),
     [](const auto& info) { return info.param.label; });
 
+// The GQA families, each from its tiny preset (written in the family's published config.json
+// form): the switches the engine reads.
+TEST(ModelConfigTest, ParsesTheGqaFamilies) {
+  auto qwen3 = PresetConfig("tiny-qwen3");
+  ASSERT_TRUE(qwen3.ok()) << qwen3.status();
+  EXPECT_FALSE(qwen3->is_mla());
+  EXPECT_EQ(qwen3->head_dim, 16);  // independent of hidden_size / heads (8)
+  EXPECT_EQ(qwen3->qk_norm, QkNorm::kPerHead);
+  EXPECT_TRUE(qwen3->tie_word_embeddings);
+  EXPECT_EQ(qwen3->n_routed_experts, 0);
+  EXPECT_EQ(qwen3->kv_cache_dim(), 2 * 2 * 16);  // 2 KV heads, key and value
+  EXPECT_EQ(qwen3->qk_head_dim(), 16);  // the softmax scale is 1 / sqrt(head_dim)
+
+  auto moe = PresetConfig("tiny-qwen3-moe");
+  ASSERT_TRUE(moe.ok()) << moe.status();
+  EXPECT_EQ(moe->n_routed_experts, 16);
+  EXPECT_EQ(moe->scoring_func, "softmax");
+  EXPECT_EQ(moe->topk_method, "greedy");
+  EXPECT_TRUE(moe->norm_topk_prob);
+  EXPECT_EQ(moe->n_shared_experts, 0);
+  // decoder_sparse_step 1 with mlp_only_layers [1]: layers 0, 2, 3 are MoE.
+  EXPECT_TRUE(moe->IsMoeLayer(0));
+  EXPECT_FALSE(moe->IsMoeLayer(1));
+  EXPECT_TRUE(moe->IsMoeLayer(2));
+  EXPECT_EQ(moe->num_moe_layers(), 3);
+  auto j = nlohmann::json::parse(ReadFile(PresetPath("tiny-qwen3-moe")));
+  j["decoder_sparse_step"] = 2;
+  j["mlp_only_layers"] = nlohmann::json::array();
+  auto every_other = ParseModelConfig(j.dump());
+  ASSERT_TRUE(every_other.ok()) << every_other.status();
+  EXPECT_FALSE(every_other->IsMoeLayer(0));  // (l + 1) % 2 == 0: layers 1 and 3
+  EXPECT_TRUE(every_other->IsMoeLayer(1));
+  EXPECT_EQ(every_other->num_moe_layers(), 2);
+
+  auto smol = PresetConfig("tiny-smollm3");
+  ASSERT_TRUE(smol.ok()) << smol.status();
+  EXPECT_EQ(smol->rope_layers, (std::vector<bool>{true, true, true, false}));
+  EXPECT_FALSE(smol->UsesRope(3));
+  auto s = nlohmann::json::parse(ReadFile(PresetPath("tiny-smollm3")));
+  s.erase("no_rope_layers");
+  s["no_rope_layer_interval"] = 2;  // transformers' default list from the interval
+  auto from_interval = ParseModelConfig(s.dump());
+  ASSERT_TRUE(from_interval.ok()) << from_interval.status();
+  EXPECT_EQ(from_interval->rope_layers, (std::vector<bool>{true, false, true, false}));
+
+  auto olmo = PresetConfig("tiny-olmo2");
+  ASSERT_TRUE(olmo.ok()) << olmo.status();
+  EXPECT_EQ(olmo->qk_norm, QkNorm::kWhole);
+  EXPECT_EQ(olmo->norm_placement, NormPlacement::kPost);
+  EXPECT_EQ(olmo->head_dim, 8);  // hidden_size / heads when config.json has no head_dim
+
+  auto mistral = PresetConfig("tiny-mistral");
+  ASSERT_TRUE(mistral.ok()) << mistral.status();
+  EXPECT_EQ(mistral->qk_norm, QkNorm::kNone);
+  EXPECT_EQ(mistral->rope_theta, 1e9);
+}
+
+TEST(ModelConfigTest, ParameterCountOfHandWorkedQwen3Moe) {
+  // tiny-qwen3-moe: h=64, 8 heads and 4 KV heads of 16, per-head q/k norms, 4 layers (layer 1
+  // dense of width 128), 16 experts of width 32 without shared experts or router bias, vocab 512.
+  auto c = PresetConfig("tiny-qwen3-moe");
+  ASSERT_TRUE(c.ok());
+  const int64_t attn = 64 * 128 + 2 * 64 * 64 + 128 * 64 + 2 * 16;
+  const int64_t expert = 3 * 64 * 32;
+  const ParamCounts p = c->CountParameters();
+  EXPECT_EQ(p.attention, 4 * attn);
+  EXPECT_EQ(p.dense_mlp, 3 * 64 * 128);
+  EXPECT_EQ(p.routed_experts, 3 * 16 * expert);
+  EXPECT_EQ(p.shared_experts, 0);
+  EXPECT_EQ(p.router, 3 * 64 * 16);
+  EXPECT_EQ(p.embedding, 2 * 512 * 64);
+  EXPECT_EQ(PresetConfig("tiny-qwen3")->CountParameters().embedding, 512 * 64);  // tied
+  EXPECT_EQ(p.active, p.total - 3 * 16 * expert + 3 * 4 * expert);
+}
+
+struct GqaBadCase {
+  std::string label;
+  std::string preset;
+  std::function<void(nlohmann::json&)> edit;
+  std::string expected_field;
+};
+
+class GqaConfigErrorTest : public ::testing::TestWithParam<GqaBadCase> {};
+
+TEST_P(GqaConfigErrorTest, NamesTheField) {
+  auto j = nlohmann::json::parse(ReadFile(PresetPath(GetParam().preset)));
+  GetParam().edit(j);
+  auto c = ParseModelConfig(j.dump());
+  ASSERT_FALSE(c.ok()) << GetParam().label;
+  EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(c.status().message()), HasSubstr(GetParam().expected_field))
+      << c.status();
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    BadConfigs, GqaConfigErrorTest,
+    ::testing::Values(
+        GqaBadCase{"model_type_of_another_family", "tiny-qwen3-moe",
+                   [](auto& j) { j["model_type"] = "qwen3"; }, "\"model_type\""},
+        GqaBadCase{"kv_heads_not_dividing", "tiny-qwen3",
+                   [](auto& j) { j["num_key_value_heads"] = 3; }, "\"num_key_value_heads\""},
+        GqaBadCase{"odd_head_dim", "tiny-mistral", [](auto& j) { j["head_dim"] = 15; },
+                   "\"head_dim\""},
+        GqaBadCase{"sliding_window", "tiny-mistral", [](auto& j) { j["sliding_window"] = 4096; },
+                   "\"sliding_window\""},
+        GqaBadCase{"use_sliding_window", "tiny-qwen3",
+                   [](auto& j) {
+                     j["use_sliding_window"] = true;
+                     j["sliding_window"] = 32;
+                   },
+                   "\"sliding_window\""},
+        GqaBadCase{"rope_scaling", "tiny-qwen3",
+                   [](auto& j) { j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}}; },
+                   "\"rope_scaling\""},
+        GqaBadCase{"missing_num_experts", "tiny-qwen3-moe", [](auto& j) { j.erase("num_experts"); },
+                   "\"num_experts\": missing"},
+        GqaBadCase{"topk_beyond_experts", "tiny-qwen3-moe",
+                   [](auto& j) { j["num_experts_per_tok"] = 17; }, "\"num_experts_per_tok\""},
+        GqaBadCase{"no_rope_layers_length", "tiny-smollm3",
+                   [](auto& j) { j["no_rope_layers"] = {1, 1, 0}; }, "\"no_rope_layers\""},
+        GqaBadCase{"mlp_only_layers_not_ints", "tiny-qwen3-moe",
+                   [](auto& j) { j["mlp_only_layers"] = {"1"}; }, "\"mlp_only_layers\""},
+        GqaBadCase{"bad_act", "tiny-olmo2", [](auto& j) { j["hidden_act"] = "gelu"; },
+                   "\"hidden_act\""}),
+    [](const auto& info) { return info.param.label; });
+
 TEST(ModelConfigTest, RejectsNonJson) {
   for (const char* text : {"", "{", "[1,2]", "null", "{\"a\":}"}) {
     auto c = ParseModelConfig(text);

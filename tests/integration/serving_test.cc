@@ -509,6 +509,21 @@ TEST_F(ServingTest, Int4CheckpointServedUnderTpTwo) {
   ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {2, 2, true, {}}, logs_.path());
 }
 
+// The GQA families served: Qwen3-MoE with its experts over 4 ranks and attention TP 2 x DP 2 (its
+// 4 KV heads split with the query heads), and a dense family whose TP group (4) is larger than
+// its 2 KV heads.
+TEST_F(ServingTest, Qwen3MoeServedUnderTpTwoDpTwo) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-qwen3-moe", WeightDType::kBF16, 44);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {4, 2, true, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, MistralServedUnderTpFour) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-mistral", WeightDType::kBF16, 45);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {4, 4, true, {}}, logs_.path());
+}
+
 TEST_F(ServingTest, PreemptionUnderASmallKvBudgetKeepsOutputsRight) {
   // 24 blocks of 16 tokens per DP group: 384 positions for 12 requests that grow to ~80 each.
   ServingCluster cluster(

@@ -1,6 +1,7 @@
 // CPU kernels against direct double-precision computations.
 #include <cmath>
 #include <complex>
+#include <functional>
 #include <random>
 
 #include "gtest/gtest.h"
@@ -151,6 +152,78 @@ TEST(CpuOpsTest, CausalAttentionMatchesNaive) {
         for (int t = 0; t <= start + i; ++t) o += p[t] / z * v[(t * heads + h) * dv + d];
         EXPECT_NEAR(out[(i * heads + h) * dv + d], o, 1e-5);
       }
+    }
+  }
+}
+
+TEST(CpuOpsTest, RopeHalvesRotatesPairsHalfADimensionApart) {
+  // Llama's rotate_half form: x * cos + rotate_half(x) * sin, cos/sin repeated over both halves.
+  auto x = Random(8, 19);
+  const std::vector<float> theta = {0.3f, -1.2f, 2.5f, 0.01f};
+  std::vector<float> cos(4), sin(4);
+  for (int i = 0; i < 4; ++i) {
+    cos[i] = std::cos(theta[i]);
+    sin[i] = std::sin(theta[i]);
+  }
+  const auto orig = x;
+  RopeHalves(x.data(), 8, cos.data(), sin.data());
+  for (int i = 0; i < 8; ++i) {
+    const double rotated = i < 4 ? -orig[i + 4] : orig[i - 4];  // rotate_half(x)[i]
+    const double c = std::cos(double(theta[i % 4])), sn = std::sin(double(theta[i % 4]));
+    EXPECT_NEAR(x[i], orig[i] * c + rotated * sn, 1e-6);
+  }
+}
+
+// Grouped-query attention, naive: query head h reads K/V head h / (heads / kv_heads).
+double GqaNaive(const std::vector<float>& q, int qi, int h, int heads, int kv_heads, int d,
+                int visible, const std::function<const float*(int)>& key,
+                const std::function<const float*(int)>& value, float scale, int out_d) {
+  const int g = h / (heads / kv_heads);
+  std::vector<double> p;
+  double z = 0;
+  for (int t = 0; t < visible; ++t) {
+    double s = 0;
+    for (int i = 0; i < d; ++i) s += q[(qi * heads + h) * d + i] * key(t)[g * d + i];
+    p.push_back(std::exp(scale * s));
+    z += p.back();
+  }
+  double o = 0;
+  for (int t = 0; t < visible; ++t) o += p[t] / z * value(t)[g * d + out_d];
+  return o;
+}
+
+TEST(CpuOpsTest, GroupedCausalAttentionMatchesNaive) {
+  const int q_len = 5, start = 3, ctx = start + q_len, heads = 6, kv_heads = 2, d = 4;
+  const auto q = Random(q_len * heads * d, 20), k = Random(ctx * kv_heads * d, 21),
+             v = Random(ctx * kv_heads * d, 22);
+  std::vector<float> out(q_len * heads * d);
+  GroupedCausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, kv_heads, d, d, start,
+                         0.4f, out.data());
+  auto key = [&](int t) { return &k[t * kv_heads * d]; };
+  auto value = [&](int t) { return &v[t * kv_heads * d]; };
+  for (int i = 0; i < q_len; ++i) {
+    for (int h = 0; h < heads; ++h) {
+      for (int j = 0; j < d; ++j) {
+        EXPECT_NEAR(out[(i * heads + h) * d + j],
+                    GqaNaive(q, i, h, heads, kv_heads, d, start + i + 1, key, value, 0.4f, j), 1e-5);
+      }
+    }
+  }
+}
+
+TEST(CpuOpsTest, GqaDecodeOverPagedCacheMatchesNaive) {
+  const int heads = 8, kv_heads = 2, d = 6, bs = 4, ctx = 11, row = 2 * kv_heads * d;
+  const std::vector<int32_t> blocks = {2, 0, 3};  // scattered blocks
+  const auto cache = Random(4 * bs * row, 23), q = Random(heads * d, 24);
+  std::vector<float> out(heads * d);
+  GqaDecodeAttention(q.data(), heads, kv_heads, d, cache.data(), blocks.data(), bs, ctx, 0.3f,
+                     out.data());
+  auto key = [&](int t) { return &cache[(blocks[t / bs] * bs + t % bs) * row]; };
+  auto value = [&](int t) { return &cache[(blocks[t / bs] * bs + t % bs) * row + kv_heads * d]; };
+  for (int h = 0; h < heads; ++h) {
+    for (int j = 0; j < d; ++j) {
+      EXPECT_NEAR(out[h * d + j], GqaNaive(q, 0, h, heads, kv_heads, d, ctx, key, value, 0.3f, j),
+                  1e-5);
     }
   }
 }

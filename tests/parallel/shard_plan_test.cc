@@ -57,5 +57,24 @@ TEST(ShardPlanTest, ImpossibleLayoutsNameTheProblem) {
   EXPECT_FALSE(ShardPlan::Create(*c, 0, 1).ok());
 }
 
+// GQA: each TP rank keeps the KV heads its query heads read.
+TEST(ShardPlanTest, GqaKvHeadsFollowTheQueryHeads) {
+  auto c = PresetConfig("tiny-qwen3");  // 8 query heads, 2 KV heads (groups of 4)
+  ASSERT_TRUE(c.ok());
+  auto two = ShardPlan::Create(*c, 2, 2);
+  ASSERT_TRUE(two.ok());
+  EXPECT_EQ(two->Shard(1).heads, (Range{4, 8}));
+  EXPECT_EQ(two->Shard(1).kv_heads, (Range{1, 2}));
+  auto eight = ShardPlan::Create(*c, 8, 8);  // more ranks than KV heads: each is held by 4
+  ASSERT_TRUE(eight.ok());
+  EXPECT_EQ(eight->Shard(3).kv_heads, (Range{0, 1}));
+  EXPECT_EQ(eight->Shard(4).kv_heads, (Range{1, 2}));
+  c->num_attention_heads = 12;  // 3 KV heads of 4 query heads; T = 2 would split KV head 1
+  c->num_key_value_heads = 3;
+  EXPECT_THAT(std::string(ShardPlan::Create(*c, 2, 2).status().message()),
+              HasSubstr("num_key_value_heads 3"));
+  EXPECT_TRUE(ShardPlan::Create(*c, 3, 3).ok());
+}
+
 }  // namespace
 }  // namespace moe

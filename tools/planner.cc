@@ -90,6 +90,10 @@ struct Dims {
 
 absl::Status CheckLayout(const ModelConfig& c, const ClusterSpec& cl, const Layout& l,
                          const Workload& w) {
+  if (!c.is_mla()) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the planner models MLA models (DeepseekV3ForCausalLM) only, not ", c.architectures[0]));
+  }
   const int W = cl.world(), T = l.attn_tp;
   if (W < 1 || cl.gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be >= 1");

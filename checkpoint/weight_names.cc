@@ -56,6 +56,7 @@ void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
     if (a.k_norm) out->push_back(*a.k_norm);
   }
   out->push_back(w.post_attention_layernorm);
+  if (w.pre_feedforward_layernorm) out->push_back(*w.pre_feedforward_layernorm);
   if (w.post_feedforward_layernorm) out->push_back(*w.post_feedforward_layernorm);
   if (w.mlp) Append(*w.mlp, out);
   if (w.gate) out->push_back(*w.gate);
@@ -70,11 +71,14 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
   const std::string p = LayerPrefix(layer), a = p + "self_attn.";
   const int64_t h = c.hidden_size, heads = c.num_attention_heads;
   DecoderLayerWeights w;
-  if (c.norm_placement == NormPlacement::kPre) {
+  if (c.norm_placement != NormPlacement::kPost) {
     w.input_layernorm = {p + "input_layernorm.weight", {h}, Kind::kNorm};
   }
   w.post_attention_layernorm = {p + "post_attention_layernorm.weight", {h}, Kind::kNorm};
-  if (c.norm_placement == NormPlacement::kPost) {
+  if (c.norm_placement == NormPlacement::kSandwich) {
+    w.pre_feedforward_layernorm = {p + "pre_feedforward_layernorm.weight", {h}, Kind::kNorm};
+  }
+  if (c.norm_placement != NormPlacement::kPre) {
     w.post_feedforward_layernorm = {p + "post_feedforward_layernorm.weight", {h}, Kind::kNorm};
   }
   if (c.is_mla()) {

@@ -61,8 +61,10 @@ struct GqaWeights {
 // One decoder layer by role.
 struct DecoderLayerWeights {
   std::optional<WeightSpec> input_layernorm;  // absent with post-normalisation (OLMo 2)
+  // Before the MLP with pre-normalisation; after attention with post- and sandwich norms.
   WeightSpec post_attention_layernorm;
-  std::optional<WeightSpec> post_feedforward_layernorm;  // OLMo 2
+  std::optional<WeightSpec> pre_feedforward_layernorm;   // Gemma 3
+  std::optional<WeightSpec> post_feedforward_layernorm;  // OLMo 2, Gemma 3
   std::optional<MlaWeights> mla;
   std::optional<GqaWeights> gqa;
   // A dense MLP, or a MoE: router (with its correction bias for noaux_tc), routed experts and

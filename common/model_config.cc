@@ -408,14 +408,31 @@ std::string ModelConfig::ToJson() const {
       for (bool b : rope_layers) flags.push_back(b ? 1 : 0);
       j["no_rope_layers"] = flags;
     }
-    if (model_type != "olmo2") j["sliding_window"] = nullptr;
-    if (model_type != "mistral" && model_type != "olmo2") j["use_sliding_window"] = false;
+    if (model_type == "gemma3_text") {
+      std::vector<std::string> types;
+      for (bool b : sliding_layers) types.push_back(b ? "sliding_attention" : "full_attention");
+      j["layer_types"] = types;
+      j["sliding_window"] = sliding_window;
+      j["rope_local_base_freq"] = rope_local_theta;
+      j["query_pre_attn_scalar"] = query_pre_attn_scalar;
+      j["final_logit_softcapping"] =
+          final_logit_softcapping > 0 ? Json(final_logit_softcapping) : Json(nullptr);
+      j["attn_logit_softcapping"] = nullptr;
+      j["use_bidirectional_attention"] = false;
+    } else if (model_type != "olmo2") {
+      j["sliding_window"] = nullptr;
+    }
+    if (model_type != "mistral" && model_type != "olmo2" && model_type != "gemma3_text") {
+      j["use_sliding_window"] = false;
+    }
   }
-  j["hidden_act"] = hidden_act;
+  j[model_type == "gemma3_text" ? "hidden_activation" : "hidden_act"] = hidden_act;
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
-  if (rope_scaling) {
+  if (rope_linear_factor != 1.0) {
+    j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_linear_factor}};
+  } else if (rope_scaling) {
     Json r;
     r["type"] = rope_scaling->type;
     r["factor"] = rope_scaling->factor;
@@ -481,7 +498,76 @@ constexpr Architecture kArchitectures[] = {
     {"MistralForCausalLM", {"mistral"}},
     {"SmolLM3ForCausalLM", {"smollm3"}},
     {"Olmo2ForCausalLM", {"olmo2"}},
+    {"Gemma3ForCausalLM", {"gemma3_text"}},
 };
+
+// Gemma 3's own switches: sandwich norms with (1 + weight), scaled embeddings, GELU-tanh, five
+// sliding-window layers to one global one with separate RoPE bases, soft-capped logits.
+absl::Status ParseGemma3Fields(const Fields& f, ModelConfig& c) {
+  const Json& j = f.obj();
+  c.qk_norm = QkNorm::kPerHead;
+  c.norm_placement = NormPlacement::kSandwich;
+  c.norm_unit_offset = true;
+  c.scale_embeddings = true;
+  c.query_pre_attn_scalar = 256;
+  MOE_RETURN_IF_ERROR(f.Int("query_pre_attn_scalar", &c.query_pre_attn_scalar, false, 1));
+  if (f.Has("attn_logit_softcapping")) {
+    return f.Error("attn_logit_softcapping", "attention soft-capping is not supported (null only)");
+  }
+  bool bidirectional = false;
+  MOE_RETURN_IF_ERROR(f.Bool("use_bidirectional_attention", &bidirectional));
+  if (bidirectional) return f.Error("use_bidirectional_attention", "only causal attention");
+  MOE_RETURN_IF_ERROR(f.Double("final_logit_softcapping", &c.final_logit_softcapping, false));
+  if (c.final_logit_softcapping < 0) return f.Error("final_logit_softcapping", "must be >= 0");
+  c.sliding_window = 4096;
+  MOE_RETURN_IF_ERROR(f.Int("sliding_window", &c.sliding_window, false, 1));
+  if (f.Has("layer_types")) {
+    const Json& t = j.at("layer_types");
+    if (!t.is_array() || static_cast<int64_t>(t.size()) != c.num_hidden_layers) {
+      return f.Error("layer_types", absl::StrCat("expected one entry per layer (",
+                                                 c.num_hidden_layers, ")"));
+    }
+    for (const Json& e : t) {
+      if (!e.is_string() || (e != "sliding_attention" && e != "full_attention")) {
+        return f.Error("layer_types", "expected \"sliding_attention\" or \"full_attention\"");
+      }
+      c.sliding_layers.push_back(e == "sliding_attention");
+    }
+  } else {
+    int64_t pattern = 6;
+    MOE_RETURN_IF_ERROR(f.Int("sliding_window_pattern", &pattern, false, 1));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) c.sliding_layers.push_back((l + 1) % pattern != 0);
+  }
+  c.rope_local_theta = 10000.0;
+  MOE_RETURN_IF_ERROR(f.Double("rope_local_base_freq", &c.rope_local_theta, false));
+  // transformers 5 writes both bases as rope_parameters.{full,sliding}_attention.
+  auto linear = [&](const Fields& r) -> absl::Status {
+    std::string type = "default";
+    MOE_RETURN_IF_ERROR(r.String(r.Has("rope_type") ? "rope_type" : "type", &type, false));
+    MOE_RETURN_IF_ERROR(r.OneOf("rope_type", type, {"default", "linear"}));
+    if (type == "linear") MOE_RETURN_IF_ERROR(r.Double("factor", &c.rope_linear_factor, true));
+    if (!(c.rope_linear_factor >= 1)) return r.Error("factor", "must be >= 1");
+    return absl::OkStatus();
+  };
+  if (f.Has("rope_parameters") && j.at("rope_parameters").contains("full_attention")) {
+    const Json& rp = j.at("rope_parameters");
+    for (const char* kind : {"full_attention", "sliding_attention"}) {
+      if (!rp.contains(kind) || !rp.at(kind).is_object()) {
+        return f.Error("rope_parameters", absl::StrCat("expected an object \"", kind, "\""));
+      }
+      Fields r(rp.at(kind), absl::StrCat("config.json rope_parameters.", kind, " "));
+      double* theta = std::string(kind) == "full_attention" ? &c.rope_theta : &c.rope_local_theta;
+      MOE_RETURN_IF_ERROR(r.Double("rope_theta", theta, false));
+      if (std::string(kind) == "full_attention") MOE_RETURN_IF_ERROR(linear(r));
+    }
+  } else if (f.Has("rope_scaling")) {
+    const Json& rs = j.at("rope_scaling");
+    if (!rs.is_object()) return f.TypeError("rope_scaling", "an object");
+    MOE_RETURN_IF_ERROR(linear(Fields(rs, "config.json rope_scaling ")));
+  }
+  if (!(c.rope_local_theta > 1)) return f.Error("rope_local_base_freq", "must be > 1");
+  return absl::OkStatus();
+}
 
 absl::Status ParseIntList(const Fields& f, const char* key, std::vector<int64_t>* out) {
   if (!f.Has(key)) return absl::OkStatus();
@@ -549,6 +635,7 @@ absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
                    absl::StrCat(c.num_key_value_heads, " does not divide num_attention_heads ",
                                 c.num_attention_heads));
   }
+  if (c.model_type == "gemma3_text") return ParseGemma3Fields(f, c);
   if (f.Has("rope_scaling")) {
     return f.Error("rope_scaling", "RoPE scaling is not supported for this architecture yet");
   }
@@ -631,13 +718,22 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   MOE_RETURN_IF_ERROR(f.Int("num_attention_heads", &c.num_attention_heads, true, 1));
   c.num_key_value_heads = c.num_attention_heads;
   MOE_RETURN_IF_ERROR(f.Int("num_key_value_heads", &c.num_key_value_heads, false, 1));
-  MOE_RETURN_IF_ERROR(f.String("hidden_act", &c.hidden_act, false));
-  MOE_RETURN_IF_ERROR(f.OneOf("hidden_act", c.hidden_act, {"silu"}));
+  const bool gemma = c.model_type == "gemma3_text";
+  if (gemma) {  // transformers' Gemma3TextConfig defaults
+    c.hidden_act = "gelu_pytorch_tanh";
+    c.rope_theta = 1000000.0;
+    c.tie_word_embeddings = true;
+    MOE_RETURN_IF_ERROR(f.String("hidden_activation", &c.hidden_act, false));
+    MOE_RETURN_IF_ERROR(f.OneOf("hidden_activation", c.hidden_act, {"gelu_pytorch_tanh"}));
+  } else {
+    MOE_RETURN_IF_ERROR(f.String("hidden_act", &c.hidden_act, false));
+    MOE_RETURN_IF_ERROR(f.OneOf("hidden_act", c.hidden_act, {"silu"}));
+  }
   MOE_RETURN_IF_ERROR(f.Int("max_position_embeddings", &c.max_position_embeddings, true, 1));
   MOE_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c.rms_norm_eps, false));
   if (!(c.rms_norm_eps > 0)) return f.Error("rms_norm_eps", "must be positive");
   MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
-  if (f.Has("rope_parameters")) {  // transformers 5 spelling: {"rope_type": ..., "rope_theta": ...}
+  if (f.Has("rope_parameters") && !gemma) {  // transformers 5 spelling: {"rope_type": ..., "rope_theta": ...}
     const Json& rp = j.at("rope_parameters");
     if (!rp.is_object()) return f.TypeError("rope_parameters", "an object");
     Fields r(rp, "config.json rope_parameters ");

@@ -3,7 +3,8 @@
 //   - DeepseekV3ForCausalLM (model_type deepseek_v3 or kimi_k2): MLA attention, DeepSeek's MoE
 //     with shared experts and grouped routing, an MTP layer;
 //   - the GQA families — Qwen3ForCausalLM (qwen3), Qwen3MoeForCausalLM (qwen3_moe),
-//     MistralForCausalLM (mistral), SmolLM3ForCausalLM (smollm3), Olmo2ForCausalLM (olmo2):
+//     MistralForCausalLM (mistral), SmolLM3ForCausalLM (smollm3), Olmo2ForCausalLM (olmo2),
+//     Gemma3ForCausalLM (gemma3_text):
 //     grouped-query attention over num_key_value_heads x head_dim, rotate-half RoPE, and the
 //     family's switches below (QK-norm, norm placement, NoPE layers, softmax top-k MoE).
 #pragma once
@@ -68,6 +69,15 @@ struct ParamCounts {
 enum class NormPlacement {
   kPre,   // x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x))
   kPost,  // OLMo 2: x + post_attention_layernorm(attn(x)), then x + post_feedforward_layernorm(mlp(x))
+  // Gemma 3: x + post_attention_layernorm(attn(input_layernorm(x))), then
+  // x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))
+  kSandwich,
+};
+
+// The gated MLP's activation: act(gate_proj(x)) * up_proj(x).
+enum class Activation {
+  kSilu,      // hidden_act "silu"
+  kGeluTanh,  // Gemma's hidden_activation "gelu_pytorch_tanh"
 };
 
 // RMSNorm of the queries and keys before RoPE.
@@ -127,8 +137,26 @@ struct ModelConfig {
   // mlp_only_layers (0: DeepSeek's first_k_dense_replace / moe_layer_freq rule instead).
   int64_t decoder_sparse_step = 0;
   std::vector<int64_t> mlp_only_layers;
+  // Gemma 3: sliding-window layers (layer_types / sliding_window_pattern) see the last
+  // sliding_window positions, up to their own, and rotate with rope_local_base_freq; the others
+  // ("full_attention") with rope_theta and rope_scaling's linear factor.
+  std::vector<bool> sliding_layers;  // empty: none
+  int64_t sliding_window = 0;
+  double rope_local_theta = 0;  // rope_local_base_freq
+  double rope_linear_factor = 1.0;
+  int64_t query_pre_attn_scalar = 0;  // the softmax scale is its -1/2 power (0: head_dim's)
+  double final_logit_softcapping = 0;  // logits = cap * tanh(logits / cap) (0: none)
+  bool norm_unit_offset = false;  // RMSNorm scales by (1 + weight)
+  bool scale_embeddings = false;  // embeddings times sqrt(hidden_size)
 
   bool is_mla() const { return kv_lora_rank > 0; }  // DeepseekV3ForCausalLM
+  Activation activation() const {
+    return hidden_act == "gelu_pytorch_tanh" ? Activation::kGeluTanh : Activation::kSilu;
+  }
+  bool IsSliding(int64_t layer) const {
+    return layer < static_cast<int64_t>(sliding_layers.size()) &&
+           sliding_layers[static_cast<size_t>(layer)];
+  }
   bool UsesRope(int64_t layer) const {
     return rope_layers.empty() || layer >= static_cast<int64_t>(rope_layers.size()) ||
            rope_layers[static_cast<size_t>(layer)];

@@ -21,6 +21,8 @@ struct ForwardBatch {
   std::vector<ForwardChunk> chunks;
   std::vector<int64_t> positions;  // per token
   Tensor rope_cos, rope_sin;       // [num_tokens, qk_rope_head_dim / 2]
+  // Gemma 3's sliding-window layers' angles (their own base); empty for other models.
+  Tensor local_rope_cos, local_rope_sin;
   int64_t num_tokens() const { return static_cast<int64_t>(positions.size()); }
 };
 

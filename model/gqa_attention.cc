@@ -27,6 +27,8 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   a.full_kv_ = c.num_key_value_heads * d;
   a.kv_replication_ = tp * kv.size() / c.num_key_value_heads;
   a.rope_ = c.UsesRope(layer);
+  a.window_ = c.IsSliding(layer) ? c.sliding_window : 0;
+  a.local_rope_ = c.IsSliding(layer) && c.rope_local_theta > 0;
   a.scale_ = softmax_scale;
   a.eps_ = static_cast<float>(c.rms_norm_eps);
   a.qk_norm_ = c.qk_norm;
@@ -47,10 +49,10 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   uint64_t* replicated = &bytes->attention_replicated;
   if (c.qk_norm == QkNorm::kPerHead) {
     MOE_ASSIGN_OR_RETURN(a.q_norm_, Metered(ck, replicated, [&] {
-                           return RmsNorm::Load(ck, *w.q_norm, c.rms_norm_eps);
+                           return RmsNorm::Load(ck, *w.q_norm, c.rms_norm_eps, c.norm_unit_offset);
                          }));
     MOE_ASSIGN_OR_RETURN(a.k_norm_, Metered(ck, replicated, [&] {
-                           return RmsNorm::Load(ck, *w.k_norm, c.rms_norm_eps);
+                           return RmsNorm::Load(ck, *w.k_norm, c.rms_norm_eps, c.norm_unit_offset);
                          }));
   } else if (c.qk_norm == QkNorm::kWhole) {
     auto slice = [&](const WeightSpec& spec, Range r) -> absl::StatusOr<Tensor> {
@@ -113,9 +115,11 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
     }
   }
   if (rope_) {
+    const Tensor& cos_all = local_rope_ ? batch.local_rope_cos : batch.rope_cos;
+    const Tensor& sin_all = local_rope_ ? batch.local_rope_sin : batch.rope_sin;
     for (int64_t t = 0; t < n; ++t) {
-      const float* cos = batch.rope_cos.row(t);
-      const float* sin = batch.rope_sin.row(t);
+      const float* cos = cos_all.row(t);
+      const float* sin = sin_all.row(t);
       for (int64_t hd = 0; hd < heads_; ++hd) cpu::RopeHalves(q.data() + t * qw + hd * d, d, cos, sin);
       for (int64_t hd = 0; hd < kv_heads_; ++hd) {
         cpu::RopeHalves(kv.data() + t * row + hd * d, d, cos, sin);
@@ -142,7 +146,7 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
         const int64_t r = c.first_token + i;
         cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache,
                                 c.block_table->data(), bs, c.start_pos + i + 1, scale_,
-                                attn.data() + r * qw);
+                                attn.data() + r * qw, window_);
       }
       continue;
     }
@@ -156,7 +160,7 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
     }
     cpu::GroupedCausalAttention(q.data() + c.first_token * qw, k.data(), v.data(), c.num_tokens,
                                 ctx, heads_, kv_heads_, d, d, c.start_pos, scale_,
-                                attn.data() + c.first_token * qw);
+                                attn.data() + c.first_token * qw, window_);
   }
   o_proj_.Forward(attn.data(), n, out);
   if (tp_->size() > 1) {

@@ -3,7 +3,9 @@
 //   q = q_proj(x) [heads x head_dim], k = k_proj(x), v = v_proj(x) [kv_heads x head_dim]
 //   QK-norm where the family has it: RMSNorm per head (Qwen3) or over the whole projection
 //     (OLMo 2; under TP its sum of squares is summed over the group)
-//   q, k rotated (rotate-half RoPE) except on NoPE layers (SmolLM3's no_rope_layers)
+//   q, k rotated (rotate-half RoPE) except on NoPE layers (SmolLM3's no_rope_layers); Gemma 3's
+//     sliding-window layers with their own RoPE base, seeing only the last sliding_window
+//     positions
 //   [k | v] written to the layer's paged cache; causal softmax(scale q·k) v with query head h
 //     reading K/V head h / (heads / kv_heads)
 //   o_proj row-parallel: partial sums over the TP group are added.
@@ -45,6 +47,8 @@ class GqaAttention {
   int64_t full_q_ = 0, full_kv_ = 0;  // the whole projections' widths (for WholeNorm)
   int64_t kv_replication_ = 1;        // ranks holding each KV head
   bool rope_ = true;
+  bool local_rope_ = false;  // the batch's local_rope_cos/sin (Gemma 3's sliding layers)
+  int64_t window_ = 0;       // sliding window (0: all positions)
   float scale_ = 1.0f, eps_ = 1e-6f;
   QkNorm qk_norm_ = QkNorm::kNone;
   Linear q_proj_, k_proj_, v_proj_, o_proj_;

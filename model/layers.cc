@@ -27,9 +27,13 @@ void Linear::Forward(const float* x, int64_t n, float* y, int64_t ldy) const {
   cpu::MatMulNT(n, x, in_features(), weight_, y, ldy < 0 ? out_features() : ldy);
 }
 
-absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const WeightSpec& spec, double eps) {
+absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const WeightSpec& spec, double eps,
+                                      bool unit_offset) {
   RmsNorm n;
   MOE_ASSIGN_OR_RETURN(n.weight_, ck.Load(spec.name, spec.shape));
+  if (unit_offset) {
+    for (int64_t i = 0; i < n.weight_.numel(); ++i) n.weight_[i] += 1.0f;
+  }
   n.eps_ = static_cast<float>(eps);
   return n;
 }

@@ -41,7 +41,9 @@ class Linear {
 class RmsNorm {
  public:
   RmsNorm() = default;
-  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const WeightSpec& spec, double eps);
+  // With `unit_offset` (Gemma) the scale is 1 + weight.
+  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const WeightSpec& spec, double eps,
+                                      bool unit_offset = false);
   // y and x may alias; rows are `ld` apart.
   void Forward(const float* x, int64_t n, float* y, int64_t ld = -1) const;
 

@@ -1,5 +1,6 @@
-// The SiLU-gated MLP: down_proj(silu(gate_proj(x)) * up_proj(x)). Used for the dense layers, the
-// shared experts (both split over the TP group by intermediate rows) and each routed expert.
+// The gated MLP: down_proj(act(gate_proj(x)) * up_proj(x)), act SiLU (or Gemma's GELU-tanh).
+// Used for the dense layers, the shared experts (both split over the TP group by intermediate
+// rows) and each routed expert.
 #pragma once
 
 #include <string>
@@ -7,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weight_names.h"
+#include "common/model_config.h"
 #include "model/layers.h"
 #include "parallel/shard_plan.h"
 
@@ -16,7 +18,8 @@ class GatedMlp {
  public:
   GatedMlp() = default;
   // This rank holds the intermediate rows `part` of the full weights `w`.
-  static absl::StatusOr<GatedMlp> Load(Checkpoint& ck, const MlpWeights& w, Range part);
+  static absl::StatusOr<GatedMlp> Load(Checkpoint& ck, const MlpWeights& w, Range part,
+                                       Activation act = Activation::kSilu);
   // y [n, hidden] = this rank's partial sum (complete when part covers all rows).
   void Forward(const float* x, int64_t n, float* y) const;
   int64_t intermediate() const { return down_.in_features(); }
@@ -25,6 +28,7 @@ class GatedMlp {
   Linear gate_;  // [inter_local, hidden]
   Linear up_;    // [inter_local, hidden]
   Linear down_;  // [hidden, inter_local]
+  Activation act_ = Activation::kSilu;
 };
 
 }  // namespace moe

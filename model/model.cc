@@ -1,5 +1,6 @@
 #include "model/model.h"
 
+#include <cmath>
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
@@ -24,12 +25,13 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
   auto norm = [&](const std::optional<WeightSpec>& spec, RmsNorm* out) -> absl::Status {
     if (!spec) return absl::OkStatus();
     MOE_ASSIGN_OR_RETURN(*out, Metered(ck, &bytes->norms, [&] {
-                           return RmsNorm::Load(ck, *spec, c.rms_norm_eps);
+                           return RmsNorm::Load(ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
                          }));
     return absl::OkStatus();
   };
   MOE_RETURN_IF_ERROR(norm(w.input_layernorm, &d->input_layernorm_));
   MOE_RETURN_IF_ERROR(norm(w.post_attention_layernorm, &d->post_attention_layernorm_));
+  MOE_RETURN_IF_ERROR(norm(w.pre_feedforward_layernorm, &d->pre_feedforward_layernorm_));
   MOE_RETURN_IF_ERROR(norm(w.post_feedforward_layernorm, &d->post_feedforward_layernorm_));
   if (w.mla) {
     MOE_ASSIGN_OR_RETURN(d->mla_, MlaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
@@ -40,7 +42,8 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
     MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, w, ctx, bytes));
   } else {
     MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
-                           return GatedMlp::Load(ck, *w.mlp, ctx.shard().dense_inter);
+                           return GatedMlp::Load(ck, *w.mlp, ctx.shard().dense_inter,
+                                                 c.activation());
                          }));
   }
   return d;
@@ -49,11 +52,13 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
 absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache) {
   const int64_t n = batch.num_tokens();
   const size_t count = static_cast<size_t>(n * hidden_);
-  const bool pre = placement_ == NormPlacement::kPre;
+  // Norms before a block (pre, sandwich) and after it, inside the residual (post, sandwich).
+  const bool norm_in = placement_ != NormPlacement::kPost;
+  const bool norm_out = placement_ != NormPlacement::kPre;
   FloatVector normed(count), delta(count);
-  // Attention block: x += attn(input_layernorm(x)), or x += post_attention_layernorm(attn(x)).
+  // Attention block: x += [post_attention_layernorm](attn([input_layernorm](x))).
   const float* in = x;
-  if (pre) {
+  if (norm_in) {
     input_layernorm_.Forward(x, n, normed.data());
     in = normed.data();
   }
@@ -62,12 +67,15 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
   } else {
     MOE_RETURN_IF_ERROR(gqa_->Forward(in, batch, cache, delta.data()));
   }
-  if (!pre) post_attention_layernorm_.Forward(delta.data(), n, delta.data());
+  if (norm_out) post_attention_layernorm_.Forward(delta.data(), n, delta.data());
   cpu::Add(x, delta.data(), static_cast<int64_t>(count));
-  // MLP block: x += mlp(post_attention_layernorm(x)), or x += post_feedforward_layernorm(mlp(x)).
+  // MLP block: x += [post_feedforward_layernorm](mlp([pre-MLP norm](x))), the pre-MLP norm being
+  // post_attention_layernorm (pre) or pre_feedforward_layernorm (sandwich).
   in = x;
-  if (pre) {
-    post_attention_layernorm_.Forward(x, n, normed.data());
+  if (norm_in) {
+    const RmsNorm& pre_mlp = placement_ == NormPlacement::kSandwich ? pre_feedforward_layernorm_
+                                                                    : post_attention_layernorm_;
+    pre_mlp.Forward(x, n, normed.data());
     in = normed.data();
   }
   if (moe_) {
@@ -76,7 +84,7 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
     dense_->Forward(in, n, delta.data());
     if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
   }
-  if (!pre) post_feedforward_layernorm_.Forward(delta.data(), n, delta.data());
+  if (norm_out) post_feedforward_layernorm_.Forward(delta.data(), n, delta.data());
   cpu::Add(x, delta.data(), static_cast<int64_t>(count));
   return absl::OkStatus();
 }
@@ -107,7 +115,7 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
   MOE_ASSIGN_OR_RETURN(m->norm_, Metered(*ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(*ck, top.norm, c.rms_norm_eps);
+                         return RmsNorm::Load(*ck, top.norm, c.rms_norm_eps, c.norm_unit_offset);
                        }));
   MOE_ASSIGN_OR_RETURN(m->lm_head_, Metered(*ck, &bytes->embedding, [&] {
                          return ParallelLmHead::Load(*ck, top.lm_head, ctx.plan().tp_size(),
@@ -124,12 +132,19 @@ absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const 
                                       const std::vector<int64_t>& logit_rows) {
   logits_ = Tensor();
   MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
+  if (config_.scale_embeddings) {
+    cpu::Scale(x.data(), static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size))),
+               x.numel());
+  }
   for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   Tensor last = GatherRows(x, logit_rows);
   if (mtp_) hidden_ = std::move(x);  // the MTP layer reads rows of it after this step's sampling
   norm_.Forward(last.data(), m, last.data());
   MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
+  if (const float cap = static_cast<float>(config_.final_logit_softcapping); cap > 0) {
+    for (int64_t i = 0; i < logits_.numel(); ++i) logits_[i] = std::tanh(logits_[i] / cap) * cap;
+  }
   return absl::OkStatus();
 }
 

@@ -1,7 +1,7 @@
 // A decoder-only causal LM on one rank: embed_tokens -> num_hidden_layers x (attention block ->
 // residual -> MLP block -> residual) -> norm -> lm_head (or the embedding, tied). The blocks are
 // the config's: MLA or GQA attention; a dense MLP or a MoE; norms before each block (DeepSeek,
-// Qwen3, Mistral, SmolLM3) or after it, inside the residual (OLMo 2).
+// Qwen3, Mistral, SmolLM3), after it inside the residual (OLMo 2), or both (Gemma 3).
 // Loads only this rank's shard of the checkpoint; the MTP layer (model.layers.<L>.* for
 // L = num_hidden_layers) only when asked for (speculative decoding), with a cache layer of its own.
 #pragma once
@@ -40,7 +40,8 @@ class DecoderLayer {
  private:
   int64_t hidden_ = 0;
   NormPlacement placement_ = NormPlacement::kPre;
-  RmsNorm input_layernorm_, post_attention_layernorm_, post_feedforward_layernorm_;
+  RmsNorm input_layernorm_, post_attention_layernorm_, pre_feedforward_layernorm_,
+      post_feedforward_layernorm_;
   std::optional<MlaAttention> mla_;
   std::optional<GqaAttention> gqa_;
   std::optional<GatedMlp> dense_;  // first_k_dense_replace layers (TP-split rows)

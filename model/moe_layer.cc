@@ -34,13 +34,15 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, C
   }
   for (int64_t e : ctx.shard().experts) {
     MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
-                           return GatedMlp::Load(ck, w.experts[e], {0, c.moe_intermediate_size});
+                           return GatedMlp::Load(ck, w.experts[e], {0, c.moe_intermediate_size},
+                                                 c.activation());
                          }));
     m->experts_.push_back(std::move(expert));
   }
   if (w.shared_experts) {
     MOE_ASSIGN_OR_RETURN(GatedMlp shared, Metered(ck, &bytes->shared_experts, [&] {
-                           return GatedMlp::Load(ck, *w.shared_experts, ctx.shard().shared_inter);
+                           return GatedMlp::Load(ck, *w.shared_experts, ctx.shard().shared_inter,
+                                                 c.activation());
                          }));
     m->shared_ = std::make_unique<GatedMlp>(std::move(shared));
   }

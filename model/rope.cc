@@ -21,10 +21,19 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : dim_(c.qk_rope_head_dim
   const int64_t half = dim_ / 2;
   const double base = c.rope_theta;
   inv_freq_.resize(static_cast<size_t>(half));
-  softmax_scale_ = static_cast<float>(1.0 / std::sqrt(static_cast<double>(c.qk_head_dim())));
+  softmax_scale_ = static_cast<float>(1.0 / std::sqrt(c.query_pre_attn_scalar > 0
+                                                           ? static_cast<double>(c.query_pre_attn_scalar)
+                                                           : static_cast<double>(c.qk_head_dim())));
+  if (c.rope_local_theta > 0) {
+    local_inv_freq_.resize(static_cast<size_t>(half));
+    for (int64_t i = 0; i < half; ++i) {
+      local_inv_freq_[i] = static_cast<float>(1.0 / std::pow(c.rope_local_theta, 2.0 * i / dim_));
+    }
+  }
   if (!c.rope_scaling) {
     for (int64_t i = 0; i < half; ++i) {
-      inv_freq_[i] = static_cast<float>(1.0 / std::pow(base, 2.0 * i / dim_));
+      inv_freq_[i] =
+          static_cast<float>(1.0 / std::pow(base, 2.0 * i / dim_) / c.rope_linear_factor);
     }
     return;
   }
@@ -73,6 +82,17 @@ void RotaryEmbedding::SetAngles(ForwardBatch& batch) const {
   batch.rope_sin = Tensor({n, half});
   for (int64_t t = 0; t < n; ++t) {
     CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
+  }
+  if (local_inv_freq_.empty()) return;
+  batch.local_rope_cos = Tensor({n, half});
+  batch.local_rope_sin = Tensor({n, half});
+  for (int64_t t = 0; t < n; ++t) {
+    const float p = static_cast<float>(batch.positions[t]);
+    for (int64_t i = 0; i < half; ++i) {
+      const float angle = p * local_inv_freq_[i];
+      batch.local_rope_cos.row(t)[i] = std::cos(angle);
+      batch.local_rope_sin.row(t)[i] = std::sin(angle);
+    }
   }
 }
 

@@ -43,7 +43,7 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 
 void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
                             int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
-                            int64_t start, float scale, float* out) {
+                            int64_t start, float scale, float* out, int64_t window) {
   // Per head and tile of query rows: S = Q K^T (one GEMM over the strided head slices), causal
   // mask, softmax per row, O = P V. Heads and tiles run in parallel; the products inside are
   // single-threaded BLAS calls. Query head h reads key/value head h / (heads / kv_heads).
@@ -63,8 +63,10 @@ void GroupedCausalAttention(const float* q, const float* k, const float* v, int6
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * visible;
           const int64_t sees = std::min(ctx, start + i0 + r + 1);
-          for (int64_t t = 0; t < sees; ++t) row[t] *= scale;
-          SoftmaxInPlace(row, sees);
+          const int64_t first = window > 0 ? std::max<int64_t>(0, sees - window) : 0;
+          for (int64_t t = first; t < sees; ++t) row[t] *= scale;
+          SoftmaxInPlace(row + first, sees - first);
+          std::fill(row, row + first, 0.0f);
           std::fill(row + sees, row + visible, 0.0f);
         }
         MatMulNN(rows, dv, visible, s.data(), visible, v + kvh * dv, kv_heads * dv,
@@ -82,8 +84,9 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
 
 void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         const float* cache, const int32_t* blocks, int64_t block_size,
-                        int64_t ctx_len, float scale, float* out) {
+                        int64_t ctx_len, float scale, float* out, int64_t window) {
   const int64_t row = 2 * kv_heads * head_dim, group = heads / kv_heads;
+  const int64_t first = window > 0 ? std::max<int64_t>(0, ctx_len - window) : 0;
 #pragma omp parallel if (heads * ctx_len * head_dim > 65536)
   {
     std::vector<float> p(static_cast<size_t>(ctx_len));
@@ -91,7 +94,7 @@ void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t
     for (int64_t h = 0; h < heads; ++h) {
       const float* qh = q + h * head_dim;
       const int64_t k_off = (h / group) * head_dim, v_off = (kv_heads + h / group) * head_dim;
-      for (int64_t t = 0; t < ctx_len; ++t) {
+      for (int64_t t = first; t < ctx_len; ++t) {
         const float* kv =
             cache +
             (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
@@ -100,10 +103,10 @@ void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t
         for (int64_t i = 0; i < head_dim; ++i) s += qh[i] * kv[k_off + i];
         p[t] = s * scale;
       }
-      SoftmaxInPlace(p.data(), ctx_len);
+      SoftmaxInPlace(p.data() + first, ctx_len - first);
       float* oh = out + h * head_dim;
       std::fill(oh, oh + head_dim, 0.0f);
-      for (int64_t t = 0; t < ctx_len; ++t) {
+      for (int64_t t = first; t < ctx_len; ++t) {
         const float* kv =
             cache +
             (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;

@@ -80,6 +80,20 @@ void SiluAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out) {
   }
 }
 
+void GeluTanhAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out) {
+  const float k = 0.7978845608028654f;  // sqrt(2 / pi)
+#pragma omp parallel for schedule(static) if (rows * inter > 16384)
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* g = gate_up + r * 2 * inter;
+    const float* u = g + inter;
+    float* o = out + r * inter;
+    for (int64_t i = 0; i < inter; ++i) {
+      const float x = g[i];
+      o[i] = 0.5f * x * (1.0f + std::tanh(k * (x + 0.044715f * x * x * x))) * u[i];
+    }
+  }
+}
+
 void SoftmaxInPlace(float* x, int64_t n) {
   if (n == 0) return;
   float mx = x[0];

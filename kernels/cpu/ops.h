@@ -24,6 +24,8 @@ void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float*
 
 // out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]  (gate and up side by side per row).
 void SiluAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out);
+// The same with gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))) (Gemma).
+void GeluTanhAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out);
 
 // In-place numerically stable softmax of n values.
 void SoftmaxInPlace(float* x, int64_t n);

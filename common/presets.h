@@ -15,7 +15,8 @@ namespace moe {
 // an MTP layer in the files), tiny-kimi-k2 (one group, more experts, fewer heads), tiny-v2lite
 // (no q-LoRA, plain RoPE); the GQA families' tiny-qwen3 (tied embeddings, head_dim 16 of a
 // 64-wide model), tiny-qwen3-moe (16 experts, layer 1 dense), tiny-mistral, tiny-smollm3 (NoPE
-// on layer 3) and tiny-olmo2 (post-norm, whole-projection QK-norm).
+// on layer 3), tiny-olmo2 (post-norm, whole-projection QK-norm) and tiny-gemma3 (5 sliding layers
+// of window 8 to 1 global, soft-capped logits).
 std::vector<std::string> PresetNames();
 // The preset's config.json text; NOT_FOUND naming the known presets.
 absl::StatusOr<std::string> PresetJson(const std::string& name);

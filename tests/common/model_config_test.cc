@@ -315,6 +315,41 @@ TEST(ModelConfigTest, ParsesTheGqaFamilies) {
   EXPECT_EQ(mistral->rope_theta, 1e9);
 }
 
+TEST(ModelConfigTest, ParsesGemma3) {
+  auto g = PresetConfig("tiny-gemma3");
+  ASSERT_TRUE(g.ok()) << g.status();
+  EXPECT_EQ(g->norm_placement, NormPlacement::kSandwich);
+  EXPECT_TRUE(g->norm_unit_offset);
+  EXPECT_TRUE(g->scale_embeddings);
+  EXPECT_EQ(g->activation(), Activation::kGeluTanh);
+  EXPECT_EQ(g->sliding_window, 8);
+  EXPECT_EQ(g->sliding_layers, (std::vector<bool>{true, true, true, true, true, false}));
+  EXPECT_EQ(g->rope_local_theta, 1e4);
+  EXPECT_EQ(g->rope_linear_factor, 8.0);
+  EXPECT_EQ(g->final_logit_softcapping, 30.0);
+  EXPECT_EQ(g->query_pre_attn_scalar, 32);
+  // The older spelling: sliding_window_pattern instead of layer_types (every 6th layer global).
+  auto j = nlohmann::json::parse(ReadFile(PresetPath("tiny-gemma3")));
+  j.erase("layer_types");
+  j["sliding_window_pattern"] = 3;
+  auto pattern = ParseModelConfig(j.dump());
+  ASSERT_TRUE(pattern.ok()) << pattern.status();
+  EXPECT_EQ(pattern->sliding_layers, (std::vector<bool>{true, true, false, true, true, false}));
+  // transformers 5's rope_parameters per layer type.
+  j = nlohmann::json::parse(ReadFile(PresetPath("tiny-gemma3")));
+  j.erase("rope_theta");
+  j.erase("rope_local_base_freq");
+  j.erase("rope_scaling");
+  j["rope_parameters"] = {
+      {"full_attention", {{"rope_type", "linear"}, {"factor", 4.0}, {"rope_theta", 5e5}}},
+      {"sliding_attention", {{"rope_type", "default"}, {"rope_theta", 2e4}}}};
+  auto params = ParseModelConfig(j.dump());
+  ASSERT_TRUE(params.ok()) << params.status();
+  EXPECT_EQ(params->rope_theta, 5e5);
+  EXPECT_EQ(params->rope_local_theta, 2e4);
+  EXPECT_EQ(params->rope_linear_factor, 4.0);
+}
+
 TEST(ModelConfigTest, ParameterCountOfHandWorkedQwen3Moe) {
   // tiny-qwen3-moe: h=64, 8 heads and 4 KV heads of 16, per-head q/k norms, 4 layers (layer 1
   // dense of width 128), 16 experts of width 32 without shared experts or router bias, vocab 512.
@@ -381,7 +416,20 @@ INSTANTIATE_TEST_SUITE_P(
         GqaBadCase{"mlp_only_layers_not_ints", "tiny-qwen3-moe",
                    [](auto& j) { j["mlp_only_layers"] = {"1"}; }, "\"mlp_only_layers\""},
         GqaBadCase{"bad_act", "tiny-olmo2", [](auto& j) { j["hidden_act"] = "gelu"; },
-                   "\"hidden_act\""}),
+                   "\"hidden_act\""},
+        GqaBadCase{"gemma_bad_act", "tiny-gemma3",
+                   [](auto& j) { j["hidden_activation"] = "relu"; }, "\"hidden_activation\""},
+        GqaBadCase{"attention_softcap", "tiny-gemma3",
+                   [](auto& j) { j["attn_logit_softcapping"] = 50.0; }, "\"attn_logit_softcapping\""},
+        GqaBadCase{"bidirectional", "tiny-gemma3",
+                   [](auto& j) { j["use_bidirectional_attention"] = true; },
+                   "\"use_bidirectional_attention\""},
+        GqaBadCase{"layer_types_length", "tiny-gemma3",
+                   [](auto& j) { j["layer_types"] = {"full_attention"}; }, "\"layer_types\""},
+        GqaBadCase{"layer_type_unknown", "tiny-gemma3",
+                   [](auto& j) { j["layer_types"][0] = "chunked_attention"; }, "\"layer_types\""},
+        GqaBadCase{"gemma_rope_type", "tiny-gemma3",
+                   [](auto& j) { j["rope_scaling"]["rope_type"] = "yarn"; }, "\"rope_type\""}),
     [](const auto& info) { return info.param.label; });
 
 TEST(ModelConfigTest, RejectsNonJson) {

@@ -175,20 +175,22 @@ TEST(CpuOpsTest, RopeHalvesRotatesPairsHalfADimensionApart) {
 }
 
 // Grouped-query attention, naive: query head h reads K/V head h / (heads / kv_heads).
+// Keys first .. visible - 1.
 double GqaNaive(const std::vector<float>& q, int qi, int h, int heads, int kv_heads, int d,
                 int visible, const std::function<const float*(int)>& key,
-                const std::function<const float*(int)>& value, float scale, int out_d) {
+                const std::function<const float*(int)>& value, float scale, int out_d,
+                int first = 0) {
   const int g = h / (heads / kv_heads);
-  std::vector<double> p;
+  std::vector<double> p(static_cast<size_t>(first), 0.0);
   double z = 0;
-  for (int t = 0; t < visible; ++t) {
+  for (int t = first; t < visible; ++t) {
     double s = 0;
     for (int i = 0; i < d; ++i) s += q[(qi * heads + h) * d + i] * key(t)[g * d + i];
     p.push_back(std::exp(scale * s));
     z += p.back();
   }
   double o = 0;
-  for (int t = 0; t < visible; ++t) o += p[t] / z * value(t)[g * d + out_d];
+  for (int t = first; t < visible; ++t) o += p[t] / z * value(t)[g * d + out_d];
   return o;
 }
 
@@ -207,6 +209,57 @@ TEST(CpuOpsTest, GroupedCausalAttentionMatchesNaive) {
         EXPECT_NEAR(out[(i * heads + h) * d + j],
                     GqaNaive(q, i, h, heads, kv_heads, d, start + i + 1, key, value, 0.4f, j), 1e-5);
       }
+    }
+  }
+}
+
+TEST(CpuOpsTest, SlidingWindowAttentionSeesOnlyTheLastWindowKeys) {
+  const int q_len = 6, start = 4, ctx = start + q_len, heads = 4, kv_heads = 2, d = 4, window = 3;
+  const auto q = Random(q_len * heads * d, 25), k = Random(ctx * kv_heads * d, 26),
+             v = Random(ctx * kv_heads * d, 27);
+  std::vector<float> out(q_len * heads * d);
+  GroupedCausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, kv_heads, d, d, start,
+                         0.4f, out.data(), window);
+  // The same keys and values as a paged cache of one block per position, read by the decode kernel.
+  const int row = 2 * kv_heads * d;
+  std::vector<float> cache(ctx * row);
+  std::vector<int32_t> blocks(ctx);
+  for (int t = 0; t < ctx; ++t) {
+    blocks[t] = ctx - 1 - t;  // reversed
+    std::copy(&k[t * kv_heads * d], &k[(t + 1) * kv_heads * d], &cache[blocks[t] * row]);
+    std::copy(&v[t * kv_heads * d], &v[(t + 1) * kv_heads * d], &cache[blocks[t] * row + kv_heads * d]);
+  }
+  auto key = [&](int t) { return &k[t * kv_heads * d]; };
+  auto value = [&](int t) { return &v[t * kv_heads * d]; };
+  for (int i = 0; i < q_len; ++i) {
+    const int sees = start + i + 1, first = std::max(0, sees - window);
+    std::vector<float> decoded(heads * d);
+    GqaDecodeAttention(&q[i * heads * d], heads, kv_heads, d, cache.data(), blocks.data(), 1, sees,
+                       0.4f, decoded.data(), window);
+    for (int h = 0; h < heads; ++h) {
+      for (int j = 0; j < d; ++j) {
+        const double want = GqaNaive(q, i, h, heads, kv_heads, d, sees, key, value, 0.4f, j, first);
+        EXPECT_NEAR(out[(i * heads + h) * d + j], want, 1e-5);
+        EXPECT_NEAR(decoded[h * d + j], GqaNaive(std::vector<float>(&q[i * heads * d],
+                                                                    &q[(i + 1) * heads * d]),
+                                                 0, h, heads, kv_heads, d, sees, key, value, 0.4f,
+                                                 j, first),
+                    1e-5);
+      }
+    }
+  }
+}
+
+TEST(CpuOpsTest, GeluTanhAndMulMatchesTheFormula) {
+  const int rows = 3, inter = 5;
+  const auto gate_up = Random(rows * 2 * inter, 28);
+  std::vector<float> out(rows * inter);
+  GeluTanhAndMul(gate_up.data(), rows, inter, out.data());
+  for (int r = 0; r < rows; ++r) {
+    for (int i = 0; i < inter; ++i) {
+      const double g = gate_up[r * 2 * inter + i], u = gate_up[r * 2 * inter + inter + i];
+      const double gelu = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+      EXPECT_NEAR(out[r * inter + i], gelu * u, 1e-6);
     }
   }
 }

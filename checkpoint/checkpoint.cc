@@ -473,6 +473,29 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadInt4Matrix(const std::string& name,
   return w;
 }
 
+absl::StatusOr<Tensor> Checkpoint::LoadStackedPart(const std::string& name,
+                                                   const std::vector<int64_t>& expected_shape,
+                                                   int64_t index) {
+  MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
+  const TensorEntry& e = *loc.entry;
+  const std::string& file = loc.file->path();
+  MOE_RETURN_IF_ERROR(CheckShape(file, name, e.shape, expected_shape));
+  if (e.shape.size() != 3) return TensorError(file, name, "expected a 3-D stacked tensor");
+  if (e.dtype != DType::kF32 && e.dtype != DType::kBF16 && e.dtype != DType::kF16) {
+    return TensorError(file, name, "stacked tensors must be f32, bf16 or f16");
+  }
+  if (index < 0 || index >= e.shape[0]) {
+    return TensorError(file, name, absl::StrCat("part ", index, " outside [0, ", e.shape[0], ")"));
+  }
+  const int64_t count = e.shape[1] * e.shape[2];
+  const size_t esize = DTypeSize(e.dtype);
+  Tensor out = Tensor::Uninitialized({e.shape[1], e.shape[2]});
+  ConvertToF32(e.dtype, loc.file->Data(e) + index * count * esize, out.data(),
+               static_cast<size_t>(count));
+  bytes_read_ += static_cast<uint64_t>(count) * esize;
+  return out;
+}
+
 absl::StatusOr<Tensor> Checkpoint::LoadInt4(const std::string& name,
                                             const std::vector<int64_t>& shape, SliceSpec slice) {
   MOE_ASSIGN_OR_RETURN(WeightMatrix w, LoadInt4Matrix(name, shape, slice));

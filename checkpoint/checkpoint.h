@@ -53,6 +53,11 @@ class Checkpoint {
   absl::StatusOr<Tensor> Load(const std::string& name, const std::vector<int64_t>& expected_shape,
                               SliceSpec slice = SliceSpec::All());
 
+  // Part `index` of a stacked 3-D tensor [n, a, b] (Llama 4's fused experts) as float32 [a, b];
+  // only that part is read.
+  absl::StatusOr<Tensor> LoadStackedPart(const std::string& name,
+                                         const std::vector<int64_t>& expected_shape, int64_t index);
+
   // The 2-D weight `name` ("<module>.weight", [out, in] = `expected_shape`) in its stored format,
   // or its window `slice`: a view into the memory-mapped file, kept mapped while the matrix
   // lives. A module stored as int4 has no "<module>.weight"; its packed tensors are used. Column

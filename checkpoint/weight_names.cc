@@ -62,6 +62,8 @@ void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
   if (w.gate) out->push_back(*w.gate);
   if (w.e_score_correction_bias) out->push_back(*w.e_score_correction_bias);
   for (const MlpWeights& e : w.experts) Append(e, out);
+  if (w.fused_gate_up_proj) out->push_back(*w.fused_gate_up_proj);
+  if (w.fused_down_proj) out->push_back(*w.fused_down_proj);
   if (w.shared_experts) Append(*w.shared_experts, out);
 }
 
@@ -105,26 +107,39 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
     g.k_proj = {a + "k_proj.weight", {kv, h}, Kind::kLinear};
     g.v_proj = {a + "v_proj.weight", {kv, h}, Kind::kLinear};
     g.o_proj = {a + "o_proj.weight", {h, q}, Kind::kLinear};
-    if (c.qk_norm != QkNorm::kNone) {
+    if (c.qk_norm == QkNorm::kPerHead || c.qk_norm == QkNorm::kWhole) {
       const bool whole = c.qk_norm == QkNorm::kWhole;
       g.q_norm = {a + "q_norm.weight", {whole ? q : c.head_dim}, Kind::kNorm};
       g.k_norm = {a + "k_norm.weight", {whole ? kv : c.head_dim}, Kind::kNorm};
     }
   }
+  // Llama 4 names the MLP block feed_forward, its router `router`, its one shared expert
+  // shared_expert, and stacks its experts.
+  const bool llama4 = c.fused_experts;
+  const std::string f = p + (llama4 ? "feed_forward." : "mlp.");
   if (!moe) {
-    w.mlp = Mlp(p + "mlp.", h, c.intermediate_size);
+    w.mlp = Mlp(f, h, c.intermediate_size);
     return w;
   }
-  w.gate = {p + "mlp.gate.weight", {c.n_routed_experts, h}, Kind::kRouter};
+  w.gate = {f + (llama4 ? "router.weight" : "gate.weight"), {c.n_routed_experts, h}, Kind::kRouter};
   if (c.topk_method == "noaux_tc") {
     w.e_score_correction_bias = {
         p + "mlp.gate.e_score_correction_bias", {c.n_routed_experts}, Kind::kRouterBias};
   }
-  for (int64_t e = 0; e < c.n_routed_experts; ++e) {
-    w.experts.push_back(Mlp(ExpertPrefix(layer, e), h, c.moe_intermediate_size));
+  const int64_t inter = c.moe_intermediate_size;
+  if (llama4) {
+    w.fused_gate_up_proj = {f + "experts.gate_up_proj", {c.n_routed_experts, h, 2 * inter},
+                            Kind::kFusedExperts};
+    w.fused_down_proj = {f + "experts.down_proj", {c.n_routed_experts, inter, h},
+                         Kind::kFusedExperts};
+  } else {
+    for (int64_t e = 0; e < c.n_routed_experts; ++e) {
+      w.experts.push_back(Mlp(ExpertPrefix(layer, e), h, inter));
+    }
   }
   if (c.n_shared_experts > 0) {
-    w.shared_experts = Mlp(p + "mlp.shared_experts.", h, c.shared_intermediate_size());
+    w.shared_experts = Mlp(f + (llama4 ? "shared_expert." : "shared_experts."), h,
+                           c.shared_intermediate_size());
   }
   return w;
 }

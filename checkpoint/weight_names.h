@@ -13,7 +13,8 @@
 namespace moe {
 
 struct WeightSpec {
-  enum class Kind { kLinear, kNorm, kEmbedding, kRouter, kRouterBias };
+  // kFusedExperts: Llama 4's [experts, in, out] stacks of every expert's projection.
+  enum class Kind { kLinear, kNorm, kEmbedding, kRouter, kRouterBias, kFusedExperts };
   std::string name;
   std::vector<int64_t> shape;
   Kind kind;
@@ -72,6 +73,8 @@ struct DecoderLayerWeights {
   std::optional<MlpWeights> mlp;
   std::optional<WeightSpec> gate, e_score_correction_bias;
   std::vector<MlpWeights> experts;
+  // Llama 4: every expert in two tensors, gate_up_proj [E, hidden, 2 I] and down_proj [E, I, hidden].
+  std::optional<WeightSpec> fused_gate_up_proj, fused_down_proj;
   std::optional<MlpWeights> shared_experts;
 };
 

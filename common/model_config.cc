@@ -403,7 +403,28 @@ std::string ModelConfig::ToJson() const {
       j["decoder_sparse_step"] = decoder_sparse_step;
       j["mlp_only_layers"] = mlp_only_layers;
     }
-    if (model_type == "smollm3") {
+    if (model_type == "llama4_text") {
+      j["intermediate_size"] = moe_intermediate_size;
+      j["intermediate_size_mlp"] = intermediate_size;
+      j["num_local_experts"] = n_routed_experts;
+      j["num_experts_per_tok"] = num_experts_per_tok;
+      std::vector<int64_t> moe_layers;
+      for (int64_t l = 0; l < num_hidden_layers; ++l) {
+        if (IsMoeLayer(l)) moe_layers.push_back(l);
+      }
+      j["moe_layers"] = moe_layers;
+      j["use_qk_norm"] = qk_norm == QkNorm::kL2;
+      j["attn_temperature_tuning"] = attn_temperature_tuning;
+      j["floor_scale"] = floor_scale;
+      j["attn_scale"] = attn_scale;
+      j["attention_chunk_size"] = attention_chunk_size > 0 ? Json(attention_chunk_size) : Json(nullptr);
+      std::vector<std::string> types;
+      for (int64_t l = 0; l < num_hidden_layers; ++l) {
+        types.push_back(IsChunked(l) ? "chunked_attention" : "full_attention");
+      }
+      j["layer_types"] = types;
+    }
+    if (model_type == "smollm3" || model_type == "llama4_text") {
       std::vector<int> flags;
       for (bool b : rope_layers) flags.push_back(b ? 1 : 0);
       j["no_rope_layers"] = flags;
@@ -419,10 +440,11 @@ std::string ModelConfig::ToJson() const {
           final_logit_softcapping > 0 ? Json(final_logit_softcapping) : Json(nullptr);
       j["attn_logit_softcapping"] = nullptr;
       j["use_bidirectional_attention"] = false;
-    } else if (model_type != "olmo2") {
+    } else if (model_type != "olmo2" && model_type != "llama4_text") {
       j["sliding_window"] = nullptr;
     }
-    if (model_type != "mistral" && model_type != "olmo2" && model_type != "gemma3_text") {
+    if (model_type != "mistral" && model_type != "olmo2" && model_type != "gemma3_text" &&
+        model_type != "llama4_text") {
       j["use_sliding_window"] = false;
     }
   }
@@ -430,7 +452,14 @@ std::string ModelConfig::ToJson() const {
   j["max_position_embeddings"] = max_position_embeddings;
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
-  if (rope_linear_factor != 1.0) {
+  if (llama3_rope) {
+    j["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", llama3_rope->factor},
+                         {"low_freq_factor", llama3_rope->low_freq_factor},
+                         {"high_freq_factor", llama3_rope->high_freq_factor},
+                         {"original_max_position_embeddings",
+                          llama3_rope->original_max_position_embeddings}};
+  } else if (rope_linear_factor != 1.0) {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_linear_factor}};
   } else if (rope_scaling) {
     Json r;
@@ -499,7 +528,96 @@ constexpr Architecture kArchitectures[] = {
     {"SmolLM3ForCausalLM", {"smollm3"}},
     {"Olmo2ForCausalLM", {"olmo2"}},
     {"Gemma3ForCausalLM", {"gemma3_text"}},
+    {"Llama4ForCausalLM", {"llama4_text"}},
 };
+
+// SmolLM3's and Llama 4's NoPE layers: no_rope_layers (1: RoPE, 0: NoPE) or, without it, a NoPE
+// layer every no_rope_layer_interval layers.
+absl::Status ParseNoRopeLayers(const Fields& f, ModelConfig& c);
+absl::Status ParseIntList(const Fields& f, const char* key, std::vector<int64_t>* out);
+
+// Llama 4: interleaved MoE layers (shared expert + sigmoid-gated top-k routed experts, fused
+// tensors), NoPE layers with temperature tuning, chunked attention and L2 QK-norm on the others.
+absl::Status ParseLlama4Fields(const Fields& f, ModelConfig& c) {
+  const Json& j = f.obj();
+  c.rope_interleaved = true;
+  c.fused_experts = true;
+  c.router_weight_on_input = true;
+  c.topk_method = "greedy";
+  c.scoring_func = "sigmoid";
+  c.norm_topk_prob = false;
+  c.n_shared_experts = 1;
+  // Experts and the shared expert are intermediate_size wide, dense layers intermediate_size_mlp.
+  c.moe_intermediate_size = c.intermediate_size;
+  c.intermediate_size = 16384;
+  MOE_RETURN_IF_ERROR(f.Int("intermediate_size_mlp", &c.intermediate_size, false, 1));
+  MOE_RETURN_IF_ERROR(f.Int("num_local_experts", &c.n_routed_experts, true, 1));
+  c.num_experts_per_tok = 1;
+  MOE_RETURN_IF_ERROR(f.Int("num_experts_per_tok", &c.num_experts_per_tok, false, 1));
+  c.decoder_sparse_step = 1;
+  MOE_RETURN_IF_ERROR(f.Int("interleave_moe_layer_step", &c.decoder_sparse_step, false, 1));
+  if (f.Has("moe_layers")) {
+    std::vector<int64_t> moe_layers;
+    MOE_RETURN_IF_ERROR(ParseIntList(f, "moe_layers", &moe_layers));
+    c.decoder_sparse_step = 1;
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+      if (std::find(moe_layers.begin(), moe_layers.end(), l) == moe_layers.end()) {
+        c.mlp_only_layers.push_back(l);
+      }
+    }
+  }
+  MOE_RETURN_IF_ERROR(ParseNoRopeLayers(f, c));
+  bool qk_norm = true;
+  MOE_RETURN_IF_ERROR(f.Bool("use_qk_norm", &qk_norm));
+  if (qk_norm) c.qk_norm = QkNorm::kL2;
+  c.attn_temperature_tuning = true;
+  MOE_RETURN_IF_ERROR(f.Bool("attn_temperature_tuning", &c.attn_temperature_tuning));
+  MOE_RETURN_IF_ERROR(f.Int("floor_scale", &c.floor_scale, false, 1));
+  MOE_RETURN_IF_ERROR(f.Double("attn_scale", &c.attn_scale, false));
+  c.attention_chunk_size = j.contains("attention_chunk_size") ? 0 : 8192;  // explicit null: none
+  MOE_RETURN_IF_ERROR(f.Int("attention_chunk_size", &c.attention_chunk_size, false, 1));
+  if (f.Has("layer_types")) {
+    const Json& t = j.at("layer_types");
+    if (!t.is_array() || static_cast<int64_t>(t.size()) != c.num_hidden_layers) {
+      return f.Error("layer_types", absl::StrCat("expected one entry per layer (",
+                                                 c.num_hidden_layers, ")"));
+    }
+    for (const Json& e : t) {
+      if (!e.is_string() || (e != "chunked_attention" && e != "full_attention")) {
+        return f.Error("layer_types", "expected \"chunked_attention\" or \"full_attention\"");
+      }
+      c.chunked_layers.push_back(e == "chunked_attention");
+    }
+    if (c.attention_chunk_size == 0 &&
+        std::find(c.chunked_layers.begin(), c.chunked_layers.end(), true) != c.chunked_layers.end()) {
+      return f.Error("layer_types", "chunked_attention layers need attention_chunk_size");
+    }
+  } else if (c.attention_chunk_size > 0) {
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) c.chunked_layers.push_back(c.UsesRope(l));
+  }
+  c.rope_theta = 500000.0;
+  MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
+  if (f.Has("rope_scaling")) {
+    const Json& rs = j.at("rope_scaling");
+    if (!rs.is_object()) return f.TypeError("rope_scaling", "an object");
+    Fields r(rs, "config.json rope_scaling ");
+    std::string type;
+    MOE_RETURN_IF_ERROR(r.String(r.Has("rope_type") ? "rope_type" : "type", &type, true));
+    MOE_RETURN_IF_ERROR(r.OneOf("rope_type", type, {"llama3"}));
+    Llama3RopeScaling l3;
+    MOE_RETURN_IF_ERROR(r.Double("factor", &l3.factor, true));
+    MOE_RETURN_IF_ERROR(r.Double("low_freq_factor", &l3.low_freq_factor, true));
+    MOE_RETURN_IF_ERROR(r.Double("high_freq_factor", &l3.high_freq_factor, true));
+    MOE_RETURN_IF_ERROR(r.Int("original_max_position_embeddings",
+                              &l3.original_max_position_embeddings, true, 1));
+    if (!(l3.factor >= 1) || !(l3.high_freq_factor > l3.low_freq_factor) ||
+        !(l3.low_freq_factor > 0)) {
+      return r.Error("factor", "needs factor >= 1 and high_freq_factor > low_freq_factor > 0");
+    }
+    c.llama3_rope = l3;
+  }
+  return absl::OkStatus();
+}
 
 // Gemma 3's own switches: sandwich norms with (1 + weight), scaled embeddings, GELU-tanh, five
 // sliding-window layers to one global one with separate RoPE bases, soft-capped logits.
@@ -581,6 +699,24 @@ absl::Status ParseIntList(const Fields& f, const char* key, std::vector<int64_t>
   return absl::OkStatus();
 }
 
+absl::Status ParseNoRopeLayers(const Fields& f, ModelConfig& c) {
+  std::vector<int64_t> flags;
+  if (f.Has("no_rope_layers")) {
+    MOE_RETURN_IF_ERROR(ParseIntList(f, "no_rope_layers", &flags));
+    if (static_cast<int64_t>(flags.size()) != c.num_hidden_layers) {
+      return f.Error("no_rope_layers", absl::StrCat("expected one entry per layer (",
+                                                    c.num_hidden_layers, "), got ", flags.size()));
+    }
+  } else {
+    int64_t interval = 4;
+    MOE_RETURN_IF_ERROR(f.Int("no_rope_layer_interval", &interval, false, 1));
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l) flags.push_back((l + 1) % interval != 0);
+  }
+  c.rope_layers.clear();
+  for (int64_t v : flags) c.rope_layers.push_back(v != 0);
+  return absl::OkStatus();
+}
+
 // MLA and DeepSeek's MoE.
 absl::Status ParseDeepseekFields(const Fields& f, ModelConfig& c) {
   const Json& j = f.obj();
@@ -636,6 +772,7 @@ absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
                                 c.num_attention_heads));
   }
   if (c.model_type == "gemma3_text") return ParseGemma3Fields(f, c);
+  if (c.model_type == "llama4_text") return ParseLlama4Fields(f, c);
   if (f.Has("rope_scaling")) {
     return f.Error("rope_scaling", "RoPE scaling is not supported for this architecture yet");
   }
@@ -650,22 +787,7 @@ absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
     c.qk_norm = QkNorm::kWhole;
     c.norm_placement = NormPlacement::kPost;
   }
-  if (c.model_type == "smollm3") {
-    std::vector<int64_t> flags;
-    if (f.Has("no_rope_layers")) {
-      MOE_RETURN_IF_ERROR(ParseIntList(f, "no_rope_layers", &flags));
-      if (static_cast<int64_t>(flags.size()) != c.num_hidden_layers) {
-        return f.Error("no_rope_layers",
-                       absl::StrCat("expected one entry per layer (", c.num_hidden_layers,
-                                    "), got ", flags.size()));
-      }
-    } else {
-      int64_t interval = 4;
-      MOE_RETURN_IF_ERROR(f.Int("no_rope_layer_interval", &interval, false, 1));
-      for (int64_t l = 0; l < c.num_hidden_layers; ++l) flags.push_back((l + 1) % interval != 0);
-    }
-    for (int64_t v : flags) c.rope_layers.push_back(v != 0);
-  }
+  if (c.model_type == "smollm3") MOE_RETURN_IF_ERROR(ParseNoRopeLayers(f, c));
   if (c.model_type == "qwen3_moe") {
     c.topk_method = "greedy";
     c.scoring_func = "softmax";

@@ -4,7 +4,8 @@
 //     with shared experts and grouped routing, an MTP layer;
 //   - the GQA families — Qwen3ForCausalLM (qwen3), Qwen3MoeForCausalLM (qwen3_moe),
 //     MistralForCausalLM (mistral), SmolLM3ForCausalLM (smollm3), Olmo2ForCausalLM (olmo2),
-//     Gemma3ForCausalLM (gemma3_text):
+//     Gemma3ForCausalLM (gemma3_text), Llama4ForCausalLM (llama4_text, the text model of Llama 4
+//     Scout / Maverick):
 //     grouped-query attention over num_key_value_heads x head_dim, rotate-half RoPE, and the
 //     family's switches below (QK-norm, norm placement, NoPE layers, softmax top-k MoE).
 #pragma once
@@ -85,6 +86,17 @@ enum class QkNorm {
   kNone,
   kPerHead,  // Qwen3: over each head's head_dim values (q_norm/k_norm weights [head_dim])
   kWhole,    // OLMo 2: over the whole projection (q_norm [heads * head_dim], k_norm [kv * head_dim])
+  kL2,       // Llama 4: per head without weights, after RoPE, on the RoPE layers only
+};
+
+// Llama 4's rope_scaling {"rope_type": "llama3", ...}: frequencies of wavelength above
+// original / low_freq_factor divided by factor, below original / high_freq_factor kept, and
+// blended in between.
+struct Llama3RopeScaling {
+  double factor = 8.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
 };
 
 struct ModelConfig {
@@ -148,6 +160,20 @@ struct ModelConfig {
   double final_logit_softcapping = 0;  // logits = cap * tanh(logits / cap) (0: none)
   bool norm_unit_offset = false;  // RMSNorm scales by (1 + weight)
   bool scale_embeddings = false;  // embeddings times sqrt(hidden_size)
+  // Llama 4: interleaved RoPE pairs; chunked attention on the RoPE layers (a query sees the
+  // positions of its own attention_chunk_size chunk, up to its own); on NoPE layers queries scaled
+  // by log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1; the routing weight (sigmoid of the
+  // top-k logit) multiplies the expert's input, not its output; experts stored fused
+  // (feed_forward.experts.gate_up_proj [E, hidden, 2 I], down_proj [E, I, hidden]).
+  bool rope_interleaved = false;
+  std::vector<bool> chunked_layers;  // empty: none
+  int64_t attention_chunk_size = 0;
+  bool attn_temperature_tuning = false;
+  int64_t floor_scale = 8192;
+  double attn_scale = 0.1;
+  bool router_weight_on_input = false;
+  bool fused_experts = false;
+  std::optional<Llama3RopeScaling> llama3_rope;
 
   bool is_mla() const { return kv_lora_rank > 0; }  // DeepseekV3ForCausalLM
   Activation activation() const {
@@ -156,6 +182,10 @@ struct ModelConfig {
   bool IsSliding(int64_t layer) const {
     return layer < static_cast<int64_t>(sliding_layers.size()) &&
            sliding_layers[static_cast<size_t>(layer)];
+  }
+  bool IsChunked(int64_t layer) const {
+    return layer < static_cast<int64_t>(chunked_layers.size()) &&
+           chunked_layers[static_cast<size_t>(layer)];
   }
   bool UsesRope(int64_t layer) const {
     return rope_layers.empty() || layer >= static_cast<int64_t>(rope_layers.size()) ||

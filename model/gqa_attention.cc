@@ -29,6 +29,11 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   a.rope_ = c.UsesRope(layer);
   a.window_ = c.IsSliding(layer) ? c.sliding_window : 0;
   a.local_rope_ = c.IsSliding(layer) && c.rope_local_theta > 0;
+  a.interleaved_ = c.rope_interleaved;
+  a.temperature_ = c.attn_temperature_tuning && !a.rope_;
+  a.floor_scale_ = c.floor_scale;
+  a.attn_scale_ = static_cast<float>(c.attn_scale);
+  a.chunk_ = c.IsChunked(layer) ? c.attention_chunk_size : 0;
   a.scale_ = softmax_scale;
   a.eps_ = static_cast<float>(c.rms_norm_eps);
   a.qk_norm_ = c.qk_norm;
@@ -120,10 +125,23 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
     for (int64_t t = 0; t < n; ++t) {
       const float* cos = cos_all.row(t);
       const float* sin = sin_all.row(t);
-      for (int64_t hd = 0; hd < heads_; ++hd) cpu::RopeHalves(q.data() + t * qw + hd * d, d, cos, sin);
-      for (int64_t hd = 0; hd < kv_heads_; ++hd) {
-        cpu::RopeHalves(kv.data() + t * row + hd * d, d, cos, sin);
+      const auto rotate = interleaved_ ? cpu::RopeInterleaved : cpu::RopeHalves;
+      for (int64_t hd = 0; hd < heads_; ++hd) rotate(q.data() + t * qw + hd * d, d, cos, sin);
+      for (int64_t hd = 0; hd < kv_heads_; ++hd) rotate(kv.data() + t * row + hd * d, d, cos, sin);
+    }
+    if (qk_norm_ == QkNorm::kL2) {  // Llama 4: weightless RMSNorm of each rotated head
+      cpu::RmsNorm(q.data(), n * heads_, d, d, nullptr, eps_, q.data());
+      for (int64_t t = 0; t < n; ++t) {
+        cpu::RmsNorm(kv.data() + t * row, kv_heads_, d, d, nullptr, eps_, kv.data() + t * row);
       }
+    }
+  } else if (temperature_) {
+    for (int64_t t = 0; t < n; ++t) {
+      const float pos = static_cast<float>(batch.positions[t]);
+      const float s =
+          std::log1p(std::floor((pos + 1.0f) / static_cast<float>(floor_scale_))) * attn_scale_ +
+          1.0f;
+      cpu::Scale(q.data() + t * qw, s, qw);
     }
   }
   for (const ForwardChunk& c : batch.chunks) {
@@ -146,7 +164,7 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
         const int64_t r = c.first_token + i;
         cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache,
                                 c.block_table->data(), bs, c.start_pos + i + 1, scale_,
-                                attn.data() + r * qw, window_);
+                                attn.data() + r * qw, window_, chunk_);
       }
       continue;
     }
@@ -160,7 +178,7 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
     }
     cpu::GroupedCausalAttention(q.data() + c.first_token * qw, k.data(), v.data(), c.num_tokens,
                                 ctx, heads_, kv_heads_, d, d, c.start_pos, scale_,
-                                attn.data() + c.first_token * qw, window_);
+                                attn.data() + c.first_token * qw, window_, chunk_);
   }
   o_proj_.Forward(attn.data(), n, out);
   if (tp_->size() > 1) {

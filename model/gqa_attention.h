@@ -3,7 +3,9 @@
 //   q = q_proj(x) [heads x head_dim], k = k_proj(x), v = v_proj(x) [kv_heads x head_dim]
 //   QK-norm where the family has it: RMSNorm per head (Qwen3) or over the whole projection
 //     (OLMo 2; under TP its sum of squares is summed over the group)
-//   q, k rotated (rotate-half RoPE) except on NoPE layers (SmolLM3's no_rope_layers); Gemma 3's
+//   q, k rotated (rotate-half RoPE; Llama 4: interleaved, then an L2 QK-norm) except on NoPE
+//     layers (SmolLM3's and Llama 4's no_rope_layers; Llama 4 scales their queries by position);
+//     Llama 4's chunked attention on the RoPE layers; Gemma 3's
 //     sliding-window layers with their own RoPE base, seeing only the last sliding_window
 //     positions
 //   [k | v] written to the layer's paged cache; causal softmax(scale q·k) v with query head h
@@ -48,7 +50,12 @@ class GqaAttention {
   int64_t kv_replication_ = 1;        // ranks holding each KV head
   bool rope_ = true;
   bool local_rope_ = false;  // the batch's local_rope_cos/sin (Gemma 3's sliding layers)
-  int64_t window_ = 0;       // sliding window (0: all positions)
+  bool interleaved_ = false;  // Llama 4's RoPE pairs (x[2i], x[2i+1])
+  bool temperature_ = false;  // Llama 4's NoPE-layer query scaling
+  int64_t floor_scale_ = 8192;
+  float attn_scale_ = 0.1f;
+  int64_t window_ = 0;  // sliding window (0: all positions)
+  int64_t chunk_ = 0;   // attention chunk (0: none)
   float scale_ = 1.0f, eps_ = 1e-6f;
   QkNorm qk_norm_ = QkNorm::kNone;
   Linear q_proj_, k_proj_, v_proj_, o_proj_;

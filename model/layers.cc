@@ -1,6 +1,7 @@
 #include "model/layers.h"
 
 #include <cstring>
+#include <memory>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -20,6 +21,18 @@ absl::StatusOr<Linear> Linear::Load(Checkpoint& ck, const WeightSpec& spec, Rang
   }
   Linear l;
   MOE_ASSIGN_OR_RETURN(l.weight_, ck.LoadMatrix(spec.name, spec.shape, slice, spec.quantizable()));
+  return l;
+}
+
+Linear Linear::FromTensor(Tensor w) {
+  auto owned = std::make_shared<Tensor>(std::move(w));
+  Linear l;
+  l.weight_.format = WeightFormat::kF32;
+  l.weight_.rows = owned->dim(0);
+  l.weight_.cols = owned->dim(1);
+  l.weight_.data = reinterpret_cast<const uint8_t*>(owned->data());
+  l.weight_.row_stride = owned->dim(1) * static_cast<int64_t>(sizeof(float));
+  l.weight_.owner = owned;
   return l;
 }
 

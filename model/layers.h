@@ -28,6 +28,8 @@ class Linear {
   static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const WeightSpec& spec) {
     return Load(ck, spec, {0, spec.shape[0]}, {0, spec.shape[1]});
   }
+  // The float32 weight `w` [out, in], owned by the Linear.
+  static Linear FromTensor(Tensor w);
   // x [n, in] -> y [n, out], rows of y `ldy` floats apart (default: out).
   void Forward(const float* x, int64_t n, float* y, int64_t ldy = -1) const;
   int64_t out_features() const { return weight_.rows; }

@@ -16,6 +16,28 @@ absl::StatusOr<GatedMlp> GatedMlp::Load(Checkpoint& ck, const MlpWeights& w, Ran
   return m;
 }
 
+absl::StatusOr<GatedMlp> GatedMlp::LoadStacked(Checkpoint& ck, const WeightSpec& gate_up,
+                                               const WeightSpec& down, int64_t expert,
+                                               Activation act) {
+  MOE_ASSIGN_OR_RETURN(Tensor gu, ck.LoadStackedPart(gate_up.name, gate_up.shape, expert));
+  MOE_ASSIGN_OR_RETURN(Tensor dn, ck.LoadStackedPart(down.name, down.shape, expert));
+  const int64_t hidden = gu.dim(0), inter = gu.dim(1) / 2;
+  Tensor gate({inter, hidden}), up({inter, hidden}), down_t({hidden, inter});
+  for (int64_t r = 0; r < hidden; ++r) {
+    for (int64_t i = 0; i < inter; ++i) {
+      gate.row(i)[r] = gu.row(r)[i];
+      up.row(i)[r] = gu.row(r)[inter + i];
+      down_t.row(r)[i] = dn.row(i)[r];
+    }
+  }
+  GatedMlp m;
+  m.act_ = act;
+  m.gate_ = Linear::FromTensor(std::move(gate));
+  m.up_ = Linear::FromTensor(std::move(up));
+  m.down_ = Linear::FromTensor(std::move(down_t));
+  return m;
+}
+
 void GatedMlp::Forward(const float* x, int64_t n, float* y) const {
   const int64_t inter = intermediate();
   FloatVector gate_up(static_cast<size_t>(n * 2 * inter)), act(static_cast<size_t>(n * inter));

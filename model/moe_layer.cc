@@ -34,8 +34,13 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, C
   }
   for (int64_t e : ctx.shard().experts) {
     MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
-                           return GatedMlp::Load(ck, w.experts[e], {0, c.moe_intermediate_size},
-                                                 c.activation());
+                           return w.fused_gate_up_proj
+                                      ? GatedMlp::LoadStacked(ck, *w.fused_gate_up_proj,
+                                                              *w.fused_down_proj, e,
+                                                              c.activation())
+                                      : GatedMlp::Load(ck, w.experts[e],
+                                                       {0, c.moe_intermediate_size},
+                                                       c.activation());
                          }));
     m->experts_.push_back(std::move(expert));
   }
@@ -68,14 +73,17 @@ void MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
     const auto& w = work[e];
     const int64_t n = static_cast<int64_t>(w.size());
     FloatVector in(static_cast<size_t>(n * h)), out(static_cast<size_t>(n * h));
+    // The routing weight scales the expert's output, or (Llama 4) its input.
+    const bool on_input = config_.router_weight_on_input;
     for (int64_t r = 0; r < n; ++r) {
       std::memcpy(in.data() + r * h, d.x + w[r].first * h, static_cast<size_t>(h) * sizeof(float));
+      if (on_input) cpu::Scale(in.data() + r * h, w[r].second, h);
     }
     experts_[e].Forward(in.data(), n, out.data());
     for (int64_t r = 0; r < n; ++r) {
       float* dst = acc_y + w[r].first * h;
       const float* src = out.data() + r * h;
-      const float wt = w[r].second;
+      const float wt = on_input ? 1.0f : w[r].second;
       for (int64_t c = 0; c < h; ++c) dst[c] += wt * src[c];
     }
   };

@@ -32,8 +32,22 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : dim_(c.qk_rope_head_dim
   }
   if (!c.rope_scaling) {
     for (int64_t i = 0; i < half; ++i) {
-      inv_freq_[i] =
-          static_cast<float>(1.0 / std::pow(base, 2.0 * i / dim_) / c.rope_linear_factor);
+      double f = 1.0 / std::pow(base, 2.0 * i / dim_) / c.rope_linear_factor;
+      if (c.llama3_rope) {
+        // Llama 3/4: long wavelengths interpolated by `factor`, short ones kept, a smooth blend
+        // between original/low_freq_factor and original/high_freq_factor.
+        const Llama3RopeScaling& l3 = *c.llama3_rope;
+        const double orig = static_cast<double>(l3.original_max_position_embeddings);
+        const double wavelen = 2.0 * M_PI / f;
+        if (wavelen > orig / l3.low_freq_factor) {
+          f /= l3.factor;
+        } else if (wavelen >= orig / l3.high_freq_factor) {
+          const double smooth =
+              (orig / wavelen - l3.low_freq_factor) / (l3.high_freq_factor - l3.low_freq_factor);
+          f = (1.0 - smooth) * f / l3.factor + smooth * f;
+        }
+      }
+      inv_freq_[i] = static_cast<float>(f);
     }
     return;
   }

@@ -4,7 +4,8 @@
 // by mscale(factor, mscale) / mscale(factor, mscale_all_dim); the softmax scale multiplied by
 // mscale(factor, mscale_all_dim)^2, where mscale(s, m) = 0.1 m ln(s) + 1 (1 for s <= 1).
 // Without YaRN: 1 / base^(2i/d), divided by a linear rope_scaling factor (Gemma 3's global
-// layers); Gemma 3's sliding-window layers have their own base (rope_local_base_freq).
+// layers) or scaled by Llama 3's wavelength bands (Llama 4); Gemma 3's sliding-window layers have
+// their own base (rope_local_base_freq).
 #pragma once
 
 #include <cstdint>

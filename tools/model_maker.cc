@@ -57,6 +57,7 @@ float ValueFor(const WeightSpec& spec, uint64_t key, uint64_t i) {
       return 0.01f + 0.2f * UniformAt(key, i);
     case WeightSpec::Kind::kRouter:
     case WeightSpec::Kind::kLinear:
+    case WeightSpec::Kind::kFusedExperts:  // [experts, in, out]: shape[1] is the input width too
       return NormalAt(key, i) / std::sqrt(static_cast<float>(spec.shape[1]));
   }
   return 0.0f;

@@ -43,7 +43,8 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 
 void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
                             int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
-                            int64_t start, float scale, float* out, int64_t window) {
+                            int64_t start, float scale, float* out, int64_t window,
+                            int64_t chunk) {
   // Per head and tile of query rows: S = Q K^T (one GEMM over the strided head slices), causal
   // mask, softmax per row, O = P V. Heads and tiles run in parallel; the products inside are
   // single-threaded BLAS calls. Query head h reads key/value head h / (heads / kv_heads).
@@ -63,7 +64,7 @@ void GroupedCausalAttention(const float* q, const float* k, const float* v, int6
         for (int64_t r = 0; r < rows; ++r) {
           float* row = s.data() + r * visible;
           const int64_t sees = std::min(ctx, start + i0 + r + 1);
-          const int64_t first = window > 0 ? std::max<int64_t>(0, sees - window) : 0;
+          const int64_t first = FirstVisibleKey(sees - 1, window, chunk);
           for (int64_t t = first; t < sees; ++t) row[t] *= scale;
           SoftmaxInPlace(row + first, sees - first);
           std::fill(row, row + first, 0.0f);
@@ -84,9 +85,10 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
 
 void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         const float* cache, const int32_t* blocks, int64_t block_size,
-                        int64_t ctx_len, float scale, float* out, int64_t window) {
+                        int64_t ctx_len, float scale, float* out, int64_t window,
+                        int64_t chunk) {
   const int64_t row = 2 * kv_heads * head_dim, group = heads / kv_heads;
-  const int64_t first = window > 0 ? std::max<int64_t>(0, ctx_len - window) : 0;
+  const int64_t first = FirstVisibleKey(ctx_len - 1, window, chunk);
 #pragma omp parallel if (heads * ctx_len * head_dim > 65536)
   {
     std::vector<float> p(static_cast<size_t>(ctx_len));

@@ -66,7 +66,11 @@ void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float*
 #pragma omp simd reduction(+ : ss)
     for (int64_t i = 0; i < dim; ++i) ss += xr[i] * xr[i];
     const float inv = 1.0f / std::sqrt(ss / static_cast<float>(dim) + eps);
-    for (int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * inv);
+    if (weight == nullptr) {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * inv;
+    } else {
+      for (int64_t i = 0; i < dim; ++i) yr[i] = weight[i] * (xr[i] * inv);
+    }
   }
 }
 

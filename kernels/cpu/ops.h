@@ -18,7 +18,8 @@ void MatMulNT(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, cons
 void MatMulNN(int64_t m, int64_t n, int64_t k, const float* x, int64_t ldx, const float* w,
               int64_t ldw, float* y, int64_t ldy, float beta = 0.0f);
 
-// y = x / sqrt(mean(x^2) + eps) * weight, per row of `dim` values (rows `ld` apart in x and y).
+// y = x / sqrt(mean(x^2) + eps) * weight, per row of `dim` values (rows `ld` apart in x and y);
+// a null weight scales by 1 (Llama 4's L2 QK-norm).
 void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float* weight, float eps,
              float* y);
 

@@ -3,8 +3,8 @@
 
 For each case (a preset checkpoint written by moe-make-model), loads the checkpoint into
 transformers' model class for its architecture (DeepseekV3ForCausalLM, Qwen3ForCausalLM,
-Qwen3MoeForCausalLM, MistralForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Gemma3ForCausalLM; CPU, float32,
-eager attention), runs greedy generation on
+Qwen3MoeForCausalLM, MistralForCausalLM, SmolLM3ForCausalLM, Olmo2ForCausalLM, Gemma3ForCausalLM,
+Llama4ForCausalLM; CPU, float32, eager attention), runs greedy generation on
 several prompts by recomputing the full sequence at every step (no KV cache), and writes
 
   tests/golden/data/<case>/prompt<i>.npy   float32 logits [1 + steps, vocab]: the prompt's last
@@ -65,6 +65,9 @@ CASES = [
     # Gemma 3: a sliding window of 8, shorter than the prompts.
     ("tiny-gemma3-f32", "tiny-gemma3", "f32", 27, [1, 17, 70]),
     ("tiny-gemma3-bf16", "tiny-gemma3", "bf16", 28, [5, 33]),
+    # Llama 4: attention chunks of 8 and temperature tuning from position 7 (floor_scale 8).
+    ("tiny-llama4-f32", "tiny-llama4", "f32", 29, [1, 17, 70]),
+    ("tiny-llama4-bf16", "tiny-llama4", "bf16", 30, [5, 33]),
 ]
 DECODE_STEPS = 16
 

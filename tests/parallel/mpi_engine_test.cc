@@ -203,7 +203,8 @@ INSTANTIATE_TEST_SUITE_P(Models, MpiEngineTest, ::testing::Values("tiny-dsv3", "
                          ParamName);
 INSTANTIATE_TEST_SUITE_P(Models, MpiGqaEngineTest,
                          ::testing::Values("tiny-qwen3", "tiny-qwen3-moe", "tiny-mistral",
-                                           "tiny-smollm3", "tiny-olmo2", "tiny-gemma3"),
+                                           "tiny-smollm3", "tiny-olmo2", "tiny-gemma3",
+                                           "tiny-llama4"),
                          ParamName);
 
 }  // namespace

@@ -595,6 +595,11 @@ absl::Status ParseLlama4Fields(const Fields& f, ModelConfig& c) {
   } else if (c.attention_chunk_size > 0) {
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) c.chunked_layers.push_back(c.UsesRope(l));
   }
+  if (c.attention_chunk_size > c.max_position_embeddings) {
+    return f.Error("attention_chunk_size",
+                   absl::StrCat(c.attention_chunk_size, " exceeds the context (",
+                                "max_position_embeddings ", c.max_position_embeddings, ")"));
+  }
   c.rope_theta = 500000.0;
   MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
   if (f.Has("rope_scaling")) {
@@ -684,6 +689,11 @@ absl::Status ParseGemma3Fields(const Fields& f, ModelConfig& c) {
     MOE_RETURN_IF_ERROR(linear(Fields(rs, "config.json rope_scaling ")));
   }
   if (!(c.rope_local_theta > 1)) return f.Error("rope_local_base_freq", "must be > 1");
+  if (c.sliding_window > c.max_position_embeddings) {
+    return f.Error("sliding_window", absl::StrCat(c.sliding_window, " exceeds the context (",
+                                                  "max_position_embeddings ",
+                                                  c.max_position_embeddings, ")"));
+  }
   return absl::OkStatus();
 }
 

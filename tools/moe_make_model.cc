@@ -19,7 +19,8 @@ int main(int argc, char** argv) {
       "holding a small trained byte-level BPE, with the published chat template of Kimi K2 or\n"
       "DeepSeek-V3 (also for the GQA families). Presets (common/presets/):\n"
       "tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, the full-size deepseek-v3 and kimi-k2, and\n"
-      "the GQA families' tiny-qwen3, tiny-qwen3-moe, tiny-mistral, tiny-smollm3, tiny-olmo2, tiny-gemma3.");
+      "the GQA families' tiny-qwen3, tiny-qwen3-moe, tiny-mistral, tiny-smollm3, tiny-olmo2,\n"
+      "tiny-gemma3, tiny-llama4.");
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);
   flags.AddString("out", &out, "Output folder (created if missing).", /*required=*/true);
   flags.AddInt("seed", &seed, "Seed of the random weights.");

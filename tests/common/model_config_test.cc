@@ -350,6 +350,44 @@ TEST(ModelConfigTest, ParsesGemma3) {
   EXPECT_EQ(params->rope_linear_factor, 4.0);
 }
 
+TEST(ModelConfigTest, ParsesLlama4) {
+  auto l = PresetConfig("tiny-llama4");
+  ASSERT_TRUE(l.ok()) << l.status();
+  EXPECT_EQ(l->n_routed_experts, 16);
+  EXPECT_EQ(l->moe_intermediate_size, 32);  // config.json's intermediate_size
+  EXPECT_EQ(l->intermediate_size, 128);     // intermediate_size_mlp: the dense layers
+  EXPECT_EQ(l->n_shared_experts, 1);
+  EXPECT_TRUE(l->router_weight_on_input);
+  EXPECT_TRUE(l->fused_experts);
+  EXPECT_TRUE(l->rope_interleaved);
+  EXPECT_EQ(l->qk_norm, QkNorm::kL2);
+  // interleave_moe_layer_step 2: layers 1 and 3 are MoE.
+  EXPECT_FALSE(l->IsMoeLayer(0));
+  EXPECT_TRUE(l->IsMoeLayer(1));
+  EXPECT_EQ(l->num_moe_layers(), 2);
+  // NoPE on layer 3; chunked attention on the RoPE layers.
+  EXPECT_EQ(l->rope_layers, (std::vector<bool>{true, true, true, false}));
+  EXPECT_EQ(l->chunked_layers, (std::vector<bool>{true, true, true, false}));
+  EXPECT_EQ(l->attention_chunk_size, 8);
+  ASSERT_TRUE(l->llama3_rope.has_value());
+  EXPECT_EQ(l->llama3_rope->original_max_position_embeddings, 64);
+  // Round trip through config.json keeps the MoE layers as a list.
+  auto again = ParseModelConfig(l->ToJson());
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(again->num_moe_layers(), 2);
+  auto j = nlohmann::json::parse(ReadFile(PresetPath("tiny-llama4")));
+  j["moe_layers"] = {0, 2};
+  auto listed = ParseModelConfig(j.dump());
+  ASSERT_TRUE(listed.ok()) << listed.status();
+  EXPECT_TRUE(listed->IsMoeLayer(0));
+  EXPECT_FALSE(listed->IsMoeLayer(1));
+  j["attention_chunk_size"] = nullptr;
+  j.erase("layer_types");
+  auto unchunked = ParseModelConfig(j.dump());
+  ASSERT_TRUE(unchunked.ok()) << unchunked.status();
+  EXPECT_TRUE(unchunked->chunked_layers.empty());
+}
+
 TEST(ModelConfigTest, ParameterCountOfHandWorkedQwen3Moe) {
   // tiny-qwen3-moe: h=64, 8 heads and 4 KV heads of 16, per-head q/k norms, 4 layers (layer 1
   // dense of width 128), 16 experts of width 32 without shared experts or router bias, vocab 512.
@@ -428,6 +466,22 @@ INSTANTIATE_TEST_SUITE_P(
                    [](auto& j) { j["layer_types"] = {"full_attention"}; }, "\"layer_types\""},
         GqaBadCase{"layer_type_unknown", "tiny-gemma3",
                    [](auto& j) { j["layer_types"][0] = "chunked_attention"; }, "\"layer_types\""},
+        GqaBadCase{"llama4_rope_type", "tiny-llama4",
+                   [](auto& j) { j["rope_scaling"]["rope_type"] = "yarn"; }, "\"rope_type\""},
+        GqaBadCase{"llama4_rope_factors", "tiny-llama4",
+                   [](auto& j) { j["rope_scaling"]["high_freq_factor"] = 0.5; }, "\"factor\""},
+        GqaBadCase{"llama4_missing_experts", "tiny-llama4",
+                   [](auto& j) { j.erase("num_local_experts"); }, "\"num_local_experts\""},
+        GqaBadCase{"llama4_layer_types", "tiny-llama4",
+                   [](auto& j) { j["layer_types"] = {"sliding_attention", "full_attention",
+                                                     "full_attention", "full_attention"}; },
+                   "\"layer_types\""},
+        GqaBadCase{"window_beyond_context", "tiny-gemma3",
+                   [](auto& j) { j["sliding_window"] = 4096; }, "\"sliding_window\": 4096 exceeds"},
+        GqaBadCase{"chunk_beyond_context", "tiny-llama4",
+                   [](auto& j) { j["attention_chunk_size"] = 8192; }, "\"attention_chunk_size\""},
+        GqaBadCase{"unknown_model_type", "tiny-qwen3", [](auto& j) { j["model_type"] = "qwen2"; },
+                   "\"model_type\""},
         GqaBadCase{"gemma_rope_type", "tiny-gemma3",
                    [](auto& j) { j["rope_scaling"]["rope_type"] = "yarn"; }, "\"rope_type\""}),
     [](const auto& info) { return info.param.label; });

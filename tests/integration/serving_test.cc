@@ -509,11 +509,17 @@ TEST_F(ServingTest, Int4CheckpointServedUnderTpTwo) {
   ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {2, 2, true, {}}, logs_.path());
 }
 
-// The GQA families served: Qwen3-MoE with its experts over 4 ranks and attention TP 2 x DP 2 (its
-// 4 KV heads split with the query heads), and a dense family whose TP group (4) is larger than
-// its 2 KV heads.
+// The GQA families served: Qwen3-MoE and Llama 4 with their experts over 4 ranks and attention
+// TP 2 x DP 2 (KV heads split with the query heads), and a dense family whose TP group (4) is
+// larger than its 2 KV heads.
 TEST_F(ServingTest, Qwen3MoeServedUnderTpTwoDpTwo) {
   ServedModel m = MakeServedModel(*dir_, "tiny-qwen3-moe", WeightDType::kBF16, 44);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {4, 2, true, {}}, logs_.path());
+}
+
+TEST_F(ServingTest, Llama4ServedUnderTpTwoDpTwo) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-llama4", WeightDType::kBF16, 46);
   ASSERT_NE(m.engine, nullptr);
   ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {4, 2, true, {}}, logs_.path());
 }

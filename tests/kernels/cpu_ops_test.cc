@@ -250,6 +250,30 @@ TEST(CpuOpsTest, SlidingWindowAttentionSeesOnlyTheLastWindowKeys) {
   }
 }
 
+TEST(CpuOpsTest, ChunkedAttentionSeesOnlyItsOwnChunk) {
+  EXPECT_EQ(FirstVisibleKey(7, 0, 4), 4);   // chunk [4, 8)
+  EXPECT_EQ(FirstVisibleKey(8, 0, 4), 8);   // a chunk's first query sees itself only
+  EXPECT_EQ(FirstVisibleKey(9, 3, 0), 7);   // window of 3: 7, 8, 9
+  EXPECT_EQ(FirstVisibleKey(1, 3, 0), 0);
+  const int q_len = 9, start = 2, ctx = start + q_len, heads = 2, kv_heads = 1, d = 4, chunk = 4;
+  const auto q = Random(q_len * heads * d, 29), k = Random(ctx * kv_heads * d, 30),
+             v = Random(ctx * kv_heads * d, 31);
+  std::vector<float> out(q_len * heads * d);
+  GroupedCausalAttention(q.data(), k.data(), v.data(), q_len, ctx, heads, kv_heads, d, d, start,
+                         0.5f, out.data(), 0, chunk);
+  auto key = [&](int t) { return &k[t * kv_heads * d]; };
+  auto value = [&](int t) { return &v[t * kv_heads * d]; };
+  for (int i = 0; i < q_len; ++i) {
+    const int pos = start + i, first = pos / chunk * chunk;
+    for (int h = 0; h < heads; ++h) {
+      for (int j = 0; j < d; ++j) {
+        EXPECT_NEAR(out[(i * heads + h) * d + j],
+                    GqaNaive(q, i, h, heads, kv_heads, d, pos + 1, key, value, 0.5f, j, first), 1e-5);
+      }
+    }
+  }
+}
+
 TEST(CpuOpsTest, GeluTanhAndMulMatchesTheFormula) {
   const int rows = 3, inter = 5;
   const auto gate_up = Random(rows * 2 * inter, 28);

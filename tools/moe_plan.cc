@@ -1,4 +1,5 @@
 // moe-plan: how a model fits and runs on a GPU cluster in a given layout.
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 
@@ -18,7 +19,8 @@ int main(int argc, char** argv) {
       "it\n"
       "fits, all-to-all bytes, and step-time / throughput estimates for prefill and decode from a\n"
       "roofline of compute, HBM and network (with and without two-batch overlap).\n"
-      "Models: deepseek-v3, kimi-k2 (presets) or a config.json path. GPUs: h800, h100, h200.");
+      "Models: a preset (deepseek-v3, kimi-k2, qwen3-235b-a22b, llama4-maverick, ...) or a\n"
+      "config.json path. GPUs: h800, h100, h200.");
   flags.AddString("model", &model, "Preset name or path to a config.json / checkpoint folder.");
   flags.AddString("gpu", &gpu, "GPU preset (data sheet figures; override below).");
   flags.AddInt("nodes", &nodes, "Nodes.");
@@ -45,8 +47,9 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moe-plan: %s\n", std::string(s.message()).c_str());
     return 1;
   };
-  auto config = model == "deepseek-v3" || model == "kimi-k2" ? moe::PresetConfig(model)
-                                                             : moe::LoadModelConfig(model);
+  const std::vector<std::string> presets = moe::PresetNames();
+  const bool preset = std::find(presets.begin(), presets.end(), model) != presets.end();
+  auto config = preset ? moe::PresetConfig(model) : moe::LoadModelConfig(model);
   if (!config.ok()) return fail(config.status());
   auto spec = moe::GpuPreset(gpu);
   if (!spec.ok()) return fail(spec.status());

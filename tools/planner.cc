@@ -64,9 +64,21 @@ struct Dims {
     nope = c.qk_nope_head_dim, rope = c.qk_rope_head_dim, vd = c.v_head_dim;
     lora = c.kv_lora_rank, qk = c.qk_head_dim();
     q_lora = c.q_lora_rank ? static_cast<double>(*c.q_lora_rank) : 0.0;
-    // Attention per layer: replicated (q_a, kv_a) and head-split (q_b or q_proj, kv_b, o_proj).
-    attn_repl = q_lora > 0 ? h * q_lora + h * (lora + rope) : h * (lora + rope);
-    attn_split = (q_lora > 0 ? q_lora : h) * H * qk + lora * H * (nope + vd) + H * vd * h;
+    mla = c.is_mla();
+    if (mla) {
+      // Attention per layer: replicated (q_a, kv_a) and head-split (q_b or q_proj, kv_b, o_proj).
+      attn_repl = q_lora > 0 ? h * q_lora + h * (lora + rope) : h * (lora + rope);
+      attn_split = (q_lora > 0 ? q_lora : h) * H * qk + lora * H * (nope + vd) + H * vd * h;
+      cache_row = (lora + rope) * 2.0;  // the bf16 latent, on every TP rank
+    } else {
+      // GQA: q_proj and o_proj split by query heads; k_proj and v_proj by KV heads, each rank
+      // keeping at least one (replicated when T exceeds the KV heads).
+      const double kv_per_rank =
+          std::max(1.0, static_cast<double>(c.num_key_value_heads) / T), d = c.head_dim;
+      attn_repl = 2.0 * h * kv_per_rank * d;
+      attn_split = 2.0 * h * H * d;
+      cache_row = 2.0 * kv_per_rank * d * 2.0;  // bf16 K and V of this rank's KV heads
+    }
     expert = 3.0 * h * static_cast<double>(c.moe_intermediate_size);
     // A token's destinations: decode sends one row per destination rank (DeepEP's low-latency
     // kernels, over RDMA even within a node is avoided: same-node ranks go over NVLink); prefill
@@ -82,7 +94,9 @@ struct Dims {
   }
   int W, G, T;
   int64_t L;
+  bool mla = true;
   double b, h, H, V, E, k, nope, rope, vd, lora, qk, q_lora, attn_repl, attn_split, expert;
+  double cache_row;  // KV cache bytes per token and layer on one GPU
   double remote, remote_nodes, nvlink, nic;
   static constexpr double dispatch_row = 1.0 + 4.0 / 128,
                           combine_row = 2.0;  // x h: fp8+scales, bf16
@@ -90,10 +104,6 @@ struct Dims {
 
 absl::Status CheckLayout(const ModelConfig& c, const ClusterSpec& cl, const Layout& l,
                          const Workload& w) {
-  if (!c.is_mla()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "the planner models MLA models (DeepseekV3ForCausalLM) only, not ", c.architectures[0]));
-  }
   const int W = cl.world(), T = l.attn_tp;
   if (W < 1 || cl.gpus_per_node < 1) {
     return absl::InvalidArgumentError("--nodes and --gpus-per-node must be >= 1");
@@ -105,6 +115,11 @@ absl::Status CheckLayout(const ModelConfig& c, const ClusterSpec& cl, const Layo
   if (c.num_attention_heads % T != 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("attention TP ", T, " does not divide the ", c.num_attention_heads, " heads"));
+  }
+  if (!c.is_mla() && c.num_key_value_heads % T != 0 && T % c.num_key_value_heads != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("attention TP ", T, " must divide the ",
+                                                   c.num_key_value_heads,
+                                                   " KV heads or be a multiple of them"));
   }
   if (w.decode_batch < 1 || w.input_len < 1 || w.output_len < 1 || w.prefill_tokens < 1) {
     return absl::InvalidArgumentError("workload sizes must be >= 1");
@@ -123,7 +138,8 @@ void PlanMemory(const ModelConfig& c, const ClusterSpec& cl, const Layout& l, co
   r->memory.embeddings = 2.0 * d.V * d.h / d.T * 2.0;  // bf16
   r->memory.other = (r->params.router + r->params.norms + d.L * (d.q_lora + d.lora)) * 2.0;
   r->memory.reserve = eff.reserve_gib * kGiB;
-  r->kv_bytes_per_token = static_cast<double>(d.L) * (d.lora + d.rope) * 2.0;  // bf16 latent
+  r->kv_bytes_per_token = static_cast<double>(d.L) * d.cache_row;
+  r->latent_kv = d.mla;
   const double free_bytes = cl.gpu.hbm_gib * kGiB - r->memory.total();
   r->kv_capacity_tokens =
       free_bytes > 0 ? static_cast<int64_t>(free_bytes / r->kv_bytes_per_token) : 0;
@@ -191,8 +207,8 @@ class StepModel {
     const double n_g = n * d.T;  // tokens of the DP group: attention runs on all on every TP rank
     const double attn_flops = 2.0 * n_g * (d.attn_repl + d.attn_split / d.T);
     const double core =
-        decode ? 2.0 * n_g * (d.H / d.T) * ctx * ((d.lora + d.rope) + d.lora)  // absorbed MLA
-               : 2.0 * n_g * (d.H / d.T) * ctx * (d.qk + d.vd);                // expanded, causal
+        decode && d.mla ? 2.0 * n_g * (d.H / d.T) * ctx * ((d.lora + d.rope) + d.lora)  // absorbed
+                        : 2.0 * n_g * (d.H / d.T) * ctx * (d.qk + d.vd);  // expanded MLA, or GQA
     const double expert_flops = 2.0 * n * d.k * d.expert;
     const double shared_flops = 2.0 * n_g * 3.0 * d.h * c_.shared_intermediate_size() / d.T;
     const double dense_flops = 2.0 * n_g * 3.0 * d.h * c_.intermediate_size / d.T;
@@ -213,8 +229,9 @@ class StepModel {
         s.hbm_bytes += 3.0 * d.h * c_.intermediate_size / d.T * d.b;
       }
       s.net_seconds += 2.0 * AllReduce(n_g * d.h * 2.0);  // after attention and after the MLP
-      // Every TP rank reads its DP group's latent cache (decode) or writes it (prefill).
-      s.hbm_bytes += (decode ? n_g * ctx : n_g) * (d.lora + d.rope) * 2.0;
+      // Every TP rank reads its share of its DP group's cache (decode) or writes it (prefill): the
+      // whole latent (MLA), its KV heads (GQA). Sliding and chunked layers are counted whole.
+      s.hbm_bytes += (decode ? n_g * ctx : n_g) * d.cache_row;
     }
     s.flops_fp += 2.0 * n_g * d.h * d.V / d.T;  // lm_head (vocab-parallel)
     s.hbm_bytes += d.V * d.h / d.T * 2.0;
@@ -285,9 +302,10 @@ std::string FormatReport(const PlanReport& r, const ClusterSpec& c, const Layout
   absl::StrAppendFormat(&s, "  total            %8.2f of %.0f\n", gib(r.memory.total()),
                         c.gpu.hbm_gib);
   absl::StrAppendFormat(&s,
-                        "KV cache: %.1f KiB per token (bf16 latent), room for %d tokens per GPU; "
+                        "KV cache: %.1f KiB per token (%s), room for %d tokens per GPU; "
                         "the decode batch needs %d\n",
-                        r.kv_bytes_per_token / 1024, r.kv_capacity_tokens, r.kv_needed_tokens);
+                        r.kv_bytes_per_token / 1024, r.latent_kv ? "bf16 latent" : "bf16 K/V",
+                        r.kv_capacity_tokens, r.kv_needed_tokens);
   absl::StrAppendFormat(&s, "fits: %s%s\n\n", r.fits ? "yes" : "NO — ", r.why_not);
   absl::StrAppendFormat(&s,
                         "all-to-all per GPU per MoE layer (decode batch %d): dispatch %.2f MB, "

@@ -87,6 +87,7 @@ struct PlanReport {
   int experts_per_gpu = 0;  // routed, incl. redundant replicas
   MemoryPerGpu memory;
   double kv_bytes_per_token = 0;   // one GPU's copy, all layers
+  bool latent_kv = true;           // MLA's latent cache; else GQA's K/V of the GPU's KV heads
   int64_t kv_capacity_tokens = 0;  // per GPU (= per attention-DP group)
   int64_t kv_needed_tokens = 0;    // decode batch of the group x (input + output)
   bool fits = false;

@@ -29,6 +29,38 @@ TEST(PlannerTest, ParametersAsPublished) {
   EXPECT_NEAR(kimi->params.active / 33e9, 1.0, 0.01);
 }
 
+// The GQA MoE models: "235B total, 22B activated" (Qwen3 report), "17B active, 400B total"
+// (Llama 4 Maverick).
+TEST(PlannerTest, GqaMoeParametersAsPublished) {
+  auto qwen = Plan(Load("qwen3-235b-a22b"), Cluster("h200", 2), {1, 16, 0}, PlanDType::kFP8, {});
+  ASSERT_TRUE(qwen.ok()) << qwen.status();
+  EXPECT_NEAR(qwen->params.total / 235e9, 1.0, 0.005);
+  EXPECT_NEAR(qwen->params.active / 22e9, 1.0, 0.02);
+  auto maverick =
+      Plan(Load("llama4-maverick"), Cluster("h200", 2), {1, 16, 0}, PlanDType::kFP8, {});
+  ASSERT_TRUE(maverick.ok()) << maverick.status();
+  EXPECT_NEAR(maverick->params.total / 400e9, 1.0, 0.005);
+  EXPECT_NEAR(maverick->params.active / 17e9, 1.0, 0.02);
+}
+
+// GQA's cache per GPU, by hand: Qwen3-235B-A22B has 94 layers of 4 KV heads x 128 keys and values
+// in bf16 = 94 x 2 x 4 x 128 x 2 = 192,512 bytes per token; under attention TP 8 each GPU keeps
+// one KV head (replicated on 2 GPUs): 48,128 bytes.
+TEST(PlannerTest, GqaCacheHoldsEachGpusKvHeads) {
+  auto dp = Plan(Load("qwen3-235b-a22b"), Cluster("h200", 2), {1, 16, 0}, PlanDType::kFP8, {});
+  auto tp = Plan(Load("qwen3-235b-a22b"), Cluster("h200", 2), {8, 2, 0}, PlanDType::kFP8, {});
+  ASSERT_TRUE(dp.ok() && tp.ok());
+  EXPECT_EQ(dp->kv_bytes_per_token, 192512);
+  EXPECT_EQ(tp->kv_bytes_per_token, 48128);
+  EXPECT_FALSE(dp->latent_kv);
+  auto bad = Plan(Load("qwen3-235b-a22b"), Cluster("h200", 1), {8, 1, 0}, PlanDType::kFP8, {});
+  EXPECT_TRUE(bad.ok());  // 8 = 2 x 4 KV heads
+  auto maverick =
+      Plan(Load("llama4-maverick"), Cluster("h200", 2), {1, 16, 0}, PlanDType::kFP8, {});
+  ASSERT_TRUE(maverick.ok());
+  EXPECT_EQ(maverick->kv_bytes_per_token, 48.0 * 2 * 8 * 128 * 2);
+}
+
 // DeepSeek-V3, fp8, 2 nodes x 8 H100, attention TP 8 x DP 2, worked by hand:
 //   attention per layer: replicated q_a 7168x1536 + kv_a 7168x576 = 15,138,816;
 //     head-split q_b 1536x128x192 + kv_b 512x128x256 + o 128x128x7168 = 171,966,464, /8 per GPU;

@@ -52,6 +52,9 @@ void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
   if (w.gqa) {
     const GqaWeights& a = *w.gqa;
     for (const WeightSpec* s : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj}) out->push_back(*s);
+    for (const auto* s : {&a.q_bias, &a.k_bias, &a.v_bias, &a.o_bias}) {
+      if (*s) out->push_back(**s);
+    }
     if (a.q_norm) out->push_back(*a.q_norm);
     if (a.k_norm) out->push_back(*a.k_norm);
   }
@@ -107,6 +110,12 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
     g.k_proj = {a + "k_proj.weight", {kv, h}, Kind::kLinear};
     g.v_proj = {a + "v_proj.weight", {kv, h}, Kind::kLinear};
     g.o_proj = {a + "o_proj.weight", {h, q}, Kind::kLinear};
+    if (c.attention_bias) {
+      g.q_bias = {a + "q_proj.bias", {q}, Kind::kBias};
+      g.k_bias = {a + "k_proj.bias", {kv}, Kind::kBias};
+      g.v_bias = {a + "v_proj.bias", {kv}, Kind::kBias};
+      g.o_bias = {a + "o_proj.bias", {h}, Kind::kBias};
+    }
     if (c.qk_norm == QkNorm::kPerHead || c.qk_norm == QkNorm::kWhole) {
       const bool whole = c.qk_norm == QkNorm::kWhole;
       g.q_norm = {a + "q_norm.weight", {whole ? q : c.head_dim}, Kind::kNorm};

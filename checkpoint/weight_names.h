@@ -14,7 +14,8 @@ namespace moe {
 
 struct WeightSpec {
   // kFusedExperts: Llama 4's [experts, in, out] stacks of every expert's projection.
-  enum class Kind { kLinear, kNorm, kEmbedding, kRouter, kRouterBias, kFusedExperts };
+  // kBias: a projection's bias (attention_bias).
+  enum class Kind { kLinear, kNorm, kEmbedding, kRouter, kRouterBias, kFusedExperts, kBias };
   std::string name;
   std::vector<int64_t> shape;
   Kind kind;
@@ -57,6 +58,8 @@ struct MlaWeights {
 struct GqaWeights {
   WeightSpec q_proj, k_proj, v_proj, o_proj;
   std::optional<WeightSpec> q_norm, k_norm;
+  // With attention_bias: "<proj>.bias" of each projection, [out].
+  std::optional<WeightSpec> q_bias, k_bias, v_bias, o_bias;
 };
 
 // One decoder layer by role.

@@ -269,7 +269,9 @@ absl::Status Validate(const ModelConfig& c) {
   if (c.tie_word_embeddings && c.is_mla()) {
     return err("tie_word_embeddings", "tied embeddings are not supported for this architecture");
   }
-  if (c.attention_bias) return err("attention_bias", "attention biases are not supported");
+  if (c.attention_bias && c.is_mla()) {
+    return err("attention_bias", "attention biases are not supported for MLA");
+  }
   for (int64_t id : c.eos_token_ids) {
     if (id >= c.vocab_size) return err("eos_token_id", "outside the vocabulary");
   }

@@ -51,6 +51,20 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
                          return Linear::Load(ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
                        }));
+  if (w.q_bias) {
+    MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
+      return a.q_proj_.LoadBias(ck, *w.q_bias, {heads.begin * d, heads.end * d});
+    }));
+    MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
+      return a.k_proj_.LoadBias(ck, *w.k_bias, {kv.begin * d, kv.end * d});
+    }));
+    MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
+      return a.v_proj_.LoadBias(ck, *w.v_bias, {kv.begin * d, kv.end * d});
+    }));
+    if (ctx.tp().rank() == 0) {  // o_proj is row-parallel: the bias once per TP group
+      MOE_RETURN_IF_ERROR(Metered(ck, split, [&] { return a.o_proj_.LoadBias(ck, *w.o_bias, {0, h}); }));
+    }
+  }
   uint64_t* replicated = &bytes->attention_replicated;
   if (c.qk_norm == QkNorm::kPerHead) {
     MOE_ASSIGN_OR_RETURN(a.q_norm_, Metered(ck, replicated, [&] {

@@ -36,8 +36,23 @@ Linear Linear::FromTensor(Tensor w) {
   return l;
 }
 
+absl::Status Linear::LoadBias(Checkpoint& ck, const WeightSpec& spec, Range rows) {
+  MOE_ASSIGN_OR_RETURN(Tensor full, ck.Load(spec.name, spec.shape));
+  if (rows.size() != out_features()) {
+    return absl::InvalidArgumentError(absl::StrCat(spec.name, ": ", rows.size(),
+                                                   " bias rows for ", out_features(), " outputs"));
+  }
+  bias_ = Tensor({rows.size()});
+  std::memcpy(bias_.data(), full.data() + rows.begin,
+              static_cast<size_t>(rows.size()) * sizeof(float));
+  return absl::OkStatus();
+}
+
 void Linear::Forward(const float* x, int64_t n, float* y, int64_t ldy) const {
-  cpu::MatMulNT(n, x, in_features(), weight_, y, ldy < 0 ? out_features() : ldy);
+  const int64_t ld = ldy < 0 ? out_features() : ldy;
+  cpu::MatMulNT(n, x, in_features(), weight_, y, ld);
+  if (bias_.empty()) return;
+  for (int64_t r = 0; r < n; ++r) cpu::Add(y + r * ld, bias_.data(), bias_.numel());
 }
 
 absl::StatusOr<RmsNorm> RmsNorm::Load(Checkpoint& ck, const WeightSpec& spec, double eps,

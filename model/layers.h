@@ -30,7 +30,10 @@ class Linear {
   }
   // The float32 weight `w` [out, in], owned by the Linear.
   static Linear FromTensor(Tensor w);
-  // x [n, in] -> y [n, out], rows of y `ldy` floats apart (default: out).
+  // Adds `spec`'s bias (rows `rows` of it) to every output; a row-parallel projection loads it on
+  // one rank of the group only, so the summed partials hold it once.
+  absl::Status LoadBias(Checkpoint& ck, const WeightSpec& spec, Range rows);
+  // x [n, in] -> y [n, out] (+ bias), rows of y `ldy` floats apart (default: out).
   void Forward(const float* x, int64_t n, float* y, int64_t ldy = -1) const;
   int64_t out_features() const { return weight_.rows; }
   int64_t in_features() const { return weight_.cols; }
@@ -38,6 +41,7 @@ class Linear {
 
  private:
   WeightMatrix weight_;  // [out_local, in_local], as the checkpoint stores it
+  Tensor bias_;          // [out_local] or empty
 };
 
 class RmsNorm {

@@ -55,6 +55,8 @@ float ValueFor(const WeightSpec& spec, uint64_t key, uint64_t i) {
       return 1.0f + 0.2f * (UniformAt(key, i) - 0.5f);
     case WeightSpec::Kind::kRouterBias:
       return 0.01f + 0.2f * UniformAt(key, i);
+    case WeightSpec::Kind::kBias:
+      return 0.1f * NormalAt(key, i);
     case WeightSpec::Kind::kRouter:
     case WeightSpec::Kind::kLinear:
     case WeightSpec::Kind::kFusedExperts:  // [experts, in, out]: shape[1] is the input width too

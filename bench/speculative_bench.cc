@@ -22,11 +22,12 @@
 namespace moe {
 namespace {
 
-std::unique_ptr<Engine> Load(const std::string& dir, bool mtp) {
+std::unique_ptr<Engine> Load(const std::string& dir, bool mtp, int draft_tokens = 1) {
   auto config = LoadModelConfig(dir);
   EngineOptions opt;
   opt.block_size = 16;
   opt.mtp = mtp;
+  opt.mtp_draft_tokens = draft_tokens;
   opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 64 << 20, mtp ? 1 : 0);
   auto e = Engine::Load(dir, ParallelContext::Single(*config), opt);
   if (!e.ok()) {
@@ -86,6 +87,8 @@ int main(int argc, char** argv) {
   flags.AddString("dtype", &dtype, "Weight dtype: f32, bf16, fp8.");
   flags.AddInt("new-tokens", &new_tokens, "Tokens generated per sequence.");
   flags.AddInt("threads", &threads, "CPU threads (0: all cores).");
+  int64_t draft_tokens = 1;
+  flags.AddInt("mtp-draft-tokens", &draft_tokens, "Tokens the MTP layer drafts per step.");
   flags.ParseOrExit(argc, argv);
   if (threads > 0) moe::cpu::SetNumThreads(static_cast<int>(threads));
   auto config = moe::PresetConfig(preset);
@@ -106,16 +109,18 @@ int main(int argc, char** argv) {
     opt.dtype = *wdtype;
     opt.mtp_agrees = agrees;
     if (!moe::WriteCheckpoint(*config, opt).ok()) return 1;
-    auto plain = moe::Load(dir, false), spec = moe::Load(dir, true);
+    auto plain = moe::Load(dir, false),
+         spec = moe::Load(dir, true, static_cast<int>(draft_tokens));
     for (const int batch : {1, 32}) {
       moe::Decode(*plain, batch, new_tokens, false);  // warm-up: pages, threads
       moe::Decode(*spec, batch, new_tokens, true);
       const moe::Run a = moe::Decode(*plain, batch, new_tokens, false);
       const moe::Run b = moe::Decode(*spec, batch, new_tokens, true);
       std::printf(
-          "%s%s batch %2d: plain %7.1f tok/s | MTP %7.1f tok/s, %.2f tokens/step, "
+          "%s%s batch %2d, %lld draft(s): plain %7.1f tok/s | MTP %7.1f tok/s, %.2f tokens/step, "
           "acceptance %5.1f%% | speed-up %.2fx of a bound of %.2fx | outputs %s\n",
-          preset.c_str(), agrees ? " (MTP agrees)" : " (random MTP)", batch, a.tokens_per_s, b.tokens_per_s,
+          preset.c_str(), agrees ? " (MTP agrees)" : " (random MTP)", batch,
+          static_cast<long long>(draft_tokens), a.tokens_per_s, b.tokens_per_s,
           b.tokens_per_step, 100 * b.acceptance, b.tokens_per_s / a.tokens_per_s, b.tokens_per_step,
           a.tokens == b.tokens ? "equal" : "DIFFER");
     }

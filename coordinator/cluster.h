@@ -34,6 +34,7 @@ class Cluster {
     int kv_block_size = 64;
     int64_t kv_blocks = 0;  // per rank
     bool mtp = false;       // the workers load the MTP layer (speculative decoding)
+    int mtp_draft_tokens = 1;  // and draft this many tokens a step
     absl::Duration heartbeat_timeout = absl::Seconds(10);
     StepDeadlineOptions step_deadline;
   };

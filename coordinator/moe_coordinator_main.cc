@@ -94,6 +94,9 @@ int main(int argc, char** argv) {
                 "its draft of the next token, so a step can give two tokens. Outputs keep their "
                 "distribution (greedy: the same tokens). Not with logprobs (those requests are "
                 "not speculated).");
+  flags.AddInt("mtp-draft-tokens", &o.mtp_draft_tokens,
+               "With --mtp: tokens drafted per step, the MTP layer applied again to its own output "
+               "for each after the first (1 to 8; DeepSeek deploys 1).");
   flags.AddInt("max-prompt-tokens", &o.max_prompt_tokens,
                "Longest prompt accepted, in tokens (0: the context and KV cache are the limits).");
   flags.AddInt("max-new-tokens", &o.max_new_tokens,

@@ -46,7 +46,7 @@ void Scheduler::Release(Sequence& s) {
 void Scheduler::Preempt(const SeqPtr& s) {
   Release(*s);
   s->computed = 0;
-  s->draft = -1;
+  s->draft.clear();
   s->group = -1;
   running_.remove(s);
   // Back among the waiting, in arrival order: it resumes before later arrivals.
@@ -72,7 +72,7 @@ void Scheduler::PurgeCancelled() {
 
 bool Scheduler::WillDraft(const Sequence& s, int64_t n) const {
   const RequestParams& p = s.request->params();
-  return options_.speculative && s.draft >= 0 &&
+  return options_.speculative && !s.draft.empty() &&
          s.computed + n == static_cast<int64_t>(s.tokens.size()) && s.generated + 1 < p.max_tokens &&
          !p.sampling.logprobs();
 }
@@ -84,9 +84,21 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   const int64_t remaining = static_cast<int64_t>(s->tokens.size()) - s->computed;
   const int64_t n = std::min(remaining, *budget);
   if (n <= 0) return false;
-  const int drafted = WillDraft(*s, n) && n + 1 <= *budget ? 1 : 0;
+  const RequestParams& params = s->request->params();
+  // Drafts to verify: as many as the MTP layer made, the budget holds, and tokens are still to
+  // come after them.
+  const int drafted =
+      WillDraft(*s, n)
+          ? static_cast<int>(std::max<int64_t>(
+                0, std::min<int64_t>({static_cast<int64_t>(s->draft.size()), *budget - n,
+                                      params.max_tokens - s->generated - 1})))
+          : 0;
+  // A chunk that samples drafts the next tokens: drafting k of them writes the MTP layer's cache
+  // k - 1 positions past the step's.
+  const bool samples = s->computed + n == static_cast<int64_t>(s->tokens.size());
+  const int64_t ahead = options_.speculative && samples ? options_.mtp_draft_tokens - 1 : 0;
   PrefixCache& cache = caches_[s->group];
-  while (!cache.EnsureCapacity(&s->blocks, s->computed + n + drafted).ok()) {
+  while (!cache.EnsureCapacity(&s->blocks, s->computed + n + drafted + ahead).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;
     for (const SeqPtr& r : running_) {
@@ -167,7 +179,7 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
       p->set_mtp(true);
       if (!last_chunk) p->set_lookahead(s->tokens[static_cast<size_t>(s->computed + s->scheduled)]);
       if (s->drafted > 0) {
-        p->add_tokens(s->draft);
+        p->mutable_tokens()->Add(s->draft.begin(), s->draft.begin() + s->drafted);
         p->set_num_draft(s->drafted);
       }
     }
@@ -204,7 +216,10 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
     drafts_ += s->drafted;
     drafts_accepted_ += accepted;
     s->computed += accepted;
-    s->draft = i < result.drafts_size() ? result.drafts(i) : -1;
+    s->draft.clear();
+    if (i < result.drafts_size()) {
+      s->draft.assign(result.drafts(i).ids().begin(), result.drafts(i).ids().end());
+    }
     const RequestParams& p = s->request->params();
     for (size_t k = 0; k < made.size(); ++k) {
       const int32_t token = made[k];

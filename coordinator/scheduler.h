@@ -41,6 +41,7 @@ struct SchedulerOptions {
   std::vector<int32_t> eos_token_ids;
   bool prefix_cache = true;  // reuse the KV blocks of cached prompt prefixes
   bool speculative = false;  // the workers run the MTP layer: plan drafts, take several tokens
+  int mtp_draft_tokens = 1;  // tokens the MTP layer drafts per step
 };
 
 struct SchedulerStats {
@@ -80,7 +81,7 @@ class Scheduler {
     int group = -1;
     std::vector<int32_t> blocks;
     int64_t scheduled = 0;  // tokens in the step in flight (not counting a draft)
-    int32_t draft = -1;     // the MTP layer's draft of the token after `tokens`
+    std::vector<int32_t> draft;  // the MTP layer's drafts of the tokens after `tokens`
     int drafted = 0;        // drafts in the step in flight
   };
   using SeqPtr = std::shared_ptr<Sequence>;

@@ -78,6 +78,10 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError(
         "--mtp: the model has no MTP layer (config.json: num_nextn_predict_layers is 0)");
   }
+  if (o.mtp_draft_tokens < 1 || o.mtp_draft_tokens > 8) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--mtp-draft-tokens must be in [1, 8], got ", o.mtp_draft_tokens));
+  }
   // The workers' float32 latent cache: a layer per decoder layer, and one for the MTP layer.
   const int64_t per_block = (config.num_hidden_layers + (o.mtp ? 1 : 0)) * config.kv_cache_dim() *
                             static_cast<int64_t>(sizeof(float)) * o.block_size;
@@ -114,6 +118,7 @@ CoordinatorServer::CoordinatorServer(
   so.max_waiting = o.max_queue;
   so.prefix_cache = o.prefix_cache;
   so.speculative = o.mtp;
+  so.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
   Cluster::Options co;
@@ -121,6 +126,7 @@ CoordinatorServer::CoordinatorServer(
   co.kv_blocks = kv_blocks;
   co.heartbeat_timeout = o.heartbeat_timeout;
   co.mtp = o.mtp;
+  co.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
   co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });

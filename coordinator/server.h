@@ -49,6 +49,7 @@ struct CoordinatorOptions {
   int64_t max_queue = 1024;
   bool prefix_cache = true;  // --no-prefix-cache turns it off
   bool mtp = false;          // speculative decoding with the checkpoint's MTP layer
+  int64_t mtp_draft_tokens = 1;  // tokens it drafts per step
   // Request limits (INVALID_ARGUMENT naming the flag; a larger message: RESOURCE_EXHAUSTED).
   int64_t max_prompt_tokens = 0;           // 0: the context and the KV cache are the limits
   int64_t max_new_tokens = 0;              // the largest max_tokens; 0: the same

@@ -38,11 +38,14 @@ class ForwardModel {
   // The MTP layer (speculative decoding), for backends that loaded it: runs it over `batch` — the
   // positions whose next token is known, rows `main_rows` of the last Forward, `next_tokens` one
   // per row — writing its cache rows, and returns the draft logits of `logit_rows` of `batch`.
+  // With `from_last_draft` the rows are of the MTP layer's own last output instead (drafting
+  // further tokens by applying it again).
   virtual bool has_mtp() const { return false; }
   virtual absl::StatusOr<Tensor> ForwardMtp(const std::vector<int64_t>& main_rows,
                                             const std::vector<int32_t>& next_tokens,
                                             const ForwardBatch& batch,
-                                            const std::vector<int64_t>& logit_rows) {
+                                            const std::vector<int64_t>& logit_rows,
+                                            bool from_last_draft = false) {
     return absl::UnimplementedError("this backend has no MTP layer");
   }
 

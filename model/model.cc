@@ -166,23 +166,29 @@ absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
 absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& main_rows,
                                                     const std::vector<int32_t>& next_tokens,
                                                     const ForwardBatch& batch,
-                                                    const std::vector<int64_t>& logit_rows) {
+                                                    const std::vector<int64_t>& logit_rows,
+                                                    bool from_last_draft) {
   if (!mtp_) return absl::FailedPreconditionError("the MTP layer was not loaded");
   const int64_t n = static_cast<int64_t>(main_rows.size());
   if (n != batch.num_tokens() || next_tokens.size() != main_rows.size()) {
     return absl::InvalidArgumentError("MTP rows, next tokens and batch differ in length");
   }
-  if (hidden_.shape().size() != 2) {
-    return absl::FailedPreconditionError("the MTP layer runs after a Forward step");
+  // The main model's final hidden states (through its final norm), or the MTP layer's own last
+  // output (its hnorm normalises it).
+  const Tensor& source = from_last_draft ? mtp_->last_hidden() : hidden_;
+  if (source.shape().size() != 2) {
+    return absl::FailedPreconditionError(from_last_draft
+                                             ? "the MTP layer drafts again after a first pass"
+                                             : "the MTP layer runs after a Forward step");
   }
   for (int64_t r : main_rows) {
-    if (r < 0 || r >= hidden_.dim(0)) {
-      return absl::InvalidArgumentError("MTP row outside the last step's rows");
+    if (r < 0 || r >= source.dim(0)) {
+      return absl::InvalidArgumentError("MTP row outside the last pass's rows");
     }
   }
-  Tensor normed = GatherRows(hidden_, main_rows);
-  norm_.Forward(normed.data(), n, normed.data());
-  return mtp_->Forward(normed.data(), next_tokens, batch, cache_, logit_rows);
+  Tensor input = GatherRows(source, main_rows);
+  if (!from_last_draft) norm_.Forward(input.data(), n, input.data());
+  return mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows);
 }
 
 std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {

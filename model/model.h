@@ -71,7 +71,8 @@ class DeepseekV3Model : public ForwardModel {
   absl::StatusOr<Tensor> ForwardMtp(const std::vector<int64_t>& main_rows,
                                     const std::vector<int32_t>& next_tokens,
                                     const ForwardBatch& batch,
-                                    const std::vector<int64_t>& logit_rows) override;
+                                    const std::vector<int64_t>& logit_rows,
+                                    bool from_last_draft = false) override;
   std::vector<int64_t> ExpertTokenCounts() const override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 

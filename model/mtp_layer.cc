@@ -60,6 +60,7 @@ absl::StatusOr<Tensor> MtpLayer::Forward(const float* hidden,
   MOE_RETURN_IF_ERROR(block_->Forward(x.data(), batch, cache));
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   Tensor last = GatherRows(x, logit_rows);
+  last_hidden_ = std::move(x);
   head_norm_.Forward(last.data(), m, last.data());
   return head_.Forward(last.data(), m);
 }

@@ -34,12 +34,16 @@ class MtpLayer {
   ~MtpLayer();
 
   // `hidden` [batch.num_tokens(), hidden] (normed final hidden states of the main model at the
-  // batch's positions), `next_tokens` one per row. Writes the module's cache rows of the batch's
+  // batch's positions, or this layer's own last_hidden() rows when drafting further tokens),
+  // `next_tokens` one per row. Writes the module's cache rows of the batch's
   // positions; returns the logits of `logit_rows`, [logit_rows.size(), vocab].
   absl::StatusOr<Tensor> Forward(const float* hidden, const std::vector<int32_t>& next_tokens,
                                  const ForwardBatch& batch, KvCache& cache,
                                  const std::vector<int64_t>& logit_rows);
   const DecoderLayer& block() const { return *block_; }
+  // The block's output of the last Forward, every row (before the shared head's norm): the
+  // hidden input of a further draft.
+  const Tensor& last_hidden() const { return last_hidden_; }
 
  private:
   MtpLayer() = default;
@@ -49,6 +53,7 @@ class MtpLayer {
   Linear eh_proj_;
   std::unique_ptr<DecoderLayer> block_;
   ParallelLmHead head_;
+  Tensor last_hidden_;
 };
 
 }  // namespace moe

@@ -90,7 +90,16 @@ int main(int argc, char** argv) {
   flags.AddBool("mtp", &mtp,
                 "Speculative decoding with the checkpoint's MTP layer: each step also verifies "
                 "the layer's draft of the next token (CPU backend; the output is the same).");
+  int64_t mtp_draft_tokens = 1;
+  flags.AddInt("mtp-draft-tokens", &mtp_draft_tokens,
+               "With --mtp: tokens drafted per step (1 to 8), the MTP layer applied again to its "
+               "own output for each after the first.");
   flags.ParseOrExit(argc, argv);
+  if (mtp_draft_tokens < 1 || mtp_draft_tokens > 8) {
+    std::fprintf(stderr, "moe-generate: --mtp-draft-tokens must be in [1, 8], got %lld\n",
+                 static_cast<long long>(mtp_draft_tokens));
+    return 2;
+  }
 
   std::unique_ptr<moe::Communicator> world = moe::MakeSelfCommunicator();
   if (moe::MpiRuntime::LaunchedByMpi()) {
@@ -130,6 +139,7 @@ int main(int argc, char** argv) {
   opt.cuda_graphs = !no_cuda_graphs;
   opt.weights = *weights;
   opt.mtp = mtp;
+  opt.mtp_draft_tokens = static_cast<int>(mtp_draft_tokens);
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());

@@ -89,9 +89,14 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
       return bad(absl::StrCat("positions [", s.start_pos, ", ", end,
                               ") exceed max_position_embeddings ", c.max_position_embeddings));
     }
-    if (static_cast<int64_t>(s.block_table.size()) * block_size() < end) {
+    // Drafting k > 1 tokens writes the MTP layer's cache k - 1 positions past the step's.
+    const int64_t covered = end + (s.mtp && s.want_logits && s.sample
+                                       ? std::min<int64_t>(options_.mtp_draft_tokens - 1,
+                                                           c.max_position_embeddings - end)
+                                       : 0);
+    if (static_cast<int64_t>(s.block_table.size()) * block_size() < covered) {
       return bad(absl::StrCat(s.block_table.size(), " KV blocks of ", block_size(),
-                              " tokens cannot hold ", end, " positions"));
+                              " tokens cannot hold ", covered, " positions"));
     }
     for (int32_t b : s.block_table) {
       if (b < 0 || b >= num_blocks()) {
@@ -212,7 +217,7 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
   result.tokens.assign(step.size(), -1);
   MOE_RETURN_IF_ERROR(ShareSampledTokens(step, sampled, &result));
   MOE_RETURN_IF_ERROR(ShareLogprobs(step, logprobs, &result));
-  result.drafts.assign(step.size(), -1);
+  result.drafts.assign(step.size(), {});
   if (std::any_of(step.begin(), step.end(), [](const SequenceStep& s) { return s.mtp; })) {
     MOE_RETURN_IF_ERROR(RunMtp(step, batch, &result));
   }
@@ -257,19 +262,59 @@ absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const Forward
       logit_entry.push_back(static_cast<int64_t>(i));
     }
   }
-  rope_.SetAngles(mtp);
-  MOE_ASSIGN_OR_RETURN(Tensor logits, model_->ForwardMtp(main_rows, next, mtp, logit_rows));
-  std::vector<int64_t> sums(step.size(), 0);  // draft + 1 per entry; from TP-rank 0 of each group
-  if (ctx_->shard().tp_rank == 0) {
-    for (size_t k = 0; k < logit_entry.size(); ++k) {
-      sums[static_cast<size_t>(logit_entry[k])] =
-          cpu::ArgMax(logits.row(static_cast<int64_t>(k)), config().vocab_size) + 1;
+  // Each pass drafts one token per drafting entry: the first from the main model's hidden states,
+  // each further one from the layer's own output at the previous draft's position. Every rank
+  // runs every pass (the block's MoE exchange is collective), with or without rows.
+  std::vector<int64_t> positions;  // per drafting entry: the position of its last logit row
+  for (int64_t r : logit_rows) positions.push_back(mtp.positions[static_cast<size_t>(r)]);
+  bool from_last_draft = false;
+  for (int pass = 0; pass < options_.mtp_draft_tokens; ++pass) {
+    rope_.SetAngles(mtp);
+    MOE_ASSIGN_OR_RETURN(Tensor logits,
+                         model_->ForwardMtp(main_rows, next, mtp, logit_rows, from_last_draft));
+    std::vector<int64_t> sums(step.size(), 0);  // draft + 1 per entry; from TP-rank 0 of a group
+    if (ctx_->shard().tp_rank == 0) {
+      for (size_t k = 0; k < logit_entry.size(); ++k) {
+        sums[static_cast<size_t>(logit_entry[k])] =
+            cpu::ArgMax(logits.row(static_cast<int64_t>(k)), config().vocab_size) + 1;
+      }
     }
+    if (ctx_->world().size() > 1) {
+      MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
+    }
+    for (size_t i = 0; i < step.size(); ++i) {
+      if (sums[i] > 0) out->drafts[i].push_back(static_cast<int32_t>(sums[i] - 1));
+    }
+    // The next pass: one row per drafting entry, the draft at the position after its last row,
+    // reading the block output of that row. Entries at the end of the context stop drafting.
+    ForwardBatch again;
+    std::vector<int64_t> rows, entries, at;
+    std::vector<int32_t> tokens;
+    for (size_t k = 0; k < logit_entry.size(); ++k) {
+      const int64_t pos = positions[k] + 1;
+      if (pos >= config().max_position_embeddings) continue;
+      const SequenceStep& s = step[static_cast<size_t>(logit_entry[k])];
+      ForwardChunk c;
+      c.first_token = again.num_tokens();
+      c.num_tokens = 1;
+      c.start_pos = pos;
+      c.block_table = &s.block_table;
+      again.chunks.push_back(c);
+      again.positions.push_back(pos);
+      rows.push_back(logit_rows[k]);
+      tokens.push_back(out->drafts[static_cast<size_t>(logit_entry[k])].back());
+      entries.push_back(logit_entry[k]);
+      at.push_back(pos);
+    }
+    mtp = std::move(again);
+    main_rows = std::move(rows);
+    next = std::move(tokens);
+    logit_entry = std::move(entries);
+    positions = std::move(at);
+    logit_rows.resize(main_rows.size());
+    for (size_t k = 0; k < logit_rows.size(); ++k) logit_rows[k] = static_cast<int64_t>(k);
+    from_last_draft = true;
   }
-  if (ctx_->world().size() > 1) {
-    MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
-  }
-  for (size_t i = 0; i < step.size(); ++i) out->drafts[i] = static_cast<int32_t>(sums[i] - 1);
   return absl::OkStatus();
 }
 

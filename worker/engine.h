@@ -37,8 +37,10 @@ struct SequenceStep {
   // (VerifyDraft); StepOutput::next_tokens has the tokens after the first.
   int num_draft = 0;
   // Runs the MTP layer (EngineOptions::mtp) over this entry's positions whose next token is known
-  // by the end of the step, keeping its cache complete, and with `sample` drafts the token after
-  // the last sampled one (StepOutput::drafts). A chunk that samples nothing (a prefill chunk
+  // by the end of the step, keeping its cache complete, and with `sample` drafts the
+  // EngineOptions::mtp_draft_tokens tokens after the last sampled one (StepOutput::drafts; the
+  // layer applied again to its own output for each further token, writing its cache at the
+  // drafts' positions: the block table must cover mtp_draft_tokens - 1 positions past the step's). A chunk that samples nothing (a prefill chunk
   // before the prompt's end) gives `lookahead`, the prompt's token after the chunk.
   bool mtp = false;
   int32_t lookahead = -1;
@@ -59,9 +61,9 @@ struct StepOutput {
   std::vector<TokenLogprobs> logprobs;
   // On every rank, per entry: the tokens sampled after `tokens[i]` in this step — its accepted
   // drafts, then the token after the last of them (empty without drafts) — and the MTP layer's
-  // draft of the token after all of them (-1 when the entry did not ask).
+  // drafts of the tokens after all of them (empty when the entry did not ask).
   std::vector<std::vector<int32_t>> next_tokens;
-  std::vector<int32_t> drafts;
+  std::vector<std::vector<int32_t>> drafts;
 };
 
 enum class Device { kCpu, kCuda };
@@ -75,8 +77,10 @@ struct EngineOptions {
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;
-  // Load the MTP layer (and its cache layer) for speculative decoding (CPU backend).
+  // Load the MTP layer (and its cache layer) for speculative decoding (CPU backend), drafting
+  // this many tokens per step (DeepSeek deploys 1).
   bool mtp = false;
+  int mtp_draft_tokens = 1;
 };
 
 class Engine {
@@ -99,6 +103,7 @@ class Engine {
   ForwardModel& model() { return *model_; }
   int64_t block_size() const { return options_.block_size; }
   int64_t num_blocks() const { return options_.kv_blocks; }
+  int mtp_draft_tokens() const { return options_.mtp_draft_tokens; }
 
  private:
   Engine(const ModelConfig& config, std::unique_ptr<ParallelContext> ctx,

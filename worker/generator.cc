@@ -13,7 +13,7 @@ struct Running {
   std::vector<int32_t> all;  // prompt + generated
   std::vector<int32_t> blocks;
   int64_t cached = 0;  // positions already in the cache
-  int32_t draft = -1;  // the MTP layer's draft of the token after `all`
+  std::vector<int32_t> drafts;  // the MTP layer's drafts of the tokens after `all`
   Generation gen;
   std::vector<float> logits;  // rows of gen.logits, while running
   bool done = false;
@@ -59,16 +59,23 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
     if (opt.speculative) {
       s.mtp = true;
       if (!s.want_logits) s.lookahead = r.all[static_cast<size_t>(end)];
-      // A draft is worth verifying only while more than one token is still to come.
+      // Drafts are worth verifying only while more tokens than they are still to come.
       const int64_t left = opt.max_new_tokens - static_cast<int64_t>(r.gen.tokens.size());
-      if (s.want_logits && r.draft >= 0 && left > 1 &&
-          end + 1 <= engine.config().max_position_embeddings) {
-        s.tokens.push_back(r.draft);
-        s.num_draft = 1;
+      const int64_t room = engine.config().max_position_embeddings - end;
+      if (s.want_logits) {
+        const int64_t n = std::min<int64_t>({static_cast<int64_t>(r.drafts.size()), left - 1, room});
+        for (int64_t j = 0; j < n; ++j) s.tokens.push_back(r.drafts[static_cast<size_t>(j)]);
+        s.num_draft = static_cast<int>(std::max<int64_t>(0, n));
       }
     }
+    // Drafting k tokens writes the MTP layer's cache k - 1 positions past the step's.
+    int64_t ahead = 0;
+    if (opt.speculative && s.want_logits) {
+      ahead = std::min<int64_t>(engine.mtp_draft_tokens() - 1,
+                                engine.config().max_position_embeddings - end - s.num_draft);
+    }
     MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(
-        &r.blocks, end + s.num_draft, engine.block_size()));
+        &r.blocks, end + s.num_draft + ahead, engine.block_size()));
     s.block_table = r.blocks;
     step.push_back(std::move(s));
   }
@@ -113,7 +120,7 @@ void Advance(const ModelConfig& c, const std::vector<SequenceStep>& step, const 
     if (!step[k].want_logits) continue;
     r.gen.drafts += step[k].num_draft;
     r.gen.accepted += accepted;
-    r.draft = out.drafts.empty() ? -1 : out.drafts[k];
+    r.drafts = out.drafts.empty() ? std::vector<int32_t>() : out.drafts[k];
     for (int32_t token : made[k]) {
       const std::vector<int32_t>& so_far = r.gen.tokens;
       const bool after_eos = opt.stop_at_eos && !so_far.empty() &&

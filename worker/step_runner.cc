@@ -63,7 +63,7 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     result.add_tokens(out.tokens[i]);
     result.add_next_tokens()->mutable_ids()->Add(out.next_tokens[i].begin(),
                                                  out.next_tokens[i].end());
-    result.add_drafts(out.drafts[i]);
+    result.add_drafts()->mutable_ids()->Add(out.drafts[i].begin(), out.drafts[i].end());
     moe::v1::TokenLogprobs* lp = result.add_logprobs();
     if (steps[i].sample->logprobs) {
       lp->set_logprob(out.logprobs[i].logprob);

@@ -78,7 +78,8 @@ class FakeEngine {
       r.add_tokens(made[0]);
       r.add_next_tokens()->mutable_ids()->Add(made.begin() + 1, made.end());
       const int32_t right = NextToken(known);
-      r.add_drafts(s.mtp() ? (drafts_++ % 2 == 0 ? right : (right + 1) % kVocab) : -1);
+      moe::v1::TokenIds* drafts = r.add_drafts();
+      if (s.mtp()) drafts->add_ids(drafts_++ % 2 == 0 ? right : (right + 1) % kVocab);
     }
     return r;
   }

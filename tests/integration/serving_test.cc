@@ -496,6 +496,13 @@ TEST_F(ServingTest, MtpSpeculativeDecodingKeepsOutputs) {
       Model(), *engine_, {2, 2, true, {"--mtp", "--max-batch-tokens", "24"}}, logs_.path());
 }
 
+TEST_F(ServingTest, ThreeMtpDraftTokensKeepOutputs) {
+  ConcurrentClientsMatchOfflineGeneration(
+      Model(), *engine_,
+      {2, 2, true, {"--mtp", "--mtp-draft-tokens", "3", "--max-batch-tokens", "24"}},
+      logs_.path());
+}
+
 // The compact formats served: DeepSeek's fp8 and Kimi K2 Thinking's int4, under TP 2.
 TEST_F(ServingTest, Fp8CheckpointServedUnderTpTwo) {
   ServedModel m = MakeServedModel(*dir_, "tiny-dsv3", WeightDType::kFP8, 42);

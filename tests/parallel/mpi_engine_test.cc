@@ -48,7 +48,7 @@ std::string SharedCheckpoint(const std::string& preset, WeightDType dtype) {
 }
 
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
-                                   int tp, bool mtp = false) {
+                                   int tp, bool mtp = false, int draft_tokens = 1) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok());
   auto ctx = ParallelContext::Create(*config, std::move(world), tp);
@@ -56,6 +56,7 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
   EngineOptions opt;
   opt.block_size = 16;
   opt.mtp = mtp;
+  opt.mtp_draft_tokens = draft_tokens;
   opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20, mtp ? 1 : 0);
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
@@ -67,7 +68,7 @@ class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
 // One rank's engine against every layout of the world, on a checkpoint in `dtype`; with
 // `speculative`, the layouts decode speculatively with the MTP layer (sharded like the others).
 void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype,
-                                    bool speculative = false) {
+                                    bool speculative = false, int draft_tokens = 1) {
   cpu::SetNumThreads(1);
   const std::string dir = SharedCheckpoint(preset, dtype);
   auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
@@ -86,7 +87,7 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
     SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
     auto world = MakeMpiWorldCommunicator();
     ASSERT_TRUE(world.ok());
-    auto engine = LoadEngine(dir, std::move(*world), tp, speculative);
+    auto engine = LoadEngine(dir, std::move(*world), tp, speculative, draft_tokens);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     GenerateOptions layout_gen = gen;
@@ -143,6 +144,11 @@ TEST(MpiEngineFormatsTest, Int4EveryTpSizeMatchesOneRank) {
 // decoding without it.
 TEST(MpiEngineSpeculativeTest, MtpUnderEveryTpSizeMatchesOneRankWithoutIt) {
   CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, /*speculative=*/true);
+}
+
+// Three drafts a step (the MTP layer applied to its own output): the same.
+TEST(MpiEngineSpeculativeTest, ThreeDraftTokensUnderEveryTpSizeMatchOneRankWithoutThem) {
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, /*speculative=*/true, 3);
 }
 
 // Bytes of a tensor (and its fp8 scales) as stored.

@@ -3,6 +3,7 @@
 // prefill keeps the MTP layer's cache whole, and bad requests are refused.
 #include <cmath>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
@@ -29,13 +30,16 @@ class SpeculativeTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static std::unique_ptr<Engine> Load(bool mtp, int64_t block_size = 16) {
-    auto config = LoadModelConfig(dir_->path());
+  static std::unique_ptr<Engine> Load(bool mtp, int64_t block_size = 16, int draft_tokens = 1,
+                                      const std::string& dir = "") {
+    const std::string path = dir.empty() ? dir_->path() : dir;
+    auto config = LoadModelConfig(path);
     EngineOptions opt;
     opt.block_size = block_size;
     opt.mtp = mtp;
+    opt.mtp_draft_tokens = draft_tokens;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 8 << 20, mtp ? 1 : 0);
-    auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
+    auto e = Engine::Load(path, ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
   }
@@ -75,6 +79,64 @@ TEST_F(SpeculativeTest, GreedyOutputsAndLogitsEqualThoseWithoutIt) {
   }
   std::printf("MTP drafts accepted: %lld of %lld\n", static_cast<long long>(accepted),
               static_cast<long long>(drafts));
+}
+
+// k > 1 drafts a step, the MTP layer applied again to its own output: the same greedy tokens and
+// logits, batched and alone, with chunked prefill; with random MTP weights few are accepted.
+TEST_F(SpeculativeTest, SeveralDraftTokensKeepOutputs) {
+  auto plain = Load(false);
+  ASSERT_TRUE(plain);
+  for (int k : {2, 3}) {
+    auto spec = Load(true, 16, k);
+    ASSERT_TRUE(spec);
+    const std::vector<std::vector<int32_t>> prompts = {Prompt(1, 4), Prompt(17, 5), Prompt(40, 6)};
+    for (int64_t chunk : {0, 7}) {
+      GenerateOptions g;
+      g.max_new_tokens = 23;
+      g.prefill_chunk = chunk;
+      BlockAllocator a1(plain->num_blocks()), a2(spec->num_blocks());
+      auto want = GenerateGreedyBatch(*plain, a1, prompts, g);
+      g.speculative = true;
+      auto got = GenerateGreedyBatch(*spec, a2, prompts, g);
+      ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+      for (size_t i = 0; i < prompts.size(); ++i) {
+        SCOPED_TRACE(absl::StrCat("k=", k, " chunk=", chunk, " prompt ", i));
+        EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens);
+        EXPECT_LT(::moe::testing::MaxRelativeError((*got)[i].logits, (*want)[i].logits), 1e-5);
+        EXPECT_GT((*got)[i].drafts, 0);
+      }
+      EXPECT_EQ(a2.free_blocks(), spec->num_blocks());
+    }
+  }
+}
+
+// An MTP layer that drafts what the model will say (MakeModelOptions::mtp_agrees): every one of
+// k drafts is accepted, so a step gives k + 1 tokens, and the outputs stay the model's own.
+TEST_F(SpeculativeTest, AgreeingDraftsGiveKPlusOneTokensAStep) {
+  ScratchDir agrees;
+  MakeModelOptions opt;
+  opt.out_dir = agrees.path();
+  opt.seed = 7;
+  opt.mtp_agrees = true;
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-dsv3"), opt).ok());
+  auto plain = Load(false, 16, 1, agrees.path());
+  ASSERT_TRUE(plain);
+  for (int k : {1, 3}) {
+    auto spec = Load(true, 16, k, agrees.path());
+    ASSERT_TRUE(spec);
+    GenerateOptions g;
+    g.max_new_tokens = 33;
+    BlockAllocator a1(plain->num_blocks()), a2(spec->num_blocks());
+    auto want = GenerateGreedy(*plain, a1, Prompt(9, 8), g);
+    g.speculative = true;
+    auto got = GenerateGreedy(*spec, a2, Prompt(9, 8), g);
+    ASSERT_TRUE(want.ok() && got.ok()) << want.status() << got.status();
+    EXPECT_EQ(got->tokens, want->tokens) << "k=" << k;
+    EXPECT_EQ(got->accepted, got->drafts) << "k=" << k;
+    // The prefill step gives one token; every later step k + 1 (the last may give fewer).
+    EXPECT_LE(got->steps, 1 + (32 + k) / (k + 1) + 1) << "k=" << k;
+    EXPECT_GE(got->drafts, 32 - (32 + k) / (k + 1)) << "k=" << k;
+  }
 }
 
 TEST_F(SpeculativeTest, BatchedSequencesEqualThoseWithoutIt) {
@@ -164,7 +226,10 @@ TEST_F(SpeculativeTest, ChunkedPrefillDraftsAsAWholePrefill) {
       }
       auto out = spec->Step({s});
       EXPECT_TRUE(out.ok()) << out.status();
-      if (out.ok() && s.want_logits) drafts = {out->tokens[0], out->drafts[0]};
+      if (out.ok() && s.want_logits) {
+        EXPECT_EQ(out->drafts[0].size(), 1u);
+        drafts = {out->tokens[0], out->drafts[0].empty() ? -1 : out->drafts[0][0]};
+      }
     }
     return drafts;
   };
@@ -219,7 +284,6 @@ TEST_F(SpeculativeTest, SeededSamplingWithDraftsIsReproducible) {
     s.block_table = blocks;
     s.mtp = true;
     uint64_t index = 0;
-    int32_t draft = -1;
     while (out.size() < 20) {
       s.sample = SampleRequest{{0.9f, 40, 0.95f, 1234}, index};
       auto r = spec->Step({s});
@@ -231,8 +295,9 @@ TEST_F(SpeculativeTest, SeededSamplingWithDraftsIsReproducible) {
       index += made.size();
       s.start_pos += static_cast<int64_t>(s.tokens.size()) - s.num_draft +
                      static_cast<int64_t>(made.size()) - 1;
-      draft = r->drafts[0];
-      s.tokens = {made.back(), draft};
+      EXPECT_EQ(r->drafts[0].size(), 1u);
+      if (r->drafts[0].empty()) break;
+      s.tokens = {made.back(), r->drafts[0][0]};
       s.num_draft = 1;
     }
     return out;

@@ -109,8 +109,7 @@ int main(int argc, char** argv) {
     opt.dtype = *wdtype;
     opt.mtp_agrees = agrees;
     if (!moe::WriteCheckpoint(*config, opt).ok()) return 1;
-    auto plain = moe::Load(dir, false),
-         spec = moe::Load(dir, true, static_cast<int>(draft_tokens));
+    auto plain = moe::Load(dir, false), spec = moe::Load(dir, true, static_cast<int>(draft_tokens));
     for (const int batch : {1, 32}) {
       moe::Decode(*plain, batch, new_tokens, false);  // warm-up: pages, threads
       moe::Decode(*spec, batch, new_tokens, true);
@@ -120,8 +119,8 @@ int main(int argc, char** argv) {
           "%s%s batch %2d, %lld draft(s): plain %7.1f tok/s | MTP %7.1f tok/s, %.2f tokens/step, "
           "acceptance %5.1f%% | speed-up %.2fx of a bound of %.2fx | outputs %s\n",
           preset.c_str(), agrees ? " (MTP agrees)" : " (random MTP)", batch,
-          static_cast<long long>(draft_tokens), a.tokens_per_s, b.tokens_per_s,
-          b.tokens_per_step, 100 * b.acceptance, b.tokens_per_s / a.tokens_per_s, b.tokens_per_step,
+          static_cast<long long>(draft_tokens), a.tokens_per_s, b.tokens_per_s, b.tokens_per_step,
+          100 * b.acceptance, b.tokens_per_s / a.tokens_per_s, b.tokens_per_step,
           a.tokens == b.tokens ? "equal" : "DIFFER");
     }
     std::filesystem::remove_all(dir);

@@ -45,7 +45,8 @@ void Append(const DecoderLayerWeights& w, std::vector<WeightSpec>* out) {
     for (const auto* s : {&a.q_a_proj, &a.q_a_layernorm, &a.q_b_proj, &a.q_proj}) {
       if (*s) out->push_back(**s);
     }
-    for (const WeightSpec* s : {&a.kv_a_proj_with_mqa, &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj}) {
+    for (const WeightSpec* s :
+         {&a.kv_a_proj_with_mqa, &a.kv_a_layernorm, &a.kv_b_proj, &a.o_proj}) {
       out->push_back(*s);
     }
   }
@@ -96,8 +97,7 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
     } else {
       m.q_proj = {a + "q_proj.weight", {heads * c.qk_head_dim(), h}, Kind::kLinear};
     }
-    m.kv_a_proj_with_mqa = {a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h},
-                            Kind::kLinear};
+    m.kv_a_proj_with_mqa = {a + "kv_a_proj_with_mqa.weight", {c.kv_cache_dim(), h}, Kind::kLinear};
     m.kv_a_layernorm = {a + "kv_a_layernorm.weight", {c.kv_lora_rank}, Kind::kNorm};
     m.kv_b_proj = {a + "kv_b_proj.weight",
                    {heads * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank},
@@ -137,25 +137,25 @@ DecoderLayerWeights LayerWeights(const ModelConfig& c, int64_t layer, bool moe) 
   }
   const int64_t inter = c.moe_intermediate_size;
   if (llama4) {
-    w.fused_gate_up_proj = {f + "experts.gate_up_proj", {c.n_routed_experts, h, 2 * inter},
-                            Kind::kFusedExperts};
-    w.fused_down_proj = {f + "experts.down_proj", {c.n_routed_experts, inter, h},
-                         Kind::kFusedExperts};
+    w.fused_gate_up_proj = {
+        f + "experts.gate_up_proj", {c.n_routed_experts, h, 2 * inter}, Kind::kFusedExperts};
+    w.fused_down_proj = {
+        f + "experts.down_proj", {c.n_routed_experts, inter, h}, Kind::kFusedExperts};
   } else {
     for (int64_t e = 0; e < c.n_routed_experts; ++e) {
       w.experts.push_back(Mlp(ExpertPrefix(layer, e), h, inter));
     }
   }
   if (c.n_shared_experts > 0) {
-    w.shared_experts = Mlp(f + (llama4 ? "shared_expert." : "shared_experts."), h,
-                           c.shared_intermediate_size());
+    w.shared_experts =
+        Mlp(f + (llama4 ? "shared_expert." : "shared_experts."), h, c.shared_intermediate_size());
   }
   return w;
 }
 
 ModelWeights TopLevelWeights(const ModelConfig& c) {
-  const WeightSpec embed = {"model.embed_tokens.weight", {c.vocab_size, c.hidden_size},
-                            Kind::kEmbedding};
+  const WeightSpec embed = {
+      "model.embed_tokens.weight", {c.vocab_size, c.hidden_size}, Kind::kEmbedding};
   return {embed,
           {"model.norm.weight", {c.hidden_size}, Kind::kNorm},
           c.tie_word_embeddings

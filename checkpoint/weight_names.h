@@ -76,7 +76,8 @@ struct DecoderLayerWeights {
   std::optional<MlpWeights> mlp;
   std::optional<WeightSpec> gate, e_score_correction_bias;
   std::vector<MlpWeights> experts;
-  // Llama 4: every expert in two tensors, gate_up_proj [E, hidden, 2 I] and down_proj [E, I, hidden].
+  // Llama 4: every expert in two tensors, gate_up_proj [E, hidden, 2 I] and down_proj [E, I,
+  // hidden].
   std::optional<WeightSpec> fused_gate_up_proj, fused_down_proj;
   std::optional<MlpWeights> shared_experts;
 };

@@ -1,8 +1,8 @@
 #include "common/model_config.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
-#include <algorithm>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -142,8 +142,8 @@ absl::Status ParseCompressedTensors(const Fields& f, QuantizationConfig* q) {
     return f.Error("config_groups", "expected an object with exactly one group");
   }
   const auto group = f.obj().at("config_groups").begin();
-  const std::string where = absl::StrCat("config.json quantization_config.config_groups.",
-                                         group.key(), " ");
+  const std::string where =
+      absl::StrCat("config.json quantization_config.config_groups.", group.key(), " ");
   if (!group->is_object()) return f.Error("config_groups", "the group is not an object");
   Fields g(*group, where);
   if (g.Has("input_activations")) {
@@ -156,7 +156,8 @@ absl::Status ParseCompressedTensors(const Fields& f, QuantizationConfig* q) {
   std::string type = "int", strategy = "group";
   bool symmetric = true;
   MOE_RETURN_IF_ERROR(w.Int("num_bits", &q->num_bits, true, 1));
-  if (q->num_bits != 4) return w.Error("num_bits", absl::StrCat("only 4 is supported, got ", q->num_bits));
+  if (q->num_bits != 4)
+    return w.Error("num_bits", absl::StrCat("only 4 is supported, got ", q->num_bits));
   MOE_RETURN_IF_ERROR(w.String("type", &type, false));
   MOE_RETURN_IF_ERROR(w.OneOf("type", type, {"int"}));
   MOE_RETURN_IF_ERROR(w.String("strategy", &strategy, false));
@@ -419,7 +420,8 @@ std::string ModelConfig::ToJson() const {
       j["attn_temperature_tuning"] = attn_temperature_tuning;
       j["floor_scale"] = floor_scale;
       j["attn_scale"] = attn_scale;
-      j["attention_chunk_size"] = attention_chunk_size > 0 ? Json(attention_chunk_size) : Json(nullptr);
+      j["attention_chunk_size"] =
+          attention_chunk_size > 0 ? Json(attention_chunk_size) : Json(nullptr);
       std::vector<std::string> types;
       for (int64_t l = 0; l < num_hidden_layers; ++l) {
         types.push_back(IsChunked(l) ? "chunked_attention" : "full_attention");
@@ -455,12 +457,12 @@ std::string ModelConfig::ToJson() const {
   j["rms_norm_eps"] = rms_norm_eps;
   j["rope_theta"] = rope_theta;
   if (llama3_rope) {
-    j["rope_scaling"] = {{"rope_type", "llama3"},
-                         {"factor", llama3_rope->factor},
-                         {"low_freq_factor", llama3_rope->low_freq_factor},
-                         {"high_freq_factor", llama3_rope->high_freq_factor},
-                         {"original_max_position_embeddings",
-                          llama3_rope->original_max_position_embeddings}};
+    j["rope_scaling"] = {
+        {"rope_type", "llama3"},
+        {"factor", llama3_rope->factor},
+        {"low_freq_factor", llama3_rope->low_freq_factor},
+        {"high_freq_factor", llama3_rope->high_freq_factor},
+        {"original_max_position_embeddings", llama3_rope->original_max_position_embeddings}};
   } else if (rope_linear_factor != 1.0) {
     j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", rope_linear_factor}};
   } else if (rope_scaling) {
@@ -538,6 +540,24 @@ constexpr Architecture kArchitectures[] = {
 absl::Status ParseNoRopeLayers(const Fields& f, ModelConfig& c);
 absl::Status ParseIntList(const Fields& f, const char* key, std::vector<int64_t>* out);
 
+// config.json's layer_types, one per layer, each "full_attention" or `local` (Gemma 3's
+// "sliding_attention", Llama 4's "chunked_attention"): which layers are `local`.
+absl::Status ParseLayerTypes(const Fields& f, int64_t layers, const char* local,
+                             std::vector<bool>* out) {
+  const Json& t = f.obj().at("layer_types");
+  if (!t.is_array() || static_cast<int64_t>(t.size()) != layers) {
+    return f.Error("layer_types", absl::StrCat("expected one entry per layer (", layers, ")"));
+  }
+  out->clear();
+  for (const Json& e : t) {
+    if (!e.is_string() || (e != local && e != "full_attention")) {
+      return f.Error("layer_types", absl::StrCat("expected \"", local, "\" or \"full_attention\""));
+    }
+    out->push_back(e == local);
+  }
+  return absl::OkStatus();
+}
+
 // Llama 4: interleaved MoE layers (shared expert + sigmoid-gated top-k routed experts, fused
 // tensors), NoPE layers with temperature tuning, chunked attention and L2 QK-norm on the others.
 absl::Status ParseLlama4Fields(const Fields& f, ModelConfig& c) {
@@ -579,19 +599,10 @@ absl::Status ParseLlama4Fields(const Fields& f, ModelConfig& c) {
   c.attention_chunk_size = j.contains("attention_chunk_size") ? 0 : 8192;  // explicit null: none
   MOE_RETURN_IF_ERROR(f.Int("attention_chunk_size", &c.attention_chunk_size, false, 1));
   if (f.Has("layer_types")) {
-    const Json& t = j.at("layer_types");
-    if (!t.is_array() || static_cast<int64_t>(t.size()) != c.num_hidden_layers) {
-      return f.Error("layer_types", absl::StrCat("expected one entry per layer (",
-                                                 c.num_hidden_layers, ")"));
-    }
-    for (const Json& e : t) {
-      if (!e.is_string() || (e != "chunked_attention" && e != "full_attention")) {
-        return f.Error("layer_types", "expected \"chunked_attention\" or \"full_attention\"");
-      }
-      c.chunked_layers.push_back(e == "chunked_attention");
-    }
-    if (c.attention_chunk_size == 0 &&
-        std::find(c.chunked_layers.begin(), c.chunked_layers.end(), true) != c.chunked_layers.end()) {
+    MOE_RETURN_IF_ERROR(
+        ParseLayerTypes(f, c.num_hidden_layers, "chunked_attention", &c.chunked_layers));
+    if (c.attention_chunk_size == 0 && std::find(c.chunked_layers.begin(), c.chunked_layers.end(),
+                                                 true) != c.chunked_layers.end()) {
       return f.Error("layer_types", "chunked_attention layers need attention_chunk_size");
     }
   } else if (c.attention_chunk_size > 0) {
@@ -615,8 +626,8 @@ absl::Status ParseLlama4Fields(const Fields& f, ModelConfig& c) {
     MOE_RETURN_IF_ERROR(r.Double("factor", &l3.factor, true));
     MOE_RETURN_IF_ERROR(r.Double("low_freq_factor", &l3.low_freq_factor, true));
     MOE_RETURN_IF_ERROR(r.Double("high_freq_factor", &l3.high_freq_factor, true));
-    MOE_RETURN_IF_ERROR(r.Int("original_max_position_embeddings",
-                              &l3.original_max_position_embeddings, true, 1));
+    MOE_RETURN_IF_ERROR(
+        r.Int("original_max_position_embeddings", &l3.original_max_position_embeddings, true, 1));
     if (!(l3.factor >= 1) || !(l3.high_freq_factor > l3.low_freq_factor) ||
         !(l3.low_freq_factor > 0)) {
       return r.Error("factor", "needs factor >= 1 and high_freq_factor > low_freq_factor > 0");
@@ -647,21 +658,13 @@ absl::Status ParseGemma3Fields(const Fields& f, ModelConfig& c) {
   c.sliding_window = 4096;
   MOE_RETURN_IF_ERROR(f.Int("sliding_window", &c.sliding_window, false, 1));
   if (f.Has("layer_types")) {
-    const Json& t = j.at("layer_types");
-    if (!t.is_array() || static_cast<int64_t>(t.size()) != c.num_hidden_layers) {
-      return f.Error("layer_types", absl::StrCat("expected one entry per layer (",
-                                                 c.num_hidden_layers, ")"));
-    }
-    for (const Json& e : t) {
-      if (!e.is_string() || (e != "sliding_attention" && e != "full_attention")) {
-        return f.Error("layer_types", "expected \"sliding_attention\" or \"full_attention\"");
-      }
-      c.sliding_layers.push_back(e == "sliding_attention");
-    }
+    MOE_RETURN_IF_ERROR(
+        ParseLayerTypes(f, c.num_hidden_layers, "sliding_attention", &c.sliding_layers));
   } else {
     int64_t pattern = 6;
     MOE_RETURN_IF_ERROR(f.Int("sliding_window_pattern", &pattern, false, 1));
-    for (int64_t l = 0; l < c.num_hidden_layers; ++l) c.sliding_layers.push_back((l + 1) % pattern != 0);
+    for (int64_t l = 0; l < c.num_hidden_layers; ++l)
+      c.sliding_layers.push_back((l + 1) % pattern != 0);
   }
   c.rope_local_theta = 10000.0;
   MOE_RETURN_IF_ERROR(f.Double("rope_local_base_freq", &c.rope_local_theta, false));
@@ -692,9 +695,9 @@ absl::Status ParseGemma3Fields(const Fields& f, ModelConfig& c) {
   }
   if (!(c.rope_local_theta > 1)) return f.Error("rope_local_base_freq", "must be > 1");
   if (c.sliding_window > c.max_position_embeddings) {
-    return f.Error("sliding_window", absl::StrCat(c.sliding_window, " exceeds the context (",
-                                                  "max_position_embeddings ",
-                                                  c.max_position_embeddings, ")"));
+    return f.Error("sliding_window",
+                   absl::StrCat(c.sliding_window, " exceeds the context (",
+                                "max_position_embeddings ", c.max_position_embeddings, ")"));
   }
   return absl::OkStatus();
 }
@@ -772,7 +775,8 @@ absl::Status ParseDeepseekFields(const Fields& f, ModelConfig& c) {
 absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
   c.head_dim = c.hidden_size / c.num_attention_heads;
   MOE_RETURN_IF_ERROR(f.Int("head_dim", &c.head_dim, false, 2));
-  if (c.head_dim % 2 != 0) return f.Error("head_dim", absl::StrCat("must be even, got ", c.head_dim));
+  if (c.head_dim % 2 != 0)
+    return f.Error("head_dim", absl::StrCat("must be even, got ", c.head_dim));
   c.qk_rope_head_dim = c.v_head_dim = c.head_dim;
   c.qk_nope_head_dim = 0;
   c.kv_lora_rank = 0;
@@ -791,8 +795,9 @@ absl::Status ParseGqaFields(const Fields& f, ModelConfig& c) {
   bool sliding = false;
   MOE_RETURN_IF_ERROR(f.Bool("use_sliding_window", &sliding));
   if (sliding || (c.model_type == "mistral" && f.Has("sliding_window"))) {
-    return f.Error("sliding_window", "sliding-window attention is not supported for this "
-                                     "architecture yet (null or use_sliding_window false)");
+    return f.Error("sliding_window",
+                   "sliding-window attention is not supported for this "
+                   "architecture yet (null or use_sliding_window false)");
   }
   if (c.model_type == "qwen3" || c.model_type == "qwen3_moe") c.qk_norm = QkNorm::kPerHead;
   if (c.model_type == "olmo2") {
@@ -867,7 +872,8 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text) {
   MOE_RETURN_IF_ERROR(f.Double("rms_norm_eps", &c.rms_norm_eps, false));
   if (!(c.rms_norm_eps > 0)) return f.Error("rms_norm_eps", "must be positive");
   MOE_RETURN_IF_ERROR(f.Double("rope_theta", &c.rope_theta, false));
-  if (f.Has("rope_parameters") && !gemma) {  // transformers 5 spelling: {"rope_type": ..., "rope_theta": ...}
+  if (f.Has("rope_parameters") &&
+      !gemma) {  // transformers 5 spelling: {"rope_type": ..., "rope_theta": ...}
     const Json& rp = j.at("rope_parameters");
     if (!rp.is_object()) return f.TypeError("rope_parameters", "an object");
     Fields r(rp, "config.json rope_parameters ");

@@ -69,7 +69,8 @@ struct ParamCounts {
 // Where a GQA family normalises a layer's blocks.
 enum class NormPlacement {
   kPre,   // x + attn(input_layernorm(x)), then x + mlp(post_attention_layernorm(x))
-  kPost,  // OLMo 2: x + post_attention_layernorm(attn(x)), then x + post_feedforward_layernorm(mlp(x))
+  kPost,  // OLMo 2: x + post_attention_layernorm(attn(x)), then x +
+          // post_feedforward_layernorm(mlp(x))
   // Gemma 3: x + post_attention_layernorm(attn(input_layernorm(x))), then
   // x + post_feedforward_layernorm(mlp(pre_feedforward_layernorm(x)))
   kSandwich,
@@ -85,8 +86,8 @@ enum class Activation {
 enum class QkNorm {
   kNone,
   kPerHead,  // Qwen3: over each head's head_dim values (q_norm/k_norm weights [head_dim])
-  kWhole,    // OLMo 2: over the whole projection (q_norm [heads * head_dim], k_norm [kv * head_dim])
-  kL2,       // Llama 4: per head without weights, after RoPE, on the RoPE layers only
+  kWhole,  // OLMo 2: over the whole projection (q_norm [heads * head_dim], k_norm [kv * head_dim])
+  kL2,     // Llama 4: per head without weights, after RoPE, on the RoPE layers only
 };
 
 // Llama 4's rope_scaling {"rope_type": "llama3", ...}: frequencies of wavelength above
@@ -156,10 +157,10 @@ struct ModelConfig {
   int64_t sliding_window = 0;
   double rope_local_theta = 0;  // rope_local_base_freq
   double rope_linear_factor = 1.0;
-  int64_t query_pre_attn_scalar = 0;  // the softmax scale is its -1/2 power (0: head_dim's)
+  int64_t query_pre_attn_scalar = 0;   // the softmax scale is its -1/2 power (0: head_dim's)
   double final_logit_softcapping = 0;  // logits = cap * tanh(logits / cap) (0: none)
-  bool norm_unit_offset = false;  // RMSNorm scales by (1 + weight)
-  bool scale_embeddings = false;  // embeddings times sqrt(hidden_size)
+  bool norm_unit_offset = false;       // RMSNorm scales by (1 + weight)
+  bool scale_embeddings = false;       // embeddings times sqrt(hidden_size)
   // Llama 4: interleaved RoPE pairs; chunked attention on the RoPE layers (a query sees the
   // positions of its own attention_chunk_size chunk, up to its own); on NoPE layers queries scaled
   // by log1p(floor((pos + 1) / floor_scale)) * attn_scale + 1; the routing weight (sigmoid of the

@@ -73,8 +73,8 @@ void Scheduler::PurgeCancelled() {
 bool Scheduler::WillDraft(const Sequence& s, int64_t n) const {
   const RequestParams& p = s.request->params();
   return options_.speculative && !s.draft.empty() &&
-         s.computed + n == static_cast<int64_t>(s.tokens.size()) && s.generated + 1 < p.max_tokens &&
-         !p.sampling.logprobs();
+         s.computed + n == static_cast<int64_t>(s.tokens.size()) &&
+         s.generated + 1 < p.max_tokens && !p.sampling.logprobs();
 }
 
 // Reserves blocks for the sequence's next chunk (and its draft) and adds it to the step. Returns

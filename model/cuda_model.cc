@@ -506,9 +506,9 @@ absl::StatusOr<std::unique_ptr<CudaModel>> CudaModel::Load(const std::string& di
                                                            const KvCacheShape& cache,
                                                            const CudaModelOptions& options) {
   if (!config.is_mla()) {
-    return absl::UnimplementedError(absl::StrCat(
-        "the CUDA backend runs MLA models (DeepseekV3ForCausalLM) only; ", config.architectures[0],
-        " runs on the CPU backend (--device cpu)"));
+    return absl::UnimplementedError(
+        absl::StrCat("the CUDA backend runs MLA models (DeepseekV3ForCausalLM) only; ",
+                     config.architectures[0], " runs on the CPU backend (--device cpu)"));
   }
   if (ctx.world().size() != 1) {
     return absl::UnimplementedError(absl::StrCat(

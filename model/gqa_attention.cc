@@ -10,8 +10,8 @@
 
 namespace moe {
 
-absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint& ck,
-                                                int64_t layer, const DecoderLayerWeights& layer_w,
+absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint& ck, int64_t layer,
+                                                const DecoderLayerWeights& layer_w,
                                                 const ParallelContext& ctx, float softmax_scale,
                                                 WeightBytes* bytes) {
   const GqaWeights& w = *layer_w.gqa;
@@ -39,18 +39,20 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   a.qk_norm_ = c.qk_norm;
   a.tp_ = &ctx.tp();
   uint64_t* split = &bytes->attention_head_split;
-  MOE_ASSIGN_OR_RETURN(a.q_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, w.q_proj, {heads.begin * d, heads.end * d}, {0, h});
-                       }));
+  MOE_ASSIGN_OR_RETURN(
+      a.q_proj_, Metered(ck, split, [&] {
+        return Linear::Load(ck, w.q_proj, {heads.begin * d, heads.end * d}, {0, h});
+      }));
   MOE_ASSIGN_OR_RETURN(a.k_proj_, Metered(ck, split, [&] {
                          return Linear::Load(ck, w.k_proj, {kv.begin * d, kv.end * d}, {0, h});
                        }));
   MOE_ASSIGN_OR_RETURN(a.v_proj_, Metered(ck, split, [&] {
                          return Linear::Load(ck, w.v_proj, {kv.begin * d, kv.end * d}, {0, h});
                        }));
-  MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
-                       }));
+  MOE_ASSIGN_OR_RETURN(
+      a.o_proj_, Metered(ck, split, [&] {
+        return Linear::Load(ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
+      }));
   if (w.q_bias) {
     MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
       return a.q_proj_.LoadBias(ck, *w.q_bias, {heads.begin * d, heads.end * d});
@@ -62,7 +64,9 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
       return a.v_proj_.LoadBias(ck, *w.v_bias, {kv.begin * d, kv.end * d});
     }));
     if (ctx.tp().rank() == 0) {  // o_proj is row-parallel: the bias once per TP group
-      MOE_RETURN_IF_ERROR(Metered(ck, split, [&] { return a.o_proj_.LoadBias(ck, *w.o_bias, {0, h}); }));
+      MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
+        return a.o_proj_.LoadBias(ck, *w.o_bias, {0, h});
+      }));
     }
   }
   uint64_t* replicated = &bytes->attention_replicated;
@@ -121,16 +125,19 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   v_proj_.Forward(x, n, kv.data() + kvw, row);
   if (qk_norm_ == QkNorm::kPerHead) {
     q_norm_->Forward(q.data(), n * heads_, q.data());
-    for (int64_t t = 0; t < n; ++t) k_norm_->Forward(kv.data() + t * row, kv_heads_, kv.data() + t * row);
+    for (int64_t t = 0; t < n; ++t)
+      k_norm_->Forward(kv.data() + t * row, kv_heads_, kv.data() + t * row);
   } else if (qk_norm_ == QkNorm::kWhole) {
     MOE_RETURN_IF_ERROR(WholeNorm(q.data(), n, full_q_, q_norm_whole_, 1));
     FloatVector k(static_cast<size_t>(n * kvw));
     for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(k.data() + t * kvw, kv.data() + t * row, static_cast<size_t>(kvw) * sizeof(float));
+      std::memcpy(k.data() + t * kvw, kv.data() + t * row,
+                  static_cast<size_t>(kvw) * sizeof(float));
     }
     MOE_RETURN_IF_ERROR(WholeNorm(k.data(), n, full_kv_, k_norm_whole_, kv_replication_));
     for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(kv.data() + t * row, k.data() + t * kvw, static_cast<size_t>(kvw) * sizeof(float));
+      std::memcpy(kv.data() + t * row, k.data() + t * kvw,
+                  static_cast<size_t>(kvw) * sizeof(float));
     }
   }
   if (rope_) {

@@ -49,7 +49,7 @@ class GqaAttention {
   int64_t full_q_ = 0, full_kv_ = 0;  // the whole projections' widths (for WholeNorm)
   int64_t kv_replication_ = 1;        // ranks holding each KV head
   bool rope_ = true;
-  bool local_rope_ = false;  // the batch's local_rope_cos/sin (Gemma 3's sliding layers)
+  bool local_rope_ = false;   // the batch's local_rope_cos/sin (Gemma 3's sliding layers)
   bool interleaved_ = false;  // Llama 4's RoPE pairs (x[2i], x[2i+1])
   bool temperature_ = false;  // Llama 4's NoPE-layer query scaling
   int64_t floor_scale_ = 8192;

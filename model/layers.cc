@@ -39,8 +39,8 @@ Linear Linear::FromTensor(Tensor w) {
 absl::Status Linear::LoadBias(Checkpoint& ck, const WeightSpec& spec, Range rows) {
   MOE_ASSIGN_OR_RETURN(Tensor full, ck.Load(spec.name, spec.shape));
   if (rows.size() != out_features()) {
-    return absl::InvalidArgumentError(absl::StrCat(spec.name, ": ", rows.size(),
-                                                   " bias rows for ", out_features(), " outputs"));
+    return absl::InvalidArgumentError(
+        absl::StrCat(spec.name, ": ", rows.size(), " bias rows for ", out_features(), " outputs"));
   }
   bias_ = Tensor({rows.size()});
   std::memcpy(bias_.data(), full.data() + rows.begin,

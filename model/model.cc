@@ -25,8 +25,8 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
   auto norm = [&](const std::optional<WeightSpec>& spec, RmsNorm* out) -> absl::Status {
     if (!spec) return absl::OkStatus();
     MOE_ASSIGN_OR_RETURN(*out, Metered(ck, &bytes->norms, [&] {
-                           return RmsNorm::Load(ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
-                         }));
+      return RmsNorm::Load(ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
+    }));
     return absl::OkStatus();
   };
   MOE_RETURN_IF_ERROR(norm(w.input_layernorm, &d->input_layernorm_));
@@ -98,8 +98,7 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   ck->set_weights_at_load(weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
-  const int64_t cache_dim =
-      c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
+  const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
   std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache, load_mtp, cache_dim));
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
@@ -164,10 +163,10 @@ absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
 }
 
 absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& main_rows,
-                                                    const std::vector<int32_t>& next_tokens,
-                                                    const ForwardBatch& batch,
-                                                    const std::vector<int64_t>& logit_rows,
-                                                    bool from_last_draft) {
+                                                   const std::vector<int32_t>& next_tokens,
+                                                   const ForwardBatch& batch,
+                                                   const std::vector<int64_t>& logit_rows,
+                                                   bool from_last_draft) {
   if (!mtp_) return absl::FailedPreconditionError("the MTP layer was not loaded");
   const int64_t n = static_cast<int64_t>(main_rows.size());
   if (n != batch.num_tokens() || next_tokens.size() != main_rows.size()) {

@@ -16,8 +16,8 @@
 #include "common/model_config.h"
 #include "model/forward_batch.h"
 #include "model/forward_model.h"
-#include "model/kv_cache.h"
 #include "model/gqa_attention.h"
+#include "model/kv_cache.h"
 #include "model/layers.h"
 #include "model/mla_attention.h"
 #include "model/mlp.h"
@@ -77,8 +77,7 @@ class DeepseekV3Model : public ForwardModel {
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
-  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp,
-                  int64_t cache_dim)
+  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
       : config_(config),
         cache_(config.num_hidden_layers + (mtp ? 1 : 0), cache.blocks, cache.block_size,
                cache_dim) {}

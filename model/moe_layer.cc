@@ -36,8 +36,7 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, C
     MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
                            return w.fused_gate_up_proj
                                       ? GatedMlp::LoadStacked(ck, *w.fused_gate_up_proj,
-                                                              *w.fused_down_proj, e,
-                                                              c.activation())
+                                                              *w.fused_down_proj, e, c.activation())
                                       : GatedMlp::Load(ck, w.experts[e],
                                                        {0, c.moe_intermediate_size},
                                                        c.activation());

@@ -21,9 +21,9 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : dim_(c.qk_rope_head_dim
   const int64_t half = dim_ / 2;
   const double base = c.rope_theta;
   inv_freq_.resize(static_cast<size_t>(half));
-  softmax_scale_ = static_cast<float>(1.0 / std::sqrt(c.query_pre_attn_scalar > 0
-                                                           ? static_cast<double>(c.query_pre_attn_scalar)
-                                                           : static_cast<double>(c.qk_head_dim())));
+  softmax_scale_ = static_cast<float>(
+      1.0 / std::sqrt(c.query_pre_attn_scalar > 0 ? static_cast<double>(c.query_pre_attn_scalar)
+                                                  : static_cast<double>(c.qk_head_dim())));
   if (c.rope_local_theta > 0) {
     local_inv_freq_.resize(static_cast<size_t>(half));
     for (int64_t i = 0; i < half; ++i) {

@@ -69,7 +69,8 @@ RankShard ShardPlan::Shard(int rank) const {
   s.heads = EvenSplit(config_.num_attention_heads, tp_, s.tp_rank);
   // GQA: the KV heads this rank's query heads read (shared by neighbouring ranks when the TP
   // group is larger than num_key_value_heads).
-  const int64_t group = config_.num_attention_heads / std::max<int64_t>(1, config_.num_key_value_heads);
+  const int64_t group =
+      config_.num_attention_heads / std::max<int64_t>(1, config_.num_key_value_heads);
   s.kv_heads = {s.heads.begin / group, (s.heads.end - 1) / group + 1};
   s.vocab = EvenSplit(config_.vocab_size, tp_, s.tp_rank);
   s.dense_inter = EvenSplit(config_.intermediate_size, tp_, s.tp_rank);

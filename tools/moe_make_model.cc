@@ -13,12 +13,14 @@ int main(int argc, char** argv) {
   bool tokenizer_only = false;
   moe::FlagParser flags(
       "moe-make-model",
-      "Writes a complete HF-style checkpoint of the preset's architecture (config.json, safetensors with\n"
+      "Writes a complete HF-style checkpoint of the preset's architecture (config.json, "
+      "safetensors with\n"
       "the official tensor names, fp8 weight_scale_inv blocks) filled with deterministic random\n"
       "weights, and tokenizer files (Kimi K2: tiktoken.model; the others: tokenizer.json)\n"
       "holding a small trained byte-level BPE, with the published chat template of Kimi K2 or\n"
       "DeepSeek-V3 (also for the GQA families). Presets (common/presets/):\n"
-      "tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, the full-size deepseek-v3 and kimi-k2, and\n"
+      "tiny-dsv3, tiny-kimi-k2, tiny-v2lite, small-dsv3, the full-size deepseek-v3 and kimi-k2, "
+      "and\n"
       "the GQA families' tiny-qwen3, tiny-qwen3-moe, tiny-mistral, tiny-smollm3, tiny-olmo2,\n"
       "tiny-gemma3, tiny-llama4.");
   flags.AddString("preset", &preset, "Preset architecture to write.", /*required=*/true);

@@ -73,8 +73,8 @@ struct Dims {
     } else {
       // GQA: q_proj and o_proj split by query heads; k_proj and v_proj by KV heads, each rank
       // keeping at least one (replicated when T exceeds the KV heads).
-      const double kv_per_rank =
-          std::max(1.0, static_cast<double>(c.num_key_value_heads) / T), d = c.head_dim;
+      const double kv_per_rank = std::max(1.0, static_cast<double>(c.num_key_value_heads) / T),
+                   d = c.head_dim;
       attn_repl = 2.0 * h * kv_per_rank * d;
       attn_split = 2.0 * h * H * d;
       cache_row = 2.0 * kv_per_rank * d * 2.0;  // bf16 K and V of this rank's KV heads

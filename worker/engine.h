@@ -40,8 +40,9 @@ struct SequenceStep {
   // by the end of the step, keeping its cache complete, and with `sample` drafts the
   // EngineOptions::mtp_draft_tokens tokens after the last sampled one (StepOutput::drafts; the
   // layer applied again to its own output for each further token, writing its cache at the
-  // drafts' positions: the block table must cover mtp_draft_tokens - 1 positions past the step's). A chunk that samples nothing (a prefill chunk
-  // before the prompt's end) gives `lookahead`, the prompt's token after the chunk.
+  // drafts' positions: the block table must cover mtp_draft_tokens - 1 positions past the step's).
+  // A chunk that samples nothing (a prefill chunk before the prompt's end) gives `lookahead`, the
+  // prompt's token after the chunk.
   bool mtp = false;
   int32_t lookahead = -1;
 };

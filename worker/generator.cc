@@ -63,7 +63,8 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
       const int64_t left = opt.max_new_tokens - static_cast<int64_t>(r.gen.tokens.size());
       const int64_t room = engine.config().max_position_embeddings - end;
       if (s.want_logits) {
-        const int64_t n = std::min<int64_t>({static_cast<int64_t>(r.drafts.size()), left - 1, room});
+        const int64_t n =
+            std::min<int64_t>({static_cast<int64_t>(r.drafts.size()), left - 1, room});
         for (int64_t j = 0; j < n; ++j) s.tokens.push_back(r.drafts[static_cast<size_t>(j)]);
         s.num_draft = static_cast<int>(std::max<int64_t>(0, n));
       }
@@ -74,8 +75,8 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
       ahead = std::min<int64_t>(engine.mtp_draft_tokens() - 1,
                                 engine.config().max_position_embeddings - end - s.num_draft);
     }
-    MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(
-        &r.blocks, end + s.num_draft + ahead, engine.block_size()));
+    MOE_RETURN_IF_ERROR(
+        allocator.EnsureCapacity(&r.blocks, end + s.num_draft + ahead, engine.block_size()));
     s.block_table = r.blocks;
     step.push_back(std::move(s));
   }

@@ -43,8 +43,7 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 
 void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
                             int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
-                            int64_t start, float scale, float* out, int64_t window,
-                            int64_t chunk) {
+                            int64_t start, float scale, float* out, int64_t window, int64_t chunk) {
   // Per head and tile of query rows: S = Q K^T (one GEMM over the strided head slices), causal
   // mask, softmax per row, O = P V. Heads and tiles run in parallel; the products inside are
   // single-threaded BLAS calls. Query head h reads key/value head h / (heads / kv_heads).
@@ -85,8 +84,7 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
 
 void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         const float* cache, const int32_t* blocks, int64_t block_size,
-                        int64_t ctx_len, float scale, float* out, int64_t window,
-                        int64_t chunk) {
+                        int64_t ctx_len, float scale, float* out, int64_t window, int64_t chunk) {
   const int64_t row = 2 * kv_heads * head_dim, group = heads / kv_heads;
   const int64_t first = FirstVisibleKey(ctx_len - 1, window, chunk);
 #pragma omp parallel if (heads * ctx_len * head_dim > 65536)

@@ -24,10 +24,10 @@ void CausalAttention(const float* q, const float* k, const float* v, int64_t q_l
                      float* out);
 
 // The same with `kv_heads` key/value heads shared by groups of heads / kv_heads query heads:
-// k [ctx, kv_heads, dqk], v [ctx, kv_heads, dv]; query head h reads K/V head h / (heads / kv_heads).
-// With `window` > 0 (sliding-window attention) query i sees only the keys
-// start + i - window + 1 .. start + i; with `chunk` > 0 (chunked attention) only the keys of its
-// own chunk of `chunk` positions.
+// k [ctx, kv_heads, dqk], v [ctx, kv_heads, dv]; query head h reads K/V head h / (heads /
+// kv_heads). With `window` > 0 (sliding-window attention) query i sees only the keys start + i -
+// window + 1 .. start + i; with `chunk` > 0 (chunked attention) only the keys of its own chunk of
+// `chunk` positions.
 void GroupedCausalAttention(const float* q, const float* k, const float* v, int64_t q_len,
                             int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
                             int64_t start, float scale, float* out, int64_t window = 0,
@@ -46,8 +46,8 @@ inline int64_t FirstVisibleKey(int64_t position, int64_t window, int64_t chunk) 
 //   q:      [heads, head_dim] (rotated)
 //   cache:  the layer's block pool; a row is [k (kv_heads x head_dim) | v (kv_heads x head_dim)]
 //   blocks: the sequence's block table, covering ctx_len tokens
-//   out:    [heads, head_dim] = sum_t softmax_t(scale * q_h·k_t,g) v_t,g with g = h / (heads / kv_heads)
-//   window, chunk: as GroupedCausalAttention's, for the query at position ctx_len - 1
+//   out:    [heads, head_dim] = sum_t softmax_t(scale * q_h·k_t,g) v_t,g with g = h / (heads /
+//   kv_heads) window, chunk: as GroupedCausalAttention's, for the query at position ctx_len - 1
 void GqaDecodeAttention(const float* q, int64_t heads, int64_t kv_heads, int64_t head_dim,
                         const float* cache, const int32_t* blocks, int64_t block_size,
                         int64_t ctx_len, float scale, float* out, int64_t window = 0,

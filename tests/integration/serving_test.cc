@@ -499,8 +499,7 @@ TEST_F(ServingTest, MtpSpeculativeDecodingKeepsOutputs) {
 TEST_F(ServingTest, ThreeMtpDraftTokensKeepOutputs) {
   ConcurrentClientsMatchOfflineGeneration(
       Model(), *engine_,
-      {2, 2, true, {"--mtp", "--mtp-draft-tokens", "3", "--max-batch-tokens", "24"}},
-      logs_.path());
+      {2, 2, true, {"--mtp", "--mtp-draft-tokens", "3", "--max-batch-tokens", "24"}}, logs_.path());
 }
 
 // The compact formats served: DeepSeek's fp8 and Kimi K2 Thinking's int4, under TP 2.

@@ -207,7 +207,8 @@ TEST(CpuOpsTest, GroupedCausalAttentionMatchesNaive) {
     for (int h = 0; h < heads; ++h) {
       for (int j = 0; j < d; ++j) {
         EXPECT_NEAR(out[(i * heads + h) * d + j],
-                    GqaNaive(q, i, h, heads, kv_heads, d, start + i + 1, key, value, 0.4f, j), 1e-5);
+                    GqaNaive(q, i, h, heads, kv_heads, d, start + i + 1, key, value, 0.4f, j),
+                    1e-5);
       }
     }
   }
@@ -227,7 +228,8 @@ TEST(CpuOpsTest, SlidingWindowAttentionSeesOnlyTheLastWindowKeys) {
   for (int t = 0; t < ctx; ++t) {
     blocks[t] = ctx - 1 - t;  // reversed
     std::copy(&k[t * kv_heads * d], &k[(t + 1) * kv_heads * d], &cache[blocks[t] * row]);
-    std::copy(&v[t * kv_heads * d], &v[(t + 1) * kv_heads * d], &cache[blocks[t] * row + kv_heads * d]);
+    std::copy(&v[t * kv_heads * d], &v[(t + 1) * kv_heads * d],
+              &cache[blocks[t] * row + kv_heads * d]);
   }
   auto key = [&](int t) { return &k[t * kv_heads * d]; };
   auto value = [&](int t) { return &v[t * kv_heads * d]; };
@@ -240,10 +242,9 @@ TEST(CpuOpsTest, SlidingWindowAttentionSeesOnlyTheLastWindowKeys) {
       for (int j = 0; j < d; ++j) {
         const double want = GqaNaive(q, i, h, heads, kv_heads, d, sees, key, value, 0.4f, j, first);
         EXPECT_NEAR(out[(i * heads + h) * d + j], want, 1e-5);
-        EXPECT_NEAR(decoded[h * d + j], GqaNaive(std::vector<float>(&q[i * heads * d],
-                                                                    &q[(i + 1) * heads * d]),
-                                                 0, h, heads, kv_heads, d, sees, key, value, 0.4f,
-                                                 j, first),
+        EXPECT_NEAR(decoded[h * d + j],
+                    GqaNaive(std::vector<float>(&q[i * heads * d], &q[(i + 1) * heads * d]), 0, h,
+                             heads, kv_heads, d, sees, key, value, 0.4f, j, first),
                     1e-5);
       }
     }
@@ -251,9 +252,9 @@ TEST(CpuOpsTest, SlidingWindowAttentionSeesOnlyTheLastWindowKeys) {
 }
 
 TEST(CpuOpsTest, ChunkedAttentionSeesOnlyItsOwnChunk) {
-  EXPECT_EQ(FirstVisibleKey(7, 0, 4), 4);   // chunk [4, 8)
-  EXPECT_EQ(FirstVisibleKey(8, 0, 4), 8);   // a chunk's first query sees itself only
-  EXPECT_EQ(FirstVisibleKey(9, 3, 0), 7);   // window of 3: 7, 8, 9
+  EXPECT_EQ(FirstVisibleKey(7, 0, 4), 4);  // chunk [4, 8)
+  EXPECT_EQ(FirstVisibleKey(8, 0, 4), 8);  // a chunk's first query sees itself only
+  EXPECT_EQ(FirstVisibleKey(9, 3, 0), 7);  // window of 3: 7, 8, 9
   EXPECT_EQ(FirstVisibleKey(1, 3, 0), 0);
   const int q_len = 9, start = 2, ctx = start + q_len, heads = 2, kv_heads = 1, d = 4, chunk = 4;
   const auto q = Random(q_len * heads * d, 29), k = Random(ctx * kv_heads * d, 30),
@@ -268,7 +269,8 @@ TEST(CpuOpsTest, ChunkedAttentionSeesOnlyItsOwnChunk) {
     for (int h = 0; h < heads; ++h) {
       for (int j = 0; j < d; ++j) {
         EXPECT_NEAR(out[(i * heads + h) * d + j],
-                    GqaNaive(q, i, h, heads, kv_heads, d, pos + 1, key, value, 0.5f, j, first), 1e-5);
+                    GqaNaive(q, i, h, heads, kv_heads, d, pos + 1, key, value, 0.5f, j, first),
+                    1e-5);
       }
     }
   }
@@ -282,7 +284,8 @@ TEST(CpuOpsTest, GeluTanhAndMulMatchesTheFormula) {
   for (int r = 0; r < rows; ++r) {
     for (int i = 0; i < inter; ++i) {
       const double g = gate_up[r * 2 * inter + i], u = gate_up[r * 2 * inter + inter + i];
-      const double gelu = 0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
+      const double gelu =
+          0.5 * g * (1 + std::tanh(std::sqrt(2 / M_PI) * (g + 0.044715 * g * g * g)));
       EXPECT_NEAR(out[r * inter + i], gelu * u, 1e-6);
     }
   }

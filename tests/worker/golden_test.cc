@@ -151,9 +151,9 @@ INSTANTIATE_TEST_SUITE_P(Presets, GoldenTest,
                          ::testing::Values("tiny-dsv3-f32", "tiny-kimi-k2-f32", "tiny-v2lite-f32",
                                            "tiny-dsv3-fp8", "tiny-kimi-k2-int4", "tiny-qwen3-f32",
                                            "tiny-qwen3-moe-f32", "tiny-qwen3-moe-bf16",
-                                           "tiny-mistral-f32", "tiny-smollm3-f32",
-                                           "tiny-olmo2-f32", "tiny-gemma3-f32", "tiny-gemma3-bf16",
-                                           "tiny-llama4-f32", "tiny-llama4-bf16"),
+                                           "tiny-mistral-f32", "tiny-smollm3-f32", "tiny-olmo2-f32",
+                                           "tiny-gemma3-f32", "tiny-gemma3-bf16", "tiny-llama4-f32",
+                                           "tiny-llama4-bf16"),
                          [](const auto& info) {
                            std::string s = info.param;
                            for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';

@@ -1,6 +1,6 @@
 // What the engine needs from a backend: a model that runs one step's tokens through the decoder
 // into its own latent KV cache, then hands back logits or sampled tokens. The CPU backend is
-// `DeepseekV3Model` (any parallel layout); the CUDA backend is `CudaModel` (one GPU).
+// `DecoderModel` (any parallel layout); the CUDA backend is `CudaModel` (one GPU).
 #pragma once
 
 #include <cstdint>

@@ -89,17 +89,14 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std::string& dir,
-                                                                       const ModelConfig& c,
-                                                                       const ParallelContext& ctx,
-                                                                       const KvCacheShape& cache,
-                                                                       WeightsAtLoad weights,
-                                                                       bool load_mtp) {
+absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
+    const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
+    const KvCacheShape& cache, WeightsAtLoad weights, bool load_mtp) {
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   ck->set_weights_at_load(weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
-  std::unique_ptr<DeepseekV3Model> m(new DeepseekV3Model(c, cache, load_mtp, cache_dim));
+  std::unique_ptr<DecoderModel> m(new DecoderModel(c, cache, load_mtp, cache_dim));
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
@@ -127,8 +124,8 @@ absl::StatusOr<std::unique_ptr<DeepseekV3Model>> DeepseekV3Model::Load(const std
   return m;
 }
 
-absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
-                                      const std::vector<int64_t>& logit_rows) {
+absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                                   const std::vector<int64_t>& logit_rows) {
   logits_ = Tensor();
   MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
   if (config_.scale_embeddings) {
@@ -147,7 +144,7 @@ absl::Status DeepseekV3Model::Forward(const std::vector<int32_t>& tokens, const 
   return absl::OkStatus();
 }
 
-absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
+absl::StatusOr<std::vector<int32_t>> DecoderModel::Sample(
     const std::vector<SampleRequest>& requests) {
   const int64_t rows = logits_.empty() ? 0 : logits_.dim(0);
   if (static_cast<int64_t>(requests.size()) != rows) {
@@ -162,11 +159,11 @@ absl::StatusOr<std::vector<int32_t>> DeepseekV3Model::Sample(
   return tokens;
 }
 
-absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& main_rows,
-                                                   const std::vector<int32_t>& next_tokens,
-                                                   const ForwardBatch& batch,
-                                                   const std::vector<int64_t>& logit_rows,
-                                                   bool from_last_draft) {
+absl::StatusOr<Tensor> DecoderModel::ForwardMtp(const std::vector<int64_t>& main_rows,
+                                                const std::vector<int32_t>& next_tokens,
+                                                const ForwardBatch& batch,
+                                                const std::vector<int64_t>& logit_rows,
+                                                bool from_last_draft) {
   if (!mtp_) return absl::FailedPreconditionError("the MTP layer was not loaded");
   const int64_t n = static_cast<int64_t>(main_rows.size());
   if (n != batch.num_tokens() || next_tokens.size() != main_rows.size()) {
@@ -190,7 +187,7 @@ absl::StatusOr<Tensor> DeepseekV3Model::ForwardMtp(const std::vector<int64_t>& m
   return mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows);
 }
 
-std::vector<int64_t> DeepseekV3Model::ExpertTokenCounts() const {
+std::vector<int64_t> DecoderModel::ExpertTokenCounts() const {
   std::vector<int64_t> counts(static_cast<size_t>(config_.n_routed_experts), 0);
   auto add = [&](const DecoderLayer& l) {
     if (l.moe() == nullptr) return;

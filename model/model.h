@@ -51,17 +51,14 @@ class DecoderLayer {
 
 // The CPU backend: weights in the checkpoint's format (memory-mapped), float32 activations and
 // cache in host memory, any parallel layout.
-class DeepseekV3Model : public ForwardModel {
+class DecoderModel : public ForwardModel {
  public:
   // Maps this rank's shard of the weights in `dir` and allocates its KV cache; `weights` may
   // convert them instead (see WeightsAtLoad).
-  static absl::StatusOr<std::unique_ptr<DeepseekV3Model>> Load(const std::string& dir,
-                                                               const ModelConfig& config,
-                                                               const ParallelContext& ctx,
-                                                               const KvCacheShape& cache,
-                                                               WeightsAtLoad weights =
-                                                                   WeightsAtLoad::kAsStored,
-                                                               bool load_mtp = false);
+  static absl::StatusOr<std::unique_ptr<DecoderModel>> Load(
+      const std::string& dir, const ModelConfig& config, const ParallelContext& ctx,
+      const KvCacheShape& cache, WeightsAtLoad weights = WeightsAtLoad::kAsStored,
+      bool load_mtp = false);
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;
@@ -77,7 +74,7 @@ class DeepseekV3Model : public ForwardModel {
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
-  DeepseekV3Model(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
+  DecoderModel(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
       : config_(config),
         cache_(config.num_hidden_layers + (mtp ? 1 : 0), cache.blocks, cache.block_size,
                cache_dim) {}

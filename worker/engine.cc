@@ -25,8 +25,8 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
-    MOE_ASSIGN_OR_RETURN(auto model, DeepseekV3Model::Load(dir, config, ctx, cache,
-                                                            options.weights, options.mtp));
+    MOE_ASSIGN_OR_RETURN(auto model,
+                         DecoderModel::Load(dir, config, ctx, cache, options.weights, options.mtp));
     return std::unique_ptr<ForwardModel>(std::move(model));
   }
   if (options.mtp) {

@@ -81,6 +81,22 @@ wait_health() {  # wait_health STATUS SECONDS
   done
   return 1
 }
+# Waits until every host reaches every other (a restored link or route can take a moment to pass
+# traffic; a launch before that leaves mpirun waiting on a daemon that never started).
+wait_reachable() {
+  for _ in $(seq 1 100); do
+    local ok=1
+    for i in 0 1 2; do
+      for j in 0 1 2; do
+        [[ $i == "$j" ]] && continue
+        nsenter --net="/run/netns/${HOSTS[$i]}" ping -c1 -W1 "${ADDR[$j]}" >/dev/null 2>&1 || ok=0
+      done
+    done
+    (( ok )) && return 0
+    sleep 0.1
+  done
+  fail "hosts do not reach each other again"
+}
 launch_workers() {
   printf "%s slots=2\n%s slots=2\n" "${ADDR[1]}" "${ADDR[2]}" > "$WORK/hostfile"
   MOE_NETNS_MAP="${ADDR[1]}=${HOSTS[1]},${ADDR[2]}=${HOSTS[2]}" nsenter --net="/run/netns/${HOSTS[0]}" \
@@ -145,6 +161,7 @@ fault_under_load "cut of host 2's link" nsenter --net="/run/netns/$SW" ip link s
 # Relaunch the workers (the operator's job, or Kubernetes'): old ones are killed, link restored.
 kill_workers
 nsenter --net="/run/netns/$SW" ip link set p2 up
+wait_reachable
 launch_workers 2
 wait_health SERVING 60 || fail "cluster did not serve again after the relaunch"
 kill -0 $COORD_PID || fail "the coordinator died"
@@ -168,6 +185,7 @@ grep -q "a rank is wedged" "$WORK/coordinator.log" || fail "the coordinator did 
 log "the step deadline caught it: $(grep -m1 "a rank is wedged" "$WORK/coordinator.log" | sed 's/.*\] //')"
 kill_workers
 partition del
+wait_reachable
 launch_workers 3
 wait_health SERVING 60 || fail "cluster did not serve again after the partition healed"
 GOT=$(client --prompt-ids $PROMPT --max-tokens 24 --ignore-eos 2>/dev/null)

@@ -81,32 +81,38 @@ RotaryEmbedding::RotaryEmbedding(const ModelConfig& c) : dim_(c.qk_rope_head_dim
   }
 }
 
-void RotaryEmbedding::CosSin(int64_t position, float* cos, float* sin) const {
+namespace {
+
+// cos and sin of `position` x each frequency (a float32 product, as the reference computes it),
+// times `factor`.
+void AnglesAt(const std::vector<float>& inv_freq, float factor, int64_t position, float* cos,
+              float* sin) {
   const float p = static_cast<float>(position);
-  for (size_t i = 0; i < inv_freq_.size(); ++i) {
-    const float angle = p * inv_freq_[i];  // float32 product, as the reference computes it
-    cos[i] = std::cos(angle) * attention_factor_;
-    sin[i] = std::sin(angle) * attention_factor_;
+  for (size_t i = 0; i < inv_freq.size(); ++i) {
+    const float angle = p * inv_freq[i];
+    cos[i] = std::cos(angle) * factor;
+    sin[i] = std::sin(angle) * factor;
   }
 }
 
+void FillAngles(const std::vector<float>& inv_freq, float factor,
+                const std::vector<int64_t>& positions, Tensor& cos, Tensor& sin) {
+  const int64_t n = static_cast<int64_t>(positions.size());
+  cos = Tensor({n, static_cast<int64_t>(inv_freq.size())});
+  sin = Tensor({n, static_cast<int64_t>(inv_freq.size())});
+  for (int64_t t = 0; t < n; ++t) AnglesAt(inv_freq, factor, positions[t], cos.row(t), sin.row(t));
+}
+
+}  // namespace
+
+void RotaryEmbedding::CosSin(int64_t position, float* cos, float* sin) const {
+  AnglesAt(inv_freq_, attention_factor_, position, cos, sin);
+}
+
 void RotaryEmbedding::SetAngles(ForwardBatch& batch) const {
-  const int64_t n = batch.num_tokens(), half = dim_ / 2;
-  batch.rope_cos = Tensor({n, half});
-  batch.rope_sin = Tensor({n, half});
-  for (int64_t t = 0; t < n; ++t) {
-    CosSin(batch.positions[t], batch.rope_cos.row(t), batch.rope_sin.row(t));
-  }
-  if (local_inv_freq_.empty()) return;
-  batch.local_rope_cos = Tensor({n, half});
-  batch.local_rope_sin = Tensor({n, half});
-  for (int64_t t = 0; t < n; ++t) {
-    const float p = static_cast<float>(batch.positions[t]);
-    for (int64_t i = 0; i < half; ++i) {
-      const float angle = p * local_inv_freq_[i];
-      batch.local_rope_cos.row(t)[i] = std::cos(angle);
-      batch.local_rope_sin.row(t)[i] = std::sin(angle);
-    }
+  FillAngles(inv_freq_, attention_factor_, batch.positions, batch.rope_cos, batch.rope_sin);
+  if (!local_inv_freq_.empty()) {
+    FillAngles(local_inv_freq_, 1.0f, batch.positions, batch.local_rope_cos, batch.local_rope_sin);
   }
 }
 

@@ -285,6 +285,7 @@ absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const Forward
     for (size_t i = 0; i < step.size(); ++i) {
       if (sums[i] > 0) out->drafts[i].push_back(static_cast<int32_t>(sums[i] - 1));
     }
+    if (pass + 1 == options_.mtp_draft_tokens) break;
     // The next pass: one row per drafting entry, the draft at the position after its last row,
     // reading the block output of that row. Entries at the end of the context stop drafting.
     ForwardBatch again;

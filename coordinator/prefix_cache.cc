@@ -126,16 +126,28 @@ void PrefixCache::Commit(const std::vector<int32_t>& tokens, int64_t computed,
   }
 }
 
+void PrefixCache::Unreference(int32_t id) {
+  Block& b = blocks_[static_cast<size_t>(id)];
+  if (--b.refs > 0) return;
+  if (b.cached) {
+    lru_.push_back(id);
+    b.lru = std::prev(lru_.end());
+  } else {
+    free_.push_back(id);
+  }
+}
+
+void PrefixCache::ReleaseBefore(std::vector<int32_t>* table, int64_t first) {
+  const size_t end = std::min(table->size(), static_cast<size_t>(std::max<int64_t>(first, 0)));
+  for (size_t i = 0; i < end; ++i) {
+    if ((*table)[i] >= 0) Unreference((*table)[i]);
+    (*table)[i] = -1;
+  }
+}
+
 void PrefixCache::Release(std::vector<int32_t>* table) {
   for (int32_t id : *table) {
-    Block& b = blocks_[static_cast<size_t>(id)];
-    if (--b.refs > 0) continue;
-    if (b.cached) {
-      lru_.push_back(id);
-      b.lru = std::prev(lru_.end());
-    } else {
-      free_.push_back(id);
-    }
+    if (id >= 0) Unreference(id);
   }
   table->clear();
 }

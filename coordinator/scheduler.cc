@@ -4,12 +4,14 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace moe {
 
 Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
+  const bool prefix_cache = options_.prefix_cache && options_.kv_layout.window_groups() == 0;
   for (int g = 0; g < options_.dp_groups; ++g) {
-    caches_.emplace_back(options_.blocks_per_group, options_.block_size, options_.prefix_cache);
+    caches_.emplace_back(options_.blocks_per_group, options_.block_size, prefix_cache);
   }
 }
 
@@ -22,6 +24,7 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(RequestParams params)
   }
   auto s = std::make_shared<Sequence>();
   s->tokens = params.prompt;
+  s->window_blocks.resize(static_cast<size_t>(options_.kv_layout.window_groups()));
   s->request = std::make_shared<Request>(next_id_++, std::move(params), absl::Now());
   waiting_.push_back(s);
   cv_.notify_all();
@@ -40,7 +43,18 @@ bool Scheduler::idle() const {
 }
 
 void Scheduler::Release(Sequence& s) {
-  if (s.group >= 0) caches_[s.group].Release(&s.blocks);
+  if (s.group < 0) return;
+  caches_[s.group].Release(&s.blocks);
+  for (std::vector<int32_t>& table : s.window_blocks) caches_[s.group].Release(&table);
+}
+
+absl::Status Scheduler::EnsureCapacity(Sequence& s, int64_t tokens) {
+  PrefixCache& cache = caches_[s.group];
+  MOE_RETURN_IF_ERROR(cache.EnsureCapacity(&s.blocks, tokens));
+  for (std::vector<int32_t>& table : s.window_blocks) {
+    MOE_RETURN_IF_ERROR(cache.EnsureCapacity(&table, tokens));
+  }
+  return absl::OkStatus();
 }
 
 void Scheduler::Preempt(const SeqPtr& s) {
@@ -97,8 +111,13 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   // k - 1 positions past the step's.
   const bool samples = s->computed + n == static_cast<int64_t>(s->tokens.size());
   const int64_t ahead = options_.speculative && samples ? options_.mtp_draft_tokens - 1 : 0;
-  PrefixCache& cache = caches_[s->group];
-  while (!cache.EnsureCapacity(&s->blocks, s->computed + n + drafted + ahead).ok()) {
+  // The window groups' blocks that no query from this chunk on sees go back first.
+  const KvLayout& layout = options_.kv_layout;
+  for (int64_t g = 1; g <= layout.window_groups(); ++g) {
+    caches_[s->group].ReleaseBefore(&s->window_blocks[static_cast<size_t>(g - 1)],
+                                    layout.FirstLiveBlock(g, s->computed, options_.block_size));
+  }
+  while (!EnsureCapacity(*s, s->computed + n + drafted + ahead).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;
     for (const SeqPtr& r : running_) {
@@ -168,6 +187,9 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
                              s->tokens.begin() + s->computed + s->scheduled);
     p->set_start_pos(s->computed);
     p->mutable_block_table()->Add(s->blocks.begin(), s->blocks.end());
+    for (const std::vector<int32_t>& table : s->window_blocks) {
+      p->add_window_block_tables()->mutable_blocks()->Add(table.begin(), table.end());
+    }
     p->set_dp_group(s->group);
     const bool last_chunk = s->computed + s->scheduled == static_cast<int64_t>(s->tokens.size());
     p->set_sample(last_chunk);

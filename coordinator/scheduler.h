@@ -5,6 +5,8 @@
 //   - each attention-DP group has its own KV cache (a PrefixCache): a sequence is placed in the
 //     group holding the longest cached prefix of its prompt (then: the most blocks to be had),
 //     starts after that prefix, and its full computed blocks are cached for later sequences;
+//   - a model with window layers (KvLayout) keeps a table per layer group: a sequence gives back
+//     the blocks of a window group that no later query sees, before each step;
 //   - when blocks run out, the newest running sequence is preempted — its blocks return and it
 //     waits again, to be recomputed (prompt + tokens so far) when it is readmitted;
 //   - cancelled requests leave at the next step and their blocks return;
@@ -25,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/kv_layout.h"
 #include "coordinator/prefix_cache.h"
 #include "coordinator/request.h"
 #include "moe/v1/cluster.pb.h"
@@ -42,6 +45,10 @@ struct SchedulerOptions {
   bool prefix_cache = true;  // reuse the KV blocks of cached prompt prefixes
   bool speculative = false;  // the workers run the MTP layer: plan drafts, take several tokens
   int mtp_draft_tokens = 1;  // tokens the MTP layer drafts per step
+  // How the layers share the blocks: with window layer groups (Gemma 3, Llama 4) a sequence holds
+  // a table per group and the blocks a window no longer covers go back; prefix caching is then
+  // off (a cached prefix would need the window groups' blocks too). Empty: one table.
+  KvLayout kv_layout;
 };
 
 struct SchedulerStats {
@@ -80,6 +87,7 @@ class Scheduler {
     int64_t generated = 0;
     int group = -1;
     std::vector<int32_t> blocks;
+    std::vector<std::vector<int32_t>> window_blocks;  // per window group of the KvLayout
     int64_t scheduled = 0;  // tokens in the step in flight (not counting a draft)
     std::vector<int32_t> draft;  // the MTP layer's drafts of the tokens after `tokens`
     int drafted = 0;        // drafts in the step in flight
@@ -87,6 +95,9 @@ class Scheduler {
   using SeqPtr = std::shared_ptr<Sequence>;
 
   void Release(Sequence& s);
+  // Blocks in every one of its tables for `tokens` positions (some tables may have grown when it
+  // fails: a retry after preempting continues from there, and Release returns them).
+  absl::Status EnsureCapacity(Sequence& s, int64_t tokens);
   void Preempt(const SeqPtr& s);
   void PurgeCancelled();
   bool Schedule(const SeqPtr& s, int64_t* budget);

@@ -5,9 +5,9 @@
 #include <grpcpp/health_check_service_interface.h>
 #include <httplib.h>
 
-
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "common/kv_layout.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "common/tls_files.h"
@@ -82,9 +82,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--mtp-draft-tokens must be in [1, 8], got ", o.mtp_draft_tokens));
   }
-  // The workers' float32 latent cache: a layer per decoder layer, and one for the MTP layer.
-  const int64_t per_block = (config.num_hidden_layers + (o.mtp ? 1 : 0)) * config.kv_cache_dim() *
-                            static_cast<int64_t>(sizeof(float)) * o.block_size;
+  // The workers' float32 cache: a block holds the layout's slots (every decoder layer, and the MTP
+  // layer, unless window layer groups share the slots).
+  const KvLayout layout = KvLayout::For(config, o.mtp ? 1 : 0);
+  const int64_t per_block =
+      layout.slots * config.kv_cache_dim() * static_cast<int64_t>(sizeof(float)) * o.block_size;
   const int64_t kv_blocks = o.kv_blocks > 0 ? o.kv_blocks : (o.kv_cache_mb << 20) / per_block;
   if (kv_blocks < 1) {
     return absl::InvalidArgumentError(
@@ -93,6 +95,12 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   MOE_LOG(INFO) << config.model_type << ": " << plan.Describe();
   MOE_LOG(INFO) << "KV cache: " << kv_blocks << " blocks of " << o.block_size
                 << " tokens per DP group";
+  if (layout.window_groups() > 0) {
+    MOE_LOG(INFO) << "KV cache: " << layout.window_groups()
+                  << " window layer group(s) beside the full-attention layers; their blocks "
+                     "go back as the window passes"
+                  << (o.prefix_cache ? "; prefix caching is off for this model" : "");
+  }
   MOE_ASSIGN_OR_RETURN(auto api_keys, ApiKeys::Create(o.api_keys, o.api_key_file));
   MOE_LOG(INFO) << "API keys: " << (api_keys->enabled() ? "required" : "off (the API is open)");
   std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
@@ -119,6 +127,7 @@ CoordinatorServer::CoordinatorServer(
   so.prefix_cache = o.prefix_cache;
   so.speculative = o.mtp;
   so.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
+  so.kv_layout = KvLayout::For(config, o.mtp ? 1 : 0);
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
   Cluster::Options co;
@@ -130,7 +139,8 @@ CoordinatorServer::CoordinatorServer(
   co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
-  const RequestLimits limits{kv_blocks * o.block_size, o.max_prompt_tokens, o.max_new_tokens};
+  const RequestLimits limits{so.kv_layout.MostTokens(kv_blocks, o.max_step_tokens, o.block_size),
+                             o.max_prompt_tokens, o.max_new_tokens};
   const ServingContext ctx{&config_,
                            cluster_.get(),
                            scheduler_.get(),

@@ -13,8 +13,13 @@ struct ForwardChunk {
   int64_t first_token = 0;  // row of its first token in the step's [num_tokens, hidden] buffers
   int64_t num_tokens = 0;
   int64_t start_pos = 0;  // position of its first token; the cache holds positions before it
-  const std::vector<int32_t>* block_table = nullptr;
+  const std::vector<int32_t>* block_table = nullptr;  // the full-attention layers' (group 0)
+  // The other groups' (KvLayout::groups[1...]); a block no future query of the group sees is -1.
+  const std::vector<std::vector<int32_t>>* window_block_tables = nullptr;
   int64_t context() const { return start_pos + num_tokens; }
+  const std::vector<int32_t>& table(int group) const {
+    return group == 0 ? *block_table : (*window_block_tables)[static_cast<size_t>(group - 1)];
+  }
 };
 
 struct ForwardBatch {

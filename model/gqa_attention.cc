@@ -1,5 +1,6 @@
 #include "model/gqa_attention.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 
@@ -165,10 +166,12 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
       cpu::Scale(q.data() + t * qw, s, qw);
     }
   }
+  const int group = cache.group(layer_);
   for (const ForwardChunk& c : batch.chunks) {
+    const std::vector<int32_t>& table = c.table(group);
     for (int64_t i = 0; i < c.num_tokens; ++i) {
       const int64_t pos = c.start_pos + i;
-      const int32_t block = (*c.block_table)[pos / cache.block_size()];
+      const int32_t block = table[static_cast<size_t>(pos / cache.block_size())];
       std::memcpy(cache.Row(layer_, block, pos % cache.block_size()),
                   kv.data() + (c.first_token + i) * row, static_cast<size_t>(row) * sizeof(float));
     }
@@ -180,20 +183,27 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   const float* layer_cache = cache.Layer(layer_);
   const int64_t bs = cache.block_size();
   for (const ForwardChunk& c : batch.chunks) {
+    const std::vector<int32_t>& table = c.table(group);
     if (c.num_tokens <= kPagedChunk) {
       for (int64_t i = 0; i < c.num_tokens; ++i) {
         const int64_t r = c.first_token + i;
-        cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache,
-                                c.block_table->data(), bs, c.start_pos + i + 1, scale_,
-                                attn.data() + r * qw, window_, chunk_);
+        cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache, table.data(),
+                                bs, c.start_pos + i + 1, scale_, attn.data() + r * qw, window_,
+                                chunk_);
       }
       continue;
     }
+    // K and V of the positions the chunk's queries see (the blocks before them may be freed);
+    // the rows before stay zero, masked out.
     const int64_t ctx = c.context();
     FloatVector k(static_cast<size_t>(ctx * kvw)), v(static_cast<size_t>(ctx * kvw));
-    for (int64_t t = 0; t < ctx; ++t) {
+    const int64_t first = FirstVisibleKey(c.start_pos, window_, chunk_);
+    std::fill(k.begin(), k.begin() + first * kvw, 0.0f);
+    std::fill(v.begin(), v.begin() + first * kvw, 0.0f);
+    for (int64_t t = first; t < ctx; ++t) {
       const float* src =
-          layer_cache + (static_cast<int64_t>((*c.block_table)[t / bs]) * bs + t % bs) * row;
+          layer_cache +
+          (static_cast<int64_t>(table[static_cast<size_t>(t / bs)]) * bs + t % bs) * row;
       std::memcpy(k.data() + t * kvw, src, static_cast<size_t>(kvw) * sizeof(float));
       std::memcpy(v.data() + t * kvw, src + kvw, static_cast<size_t>(kvw) * sizeof(float));
     }

@@ -1,16 +1,18 @@
 #include "model/kv_cache.h"
 
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 
 namespace moe {
 
-KvCache::KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_size, int64_t dim)
-    : num_layers_(num_layers),
+KvCache::KvCache(KvLayout layout, int64_t num_blocks, int64_t block_size, int64_t dim)
+    : layout_(std::move(layout)),
       num_blocks_(num_blocks),
       block_size_(block_size),
       dim_(dim),
-      layer_stride_(num_blocks * block_size * dim),
-      data_(static_cast<size_t>(num_layers * num_blocks * block_size * dim), 0.0f) {}
+      slot_stride_(num_blocks * block_size * dim),
+      data_(static_cast<size_t>(layout_.slots * num_blocks * block_size * dim), 0.0f) {}
 
 absl::StatusOr<int64_t> KvCache::BlocksForBudget(const ModelConfig& c, int64_t block_size,
                                                  uint64_t bytes, int64_t mtp_layers) {
@@ -18,7 +20,7 @@ absl::StatusOr<int64_t> KvCache::BlocksForBudget(const ModelConfig& c, int64_t b
     return absl::InvalidArgumentError(absl::StrCat("KV block size must be > 0, got ", block_size));
   }
   const uint64_t per_layer = static_cast<uint64_t>(c.kv_cache_dim()) * sizeof(float);
-  const uint64_t per_block = per_layer * static_cast<uint64_t>(c.num_hidden_layers + mtp_layers) *
+  const uint64_t per_block = per_layer * static_cast<uint64_t>(KvLayout::For(c, mtp_layers).slots) *
                              static_cast<uint64_t>(block_size);
   const int64_t blocks = static_cast<int64_t>(bytes / per_block);
   if (blocks < 1) {

@@ -76,8 +76,7 @@ class DecoderModel : public ForwardModel {
  private:
   DecoderModel(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
       : config_(config),
-        cache_(config.num_hidden_layers + (mtp ? 1 : 0), cache.blocks, cache.block_size,
-               cache_dim) {}
+        cache_(KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size, cache_dim) {}
   ModelConfig config_;
   KvCache cache_;
   VocabParallelEmbedding embed_tokens_;

@@ -94,13 +94,27 @@ absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {
                                        ? std::min<int64_t>(options_.mtp_draft_tokens - 1,
                                                            c.max_position_embeddings - end)
                                        : 0);
-    if (static_cast<int64_t>(s.block_table.size()) * block_size() < covered) {
-      return bad(absl::StrCat(s.block_table.size(), " KV blocks of ", block_size(),
-                              " tokens cannot hold ", covered, " positions"));
+    if (static_cast<int64_t>(s.window_block_tables.size()) != kv_layout_.window_groups()) {
+      return bad(absl::StrCat(s.window_block_tables.size(),
+                              " window block tables for a model with ", kv_layout_.window_groups(),
+                              " window layer groups"));
     }
-    for (int32_t b : s.block_table) {
-      if (b < 0 || b >= num_blocks()) {
-        return bad(absl::StrCat("KV block ", b, " outside the cache's ", num_blocks(), " blocks"));
+    for (int64_t g = 0; g <= kv_layout_.window_groups(); ++g) {
+      const std::vector<int32_t>& table =
+          g == 0 ? s.block_table : s.window_block_tables[static_cast<size_t>(g - 1)];
+      if (static_cast<int64_t>(table.size()) * block_size() < covered) {
+        return bad(absl::StrCat(table.size(), " KV blocks of ", block_size(),
+                                " tokens cannot hold ", covered, " positions (layer group ", g,
+                                ")"));
+      }
+      // The blocks the step reads or writes must be the cache's; earlier ones may be freed.
+      const int64_t live = kv_layout_.FirstLiveBlock(g, s.start_pos, block_size());
+      for (size_t i = 0; i < table.size(); ++i) {
+        const int32_t b = table[i];
+        if ((b < 0 && static_cast<int64_t>(i) >= live) || b >= num_blocks()) {
+          return bad(absl::StrCat("KV block ", b, " outside the cache's ", num_blocks(),
+                                  " blocks (layer group ", g, ", entry ", i, ")"));
+        }
       }
     }
     if (s.num_draft < 0 || s.num_draft >= static_cast<int>(s.tokens.size())) {
@@ -146,6 +160,7 @@ absl::StatusOr<StepOutput> Engine::Step(const std::vector<SequenceStep>& step, b
     c.num_tokens = static_cast<int64_t>(s.tokens.size());
     c.start_pos = s.start_pos;
     c.block_table = &s.block_table;
+    c.window_block_tables = &s.window_block_tables;
     batch.chunks.push_back(c);
     tokens.insert(tokens.end(), s.tokens.begin(), s.tokens.end());
     for (int64_t i = 0; i < c.num_tokens; ++i) batch.positions.push_back(s.start_pos + i);
@@ -251,6 +266,7 @@ absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const Forward
     m.num_tokens = static_cast<int64_t>(known.size());
     m.start_pos = s.start_pos;
     m.block_table = &s.block_table;
+    m.window_block_tables = &s.window_block_tables;
     mtp.chunks.push_back(m);
     for (int64_t r = 0; r < m.num_tokens; ++r) {
       main_rows.push_back(c.first_token + r);
@@ -300,6 +316,7 @@ absl::Status Engine::RunMtp(const std::vector<SequenceStep>& step, const Forward
       c.num_tokens = 1;
       c.start_pos = pos;
       c.block_table = &s.block_table;
+      c.window_block_tables = &s.window_block_tables;
       again.chunks.push_back(c);
       again.positions.push_back(pos);
       rows.push_back(logit_rows[k]);

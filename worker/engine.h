@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "common/kv_layout.h"
 #include "common/model_config.h"
 #include "kernels/cpu/sampler.h"
 #include "model/forward_model.h"
@@ -26,6 +27,9 @@ struct SequenceStep {
   std::vector<int32_t> tokens;       // the tokens to process in this step
   int64_t start_pos = 0;             // position of tokens[0]
   std::vector<int32_t> block_table;  // blocks covering positions [0, start_pos + tokens.size())
+  // One table per window group of the model's KvLayout (none for most models), as long as
+  // block_table; its blocks before KvLayout::FirstLiveBlock(g, start_pos) may be -1 (freed).
+  std::vector<std::vector<int32_t>> window_block_tables;
   bool want_logits = true;           // logits of its last token
   int dp_group = 0;                  // the attention-DP group that owns the sequence
   // With want_logits: sample the next token on the backend (the TP-rank 0 of the group does, and
@@ -105,6 +109,7 @@ class Engine {
   int64_t block_size() const { return options_.block_size; }
   int64_t num_blocks() const { return options_.kv_blocks; }
   int mtp_draft_tokens() const { return options_.mtp_draft_tokens; }
+  const KvLayout& kv_layout() const { return kv_layout_; }
 
  private:
   Engine(const ModelConfig& config, std::unique_ptr<ParallelContext> ctx,
@@ -114,6 +119,7 @@ class Engine {
         ctx_(std::move(ctx)),
         model_(std::move(model)),
         options_(options),
+        kv_layout_(KvLayout::For(config, options.mtp ? 1 : 0)),
         expert_counts_(model_->ExpertTokenCounts()) {}
   // One sum over the world: every entry's sampled tokens (from its group's TP-rank 0: `sampled`,
   // by step entry, 1 + num_draft slots each) and the step's per-expert token counts, on every rank.
@@ -134,6 +140,7 @@ class Engine {
   std::unique_ptr<ParallelContext> ctx_;
   std::unique_ptr<ForwardModel> model_;
   EngineOptions options_;
+  KvLayout kv_layout_;
   std::vector<int64_t> expert_counts_;  // the backend's running counts after the last step
 };
 

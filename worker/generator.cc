@@ -12,6 +12,7 @@ namespace {
 struct Running {
   std::vector<int32_t> all;  // prompt + generated
   std::vector<int32_t> blocks;
+  std::vector<std::vector<int32_t>> window_blocks;  // per window group of the KvLayout
   int64_t cached = 0;  // positions already in the cache
   std::vector<int32_t> drafts;  // the MTP layer's drafts of the tokens after `all`
   Generation gen;
@@ -75,9 +76,20 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
       ahead = std::min<int64_t>(engine.mtp_draft_tokens() - 1,
                                 engine.config().max_position_embeddings - end - s.num_draft);
     }
-    MOE_RETURN_IF_ERROR(
-        allocator.EnsureCapacity(&r.blocks, end + s.num_draft + ahead, engine.block_size()));
+    // Window groups first give back the blocks no query from here on sees.
+    const KvLayout& layout = engine.kv_layout();
+    const int64_t covered = end + s.num_draft + ahead, bs = engine.block_size();
+    r.window_blocks.resize(static_cast<size_t>(layout.window_groups()));
+    for (int64_t g = 1; g <= layout.window_groups(); ++g) {
+      allocator.FreeBefore(&r.window_blocks[static_cast<size_t>(g - 1)],
+                           layout.FirstLiveBlock(g, s.start_pos, bs));
+    }
+    MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&r.blocks, covered, bs));
+    for (std::vector<int32_t>& table : r.window_blocks) {
+      MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&table, covered, bs));
+    }
     s.block_table = r.blocks;
+    s.window_block_tables = r.window_blocks;
     step.push_back(std::move(s));
   }
   return step;
@@ -158,7 +170,10 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
     }
     Advance(c, *step, *out, opt, seqs);
   }
-  for (Running& r : seqs) allocator.Free(&r.blocks);
+  for (Running& r : seqs) {
+    allocator.Free(&r.blocks);
+    for (std::vector<int32_t>& table : r.window_blocks) allocator.Free(&table);
+  }
   MOE_RETURN_IF_ERROR(status);
   std::vector<Generation> gens;
   for (Running& r : seqs) {

@@ -42,6 +42,9 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     s.tokens.assign(p.tokens().begin(), p.tokens().end());
     s.start_pos = p.start_pos();
     s.block_table.assign(p.block_table().begin(), p.block_table().end());
+    for (const moe::v1::BlockTable& t : p.window_block_tables()) {
+      s.window_block_tables.emplace_back(t.blocks().begin(), t.blocks().end());
+    }
     s.want_logits = p.sample();
     s.dp_group = p.dp_group();
     const moe::v1::SamplingSpec& sp = p.sampling();

@@ -3,6 +3,8 @@
 
 #include <cstdint>
 
+#include "common/kv_layout.h"  // FirstVisibleKey
+
 namespace moe::cpu {
 
 // Absorbed MLA decode for one query token over a paged latent KV cache.
@@ -32,15 +34,6 @@ void GroupedCausalAttention(const float* q, const float* k, const float* v, int6
                             int64_t ctx, int64_t heads, int64_t kv_heads, int64_t dqk, int64_t dv,
                             int64_t start, float scale, float* out, int64_t window = 0,
                             int64_t chunk = 0);
-
-// The first key position a query at `position` sees under a sliding window or attention chunks
-// (0 for either: no limit).
-inline int64_t FirstVisibleKey(int64_t position, int64_t window, int64_t chunk) {
-  int64_t first = 0;
-  if (window > 0 && position + 1 > window) first = position + 1 - window;
-  if (chunk > 0 && position / chunk * chunk > first) first = position / chunk * chunk;
-  return first;
-}
 
 // Grouped-query decode for one query token over a paged K/V cache.
 //   q:      [heads, head_dim] (rotated)

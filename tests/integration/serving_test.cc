@@ -530,6 +530,17 @@ TEST_F(ServingTest, Llama4ServedUnderTpTwoDpTwo) {
   ConcurrentClientsMatchOfflineGeneration(m.dir, *m.engine, {4, 2, true, {}}, logs_.path());
 }
 
+// Gemma 3's sliding layers in blocks of 4 (window 8): the scheduler gives back the blocks each
+// window passed, under a budget that preempts; outputs equal the engine alone's.
+TEST_F(ServingTest, Gemma3ServedUnderTpTwoWithSlidingWindowBlocksFreed) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-gemma3", WeightDType::kBF16, 47);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(
+      m.dir, *m.engine,
+      {2, 2, true, {"--block-size", "4", "--kv-blocks", "160", "--max-batch-tokens", "32"}},
+      logs_.path());
+}
+
 TEST_F(ServingTest, MistralServedUnderTpFour) {
   ServedModel m = MakeServedModel(*dir_, "tiny-mistral", WeightDType::kBF16, 45);
   ASSERT_NE(m.engine, nullptr);

@@ -67,6 +67,43 @@ TEST_F(EngineTest, RefusesBadSteps) {
   SequenceStep far = Seq(4, {1}, std::vector<int32_t>(40, 0));
   far.start_pos = 512;
   expect({far}, "max_position_embeddings 512");
+  SequenceStep windowed = Seq(5, {1}, {0});
+  windowed.window_block_tables = {{1}};
+  expect({windowed}, "1 window block tables for a model with 0 window layer groups");
+}
+
+// Gemma 3's sliding layers (window 8) hold five tables besides the global layer's: a step must
+// bring all five, each with the blocks it reads and writes; blocks the window passed may be -1.
+TEST(WindowKvEngineTest, WindowTablesMustHoldTheBlocksTheStepReads) {
+  ScratchDir dir;
+  MakeModelOptions mo;
+  mo.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-gemma3"), mo).ok());
+  auto config = LoadModelConfig(dir.path());
+  ASSERT_TRUE(config.ok());
+  EngineOptions opt;
+  opt.block_size = 4;
+  opt.kv_blocks = 64;
+  auto e = Engine::Load(dir.path(), ParallelContext::Single(*config), opt);
+  ASSERT_TRUE(e.ok()) << e.status();
+  // Position 12 sees 5..12: block 0 (0..3) is no longer read.
+  SequenceStep s = Seq(1, {1, 2}, {0, 1, 2, 3});
+  s.start_pos = 12;
+  auto r = (*e)->Step({s});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("0 window block tables for a model with 5 window layer groups"));
+  for (int32_t g = 0; g < 5; ++g) s.window_block_tables.push_back({-1, 10 + g, 20 + g, 30 + g});
+  EXPECT_TRUE((*e)->Step({s}).ok());
+  s.window_block_tables[2] = {40, -1, 41, 42};  // a block the step reads was freed
+  r = (*e)->Step({s});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()), HasSubstr("layer group 3, entry 1"));
+  s.window_block_tables[2] = {-1, 41, 42};  // too short for position 13
+  r = (*e)->Step({s});
+  ASSERT_FALSE(r.ok());
+  EXPECT_THAT(std::string(r.status().message()),
+              HasSubstr("cannot hold 14 positions (layer group 3)"));
 }
 
 TEST_F(EngineTest, GeneratorRefusesTooLongAndEmpty) {
@@ -182,6 +219,19 @@ TEST(BlockAllocatorTest, AllocatesAndFrees) {
   a.Free(&t);
   EXPECT_EQ(a.free_blocks(), 4);
   EXPECT_TRUE(t.empty());
+  // A window group's table gives back its first blocks and keeps its length.
+  ASSERT_TRUE(a.EnsureCapacity(&t, 64, 16).ok());
+  const int32_t kept = t[2];
+  a.FreeBefore(&t, 2);
+  EXPECT_EQ(a.free_blocks(), 2);
+  ASSERT_EQ(t.size(), 4u);
+  EXPECT_EQ(t[0], -1);
+  EXPECT_EQ(t[1], -1);
+  EXPECT_EQ(t[2], kept);
+  a.FreeBefore(&t, 2);  // nothing more to give back
+  EXPECT_EQ(a.free_blocks(), 2);
+  a.Free(&t);
+  EXPECT_EQ(a.free_blocks(), 4);
 }
 
 }  // namespace

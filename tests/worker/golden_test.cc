@@ -1,16 +1,17 @@
 // The engine against HF transformers (tests/golden/make_goldens.py): prefill logits and 16
 // decode steps per prompt, max |ours - ref| / max |ref| <= 1e-4, identical greedy tokens.
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 
 #include "common/npy.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
+#include "model/model.h"
+#include "model/rope.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
-#include "model/model.h"
-#include "model/rope.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 
@@ -65,24 +66,27 @@ class GoldenTest : public ::testing::TestWithParam<std::string> {
            "tests/golden/make_goldens.py";
   }
 
+  // A cache of `kv_blocks` blocks (0: 64 MB's worth).
   std::unique_ptr<Engine> LoadEngine(int64_t block_size,
                                      WeightsAtLoad weights = WeightsAtLoad::kAsStored,
-                                     bool mtp = false) {
+                                     bool mtp = false, int64_t kv_blocks = 0) {
     auto config = LoadModelConfig(dir_.path());
     EXPECT_TRUE(config.ok());
     EngineOptions opt;
     opt.block_size = block_size;
     opt.weights = weights;
     opt.mtp = mtp;
-    opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, 64 << 20, mtp ? 1 : 0);
+    opt.kv_blocks = kv_blocks > 0
+                        ? kv_blocks
+                        : *KvCache::BlocksForBudget(*config, block_size, 64 << 20, mtp ? 1 : 0);
     auto e = Engine::Load(dir_.path(), ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
   }
 
   void CheckAgainstGolden(const GenerateOptions& gen, int64_t block_size,
-                          WeightsAtLoad weights = WeightsAtLoad::kAsStored) {
-    auto engine = LoadEngine(block_size, weights, gen.speculative);
+                          WeightsAtLoad weights = WeightsAtLoad::kAsStored, int64_t kv_blocks = 0) {
+    auto engine = LoadEngine(block_size, weights, gen.speculative, kv_blocks);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     for (size_t i = 0; i < spec_["prompts"].size(); ++i) {
@@ -147,6 +151,12 @@ TEST_P(GoldenTest, BatchEqualsSequencesRunAlone) {
   }
 }
 
+std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string s = info.param;
+  for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';
+  return s;
+}
+
 INSTANTIATE_TEST_SUITE_P(Presets, GoldenTest,
                          ::testing::Values("tiny-dsv3-f32", "tiny-kimi-k2-f32", "tiny-v2lite-f32",
                                            "tiny-dsv3-fp8", "tiny-kimi-k2-int4", "tiny-qwen3-f32",
@@ -154,11 +164,31 @@ INSTANTIATE_TEST_SUITE_P(Presets, GoldenTest,
                                            "tiny-mistral-f32", "tiny-smollm3-f32", "tiny-olmo2-f32",
                                            "tiny-gemma3-f32", "tiny-gemma3-bf16", "tiny-llama4-f32",
                                            "tiny-llama4-bf16"),
-                         [](const auto& info) {
-                           std::string s = info.param;
-                           for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';
-                           return s;
-                         });
+                         CaseName);
+
+// Window layer groups (Gemma 3's sliding layers, Llama 4's chunked ones) give back the blocks their
+// window has passed: a cache that holds the longest sequence only that way (KvLayout::MostBlocks
+// for 4-token chunks in blocks of 4, well under a whole table per group) serves every prompt,
+// equal to transformers. A freed block is handed out again at once, so a layer that still read
+// one would read other positions' keys.
+class WindowKvGoldenTest : public GoldenTest {};
+
+TEST_P(WindowKvGoldenTest, CacheHoldingOnlyTheWindowsMatchesTransformers) {
+  GenerateOptions g = Greedy16();
+  g.prefill_chunk = 4;
+  auto config = LoadModelConfig(dir_.path());
+  ASSERT_TRUE(config.ok());
+  const KvLayout layout = KvLayout::For(*config);
+  ASSERT_GT(layout.window_groups(), 0);
+  int64_t longest = 0;
+  for (const auto& p : spec_["prompts"]) longest = std::max<int64_t>(longest, p.size() + 16);
+  const int64_t blocks = layout.MostBlocks(longest, 4, 4);
+  EXPECT_LT(2 * blocks, static_cast<int64_t>(layout.groups.size()) * ((longest + 3) / 4));
+  CheckAgainstGolden(g, 4, WeightsAtLoad::kAsStored, blocks);
+}
+
+INSTANTIATE_TEST_SUITE_P(Presets, WindowKvGoldenTest,
+                         ::testing::Values("tiny-gemma3-f32", "tiny-llama4-f32"), CaseName);
 
 // Speculative decoding with the MTP layer (the presets that have one): the same tokens and logits
 // as transformers without speculation.
@@ -212,12 +242,6 @@ TEST_P(MtpReferenceTest, MtpLayerMatchesTheTorchReference) {
                 static_cast<long long>(n), err);
     EXPECT_LE(err, kTolerance);
   }
-}
-
-std::string CaseName(const ::testing::TestParamInfo<std::string>& info) {
-  std::string s = info.param;
-  for (char& ch : s) ch = std::isalnum(ch) ? ch : '_';
-  return s;
 }
 
 INSTANTIATE_TEST_SUITE_P(Presets, MtpGoldenTest,

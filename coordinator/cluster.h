@@ -35,6 +35,7 @@ class Cluster {
     int64_t kv_blocks = 0;  // per rank
     bool mtp = false;       // the workers load the MTP layer (speculative decoding)
     int mtp_draft_tokens = 1;  // and draft this many tokens a step
+    int64_t redundant_experts = 0;  // EPLB replicas (the workers' ShardPlan)
     absl::Duration heartbeat_timeout = absl::Seconds(10);
     StepDeadlineOptions step_deadline;
   };

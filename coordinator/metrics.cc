@@ -57,10 +57,19 @@ void Metrics::ObserveInterTokenLatency(double s) {
   std::lock_guard<std::mutex> lock(mu_);
   itl_.Observe(s);
 }
-void Metrics::AddExpertTokens(const std::vector<int64_t>& per_expert) {
+void Metrics::AddExpertTokens(const std::vector<int64_t>& counts, int64_t experts) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (expert_tokens_.size() < per_expert.size()) expert_tokens_.resize(per_expert.size(), 0);
-  for (size_t e = 0; e < per_expert.size(); ++e) expert_tokens_[e] += per_expert[e];
+  const size_t n = experts > 0 ? static_cast<size_t>(experts) : counts.size();
+  if (expert_tokens_.size() < n) expert_tokens_.resize(n, 0);
+  for (size_t i = 0; i < counts.size(); ++i) expert_tokens_[i % n] += counts[i];
+}
+void Metrics::AddRebalance() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ++rebalances_;
+}
+void Metrics::SetExpertImbalance(double max_over_mean) {
+  std::lock_guard<std::mutex> lock(mu_);
+  expert_imbalance_ = max_over_mean;
 }
 void Metrics::AddStep(int64_t tokens) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -113,6 +122,13 @@ std::string Metrics::Render(const Gauges& g) const {
           static_cast<uint64_t>(g.spec_drafts));
   counter("moe_spec_decode_accepted_tokens_total", "Draft tokens the model accepted (--mtp).",
           static_cast<uint64_t>(g.spec_accepted));
+  counter("moe_eplb_rebalances_total", "Times EPLB moved the experts (--eplb-interval-steps).",
+          rebalances_);
+  absl::StrAppend(&out,
+                  "# HELP moe_expert_rank_imbalance The most loaded rank's routed tokens over the "
+                  "mean, over EPLB's window, averaged over the MoE layers (1: even).\n"
+                  "# TYPE moe_expert_rank_imbalance gauge\nmoe_expert_rank_imbalance ",
+                  expert_imbalance_, "\n");
   absl::StrAppend(&out,
                   "# HELP moe_expert_tokens_total Tokens routed to each expert, over all MoE "
                   "layers.\n# TYPE moe_expert_tokens_total counter\n");

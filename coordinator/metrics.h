@@ -32,7 +32,12 @@ class Metrics {
   void AddGenerationTokens(int64_t n);
   void ObserveTimeToFirstToken(double seconds);
   void ObserveInterTokenLatency(double seconds);
-  void AddExpertTokens(const std::vector<int64_t>& per_expert);
+  // A step's tokens per (MoE layer, expert), layer-major over `experts` experts: summed over the
+  // layers (experts 0: one entry per expert).
+  void AddExpertTokens(const std::vector<int64_t>& counts, int64_t experts = 0);
+  // EPLB: a rebalance moved the experts; the window's max / mean rank load now.
+  void AddRebalance();
+  void SetExpertImbalance(double max_over_mean);
   void AddStep(int64_t tokens);
   struct Gauges {
     int64_t waiting = 0, running = 0, blocks_used = 0, blocks_free = 0, preemptions = 0;
@@ -50,6 +55,8 @@ class Metrics {
   uint64_t prompt_tokens_ = 0, generation_tokens_ = 0, steps_ = 0, step_tokens_ = 0;
   Histogram ttft_, itl_;
   std::vector<int64_t> expert_tokens_;
+  uint64_t rebalances_ = 0;
+  double expert_imbalance_ = 1.0;
 };
 
 }  // namespace moe

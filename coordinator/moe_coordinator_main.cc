@@ -97,6 +97,16 @@ int main(int argc, char** argv) {
   flags.AddInt("mtp-draft-tokens", &o.mtp_draft_tokens,
                "With --mtp: tokens drafted per step, the MTP layer applied again to its own output "
                "for each after the first (1 to 8; DeepSeek deploys 1).");
+  flags.AddInt("redundant-experts", &o.redundant_experts,
+               "EPLB: extra replicas of routed experts (E + R must divide over the W ranks); each "
+               "rank hosts (E + R) / W experts, a replicated expert's tokens split over its "
+               "replicas.");
+  flags.AddInt("eplb-interval-steps", &o.eplb_interval_steps,
+               "EPLB: every this many steps, move each MoE layer's experts to the placement that "
+               "balances the tokens the ranks saw over the last --eplb-window-steps (0: never; "
+               "the placement stays the initial one).");
+  flags.AddInt("eplb-window-steps", &o.eplb_window_steps,
+               "EPLB: steps of routing counts a rebalance considers (0: one interval).");
   flags.AddInt("max-prompt-tokens", &o.max_prompt_tokens,
                "Longest prompt accepted, in tokens (0: the context and KV cache are the limits).");
   flags.AddInt("max-new-tokens", &o.max_new_tokens,

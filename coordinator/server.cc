@@ -72,8 +72,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
         "--max-prompt-tokens and --max-new-tokens must be >= 0, --max-request-bytes in [1 KiB, "
         "1 GiB]");
   }
-  MOE_ASSIGN_OR_RETURN(ShardPlan plan,
-                       ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world));
+  MOE_ASSIGN_OR_RETURN(ShardPlan plan, ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world,
+                                                         o.redundant_experts));
+  if (o.eplb_interval_steps < 0 || o.eplb_window_steps < 0) {
+    return absl::InvalidArgumentError("--eplb-interval-steps and --eplb-window-steps must be >= 0");
+  }
   if (o.mtp && config.num_nextn_predict_layers < 1) {
     return absl::InvalidArgumentError(
         "--mtp: the model has no MTP layer (config.json: num_nextn_predict_layers is 0)");
@@ -130,12 +133,23 @@ CoordinatorServer::CoordinatorServer(
   so.kv_layout = KvLayout::For(config, o.mtp ? 1 : 0);
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
+  ExpertBalancerOptions bo;
+  bo.world = plan.world_size();
+  bo.experts = config.n_routed_experts;
+  bo.moe_layers = config.n_routed_experts > 0 ? config.num_moe_layers() : 0;
+  bo.eplb.world = plan.world_size();
+  bo.eplb.redundant = o.redundant_experts;
+  bo.eplb.expert_groups = config.n_group;
+  bo.interval_steps = o.eplb_interval_steps;
+  bo.window_steps = o.eplb_window_steps;
+  balancer_ = std::make_unique<ExpertBalancer>(bo, plan.experts());
   Cluster::Options co;
   co.kv_block_size = static_cast<int>(o.block_size);
   co.kv_blocks = kv_blocks;
   co.heartbeat_timeout = o.heartbeat_timeout;
   co.mtp = o.mtp;
   co.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
+  co.redundant_experts = o.redundant_experts;
   co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
@@ -144,6 +158,7 @@ CoordinatorServer::CoordinatorServer(
   const ServingContext ctx{&config_,
                            cluster_.get(),
                            scheduler_.get(),
+                           balancer_.get(),
                            &metrics_,
                            limits,
                            static_cast<int>(o.block_size),

@@ -14,6 +14,7 @@
 #include "common/tls_files.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
+#include "coordinator/expert_balancer.h"
 #include "coordinator/metrics.h"
 #include "coordinator/openai_api.h"
 #include "coordinator/scheduler.h"
@@ -50,6 +51,11 @@ struct CoordinatorOptions {
   bool prefix_cache = true;  // --no-prefix-cache turns it off
   bool mtp = false;          // speculative decoding with the checkpoint's MTP layer
   int64_t mtp_draft_tokens = 1;  // tokens it drafts per step
+  // EPLB (coordinator/expert_balancer.h): replicas beyond one per routed expert, and how often
+  // (in steps) the experts move to the placement the last window_steps steps' loads call for.
+  int64_t redundant_experts = 0;
+  int64_t eplb_interval_steps = 0;  // 0: the initial placement stays
+  int64_t eplb_window_steps = 0;    // 0: one interval
   // Request limits (INVALID_ARGUMENT naming the flag; a larger message: RESOURCE_EXHAUSTED).
   int64_t max_prompt_tokens = 0;           // 0: the context and the KV cache are the limits
   int64_t max_new_tokens = 0;              // the largest max_tokens; 0: the same
@@ -107,6 +113,7 @@ class CoordinatorServer {
   std::unique_ptr<ApiKeys> api_keys_;
   const ModelText text_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Cluster> cluster_;
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ClusterService> cluster_service_;

@@ -136,6 +136,7 @@ grpc::Status ClusterService::Step(
     ~Detach() { c->DetachLeader(ctx); }
   } detach{ctx_.cluster, context};
   MOE_LOG(INFO) << "leader attached (session " << session << ")";
+  ctx_.balancer->Reset();  // the workers start from the plan's expert placement
   while (true) {
     const Cluster::Phase phase = ctx_.cluster->phase();
     if (!ctx_.cluster->IsCurrent(session) || context->IsCancelled()) {
@@ -156,6 +157,7 @@ grpc::Status ClusterService::Step(
     if (!plan) continue;
     int64_t tokens = 0;
     for (const auto& s : plan->sequences()) tokens += s.tokens_size();
+    if (ctx_.balancer->MaybeRebalance(&*plan)) ctx_.metrics->AddRebalance();
     moe::v1::StepResult result;
     ctx_.cluster->StepSent(plan->step(), tokens);
     if (!stream->Write(*plan) || !stream->Read(&result)) {
@@ -168,7 +170,10 @@ grpc::Status ClusterService::Step(
     }
     ctx_.cluster->StepDone(plan->step());
     ctx_.metrics->AddStep(tokens);
-    ctx_.metrics->AddExpertTokens({result.expert_tokens().begin(), result.expert_tokens().end()});
+    ctx_.metrics->AddExpertTokens({result.expert_tokens().begin(), result.expert_tokens().end()},
+                                  ctx_.config->n_routed_experts);
+    ctx_.balancer->Observe(result.expert_tokens());
+    ctx_.metrics->SetExpertImbalance(ctx_.balancer->imbalance());
     ctx_.scheduler->Complete(result);
   }
 }

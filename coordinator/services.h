@@ -7,6 +7,7 @@
 #include "common/model_config.h"
 #include "coordinator/api_keys.h"
 #include "coordinator/cluster.h"
+#include "coordinator/expert_balancer.h"
 #include "coordinator/metrics.h"
 #include "coordinator/model_text.h"
 #include "coordinator/scheduler.h"
@@ -20,6 +21,7 @@ struct ServingContext {
   const ModelConfig* config;
   Cluster* cluster;
   Scheduler* scheduler;
+  ExpertBalancer* balancer;  // EPLB while serving
   Metrics* metrics;
   RequestLimits limits;
   int kv_block_size;

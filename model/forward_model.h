@@ -12,6 +12,7 @@
 #include "common/tensor.h"
 #include "kernels/cpu/sampler.h"
 #include "model/forward_batch.h"
+#include "parallel/shard_plan.h"
 
 namespace moe {
 
@@ -49,8 +50,15 @@ class ForwardModel {
     return absl::UnimplementedError("this backend has no MTP layer");
   }
 
-  // Tokens this rank routed to each expert so far, summed over the MoE layers.
+  // Tokens this rank routed to each expert so far: per MoE layer (the decoder's, then the MTP
+  // layer's when loaded), [layers x n_routed_experts] layer-major; or [n_routed_experts] summed
+  // over the layers by a backend that counts them together.
   virtual std::vector<int64_t> ExpertTokenCounts() const = 0;
+  // EPLB: moves the decoder's MoE layers to their placements (one per MoE layer, in order), between
+  // steps.
+  virtual absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) {
+    return absl::UnimplementedError("this backend cannot move its experts");
+  }
   // What this rank read from the checkpoint, by part.
   virtual const WeightBytes& weight_bytes() const = 0;
 };

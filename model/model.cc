@@ -121,6 +121,7 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
     MOE_ASSIGN_OR_RETURN(m->mtp_, MtpLayer::Load(m->config_, *ck, ctx, softmax_scale, bytes));
   }
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
+  m->ck_ = std::move(ck);
   return m;
 }
 
@@ -188,14 +189,29 @@ absl::StatusOr<Tensor> DecoderModel::ForwardMtp(const std::vector<int64_t>& main
 }
 
 std::vector<int64_t> DecoderModel::ExpertTokenCounts() const {
-  std::vector<int64_t> counts(static_cast<size_t>(config_.n_routed_experts), 0);
+  std::vector<int64_t> counts;
   auto add = [&](const DecoderLayer& l) {
     if (l.moe() == nullptr) return;
-    for (size_t e = 0; e < counts.size(); ++e) counts[e] += l.moe()->expert_tokens()[e];
+    const std::vector<int64_t>& layer = l.moe()->expert_tokens();
+    counts.insert(counts.end(), layer.begin(), layer.end());
   };
   for (const auto& l : layers_) add(*l);
   if (mtp_) add(mtp_->block());
   return counts;
+}
+
+absl::Status DecoderModel::SetExpertPlacement(const std::vector<ExpertPlacement>& placements) {
+  if (static_cast<int64_t>(placements.size()) != config_.num_moe_layers()) {
+    return absl::InvalidArgumentError(absl::StrCat(placements.size(),
+                                                   " expert placements for a model with ",
+                                                   config_.num_moe_layers(), " MoE layers"));
+  }
+  size_t i = 0;
+  for (auto& l : layers_) {
+    if (l->moe() == nullptr) continue;
+    MOE_RETURN_IF_ERROR(l->moe()->SetPlacement(placements[i++], *ck_));
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe

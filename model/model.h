@@ -36,6 +36,7 @@ class DecoderLayer {
                                                             WeightBytes* bytes);
   absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
   const MoeLayer* moe() const { return moe_.get(); }
+  MoeLayer* moe() { return moe_.get(); }
 
  private:
   int64_t hidden_ = 0;
@@ -71,6 +72,7 @@ class DecoderModel : public ForwardModel {
                                     const std::vector<int64_t>& logit_rows,
                                     bool from_last_draft = false) override;
   std::vector<int64_t> ExpertTokenCounts() const override;
+  absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
  private:
@@ -78,6 +80,7 @@ class DecoderModel : public ForwardModel {
       : config_(config),
         cache_(KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size, cache_dim) {}
   ModelConfig config_;
+  std::unique_ptr<Checkpoint> ck_;  // kept open: EPLB loads other experts later
   KvCache cache_;
   VocabParallelEmbedding embed_tokens_;
   std::vector<std::unique_ptr<DecoderLayer>> layers_;

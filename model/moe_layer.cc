@@ -4,7 +4,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <optional>
 
+#include "absl/strings/str_cat.h"
 #include "checkpoint/weight_names.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
@@ -12,18 +14,20 @@
 
 namespace moe {
 
-MoeLayer::MoeLayer(const ModelConfig& config, const ParallelContext& ctx)
+MoeLayer::MoeLayer(const ModelConfig& config, const ParallelContext& ctx,
+                   const DecoderLayerWeights& w)
     : config_(config),
       ctx_(ctx),
-      dispatcher_(&ctx.world(), &ctx.plan().experts(), config.hidden_size,
-                  config.num_experts_per_tok),
+      weights_(w),
+      placement_(ctx.plan().experts()),
+      dispatcher_(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok),
       expert_tokens_(static_cast<size_t>(config.n_routed_experts), 0) {}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, Checkpoint& ck,
                                                          const DecoderLayerWeights& w,
                                                          const ParallelContext& ctx,
                                                          WeightBytes* bytes) {
-  std::unique_ptr<MoeLayer> m(new MoeLayer(c, ctx));
+  std::unique_ptr<MoeLayer> m(new MoeLayer(c, ctx, w));
   MOE_ASSIGN_OR_RETURN(
       m->gate_, Metered(ck, &bytes->router, [&] { return ck.Load(w.gate->name, w.gate->shape); }));
   if (w.e_score_correction_bias) {
@@ -32,15 +36,9 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, C
                                           w.e_score_correction_bias->shape);
                          }));
   }
-  for (int64_t e : ctx.shard().experts) {
-    MOE_ASSIGN_OR_RETURN(GatedMlp expert, Metered(ck, &bytes->routed_experts, [&] {
-                           return w.fused_gate_up_proj
-                                      ? GatedMlp::LoadStacked(ck, *w.fused_gate_up_proj,
-                                                              *w.fused_down_proj, e, c.activation())
-                                      : GatedMlp::Load(ck, w.experts[e],
-                                                       {0, c.moe_intermediate_size},
-                                                       c.activation());
-                         }));
+  for (int64_t e : m->placement_.LocalExperts(ctx.rank())) {
+    MOE_ASSIGN_OR_RETURN(GatedMlp expert,
+                         Metered(ck, &bytes->routed_experts, [&] { return m->LoadExpert(ck, e); }));
     m->experts_.push_back(std::move(expert));
   }
   if (w.shared_experts) {
@@ -51,6 +49,40 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, C
     m->shared_ = std::make_unique<GatedMlp>(std::move(shared));
   }
   return m;
+}
+
+absl::StatusOr<GatedMlp> MoeLayer::LoadExpert(Checkpoint& ck, int64_t e) const {
+  const DecoderLayerWeights& w = weights_;
+  return w.fused_gate_up_proj ? GatedMlp::LoadStacked(ck, *w.fused_gate_up_proj, *w.fused_down_proj,
+                                                      e, config_.activation())
+                              : GatedMlp::Load(ck, w.experts[e], {0, config_.moe_intermediate_size},
+                                               config_.activation());
+}
+
+absl::Status MoeLayer::SetPlacement(const ExpertPlacement& placement, Checkpoint& ck) {
+  if (placement.world() != ctx_.world().size() ||
+      placement.num_experts() != config_.n_routed_experts) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "expert placement of ", placement.num_experts(), " experts over ", placement.world(),
+        " ranks for a layer of ", config_.n_routed_experts, " experts over ", ctx_.world().size()));
+  }
+  // The new experts first: a failure leaves the layer as it was.
+  const int rank = ctx_.rank();
+  const std::vector<int64_t>& local = placement.LocalExperts(rank);
+  std::vector<std::optional<GatedMlp>> loaded(local.size());
+  for (size_t i = 0; i < local.size(); ++i) {
+    if (placement_.LocalIndex(rank, local[i]) >= 0) continue;
+    MOE_ASSIGN_OR_RETURN(loaded[i], LoadExpert(ck, local[i]));
+  }
+  std::vector<GatedMlp> experts;
+  for (size_t i = 0; i < local.size(); ++i) {
+    const int64_t held = placement_.LocalIndex(rank, local[i]);
+    experts.push_back(held >= 0 ? std::move(experts_[static_cast<size_t>(held)])
+                                : std::move(*loaded[i]));
+  }
+  experts_ = std::move(experts);
+  placement_ = placement;
+  return absl::OkStatus();
 }
 
 void MoeLayer::ComputeLocalExperts(const Dispatched& d) const {

@@ -27,9 +27,14 @@ class MoeLayer {
   absl::Status Forward(const float* x, int64_t n, float* out);
   // Tokens this rank routed to each expert so far (global expert ids).
   const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
+  // Moves to `placement` (EPLB): loads the experts it gives this rank that it does not hold yet
+  // (memory-mapped, so only their pages are read), drops the others. Between steps, on every rank.
+  absl::Status SetPlacement(const ExpertPlacement& placement, Checkpoint& ck);
+  const ExpertPlacement& placement() const { return placement_; }
 
  private:
-  MoeLayer(const ModelConfig& config, const ParallelContext& ctx);
+  MoeLayer(const ModelConfig& config, const ParallelContext& ctx, const DecoderLayerWeights& w);
+  absl::StatusOr<GatedMlp> LoadExpert(Checkpoint& ck, int64_t expert) const;
   // Writes each received row's weighted expert outputs to d.y.
   void ComputeLocalExperts(const Dispatched& d) const;
 
@@ -39,6 +44,8 @@ class MoeLayer {
   Tensor bias_;                    // [n_routed_experts] or empty
   std::vector<GatedMlp> experts_;  // this rank's routed experts, in LocalExperts order
   std::unique_ptr<GatedMlp> shared_;
+  DecoderLayerWeights weights_;  // the tensor names, for loading other experts later
+  ExpertPlacement placement_;    // this layer's (the plan's until SetPlacement)
   MoeDispatcher dispatcher_;
   std::vector<int64_t> expert_tokens_;
 };

@@ -12,8 +12,10 @@ ParallelContext::ParallelContext(ShardPlan plan, std::unique_ptr<Communicator> w
       tp_(std::move(tp)) {}
 
 absl::StatusOr<std::unique_ptr<ParallelContext>> ParallelContext::Create(
-    const ModelConfig& config, std::unique_ptr<Communicator> world, int tp_size) {
-  MOE_ASSIGN_OR_RETURN(ShardPlan plan, ShardPlan::Create(config, world->size(), tp_size));
+    const ModelConfig& config, std::unique_ptr<Communicator> world, int tp_size,
+    int64_t redundant_experts) {
+  MOE_ASSIGN_OR_RETURN(ShardPlan plan,
+                       ShardPlan::Create(config, world->size(), tp_size, redundant_experts));
   const int rank = world->rank();
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> tp,
                        world->Split(plan.DpRank(rank), plan.TpRank(rank)));

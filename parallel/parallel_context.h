@@ -12,9 +12,11 @@ namespace moe {
 
 class ParallelContext {
  public:
-  // Splits `world` into TP groups of `tp_size` consecutive ranks.
+  // Splits `world` into TP groups of `tp_size` consecutive ranks (ShardPlan::Create says what
+  // `redundant_experts` does).
   static absl::StatusOr<std::unique_ptr<ParallelContext>> Create(
-      const ModelConfig& config, std::unique_ptr<Communicator> world, int tp_size);
+      const ModelConfig& config, std::unique_ptr<Communicator> world, int tp_size,
+      int64_t redundant_experts = 0);
   // World size 1, no MPI.
   static std::unique_ptr<ParallelContext> Single(const ModelConfig& config);
 

@@ -4,6 +4,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "common/status_macros.h"
+#include "parallel/eplb.h"
 
 namespace moe {
 
@@ -27,14 +29,40 @@ ExpertPlacement ExpertPlacement::Contiguous(int64_t num_experts, int world) {
   return p;
 }
 
+absl::StatusOr<ExpertPlacement> ExpertPlacement::FromRanks(
+    int64_t num_experts, std::vector<std::vector<int64_t>> local) {
+  ExpertPlacement p;
+  p.replicas_.resize(static_cast<size_t>(num_experts));
+  for (size_t r = 0; r < local.size(); ++r) {
+    std::vector<int64_t>& l = local[r];
+    std::sort(l.begin(), l.end());
+    l.erase(std::unique(l.begin(), l.end()), l.end());
+    for (int64_t e : l) {
+      if (e < 0 || e >= num_experts) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "expert placement: rank ", r, " hosts expert ", e, " outside [0, ", num_experts, ")"));
+      }
+      p.replicas_[static_cast<size_t>(e)].push_back(static_cast<int>(r));
+    }
+  }
+  for (int64_t e = 0; e < num_experts; ++e) {
+    if (p.replicas_[static_cast<size_t>(e)].empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert placement: expert ", e, " is hosted on no rank"));
+    }
+  }
+  p.local_ = std::move(local);
+  return p;
+}
+
 int64_t ExpertPlacement::LocalIndex(int rank, int64_t expert) const {
   const auto& l = local_[rank];
   auto it = std::lower_bound(l.begin(), l.end(), expert);
   return it != l.end() && *it == expert ? it - l.begin() : -1;
 }
 
-absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world_size,
-                                            int tp_size) {
+absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world_size, int tp_size,
+                                            int64_t redundant_experts) {
   if (world_size < 1) {
     return absl::InvalidArgumentError(absl::StrCat("world size must be >= 1, got ", world_size));
   }
@@ -57,7 +85,21 @@ absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world
   p.config_ = config;
   p.world_ = world_size;
   p.tp_ = tp_size;
-  p.experts_ = ExpertPlacement::Contiguous(config.n_routed_experts, world_size);
+  p.redundant_ = redundant_experts;
+  if (redundant_experts == 0 || config.n_routed_experts == 0) {
+    if (redundant_experts != 0) {
+      return absl::InvalidArgumentError("--redundant-experts: the model has no routed experts");
+    }
+    p.experts_ = ExpertPlacement::Contiguous(config.n_routed_experts, world_size);
+    return p;
+  }
+  EplbOptions eplb;
+  eplb.world = world_size;
+  eplb.redundant = redundant_experts;
+  eplb.expert_groups = config.n_group;
+  MOE_ASSIGN_OR_RETURN(
+      p.experts_,
+      BalanceExperts(std::vector<double>(static_cast<size_t>(config.n_routed_experts), 1.0), eplb));
   return p;
 }
 

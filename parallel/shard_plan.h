@@ -5,7 +5,9 @@
 //     latent KV cache). Rank r is TP rank r % T of DP group r / T.
 //   - Embedding and lm_head are vocab-parallel over the TP group; the dense MLP layers and the
 //     shared experts are split over the TP group by intermediate rows.
-//   - Routed experts are expert parallel over all W ranks, placed by an ExpertPlacement.
+//   - Routed experts are expert parallel over all W ranks, placed by an ExpertPlacement: contiguous
+//     blocks, or with R redundant experts (EPLB, parallel/eplb.h) (E + R) / W per rank. The MoE
+//     layers start from it and may each move to a placement of their own while serving.
 // The coordinator, the workers and the planner all use this code.
 #pragma once
 
@@ -29,11 +31,15 @@ struct Range {
 // Part i of n items split into `parts` nearly equal ranges (the first n % parts get one more).
 Range EvenSplit(int64_t n, int parts, int i);
 
-// Which ranks compute which routed experts. Contiguous blocks now; each expert keeps a list of
-// replica ranks so redundant copies of hot experts (as in EPLB) fit the same structure.
+// Which ranks compute which routed experts: each expert has one or more replica ranks (redundant
+// copies of hot experts, EPLB), and a token's rows for it go to one of them.
 class ExpertPlacement {
  public:
   static ExpertPlacement Contiguous(int64_t num_experts, int world);
+  // Rank r hosts the experts `local[r]` (any order, a repeat counts once); every expert must be
+  // hosted somewhere.
+  static absl::StatusOr<ExpertPlacement> FromRanks(int64_t num_experts,
+                                                   std::vector<std::vector<int64_t>> local);
 
   int64_t num_experts() const { return static_cast<int64_t>(replicas_.size()); }
   int world() const { return static_cast<int>(local_.size()); }
@@ -42,6 +48,10 @@ class ExpertPlacement {
     const auto& r = replicas_[expert];
     return r[static_cast<size_t>(token) % r.size()];
   }
+  int Replicas(int64_t expert) const { return static_cast<int>(replicas_[expert].size()); }
+  // The ranks hosting `expert`, ascending.
+  const std::vector<int>& ReplicaRanks(int64_t expert) const { return replicas_[expert]; }
+  bool operator==(const ExpertPlacement&) const = default;
   // Experts hosted on `rank`, ascending; the position in this list is the local expert index.
   const std::vector<int64_t>& LocalExperts(int rank) const { return local_[rank]; }
   int64_t LocalIndex(int rank, int64_t expert) const;
@@ -66,11 +76,15 @@ struct RankShard {
 class ShardPlan {
  public:
   // Errors name the flag or config field that makes the layout impossible.
-  static absl::StatusOr<ShardPlan> Create(const ModelConfig& config, int world_size, int tp_size);
+  // With `redundant_experts` R > 0 every rank hosts (E + R) / W experts, the R extra replicas
+  // placed by EPLB for an even load until observed loads say otherwise.
+  static absl::StatusOr<ShardPlan> Create(const ModelConfig& config, int world_size, int tp_size,
+                                          int64_t redundant_experts = 0);
 
   int world_size() const { return world_; }
   int tp_size() const { return tp_; }
   int dp_size() const { return world_ / tp_; }
+  int64_t redundant_experts() const { return redundant_; }
   int TpRank(int rank) const { return rank % tp_; }
   int DpRank(int rank) const { return rank / tp_; }
   RankShard Shard(int rank) const;
@@ -81,6 +95,7 @@ class ShardPlan {
   ModelConfig config_;
   int world_ = 1;
   int tp_ = 1;
+  int64_t redundant_ = 0;
   ExpertPlacement experts_;
 };
 

@@ -189,7 +189,9 @@ std::vector<std::vector<size_t>> GroupIntoShards(const std::vector<Planned>& pla
 // bytes.
 absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<Planned>& plan,
                                     const std::vector<size_t>& shard, const ModelConfig& config,
-                                    uint64_t seed, bool mtp_agrees) {
+                                    const MakeModelOptions& opt) {
+  const uint64_t seed = opt.seed;
+  const bool mtp_agrees = opt.mtp_agrees;
   SafetensorsWriter w;
   for (size_t i : shard) w.Declare(plan[i].name, plan[i].dtype, plan[i].shape);
   MOE_RETURN_IF_ERROR(w.Begin(path, {{"format", "pt"}}));
@@ -209,6 +211,11 @@ absl::StatusOr<uint64_t> WriteShard(const std::string& path, const std::vector<P
       const std::optional<float> agree =
           mtp_agrees ? AgreeingValue(config, spec, seed, static_cast<uint64_t>(k)) : std::nullopt;
       values[k] = agree ? *agree : ValueFor(spec, key, k);
+    }
+    if (spec.kind == WeightSpec::Kind::kRouterBias && opt.router_skew > 0) {
+      for (uint64_t e = 0; e < count; ++e) {
+        values[e] += static_cast<float>(opt.router_skew * std::pow(0.7, static_cast<double>(e)));
+      }
     }
     if (p.dtype == DType::kF8E4M3) {
       const auto& q = *config.quantization_config;
@@ -265,8 +272,7 @@ absl::Status WriteCheckpoint(const ModelConfig& config_in, const MakeModelOption
         n == 1 ? "model.safetensors" : absl::StrFormat("model-%05d-of-%05d.safetensors", s + 1, n);
     for (size_t i : shards[s]) weight_map[plan[i].name] = file;
     MOE_ASSIGN_OR_RETURN(const uint64_t bytes, WriteShard((fs::path(opt.out_dir) / file).string(),
-                                                          plan, shards[s], config, opt.seed,
-                                                          opt.mtp_agrees));
+                                                          plan, shards[s], config, opt));
     total += bytes;
     if (opt.progress) {
       std::fprintf(stderr, "moe-make-model: wrote %s (%zu tensors, %.1f MB) [%zu/%zu]\n",

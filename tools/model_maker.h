@@ -32,6 +32,9 @@ struct MakeModelOptions {
   // the model's embedding, final norm and head, eh_proj passes the token's embedding through and
   // its block adds nothing — it drafts what the model will say next. Not a realistic model.
   bool mtp_agrees = false;
+  // A benchmark variant with skewed routing (EPLB): expert e's e_score_correction_bias gains
+  // router_skew * 0.7^e, so the first experts are chosen far more often (0: the generated bias).
+  double router_skew = 0;
 };
 
 // Writes config.json and the weights of `config` to options.out_dir (created if needed).

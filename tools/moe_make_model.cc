@@ -36,6 +36,11 @@ int main(int argc, char** argv) {
   flags.AddBool("mtp-agrees", &mtp_agrees,
                 "Benchmarks of speculative decoding: decoder layers' output projections zero and "
                 "an MTP layer that drafts what the model will say next (not a realistic model).");
+  double router_skew = 0;
+  flags.AddDouble(
+      "router-skew", &router_skew,
+      "Benchmarks of expert load balancing: expert e's e_score_correction_bias gains "
+      "S * 0.7^e, so routing favours the first experts (DeepSeek / Kimi presets; 0: off).");
   flags.ParseOrExit(argc, argv);
 
   auto config = moe::PresetConfig(preset);
@@ -45,6 +50,12 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "moe-make-model: %s\n", std::string(s.message()).c_str());
       return 2;
     }
+  }
+  if (router_skew < 0 || (router_skew > 0 && config->topk_method != "noaux_tc")) {
+    std::fprintf(stderr,
+                 "moe-make-model: --router-skew needs a value >= 0 and a preset whose "
+                 "router has e_score_correction_bias (topk_method noaux_tc)\n");
+    return 2;
   }
   if (seed < 0 || shard_mb <= 0) {
     std::fprintf(stderr, "moe-make-model: --seed must be >= 0 and --shard-mb > 0\n");
@@ -67,6 +78,7 @@ int main(int argc, char** argv) {
   opt.dtype = *wdtype;
   opt.max_shard_bytes = static_cast<uint64_t>(shard_mb) << 20;
   opt.mtp_agrees = mtp_agrees;
+  opt.router_skew = router_skew;
   opt.progress = true;
   const moe::ParamCounts p = config->CountParameters();
   std::fprintf(stderr, "moe-make-model: %s, %.3fB parameters (%.3fB active), %s -> %s\n",

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
@@ -68,6 +69,27 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
     return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to load their shard"));
   }
   return std::unique_ptr<Engine>(new Engine(config, std::move(ctx), std::move(*model), options));
+}
+
+absl::Status Engine::SetExpertPlacement(const std::vector<ExpertPlacement>& layers) {
+  const absl::Time start = absl::Now();
+  absl::Status s;
+  for (const ExpertPlacement& p : layers) {
+    if (p.world() != ctx_->world().size()) {
+      s = absl::InvalidArgumentError(absl::StrCat("expert placement over ", p.world(),
+                                                  " ranks for a world of ", ctx_->world().size()));
+    }
+  }
+  if (s.ok()) s = model_->SetExpertPlacement(layers);
+  int64_t failed = s.ok() ? 0 : 1;
+  MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(&failed, 1));
+  if (!s.ok()) return s;
+  if (failed > 0) {
+    return absl::AbortedError(absl::StrCat(failed, " other rank(s) failed to move their experts"));
+  }
+  MOE_LOG(INFO) << "EPLB: " << layers.size() << " MoE layers' experts moved in "
+                << absl::ToDoubleMilliseconds(absl::Now() - start) << " ms";
+  return absl::OkStatus();
 }
 
 absl::Status Engine::Validate(const std::vector<SequenceStep>& step) const {

@@ -99,6 +99,9 @@ class Engine {
   // token ids inside the vocabulary, positions inside max_position_embeddings, block tables
   // covering each sequence and inside the cache. Errors name the sequence.
   absl::Status Validate(const std::vector<SequenceStep>& step) const;
+  // EPLB: moves the MoE layers' experts (one placement per decoder MoE layer). Collective: an
+  // error on every rank if any rank failed.
+  absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers);
   // Collective over the world. Without `return_logits` the output carries only the sampled
   // tokens (a GPU backend then copies no logits to the host).
   absl::StatusOr<StepOutput> Step(const std::vector<SequenceStep>& step, bool return_logits = true);

@@ -157,7 +157,12 @@ absl::StatusOr<std::vector<Generation>> GenerateGreedyBatch(
   const ModelConfig& c = engine.config();
   MOE_ASSIGN_OR_RETURN(std::vector<Running> seqs, Start(c, prompts, opt));
   absl::Status status;
-  while (std::any_of(seqs.begin(), seqs.end(), [](const Running& r) { return !r.done; })) {
+  for (int64_t index = 0;
+       std::any_of(seqs.begin(), seqs.end(), [](const Running& r) { return !r.done; }); ++index) {
+    if (index > 0 && opt.between_steps) {
+      status = opt.between_steps(index);
+      if (!status.ok()) break;
+    }
     auto step = NextStep(engine, allocator, seqs, opt);
     if (!step.ok()) {
       status = step.status();

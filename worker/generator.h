@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -24,6 +25,9 @@ struct GenerateOptions {
   // decode step verifies the MTP layer's draft of the next token besides sampling one. The
   // tokens and logits equal those without it.
   bool speculative = false;
+  // Called before every step after the first with the step's index (1, 2, ...), on every rank —
+  // e.g. to move the experts (Engine::SetExpertPlacement); an error ends the generation.
+  std::function<absl::Status(int64_t step)> between_steps;
 };
 
 struct Generation {

@@ -154,8 +154,9 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
                                                         moe::Device device,
                                                         moe::WeightsAtLoad weights) {
   MOE_ASSIGN_OR_RETURN(const moe::ModelConfig config, moe::LoadModelConfig(model));
-  MOE_ASSIGN_OR_RETURN(
-      auto ctx, moe::ParallelContext::Create(config, std::move(world), assignment.tp_size()));
+  MOE_ASSIGN_OR_RETURN(auto ctx,
+                       moe::ParallelContext::Create(config, std::move(world), assignment.tp_size(),
+                                                    assignment.redundant_experts()));
   const moe::RankShard& shard = ctx->shard();
   const auto& want = assignment.shard();
   if (shard.heads.begin != want.heads_begin() || shard.heads.end != want.heads_end() ||

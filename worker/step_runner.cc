@@ -34,6 +34,19 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::Run(const moe::v1::StepPlan& pla
 }
 
 absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan& plan) {
+  if (plan.expert_placements_size() > 0) {  // EPLB: move the experts first
+    std::vector<ExpertPlacement> layers;
+    for (const moe::v1::LayerExperts& l : plan.expert_placements()) {
+      std::vector<std::vector<int64_t>> ranks;
+      for (const moe::v1::RankExperts& r : l.ranks())
+        ranks.emplace_back(r.experts().begin(), r.experts().end());
+      MOE_ASSIGN_OR_RETURN(
+          ExpertPlacement p,
+          ExpertPlacement::FromRanks(engine_.config().n_routed_experts, std::move(ranks)));
+      layers.push_back(std::move(p));
+    }
+    MOE_RETURN_IF_ERROR(engine_.SetExpertPlacement(layers));
+  }
   std::vector<SequenceStep> steps(static_cast<size_t>(plan.sequences_size()));
   for (int i = 0; i < plan.sequences_size(); ++i) {
     const moe::v1::SequencePlan& p = plan.sequences(i);

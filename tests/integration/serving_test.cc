@@ -279,11 +279,13 @@ struct ServedModel {
 };
 
 ServedModel MakeServedModel(const ScratchDir& scratch, const std::string& preset, WeightDType dtype,
-                            uint64_t seed) {
+                            uint64_t seed, double router_skew = 0) {
   MakeModelOptions opt;
-  opt.out_dir = scratch.file(preset + "-" + std::to_string(static_cast<int>(dtype)));
+  opt.out_dir = scratch.file(preset + "-" + std::to_string(static_cast<int>(dtype)) +
+                             (router_skew > 0 ? "-skewed" : ""));
   opt.seed = seed;
   opt.dtype = dtype;
+  opt.router_skew = router_skew;
   EXPECT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
   auto config = LoadModelConfig(opt.out_dir);
   EngineOptions eo;
@@ -400,6 +402,11 @@ void ConcurrentClientsMatchOfflineGeneration(const std::string& model, Engine& r
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
   if (std::count(o.coordinator_flags.begin(), o.coordinator_flags.end(), "--mtp")) {
     EXPECT_GT(cluster.Metric("moe_spec_decode_draft_tokens_total"), 100) << cluster.Metrics();
+  }
+  if (std::count(o.coordinator_flags.begin(), o.coordinator_flags.end(), "--eplb-interval-steps")) {
+    EXPECT_GT(cluster.Metric("moe_eplb_rebalances_total"), 0) << cluster.Metrics();
+    EXPECT_LT(cluster.Metric("moe_expert_rank_imbalance"), 1.5) << cluster.Metrics();
+    EXPECT_THAT(cluster.Logs(), HasSubstr("MoE layers' experts moved"));  // on the workers
   }
 }
 
@@ -538,6 +545,22 @@ TEST_F(ServingTest, Gemma3ServedUnderTpTwoWithSlidingWindowBlocksFreed) {
   ConcurrentClientsMatchOfflineGeneration(
       m.dir, *m.engine,
       {2, 2, true, {"--block-size", "4", "--kv-blocks", "160", "--max-batch-tokens", "32"}},
+      logs_.path());
+}
+
+// EPLB while serving: a model whose router favours its first experts, two redundant replicas,
+// the experts moved every 4 steps from the last 8 steps' counts — under TP 2 × DP 2 the outputs
+// (greedy, seeded sampling, logprobs) equal the engine alone's before, during and after the moves.
+TEST_F(ServingTest, ExpertsRebalancedWhileServingKeepOutputs) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-dsv3", WeightDType::kF32, 48, /*router_skew=*/0.6);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(
+      m.dir, *m.engine,
+      {4,
+       2,
+       true,
+       {"--redundant-experts", "4", "--eplb-interval-steps", "4", "--eplb-window-steps", "8",
+        "--max-batch-tokens", "64"}},
       logs_.path());
 }
 

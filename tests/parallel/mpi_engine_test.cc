@@ -5,11 +5,14 @@
 
 #include <cmath>
 #include <filesystem>
+#include <random>
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/weight_names.h"
+#include "common/status_macros.h"
 #include "gtest/gtest.h"
 #include "kernels/cpu/ops.h"
+#include "parallel/eplb.h"
 #include "parallel/mpi_communicator.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
@@ -47,11 +50,22 @@ std::string SharedCheckpoint(const std::string& preset, WeightDType dtype) {
   return dir;
 }
 
+// max |a - b| / max |b|.
+double RelativeError(const Tensor& a, const Tensor& b) {
+  double diff = 0, scale = 0;
+  for (int64_t k = 0; k < b.numel(); ++k) {
+    diff = std::max(diff, static_cast<double>(std::fabs(a[k] - b[k])));
+    scale = std::max(scale, static_cast<double>(std::fabs(b[k])));
+  }
+  return diff / scale;
+}
+
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
-                                   int tp, bool mtp = false, int draft_tokens = 1) {
+                                   int tp, bool mtp = false, int draft_tokens = 1,
+                                   int64_t redundant_experts = 0) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok());
-  auto ctx = ParallelContext::Create(*config, std::move(world), tp);
+  auto ctx = ParallelContext::Create(*config, std::move(world), tp, redundant_experts);
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   EngineOptions opt;
   opt.block_size = 16;
@@ -100,15 +114,68 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
       const bool mine = static_cast<int>(i) % dp == my_group;
       ASSERT_EQ((*got)[i].logits.empty(), !mine) << "sequence " << i;
       if (!mine) continue;
-      const Tensor& a = (*got)[i].logits;
-      const Tensor& b = (*want)[i].logits;
-      ASSERT_EQ(a.shape(), b.shape());
-      double diff = 0, scale = 0;
-      for (int64_t k = 0; k < b.numel(); ++k) {
-        diff = std::max(diff, static_cast<double>(std::fabs(a[k] - b[k])));
-        scale = std::max(scale, static_cast<double>(std::fabs(b[k])));
+      ASSERT_EQ((*got)[i].logits.shape(), (*want)[i].logits.shape());
+      EXPECT_LE(RelativeError((*got)[i].logits, (*want)[i].logits), 1e-5) << "sequence " << i;
+    }
+  }
+}
+
+// EPLB: redundant replicas of experts (a token's rows for a replicated expert split over its
+// ranks), and every MoE layer's experts moved to a new placement before every other step —
+// balanced for random skewed loads, different on each layer and each move — under every TP size:
+// the same tokens and logits as one rank.
+TEST(MpiEplbTest, RedundantAndMovingExpertsMatchOneRank) {
+  cpu::SetNumThreads(1);
+  const std::string dir = SharedCheckpoint("tiny-dsv3", WeightDType::kF32);
+  auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
+  ASSERT_NE(single, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {
+      {5, 6, 7}, {100}, std::vector<int32_t>(21, 9), {300, 301, 302, 303, 304, 305, 306}, {42, 7}};
+  GenerateOptions gen;
+  gen.max_new_tokens = 10;
+  gen.prefill_chunk = 8;
+  BlockAllocator single_alloc(single->num_blocks());
+  auto want = GenerateGreedyBatch(*single, single_alloc, prompts, gen);
+  ASSERT_TRUE(want.ok()) << want.status();
+  const ModelConfig& c = single->config();
+  for (int tp = 1; tp <= World(); tp *= 2) {
+    SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
+    auto world = MakeMpiWorldCommunicator();
+    ASSERT_TRUE(world.ok());
+    auto engine = LoadEngine(dir, std::move(*world), tp, false, 1, World());
+    ASSERT_NE(engine, nullptr);
+    EXPECT_EQ(engine->parallel().shard().experts.size(),
+              static_cast<size_t>((c.n_routed_experts + World()) / World()));
+    int moves = 0;
+    GenerateOptions moving = gen;
+    moving.between_steps = [&](int64_t step) -> absl::Status {
+      if (step % 2 == 1) return absl::OkStatus();
+      std::mt19937 rng(static_cast<uint32_t>(step * 131 + tp));  // the same on every rank
+      std::exponential_distribution<double> skew(0.3);
+      std::vector<ExpertPlacement> layers;
+      for (int64_t l = 0; l < c.num_moe_layers(); ++l) {
+        std::vector<double> load(static_cast<size_t>(c.n_routed_experts));
+        for (double& x : load) x = skew(rng);
+        EplbOptions o;
+        o.world = World();
+        o.redundant = World();
+        o.expert_groups = c.n_group;
+        MOE_ASSIGN_OR_RETURN(ExpertPlacement p, BalanceExperts(load, o));
+        layers.push_back(std::move(p));
       }
-      EXPECT_LE(diff / scale, 1e-5) << "sequence " << i;
+      ++moves;
+      return engine->SetExpertPlacement(layers);
+    };
+    BlockAllocator alloc(engine->num_blocks());
+    auto got = GenerateGreedyBatch(*engine, alloc, prompts, moving);
+    ASSERT_TRUE(got.ok()) << got.status();
+    EXPECT_GE(moves, 4);
+    const int dp = World() / tp, my_group = Rank() / tp;
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "sequence " << i;
+      if (static_cast<int>(i) % dp != my_group) continue;
+      ASSERT_EQ((*got)[i].logits.shape(), (*want)[i].logits.shape());
+      EXPECT_LE(RelativeError((*got)[i].logits, (*want)[i].logits), 1e-5) << "sequence " << i;
     }
   }
 }

@@ -33,6 +33,10 @@ int main(int argc, char** argv) {
   flags.AddInt("input-len", &input_len, "Prompt tokens.");
   flags.AddInt("output-len", &output_len, "Output tokens.");
   flags.AddInt("prefill-tokens", &prefill_tokens, "Prefill: tokens per GPU per step.");
+  double imbalance = 1.0;
+  flags.AddDouble("expert-imbalance", &imbalance,
+                  "The most loaded GPU's routed-expert tokens over the mean (1: balanced; the "
+                  "coordinator's moe_expert_rank_imbalance, which EPLB lowers).");
   flags.AddDouble("hbm-gib", &hbm_gib, "Override: HBM capacity (GiB).");
   flags.AddDouble("hbm-tbps", &hbm_tbps, "Override: HBM bandwidth (TB/s).");
   flags.AddDouble("bf16-tflops", &bf16, "Override: dense bf16 TFLOP/s.");
@@ -66,7 +70,7 @@ int main(int argc, char** argv) {
   moe::Layout layout{static_cast<int>(tp),
                      static_cast<int>(dp > 0 ? dp : cluster.world() / std::max<int64_t>(tp, 1)),
                      static_cast<int>(redundant)};
-  moe::Workload w{batch, input_len, output_len, prefill_tokens};
+  moe::Workload w{batch, input_len, output_len, prefill_tokens, imbalance};
   moe::Efficiency eff;
   eff.reserve_gib = reserve;
   const auto d = dtype == "fp8" ? moe::PlanDType::kFP8 : moe::PlanDType::kBF16;

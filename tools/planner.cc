@@ -121,6 +121,10 @@ absl::Status CheckLayout(const ModelConfig& c, const ClusterSpec& cl, const Layo
                                                    c.num_key_value_heads,
                                                    " KV heads or be a multiple of them"));
   }
+  if (!(w.expert_imbalance >= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat("--expert-imbalance ", w.expert_imbalance,
+                                                   " must be >= 1 (max over mean rank load)"));
+  }
   if (w.decode_batch < 1 || w.input_len < 1 || w.output_len < 1 || w.prefill_tokens < 1) {
     return absl::InvalidArgumentError("workload sizes must be >= 1");
   }
@@ -160,8 +164,14 @@ void PlanMemory(const ModelConfig& c, const ClusterSpec& cl, const Layout& l, co
 class StepModel {
  public:
   StepModel(const ModelConfig& c, const ClusterSpec& cl, PlanDType dtype, const Efficiency& eff,
-            const Dims& d, int experts_per_gpu)
-      : c_(c), cl_(cl), dtype_(dtype), eff_(eff), d_(d), experts_per_gpu_(experts_per_gpu) {}
+            const Dims& d, int experts_per_gpu, double expert_imbalance)
+      : c_(c),
+        cl_(cl),
+        dtype_(dtype),
+        eff_(eff),
+        d_(d),
+        experts_per_gpu_(experts_per_gpu),
+        imbalance_(expert_imbalance) {}
 
   // `n` tokens routed by this GPU (its share of its DP group's tokens), `ctx` keys seen.
   PhaseEstimate Estimate(double n, double ctx, bool decode, double tokens_per_gpu) const {
@@ -209,7 +219,7 @@ class StepModel {
     const double core =
         decode && d.mla ? 2.0 * n_g * (d.H / d.T) * ctx * ((d.lora + d.rope) + d.lora)  // absorbed
                         : 2.0 * n_g * (d.H / d.T) * ctx * (d.qk + d.vd);  // expanded MLA, or GQA
-    const double expert_flops = 2.0 * n * d.k * d.expert;
+    const double expert_flops = 2.0 * n * d.k * d.expert * imbalance_;
     const double shared_flops = 2.0 * n_g * 3.0 * d.h * c_.shared_intermediate_size() / d.T;
     const double dense_flops = 2.0 * n_g * 3.0 * d.h * c_.intermediate_size / d.T;
     // Local experts touched this step: each of the E experts sees ~N k / E tokens.
@@ -223,8 +233,8 @@ class StepModel {
       if (moe) {
         s.hbm_bytes += experts_per_gpu_ * touched * d.expert * d.b +
                        c_.shared_intermediate_size() * 3.0 * d.h / d.T * d.b + d.E * d.h * 2.0;
-        s.net_seconds += Exchange(n, d.h * Dims::dispatch_row, !decode) +
-                         Exchange(n, d.h * Dims::combine_row, !decode);
+        s.net_seconds += Exchange(n * imbalance_, d.h * Dims::dispatch_row, !decode) +
+                         Exchange(n * imbalance_, d.h * Dims::combine_row, !decode);
       } else {
         s.hbm_bytes += 3.0 * d.h * c_.intermediate_size / d.T * d.b;
       }
@@ -251,6 +261,7 @@ class StepModel {
   const Efficiency& eff_;
   const Dims& d_;
   int experts_per_gpu_;
+  double imbalance_;
 };
 
 }  // namespace
@@ -264,7 +275,7 @@ absl::StatusOr<PlanReport> Plan(const ModelConfig& c, const ClusterSpec& cl, con
   r.world = d.W;
   PlanMemory(c, cl, l, w, eff, d, &r);
   r.inter_node_fraction = d.W > 1 ? (d.W - std::min(d.G, d.W)) / (d.W - 1.0) : 0.0;
-  const StepModel model(c, cl, dtype, eff, d, r.experts_per_gpu);
+  const StepModel model(c, cl, dtype, eff, d, r.experts_per_gpu, w.expert_imbalance);
   const double n_decode = static_cast<double>(w.decode_batch);
   r.dispatch_bytes_per_layer = n_decode * d.remote * d.h * Dims::dispatch_row;
   r.combine_bytes_per_layer = n_decode * d.remote * d.h * Dims::combine_row;

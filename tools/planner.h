@@ -44,6 +44,10 @@ struct Workload {
   int64_t input_len = 2000;
   int64_t output_len = 1000;
   int64_t prefill_tokens = 16384;  // tokens per GPU in a prefill step
+  // The most loaded GPU's routed-expert tokens over the mean (1: perfectly balanced): the slowest
+  // GPU computes that much more, receives and returns that many more rows, and sets the step.
+  // Measured by the coordinator as moe_expert_rank_imbalance (EPLB lowers it).
+  double expert_imbalance = 1.0;
 };
 
 // The fractions of peak a well-tuned system sustains, from published kernel figures: FP8 grouped

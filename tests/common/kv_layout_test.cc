@@ -67,6 +67,12 @@ TEST(KvLayoutTest, Gemma3At27BLayerCount) {
   EXPECT_THAT(k.groups[6].layers, ElementsAre(60, 61));
   EXPECT_EQ(k.group_of[60], 6);
   EXPECT_EQ(k.slot_of[61], 1);
+  // Decoding at 32k positions with the real window of 1024 in blocks of 64: the global layers'
+  // 512 blocks and 17 per sliding group, of 10 layer slots each — 6,140 layer-blocks where one
+  // table for all 62 layers held 62 x 512 = 31,744.
+  c.sliding_window = 1024;
+  const KvLayout real = KvLayout::For(c);
+  EXPECT_EQ(real.MostBlocks(32768, 1, 64), 512 + 6 * 17);
 }
 
 // Llama 4: the chunked RoPE layers in groups of the NoPE (global) layers' size.

@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -79,10 +80,16 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
 
 class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
 
+// Called between the steps of a layout's generation (see GenerateOptions::between_steps).
+using BetweenSteps = std::function<absl::Status(Engine& engine, int tp, int64_t step)>;
+
 // One rank's engine against every layout of the world, on a checkpoint in `dtype`; with
-// `speculative`, the layouts decode speculatively with the MTP layer (sharded like the others).
+// `speculative`, the layouts decode speculatively with the MTP layer (sharded like the others);
+// with `redundant_experts`, EPLB's replicas; `between_steps` may change the layout's engine.
 void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype,
-                                    bool speculative = false, int draft_tokens = 1) {
+                                    bool speculative = false, int draft_tokens = 1,
+                                    int64_t redundant_experts = 0,
+                                    const BetweenSteps& between_steps = nullptr) {
   cpu::SetNumThreads(1);
   const std::string dir = SharedCheckpoint(preset, dtype);
   auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
@@ -101,11 +108,15 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
     SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
     auto world = MakeMpiWorldCommunicator();
     ASSERT_TRUE(world.ok());
-    auto engine = LoadEngine(dir, std::move(*world), tp, speculative, draft_tokens);
+    auto engine =
+        LoadEngine(dir, std::move(*world), tp, speculative, draft_tokens, redundant_experts);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     GenerateOptions layout_gen = gen;
     layout_gen.speculative = speculative;
+    if (between_steps) {
+      layout_gen.between_steps = [&](int64_t step) { return between_steps(*engine, tp, step); };
+    }
     auto got = GenerateGreedyBatch(*engine, alloc, prompts, layout_gen);
     ASSERT_TRUE(got.ok()) << got.status();
     const int dp = World() / tp, my_group = Rank() / tp;
@@ -125,59 +136,30 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
 // balanced for random skewed loads, different on each layer and each move — under every TP size:
 // the same tokens and logits as one rank.
 TEST(MpiEplbTest, RedundantAndMovingExpertsMatchOneRank) {
-  cpu::SetNumThreads(1);
-  const std::string dir = SharedCheckpoint("tiny-dsv3", WeightDType::kF32);
-  auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
-  ASSERT_NE(single, nullptr);
-  const std::vector<std::vector<int32_t>> prompts = {
-      {5, 6, 7}, {100}, std::vector<int32_t>(21, 9), {300, 301, 302, 303, 304, 305, 306}, {42, 7}};
-  GenerateOptions gen;
-  gen.max_new_tokens = 10;
-  gen.prefill_chunk = 8;
-  BlockAllocator single_alloc(single->num_blocks());
-  auto want = GenerateGreedyBatch(*single, single_alloc, prompts, gen);
-  ASSERT_TRUE(want.ok()) << want.status();
-  const ModelConfig& c = single->config();
-  for (int tp = 1; tp <= World(); tp *= 2) {
-    SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
-    auto world = MakeMpiWorldCommunicator();
-    ASSERT_TRUE(world.ok());
-    auto engine = LoadEngine(dir, std::move(*world), tp, false, 1, World());
-    ASSERT_NE(engine, nullptr);
-    EXPECT_EQ(engine->parallel().shard().experts.size(),
+  int moves = 0;
+  auto move = [&](Engine& engine, int tp, int64_t step) -> absl::Status {
+    const ModelConfig& c = engine.config();
+    EXPECT_EQ(engine.parallel().shard().experts.size(),
               static_cast<size_t>((c.n_routed_experts + World()) / World()));
-    int moves = 0;
-    GenerateOptions moving = gen;
-    moving.between_steps = [&](int64_t step) -> absl::Status {
-      if (step % 2 == 1) return absl::OkStatus();
-      std::mt19937 rng(static_cast<uint32_t>(step * 131 + tp));  // the same on every rank
-      std::exponential_distribution<double> skew(0.3);
-      std::vector<ExpertPlacement> layers;
-      for (int64_t l = 0; l < c.num_moe_layers(); ++l) {
-        std::vector<double> load(static_cast<size_t>(c.n_routed_experts));
-        for (double& x : load) x = skew(rng);
-        EplbOptions o;
-        o.world = World();
-        o.redundant = World();
-        o.expert_groups = c.n_group;
-        MOE_ASSIGN_OR_RETURN(ExpertPlacement p, BalanceExperts(load, o));
-        layers.push_back(std::move(p));
-      }
-      ++moves;
-      return engine->SetExpertPlacement(layers);
-    };
-    BlockAllocator alloc(engine->num_blocks());
-    auto got = GenerateGreedyBatch(*engine, alloc, prompts, moving);
-    ASSERT_TRUE(got.ok()) << got.status();
-    EXPECT_GE(moves, 4);
-    const int dp = World() / tp, my_group = Rank() / tp;
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "sequence " << i;
-      if (static_cast<int>(i) % dp != my_group) continue;
-      ASSERT_EQ((*got)[i].logits.shape(), (*want)[i].logits.shape());
-      EXPECT_LE(RelativeError((*got)[i].logits, (*want)[i].logits), 1e-5) << "sequence " << i;
+    if (step % 2 == 1) return absl::OkStatus();
+    std::mt19937 rng(static_cast<uint32_t>(step * 131 + tp));  // the same on every rank
+    std::exponential_distribution<double> skew(0.3);
+    std::vector<ExpertPlacement> layers;
+    for (int64_t l = 0; l < c.num_moe_layers(); ++l) {
+      std::vector<double> load(static_cast<size_t>(c.n_routed_experts));
+      for (double& x : load) x = skew(rng);
+      EplbOptions o;
+      o.world = World();
+      o.redundant = World();
+      o.expert_groups = c.n_group;
+      MOE_ASSIGN_OR_RETURN(ExpertPlacement p, BalanceExperts(load, o));
+      layers.push_back(std::move(p));
     }
-  }
+    ++moves;
+    return engine.SetExpertPlacement(layers);
+  };
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, false, 1, World(), move);
+  EXPECT_GE(moves, 4);
 }
 
 TEST_P(MpiEngineTest, EveryTpSizeMatchesOneRank) {

@@ -108,6 +108,26 @@ TEST(PlannerTest, RedundantExpertsAddReplicas) {
   EXPECT_EQ(r->experts_per_gpu, 2);  // (256 + 32) / 144, as DeepSeek's decode deployment
 }
 
+// Skewed routing: the most loaded GPU computes, receives and returns `expert_imbalance` times its
+// share of expert rows; the routed-expert compute and the all-to-all grow by that factor, the
+// rest not at all.
+TEST(PlannerTest, ExpertImbalanceSlowsTheMostLoadedGpu) {
+  auto even = Plan(Load("deepseek-v3"), Cluster("h800", 18), {1, 144, 32}, PlanDType::kFP8, {});
+  Workload w;
+  w.expert_imbalance = 1.5;
+  auto skewed = Plan(Load("deepseek-v3"), Cluster("h800", 18), {1, 144, 32}, PlanDType::kFP8, w);
+  ASSERT_TRUE(even.ok());
+  ASSERT_TRUE(skewed.ok());
+  EXPECT_EQ(skewed->decode.hbm_s, even->decode.hbm_s);
+  EXPECT_GT(skewed->decode.compute_s, even->decode.compute_s);
+  EXPECT_LT(skewed->decode.compute_s, 1.5 * even->decode.compute_s);  // attention is not skewed
+  EXPECT_GT(skewed->decode.network_s, 1.4 * even->decode.network_s);
+  EXPECT_LT(skewed->decode.tokens_per_s_per_node, even->decode.tokens_per_s_per_node);
+  w.expert_imbalance = 0.5;
+  EXPECT_FALSE(
+      Plan(Load("deepseek-v3"), Cluster("h800", 18), {1, 144, 32}, PlanDType::kFP8, w).ok());
+}
+
 TEST(PlannerTest, LayoutsThatCannotFitSayWhy) {
   // 671B parameters in bf16 are 1.3 TB: not on one node of 8 x 80 GiB.
   auto bf16 = Plan(Load("deepseek-v3"), Cluster("h100", 1), {8, 1, 0}, PlanDType::kBF16, {});

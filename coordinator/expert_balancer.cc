@@ -22,12 +22,7 @@ void ExpertBalancer::Observe(const google::protobuf::RepeatedField<int64_t>& cou
                layers = static_cast<size_t>(o_.moe_layers);
   if (per_layer == 0 || layers == 0) return;
   if (intervals_.empty() || (o_.interval_steps > 0 && steps_ >= o_.interval_steps)) {
-    intervals_.emplace_back(layers * per_layer, 0);
-    steps_ = 0;
-    const int64_t keep = std::max<int64_t>(
-        1,
-        o_.interval_steps > 0 ? (o_.window_steps + o_.interval_steps - 1) / o_.interval_steps : 1);
-    while (static_cast<int64_t>(intervals_.size()) > keep) intervals_.pop_front();
+    StartInterval();
   }
   std::vector<int64_t>& sum = intervals_.back();
   const size_t n = static_cast<size_t>(counts.size());
@@ -39,6 +34,14 @@ void ExpertBalancer::Observe(const google::protobuf::RepeatedField<int64_t>& cou
     }
   }
   ++steps_;
+}
+
+void ExpertBalancer::StartInterval() {
+  intervals_.emplace_back(static_cast<size_t>(o_.moe_layers * o_.experts), 0);
+  steps_ = 0;
+  const int64_t keep = std::max<int64_t>(
+      1, o_.interval_steps > 0 ? (o_.window_steps + o_.interval_steps - 1) / o_.interval_steps : 1);
+  while (static_cast<int64_t>(intervals_.size()) > keep) intervals_.pop_front();
 }
 
 std::vector<double> ExpertBalancer::WindowLoad(int64_t layer) const {
@@ -69,9 +72,7 @@ bool ExpertBalancer::MaybeRebalance(moe::v1::StepPlan* plan) {
     after += *std::max_element(new_ranks.begin(), new_ranks.end());
     next.push_back(std::move(*placed));
   }
-  // Counted again from here: the next interval starts now.
-  steps_ = 0;
-  intervals_.emplace_back(static_cast<size_t>(o_.moe_layers * o_.experts), 0);
+  StartInterval();  // the next interval is counted from here
   if (before <= 0 || after > before * (1.0 - o_.min_gain)) return false;
   for (const ExpertPlacement& p : next) {
     moe::v1::LayerExperts* layer = plan->add_expert_placements();
@@ -83,8 +84,8 @@ bool ExpertBalancer::MaybeRebalance(moe::v1::StepPlan* plan) {
   current_ = std::move(next);
   ++rebalances_;
   MOE_LOG(INFO) << "EPLB: step " << plan->step() << " moves the experts: the most loaded rank's "
-                << "tokens over the last " << intervals_.size() - 1 << " interval(s), summed over "
-                << o_.moe_layers << " layers, " << before << " -> " << after;
+                << "tokens over the window, summed over " << o_.moe_layers << " layers, " << before
+                << " -> " << after;
   return true;
 }
 

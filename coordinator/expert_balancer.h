@@ -45,6 +45,8 @@ class ExpertBalancer {
 
  private:
   std::vector<double> WindowLoad(int64_t layer) const;
+  // A new, empty newest interval; the oldest leave the window.
+  void StartInterval();
 
   ExpertBalancerOptions o_;
   ExpertPlacement initial_;

@@ -126,6 +126,26 @@ TEST_F(MoeGenerateCliTest, MtpSpeculatesOnlyWhereTheCheckpointHasTheLayer) {
   EXPECT_THAT(coordinator.err + coordinator.out, HasSubstr("--mtp: the model has no MTP layer"));
 }
 
+// EPLB's flags: a replica count that does not divide over the ranks stops moe-coordinator at
+// start-up naming the flag; --router-skew needs a router with a correction bias.
+TEST_F(MoeGenerateCliTest, EplbFlagsThatCannotWorkAreClearErrors) {
+  ScratchDir dir;
+  MakeModelOptions opt;
+  opt.out_dir = dir.path();
+  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-dsv3"), opt).ok());  // 16 routed experts
+  auto coordinator = RunCommand(BinaryPath("coordinator/moe-coordinator") +
+                                " --redundant-experts 3 --world-size 2 --model " + dir.path() +
+                                " --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0");
+  EXPECT_NE(coordinator.exit_code, 0);
+  EXPECT_THAT(coordinator.err + coordinator.out,
+              HasSubstr("--redundant-experts 3: the 16 routed experts plus the redundant ones must "
+                        "divide evenly over the 2 ranks"));
+  auto make = RunCommand(BinaryPath("tools/moe-make-model") + " --preset tiny-qwen3-moe --out " +
+                         dir.file("q") + " --router-skew 1");
+  EXPECT_EQ(make.exit_code, 2);
+  EXPECT_THAT(make.err, HasSubstr("--router-skew needs"));
+}
+
 TEST_F(MoeGenerateCliTest, MissingModelFolder) {
   auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model /nonexistent --prompt-ids 1");
   EXPECT_EQ(r.exit_code, 1);

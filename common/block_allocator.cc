@@ -1,7 +1,5 @@
 #include "common/block_allocator.h"
 
-#include <algorithm>
-
 #include "absl/strings/str_cat.h"
 
 namespace moe {
@@ -25,14 +23,6 @@ absl::Status BlockAllocator::EnsureCapacity(std::vector<int32_t>* table, int64_t
     free_.pop_back();
   }
   return absl::OkStatus();
-}
-
-void BlockAllocator::FreeBefore(std::vector<int32_t>* table, int64_t first) {
-  const size_t end = std::min(table->size(), static_cast<size_t>(std::max<int64_t>(first, 0)));
-  for (size_t i = 0; i < end; ++i) {
-    if ((*table)[i] >= 0) free_.push_back((*table)[i]);
-    (*table)[i] = -1;
-  }
 }
 
 void BlockAllocator::Free(std::vector<int32_t>* table) {

@@ -18,10 +18,9 @@ class BlockAllocator {
   // Appends blocks to `table` until it covers `tokens` positions; ResourceExhausted (and no
   // change) when too few are free.
   absl::Status EnsureCapacity(std::vector<int32_t>* table, int64_t tokens, int64_t block_size);
-  // Frees the table's blocks before entry `first`, leaving -1 in their place (a window layer
-  // group's blocks that no later query sees).
-  void FreeBefore(std::vector<int32_t>* table, int64_t first);
+  // Frees the table's blocks (entries of -1 hold none) and clears it.
   void Free(std::vector<int32_t>* table);
+  void Free(int32_t block) { free_.push_back(block); }
 
  private:
   int64_t total_;

@@ -50,6 +50,21 @@ int64_t KvLayout::FirstLiveBlock(int64_t g, int64_t start, int64_t block_size) c
   return FirstVisibleKey(start, group.window, group.chunk) / block_size;
 }
 
+void KvLayout::ReleasePassedBlocks(std::vector<std::vector<int32_t>>& window_tables, int64_t start,
+                                   int64_t block_size,
+                                   const std::function<void(int32_t)>& release) const {
+  for (size_t w = 0; w < window_tables.size(); ++w) {
+    std::vector<int32_t>& table = window_tables[w];
+    const size_t live = std::min(
+        table.size(),
+        static_cast<size_t>(FirstLiveBlock(static_cast<int64_t>(w) + 1, start, block_size)));
+    for (size_t i = 0; i < live; ++i) {
+      if (table[i] >= 0) release(table[i]);
+      table[i] = -1;
+    }
+  }
+}
+
 int64_t KvLayout::MostBlocks(int64_t tokens, int64_t step_tokens, int64_t block_size) const {
   const int64_t all = (tokens + block_size - 1) / block_size;
   int64_t blocks = groups.empty() ? all : 0;

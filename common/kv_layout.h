@@ -9,6 +9,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/model_config.h"
@@ -44,6 +45,14 @@ struct KvLayout {
   // The first block of group `g`'s table that a step starting at position `start` (or any later
   // one) reads or writes; the blocks before it can be freed.
   int64_t FirstLiveBlock(int64_t g, int64_t start, int64_t block_size) const;
+  // Gives back what the windows passed: in each window group's table (`window_tables`, one per
+  // group) every block before FirstLiveBlock(g, start) goes to `release` and becomes -1.
+  void ReleasePassedBlocks(std::vector<std::vector<int32_t>>& window_tables, int64_t start,
+                           int64_t block_size, const std::function<void(int32_t)>& release) const;
+  // Bytes of one block of `dim` float32 values per position and layer slot.
+  int64_t BlockBytes(int64_t dim, int64_t block_size) const {
+    return slots * dim * static_cast<int64_t>(sizeof(float)) * block_size;
+  }
   // The most blocks a sequence of `tokens` positions holds, all groups together, while it runs
   // steps of at most `step_tokens` tokens.
   int64_t MostBlocks(int64_t tokens, int64_t step_tokens, int64_t block_size) const;

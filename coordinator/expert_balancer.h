@@ -16,13 +16,12 @@
 namespace moe {
 
 struct ExpertBalancerOptions {
-  int world = 1;
   int64_t experts = 0;         // routed experts per MoE layer
   int64_t moe_layers = 0;      // decoder MoE layers
   EplbOptions eplb;            // world, redundant, groups
   int64_t interval_steps = 0;  // 0: never rebalance
-  int64_t window_steps =
-      0;                   // the counts considered (a multiple of interval_steps; 0: one interval)
+  // The counts considered, in steps (rounded up to whole intervals; 0: one interval).
+  int64_t window_steps = 0;
   double min_gain = 0.02;  // move only when the max rank load drops by this fraction
 };
 

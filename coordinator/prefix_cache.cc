@@ -126,7 +126,7 @@ void PrefixCache::Commit(const std::vector<int32_t>& tokens, int64_t computed,
   }
 }
 
-void PrefixCache::Unreference(int32_t id) {
+void PrefixCache::Release(int32_t id) {
   Block& b = blocks_[static_cast<size_t>(id)];
   if (--b.refs > 0) return;
   if (b.cached) {
@@ -137,17 +137,9 @@ void PrefixCache::Unreference(int32_t id) {
   }
 }
 
-void PrefixCache::ReleaseBefore(std::vector<int32_t>* table, int64_t first) {
-  const size_t end = std::min(table->size(), static_cast<size_t>(std::max<int64_t>(first, 0)));
-  for (size_t i = 0; i < end; ++i) {
-    if ((*table)[i] >= 0) Unreference((*table)[i]);
-    (*table)[i] = -1;
-  }
-}
-
 void PrefixCache::Release(std::vector<int32_t>* table) {
   for (int32_t id : *table) {
-    if (id >= 0) Unreference(id);
+    if (id >= 0) Release(id);
   }
   table->clear();
 }

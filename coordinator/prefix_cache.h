@@ -49,9 +49,8 @@ class PrefixCache {
   void Commit(const std::vector<int32_t>& tokens, int64_t computed, const std::vector<int32_t>& table);
   // Drops the sequence's references and clears `table` (entries of -1 hold nothing).
   void Release(std::vector<int32_t>* table);
-  // Drops the references of the table's blocks before entry `first`, leaving -1 in their place (a
-  // window layer group's blocks that no later query sees).
-  void ReleaseBefore(std::vector<int32_t>* table, int64_t first);
+  // Drops a sequence's reference to one block.
+  void Release(int32_t block);
   // Forgets every cached prefix (the workers' caches are gone: they were relaunched). Every
   // block must have been released.
   void Clear();
@@ -76,7 +75,6 @@ class PrefixCache {
   // The cached block holding these tokens after `parent`, or -1.
   int32_t Lookup(uint64_t parent, const int32_t* tokens) const;
   void Reference(int32_t id);
-  void Unreference(int32_t id);
 
   const int64_t block_size_;
   const bool enabled_;

@@ -112,11 +112,9 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   const bool samples = s->computed + n == static_cast<int64_t>(s->tokens.size());
   const int64_t ahead = options_.speculative && samples ? options_.mtp_draft_tokens - 1 : 0;
   // The window groups' blocks that no query from this chunk on sees go back first.
-  const KvLayout& layout = options_.kv_layout;
-  for (int64_t g = 1; g <= layout.window_groups(); ++g) {
-    caches_[s->group].ReleaseBefore(&s->window_blocks[static_cast<size_t>(g - 1)],
-                                    layout.FirstLiveBlock(g, s->computed, options_.block_size));
-  }
+  PrefixCache& cache = caches_[s->group];
+  options_.kv_layout.ReleasePassedBlocks(s->window_blocks, s->computed, options_.block_size,
+                                         [&](int32_t block) { cache.Release(block); });
   while (!EnsureCapacity(*s, s->computed + n + drafted + ahead).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;

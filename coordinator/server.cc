@@ -88,8 +88,7 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   // The workers' float32 cache: a block holds the layout's slots (every decoder layer, and the MTP
   // layer, unless window layer groups share the slots).
   const KvLayout layout = KvLayout::For(config, o.mtp ? 1 : 0);
-  const int64_t per_block =
-      layout.slots * config.kv_cache_dim() * static_cast<int64_t>(sizeof(float)) * o.block_size;
+  const int64_t per_block = layout.BlockBytes(config.kv_cache_dim(), o.block_size);
   const int64_t kv_blocks = o.kv_blocks > 0 ? o.kv_blocks : (o.kv_cache_mb << 20) / per_block;
   if (kv_blocks < 1) {
     return absl::InvalidArgumentError(
@@ -134,7 +133,6 @@ CoordinatorServer::CoordinatorServer(
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
   scheduler_ = std::make_unique<Scheduler>(so);
   ExpertBalancerOptions bo;
-  bo.world = plan.world_size();
   bo.experts = config.n_routed_experts;
   bo.moe_layers = config.n_routed_experts > 0 ? config.num_moe_layers() : 0;
   bo.eplb.world = plan.world_size();

@@ -19,9 +19,8 @@ absl::StatusOr<int64_t> KvCache::BlocksForBudget(const ModelConfig& c, int64_t b
   if (block_size <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("KV block size must be > 0, got ", block_size));
   }
-  const uint64_t per_layer = static_cast<uint64_t>(c.kv_cache_dim()) * sizeof(float);
-  const uint64_t per_block = per_layer * static_cast<uint64_t>(KvLayout::For(c, mtp_layers).slots) *
-                             static_cast<uint64_t>(block_size);
+  const uint64_t per_block =
+      static_cast<uint64_t>(KvLayout::For(c, mtp_layers).BlockBytes(c.kv_cache_dim(), block_size));
   const int64_t blocks = static_cast<int64_t>(bytes / per_block);
   if (blocks < 1) {
     return absl::ResourceExhaustedError(absl::StrCat(

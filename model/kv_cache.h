@@ -28,7 +28,6 @@ class KvCache {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t dim() const { return dim_; }
-  const KvLayout& layout() const { return layout_; }
   // The group whose block tables hold `layer`'s positions.
   int group(int64_t layer) const { return layout_.group_of[static_cast<size_t>(layer)]; }
   // The block pool of `layer`: block b starts at Layer(layer) + b * block_size * dim.

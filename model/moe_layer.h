@@ -30,7 +30,6 @@ class MoeLayer {
   // Moves to `placement` (EPLB): loads the experts it gives this rank that it does not hold yet
   // (memory-mapped, so only their pages are read), drops the others. Between steps, on every rank.
   absl::Status SetPlacement(const ExpertPlacement& placement, Checkpoint& ck);
-  const ExpertPlacement& placement() const { return placement_; }
 
  private:
   MoeLayer(const ModelConfig& config, const ParallelContext& ctx, const DecoderLayerWeights& w);

@@ -85,7 +85,6 @@ absl::StatusOr<ShardPlan> ShardPlan::Create(const ModelConfig& config, int world
   p.config_ = config;
   p.world_ = world_size;
   p.tp_ = tp_size;
-  p.redundant_ = redundant_experts;
   if (redundant_experts == 0 || config.n_routed_experts == 0) {
     if (redundant_experts != 0) {
       return absl::InvalidArgumentError("--redundant-experts: the model has no routed experts");

@@ -51,7 +51,6 @@ class ExpertPlacement {
   int Replicas(int64_t expert) const { return static_cast<int>(replicas_[expert].size()); }
   // The ranks hosting `expert`, ascending.
   const std::vector<int>& ReplicaRanks(int64_t expert) const { return replicas_[expert]; }
-  bool operator==(const ExpertPlacement&) const = default;
   // Experts hosted on `rank`, ascending; the position in this list is the local expert index.
   const std::vector<int64_t>& LocalExperts(int rank) const { return local_[rank]; }
   int64_t LocalIndex(int rank, int64_t expert) const;
@@ -84,7 +83,6 @@ class ShardPlan {
   int world_size() const { return world_; }
   int tp_size() const { return tp_; }
   int dp_size() const { return world_ / tp_; }
-  int64_t redundant_experts() const { return redundant_; }
   int TpRank(int rank) const { return rank % tp_; }
   int DpRank(int rank) const { return rank / tp_; }
   RankShard Shard(int rank) const;
@@ -95,7 +93,6 @@ class ShardPlan {
   ModelConfig config_;
   int world_ = 1;
   int tp_ = 1;
-  int64_t redundant_ = 0;
   ExpertPlacement experts_;
 };
 

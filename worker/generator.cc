@@ -80,10 +80,8 @@ absl::StatusOr<std::vector<SequenceStep>> NextStep(const Engine& engine, BlockAl
     const KvLayout& layout = engine.kv_layout();
     const int64_t covered = end + s.num_draft + ahead, bs = engine.block_size();
     r.window_blocks.resize(static_cast<size_t>(layout.window_groups()));
-    for (int64_t g = 1; g <= layout.window_groups(); ++g) {
-      allocator.FreeBefore(&r.window_blocks[static_cast<size_t>(g - 1)],
-                           layout.FirstLiveBlock(g, s.start_pos, bs));
-    }
+    layout.ReleasePassedBlocks(r.window_blocks, s.start_pos, bs,
+                               [&](int32_t block) { allocator.Free(block); });
     MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&r.blocks, covered, bs));
     for (std::vector<int32_t>& table : r.window_blocks) {
       MOE_RETURN_IF_ERROR(allocator.EnsureCapacity(&table, covered, bs));

@@ -13,7 +13,6 @@ google::protobuf::RepeatedField<int64_t> Counts(const std::vector<int64_t>& v) {
 
 ExpertBalancerOptions Options(int64_t interval, int64_t window) {
   ExpertBalancerOptions o;
-  o.world = 2;
   o.experts = 4;
   o.moe_layers = 2;
   o.eplb.world = 2;

@@ -219,18 +219,24 @@ TEST(BlockAllocatorTest, AllocatesAndFrees) {
   a.Free(&t);
   EXPECT_EQ(a.free_blocks(), 4);
   EXPECT_TRUE(t.empty());
-  // A window group's table gives back its first blocks and keeps its length.
-  ASSERT_TRUE(a.EnsureCapacity(&t, 64, 16).ok());
-  const int32_t kept = t[2];
-  a.FreeBefore(&t, 2);
+  // A window group's table (window 16) gives back its first blocks and keeps its length: from
+  // position 47 on, queries see 32 and later, blocks 2 and 3.
+  KvLayout layout;
+  layout.slots = 1;
+  layout.groups = {{{0}, 0, 0}, {{1}, 16, 0}};
+  std::vector<std::vector<int32_t>> window(1);
+  ASSERT_TRUE(a.EnsureCapacity(&window[0], 64, 16).ok());
+  const int32_t kept = window[0][2];
+  auto free = [&](int32_t block) { a.Free(block); };
+  layout.ReleasePassedBlocks(window, 47, 16, free);
   EXPECT_EQ(a.free_blocks(), 2);
-  ASSERT_EQ(t.size(), 4u);
-  EXPECT_EQ(t[0], -1);
-  EXPECT_EQ(t[1], -1);
-  EXPECT_EQ(t[2], kept);
-  a.FreeBefore(&t, 2);  // nothing more to give back
+  ASSERT_EQ(window[0].size(), 4u);
+  EXPECT_EQ(window[0][0], -1);
+  EXPECT_EQ(window[0][1], -1);
+  EXPECT_EQ(window[0][2], kept);
+  layout.ReleasePassedBlocks(window, 47, 16, free);  // nothing more to give back
   EXPECT_EQ(a.free_blocks(), 2);
-  a.Free(&t);
+  a.Free(&window[0]);
   EXPECT_EQ(a.free_blocks(), 4);
 }
 

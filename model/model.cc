@@ -122,6 +122,7 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   }
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
   m->ck_ = std::move(ck);
+  m->world_ = ctx.world().size();
   return m;
 }
 
@@ -201,10 +202,18 @@ std::vector<int64_t> DecoderModel::ExpertTokenCounts() const {
 }
 
 absl::Status DecoderModel::SetExpertPlacement(const std::vector<ExpertPlacement>& placements) {
+  // Every placement checked before any layer moves.
   if (static_cast<int64_t>(placements.size()) != config_.num_moe_layers()) {
     return absl::InvalidArgumentError(absl::StrCat(placements.size(),
                                                    " expert placements for a model with ",
                                                    config_.num_moe_layers(), " MoE layers"));
+  }
+  for (const ExpertPlacement& p : placements) {
+    if (p.world() != world_ || p.num_experts() != config_.n_routed_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert placement of ", p.num_experts(), " experts over ", p.world(),
+          " ranks for a model of ", config_.n_routed_experts, " experts over ", world_));
+    }
   }
   size_t i = 0;
   for (auto& l : layers_) {

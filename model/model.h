@@ -81,6 +81,7 @@ class DecoderModel : public ForwardModel {
         cache_(KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size, cache_dim) {}
   ModelConfig config_;
   std::unique_ptr<Checkpoint> ck_;  // kept open: EPLB loads other experts later
+  int world_ = 1;                   // ranks the experts are placed over
   KvCache cache_;
   VocabParallelEmbedding embed_tokens_;
   std::vector<std::unique_ptr<DecoderLayer>> layers_;

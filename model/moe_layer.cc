@@ -6,7 +6,6 @@
 #include <cstring>
 #include <optional>
 
-#include "absl/strings/str_cat.h"
 #include "checkpoint/weight_names.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
@@ -60,12 +59,6 @@ absl::StatusOr<GatedMlp> MoeLayer::LoadExpert(Checkpoint& ck, int64_t e) const {
 }
 
 absl::Status MoeLayer::SetPlacement(const ExpertPlacement& placement, Checkpoint& ck) {
-  if (placement.world() != ctx_.world().size() ||
-      placement.num_experts() != config_.n_routed_experts) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "expert placement of ", placement.num_experts(), " experts over ", placement.world(),
-        " ranks for a layer of ", config_.n_routed_experts, " experts over ", ctx_.world().size()));
-  }
   // The new experts first: a failure leaves the layer as it was.
   const int rank = ctx_.rank();
   const std::vector<int64_t>& local = placement.LocalExperts(rank);

@@ -27,8 +27,9 @@ class MoeLayer {
   absl::Status Forward(const float* x, int64_t n, float* out);
   // Tokens this rank routed to each expert so far (global expert ids).
   const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
-  // Moves to `placement` (EPLB): loads the experts it gives this rank that it does not hold yet
-  // (memory-mapped, so only their pages are read), drops the others. Between steps, on every rank.
+  // Moves to `placement` (EPLB; of this layer's experts over the world's ranks — the model checks):
+  // loads the experts it gives this rank that it does not hold yet (memory-mapped, so only their
+  // pages are read), drops the others. Between steps, on every rank.
   absl::Status SetPlacement(const ExpertPlacement& placement, Checkpoint& ck);
 
  private:

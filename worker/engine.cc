@@ -73,14 +73,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::string& model_di
 
 absl::Status Engine::SetExpertPlacement(const std::vector<ExpertPlacement>& layers) {
   const absl::Time start = absl::Now();
-  absl::Status s;
-  for (const ExpertPlacement& p : layers) {
-    if (p.world() != ctx_->world().size()) {
-      s = absl::InvalidArgumentError(absl::StrCat("expert placement over ", p.world(),
-                                                  " ranks for a world of ", ctx_->world().size()));
-    }
-  }
-  if (s.ok()) s = model_->SetExpertPlacement(layers);
+  const absl::Status s = model_->SetExpertPlacement(layers);
   int64_t failed = s.ok() ? 0 : 1;
   MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(&failed, 1));
   if (!s.ok()) return s;

@@ -106,6 +106,22 @@ TEST(WindowKvEngineTest, WindowTablesMustHoldTheBlocksTheStepReads) {
               HasSubstr("cannot hold 14 positions (layer group 3)"));
 }
 
+// EPLB placements that do not fit the model are refused before any layer moves.
+TEST_F(EngineTest, RefusesExpertPlacementsThatDoNotFit) {
+  auto e = Load();
+  const ModelConfig& c = e->config();
+  const ExpertPlacement one = ExpertPlacement::Contiguous(c.n_routed_experts, 1);
+  std::vector<ExpertPlacement> layers(static_cast<size_t>(c.num_moe_layers()), one);
+  EXPECT_TRUE(e->SetExpertPlacement(layers).ok());
+  EXPECT_THAT(std::string(e->SetExpertPlacement({one}).message()),
+              HasSubstr("1 expert placements for a model with"));
+  layers.back() = ExpertPlacement::Contiguous(c.n_routed_experts, 2);
+  EXPECT_THAT(std::string(e->SetExpertPlacement(layers).message()),
+              HasSubstr("over 2 ranks for a model of"));
+  layers.back() = ExpertPlacement::Contiguous(c.n_routed_experts - 1, 1);
+  EXPECT_FALSE(e->SetExpertPlacement(layers).ok());
+}
+
 TEST_F(EngineTest, GeneratorRefusesTooLongAndEmpty) {
   auto e = Load();
   BlockAllocator alloc(e->num_blocks());

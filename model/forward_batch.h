@@ -9,6 +9,10 @@
 
 namespace moe {
 
+// Chunks of at most this many tokens (a decode token, or one with drafts to verify) attend token
+// by token over the cache; longer ones attend as a prefill.
+constexpr int64_t kFewTokenChunk = 4;
+
 struct ForwardChunk {
   int64_t first_token = 0;  // row of its first token in the step's [num_tokens, hidden] buffers
   int64_t num_tokens = 0;
@@ -30,5 +34,16 @@ struct ForwardBatch {
   Tensor local_rope_cos, local_rope_sin;
   int64_t num_tokens() const { return static_cast<int64_t>(positions.size()); }
 };
+
+// A step's tokens as two micro-batches (two-batch overlap): rows [0, first_row[1]) and the rest,
+// each a batch of its own (chunks re-based, angles copied). The split is at the chunk boundary
+// nearest the middle, or at the middle inside a chunk when both its pieces keep more than
+// kFewTokenChunk tokens (so a prefill chunk stays a prefill: the second piece reads the first's
+// keys from the cache, which the first micro-batch writes first in every layer).
+struct MicroBatches {
+  ForwardBatch batch[2];
+  int64_t first_row_of_second = 0;
+};
+MicroBatches SplitInTwo(const ForwardBatch& batch);
 
 }  // namespace moe

@@ -178,13 +178,12 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   }
   // Attention output per token: [n, heads_local * head_dim]. Chunks of a few tokens (decode,
   // draft verification) read the paged cache per token; longer ones gather K and V once.
-  constexpr int64_t kPagedChunk = 4;
   FloatVector attn(static_cast<size_t>(n * qw), 0.0f);
   const float* layer_cache = cache.Layer(layer_);
   const int64_t bs = cache.block_size();
   for (const ForwardChunk& c : batch.chunks) {
     const std::vector<int32_t>& table = c.table(group);
-    if (c.num_tokens <= kPagedChunk) {
+    if (c.num_tokens <= kFewTokenChunk) {
       for (int64_t i = 0; i < c.num_tokens; ++i) {
         const int64_t r = c.first_token + i;
         cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache, table.data(),

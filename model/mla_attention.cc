@@ -101,10 +101,9 @@ absl::Status MlaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
   FloatVector attn(static_cast<size_t>(n * heads_ * v_), 0.0f);
   // Chunks of a few tokens attend in the latent space (each token over the positions up to its
   // own; all of the chunk's rows are in the cache already); longer ones expand K and V once.
-  constexpr int64_t kLatentChunk = 4;
   std::vector<LatentQuery> decode;
   for (const ForwardChunk& c : batch.chunks) {
-    if (c.num_tokens <= kLatentChunk) {
+    if (c.num_tokens <= kFewTokenChunk) {
       for (int64_t i = 0; i < c.num_tokens; ++i) {
         decode.push_back({c.first_token + i, c.start_pos + i + 1, c.block_table});
       }

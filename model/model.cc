@@ -49,7 +49,8 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
   return d;
 }
 
-absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache) {
+absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache,
+                                   const MicroBatchContext& mb) {
   const int64_t n = batch.num_tokens();
   const size_t count = static_cast<size_t>(n * hidden_);
   // Norms before a block (pre, sandwich) and after it, inside the residual (post, sandwich).
@@ -79,7 +80,7 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
     in = normed.data();
   }
   if (moe_) {
-    MOE_RETURN_IF_ERROR(moe_->Forward(in, n, delta.data()));
+    MOE_RETURN_IF_ERROR(moe_->Forward(in, n, delta.data(), mb));
   } else {
     dense_->Forward(in, n, delta.data());
     if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
@@ -91,9 +92,15 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
 
 absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
     const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
-    const KvCacheShape& cache, WeightsAtLoad weights, bool load_mtp) {
+    const KvCacheShape& cache, const DecoderModelOptions& options) {
+  const bool load_mtp = options.load_mtp;
+  if (options.two_batch_overlap && ctx.plan().tp_size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "two-batch overlap needs a TP size of 1 (DP attention with expert parallelism), not ",
+        ctx.plan().tp_size()));
+  }
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
-  ck->set_weights_at_load(weights);
+  ck->set_weights_at_load(options.weights);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
   std::unique_ptr<DecoderModel> m(new DecoderModel(c, cache, load_mtp, cache_dim));
@@ -123,6 +130,7 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
   m->ck_ = std::move(ck);
   m->world_ = ctx.world().size();
+  if (options.two_batch_overlap) m->overlap_ = std::make_unique<TwoBatchOverlap>();
   return m;
 }
 
@@ -134,7 +142,18 @@ absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const For
     cpu::Scale(x.data(), static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size))),
                x.numel());
   }
-  for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
+  if (overlap_) {
+    const MicroBatches parts = SplitInTwo(batch);
+    MOE_RETURN_IF_ERROR(overlap_->Run([&](int i) -> absl::Status {
+      float* rows = x.data() + (i == 0 ? 0 : parts.first_row_of_second * config_.hidden_size);
+      for (auto& layer : layers_) {
+        MOE_RETURN_IF_ERROR(layer->Forward(rows, parts.batch[i], cache_, {i, overlap_.get()}));
+      }
+      return absl::OkStatus();
+    }));
+  } else {
+    for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
+  }
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   Tensor last = GatherRows(x, logit_rows);
   if (mtp_) hidden_ = std::move(x);  // the MTP layer reads rows of it after this step's sampling

@@ -34,7 +34,10 @@ class DecoderLayer {
                                                             const ParallelContext& ctx,
                                                             float softmax_scale,
                                                             WeightBytes* bytes);
-  absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache);
+  // x [batch.num_tokens(), hidden] in place; collectives through `mb` (only the MoE layer's when
+  // it overlaps: two-batch overlap needs a TP size of 1).
+  absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache,
+                       const MicroBatchContext& mb = {});
   const MoeLayer* moe() const { return moe_.get(); }
   MoeLayer* moe() { return moe_.get(); }
 
@@ -50,16 +53,25 @@ class DecoderLayer {
   Communicator* tp_ = nullptr;
 };
 
+struct DecoderModelOptions {
+  WeightsAtLoad weights = WeightsAtLoad::kAsStored;  // what loading does with the weights
+  bool load_mtp = false;                             // the MTP layer (speculative decoding)
+  // Runs each step's decoder layers as two micro-batches whose MoE dispatch and combine overlap
+  // the other's compute (TwoBatchOverlap). Every rank must agree; needs a TP size of 1 (DP
+  // attention with expert parallelism: the MoE all-to-all is the only collective in the layers).
+  bool two_batch_overlap = false;
+};
+
 // The CPU backend: weights in the checkpoint's format (memory-mapped), float32 activations and
 // cache in host memory, any parallel layout.
 class DecoderModel : public ForwardModel {
  public:
-  // Maps this rank's shard of the weights in `dir` and allocates its KV cache; `weights` may
-  // convert them instead (see WeightsAtLoad).
-  static absl::StatusOr<std::unique_ptr<DecoderModel>> Load(
-      const std::string& dir, const ModelConfig& config, const ParallelContext& ctx,
-      const KvCacheShape& cache, WeightsAtLoad weights = WeightsAtLoad::kAsStored,
-      bool load_mtp = false);
+  // Maps this rank's shard of the weights in `dir` and allocates its KV cache.
+  static absl::StatusOr<std::unique_ptr<DecoderModel>> Load(const std::string& dir,
+                                                            const ModelConfig& config,
+                                                            const ParallelContext& ctx,
+                                                            const KvCacheShape& cache,
+                                                            const DecoderModelOptions& options = {});
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;
@@ -89,6 +101,7 @@ class DecoderModel : public ForwardModel {
   ParallelLmHead lm_head_;
   std::unique_ptr<MtpLayer> mtp_;
   WeightBytes weight_bytes_;
+  std::unique_ptr<TwoBatchOverlap> overlap_;  // with DecoderModelOptions::two_batch_overlap
   Tensor hidden_;  // the last Forward's final hidden states (before model.norm), every row
   Tensor logits_;
 };

@@ -19,7 +19,9 @@ MoeLayer::MoeLayer(const ModelConfig& config, const ParallelContext& ctx,
       ctx_(ctx),
       weights_(w),
       placement_(ctx.plan().experts()),
-      dispatcher_(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok),
+      dispatchers_{
+          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok),
+          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok)},
       expert_tokens_(static_cast<size_t>(config.n_routed_experts), 0) {}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(const ModelConfig& c, Checkpoint& ck,
@@ -134,7 +136,7 @@ void MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
   }
 }
 
-absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out) {
+absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const MicroBatchContext& mb) {
   const int64_t h = config_.hidden_size, k = config_.num_experts_per_tok;
   const int tp = ctx_.tp().size();
   const Range slice = EvenSplit(n, tp, ctx_.tp().rank());
@@ -150,10 +152,15 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out) {
               weights.data());
   for (int32_t e : ids) ++expert_tokens_[e];
 
-  MOE_ASSIGN_OR_RETURN(Dispatched d, dispatcher_.Dispatch(xs, s, ids.data(), weights.data()));
+  MoeDispatcher& dispatcher = dispatchers_[mb.index];
+  Dispatched d;
+  MOE_RETURN_IF_ERROR(mb.Communicate([&]() -> absl::Status {
+    MOE_ASSIGN_OR_RETURN(d, dispatcher.Dispatch(xs, s, ids.data(), weights.data()));
+    return absl::OkStatus();
+  }));
   ComputeLocalExperts(d);
   FloatVector routed(static_cast<size_t>(s * h));
-  MOE_RETURN_IF_ERROR(dispatcher_.Combine(d.handle, routed.data()));
+  MOE_RETURN_IF_ERROR(mb.Communicate([&] { return dispatcher.Combine(d.handle, routed.data()); }));
 
   if (shared_) {
     shared_->Forward(x, n, out);

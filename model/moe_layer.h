@@ -14,6 +14,7 @@
 #include "model/mlp.h"
 #include "parallel/moe_dispatch.h"
 #include "parallel/parallel_context.h"
+#include "parallel/two_batch_overlap.h"
 
 namespace moe {
 
@@ -23,8 +24,10 @@ class MoeLayer {
                                                         const DecoderLayerWeights& w,
                                                         const ParallelContext& ctx,
                                                         WeightBytes* bytes);
-  // out [n, hidden] = routed + shared output for x [n, hidden] (complete on every TP rank).
-  absl::Status Forward(const float* x, int64_t n, float* out);
+  // out [n, hidden] = routed + shared output for x [n, hidden] (complete on every TP rank). The
+  // dispatch and combine run through `mb` (on its own dispatcher: two micro-batches' exchanges
+  // may be in flight at once).
+  absl::Status Forward(const float* x, int64_t n, float* out, const MicroBatchContext& mb = {});
   // Tokens this rank routed to each expert so far (global expert ids).
   const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
   // Moves to `placement` (EPLB; of this layer's experts over the world's ranks — the model checks):
@@ -46,7 +49,7 @@ class MoeLayer {
   std::unique_ptr<GatedMlp> shared_;
   DecoderLayerWeights weights_;  // the tensor names, for loading other experts later
   ExpertPlacement placement_;    // this layer's (the plan's until SetPlacement)
-  MoeDispatcher dispatcher_;
+  MoeDispatcher dispatchers_[2];  // one per micro-batch (two-batch overlap)
   std::vector<int64_t> expert_tokens_;
 };
 

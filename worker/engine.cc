@@ -27,8 +27,13 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
     MOE_ASSIGN_OR_RETURN(auto model,
-                         DecoderModel::Load(dir, config, ctx, cache, options.weights, options.mtp));
+                         DecoderModel::Load(dir, config, ctx, cache,
+                                            {options.weights, options.mtp,
+                                             options.two_batch_overlap}));
     return std::unique_ptr<ForwardModel>(std::move(model));
+  }
+  if (options.two_batch_overlap) {
+    return absl::UnimplementedError("two-batch overlap runs on the CPU backend only");
   }
   if (options.mtp) {
     return absl::UnimplementedError("speculative decoding (the MTP layer) runs on the CPU backend only");

@@ -86,6 +86,9 @@ struct EngineOptions {
   // this many tokens per step (DeepSeek deploys 1).
   bool mtp = false;
   int mtp_draft_tokens = 1;
+  // CPU: two micro-batches per step, one's MoE all-to-all overlapping the other's compute (every
+  // rank alike; TP size 1). See DecoderModelOptions.
+  bool two_batch_overlap = false;
 };
 
 class Engine {

@@ -61,18 +61,27 @@ double RelativeError(const Tensor& a, const Tensor& b) {
   return diff / scale;
 }
 
+// How the layouts under test differ from the single-rank reference.
+struct LayoutOptions {
+  bool speculative = false;  // decode with the MTP layer (sharded like the others)
+  int draft_tokens = 1;
+  int64_t redundant_experts = 0;  // EPLB's replicas
+  bool two_batch_overlap = false;  // only the layouts of TP size 1 (it needs that)
+  int64_t prefill_chunk = 8;
+};
+
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
-                                   int tp, bool mtp = false, int draft_tokens = 1,
-                                   int64_t redundant_experts = 0) {
+                                   int tp, const LayoutOptions& layout = {}) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok());
-  auto ctx = ParallelContext::Create(*config, std::move(world), tp, redundant_experts);
+  auto ctx = ParallelContext::Create(*config, std::move(world), tp, layout.redundant_experts);
   EXPECT_TRUE(ctx.ok()) << ctx.status();
   EngineOptions opt;
   opt.block_size = 16;
-  opt.mtp = mtp;
-  opt.mtp_draft_tokens = draft_tokens;
-  opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20, mtp ? 1 : 0);
+  opt.mtp = layout.speculative;
+  opt.mtp_draft_tokens = layout.draft_tokens;
+  opt.two_batch_overlap = layout.two_batch_overlap;
+  opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20, opt.mtp ? 1 : 0);
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
   return e.ok() ? std::move(*e) : nullptr;
@@ -83,12 +92,10 @@ class MpiEngineTest : public ::testing::TestWithParam<std::string> {};
 // Called between the steps of a layout's generation (see GenerateOptions::between_steps).
 using BetweenSteps = std::function<absl::Status(Engine& engine, int tp, int64_t step)>;
 
-// One rank's engine against every layout of the world, on a checkpoint in `dtype`; with
-// `speculative`, the layouts decode speculatively with the MTP layer (sharded like the others);
-// with `redundant_experts`, EPLB's replicas; `between_steps` may change the layout's engine.
+// One rank's engine against every layout of the world, on a checkpoint in `dtype`, the layouts
+// changed by `layout`; `between_steps` may change the layout's engine.
 void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype,
-                                    bool speculative = false, int draft_tokens = 1,
-                                    int64_t redundant_experts = 0,
+                                    const LayoutOptions& layout = {},
                                     const BetweenSteps& between_steps = nullptr) {
   cpu::SetNumThreads(1);
   const std::string dir = SharedCheckpoint(preset, dtype);
@@ -98,22 +105,21 @@ void CheckEveryTpSizeMatchesOneRank(const std::string& preset, WeightDType dtype
       {5, 6, 7}, {100}, std::vector<int32_t>(21, 9), {300, 301, 302, 303, 304, 305, 306}, {42, 7}};
   GenerateOptions gen;
   gen.max_new_tokens = 12;
-  gen.prefill_chunk = 8;
+  gen.prefill_chunk = layout.prefill_chunk;
   BlockAllocator single_alloc(single->num_blocks());
   auto want = GenerateGreedyBatch(*single, single_alloc, prompts, gen);
   ASSERT_TRUE(want.ok()) << want.status();
   const int heads = static_cast<int>(single->config().num_attention_heads);
   for (int tp = 1; tp <= World(); tp *= 2) {
-    if (World() % tp != 0 || heads % tp != 0) continue;
+    if (World() % tp != 0 || heads % tp != 0 || (layout.two_batch_overlap && tp > 1)) continue;
     SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
     auto world = MakeMpiWorldCommunicator();
     ASSERT_TRUE(world.ok());
-    auto engine =
-        LoadEngine(dir, std::move(*world), tp, speculative, draft_tokens, redundant_experts);
+    auto engine = LoadEngine(dir, std::move(*world), tp, layout);
     ASSERT_NE(engine, nullptr);
     BlockAllocator alloc(engine->num_blocks());
     GenerateOptions layout_gen = gen;
-    layout_gen.speculative = speculative;
+    layout_gen.speculative = layout.speculative;
     if (between_steps) {
       layout_gen.between_steps = [&](int64_t step) { return between_steps(*engine, tp, step); };
     }
@@ -158,7 +164,8 @@ TEST(MpiEplbTest, RedundantAndMovingExpertsMatchOneRank) {
     ++moves;
     return engine.SetExpertPlacement(layers);
   };
-  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, false, 1, World(), move);
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, {.redundant_experts = World()},
+                                 move);
   EXPECT_GE(moves, 4);
 }
 
@@ -192,12 +199,13 @@ TEST(MpiEngineFormatsTest, Int4EveryTpSizeMatchesOneRank) {
 // Speculative decoding with the MTP layer under every layout: the tokens and logits of one rank
 // decoding without it.
 TEST(MpiEngineSpeculativeTest, MtpUnderEveryTpSizeMatchesOneRankWithoutIt) {
-  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, /*speculative=*/true);
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, {.speculative = true});
 }
 
 // Three drafts a step (the MTP layer applied to its own output): the same.
 TEST(MpiEngineSpeculativeTest, ThreeDraftTokensUnderEveryTpSizeMatchOneRankWithoutThem) {
-  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32, /*speculative=*/true, 3);
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kF32,
+                                 {.speculative = true, .draft_tokens = 3});
 }
 
 // Bytes of a tensor (and its fp8 scales) as stored.
@@ -208,6 +216,45 @@ uint64_t StoredBytes(const Checkpoint& ck, const std::string& name) {
     if (e.ok()) b += e->end - e->begin;
   }
   return b;
+}
+
+// Two-batch overlap under DP attention with expert parallelism (TP 1): every rank's step as two
+// micro-batches whose dispatch and combine run on the communication thread while the other
+// computes — chunked and whole prompts (whole ones cut inside their prefill), fp8 weights,
+// speculative decoding, EPLB's replicas: the same tokens and logits as one rank without it.
+TEST_P(MpiEngineTest, TwoBatchOverlapMatchesOneRank) {
+  for (int64_t chunk : {8, 32}) {
+    SCOPED_TRACE(absl::StrCat("prefill chunk ", chunk));
+    CheckEveryTpSizeMatchesOneRank(GetParam(), WeightDType::kF32,
+                                   {.two_batch_overlap = true, .prefill_chunk = chunk});
+  }
+}
+
+TEST(MpiTwoBatchOverlapTest, Fp8SpeculativeAndReplicatedExpertsMatchOneRank) {
+  CheckEveryTpSizeMatchesOneRank("tiny-dsv3", WeightDType::kFP8,
+                                 {.speculative = true,
+                                  .redundant_experts = World(),
+                                  .two_batch_overlap = true,
+                                  .prefill_chunk = 32});
+}
+
+TEST(MpiTwoBatchOverlapTest, NeedsATpSizeOfOne) {
+  const std::string dir = SharedCheckpoint("tiny-dsv3", WeightDType::kF32);
+  auto config = LoadModelConfig(dir);
+  ASSERT_TRUE(config.ok());
+  auto world = MakeMpiWorldCommunicator();
+  ASSERT_TRUE(world.ok());
+  auto ctx = ParallelContext::Create(*config, std::move(*world), 2);
+  ASSERT_TRUE(ctx.ok());
+  EngineOptions opt;
+  opt.kv_blocks = 16;
+  opt.two_batch_overlap = true;
+  auto e = Engine::Load(dir, std::move(*ctx), opt);
+  ASSERT_FALSE(e.ok());
+  EXPECT_EQ(e.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(e.status().message().find("two-batch overlap needs a TP size of 1"),
+            absl::string_view::npos)
+      << e.status();
 }
 
 TEST_P(MpiEngineTest, EachRankReadsOnlyItsShare) {

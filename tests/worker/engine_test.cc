@@ -29,9 +29,11 @@ class EngineTest : public ::testing::Test {
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  std::unique_ptr<Engine> Load(int64_t block_size = 16, uint64_t kv_bytes = 8 << 20) {
+  std::unique_ptr<Engine> Load(int64_t block_size = 16, uint64_t kv_bytes = 8 << 20,
+                               bool two_batch_overlap = false) {
     auto config = LoadModelConfig(dir_->path());
     EngineOptions opt;
+    opt.two_batch_overlap = two_batch_overlap;
     opt.block_size = block_size;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, block_size, kv_bytes);
     auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
@@ -210,6 +212,49 @@ TEST_F(EngineTest, CudaDeviceWithoutAGpuIsAClearError) {
   EXPECT_EQ(e.status().code(), absl::StatusCode::kFailedPrecondition);
   EXPECT_THAT(std::string(e.status().message()), HasSubstr("device cuda: "));
   EXPECT_THAT(ParseDevice("tpu").status().message(), HasSubstr("\"tpu\" is not one of"));
+}
+
+// Two-batch overlap runs the same arithmetic on two halves of each step: the same greedy tokens,
+// logits within float32 rounding of the whole batch's (the products see fewer rows), for whole
+// prompts (a long prompt cut inside its prefill) and chunked ones mixed with decoding.
+TEST_F(EngineTest, TwoBatchOverlapKeepsTokensAndLogits) {
+  auto plain = Load(16, 8 << 20);
+  auto overlapped = Load(16, 8 << 20, /*two_batch_overlap=*/true);
+  const std::vector<std::vector<int32_t>> prompts = {
+      {5, 6, 7}, std::vector<int32_t>(37, 9), {100}, {300, 301, 302, 303, 304}, {42, 7}};
+  for (int64_t chunk : {0, 8}) {
+    SCOPED_TRACE("prefill chunk " + std::to_string(chunk));
+    GenerateOptions gen;
+    gen.max_new_tokens = 10;
+    gen.prefill_chunk = chunk;
+    BlockAllocator a(plain->num_blocks()), b(overlapped->num_blocks());
+    auto want = GenerateGreedyBatch(*plain, a, prompts, gen);
+    auto got = GenerateGreedyBatch(*overlapped, b, prompts, gen);
+    ASSERT_TRUE(want.ok() && got.ok());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ((*got)[i].tokens, (*want)[i].tokens) << "sequence " << i;
+      const Tensor& x = (*got)[i].logits;
+      const Tensor& y = (*want)[i].logits;
+      ASSERT_EQ(x.shape(), y.shape());
+      double diff = 0, scale = 0;
+      for (int64_t k = 0; k < y.numel(); ++k) {
+        diff = std::max(diff, static_cast<double>(std::fabs(x[k] - y[k])));
+        scale = std::max(scale, static_cast<double>(std::fabs(y[k])));
+      }
+      EXPECT_LE(diff / scale, 1e-6) << "sequence " << i;
+    }
+  }
+}
+
+TEST_F(EngineTest, TwoBatchOverlapOnCudaIsAClearError) {
+  auto config = LoadModelConfig(dir_->path());
+  EngineOptions opt;
+  opt.device = Device::kCuda;
+  opt.two_batch_overlap = true;
+  opt.kv_blocks = 8;
+  auto e = Engine::Load(dir_->path(), ParallelContext::Single(*config), opt);
+  ASSERT_FALSE(e.ok());
+  EXPECT_THAT(std::string(e.status().message()), HasSubstr("two-batch overlap"));
 }
 
 TEST(KvCacheTest, BytesPerTokenOfTheRealModels) {

@@ -212,8 +212,7 @@ TEST_P(MtpReferenceTest, MtpLayerMatchesTheTorchReference) {
   ASSERT_TRUE(config.ok());
   auto ctx = ParallelContext::Single(*config);
   const KvCacheShape cache{*KvCache::BlocksForBudget(*config, 16, 16 << 20, 1), 16};
-  auto model = DecoderModel::Load(dir_.path(), *config, *ctx, cache, WeightsAtLoad::kAsStored,
-                                  /*load_mtp=*/true);
+  auto model = DecoderModel::Load(dir_.path(), *config, *ctx, cache, {.load_mtp = true});
   ASSERT_TRUE(model.ok()) << model.status();
   const RotaryEmbedding rope(*config);
   for (size_t i = 0; i < mtp["prompts"].size(); ++i) {

@@ -1,0 +1,143 @@
+#include "parallel/two_batch_overlap.h"
+
+#include <sys/mman.h>
+#include <ucontext.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+
+#include "common/status_macros.h"
+
+namespace moe {
+namespace {
+
+// A micro-batch's stack: as large as a thread's (the layers keep their big buffers on the heap),
+// reserved, not committed, with a guard page below it.
+constexpr size_t kStackBytes = size_t{8} << 20;
+
+}  // namespace
+
+struct TwoBatchOverlap::MicroBatch {
+  ucontext_t context;
+  char* mapping = nullptr;  // guard page + stack
+  bool done = false;
+  absl::Status status;
+  // The collective handed to the communication thread, and its result once `complete`.
+  const std::function<absl::Status()>* collective = nullptr;
+  bool complete = false;
+  absl::Status collective_status;
+};
+
+TwoBatchOverlap::TwoBatchOverlap() : scheduler_context_(new ucontext_t) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (MicroBatch*& b : batches_) {
+    b = new MicroBatch;
+    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    MOE_CHECK(m != MAP_FAILED);
+    MOE_CHECK(mprotect(m, page, PROT_NONE) == 0);
+    b->mapping = static_cast<char*>(m);
+  }
+  thread_ = std::thread([this] { CommunicationLoop(); });
+}
+
+TwoBatchOverlap::~TwoBatchOverlap() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  for (MicroBatch* b : batches_) {
+    munmap(b->mapping, kStackBytes + page);
+    delete b;
+  }
+  delete static_cast<ucontext_t*>(scheduler_context_);
+}
+
+void TwoBatchOverlap::CommunicationLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  for (;;) {
+    cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+    if (stop_) return;
+    MicroBatch* b = queue_.front();
+    queue_.pop_front();
+    lock.unlock();
+    absl::Status s = (*b->collective)();
+    lock.lock();
+    b->collective_status = std::move(s);
+    b->complete = true;
+    cv_.notify_all();
+  }
+}
+
+void TwoBatchOverlap::Entry(unsigned lo, unsigned hi) {
+  auto* self = reinterpret_cast<TwoBatchOverlap*>((static_cast<uintptr_t>(hi) << 32) | lo);
+  MicroBatch* b = self->batches_[self->current_];
+  b->status = (*self->body_)(self->current_);
+  b->done = true;
+  // Returning resumes uc_link: Run's frame.
+}
+
+void TwoBatchOverlap::Prepare(MicroBatch* b) {
+  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  const auto self = reinterpret_cast<uintptr_t>(this);
+  b->done = false;
+  b->status = absl::OkStatus();
+  b->collective = nullptr;
+  MOE_CHECK(getcontext(&b->context) == 0);
+  b->context.uc_stack.ss_sp = b->mapping + page;
+  b->context.uc_stack.ss_size = kStackBytes;
+  b->context.uc_link = static_cast<ucontext_t*>(scheduler_context_);
+  makecontext(&b->context, reinterpret_cast<void (*)()>(&TwoBatchOverlap::Entry), 2,
+              static_cast<unsigned>(self & 0xffffffffu), static_cast<unsigned>(self >> 32));
+}
+
+absl::Status TwoBatchOverlap::Run(const std::function<absl::Status(int)>& micro_batch) {
+  MOE_CHECK(current_ == -1);
+  body_ = &micro_batch;
+  auto* scheduler = static_cast<ucontext_t*>(scheduler_context_);
+  for (MicroBatch* b : batches_) Prepare(b);
+  // Strict turns: A, B, A, B, ...; once one has finished, the other runs alone.
+  int turn = 0;
+  while (!(batches_[0]->done && batches_[1]->done)) {
+    const int i = batches_[turn]->done ? 1 - turn : turn;
+    MicroBatch* b = batches_[i];
+    if (b->collective != nullptr) {  // resumes from Communicate: wait for its collective
+      std::unique_lock<std::mutex> lock(mu_);
+      if (!b->complete) {
+        const auto start = std::chrono::steady_clock::now();
+        cv_.wait(lock, [&] { return b->complete; });
+        exposed_seconds_ +=
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      }
+    }
+    current_ = i;
+    MOE_CHECK(swapcontext(scheduler, &b->context) == 0);
+    turn = 1 - i;
+  }
+  current_ = -1;
+  body_ = nullptr;
+  return batches_[0]->status.ok() ? batches_[1]->status : batches_[0]->status;
+}
+
+absl::Status TwoBatchOverlap::Communicate(const std::function<absl::Status()>& collective) {
+  MOE_CHECK(current_ >= 0);  // only from inside Run's micro-batches
+  MicroBatch* b = batches_[current_];
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    b->collective = &collective;
+    b->complete = false;
+    queue_.push_back(b);
+    ++collectives_;
+  }
+  cv_.notify_all();
+  MOE_CHECK(swapcontext(&b->context, static_cast<ucontext_t*>(scheduler_context_)) == 0);
+  // Run resumes this micro-batch only once the collective completed.
+  b->collective = nullptr;
+  return std::move(b->collective_status);
+}
+
+}  // namespace moe

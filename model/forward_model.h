@@ -54,6 +54,9 @@ class ForwardModel {
   // layer's when loaded), [layers x n_routed_experts] layer-major; or [n_routed_experts] summed
   // over the layers by a backend that counts them together.
   virtual std::vector<int64_t> ExpertTokenCounts() const = 0;
+  // Seconds the forward passes so far waited for the layers' collectives (the MoE dispatch and
+  // combine): all of their time without two-batch overlap, the part not hidden with it.
+  virtual double CollectiveWaitSeconds() const { return 0; }
   // EPLB: moves the decoder's MoE layers to their placements (one per MoE layer, in order), between
   // steps.
   virtual absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) {

@@ -152,7 +152,10 @@ absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const For
       return absl::OkStatus();
     }));
   } else {
-    for (auto& layer : layers_) MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_));
+    const MicroBatchContext whole{0, nullptr, &collective_seconds_};
+    for (auto& layer : layers_) {
+      MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_, whole));
+    }
   }
   const int64_t m = static_cast<int64_t>(logit_rows.size());
   Tensor last = GatherRows(x, logit_rows);
@@ -206,6 +209,10 @@ absl::StatusOr<Tensor> DecoderModel::ForwardMtp(const std::vector<int64_t>& main
   Tensor input = GatherRows(source, main_rows);
   if (!from_last_draft) norm_.Forward(input.data(), n, input.data());
   return mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows);
+}
+
+double DecoderModel::CollectiveWaitSeconds() const {
+  return collective_seconds_ + (overlap_ ? overlap_->exposed_seconds() : 0.0);
 }
 
 std::vector<int64_t> DecoderModel::ExpertTokenCounts() const {

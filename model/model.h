@@ -84,6 +84,7 @@ class DecoderModel : public ForwardModel {
                                     const std::vector<int64_t>& logit_rows,
                                     bool from_last_draft = false) override;
   std::vector<int64_t> ExpertTokenCounts() const override;
+  double CollectiveWaitSeconds() const override;
   absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
 
@@ -102,6 +103,7 @@ class DecoderModel : public ForwardModel {
   std::unique_ptr<MtpLayer> mtp_;
   WeightBytes weight_bytes_;
   std::unique_ptr<TwoBatchOverlap> overlap_;  // with DecoderModelOptions::two_batch_overlap
+  double collective_seconds_ = 0;             // in the layers' collectives, without overlap
   Tensor hidden_;  // the last Forward's final hidden states (before model.norm), every row
   Tensor logits_;
 };

@@ -140,4 +140,14 @@ absl::Status TwoBatchOverlap::Communicate(const std::function<absl::Status()>& c
   return std::move(b->collective_status);
 }
 
+absl::Status MicroBatchContext::Communicate(
+    const std::function<absl::Status()>& collective) const {
+  if (overlap != nullptr) return overlap->Communicate(collective);
+  if (seconds == nullptr) return collective();
+  const auto start = std::chrono::steady_clock::now();
+  absl::Status s = collective();
+  *seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return s;
+}
+
 }  // namespace moe

@@ -94,6 +94,10 @@ int main(int argc, char** argv) {
   flags.AddInt("mtp-draft-tokens", &mtp_draft_tokens,
                "With --mtp: tokens drafted per step (1 to 8), the MTP layer applied again to its "
                "own output for each after the first.");
+  bool two_batch_overlap = false;
+  flags.AddBool("two-batch-overlap", &two_batch_overlap,
+                "Run each step as two micro-batches whose MoE all-to-all overlaps the other's "
+                "compute (CPU backend, with --tp 1 under mpirun: DP attention + EP).");
   flags.ParseOrExit(argc, argv);
   if (mtp_draft_tokens < 1 || mtp_draft_tokens > 8) {
     std::fprintf(stderr, "moe-generate: --mtp-draft-tokens must be in [1, 8], got %lld\n",
@@ -140,6 +144,7 @@ int main(int argc, char** argv) {
   opt.weights = *weights;
   opt.mtp = mtp;
   opt.mtp_draft_tokens = static_cast<int>(mtp_draft_tokens);
+  opt.two_batch_overlap = two_batch_overlap;
   const moe::RankShard shard = (*ctx)->shard();
   auto engine = moe::Engine::Load(model, std::move(*ctx), opt);
   if (!engine.ok()) return Fail(engine.status());

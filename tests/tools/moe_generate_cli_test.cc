@@ -43,7 +43,7 @@ TEST_F(MoeGenerateCliTest, HelpExplainsEveryFlag) {
   EXPECT_EQ(r.exit_code, 0);
   for (const char* flag :
        {"--model", "--prompt-ids", "--max-new-tokens", "--logits-out", "--threads", "--block-size",
-        "--kv-cache-mb", "--ignore-eos", "--device", "--no-cuda-graphs"}) {
+        "--kv-cache-mb", "--ignore-eos", "--device", "--no-cuda-graphs", "--two-batch-overlap"}) {
     EXPECT_THAT(r.out, HasSubstr(flag));
   }
 }
@@ -61,6 +61,17 @@ TEST_F(MoeGenerateCliTest, MatchesTransformersEndToEnd) {
   auto logits = ReadNpy(npy);
   ASSERT_TRUE(logits.ok());
   EXPECT_EQ(logits->shape(), (std::vector<int64_t>{17, 512}));
+}
+
+// --two-batch-overlap: transformers' greedy tokens (the prompt's prefill cut in two micro-batches).
+TEST_F(MoeGenerateCliTest, TwoBatchOverlapMatchesTransformers) {
+  std::ifstream in(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/manifest.json");
+  const auto spec = nlohmann::json::parse(in)["cases"]["tiny-dsv3-f32"];
+  const std::vector<int> prompt = spec["prompts"][1], want = spec["tokens"][1];
+  auto r = RunCommand(Gen("--two-batch-overlap --ignore-eos --max-new-tokens 16 --prompt-ids " +
+                          absl::StrJoin(prompt, ",")));
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
 }
 
 TEST_F(MoeGenerateCliTest, BadInputIsAClearErrorNotACrash) {

@@ -122,6 +122,7 @@ absl::StatusOr<moe::v1::RegisterResponse> Cluster::Register(const moe::v1::Regis
   resp.set_mtp(options_.mtp);
   resp.set_mtp_draft_tokens(options_.mtp_draft_tokens);
   resp.set_redundant_experts(options_.redundant_experts);
+  resp.set_two_batch_overlap(options_.two_batch_overlap);
   const RankShard shard = plan_.Shard(r.rank());
   moe::v1::ShardAssignment* a = resp.mutable_shard();
   a->set_rank(shard.rank);

@@ -36,6 +36,7 @@ class Cluster {
     bool mtp = false;       // the workers load the MTP layer (speculative decoding)
     int mtp_draft_tokens = 1;  // and draft this many tokens a step
     int64_t redundant_experts = 0;  // EPLB replicas (the workers' ShardPlan)
+    bool two_batch_overlap = false;  // the workers' EngineOptions::two_batch_overlap
     absl::Duration heartbeat_timeout = absl::Seconds(10);
     StepDeadlineOptions step_deadline;
   };

@@ -97,6 +97,9 @@ int main(int argc, char** argv) {
   flags.AddInt("mtp-draft-tokens", &o.mtp_draft_tokens,
                "With --mtp: tokens drafted per step, the MTP layer applied again to its own output "
                "for each after the first (1 to 8; DeepSeek deploys 1).");
+  flags.AddBool("two-batch-overlap", &o.two_batch_overlap,
+                "The workers run each step as two micro-batches, one's MoE all-to-all "
+                "overlapping the other's compute (CPU workers, --tp 1: DP attention + EP).");
   flags.AddInt("redundant-experts", &o.redundant_experts,
                "EPLB: extra replicas of routed experts (E + R must divide over the W ranks); each "
                "rank hosts (E + R) / W experts, a replicated expert's tokens split over its "

@@ -77,6 +77,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   if (o.eplb_interval_steps < 0 || o.eplb_window_steps < 0) {
     return absl::InvalidArgumentError("--eplb-interval-steps and --eplb-window-steps must be >= 0");
   }
+  if (o.two_batch_overlap && plan.tp_size() > 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--two-batch-overlap needs --tp 1 (DP attention with expert parallelism), not ",
+        plan.tp_size()));
+  }
   if (o.mtp && config.num_nextn_predict_layers < 1) {
     return absl::InvalidArgumentError(
         "--mtp: the model has no MTP layer (config.json: num_nextn_predict_layers is 0)");
@@ -148,6 +153,7 @@ CoordinatorServer::CoordinatorServer(
   co.mtp = o.mtp;
   co.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
   co.redundant_experts = o.redundant_experts;
+  co.two_batch_overlap = o.two_batch_overlap;
   co.step_deadline = o.step_deadline;
   cluster_ = std::make_unique<Cluster>(
       plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });

@@ -564,6 +564,17 @@ TEST_F(ServingTest, ExpertsRebalancedWhileServingKeepOutputs) {
       logs_.path());
 }
 
+// --two-batch-overlap: every worker's steps as two micro-batches (DP attention + EP over two
+// ranks, the dispatch over MPI on the communication thread), concurrent clients mixing prefill
+// chunks and decoding: the engine alone's tokens.
+TEST_F(ServingTest, TwoBatchOverlapServedKeepsOutputs) {
+  ServedModel m = MakeServedModel(*dir_, "tiny-dsv3", WeightDType::kF32, 49);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(
+      m.dir, *m.engine, {2, 1, true, {"--two-batch-overlap", "--max-batch-tokens", "64"}},
+      logs_.path());
+}
+
 TEST_F(ServingTest, MistralServedUnderTpFour) {
   ServedModel m = MakeServedModel(*dir_, "tiny-mistral", WeightDType::kBF16, 45);
   ASSERT_NE(m.engine, nullptr);

@@ -151,6 +151,11 @@ TEST_F(MoeGenerateCliTest, EplbFlagsThatCannotWorkAreClearErrors) {
   EXPECT_THAT(coordinator.err + coordinator.out,
               HasSubstr("--redundant-experts 3: the 16 routed experts plus the redundant ones must "
                         "divide evenly over the 2 ranks"));
+  auto tbo = RunCommand(BinaryPath("coordinator/moe-coordinator") +
+                        " --two-batch-overlap --world-size 2 --tp 2 --model " + dir.path() +
+                        " --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0");
+  EXPECT_NE(tbo.exit_code, 0);
+  EXPECT_THAT(tbo.err + tbo.out, HasSubstr("--two-batch-overlap needs --tp 1"));
   auto make = RunCommand(BinaryPath("tools/moe-make-model") + " --preset tiny-qwen3-moe --out " +
                          dir.file("q") + " --router-skew 1");
   EXPECT_EQ(make.exit_code, 2);

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "common/cli.h"
 #include "common/dtype.h"
 #include "common/machine_info.h"
@@ -195,10 +196,6 @@ void GroupedGemm(cudaStream_t s, cublasHandle_t blas, const Bounds& bounds) {
     Row("  (same, bytes moved)", absl::StrFormat("%.0f GB/s", bytes / t / 1e9),
         absl::StrFormat("%.0f GB/s copy", bounds.copy_bw / 1e9), bytes / t / bounds.copy_bw);
   }
-}
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 void EndToEnd(const std::string& model, const Bounds& bounds, int steps) {

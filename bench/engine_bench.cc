@@ -8,12 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <string>
 #include <set>
+#include <string>
 #include <thread>
 
 #include "absl/strings/str_format.h"
 #include "bench/bandwidth.h"
+#include "bench/bench_util.h"
 #include "common/cli.h"
 #include "common/machine_info.h"
 #include "kernels/cpu/ops.h"
@@ -23,10 +24,6 @@
 
 namespace moe {
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // Bytes of weights one decode step reads, as stored: everything this rank holds but the routed
 // experts and the embedding matrix (one row per token), plus the experts the step was routed to.

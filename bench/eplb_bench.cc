@@ -13,6 +13,7 @@
 #include <numeric>
 
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "common/cli.h"
 #include "common/machine_info.h"
 #include "kernels/cpu/ops.h"
@@ -23,16 +24,7 @@
 namespace moe {
 namespace {
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-void Must(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "eplb_bench: %s: %s\n", what, std::string(s.message()).c_str());
-    std::exit(1);
-  }
-}
+void Must(const absl::Status& s, const char* what) { MustSucceed(s, "eplb_bench", what); }
 
 struct Measured {
   double step_s = 0;

@@ -12,6 +12,7 @@
 #include <cstdio>
 
 #include "absl/strings/str_format.h"
+#include "bench/bench_util.h"
 #include "common/cli.h"
 #include "common/machine_info.h"
 #include "kernels/cpu/ops.h"
@@ -21,16 +22,7 @@
 namespace moe {
 namespace {
 
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
-
-void Must(const absl::Status& s, const char* what) {
-  if (!s.ok()) {
-    std::fprintf(stderr, "tbo_bench: %s: %s\n", what, std::string(s.message()).c_str());
-    std::exit(1);
-  }
-}
+void Must(const absl::Status& s, const char* what) { MustSucceed(s, "tbo_bench", what); }
 
 std::unique_ptr<Engine> Load(const std::string& dir, bool overlap) {
   auto config = LoadModelConfig(dir);

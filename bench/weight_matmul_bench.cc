@@ -3,15 +3,16 @@
 // products as FLOP/s against float32 sgemm at the same shape. Both bounds measured in this run.
 #include <algorithm>
 #include <chrono>
-#include <functional>
-#include <string>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "bench/bandwidth.h"
+#include "bench/bench_util.h"
 #include "common/cli.h"
 #include "common/dtype.h"
 #include "common/machine_info.h"
@@ -21,10 +22,6 @@
 
 namespace moe {
 namespace {
-
-double Now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 struct Stored {
   std::vector<uint8_t> data;

@@ -54,7 +54,7 @@ struct CoordinatorOptions {
   // EPLB (coordinator/expert_balancer.h): replicas beyond one per routed expert, and how often
   // (in steps) the experts move to the placement the last window_steps steps' loads call for.
   int64_t redundant_experts = 0;
-  bool two_batch_overlap = false;  // the workers run each step as two overlapped micro-batches
+  bool two_batch_overlap = false;   // the workers run each step as two overlapped micro-batches
   int64_t eplb_interval_steps = 0;  // 0: the initial placement stays
   int64_t eplb_window_steps = 0;    // 0: one interval
   // Request limits (INVALID_ARGUMENT naming the flag; a larger message: RESOURCE_EXHAUSTED).

@@ -48,7 +48,8 @@ MicroBatches SplitInTwo(const ForwardBatch& batch) {
   }
   // ... or the middle itself, inside a chunk whose two pieces both stay prefills.
   for (const ForwardChunk& c : batch.chunks) {
-    if (half - c.first_token > kFewTokenChunk && c.first_token + c.num_tokens - half > kFewTokenChunk) {
+    if (half - c.first_token > kFewTokenChunk &&
+        c.first_token + c.num_tokens - half > kFewTokenChunk) {
       split = half;
     }
   }

@@ -4,7 +4,7 @@
 //   q_pe, k_pe rotated (interleaved RoPE); [c_kv | k_pe] written to the latent cache
 //   prefill (a chunk of several tokens): K/V expanded from the cache, k = [W_UK c_kv | k_pe],
 //     v = W_UV c_kv, causal softmax attention
-//   decode (a chunk of at most kFewTokenChunk tokens: a decode token, or one with drafts to verify):
+//   decode (a chunk of at most kFewTokenChunk tokens: a decode token, or drafts to verify):
 //     absorbed — per token, q_lat = W_UK^T q_nope; scores = q_lat·c_kv + q_pe·k_pe over the
 //     positions up to its own; out = W_UV (sum_t p_t c_kv_t) — the cache is never expanded
 //   o_proj row-parallel: partial sums over the TP group are added.

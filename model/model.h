@@ -67,11 +67,9 @@ struct DecoderModelOptions {
 class DecoderModel : public ForwardModel {
  public:
   // Maps this rank's shard of the weights in `dir` and allocates its KV cache.
-  static absl::StatusOr<std::unique_ptr<DecoderModel>> Load(const std::string& dir,
-                                                            const ModelConfig& config,
-                                                            const ParallelContext& ctx,
-                                                            const KvCacheShape& cache,
-                                                            const DecoderModelOptions& options = {});
+  static absl::StatusOr<std::unique_ptr<DecoderModel>> Load(
+      const std::string& dir, const ModelConfig& config, const ParallelContext& ctx,
+      const KvCacheShape& cache, const DecoderModelOptions& options = {});
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;

@@ -140,8 +140,7 @@ absl::Status TwoBatchOverlap::Communicate(const std::function<absl::Status()>& c
   return std::move(b->collective_status);
 }
 
-absl::Status MicroBatchContext::Communicate(
-    const std::function<absl::Status()>& collective) const {
+absl::Status MicroBatchContext::Communicate(const std::function<absl::Status()>& collective) const {
   if (overlap != nullptr) return overlap->Communicate(collective);
   if (seconds == nullptr) return collective();
   const auto start = std::chrono::steady_clock::now();

@@ -65,7 +65,7 @@ double RelativeError(const Tensor& a, const Tensor& b) {
 struct LayoutOptions {
   bool speculative = false;  // decode with the MTP layer (sharded like the others)
   int draft_tokens = 1;
-  int64_t redundant_experts = 0;  // EPLB's replicas
+  int64_t redundant_experts = 0;   // EPLB's replicas
   bool two_batch_overlap = false;  // only the layouts of TP size 1 (it needs that)
   int64_t prefill_chunk = 8;
 };

@@ -18,7 +18,7 @@ namespace {
 TEST(TwoBatchOverlapTest, CollectivesAlternateBetweenTheMicroBatches) {
   TwoBatchOverlap overlap;
   for (int round = 0; round < 3; ++round) {  // the object is reused step after step
-    std::vector<std::string> order;            // written by the communication thread only
+    std::vector<std::string> order;          // written by the communication thread only
     const auto caller = std::this_thread::get_id();
     bool on_other_thread = true;
     // Micro-batch 1 has one collective fewer: after its last, 0 runs alone.
@@ -70,9 +70,8 @@ TEST(TwoBatchOverlapTest, ErrorsReachTheirMicroBatchAndRun) {
   TwoBatchOverlap overlap;
   std::vector<absl::StatusCode> seen(2);
   absl::Status s = overlap.Run([&](int mb) -> absl::Status {
-    absl::Status c = overlap.Communicate([mb] {
-      return mb == 1 ? absl::UnavailableError("peer gone") : absl::OkStatus();
-    });
+    absl::Status c = overlap.Communicate(
+        [mb] { return mb == 1 ? absl::UnavailableError("peer gone") : absl::OkStatus(); });
     seen[mb] = c.code();
     return c;
   });
@@ -81,9 +80,7 @@ TEST(TwoBatchOverlapTest, ErrorsReachTheirMicroBatchAndRun) {
   EXPECT_EQ(s.code(), absl::StatusCode::kUnavailable);
   EXPECT_EQ(s.message(), "peer gone");
   // A micro-batch's own error (no collective at all) comes out too, micro-batch 0's first.
-  s = overlap.Run([](int mb) {
-    return absl::InvalidArgumentError(mb == 0 ? "first" : "second");
-  });
+  s = overlap.Run([](int mb) { return absl::InvalidArgumentError(mb == 0 ? "first" : "second"); });
   EXPECT_EQ(s.message(), "first");
 }
 

@@ -65,30 +65,21 @@ Phases Measure(Engine& engine, int per_rank, int prompt, int steps) {
     }
     Must(alloc.EnsureCapacity(&s.block_table, prompt + steps + 1, engine.block_size()), "blocks");
   }
-  auto timed = [&](const std::vector<SequenceStep>& step, Timing* t) {
+  // `count` steps of `seqs` (each advancing its sequences), per step.
+  auto timed = [&](int count) {
     const double w0 = engine.model().CollectiveWaitSeconds(), t0 = Now();
-    Must(engine.Step(step, /*return_logits=*/false).status(), "step");
-    const double dt = Now() - t0;
-    if (dt < t->step_s) {
-      t->step_s = dt;
-      t->wait_s = engine.model().CollectiveWaitSeconds() - w0;
+    for (int i = 0; i < count; ++i) {
+      Must(engine.Step(seqs, /*return_logits=*/false).status(), "step");
+      for (auto& s : seqs) {
+        s.start_pos += static_cast<int64_t>(s.tokens.size());
+        s.tokens = {static_cast<int32_t>(s.seq_id % c.vocab_size)};
+      }
     }
+    return Timing{(Now() - t0) / count, (engine.model().CollectiveWaitSeconds() - w0) / count};
   };
   Phases p;
-  timed(seqs, &p.prefill);
-  for (auto& s : seqs) {
-    s.start_pos = prompt;
-    s.tokens = {static_cast<int32_t>(s.seq_id % c.vocab_size)};
-  }
-  Timing decode;
-  double waited = engine.model().CollectiveWaitSeconds();
-  const double t0 = Now();
-  for (int i = 0; i < steps; ++i) {
-    Must(engine.Step(seqs, /*return_logits=*/false).status(), "decode");
-    for (auto& s : seqs) ++s.start_pos;
-  }
-  p.decode.step_s = (Now() - t0) / steps;
-  p.decode.wait_s = (engine.model().CollectiveWaitSeconds() - waited) / steps;
+  p.prefill = timed(1);
+  p.decode = timed(steps);
   return p;
 }
 
@@ -115,9 +106,7 @@ int Main(int argc, char** argv) {
   auto off = Load(model, false);
   auto on = Load(model, true);
   const int world = off->parallel().plan().world_size();
-  Phases best_off, best_on;
-  best_off.prefill.step_s = best_off.decode.step_s = best_on.prefill.step_s =
-      best_on.decode.step_s = 1e30;
+  Phases best_off, best_on;  // Timing starts at 1e30: any round is better
   for (int r = 0; r < rounds; ++r) {
     Keep(Measure(*off, static_cast<int>(batch), static_cast<int>(prompt), static_cast<int>(steps)),
          &best_off);

@@ -12,6 +12,7 @@
 #include "common/tensor.h"
 #include "kernels/cpu/sampler.h"
 #include "model/forward_batch.h"
+#include "model/kv_cache.h"
 #include "parallel/shard_plan.h"
 
 namespace moe {
@@ -62,6 +63,9 @@ class ForwardModel {
   virtual absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) {
     return absl::UnimplementedError("this backend cannot move its experts");
   }
+  // The latent KV cache when it is in host memory (the CPU backend), for moving a sequence's KV
+  // between worker groups (prefill/decode disaggregation); null otherwise.
+  virtual KvCache* host_kv_cache() { return nullptr; }
   // What this rank read from the checkpoint, by part.
   virtual const WeightBytes& weight_bytes() const = 0;
 };

@@ -28,12 +28,18 @@ class KvCache {
   int64_t num_blocks() const { return num_blocks_; }
   int64_t block_size() const { return block_size_; }
   int64_t dim() const { return dim_; }
+  // Cache layers: the decoder's, then the MTP layers'.
+  int64_t layers() const { return static_cast<int64_t>(layout_.group_of.size()); }
+  const KvLayout& layout() const { return layout_; }
   // The group whose block tables hold `layer`'s positions.
   int group(int64_t layer) const { return layout_.group_of[static_cast<size_t>(layer)]; }
   // The block pool of `layer`: block b starts at Layer(layer) + b * block_size * dim.
   float* Layer(int64_t layer) { return data_.data() + SlotOffset(layer); }
   const float* Layer(int64_t layer) const { return data_.data() + SlotOffset(layer); }
   float* Row(int64_t layer, int32_t block, int64_t offset) {
+    return Layer(layer) + (static_cast<int64_t>(block) * block_size_ + offset) * dim_;
+  }
+  const float* Row(int64_t layer, int32_t block, int64_t offset) const {
     return Layer(layer) + (static_cast<int64_t>(block) * block_size_ + offset) * dim_;
   }
 

@@ -85,6 +85,7 @@ class DecoderModel : public ForwardModel {
   double CollectiveWaitSeconds() const override;
   absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
+  KvCache* host_kv_cache() override { return &cache_; }
 
  private:
   DecoderModel(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)

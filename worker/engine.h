@@ -112,6 +112,7 @@ class Engine {
   const ModelConfig& config() const { return config_; }
   const ParallelContext& parallel() const { return *ctx_; }
   ForwardModel& model() { return *model_; }
+  KvCache* host_kv_cache() { return model_->host_kv_cache(); }
   int64_t block_size() const { return options_.block_size; }
   int64_t num_blocks() const { return options_.kv_blocks; }
   int mtp_draft_tokens() const { return options_.mtp_draft_tokens; }

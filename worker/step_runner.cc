@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/logging.h"
 #include "common/status_macros.h"
 
 namespace moe {
@@ -47,6 +48,7 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     }
     MOE_RETURN_IF_ERROR(engine_.SetExpertPlacement(layers));
   }
+  if (kv_server_ != nullptr) kv_server_->Fence();
   std::vector<SequenceStep> steps(static_cast<size_t>(plan.sequences_size()));
   for (int i = 0; i < plan.sequences_size(); ++i) {
     const moe::v1::SequencePlan& p = plan.sequences(i);
@@ -70,7 +72,11 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     s.mtp = p.mtp();
     s.lookahead = p.lookahead();
   }
-  MOE_ASSIGN_OR_RETURN(StepOutput out, engine_.Step(steps, /*return_logits=*/false));
+  // A step may only move KV (every rank sees the same plan, so all skip the forward pass alike).
+  StepOutput out;
+  if (!steps.empty()) {
+    MOE_ASSIGN_OR_RETURN(out, engine_.Step(steps, /*return_logits=*/false));
+  }
   moe::v1::StepResult result;
   result.set_step(plan.step());
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -89,7 +95,47 @@ absl::StatusOr<moe::v1::StepResult> StepRunner::RunStep(const moe::v1::StepPlan&
     }
   }
   result.mutable_expert_tokens()->Add(out.expert_tokens.begin(), out.expert_tokens.end());
+  if (plan.kv_transfers_size() > 0) MOE_RETURN_IF_ERROR(TransferKv(plan, &result));
   return result;
+}
+
+absl::Status StepRunner::TransferKv(const moe::v1::StepPlan& plan, moe::v1::StepResult* result) {
+  const RankShard& shard = engine_.parallel().shard();
+  const KvCache* cache = engine_.host_kv_cache();
+  // Per transfer: [failed pushes, bytes written], summed over the world.
+  std::vector<int64_t> outcome(2 * static_cast<size_t>(plan.kv_transfers_size()), 0);
+  for (int i = 0; i < plan.kv_transfers_size(); ++i) {
+    const moe::v1::KvTransferPlan& t = plan.kv_transfers(i);
+    if (t.dp_group() != shard.dp_rank) continue;
+    const std::vector<int32_t> blocks(t.blocks().begin(), t.blocks().end());
+    for (const moe::v1::KvPeer& peer : t.peers()) {
+      if (peer.source_tp_rank() != shard.tp_rank) continue;
+      absl::StatusOr<int64_t> bytes = absl::UnimplementedError(
+          "KV transfer between worker groups needs the CPU backend (its cache in host memory)");
+      if (cache != nullptr) {
+        moe::v1::KvPushHeader header;
+        header.set_session(t.session());
+        header.set_seq_id(t.seq_id());
+        header.set_tokens(t.tokens());
+        header.mutable_blocks()->Add(t.decode_blocks().begin(), t.decode_blocks().end());
+        bytes = pusher_.Push(peer.address(), *cache, std::move(header), blocks);
+      }
+      if (bytes.ok()) {
+        outcome[2 * i + 1] += *bytes;
+      } else {
+        MOE_LOG(WARNING) << "sequence " << t.seq_id() << ": " << bytes.status().message();
+        outcome[2 * i] += 1;
+      }
+    }
+  }
+  MOE_RETURN_IF_ERROR(engine_.parallel().world().AllReduceSum(outcome.data(), outcome.size()));
+  for (int i = 0; i < plan.kv_transfers_size(); ++i) {
+    moe::v1::KvTransferDone* done = result->add_kv_transfers();
+    done->set_seq_id(plan.kv_transfers(i).seq_id());
+    done->set_ok(outcome[2 * i] == 0);
+    done->set_bytes(outcome[2 * i + 1]);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace moe

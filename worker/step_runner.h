@@ -9,6 +9,7 @@
 #include "absl/status/statusor.h"
 #include "moe/v1/cluster.pb.h"
 #include "worker/engine.h"
+#include "worker/kv_transfer.h"
 
 namespace moe {
 
@@ -22,7 +23,9 @@ struct StepProgress {
 
 class StepRunner {
  public:
-  explicit StepRunner(Engine& engine) : engine_(engine) {}
+  // `kv_server`: this decode rank's receiver of pushed KV (none in the main group).
+  explicit StepRunner(Engine& engine, KvTransferServer* kv_server = nullptr)
+      : engine_(engine), kv_server_(kv_server) {}
 
   // Collective. On the leader `plan` is the coordinator's and is sent; on the others it is
   // replaced by what the leader sent. Idle ranks sleep while they wait.
@@ -34,8 +37,13 @@ class StepRunner {
 
  private:
   absl::StatusOr<moe::v1::StepResult> RunStep(const moe::v1::StepPlan& plan);
+  // Collective: this rank's pushes of the plan's KV transfers, then one sum over the world of
+  // every transfer's failures and bytes, into the result.
+  absl::Status TransferKv(const moe::v1::StepPlan& plan, moe::v1::StepResult* result);
 
   Engine& engine_;
+  KvTransferServer* const kv_server_;
+  KvPusher pusher_;
   StepProgress progress_;
 };
 

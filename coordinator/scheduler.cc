@@ -11,7 +11,13 @@ namespace moe {
 Scheduler::Scheduler(SchedulerOptions options) : options_(std::move(options)) {
   const bool prefix_cache = options_.prefix_cache && options_.kv_layout.window_groups() == 0;
   for (int g = 0; g < options_.dp_groups; ++g) {
-    caches_.emplace_back(options_.blocks_per_group, options_.block_size, prefix_cache);
+    pool(WorkerGroup::kMain)
+        .caches.emplace_back(options_.blocks_per_group, options_.block_size, prefix_cache);
+  }
+  // The decode group admits no prompt: its blocks are a plain free list.
+  for (int g = 0; g < options_.decode_dp_groups; ++g) {
+    pool(WorkerGroup::kDecode)
+        .caches.emplace_back(options_.decode_blocks_per_group, options_.block_size, false);
   }
 }
 
@@ -33,23 +39,28 @@ absl::StatusOr<std::shared_ptr<Request>> Scheduler::Submit(RequestParams params)
 
 void Scheduler::Wake() {
   std::lock_guard<std::mutex> lock(mu_);
-  woken_ = true;
+  for (Pool& p : pools_) p.woken = true;
   cv_.notify_all();
 }
 
 bool Scheduler::idle() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return waiting_.empty() && running_.empty();
+  return waiting_.empty() && pools_[0].running.empty() && pools_[1].running.empty();
 }
 
 void Scheduler::Release(Sequence& s) {
+  if (s.decode_group >= 0) {
+    pool(WorkerGroup::kDecode).caches[s.decode_group].Release(&s.decode_blocks);
+    s.decode_group = -1;
+  }
   if (s.group < 0) return;
-  caches_[s.group].Release(&s.blocks);
-  for (std::vector<int32_t>& table : s.window_blocks) caches_[s.group].Release(&table);
+  PrefixCache& cache = pool(s.where).caches[s.group];
+  cache.Release(&s.blocks);
+  for (std::vector<int32_t>& table : s.window_blocks) cache.Release(&table);
 }
 
 absl::Status Scheduler::EnsureCapacity(Sequence& s, int64_t tokens) {
-  PrefixCache& cache = caches_[s.group];
+  PrefixCache& cache = pool(s.where).caches[s.group];
   MOE_RETURN_IF_ERROR(cache.EnsureCapacity(&s.blocks, tokens));
   for (std::vector<int32_t>& table : s.window_blocks) {
     MOE_RETURN_IF_ERROR(cache.EnsureCapacity(&table, tokens));
@@ -59,10 +70,12 @@ absl::Status Scheduler::EnsureCapacity(Sequence& s, int64_t tokens) {
 
 void Scheduler::Preempt(const SeqPtr& s) {
   Release(*s);
+  pool(s->where).running.remove(s);
   s->computed = 0;
   s->draft.clear();
   s->group = -1;
-  running_.remove(s);
+  s->where = WorkerGroup::kMain;
+  s->prefilled = false;
   // Back among the waiting, in arrival order: it resumes before later arrivals.
   auto it = std::find_if(waiting_.begin(), waiting_.end(),
                          [&](const SeqPtr& w) { return w->request->id() > s->request->id(); });
@@ -70,8 +83,10 @@ void Scheduler::Preempt(const SeqPtr& s) {
   ++preemptions_;
 }
 
-void Scheduler::PurgeCancelled() {
-  for (std::list<SeqPtr>* list : {&running_, &waiting_}) {
+void Scheduler::PurgeCancelled(WorkerGroup group) {
+  std::vector<std::list<SeqPtr>*> lists = {&pool(group).running};
+  if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
+  for (std::list<SeqPtr>* list : lists) {
     for (auto it = list->begin(); it != list->end();) {
       if ((*it)->request->cancelled()) {
         Release(**it);
@@ -112,14 +127,15 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   const bool samples = s->computed + n == static_cast<int64_t>(s->tokens.size());
   const int64_t ahead = options_.speculative && samples ? options_.mtp_draft_tokens - 1 : 0;
   // The window groups' blocks that no query from this chunk on sees go back first.
-  PrefixCache& cache = caches_[s->group];
+  Pool& p = pool(s->where);
+  PrefixCache& cache = p.caches[s->group];
   options_.kv_layout.ReleasePassedBlocks(s->window_blocks, s->computed, options_.block_size,
                                          [&](int32_t block) { cache.Release(block); });
   while (!EnsureCapacity(*s, s->computed + n + drafted + ahead).ok()) {
     // Preempt the newest running sequence of this group that is not in this step.
     SeqPtr victim;
-    for (const SeqPtr& r : running_) {
-      if (r->group == s->group && r != s && r->scheduled == 0 &&
+    for (const SeqPtr& r : p.running) {
+      if (r->group == s->group && r != s && r->scheduled == 0 && !r->transferring &&
           (!victim || r->request->id() > victim->request->id())) {
         victim = r;
       }
@@ -130,55 +146,97 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   s->scheduled = n;
   s->drafted = drafted;
   *budget -= n + drafted;
-  in_flight_.push_back(s);
+  p.in_flight.push_back(s);
+  // Disaggregated, the step that computes a prompt's end also sends its KV to the decode group,
+  // when blocks can be had there now.
+  if (samples && disaggregated() && s->where == WorkerGroup::kMain &&
+      s->generated + 1 < params.max_tokens && ReserveDecodeBlocks(*s, s->computed + n)) {
+    s->transferring = true;
+    p.transfers.push_back(s);
+  }
   return true;
 }
 
-std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
+bool Scheduler::ReserveDecodeBlocks(Sequence& s, int64_t tokens) {
+  std::vector<PrefixCache>& caches = pool(WorkerGroup::kDecode).caches;
+  int best = 0;
+  for (int g = 1; g < static_cast<int>(caches.size()); ++g) {
+    if (caches[g].available_blocks() > caches[best].available_blocks()) best = g;
+  }
+  if (!caches[best].EnsureCapacity(&s.decode_blocks, tokens).ok()) return false;
+  s.decode_group = best;
+  return true;
+}
+
+std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait, WorkerGroup group) {
   std::unique_lock<std::mutex> lock(mu_);
-  cv_.wait_for(lock, absl::ToChronoNanoseconds(wait),
-               [&] { return woken_ || !waiting_.empty() || !running_.empty(); });
-  woken_ = false;
-  PurgeCancelled();
-  in_flight_.clear();
+  const auto deadline = std::chrono::steady_clock::now() + absl::ToChronoNanoseconds(wait);
+  while (true) {
+    std::optional<moe::v1::StepPlan> plan = Plan(group);
+    if (plan || pool(group).woken) {
+      pool(group).woken = false;
+      return plan;
+    }
+    // Anything that can make work (a request, a cancellation, the other group's step) notifies.
+    if (cv_.wait_until(lock, deadline) == std::cv_status::timeout) return Plan(group);
+  }
+}
+
+std::optional<moe::v1::StepPlan> Scheduler::Plan(WorkerGroup group) {
+  if (group == WorkerGroup::kDecode && !disaggregated()) return std::nullopt;
+  PurgeCancelled(group);
+  Pool& pl = pool(group);
+  pl.in_flight.clear();
+  pl.transfers.clear();
   int64_t budget = options_.max_step_tokens;
-  // 1. Running sequences, oldest first. One that cannot get blocks is preempted itself.
-  const std::vector<SeqPtr> running(running_.begin(), running_.end());
+  // 1. Running sequences, oldest first. One that cannot get blocks is preempted itself. A
+  //    prefilled one (main group, disaggregated) only waits for decode blocks for its transfer.
+  const std::vector<SeqPtr> running(pl.running.begin(), pl.running.end());
   for (const SeqPtr& s : running) {
     if (s->group < 0) continue;  // preempted earlier in this loop
-    if (budget <= 0) break;
+    if (s->prefilled) {
+      if (ReserveDecodeBlocks(*s, s->computed)) {
+        s->transferring = true;
+        pl.transfers.push_back(s);
+      }
+      continue;
+    }
+    if (budget <= 0) continue;
     if (!Schedule(s, &budget)) Preempt(s);
   }
-  // 2. Waiting sequences, first come first served: stop at the first that does not fit.
-  while (!waiting_.empty() && budget > 0 &&
-         static_cast<int64_t>(running_.size()) < options_.max_running) {
+  // 2. Waiting sequences, first come first served: stop at the first that does not fit. (The
+  //    decode group of a disaggregated deployment admits none: its sequences come transferred.)
+  std::vector<PrefixCache>& caches = pl.caches;
+  while (group == WorkerGroup::kMain && !waiting_.empty() && budget > 0 &&
+         static_cast<int64_t>(pl.running.size()) < options_.max_running) {
     const SeqPtr s = waiting_.front();
     // The group with the longest cached prefix of the sequence, then the most blocks to be had.
     int best = 0;
-    int64_t best_hit = caches_[0].Peek(s->tokens);
+    int64_t best_hit = caches[0].Peek(s->tokens);
     for (int g = 1; g < options_.dp_groups; ++g) {
-      const int64_t hit = caches_[g].Peek(s->tokens);
-      if (hit > best_hit || (hit == best_hit && caches_[g].available_blocks() > caches_[best].available_blocks())) {
+      const int64_t hit = caches[g].Peek(s->tokens);
+      if (hit > best_hit ||
+          (hit == best_hit && caches[g].available_blocks() > caches[best].available_blocks())) {
         best = g;
         best_hit = hit;
       }
     }
     s->group = best;
-    s->computed = caches_[best].Match(s->tokens, &s->blocks);
+    s->computed = caches[best].Match(s->tokens, &s->blocks);
     if (!Schedule(s, &budget)) {
       Release(*s);
       s->computed = 0;
       s->group = -1;
       break;
     }
-    caches_[best].RecordLookup(static_cast<int64_t>(s->tokens.size()), s->computed);
+    caches[best].RecordLookup(static_cast<int64_t>(s->tokens.size()), s->computed);
     waiting_.pop_front();
-    running_.push_back(s);
+    pl.running.push_back(s);
   }
-  if (in_flight_.empty()) return std::nullopt;
+  if (pl.in_flight.empty() && pl.transfers.empty()) return std::nullopt;
   moe::v1::StepPlan plan;
   plan.set_step(next_step_++);
-  for (const SeqPtr& s : in_flight_) {
+  for (const SeqPtr& s : pl.in_flight) {
     moe::v1::SequencePlan* p = plan.add_sequences();
     p->set_seq_id(s->request->id());
     p->mutable_tokens()->Add(s->tokens.begin() + s->computed,
@@ -204,28 +262,44 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait) {
       }
     }
   }
+  for (const SeqPtr& s : pl.transfers) {
+    moe::v1::KvTransferPlan* t = plan.add_kv_transfers();
+    // The positions computed by the end of this step: the prompt (and, after a preemption, the
+    // tokens generated before it); the sampled token's are the decode group's to compute.
+    const int64_t tokens = s->computed + s->scheduled;
+    const int64_t blocks = (tokens + options_.block_size - 1) / options_.block_size;
+    t->set_seq_id(s->request->id());
+    t->set_dp_group(s->group);
+    t->mutable_blocks()->Add(s->blocks.begin(), s->blocks.begin() + blocks);
+    t->set_tokens(tokens);
+    t->mutable_decode_blocks()->Add(s->decode_blocks.begin(), s->decode_blocks.end());
+    t->set_decode_dp_group(s->decode_group);
+  }
   return plan;
 }
 
 void Scheduler::EndSequence(const SeqPtr& s) {
   Release(*s);
-  running_.remove(s);
+  pool(s->where).running.remove(s);
 }
 
-void Scheduler::Complete(const moe::v1::StepResult& result) {
+void Scheduler::Complete(const moe::v1::StepResult& result, WorkerGroup group) {
   std::lock_guard<std::mutex> lock(mu_);
-  for (const SeqPtr& s : in_flight_) {
+  cv_.notify_all();  // blocks came back, or sequences reached the decode group
+  Pool& pl = pool(group);
+  for (const SeqPtr& s : pl.in_flight) {
     s->computed += s->scheduled;
     s->scheduled = 0;
   }
   absl::flat_hash_map<int64_t, SeqPtr> by_id;
-  for (const SeqPtr& s : in_flight_) by_id.emplace(s->request->id(), s);
+  for (const SeqPtr& s : pl.in_flight) by_id.emplace(s->request->id(), s);
   std::vector<SeqPtr> ended;
   for (int i = 0; i < result.seq_ids_size(); ++i) {
     auto it = by_id.find(result.seq_ids(i));
     if (it == by_id.end()) continue;
     const SeqPtr s = it->second;
     if (s->request->cancelled() || s->group < 0) continue;  // leaves at the next step
+    if (disaggregated() && group == WorkerGroup::kMain) s->prefilled = true;
     // This step's tokens: the first sampled one, then (speculating) those after it.
     std::vector<int32_t> made = {result.tokens(i)};
     if (i < result.next_tokens_size()) {
@@ -257,35 +331,96 @@ void Scheduler::Complete(const moe::v1::StepResult& result) {
       }
     }
   }
-  for (const SeqPtr& s : in_flight_) {
+  for (const SeqPtr& s : pl.in_flight) {
     s->drafted = 0;
     // Its blocks that are now full and computed can serve later sequences.
-    if (s->group >= 0) caches_[s->group].Commit(s->tokens, s->computed, s->blocks);
+    if (s->group >= 0) pl.caches[s->group].Commit(s->tokens, s->computed, s->blocks);
   }
   for (const SeqPtr& s : ended) EndSequence(s);
-  in_flight_.clear();
+  pl.in_flight.clear();
+  if (group == WorkerGroup::kMain) CompleteTransfers(result);
 }
 
-void Scheduler::FailAll(const absl::Status& status) {
-  std::lock_guard<std::mutex> lock(mu_);
-  for (std::list<SeqPtr>* list : {&running_, &waiting_}) {
+void Scheduler::CompleteTransfers(const moe::v1::StepResult& result) {
+  Pool& main = pool(WorkerGroup::kMain);
+  absl::flat_hash_map<int64_t, const moe::v1::KvTransferDone*> done;
+  for (const moe::v1::KvTransferDone& d : result.kv_transfers()) done.emplace(d.seq_id(), &d);
+  for (const SeqPtr& s : main.transfers) {
+    s->transferring = false;
+    // Ended by its first token, or cancelled (it leaves at the next step, its blocks with it).
+    if (s->decode_group < 0 || s->request->cancelled()) continue;
+    const auto it = done.find(s->request->id());
+    const bool ok = it != done.end() && it->second->ok();
+    if (it != done.end()) {
+      ++(ok ? kv_transfers_ : kv_transfer_failures_);
+      kv_transfer_bytes_ += it->second->bytes();
+    }
+    if (!ok) {
+      s->request->Fail(absl::UnavailableError(absl::StrCat(
+          "the KV transfer of request ", s->request->id(), " to the decode group failed",
+          it == done.end() ? " (no result)" : " (the main group's worker logs say why)")));
+      EndSequence(s);
+      continue;
+    }
+    // Decoding goes on in the decode group, from the blocks the KV went to.
+    PrefixCache& cache = main.caches[s->group];
+    cache.Release(&s->blocks);
+    main.running.remove(s);
+    s->where = WorkerGroup::kDecode;
+    s->group = s->decode_group;
+    s->blocks = std::move(s->decode_blocks);
+    s->decode_blocks.clear();
+    s->decode_group = -1;
+    s->prefilled = false;
+    pool(WorkerGroup::kDecode).running.push_back(s);
+  }
+  main.transfers.clear();
+}
+
+void Scheduler::FailPool(WorkerGroup group, const absl::Status& status) {
+  Pool& pl = pool(group);
+  std::vector<std::list<SeqPtr>*> lists = {&pl.running};
+  if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
+  for (std::list<SeqPtr>* list : lists) {
     for (const SeqPtr& s : *list) {
       Release(*s);
+      s->transferring = false;
       s->request->Fail(status);
     }
     list->clear();
   }
-  in_flight_.clear();
-  for (PrefixCache& c : caches_) c.Clear();
+  pl.in_flight.clear();
+  pl.transfers.clear();
+  for (PrefixCache& c : pl.caches) c.Clear();
   cv_.notify_all();
+}
+
+void Scheduler::FailAll(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FailPool(WorkerGroup::kMain, status);
+  FailPool(WorkerGroup::kDecode, status);
+}
+
+void Scheduler::FailMainGroup(const absl::Status& status) {
+  std::lock_guard<std::mutex> lock(mu_);
+  FailPool(WorkerGroup::kMain, status);
 }
 
 SchedulerStats Scheduler::Stats() const {
   std::lock_guard<std::mutex> lock(mu_);
   SchedulerStats st;
   st.waiting = static_cast<int64_t>(waiting_.size());
-  st.running = static_cast<int64_t>(running_.size());
-  for (const PrefixCache& c : caches_) {
+  st.decode_running = static_cast<int64_t>(pools_[1].running.size());
+  st.running = static_cast<int64_t>(pools_[0].running.size()) + st.decode_running;
+  st.kv_transfers = kv_transfers_;
+  st.kv_transfer_failures = kv_transfer_failures_;
+  st.kv_transfer_bytes = kv_transfer_bytes_;
+  std::vector<const PrefixCache*> caches;
+  for (const Pool& p : pools_) {
+    for (const PrefixCache& c : p.caches) caches.push_back(&c);
+  }
+  for (const PrefixCache* cp : caches) {
+    const PrefixCache& c = *cp;
     st.blocks_free += c.available_blocks();
     st.blocks_used += c.total_blocks() - c.available_blocks();  // held by sequences
     const PrefixCacheStats p = c.stats();

@@ -110,6 +110,18 @@ class FakeEngine {
     return r;
   }
 
+  // Disaggregation: copies the positions a transfer covers into `to`'s blocks, as the workers'
+  // push does; false when one of them was never written here.
+  bool Transfer(const moe::v1::KvTransferPlan& t, FakeEngine& to) {
+    for (int64_t pos = 0; pos < t.tokens(); ++pos) {
+      const int i = static_cast<int>(pos / o_.block_size);
+      const int32_t token = Slot(t.dp_group(), t.blocks(i), pos);
+      if (token < 0) return false;
+      to.Slot(t.decode_dp_group(), t.decode_blocks(i), pos) = token;
+    }
+    return true;
+  }
+
  private:
   int32_t& Slot(int group, int32_t block, int64_t pos) {
     auto& slots = blocks_[{group, block}];
@@ -634,6 +646,220 @@ TEST(PrefixCacheSchedulerTest, FailAllForgetsTheCachedPrefixes) {
   EXPECT_EQ(p->sequences(0).start_pos(), 0);
   s.Complete(fresh.Run(*p));
   EXPECT_EQ(Drive(s, fresh, {b})[0], Expected(prompt, 3));
+}
+
+}  // namespace
+}  // namespace moe
+
+namespace moe {
+namespace {
+
+// Prefill/decode disaggregation: the main group's fake engine prefills, its transfers copy the
+// positions' slots into the decode group's fake engine, which decodes. The decode engine starts
+// empty, so a sequence decoding from blocks that no transfer (or an incomplete one) filled reads
+// unwritten positions, and outputs are the whole sequence's direct computation.
+class Disaggregated {
+ public:
+  explicit Disaggregated(SchedulerOptions o, int64_t step_tokens = 16)
+      : main_opts_(Main(o, step_tokens)),
+        decode_opts_(Decode(main_opts_)),
+        s_(main_opts_),
+        main_(main_opts_),
+        decode_(decode_opts_) {}
+
+  static SchedulerOptions Main(SchedulerOptions o, int64_t step_tokens) {
+    o.max_step_tokens = step_tokens;
+    return o;
+  }
+  static SchedulerOptions Decode(const SchedulerOptions& o) {
+    SchedulerOptions d = o;
+    d.dp_groups = o.decode_dp_groups;
+    d.blocks_per_group = o.decode_blocks_per_group;
+    return d;
+  }
+
+  Scheduler& scheduler() { return s_; }
+  std::shared_ptr<Request> Submit(std::vector<int32_t> prompt, int64_t max_tokens) {
+    return *s_.Submit(Params(std::move(prompt), max_tokens));
+  }
+  // The main group's step and its transfers (those of `fail_seq` fail).
+  std::optional<moe::v1::StepPlan> PlanMain() { return s_.NextStep(absl::ZeroDuration()); }
+  moe::v1::StepResult RunMain(const moe::v1::StepPlan& plan) {
+    moe::v1::StepResult r = main_.Run(plan);
+    main_sampled += r.tokens_size();
+    for (const auto& t : plan.kv_transfers()) {
+      moe::v1::KvTransferDone* d = r.add_kv_transfers();
+      d->set_seq_id(t.seq_id());
+      const bool ok = t.seq_id() != fail_seq && main_.Transfer(t, decode_);
+      d->set_ok(ok);
+      d->set_bytes(ok ? t.tokens() : 0);
+      ++transfers;
+    }
+    return r;
+  }
+  std::optional<moe::v1::StepPlan> PlanDecode() {
+    return s_.NextStep(absl::ZeroDuration(), WorkerGroup::kDecode);
+  }
+  moe::v1::StepResult RunDecode(const moe::v1::StepPlan& plan) {
+    EXPECT_EQ(plan.kv_transfers_size(), 0);
+    for (const auto& e : plan.sequences()) EXPECT_LT(e.dp_group(), decode_opts_.dp_groups);
+    decoded_tokens += plan.sequences_size();
+    return decode_.Run(plan);
+  }
+  // Both groups' steps in flight at once, then completed (decode first), until idle.
+  void Drive(int max_steps = 10000) {
+    for (int i = 0; i < max_steps && !s_.idle(); ++i) {
+      auto pm = PlanMain();
+      auto pd = PlanDecode();
+      const moe::v1::StepResult rm = pm ? RunMain(*pm) : moe::v1::StepResult();
+      const moe::v1::StepResult rd = pd ? RunDecode(*pd) : moe::v1::StepResult();
+      if (pd) s_.Complete(rd, WorkerGroup::kDecode);
+      if (pm) s_.Complete(rm);
+    }
+    EXPECT_TRUE(s_.idle());
+  }
+
+  int64_t fail_seq = -1;
+  // Tokens the main group sampled (one per prefill: the main group never decodes), transfers it
+  // ran, sequence entries of the decode group's steps.
+  int64_t main_sampled = 0, transfers = 0, decoded_tokens = 0;
+
+ private:
+  SchedulerOptions main_opts_, decode_opts_;
+  Scheduler s_;
+  FakeEngine main_, decode_;
+};
+
+SchedulerOptions DisaggregatedOptions(int64_t main_blocks, int decode_groups,
+                                      int64_t decode_blocks) {
+  SchedulerOptions o = Options(2, main_blocks, 4, 16);
+  o.decode_dp_groups = decode_groups;
+  o.decode_blocks_per_group = decode_blocks;
+  return o;
+}
+
+std::vector<int32_t> Tokens(const std::shared_ptr<Request>& r) {
+  std::vector<int32_t> t;
+  r->Wait(absl::ZeroDuration(), &t);
+  return t;
+}
+
+TEST(DisaggregatedSchedulerTest, PrefillsInTheMainGroupAndDecodesInTheDecodeGroup) {
+  Disaggregated d(DisaggregatedOptions(64, 2, 64));
+  std::vector<std::shared_ptr<Request>> reqs;
+  std::vector<std::vector<int32_t>> prompts;
+  int64_t transferred_tokens = 0, decoding = 0;
+  for (int i = 0; i < 12; ++i) {
+    prompts.push_back(Range(100 + 7 * i, 1 + (i * 11) % 37));  // 1..37 tokens: chunked at 16
+    const int64_t max_tokens = 1 + (i * 5) % 9;
+    reqs.push_back(d.Submit(prompts.back(), max_tokens));
+    if (max_tokens > 1) {
+      transferred_tokens += static_cast<int64_t>(prompts.back().size());
+      ++decoding;
+    }
+  }
+  d.Drive();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(Tokens(reqs[i]), Expected(prompts[i], 1 + (static_cast<int64_t>(i) * 5) % 9))
+        << "request " << i;
+    EXPECT_TRUE(reqs[i]->status().ok());
+  }
+  const SchedulerStats st = d.scheduler().Stats();
+  EXPECT_EQ(st.kv_transfers, decoding);  // one transfer each; none for a one-token request
+  EXPECT_EQ(d.transfers, decoding);
+  EXPECT_EQ(st.kv_transfer_bytes, transferred_tokens);  // the fake counts positions
+  EXPECT_EQ(st.kv_transfer_failures, 0);
+  EXPECT_EQ(st.blocks_used, 0);
+  EXPECT_EQ(d.main_sampled, 12);  // each request's first token; the rest came from decode
+  EXPECT_GT(d.decoded_tokens, 0);
+}
+
+// A decode group too small for everyone: transfers wait for blocks (the prefilled sequences keep
+// theirs), and decoding sequences are preempted and prefilled again by the main group.
+TEST(DisaggregatedSchedulerTest, TransfersWaitForDecodeBlocksAndPreemptedSequencesComeBack) {
+  Disaggregated d(DisaggregatedOptions(64, 1, 12));  // 48 decode positions
+  std::vector<std::shared_ptr<Request>> reqs;
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    prompts.push_back(Range(10 * i, 9 + i));
+    reqs.push_back(d.Submit(prompts.back(), 14));
+  }
+  d.Drive();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_EQ(Tokens(reqs[i]), Expected(prompts[i], 14)) << "request " << i;
+  }
+  const SchedulerStats st = d.scheduler().Stats();
+  EXPECT_GT(st.preemptions, 0);
+  EXPECT_GT(st.kv_transfers, 6);  // preempted ones were transferred again
+  EXPECT_EQ(d.main_sampled, 6 + st.preemptions);
+  EXPECT_EQ(st.blocks_used, 0);
+}
+
+TEST(DisaggregatedSchedulerTest, CancellationDuringTransferFreesBlocksInBothGroups) {
+  Disaggregated d(DisaggregatedOptions(16, 1, 16));
+  auto r = d.Submit(Range(3, 10), 8);
+  auto other = d.Submit(Range(40, 6), 8);
+  auto plan = d.PlanMain();
+  ASSERT_TRUE(plan);
+  ASSERT_EQ(plan->kv_transfers_size(), 2);          // both prompts end in this step: sent with it
+  EXPECT_GT(d.scheduler().Stats().blocks_used, 6);  // 3 + 2 main, 3 + 2 decode
+  r->Cancel();  // while the step (and its transfer) is in flight
+  d.scheduler().Complete(d.RunMain(*plan));
+  d.Drive();
+  EXPECT_EQ(r->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(Tokens(other), Expected(Range(40, 6), 8));
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
+  EXPECT_EQ(d.scheduler().Stats().decode_running, 0);
+}
+
+TEST(DisaggregatedSchedulerTest, CancellationWhileWaitingForDecodeBlocksFreesThem) {
+  Disaggregated d(DisaggregatedOptions(16, 1, 3));  // room for one 8-token prompt's transfer
+  auto a = d.Submit(Range(3, 8), 3);
+  auto b = d.Submit(Range(50, 8), 3);
+  auto plan = d.PlanMain();
+  ASSERT_EQ(plan->kv_transfers_size(), 1);
+  d.scheduler().Complete(d.RunMain(*plan));
+  EXPECT_EQ(d.scheduler().Stats().decode_running, 1);
+  // b is prefilled and holds its main blocks, waiting for decode ones.
+  EXPECT_FALSE(d.PlanMain().has_value());
+  EXPECT_GT(d.scheduler().Stats().blocks_used, 3);
+  b->Cancel();
+  d.Drive();
+  EXPECT_EQ(Tokens(a), Expected(Range(3, 8), 3));
+  EXPECT_EQ(b->status().code(), absl::StatusCode::kCancelled);
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
+}
+
+TEST(DisaggregatedSchedulerTest, AFailedTransferFailsItsRequestUnavailable) {
+  Disaggregated d(DisaggregatedOptions(32, 2, 32));
+  auto a = d.Submit(Range(3, 9), 5);
+  auto b = d.Submit(Range(60, 12), 5);
+  d.fail_seq = b->id();
+  d.Drive();
+  EXPECT_EQ(Tokens(a), Expected(Range(3, 9), 5));
+  EXPECT_EQ(b->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_THAT(std::string(b->status().message()), ::testing::HasSubstr("KV transfer"));
+  EXPECT_EQ(d.scheduler().Stats().kv_transfer_failures, 1);
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
+}
+
+TEST(DisaggregatedSchedulerTest, TheMainGroupFailingEndsOnlyTheRequestsNotYetDecoding) {
+  Disaggregated d(DisaggregatedOptions(32, 1, 32), /*step_tokens=*/8);
+  auto decoding = d.Submit(Range(3, 6), 6);
+  auto plan = d.PlanMain();
+  d.scheduler().Complete(d.RunMain(*plan));
+  ASSERT_EQ(d.scheduler().Stats().decode_running, 1);
+  auto prefilling = d.Submit(Range(70, 30), 6);  // four chunks of 8
+  auto waiting = d.Submit(Range(20, 3), 6);
+  plan = d.PlanMain();
+  ASSERT_TRUE(plan);
+  d.scheduler().FailMainGroup(absl::UnavailableError("a worker of the main group failed"));
+  EXPECT_EQ(prefilling->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(waiting->status().code(), absl::StatusCode::kUnavailable);
+  d.Drive();
+  EXPECT_EQ(Tokens(decoding), Expected(Range(3, 6), 6));
+  EXPECT_TRUE(decoding->status().ok());
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
 }
 
 }  // namespace

@@ -36,7 +36,8 @@ Cluster::Cluster(ShardPlan plan, Options options, PhaseCallback on_phase)
 
 void Cluster::NewSessionLocked() {
   std::random_device rd;
-  session_ = absl::StrFormat("s%d-%08x", ++sessions_, rd());
+  session_ = absl::StrFormat("%ss%d-%08x", options_.group.empty() ? "" : options_.group + "-",
+                             ++sessions_, rd());
   workers_.clear();
   leader_ = nullptr;
   failure_.clear();
@@ -90,10 +91,10 @@ absl::StatusOr<moe::v1::RegisterResponse> Cluster::Register(const moe::v1::Regis
           "rank ", r.rank(), " uses ", r.collective(), " collectives, rank ",
           workers_.begin()->first, " uses ", workers_.begin()->second.info.collective()));
     }
-    workers_[r.rank()] = Worker{r, absl::Now(), false, {}};
+    workers_[r.rank()] = Worker{r, absl::Now(), false, {}, ""};
     session = session_;
-    MOE_LOG(INFO) << "rank " << r.rank() << " registered from " << r.host() << " (pid " << r.pid()
-                  << "): " << workers_.size() << " of " << world;
+    MOE_LOG(INFO) << Name() << "rank " << r.rank() << " registered from " << r.host() << " (pid "
+                  << r.pid() << "): " << workers_.size() << " of " << world;
     if (static_cast<int>(workers_.size()) == world) {
       for (auto& [rank, w] : workers_) w.last_heartbeat = absl::Now();
       SetPhaseLocked(Phase::kLoading, "all workers registered");
@@ -145,7 +146,9 @@ absl::Status Cluster::Ready(const moe::v1::ReadyRequest& r) {
     auto it = workers_.find(r.rank());
     if (it == workers_.end()) return absl::InvalidArgumentError("unknown rank");
     it->second.ready = true;
-    MOE_LOG(INFO) << "rank " << r.rank() << " ready: " << r.weight_bytes_detail();
+    it->second.kv_address = r.kv_address();
+    MOE_LOG(INFO) << Name() << "rank " << r.rank() << " ready: " << r.weight_bytes_detail()
+                  << (r.kv_address().empty() ? "" : "; KV transfers to " + r.kv_address());
     bool all = true;
     for (const auto& [rank, w] : workers_) all &= w.ready;
     if (all) SetPhaseLocked(Phase::kServing, "every worker loaded its shard");
@@ -260,7 +263,7 @@ void Cluster::Fail(const std::string& why) {
 
 void Cluster::FailLocked(const std::string& why) {
   failure_ = why;
-  MOE_LOG(ERROR) << why << ": the cluster failed";
+  MOE_LOG(ERROR) << Name() << why << ": the cluster failed";
   SetPhaseLocked(Phase::kFailed, why);
   step_in_flight_.reset();
   if (leader_ != nullptr) leader_->TryCancel();
@@ -297,6 +300,22 @@ bool Cluster::IsCurrent(const std::string& session) const {
 bool Cluster::WaitFor(Phase phase, absl::Duration timeout) const {
   std::unique_lock<std::mutex> lock(mu_);
   return cv_.wait_for(lock, absl::ToChronoNanoseconds(timeout), [&] { return phase_ == phase; });
+}
+
+std::vector<std::string> Cluster::KvAddresses(int dp_group) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> out;
+  if (phase_ != Phase::kServing) return out;
+  const int tp = plan_.tp_size();
+  for (int r = dp_group * tp; r < (dp_group + 1) * tp; ++r) {
+    auto it = workers_.find(r);
+    out.push_back(it == workers_.end() ? "" : it->second.kv_address);
+  }
+  return out;
+}
+
+std::string Cluster::Name() const {
+  return options_.group.empty() ? "" : options_.group + " group: ";
 }
 
 std::string Cluster::Describe() const {

@@ -31,6 +31,9 @@ class Cluster {
  public:
   enum class Phase { kWaitingForWorkers, kLoading, kServing, kFailed, kShuttingDown };
   struct Options {
+    // The worker group's name in its sessions and messages: "" for the main group, "decode" for
+    // the decode group of a disaggregated deployment.
+    std::string group;
     int kv_block_size = 64;
     int64_t kv_blocks = 0;  // per rank
     bool mtp = false;       // the workers load the MTP layer (speculative decoding)
@@ -75,6 +78,9 @@ class Cluster {
   // "serving", or why not: "waiting for workers: 2 of 4 registered (missing ranks 1, 3)", ...
   std::string Describe() const;
   const ShardPlan& plan() const { return plan_; }
+  // Disaggregation: the KvTransfer addresses of DP group `dp_group`'s ranks, in TP order, as
+  // their ready reports gave them (empty unless serving).
+  std::vector<std::string> KvAddresses(int dp_group) const;
 
  private:
   struct Worker {
@@ -82,6 +88,7 @@ class Cluster {
     absl::Time last_heartbeat;
     bool ready = false;
     moe::v1::HeartbeatRequest progress;  // the last heartbeat's step progress
+    std::string kv_address;              // a decode-group rank's KvTransfer service
   };
   struct StepInFlight {
     int64_t step;
@@ -89,6 +96,7 @@ class Cluster {
     absl::Time sent;
     absl::Duration deadline;
   };
+  std::string Name() const;  // "decode group: " (empty for the main group), for messages
   void FailLocked(const std::string& why);
   std::string CheckHeartbeatsLocked(absl::Time now) const;  // why the session failed, or ""
   std::string CheckStepLocked(absl::Time now) const;

@@ -43,8 +43,8 @@ absl::StatusOr<std::unique_ptr<Generation>> Generation::Start(
     ctx.metrics->RequestEnded(OutcomeOf(s));
     return s;
   };
-  if (ctx.cluster->phase() != Cluster::Phase::kServing) {
-    return reject(absl::UnavailableError(absl::StrCat("not serving: ", ctx.cluster->Describe())));
+  if (std::string why; !Serving(ctx, &why)) {
+    return reject(absl::UnavailableError(absl::StrCat("not serving: ", why)));
   }
   moe::v1::GenerateRequest encoded;
   const moe::v1::GenerateRequest* r = &request;

@@ -104,8 +104,10 @@ std::string Metrics::Render(const Gauges& g) const {
                                     "Time between consecutive tokens of a request."));
   gauge("moe_queue_depth", "Requests waiting to be admitted.", g.waiting);
   gauge("moe_running_sequences", "Sequences in the running batch.", g.running);
-  gauge("moe_kv_blocks_used", "KV cache blocks holding sequences (all DP groups).", g.blocks_used);
-  gauge("moe_kv_blocks_free", "KV cache blocks free (all DP groups).", g.blocks_free);
+  gauge("moe_kv_blocks_used",
+        "KV cache blocks holding sequences (all DP groups, all worker groups).", g.blocks_used);
+  gauge("moe_kv_blocks_free", "KV cache blocks free (all DP groups, all worker groups).",
+        g.blocks_free);
   counter("moe_preemptions_total", "Sequences preempted for lack of KV blocks.",
           static_cast<uint64_t>(g.preemptions));
   gauge("moe_serving", "1 when every worker is ready.", g.serving ? 1 : 0);
@@ -122,6 +124,14 @@ std::string Metrics::Render(const Gauges& g) const {
           static_cast<uint64_t>(g.spec_drafts));
   counter("moe_spec_decode_accepted_tokens_total", "Draft tokens the model accepted (--mtp).",
           static_cast<uint64_t>(g.spec_accepted));
+  counter("moe_kv_transfers_total",
+          "Sequences whose KV went from the main group to the decode group (--decode-world-size).",
+          static_cast<uint64_t>(g.kv_transfers));
+  counter("moe_kv_transfer_failures_total", "KV transfers that failed (their requests with them).",
+          static_cast<uint64_t>(g.kv_transfer_failures));
+  counter("moe_kv_transfer_bytes_total",
+          "Bytes of KV the decode group's ranks received, all of them together.",
+          static_cast<uint64_t>(g.kv_transfer_bytes));
   counter("moe_eplb_rebalances_total", "Times EPLB moved the experts (--eplb-interval-steps).",
           rebalances_);
   absl::StrAppend(&out,

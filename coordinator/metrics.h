@@ -46,6 +46,8 @@ class Metrics {
     int64_t prefix_query_tokens = 0, prefix_hit_tokens = 0, prefix_cached_blocks = 0, prefix_evictions = 0;
     // Speculative decoding (--mtp): draft tokens verified and accepted (counters).
     int64_t spec_drafts = 0, spec_accepted = 0;
+    // Prefill/decode disaggregation: KV transfers done and failed, bytes written (counters).
+    int64_t kv_transfers = 0, kv_transfer_failures = 0, kv_transfer_bytes = 0;
   };
   std::string Render(const Gauges& gauges) const;
 

@@ -29,6 +29,7 @@ int main(int argc, char** argv) {
   moe::CoordinatorOptions o;
   std::string model, api_key;
   int64_t world = o.world, tp = o.tp, metrics_port = o.metrics_port;
+  int64_t decode_world = o.decode_world, decode_tp = o.decode_tp;
   int64_t startup_timeout_s = 600, heartbeat_timeout_s = 10, drain_timeout_s = 30;
   moe::FlagParser flags(
       "moe-coordinator",
@@ -66,6 +67,13 @@ int main(int argc, char** argv) {
                   "tokenizer_config.json). Default: --model.");
   flags.AddInt("world-size", &world, "Worker ranks W.");
   flags.AddInt("tp", &tp, "Attention tensor-parallel size T (divides W; 0: W).");
+  flags.AddInt(
+      "decode-world-size", &decode_world,
+      "Prefill/decode disaggregation: a decode worker group of this many ranks (moe-worker "
+      "--group decode) beside the --world-size ranks, which then only prefill; each "
+      "prompt's KV goes once to the decode group, which generates the rest. 0: none.");
+  flags.AddInt("decode-tp", &decode_tp,
+               "The decode group's attention TP size (divides --decode-world-size; 0: all of it).");
   flags.AddString("listen", &o.listen,
                   "Public gRPC address HOST:PORT (port 0 picks one; it is logged).");
   flags.AddString("cluster-listen", &o.cluster_listen,
@@ -144,6 +152,8 @@ int main(int argc, char** argv) {
   moe::SetLogPrefix("coordinator");
   o.world = static_cast<int>(world);
   o.tp = static_cast<int>(tp);
+  o.decode_world = static_cast<int>(decode_world);
+  o.decode_tp = static_cast<int>(decode_tp);
   o.metrics_port = static_cast<int>(metrics_port);
   o.startup_timeout = absl::Seconds(startup_timeout_s);
   o.heartbeat_timeout = absl::Seconds(heartbeat_timeout_s);

@@ -225,11 +225,11 @@ void OpenAiApi::Register(httplib::Server* server) {
   });
 
   server->Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    if (ctx_.cluster->phase() == Cluster::Phase::kServing) {
-      res.status = 200;
+    if (std::string why; !Serving(ctx_, &why)) {
+      SendError(res, 503, absl::StrCat("not serving: ", why));
       return;
     }
-    SendError(res, 503, absl::StrCat("not serving: ", ctx_.cluster->Describe()));
+    res.status = 200;
   });
 
   server->Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {

@@ -74,6 +74,36 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   MOE_ASSIGN_OR_RETURN(ShardPlan plan, ShardPlan::Create(config, o.world, o.tp > 0 ? o.tp : o.world,
                                                          o.redundant_experts));
+  std::optional<ShardPlan> decode_plan;
+  if (o.decode_world < 0 || o.decode_tp < 0) {
+    return absl::InvalidArgumentError("--decode-world-size and --decode-tp must be >= 0");
+  }
+  if (o.decode_world > 0) {
+    MOE_ASSIGN_OR_RETURN(
+        decode_plan,
+        ShardPlan::Create(config, o.decode_world, o.decode_tp > 0 ? o.decode_tp : o.decode_world,
+                          o.redundant_experts));
+    if (KvLayout::For(config).window_groups() > 0) {
+      return absl::InvalidArgumentError(
+          "--decode-world-size: this model's window layer groups (sliding or chunked attention) "
+          "keep several block tables a sequence, which the KV transfer does not carry yet");
+    }
+    // MLA's latent is whole on every TP rank; GQA's KV heads are split like the query heads.
+    if (!config.is_mla() && decode_plan->tp_size() != plan.tp_size()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--decode-tp ", decode_plan->tp_size(), " must equal --tp ", plan.tp_size(),
+                       " for this model: its KV heads are split over the TP ranks"));
+    }
+    if (o.eplb_interval_steps > 0) {
+      return absl::InvalidArgumentError(
+          "--eplb-interval-steps with --decode-world-size: EPLB moves one worker group's experts; "
+          "not yet both");
+    }
+    if (o.two_batch_overlap && decode_plan->tp_size() > 1) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--two-batch-overlap needs --decode-tp 1 as well, not ", decode_plan->tp_size()));
+    }
+  }
   if (o.eplb_interval_steps < 0 || o.eplb_window_steps < 0) {
     return absl::InvalidArgumentError("--eplb-interval-steps and --eplb-window-steps must be >= 0");
   }
@@ -99,7 +129,11 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
     return absl::InvalidArgumentError(
         absl::StrCat("--kv-cache-mb ", o.kv_cache_mb, " holds no block of ", per_block, " bytes"));
   }
-  MOE_LOG(INFO) << config.model_type << ": " << plan.Describe();
+  MOE_LOG(INFO) << config.model_type << ": " << (decode_plan ? "main (prefill) group " : "")
+                << plan.Describe();
+  if (decode_plan) {
+    MOE_LOG(INFO) << "decode group " << decode_plan->Describe();
+  }
   MOE_LOG(INFO) << "KV cache: " << kv_blocks << " blocks of " << o.block_size
                 << " tokens per DP group";
   if (layout.window_groups() > 0) {
@@ -110,20 +144,18 @@ absl::StatusOr<std::unique_ptr<CoordinatorServer>> CoordinatorServer::Start(
   }
   MOE_ASSIGN_OR_RETURN(auto api_keys, ApiKeys::Create(o.api_keys, o.api_key_file));
   MOE_LOG(INFO) << "API keys: " << (api_keys->enabled() ? "required" : "off (the API is open)");
-  std::unique_ptr<CoordinatorServer> server(new CoordinatorServer(
-      config, o, plan, kv_blocks, std::move(api_keys), ModelText::Load(config, o.tokenizer_dir)));
+  std::unique_ptr<CoordinatorServer> server(
+      new CoordinatorServer(config, o, plan, decode_plan, kv_blocks, std::move(api_keys),
+                            ModelText::Load(config, o.tokenizer_dir)));
   MOE_RETURN_IF_ERROR(server->Listen());
   return server;
 }
 
-CoordinatorServer::CoordinatorServer(
-    const ModelConfig& config, const CoordinatorOptions& o, const ShardPlan& plan,
-    int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
-    ModelText text)
-    : config_(config),
-      options_(o),
-      api_keys_(std::move(api_keys)),
-      text_(std::move(text)) {
+CoordinatorServer::CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& o,
+                                     const ShardPlan& plan,
+                                     const std::optional<ShardPlan>& decode_plan, int64_t kv_blocks,
+                                     std::unique_ptr<ApiKeys> api_keys, ModelText text)
+    : config_(config), options_(o), api_keys_(std::move(api_keys)), text_(std::move(text)) {
   SchedulerOptions so;
   so.dp_groups = plan.dp_size();
   so.blocks_per_group = kv_blocks;
@@ -136,6 +168,10 @@ CoordinatorServer::CoordinatorServer(
   so.mtp_draft_tokens = static_cast<int>(o.mtp_draft_tokens);
   so.kv_layout = KvLayout::For(config, o.mtp ? 1 : 0);
   for (int64_t id : config_.eos_token_ids) so.eos_token_ids.push_back(static_cast<int32_t>(id));
+  if (decode_plan) {
+    so.decode_dp_groups = decode_plan->dp_size();
+    so.decode_blocks_per_group = kv_blocks;
+  }
   scheduler_ = std::make_unique<Scheduler>(so);
   ExpertBalancerOptions bo;
   bo.experts = config.n_routed_experts;
@@ -155,32 +191,59 @@ CoordinatorServer::CoordinatorServer(
   co.redundant_experts = o.redundant_experts;
   co.two_batch_overlap = o.two_batch_overlap;
   co.step_deadline = o.step_deadline;
-  cluster_ = std::make_unique<Cluster>(
-      plan, co, [this](Cluster::Phase phase, const std::string& why) { OnPhase(phase, why); });
+  cluster_ =
+      std::make_unique<Cluster>(plan, co, [this](Cluster::Phase phase, const std::string& why) {
+        OnPhase(WorkerGroup::kMain, phase, why);
+      });
+  if (decode_plan) {
+    co.group = "decode";
+    decode_cluster_ = std::make_unique<Cluster>(
+        *decode_plan, co, [this](Cluster::Phase phase, const std::string& why) {
+          OnPhase(WorkerGroup::kDecode, phase, why);
+        });
+  }
   const RequestLimits limits{so.kv_layout.MostTokens(kv_blocks, o.max_step_tokens, o.block_size),
                              o.max_prompt_tokens, o.max_new_tokens};
-  const ServingContext ctx{&config_,
-                           cluster_.get(),
-                           scheduler_.get(),
-                           balancer_.get(),
-                           &metrics_,
-                           limits,
-                           static_cast<int>(o.block_size),
-                           kv_blocks,
-                           api_keys_.get(),
-                           &text_};
+  const ServingContext ctx{
+      &config_,  cluster_.get(), decode_cluster_.get(),          scheduler_.get(), balancer_.get(),
+      &metrics_, limits,         static_cast<int>(o.block_size), kv_blocks,        api_keys_.get(),
+      &text_};
   inference_ = std::make_unique<InferenceService>(ctx);
   openai_ = std::make_unique<OpenAiApi>(ctx, o.model_name);
   cluster_service_ = std::make_unique<ClusterService>(ctx, o.startup_timeout);
 }
 
-void CoordinatorServer::OnPhase(Cluster::Phase phase, const std::string& why) {
-  MOE_LOG(INFO) << "cluster: " << PhaseName(phase) << " (" << why << ")";
-  serving_ = phase == Cluster::Phase::kServing;
+void CoordinatorServer::OnPhase(WorkerGroup group, Cluster::Phase phase, const std::string& why) {
+  const bool decode = group == WorkerGroup::kDecode;
+  MOE_LOG(INFO) << (decode ? "decode group" : "cluster") << ": " << PhaseName(phase) << " (" << why
+                << ")";
+  // Both groups' callbacks run before the constructor has made the second group.
+  const auto serving = [](const std::unique_ptr<Cluster>& c) {
+    return c && c->phase() == Cluster::Phase::kServing;
+  };
+  const bool main_serving = decode ? serving(cluster_) : phase == Cluster::Phase::kServing;
+  const bool decode_serving =
+      options_.decode_world == 0 ||
+      (decode ? phase == Cluster::Phase::kServing : serving(decode_cluster_));
+  serving_ = main_serving && decode_serving;
   if (server_) SetReadiness(server_->GetHealthCheckService(), serving_);
-  if (phase == Cluster::Phase::kFailed) {
-    scheduler_->FailAll(absl::UnavailableError(absl::StrCat("a worker failed: ", why)));
+  if (phase != Cluster::Phase::kFailed) return;
+  // Without the decode group no request can end; without the main group the ones decoding can.
+  const absl::Status failed = absl::UnavailableError(absl::StrCat(
+      "a worker",
+      options_.decode_world == 0 ? "" : (decode ? " of the decode group" : " of the main group"),
+      " failed: ", why));
+  if (options_.decode_world > 0 && !decode) {
+    scheduler_->FailMainGroup(failed);
+  } else {
+    scheduler_->FailAll(failed);
   }
+}
+
+std::string CoordinatorServer::Describe() const {
+  std::string why;
+  Serving(*cluster_, decode_cluster_.get(), &why);
+  return why;
 }
 
 absl::Status CoordinatorServer::Listen() {
@@ -213,7 +276,10 @@ absl::Status CoordinatorServer::Listen() {
   server_->GetHealthCheckService()->SetServingStatus("liveness", true);
   SetReadiness(server_->GetHealthCheckService(), serving_);
   MOE_LOG(INFO) << "listening on port " << port_ << " (gRPC), waiting for " << options_.world
-                << " workers";
+                << " workers"
+                << (options_.decode_world > 0
+                        ? absl::StrCat(" and ", options_.decode_world, " decode-group workers")
+                        : "");
 
   if (options_.metrics_port > 0) {
     http_ = std::make_unique<httplib::Server>();
@@ -228,11 +294,21 @@ absl::Status CoordinatorServer::Listen() {
         }
       }
       const SchedulerStats st = scheduler_->Stats();
-      const Metrics::Gauges g{st.waiting,     st.running,     st.blocks_used,
-                              st.blocks_free, st.preemptions, serving_.load(),
-                              st.prefix_cache.query_tokens,   st.prefix_cache.hit_tokens,
-                              st.prefix_cache.cached_blocks,  st.prefix_cache.evictions,
-                              st.drafts,                      st.drafts_accepted};
+      const Metrics::Gauges g{st.waiting,
+                              st.running,
+                              st.blocks_used,
+                              st.blocks_free,
+                              st.preemptions,
+                              serving_.load(),
+                              st.prefix_cache.query_tokens,
+                              st.prefix_cache.hit_tokens,
+                              st.prefix_cache.cached_blocks,
+                              st.prefix_cache.evictions,
+                              st.drafts,
+                              st.drafts_accepted,
+                              st.kv_transfers,
+                              st.kv_transfer_failures,
+                              st.kv_transfer_bytes};
       res.set_content(metrics_.Render(g), "text/plain; version=0.0.4");
     });
     if (!http_->bind_to_port(options_.metrics_host, options_.metrics_port)) {
@@ -282,6 +358,7 @@ absl::Status CoordinatorServer::Listen() {
   monitor_ = std::thread([this] {
     while (!stop_monitor_) {
       cluster_->Check();
+      if (decode_cluster_) decode_cluster_->Check();
       absl::SleepFor(absl::Milliseconds(200));
     }
   });
@@ -292,6 +369,7 @@ void CoordinatorServer::Drain(absl::Duration timeout) {
   if (drained_) return;
   drained_ = true;
   cluster_->BeginShutdown();
+  if (decode_cluster_) decode_cluster_->BeginShutdown();
   const absl::Time deadline = absl::Now() + timeout;
   while (!scheduler_->idle() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(50));
   if (!scheduler_->idle()) {
@@ -300,10 +378,12 @@ void CoordinatorServer::Drain(absl::Duration timeout) {
   }
   // The leader's loop sends the shutdown plan once idle; heartbeats then tell every rank.
   const absl::Time bye_deadline = absl::Now() + absl::Seconds(10);
-  while (cluster_->leader_attached() && absl::Now() < bye_deadline) {
+  while ((cluster_->leader_attached() || (decode_cluster_ && decode_cluster_->leader_attached())) &&
+         absl::Now() < bye_deadline) {
     absl::SleepFor(absl::Milliseconds(20));
   }
   cluster_->ReleaseWorkers();
+  if (decode_cluster_) decode_cluster_->ReleaseWorkers();
   absl::SleepFor(absl::Seconds(2));  // a heartbeat interval or two for the workers to hear it
   StopServing(absl::Seconds(2));
 }

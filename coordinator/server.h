@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -39,6 +40,10 @@ struct CoordinatorOptions {
   TlsFiles cluster_tls;
   int world = 1;
   int tp = 0;                 // 0: world
+  // Prefill/decode disaggregation: a decode worker group of decode_world ranks (TP decode_tp, 0:
+  // its world) beside the main group of `world` ranks, which then only prefills. 0: none.
+  int decode_world = 0;
+  int decode_tp = 0;
   int metrics_port = 0;       // 0: no metrics endpoint
   std::string metrics_host = "0.0.0.0";  // 127.0.0.1 keeps /metrics on loopback
   bool metrics_need_key = false;         // /metrics answers 401 without an API key
@@ -89,9 +94,9 @@ class CoordinatorServer {
   int port() const { return port_; }
   int cluster_port() const { return cluster_port_; }
   int http_port() const { return http_port_; }
-  // True while every worker is ready.
+  // True while every worker (of every group) is ready.
   bool serving() const { return serving_.load(); }
-  std::string Describe() const { return cluster_->Describe(); }
+  std::string Describe() const;
   // Reads the API key file again (SIGHUP); the number of keys in use now.
   absl::StatusOr<size_t> ReloadApiKeys() { return api_keys_->Reload(); }
 
@@ -101,10 +106,11 @@ class CoordinatorServer {
 
  private:
   CoordinatorServer(const ModelConfig& config, const CoordinatorOptions& options,
-                    const ShardPlan& plan, int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys,
-                    ModelText text);
+                    const ShardPlan& plan, const std::optional<ShardPlan>& decode_plan,
+                    int64_t kv_blocks, std::unique_ptr<ApiKeys> api_keys, ModelText text);
   absl::Status Listen();
-  void OnPhase(Cluster::Phase phase, const std::string& why);
+  void OnPhase(WorkerGroup group, Cluster::Phase phase, const std::string& why);
+  ServingContext Context() const;
   // Stops the heartbeat monitor, the gRPC server (in-flight calls get `grace`) and /metrics.
   void StopServing(absl::Duration grace);
 
@@ -116,6 +122,7 @@ class CoordinatorServer {
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<ExpertBalancer> balancer_;
   std::unique_ptr<Cluster> cluster_;
+  std::unique_ptr<Cluster> decode_cluster_;  // disaggregated: the decode group
   std::unique_ptr<InferenceService> inference_;
   std::unique_ptr<ClusterService> cluster_service_;
   std::unique_ptr<grpc::Server> server_;

@@ -15,8 +15,19 @@ grpc::Status ToGrpc(const absl::Status& s) {
 namespace {
 
 constexpr char kSessionMetadata[] = "x-moe-session";
+constexpr char kDecodeGroup[] = "decode";
 
 }  // namespace
+
+bool Serving(const Cluster& main, const Cluster* decode, std::string* why) {
+  if (why != nullptr) {
+    *why = decode == nullptr ? main.Describe()
+                             : absl::StrCat("main group: ", main.Describe(),
+                                            "; decode group: ", decode->Describe());
+  }
+  return main.phase() == Cluster::Phase::kServing &&
+         (decode == nullptr || decode->phase() == Cluster::Phase::kServing);
+}
 
 // New tokens wake a Generate handler at once (the request's condition variable); this only bounds
 // how late it notices that its client went away (the synchronous gRPC API has no callback for it).
@@ -99,9 +110,45 @@ grpc::Status InferenceService::GetModelInfo(grpc::ServerContext* context,
   return grpc::Status::OK;
 }
 
+absl::StatusOr<Cluster*> ClusterService::ForGroup(const std::string& group) const {
+  if (group.empty()) return ctx_.cluster;
+  if (group == kDecodeGroup) {
+    if (ctx_.decode_cluster != nullptr) return ctx_.decode_cluster;
+    return absl::InvalidArgumentError(
+        "this coordinator has no decode group (start it with --decode-world-size N)");
+  }
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown worker group \"", group, "\" (--group main or decode)"));
+}
+
+Cluster* ClusterService::ForSession(const std::string& session) const {
+  const std::string prefix = absl::StrCat(kDecodeGroup, "-");
+  return ctx_.decode_cluster != nullptr && session.rfind(prefix, 0) == 0 ? ctx_.decode_cluster
+                                                                         : ctx_.cluster;
+}
+
+void ClusterService::AddKvPeers(moe::v1::StepPlan* plan) const {
+  if (ctx_.decode_cluster == nullptr) return;
+  const std::string session = ctx_.decode_cluster->session();
+  const int main_tp = ctx_.cluster->plan().tp_size();
+  for (moe::v1::KvTransferPlan& t : *plan->mutable_kv_transfers()) {
+    t.set_session(session);
+    // Every decode rank of the DP group keeps the whole latent (MLA) or, at an equal TP size,
+    // the same KV heads as the main-group rank of its TP rank.
+    const std::vector<std::string> ranks = ctx_.decode_cluster->KvAddresses(t.decode_dp_group());
+    for (size_t j = 0; j < ranks.size(); ++j) {
+      moe::v1::KvPeer* peer = t.add_peers();
+      peer->set_address(ranks[j]);
+      peer->set_source_tp_rank(static_cast<int>(j) % main_tp);
+    }
+  }
+}
+
 grpc::Status ClusterService::Register(grpc::ServerContext*, const moe::v1::RegisterRequest* request,
                                       moe::v1::RegisterResponse* response) {
-  auto r = ctx_.cluster->Register(*request, register_wait_);
+  auto cluster = ForGroup(request->group());
+  if (!cluster.ok()) return ToGrpc(cluster.status());
+  auto r = (*cluster)->Register(*request, register_wait_);
   if (!r.ok()) return ToGrpc(r.status());
   *response = std::move(*r);
   return grpc::Status::OK;
@@ -109,13 +156,13 @@ grpc::Status ClusterService::Register(grpc::ServerContext*, const moe::v1::Regis
 
 grpc::Status ClusterService::ReportReady(grpc::ServerContext*, const moe::v1::ReadyRequest* request,
                                          moe::v1::ReadyResponse*) {
-  return ToGrpc(ctx_.cluster->Ready(*request));
+  return ToGrpc(ForSession(request->session())->Ready(*request));
 }
 
 grpc::Status ClusterService::Heartbeat(grpc::ServerContext*,
                                        const moe::v1::HeartbeatRequest* request,
                                        moe::v1::HeartbeatResponse* response) {
-  auto r = ctx_.cluster->Heartbeat(*request);
+  auto r = ForSession(request->session())->Heartbeat(*request);
   if (!r.ok()) return ToGrpc(r.status());
   response->set_shutdown(*r);
   return grpc::Status::OK;
@@ -129,21 +176,29 @@ grpc::Status ClusterService::Step(
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "no session metadata");
   }
   const std::string session(md->second.data(), md->second.size());
-  if (absl::Status s = ctx_.cluster->AttachLeader(session, context); !s.ok()) return ToGrpc(s);
+  Cluster* const cluster = ForSession(session);
+  const WorkerGroup group =
+      cluster == ctx_.decode_cluster ? WorkerGroup::kDecode : WorkerGroup::kMain;
+  if (absl::Status s = cluster->AttachLeader(session, context); !s.ok()) return ToGrpc(s);
   struct Detach {
     Cluster* c;
     grpc::ServerContext* ctx;
     ~Detach() { c->DetachLeader(ctx); }
-  } detach{ctx_.cluster, context};
+  } detach{cluster, context};
   MOE_LOG(INFO) << "leader attached (session " << session << ")";
-  ctx_.balancer->Reset();  // the workers start from the plan's expert placement
+  // The workers start from the plan's expert placement.
+  if (group == WorkerGroup::kMain) ctx_.balancer->Reset();
   while (true) {
-    const Cluster::Phase phase = ctx_.cluster->phase();
-    if (!ctx_.cluster->IsCurrent(session) || context->IsCancelled()) {
-      return grpc::Status(grpc::StatusCode::UNAVAILABLE, ctx_.cluster->Describe());
+    const Cluster::Phase phase = cluster->phase();
+    if (!cluster->IsCurrent(session)) {
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, cluster->Describe());
+    }
+    if (context->IsCancelled()) {  // the leader went away, between steps
+      cluster->Fail("the leader's step stream broke");
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "step stream broke");
     }
     if (phase == Cluster::Phase::kLoading) {
-      ctx_.cluster->WaitFor(Cluster::Phase::kServing, absl::Milliseconds(100));
+      cluster->WaitFor(Cluster::Phase::kServing, absl::Milliseconds(100));
       continue;
     }
     if (phase == Cluster::Phase::kShuttingDown && ctx_.scheduler->idle()) {
@@ -153,28 +208,33 @@ grpc::Status ClusterService::Step(
       MOE_LOG(INFO) << "workers told to shut down";
       return grpc::Status::OK;
     }
-    std::optional<moe::v1::StepPlan> plan = ctx_.scheduler->NextStep(absl::Milliseconds(50));
+    std::optional<moe::v1::StepPlan> plan = ctx_.scheduler->NextStep(absl::Milliseconds(50), group);
     if (!plan) continue;
     int64_t tokens = 0;
     for (const auto& s : plan->sequences()) tokens += s.tokens_size();
-    if (ctx_.balancer->MaybeRebalance(&*plan)) ctx_.metrics->AddRebalance();
+    // A transfer's time grows with its positions, as a prefill's does: count them for the deadline.
+    for (const auto& t : plan->kv_transfers()) tokens += t.tokens();
+    AddKvPeers(&*plan);
+    if (group == WorkerGroup::kMain && ctx_.balancer->MaybeRebalance(&*plan)) {
+      ctx_.metrics->AddRebalance();
+    }
     moe::v1::StepResult result;
-    ctx_.cluster->StepSent(plan->step(), tokens);
+    cluster->StepSent(plan->step(), tokens);
     if (!stream->Write(*plan) || !stream->Read(&result)) {
-      ctx_.cluster->Fail("the leader's step stream broke");  // unless the deadline failed it first
+      cluster->Fail("the leader's step stream broke");  // unless the deadline failed it first
       return grpc::Status(grpc::StatusCode::UNAVAILABLE, "step stream broke");
     }
     if (!result.error().empty()) {
-      ctx_.cluster->Fail(absl::StrCat("a step failed on the workers: ", result.error()));
+      cluster->Fail(absl::StrCat("a step failed on the workers: ", result.error()));
       return grpc::Status(grpc::StatusCode::INTERNAL, result.error());
     }
-    ctx_.cluster->StepDone(plan->step());
+    cluster->StepDone(plan->step());
     ctx_.metrics->AddStep(tokens);
     ctx_.metrics->AddExpertTokens({result.expert_tokens().begin(), result.expert_tokens().end()},
                                   ctx_.config->n_routed_experts);
     ctx_.balancer->Observe(result.expert_tokens());
     ctx_.metrics->SetExpertImbalance(ctx_.balancer->imbalance());
-    ctx_.scheduler->Complete(result);
+    ctx_.scheduler->Complete(result, group);
   }
 }
 

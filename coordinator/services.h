@@ -19,7 +19,8 @@ namespace moe {
 
 struct ServingContext {
   const ModelConfig* config;
-  Cluster* cluster;
+  Cluster* cluster;         // the main worker group (it receives the requests)
+  Cluster* decode_cluster;  // prefill/decode disaggregation: the decode group; else null
   Scheduler* scheduler;
   ExpertBalancer* balancer;  // EPLB while serving
   Metrics* metrics;
@@ -29,6 +30,12 @@ struct ServingContext {
   const ApiKeys* api_keys;
   const ModelText* text;  // the tokenizer and chat template, or why they are missing
 };
+
+// Whether every worker group is serving (`decode` may be null); `why` describes them.
+bool Serving(const Cluster& main, const Cluster* decode, std::string* why = nullptr);
+inline bool Serving(const ServingContext& ctx, std::string* why = nullptr) {
+  return Serving(*ctx.cluster, ctx.decode_cluster, why);
+}
 
 // Every call of the public service first checks its API key (UNAUTHENTICATED without a valid one).
 class InferenceService final : public moe::v1::Inference::Service {
@@ -60,6 +67,12 @@ class ClusterService final : public moe::v1::Cluster::Service {
       grpc::ServerReaderWriter<moe::v1::StepPlan, moe::v1::StepResult>* stream) override;
 
  private:
+  // The worker group a rank joins ("" or "decode"), or the one a session belongs to.
+  absl::StatusOr<Cluster*> ForGroup(const std::string& group) const;
+  Cluster* ForSession(const std::string& session) const;
+  // Disaggregation: the decode ranks each of the plan's KV transfers goes to, and their session.
+  void AddKvPeers(moe::v1::StepPlan* plan) const;
+
   ServingContext ctx_;
   absl::Duration register_wait_;
 };

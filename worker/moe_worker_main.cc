@@ -3,6 +3,7 @@
 // stream and broadcasts each plan to the other ranks).
 //   mpirun -np W moe-worker --coordinator HOST:PORT --model DIR
 //   moe-worker --coordinator HOST:PORT --model DIR --rank R --world-size W   (W processes, TCP)
+//   ... --group decode   (the decode group of a disaggregated deployment: receives prompts' KV)
 #include <unistd.h>
 
 #include <cstdio>
@@ -19,6 +20,7 @@
 #include "parallel/parallel_context.h"
 #include "parallel/tcp_communicator.h"
 #include "worker/engine.h"
+#include "worker/kv_transfer.h"
 #include "worker/step_runner.h"
 #include "worker/worker_client.h"
 
@@ -179,11 +181,31 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
   return moe::Engine::Load(model, std::move(ctx), opt);
 }
 
+// A decode-group rank's receiver of prompts' KV, and the address it is reached at: the listen
+// address, or --host when it listens on every interface.
+absl::StatusOr<std::unique_ptr<moe::KvTransferServer>> StartKvReceiver(moe::Engine& engine,
+                                                                       const std::string& listen,
+                                                                       const std::string& host,
+                                                                       const std::string& session,
+                                                                       std::string* advertised) {
+  if (engine.host_kv_cache() == nullptr) {
+    return absl::UnimplementedError(
+        "--group decode needs the CPU backend for now (the KV transfer reads and writes a cache "
+        "in host memory)");
+  }
+  MOE_ASSIGN_OR_RETURN(auto server,
+                       moe::KvTransferServer::Start(listen, engine.host_kv_cache(), session));
+  std::string listen_host = listen.substr(0, listen.rfind(':'));
+  if (listen_host.empty() || listen_host == "0.0.0.0" || listen_host == "[::]") listen_host = host;
+  *advertised = absl::StrCat(listen_host, ":", server->port());
+  return server;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string coordinator, model, host = Hostname(), device = "cpu", collective_listen;
-  std::string weights_dtype = "stored";
+  std::string weights_dtype = "stored", group = "main", kv_listen = "0.0.0.0:0";
   int64_t rank = -1, world_size = 0, threads = 0, register_timeout_s = 600;
   int64_t heartbeat_ms = 1000, lost_after_s = 15;
   moe::FlagParser flags(
@@ -203,6 +225,14 @@ int main(int argc, char** argv) {
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
+  flags.AddString("group", &group,
+                  "The worker group this rank joins: main (receives the requests; with a decode "
+                  "group it only prefills), or decode (the coordinator's --decode-world-size "
+                  "ranks: decodes from the KV the main group sends).");
+  flags.AddString(
+      "kv-listen", &kv_listen,
+      "--group decode: HOST:PORT where this rank receives prompts' KV (port 0: any; "
+      "on 0.0.0.0 it is reached at --host). Plaintext: keep it on the cluster network.");
   flags.AddString("collective-listen", &collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
   moe::TlsFiles cluster_tls;
@@ -228,6 +258,10 @@ int main(int argc, char** argv) {
   if (!backend.ok()) return Fail(backend.status());
   const auto weights = moe::ParseWeightsAtLoad(weights_dtype);
   if (!weights.ok()) return Fail(weights.status());
+  if (group != "main" && group != "decode") {
+    return Fail(
+        absl::InvalidArgumentError(absl::StrCat("--group ", group, ": expected main or decode")));
+  }
 
   auto collective = JoinCollective(&argc, &argv, &rank, &world_size, host, collective_listen);
   if (!collective.ok()) return Fail(collective.status());
@@ -256,6 +290,7 @@ int main(int argc, char** argv) {
   reg.set_host(host);
   reg.set_device(device);
   reg.set_pid(getpid());
+  if (group == "decode") reg.set_group("decode");
   MOE_LOG(INFO) << "registering with " << coordinator;
   auto assignment = client.Register(reg, absl::Seconds(register_timeout_s));
   if (!assignment.ok()) return Fail(assignment.status());
@@ -271,13 +306,22 @@ int main(int argc, char** argv) {
   const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
   MOE_LOG(INFO) << "loaded " << wb.Describe();
 
+  std::unique_ptr<moe::KvTransferServer> kv_receiver;
   moe::v1::ReadyRequest ready;
+  if (group == "decode") {
+    std::string address;
+    auto receiver = StartKvReceiver(**engine, kv_listen, host, session, &address);
+    if (!receiver.ok()) return Fail(receiver.status());
+    kv_receiver = std::move(*receiver);
+    ready.set_kv_address(address);
+    MOE_LOG(INFO) << "decode group: receiving prompts' KV on " << address;
+  }
   ready.set_session(session);
   ready.set_rank(static_cast<int>(rank));
   ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
   ready.set_weight_bytes_detail(wb.Describe());
   if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
-  moe::StepRunner runner(**engine);
+  moe::StepRunner runner(**engine, kv_receiver.get());
   const moe::StepProgress& progress = runner.progress();
   client.StartHeartbeats(
       session, static_cast<int>(rank), absl::Milliseconds(heartbeat_ms),

@@ -46,8 +46,15 @@ struct ClusterOptions {
   int world = 2;
   int tp = 1;
   bool mpirun = true;  // else W processes with --rank/--world-size (TCP collectives)
+  // With --decode-world-size N among them, StartWorkers launches a decode group of N ranks too.
   std::vector<std::string> coordinator_flags;
 };
+
+// The value after `flag` in `flags`, or 0.
+int FlagValue(const std::vector<std::string>& flags, const std::string& flag) {
+  const auto it = std::find(flags.begin(), flags.end(), flag);
+  return it == flags.end() || it + 1 == flags.end() ? 0 : std::stoi(*(it + 1));
+}
 
 class ServingCluster {
  public:
@@ -84,25 +91,16 @@ class ServingCluster {
     worker_flags_.insert(worker_flags_.end(), flags.begin(), flags.end());
   }
 
+  // The main group's workers, then the decode group's (when the coordinator has one).
   void StartWorkers() {
-    const std::string worker = BinaryPath("worker/moe-worker");
-    if (o_.mpirun) {
-      std::vector<std::string> argv = {"mpirun", "--oversubscribe", "-np", std::to_string(o_.world),
-                                       worker, "--coordinator", cluster_address_, "--model", model_,
-                                       "--heartbeat-ms", "300"};
-      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
-      workers_.push_back(std::make_unique<Process>(argv, dir_ + "/workers.log"));
-      return;
-    }
-    for (int r = 0; r < o_.world; ++r) {
-      std::vector<std::string> argv = {worker, "--coordinator", cluster_address_, "--model", model_,
-                                       "--rank", std::to_string(r), "--world-size",
-                                       std::to_string(o_.world), "--host", "127.0.0.1",
-                                       "--threads", "1", "--heartbeat-ms", "300"};
-      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
-      workers_.push_back(
-          std::make_unique<Process>(argv, absl::StrCat(dir_, "/worker", r, ".log")));
-    }
+    StartMainGroup();
+    const int decode = FlagValue(o_.coordinator_flags, "--decode-world-size");
+    if (decode > 0) StartDecodeGroup();
+  }
+  void StartMainGroup() { StartGroup(o_.world, {}, ""); }
+  void StartDecodeGroup() {
+    StartGroup(FlagValue(o_.coordinator_flags, "--decode-world-size"),
+               {"--group", "decode", "--kv-listen", "127.0.0.1:0"}, "decode-");
   }
 
   grpc::health::v1::HealthCheckResponse::ServingStatus Health() {
@@ -160,6 +158,48 @@ class ServingCluster {
   }
 
  private:
+  void StartGroup(int world, const std::vector<std::string>& group_flags, const std::string& name) {
+    const std::string worker = BinaryPath("worker/moe-worker");
+    if (o_.mpirun) {
+      std::vector<std::string> argv = {"mpirun",
+                                       "--oversubscribe",
+                                       "-np",
+                                       std::to_string(world),
+                                       worker,
+                                       "--coordinator",
+                                       cluster_address_,
+                                       "--model",
+                                       model_,
+                                       "--heartbeat-ms",
+                                       "300"};
+      argv.insert(argv.end(), group_flags.begin(), group_flags.end());
+      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+      workers_.push_back(std::make_unique<Process>(argv, dir_ + "/" + name + "workers.log"));
+      return;
+    }
+    for (int r = 0; r < world; ++r) {
+      std::vector<std::string> argv = {worker,
+                                       "--coordinator",
+                                       cluster_address_,
+                                       "--model",
+                                       model_,
+                                       "--rank",
+                                       std::to_string(r),
+                                       "--world-size",
+                                       std::to_string(world),
+                                       "--host",
+                                       "127.0.0.1",
+                                       "--threads",
+                                       "1",
+                                       "--heartbeat-ms",
+                                       "300"};
+      argv.insert(argv.end(), group_flags.begin(), group_flags.end());
+      argv.insert(argv.end(), worker_flags_.begin(), worker_flags_.end());
+      workers_.push_back(
+          std::make_unique<Process>(argv, absl::StrCat(dir_, "/", name, "worker", r, ".log")));
+    }
+  }
+
   std::string model_;
   ClusterOptions o_;
   std::string dir_, address_, cluster_address_;
@@ -573,6 +613,143 @@ TEST_F(ServingTest, TwoBatchOverlapServedKeepsOutputs) {
   ConcurrentClientsMatchOfflineGeneration(
       m.dir, *m.engine, {2, 1, true, {"--two-batch-overlap", "--max-batch-tokens", "64"}},
       logs_.path());
+}
+
+// Prefill/decode disaggregation: the main group (TP 2) prefills, a decode group of another
+// layout (DP 2 × TP 1) decodes from the KV each prompt sends it; concurrent clients with chunked
+// prefill, seeded sampling and logprobs get the engine alone's outputs.
+TEST_F(ServingTest, DisaggregatedPrefillAndDecodeGroupsKeepOutputs) {
+  ConcurrentClientsMatchOfflineGeneration(
+      Model(), *engine_,
+      {2, 2, true, {"--decode-world-size", "2", "--decode-tp", "1", "--max-batch-tokens", "24"}},
+      logs_.path());
+}
+
+// The same with the MTP layer drafting (its cache layer travels with the decoder's), one
+// process a group over TCP; and a GQA family whose KV heads are split over TP 2 in both groups.
+TEST_F(ServingTest, DisaggregatedWithMtpAndWithGqaKeepOutputs) {
+  ConcurrentClientsMatchOfflineGeneration(
+      Model(), *engine_,
+      {1, 1, false, {"--decode-world-size", "1", "--mtp", "--max-batch-tokens", "24"}},
+      logs_.path());
+  ServedModel m = MakeServedModel(*dir_, "tiny-qwen3-moe", WeightDType::kBF16, 44);
+  ASSERT_NE(m.engine, nullptr);
+  ConcurrentClientsMatchOfflineGeneration(
+      m.dir, *m.engine, {2, 2, true, {"--decode-world-size", "2", "--decode-tp", "2"}},
+      logs_.path());
+}
+
+// Each prompt's latent KV moves once, to every rank of its decode DP group (TP 2 here: MLA's
+// latent is whole on each), and exactly the latent's bytes: prompt positions × layers ×
+// (kv_lora_rank + qk_rope_head_dim) float32. Clients that go away while their prompt is being
+// prefilled or sent, or while decoding, leave no block held in either group.
+TEST_F(ServingTest, DisaggregatedKvMovesOnceAtTheLatentSizeAndCancellationsFreeBothGroups) {
+  ServingCluster cluster(
+      Model(),
+      {1, 1, false, {"--decode-world-size", "2", "--decode-tp", "2", "--max-batch-tokens", "32"}},
+      logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  const ModelConfig& c = engine_->config();
+  const int64_t latent_per_token = c.num_hidden_layers * (c.kv_lora_rank + c.qk_rope_head_dim) *
+                                   static_cast<int64_t>(sizeof(float));
+  int64_t want_bytes = 0;
+  std::vector<Outcome> out(8);
+  std::vector<std::thread> threads;
+  for (int i = 0; i < 8; ++i) {
+    want_bytes += 2 * latent_per_token * static_cast<int64_t>(Prompt(i + 1).size());
+    threads.emplace_back([&, i] { out[i] = Generate(cluster.stub(), Request(Prompt(i + 1), 6)); });
+  }
+  for (auto& th : threads) th.join();
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(out[i].status.ok()) << out[i].status.error_message() << cluster.Logs();
+    EXPECT_EQ(out[i].tokens, Reference(Prompt(i + 1), 6)) << "request " << i;
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_transfers_total"), 8);
+  EXPECT_EQ(cluster.Metric("moe_kv_transfer_bytes_total"), static_cast<double>(want_bytes));
+
+  threads.clear();
+  std::vector<int32_t> long_prompt;
+  for (int j = 0; j < 300; ++j) long_prompt.push_back((j * 29 + 5) % 512);  // ten chunks of 32
+  for (int i = 0; i < 12; ++i) {
+    threads.emplace_back([&, i] {
+      if (i % 2 == 0) {
+        Generate(cluster.stub(), Request(long_prompt, 50), absl::Milliseconds(30 + 20 * i));
+      } else {
+        Generate(cluster.stub(), Request(Prompt(i), 200), absl::Seconds(60), /*cancel_after=*/3);
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  const absl::Time deadline = absl::Now() + absl::Seconds(10);
+  while (cluster.Metric("moe_kv_blocks_used") != 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(50));
+  }
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0) << cluster.Metrics();
+  EXPECT_EQ(cluster.Metric("moe_running_sequences"), 0) << cluster.Metrics();
+  EXPECT_EQ(cluster.Metric("moe_kv_transfer_failures_total"), 0);
+  // Still serving right afterwards.
+  const Outcome after = Generate(cluster.stub(), Request(long_prompt, 5));
+  ASSERT_TRUE(after.status.ok()) << after.status.error_message();
+  EXPECT_EQ(after.tokens, Reference(long_prompt, 5));
+}
+
+// kill -9 of the main group's worker: the requests already decoding in the decode group finish
+// with the engine alone's tokens, new ones are refused until it is relaunched. kill -9 of the
+// decode group's worker: every stream ends UNAVAILABLE at once.
+TEST_F(ServingTest, DisaggregatedKillNineOfEitherGroup) {
+  ServingCluster cluster(Model(), {1, 1, false, {"--decode-world-size", "1"}}, logs_.path());
+  cluster.StartWorkers();
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  std::vector<Outcome> out(8);
+  std::vector<std::thread> clients;
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] { out[i] = Generate(cluster.stub(), Request(Prompt(i), 300)); });
+  }
+  const absl::Time sent_by = absl::Now() + absl::Seconds(10);  // every prompt prefilled and sent
+  while (cluster.Metric("moe_kv_transfers_total") < 8 && absl::Now() < sent_by) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  ASSERT_EQ(cluster.Metric("moe_kv_transfers_total"), 8) << cluster.Logs();
+  cluster.workers()[0]->Signal(SIGKILL);
+  for (auto& c : clients) c.join();
+  for (int i = 0; i < 8; ++i) {
+    ASSERT_TRUE(out[i].status.ok()) << i << ": " << out[i].status.error_message() << cluster.Logs();
+    EXPECT_EQ(out[i].tokens, Reference(Prompt(i), 300)) << i;
+  }
+  EXPECT_NE(cluster.Health(), grpc::health::v1::HealthCheckResponse::SERVING);
+  const Outcome refused = Generate(cluster.stub(), Request(Prompt(1), 4));
+  EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_THAT(refused.status.error_message(), HasSubstr("main group"));
+
+  cluster.StartMainGroup();  // the launcher's restart
+  ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
+  const Outcome again = Generate(cluster.stub(), Request(Prompt(3), 8));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.tokens, Reference(Prompt(3), 8));
+
+  clients.clear();
+  std::vector<absl::Time> ended(8);
+  for (int i = 0; i < 8; ++i) {
+    clients.emplace_back([&, i] {
+      out[i] = Generate(cluster.stub(), Request(Prompt(i), 400));
+      ended[i] = absl::Now();
+    });
+  }
+  absl::SleepFor(absl::Milliseconds(300));
+  const absl::Time killed = absl::Now();
+  cluster.workers()[1]->Signal(SIGKILL);  // the decode group's
+  for (auto& c : clients) c.join();
+  int unavailable = 0;
+  for (int i = 0; i < 8; ++i) {
+    if (out[i].status.ok() && ended[i] < killed) continue;  // finished before the kill
+    EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << i << ": " << out[i].status.error_message();
+    EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
+    ++unavailable;
+  }
+  EXPECT_GT(unavailable, 0);
+  EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
 }
 
 TEST_F(ServingTest, MistralServedUnderTpFour) {

@@ -162,6 +162,38 @@ TEST_F(MoeGenerateCliTest, EplbFlagsThatCannotWorkAreClearErrors) {
   EXPECT_THAT(make.err, HasSubstr("--router-skew needs"));
 }
 
+// Disaggregation's layouts that the KV transfer cannot serve stop moe-coordinator at start-up,
+// naming the flag: GQA KV heads split differently over the two groups' TP ranks, window layer
+// groups, EPLB moving one group's experts.
+TEST_F(MoeGenerateCliTest, DisaggregatedLayoutsThatCannotWorkAreClearErrors) {
+  ScratchDir dir;
+  for (const char* preset : {"tiny-qwen3-moe", "tiny-gemma3", "tiny-dsv3"}) {
+    MakeModelOptions opt;
+    opt.out_dir = dir.file(preset);
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
+  }
+  auto start = [&](const std::string& preset, const std::string& flags) {
+    return RunCommand(BinaryPath("coordinator/moe-coordinator") + " " + flags + " --model " +
+                      dir.file(preset) + " --listen 127.0.0.1:0 --cluster-listen 127.0.0.1:0");
+  };
+  auto gqa = start("tiny-qwen3-moe", "--world-size 2 --tp 2 --decode-world-size 2 --decode-tp 1");
+  EXPECT_NE(gqa.exit_code, 0);
+  EXPECT_THAT(gqa.err + gqa.out, HasSubstr("--decode-tp 1 must equal --tp 2 for this model"));
+  auto window = start("tiny-gemma3", "--decode-world-size 1");
+  EXPECT_NE(window.exit_code, 0);
+  EXPECT_THAT(window.err + window.out, HasSubstr("--decode-world-size: this model's window layer"));
+  auto eplb = start("tiny-dsv3", "--decode-world-size 1 --eplb-interval-steps 8");
+  EXPECT_NE(eplb.exit_code, 0);
+  EXPECT_THAT(eplb.err + eplb.out, HasSubstr("--eplb-interval-steps with --decode-world-size"));
+  auto help = RunCommand(BinaryPath("coordinator/moe-coordinator") + " --help");
+  EXPECT_THAT(help.out, HasSubstr("--decode-world-size"));
+  auto worker = RunCommand(BinaryPath("worker/moe-worker") +
+                           " --coordinator 127.0.0.1:1 --model x --group prefill --rank 0 "
+                           "--world-size 1");
+  EXPECT_EQ(worker.exit_code, 1);
+  EXPECT_THAT(worker.err, HasSubstr("--group prefill: expected main or decode"));
+}
+
 TEST_F(MoeGenerateCliTest, MissingModelFolder) {
   auto r = RunCommand(BinaryPath("tools/moe-generate") + " --model /nonexistent --prompt-ids 1");
   EXPECT_EQ(r.exit_code, 1);

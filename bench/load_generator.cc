@@ -6,11 +6,13 @@
 // Every request has --prompt-len prompt tokens and asks for exactly --output-len tokens (EOS
 // ignored, greedy). For prefix caching: --shared-prefix N makes the first N tokens of every
 // prompt the same (a system prompt); --turns T groups requests into conversations of T turns,
-// each turn's prompt the previous one's and --prompt-len more, sent in order. Reports output tokens/s, time to first token and inter-token latency
-// percentiles. The offline mode runs the same requests through the engine in this process, in
-// batches of --concurrency (the code path of moe-generate): the bound for the served figure.
-// Over HTTP a streamed event carries the text of one step's token (two when a character spans
-// them: such an event counts its gap once), and the token count comes from the usage chunk.
+// each turn's prompt the previous one's and --prompt-len more, sent in order. For a mixed load:
+// --long-every K makes every K-th request's prompt --long-prompt-len tokens. Reports output
+// tokens/s, time to first token and inter-token latency percentiles (by prompt class when mixed).
+// The offline mode runs the same requests through the engine in this process, in batches of
+// --concurrency (the code path of moe-generate): the bound for the served figure. Over HTTP a
+// streamed event carries the text of one step's token (two when a character spans them: such an
+// event counts its gap once), and the token count comes from the usage chunk.
 #include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
@@ -59,7 +61,7 @@ std::vector<int32_t> PromptFor(int64_t i, int64_t len, int64_t vocab, int64_t sh
 int main(int argc, char** argv) {
   std::string server, model, http;
   int64_t concurrency = 8, requests = 32, prompt_len = 64, output_len = 64, vocab = 32000;
-  int64_t threads = 0, tp = 1, shared_prefix = 0, turns = 1;
+  int64_t threads = 0, tp = 1, shared_prefix = 0, turns = 1, long_every = 0, long_prompt_len = 0;
   double rate = 0;
   bool offline = false;
   moe::FlagParser flags("load_generator",
@@ -78,6 +80,10 @@ int main(int argc, char** argv) {
   flags.AddInt("shared-prefix", &shared_prefix, "Served: the first N prompt tokens are the same in every request.");
   flags.AddInt("turns", &turns, "Served: requests are conversations of this many turns, each turn's "
                "prompt the previous one's and --prompt-len more.");
+  flags.AddInt("long-every", &long_every,
+               "Served: every K-th request (the K-th, 2K-th, ...) has a --long-prompt-len prompt "
+               "(0: none).");
+  flags.AddInt("long-prompt-len", &long_prompt_len, "Prompt tokens of the long requests.");
   flags.AddInt("threads", &threads, "Offline: CPU threads per rank (0: cores / ranks here).");
   flags.AddInt("tp", &tp, "Offline under mpirun: attention TP size (the rest is attention DP).");
   flags.ParseOrExit(argc, argv);
@@ -139,21 +145,26 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (turns < 1 || shared_prefix < 0) {
-    std::fprintf(stderr, "load_generator: --turns must be >= 1 and --shared-prefix >= 0\n");
+  if (turns < 1 || shared_prefix < 0 || long_every < 0 || (long_every > 0 && long_prompt_len < 1)) {
+    std::fprintf(stderr,
+                 "load_generator: --turns must be >= 1, --shared-prefix and --long-every >= 0, "
+                 "and --long-every needs --long-prompt-len\n");
     return 2;
   }
+  auto is_long = [&](int64_t i) { return long_every > 0 && i % long_every == long_every - 1; };
   // Request i's prompt: conversation i / turns at turn i % turns.
   auto prompt_of = [&](int64_t i) {
+    if (is_long(i)) return PromptFor(i, long_prompt_len, vocab, shared_prefix);
     return PromptFor(i / turns, (i % turns + 1) * prompt_len, vocab, shared_prefix);
   };
   auto channel = grpc::CreateChannel(server, grpc::InsecureChannelCredentials());
   auto stub = moe::v1::Inference::NewStub(channel);
   std::mutex mu;
   std::vector<double> ttft, itl, latency;
+  std::vector<double> class_ttft[2], class_itl[2];  // short, long prompts
   std::atomic<int64_t> next{0}, tokens{0}, failures{0};
   // A finished request's figures (or a failure).
-  auto record = [&](bool ok, Clock::time_point start, double my_ttft,
+  auto record = [&](int64_t i, bool ok, Clock::time_point start, double my_ttft,
                     const std::vector<double>& my_itl, int64_t n) {
     if (!ok) {
       ++failures;
@@ -163,6 +174,8 @@ int main(int argc, char** argv) {
     std::lock_guard<std::mutex> lock(mu);
     ttft.push_back(my_ttft);
     itl.insert(itl.end(), my_itl.begin(), my_itl.end());
+    class_ttft[is_long(i)].push_back(my_ttft);
+    class_itl[is_long(i)].insert(class_itl[is_long(i)].end(), my_itl.begin(), my_itl.end());
     latency.push_back(Seconds(start, Clock::now()));
   };
   // One streamed /v1/completions request: event times and the completion tokens of its usage.
@@ -209,7 +222,7 @@ int main(int argc, char** argv) {
       return true;
     };
     auto res = cli.send(req);
-    record(res && res->status == 200 && n > 0, start, my_ttft, my_itl, n);
+    record(i, res && res->status == 200 && n > 0, start, my_ttft, my_itl, n);
   };
   auto run_one = [&](int64_t i) {
     if (!http.empty()) return run_http(i);
@@ -240,7 +253,7 @@ int main(int argc, char** argv) {
       last = now;
       n += k;
     }
-    record(reader->Finish().ok(), start, my_ttft, my_itl, n);
+    record(i, reader->Finish().ok(), start, my_ttft, my_itl, n);
   };
   const auto t0 = Clock::now();
   std::vector<std::thread> workers;
@@ -278,5 +291,16 @@ int main(int argc, char** argv) {
   std::printf("  TTFT p50 %.1f ms p99 %.1f ms | ITL p50 %.1f ms p99 %.1f ms | latency p50 %.2f s\n",
               1e3 * Percentile(ttft, 0.5), 1e3 * Percentile(ttft, 0.99), 1e3 * Percentile(itl, 0.5),
               1e3 * Percentile(itl, 0.99), Percentile(latency, 0.5));
+  if (long_every > 0) {
+    for (int c = 0; c < 2; ++c) {
+      std::printf(
+          "  %s prompts (%lld tokens, %zu requests): TTFT p50 %.1f ms p99 %.1f ms | ITL p50 "
+          "%.1f ms p90 %.1f ms p99 %.1f ms\n",
+          c == 0 ? "short" : "long", static_cast<long long>(c == 0 ? prompt_len : long_prompt_len),
+          class_ttft[c].size(), 1e3 * Percentile(class_ttft[c], 0.5),
+          1e3 * Percentile(class_ttft[c], 0.99), 1e3 * Percentile(class_itl[c], 0.5),
+          1e3 * Percentile(class_itl[c], 0.9), 1e3 * Percentile(class_itl[c], 0.99));
+    }
+  }
   return failures > 0 ? 1 : 0;
 }

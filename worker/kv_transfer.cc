@@ -107,7 +107,8 @@ class KvTransferServer::Service final : public moe::v1::KvTransfer::Service {
 
 absl::StatusOr<std::unique_ptr<KvTransferServer>> KvTransferServer::Start(const std::string& listen,
                                                                           KvCache* cache,
-                                                                          std::string session) {
+                                                                          std::string session,
+                                                                          const TlsPem* tls) {
   if (cache->layout().window_groups() > 0) {
     return absl::UnimplementedError(
         "KV transfer between worker groups: this model's window layer groups keep several block "
@@ -116,7 +117,15 @@ absl::StatusOr<std::unique_ptr<KvTransferServer>> KvTransferServer::Start(const 
   std::unique_ptr<KvTransferServer> s(new KvTransferServer());
   s->service_ = std::make_unique<Service>(cache, std::move(session));
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), &s->port_);
+  std::shared_ptr<grpc::ServerCredentials> credentials = grpc::InsecureServerCredentials();
+  if (tls != nullptr) {
+    grpc::SslServerCredentialsOptions ssl(
+        GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY);
+    ssl.pem_key_cert_pairs.push_back({tls->key, tls->cert});
+    ssl.pem_root_certs = tls->ca;
+    credentials = grpc::SslServerCredentials(ssl);
+  }
+  builder.AddListeningPort(listen, credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(1 << 30);  // one block of every layer per message
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
@@ -139,8 +148,15 @@ moe::v1::KvTransfer::Stub& KvPusher::StubFor(const std::string& address) {
   if (!stub) {
     grpc::ChannelArguments args;
     args.SetMaxSendMessageSize(1 << 30);
-    stub = moe::v1::KvTransfer::NewStub(
-        grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+    std::shared_ptr<grpc::ChannelCredentials> credentials = grpc::InsecureChannelCredentials();
+    if (tls_) {
+      grpc::SslCredentialsOptions ssl;
+      ssl.pem_root_certs = tls_->ca;
+      ssl.pem_private_key = tls_->key;
+      ssl.pem_cert_chain = tls_->cert;
+      credentials = grpc::SslCredentials(ssl);
+    }
+    stub = moe::v1::KvTransfer::NewStub(grpc::CreateCustomChannel(address, credentials, args));
   }
   return *stub;
 }

@@ -6,7 +6,9 @@
 //                     for the sequence there (no step reads them before the push has ended and
 //                     the coordinator has heard so from the main group).
 // Only the layers' rows travel: tokens × layers × dim float32 values (the latent size), not the
-// unused rows of a last, partly filled block.
+// unused rows of a last, partly filled block. With the cluster's TLS identity (--cluster-cert)
+// both sides are mutual TLS: each must present a certificate the cluster CA signed, and the
+// receiver's must name the host it is reached at.
 #pragma once
 
 #include <grpcpp/grpcpp.h>
@@ -15,11 +17,13 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/tls_files.h"
 #include "model/kv_cache.h"
 #include "moe/v1/cluster.grpc.pb.h"
 
@@ -32,10 +36,11 @@ class KvTransferServer {
  public:
   // Listens on `listen` (HOST:PORT; port 0 picks one) and writes into `cache` the pushes meant
   // for `session` (a push for another session — a stale plan — is refused). Models whose layers
-  // keep several block tables (window layer groups) are refused.
+  // keep several block tables (window layer groups) are refused. `tls`: mutual TLS.
   static absl::StatusOr<std::unique_ptr<KvTransferServer>> Start(const std::string& listen,
                                                                  KvCache* cache,
-                                                                 std::string session);
+                                                                 std::string session,
+                                                                 const TlsPem* tls = nullptr);
   ~KvTransferServer();
 
   int port() const { return port_; }
@@ -56,6 +61,9 @@ class KvTransferServer {
 // The sending side: one channel per decode rank, kept between pushes.
 class KvPusher {
  public:
+  // `tls`: mutual TLS with the receivers (their certificates must name the host of `address`).
+  explicit KvPusher(const TlsPem* tls = nullptr)
+      : tls_(tls ? std::optional<TlsPem>(*tls) : std::nullopt) {}
   // Sends positions [0, header.tokens()) of `blocks` (this cache's) to the rank at `address`,
   // into its `header.blocks()`; fills the header's shape from `cache`. Returns the bytes the
   // receiver wrote (an error names the peer and its answer).
@@ -65,6 +73,7 @@ class KvPusher {
 
  private:
   moe::v1::KvTransfer::Stub& StubFor(const std::string& address);
+  const std::optional<TlsPem> tls_;
   std::map<std::string, std::unique_ptr<moe::v1::KvTransfer::Stub>> stubs_;
 };
 

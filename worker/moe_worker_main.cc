@@ -183,18 +183,16 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
 
 // A decode-group rank's receiver of prompts' KV, and the address it is reached at: the listen
 // address, or --host when it listens on every interface.
-absl::StatusOr<std::unique_ptr<moe::KvTransferServer>> StartKvReceiver(moe::Engine& engine,
-                                                                       const std::string& listen,
-                                                                       const std::string& host,
-                                                                       const std::string& session,
-                                                                       std::string* advertised) {
+absl::StatusOr<std::unique_ptr<moe::KvTransferServer>> StartKvReceiver(
+    moe::Engine& engine, const std::string& listen, const std::string& host,
+    const std::string& session, const moe::TlsPem* tls, std::string* advertised) {
   if (engine.host_kv_cache() == nullptr) {
     return absl::UnimplementedError(
         "--group decode needs the CPU backend for now (the KV transfer reads and writes a cache "
         "in host memory)");
   }
   MOE_ASSIGN_OR_RETURN(auto server,
-                       moe::KvTransferServer::Start(listen, engine.host_kv_cache(), session));
+                       moe::KvTransferServer::Start(listen, engine.host_kv_cache(), session, tls));
   std::string listen_host = listen.substr(0, listen.rfind(':'));
   if (listen_host.empty() || listen_host == "0.0.0.0" || listen_host == "[::]") listen_host = host;
   *advertised = absl::StrCat(listen_host, ":", server->port());
@@ -310,18 +308,20 @@ int main(int argc, char** argv) {
   moe::v1::ReadyRequest ready;
   if (group == "decode") {
     std::string address;
-    auto receiver = StartKvReceiver(**engine, kv_listen, host, session, &address);
+    auto receiver = StartKvReceiver(**engine, kv_listen, host, session,
+                                    cluster_pem ? &*cluster_pem : nullptr, &address);
     if (!receiver.ok()) return Fail(receiver.status());
     kv_receiver = std::move(*receiver);
     ready.set_kv_address(address);
-    MOE_LOG(INFO) << "decode group: receiving prompts' KV on " << address;
+    MOE_LOG(INFO) << "decode group: receiving prompts' KV on " << address
+                  << (cluster_pem ? " (mutual TLS with the cluster CA)" : "");
   }
   ready.set_session(session);
   ready.set_rank(static_cast<int>(rank));
   ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
   ready.set_weight_bytes_detail(wb.Describe());
   if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
-  moe::StepRunner runner(**engine, kv_receiver.get());
+  moe::StepRunner runner(**engine, kv_receiver.get(), cluster_pem ? &*cluster_pem : nullptr);
   const moe::StepProgress& progress = runner.progress();
   client.StartHeartbeats(
       session, static_cast<int>(rank), absl::Milliseconds(heartbeat_ms),

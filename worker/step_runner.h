@@ -23,9 +23,11 @@ struct StepProgress {
 
 class StepRunner {
  public:
-  // `kv_server`: this decode rank's receiver of pushed KV (none in the main group).
-  explicit StepRunner(Engine& engine, KvTransferServer* kv_server = nullptr)
-      : engine_(engine), kv_server_(kv_server) {}
+  // `kv_server`: this decode rank's receiver of pushed KV (none in the main group); `tls`: the
+  // cluster's identity, for pushing KV over mutual TLS.
+  explicit StepRunner(Engine& engine, KvTransferServer* kv_server = nullptr,
+                      const TlsPem* tls = nullptr)
+      : engine_(engine), kv_server_(kv_server), pusher_(tls) {}
 
   // Collective. On the leader `plan` is the coordinator's and is sent; on the others it is
   // replaced by what the leader sent. Idle ranks sleep while they wait.

@@ -121,6 +121,45 @@ TEST_F(KvTransferTest, RefusesPushesThatDoNotFit) {
   EXPECT_EQ(nobody.status().code(), absl::StatusCode::kUnavailable);
 }
 
+// With the cluster's certificates the push is mutual TLS: a sender with the cluster CA's
+// certificate gets through; plaintext and another CA's certificate do not, and write nothing.
+TEST_F(KvTransferTest, MutualTlsWithTheClusterCa) {
+  ScratchDir dir;
+  const std::string certs = dir.file("certs"), other = dir.file("other");
+  for (const std::string& d : {certs, other}) {
+    auto made = ::moe::testing::RunCommand(
+        absl::StrCat(MOE_SOURCE_DIR, "/deploy/tls/make-test-certs.sh ", d));
+    ASSERT_EQ(made.exit_code, 0) << made.err;
+  }
+  auto identity = [](const std::string& d) {
+    return *ReadTlsFiles({d + "/cluster.pem", d + "/cluster.key", d + "/cluster-ca.pem"},
+                         {"cert", "key", "ca"});
+  };
+  const TlsPem mine = identity(certs), foreign = identity(other);
+  KvCache from = MakeCache(4), to = MakeCache(4);
+  Fill(from, true);
+  Fill(to, false);
+  auto server = KvTransferServer::Start("127.0.0.1:0", &to, "d", &mine);
+  ASSERT_TRUE(server.ok()) << server.status();
+  const std::string address = absl::StrCat("127.0.0.1:", (*server)->port());
+  KvPusher plaintext, stranger(&foreign), member(&mine);
+  EXPECT_EQ(plaintext.Push(address, from, Header("d", 20, {0, 1}), {2, 3}, absl::Seconds(5))
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ(stranger.Push(address, from, Header("d", 20, {0, 1}), {2, 3}, absl::Seconds(5))
+                .status()
+                .code(),
+            absl::StatusCode::kUnavailable);
+  EXPECT_EQ((*server)->bytes_received(), 0);
+  EXPECT_EQ(to.Row(0, 0, 0)[0], kUntouched);
+  auto ok = member.Push(address, from, Header("d", 20, {0, 1}), {2, 3});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(*ok, KvTransferBytes(from, 20));
+  (*server)->Fence();
+  EXPECT_EQ(to.Row(0, 0, 0)[0], Pattern(0, 2, 0, 0));
+}
+
 // One engine prefills (the step that computes the prompt also pushes it), another decodes from
 // the pushed blocks: the greedy tokens of one engine doing both.
 TEST(DisaggregatedStepTest, PrefillOnOneEngineDecodeOnAnotherGivesOneEnginesTokens) {

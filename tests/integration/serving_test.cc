@@ -1343,14 +1343,19 @@ TEST_F(ServingTest, MutualTlsOnTheControlPlaneAndTheMesh) {
     return std::vector<std::string>{"--cluster-cert", dir + "/cluster.pem", "--cluster-key",
                                     dir + "/cluster.key", "--cluster-ca", dir + "/cluster-ca.pem"};
   };
-  ServingCluster cluster(Model(), {2, 1, /*mpirun=*/false, tls_flags(certs)}, logs_.path());
+  // With a decode group too, whose KV transfer is then mutual TLS as well.
+  std::vector<std::string> coordinator_flags = tls_flags(certs);
+  coordinator_flags.insert(coordinator_flags.end(), {"--decode-world-size", "1"});
+  ServingCluster cluster(Model(), {2, 1, /*mpirun=*/false, coordinator_flags}, logs_.path());
   cluster.AddWorkerFlags(tls_flags(certs));
   cluster.StartWorkers();
   ASSERT_TRUE(cluster.WaitServing()) << cluster.Logs();
   EXPECT_THAT(cluster.coordinator().Log(), HasSubstr("control plane: mutual TLS"));
-  for (auto& w : cluster.workers()) {
-    EXPECT_THAT(w->Log(), HasSubstr("TCP mesh joined: mutual TLS"));
+  for (int w = 0; w < 2; ++w) {
+    EXPECT_THAT(cluster.workers()[w]->Log(), HasSubstr("TCP mesh joined: mutual TLS"));
   }
+  EXPECT_THAT(cluster.workers()[2]->Log(), HasSubstr("receiving prompts' KV on 127.0.0.1:"));
+  EXPECT_THAT(cluster.workers()[2]->Log(), HasSubstr("(mutual TLS with the cluster CA)"));
   const std::vector<int32_t> prompt = Prompt(5);
   const Outcome o = Generate(cluster.stub(), Request(prompt, 10));
   ASSERT_TRUE(o.status.ok()) << o.status.error_message();
@@ -1394,6 +1399,7 @@ TEST_F(ServingTest, MutualTlsOnTheControlPlaneAndTheMesh) {
   const Outcome after = Generate(cluster.stub(), Request(prompt, 10));
   ASSERT_TRUE(after.status.ok()) << after.status.error_message();
   EXPECT_EQ(after.tokens, o.tokens);
+  EXPECT_EQ(cluster.Metric("moe_kv_transfers_total"), 2);
 }
 
 }  // namespace

@@ -8,12 +8,14 @@
 #   colocated-2   two worker ranks (DP attention + EP), a core each
 #   disaggregated one main-group rank and one decode-group rank, a core each
 # Usage: bench/run_disaggregation_bench.sh [build-dir] [model-dir]
-#   env LOAD_ARGS (load_generator flags), MOE_BENCH_PORT
+#   env LOAD_ARGS (load_generator flags), COORD_ARGS (more moe-coordinator flags, e.g.
+#   --max-batch-tokens 128: smaller prefill chunks), MOE_BENCH_PORT
 set -euo pipefail
 BUILD=${1:-build}
 MODEL=${2:-models/small-dsv3-fp8}
 PORT=${MOE_BENCH_PORT:-50081}
 [[ -f $MODEL/config.json ]] || "$BUILD/tools/moe-make-model" --preset small-dsv3 --dtype fp8 --out "$MODEL"
+read -r -a COORD <<<"${COORD_ARGS:-}"
 read -r -a LOAD <<<"${LOAD_ARGS:---requests 36 --concurrency 6 --prompt-len 32 --long-every 6 --long-prompt-len 1024 --output-len 32}"
 CORES=$(nproc)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
@@ -35,7 +37,7 @@ serve() {  # serve LAYOUT
   [[ $1 == colocated-2 ]] && world=2
   "$BUILD/coordinator/moe-coordinator" --model "$MODEL" --world-size "$world" --tp 1 \
     --listen "127.0.0.1:$PORT" --cluster-listen "127.0.0.1:$((PORT + 1))" \
-    --metrics-port "$((PORT + 2))" --kv-cache-mb 1024 "${extra[@]}" >"$LOGS/coordinator.log" 2>&1 &
+    --metrics-port "$((PORT + 2))" --kv-cache-mb 1024 "${extra[@]}" "${COORD[@]}" >"$LOGS/coordinator.log" 2>&1 &
   PIDS+=($!)
   case $1 in
     colocated-1) worker w0.log --rank 0 --world-size 1 --threads "$CORES" ;;

@@ -615,6 +615,37 @@ TEST_F(ServingTest, TwoBatchOverlapServedKeepsOutputs) {
       logs_.path());
 }
 
+// Streams `n` requests of 400 tokens, kills worker `victim` with SIGKILL `after` they start, and
+// checks that every stream still running then ends UNAVAILABLE within 10 s (and some were).
+// Returns how long after the kill the last one ended.
+absl::Duration KillUnderLoad(ServingCluster& cluster, size_t victim, int n, absl::Duration after) {
+  std::vector<Outcome> out(static_cast<size_t>(n));
+  std::vector<absl::Time> ended(static_cast<size_t>(n));
+  std::vector<std::thread> clients;
+  for (int i = 0; i < n; ++i) {
+    clients.emplace_back([&, i] {
+      out[i] = Generate(cluster.stub(), Request(Prompt(i), 400), absl::Seconds(120));
+      ended[i] = absl::Now();
+    });
+  }
+  absl::SleepFor(after);
+  const absl::Time killed = absl::Now();
+  cluster.workers()[victim]->Signal(SIGKILL);
+  for (auto& c : clients) c.join();
+  absl::Duration slowest;
+  int unavailable = 0;
+  for (int i = 0; i < n; ++i) {
+    slowest = std::max(slowest, ended[i] - killed);
+    if (out[i].status.ok() && ended[i] < killed) continue;  // finished before the kill
+    EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << i << ": " << out[i].status.error_message();
+    EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
+    ++unavailable;
+  }
+  EXPECT_GT(unavailable, 0);
+  return slowest;
+}
+
 // Prefill/decode disaggregation: the main group (TP 2) prefills, a decode group of another
 // layout (DP 2 × TP 1) decodes from the KV each prompt sends it; concurrent clients with chunked
 // prefill, seeded sampling and logprobs get the engine alone's outputs.
@@ -728,27 +759,7 @@ TEST_F(ServingTest, DisaggregatedKillNineOfEitherGroup) {
   ASSERT_TRUE(again.status.ok()) << again.status.error_message();
   EXPECT_EQ(again.tokens, Reference(Prompt(3), 8));
 
-  clients.clear();
-  std::vector<absl::Time> ended(8);
-  for (int i = 0; i < 8; ++i) {
-    clients.emplace_back([&, i] {
-      out[i] = Generate(cluster.stub(), Request(Prompt(i), 400));
-      ended[i] = absl::Now();
-    });
-  }
-  absl::SleepFor(absl::Milliseconds(300));
-  const absl::Time killed = absl::Now();
-  cluster.workers()[1]->Signal(SIGKILL);  // the decode group's
-  for (auto& c : clients) c.join();
-  int unavailable = 0;
-  for (int i = 0; i < 8; ++i) {
-    if (out[i].status.ok() && ended[i] < killed) continue;  // finished before the kill
-    EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
-        << i << ": " << out[i].status.error_message();
-    EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
-    ++unavailable;
-  }
-  EXPECT_GT(unavailable, 0);
+  KillUnderLoad(cluster, 1, 8, absl::Milliseconds(300));  // the decode group's worker
   EXPECT_EQ(cluster.Metric("moe_kv_blocks_used"), 0);
 }
 
@@ -1156,32 +1167,10 @@ TEST_F(ServingTest, KillNineOfAWorkerUnderLoad) {
     for (int j = 0; j < 150 + i; ++j) long_prompts[i].push_back((j * 31 + 7) % 512);
     ASSERT_TRUE(Generate(cluster.stub(), Request(long_prompts[i], 4)).status.ok());
   }
-  std::vector<Outcome> out(32);
-  std::vector<absl::Time> ended(32);
-  std::vector<std::thread> clients;
-  for (int i = 0; i < 32; ++i) {
-    clients.emplace_back([&, i] {
-      out[i] = Generate(cluster.stub(), Request(Prompt(i), 400), absl::Seconds(120));
-      ended[i] = absl::Now();
-    });
-  }
-  absl::SleepFor(absl::Milliseconds(800));  // every stream admitted, tokens flowing
-  const absl::Time killed = absl::Now();
-  cluster.workers()[1]->Signal(SIGKILL);
-  for (auto& c : clients) c.join();
-  absl::Duration slowest;
-  for (const absl::Time t : ended) slowest = std::max(slowest, t - killed);
+  // Every stream admitted, tokens flowing, then rank 1 killed.
+  const absl::Duration slowest = KillUnderLoad(cluster, 1, 32, absl::Milliseconds(800));
   std::printf("kill -9 of rank 1: the streams ended within %.2f s\n",
               absl::ToDoubleSeconds(slowest));
-  int unavailable = 0;
-  for (int i = 0; i < 32; ++i) {
-    if (out[i].status.ok() && ended[i] < killed) continue;  // finished before the kill
-    EXPECT_EQ(out[i].status.error_code(), grpc::StatusCode::UNAVAILABLE)
-        << i << ": " << out[i].status.error_message();
-    EXPECT_LT(ended[i] - killed, absl::Seconds(10)) << i;
-    ++unavailable;
-  }
-  EXPECT_GT(unavailable, 0);
   EXPECT_NE(cluster.Health(), grpc::health::v1::HealthCheckResponse::SERVING);
   const Outcome refused = Generate(cluster.stub(), Request(Prompt(1), 4));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::UNAVAILABLE)

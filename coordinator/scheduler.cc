@@ -184,6 +184,7 @@ std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait, Worker
 
 std::optional<moe::v1::StepPlan> Scheduler::Plan(WorkerGroup group) {
   if (group == WorkerGroup::kDecode && !disaggregated()) return std::nullopt;
+  if (!quarantined_.empty()) ReleaseQuarantined();
   PurgeCancelled(group);
   Pool& pl = pool(group);
   pl.in_flight.clear();
@@ -377,12 +378,30 @@ void Scheduler::CompleteTransfers(const moe::v1::StepResult& result) {
   main.transfers.clear();
 }
 
+void Scheduler::ReleaseQuarantined() {
+  const absl::Time now = absl::Now();
+  for (auto it = quarantined_.begin(); it != quarantined_.end();) {
+    if (it->until > now) {
+      ++it;
+      continue;
+    }
+    pool(WorkerGroup::kDecode).caches[it->group].Release(&it->blocks);
+    it = quarantined_.erase(it);
+  }
+}
+
 void Scheduler::FailPool(WorkerGroup group, const absl::Status& status) {
   Pool& pl = pool(group);
   std::vector<std::list<SeqPtr>*> lists = {&pl.running};
   if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
   for (std::list<SeqPtr>* list : lists) {
     for (const SeqPtr& s : *list) {
+      if (s->transferring && s->decode_group >= 0 && group == WorkerGroup::kMain) {
+        quarantined_.push_back({s->decode_group, std::move(s->decode_blocks),
+                                absl::Now() + options_.kv_push_deadline});
+        s->decode_blocks.clear();
+        s->decode_group = -1;
+      }
       Release(*s);
       s->transferring = false;
       s->request->Fail(status);
@@ -398,6 +417,11 @@ void Scheduler::FailPool(WorkerGroup group, const absl::Status& status) {
 void Scheduler::FailAll(const absl::Status& status) {
   std::lock_guard<std::mutex> lock(mu_);
   FailPool(WorkerGroup::kMain, status);
+  // The decode group's caches are gone with it: nothing quarantined there matters any more.
+  for (Quarantined& q : quarantined_) {
+    pool(WorkerGroup::kDecode).caches[q.group].Release(&q.blocks);
+  }
+  quarantined_.clear();
   FailPool(WorkerGroup::kDecode, status);
 }
 

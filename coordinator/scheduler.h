@@ -67,6 +67,10 @@ struct SchedulerOptions {
   // groups: none; the main group decodes).
   int decode_dp_groups = 0;
   int64_t decode_blocks_per_group = 0;
+  // How long a push may still write into the decode blocks of a transfer that was in flight when
+  // the main group failed (KvPusher's deadline, worker/kv_transfer.h, with a margin): they are
+  // handed out again only after it.
+  absl::Duration kv_push_deadline = absl::Seconds(130);
 };
 
 struct SchedulerStats {
@@ -149,6 +153,8 @@ class Scheduler {
   bool ReserveDecodeBlocks(Sequence& s, int64_t tokens);
   // Applies the main group's transfers: moves the sequences whose KV arrived to the decode group.
   void CompleteTransfers(const moe::v1::StepResult& result);
+  // Gives back the quarantined decode blocks whose pushes can no longer arrive.
+  void ReleaseQuarantined();
   // Ends every request in `pool` (and, for the main group, the waiting ones) with `status`.
   void FailPool(WorkerGroup group, const absl::Status& status);
 
@@ -172,6 +178,14 @@ class Scheduler {
   int64_t preemptions_ = 0;
   int64_t drafts_ = 0, drafts_accepted_ = 0;
   int64_t kv_transfers_ = 0, kv_transfer_failures_ = 0, kv_transfer_bytes_ = 0;
+  // Decode blocks a push may still be writing: reserved for a transfer in flight when the main
+  // group failed (a wedged rank could still send). They go back once no push can (its deadline).
+  struct Quarantined {
+    int group;
+    std::vector<int32_t> blocks;
+    absl::Time until;
+  };
+  std::vector<Quarantined> quarantined_;
   std::list<SeqPtr> waiting_;  // arrival order (request id)
   Pool pools_[2];              // by WorkerGroup
 };

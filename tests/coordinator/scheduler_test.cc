@@ -862,5 +862,33 @@ TEST(DisaggregatedSchedulerTest, TheMainGroupFailingEndsOnlyTheRequestsNotYetDec
   EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
 }
 
+// The main group failing while a transfer is in flight: a wedged rank could still push into the
+// reserved decode blocks, so they are handed out again only after the push deadline.
+TEST(DisaggregatedSchedulerTest, DecodeBlocksOfATransferCutByAMainFailureWaitForThePushDeadline) {
+  SchedulerOptions o = DisaggregatedOptions(32, 1, 8);
+  o.kv_push_deadline = absl::Milliseconds(300);
+  Disaggregated d(o);
+  auto a = d.Submit(Range(3, 9), 4);
+  auto plan = d.PlanMain();
+  ASSERT_EQ(plan->kv_transfers_size(), 1);  // 3 decode blocks reserved
+  d.scheduler().FailMainGroup(
+      absl::UnavailableError("the main group's step ran past its deadline"));
+  EXPECT_EQ(a->status().code(), absl::StatusCode::kUnavailable);
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 3);
+  EXPECT_FALSE(d.PlanDecode().has_value());
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 3);  // not yet
+  absl::SleepFor(absl::Milliseconds(350));
+  EXPECT_FALSE(d.PlanDecode().has_value());
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
+  // The decode group failing hands everything back at once.
+  auto b = d.Submit(Range(30, 9), 4);
+  plan = d.PlanMain();
+  ASSERT_EQ(plan->kv_transfers_size(), 1);
+  d.scheduler().FailMainGroup(absl::UnavailableError("main"));
+  EXPECT_GT(d.scheduler().Stats().blocks_used, 0);
+  d.scheduler().FailAll(absl::UnavailableError("decode"));
+  EXPECT_EQ(d.scheduler().Stats().blocks_used, 0);
+}
+
 }  // namespace
 }  // namespace moe

@@ -130,11 +130,12 @@ struct Case {
   int64_t R, C, r0, rows, c0, cols;
 };
 
-void CheckProducts(const Case& p) {
+// `x_scale`: the activations' magnitude.
+void CheckProducts(const Case& p, float x_scale = 1.0f) {
   const Stored s = MakeStored(p.format, p.R, p.C, 7);
   const WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
   std::mt19937 rng(3);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::normal_distribution<float> normal(0.0f, x_scale);
   for (int64_t m : {1, 2, 3, 5, 8, 9, 40}) {
     const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
     std::vector<float> x(static_cast<size_t>(m * ldx));
@@ -221,6 +222,14 @@ INSTANTIATE_TEST_SUITE_P(
                       Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192},
                       Case{WeightFormat::kInt4Group, 20, 160, 0, 20, 0, 160}),
     CaseName);
+
+// Large activations (here 1e6) with fp8 blocks: the products stay finite and right (a kernel that
+// folded the block scales and the decode's 2^120 into x would overflow float32).
+TEST(WeightMatMulLargeActivationsTest, Fp8ProductsStayFiniteAndRight) {
+  ForEachTarget([&] {
+    CheckProducts(Case{WeightFormat::kF8Block, 300, 384, 70, 150, 128, 256}, 1e6f);
+  });
+}
 
 TEST(WeightKernelTargetTest, NamesTheDispatchedTarget) {
   const std::string t = WeightKernelTarget();

@@ -284,6 +284,12 @@ absl::StatusOr<PlanReport> Plan(const ModelConfig& c, const ClusterSpec& cl, con
   const double n_prefill = static_cast<double>(w.prefill_tokens);
   // Causal prefill: a token at position p attends to p + 1 keys; mean (input_len + 1) / 2.
   r.prefill = model.Estimate(n_prefill, (w.input_len + 1) / 2.0, false, n_prefill);
+  r.kv_transfer_bytes = static_cast<double>(w.input_len) * r.kv_bytes_per_token;
+  r.kv_transfer_s = r.kv_transfer_bytes / (cl.gpu.nic_gbps * 1e9);
+  const double prefill_per_gpu = r.prefill.tokens_per_s_per_node / cl.gpus_per_node;
+  if (prefill_per_gpu > 0) {
+    r.kv_transfer_over_prefill = r.kv_transfer_s / (w.input_len / prefill_per_gpu);
+  }
   return r;
 }
 
@@ -336,6 +342,12 @@ std::string FormatReport(const PlanReport& r, const ClusterSpec& c, const Layout
       absl::StrFormat("%d seqs/GPU, context ~%d", w.decode_batch, w.input_len + w.output_len / 2));
   phase("prefill", r.prefill,
         absl::StrFormat("%d tokens/GPU, prompts of %d", w.prefill_tokens, w.input_len));
+  absl::StrAppendFormat(&s,
+                        "disaggregated (prefill and decode layouts planned alone): a prompt's KV "
+                        "is %.1f MB for each decode GPU of its DP group, %.2f ms over one NIC "
+                        "(%.0f GB/s), %.1f%% of its prefill time on one GPU\n",
+                        r.kv_transfer_bytes / 1e6, 1e3 * r.kv_transfer_s, c.gpu.nic_gbps,
+                        100 * r.kv_transfer_over_prefill);
   return s;
 }
 
@@ -381,6 +393,9 @@ std::string ReportJson(const PlanReport& r, const ClusterSpec& c, const Layout& 
                    {"prefill_tokens", w.prefill_tokens}};
   j["decode"] = phase(r.decode);
   j["prefill"] = phase(r.prefill);
+  j["kv_transfer"] = {{"bytes_per_request", r.kv_transfer_bytes},
+                      {"seconds", r.kv_transfer_s},
+                      {"over_prefill_time", r.kv_transfer_over_prefill}};
   return j.dump(2) + "\n";
 }
 

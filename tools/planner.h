@@ -100,6 +100,13 @@ struct PlanReport {
   double combine_bytes_per_layer = 0;
   double inter_node_fraction = 0;  // of the all-to-all bytes
   PhaseEstimate decode, prefill;
+  // Prefill/decode disaggregation (a prefill layout and a decode layout, each planned alone): a
+  // request's prompt KV that goes to each decode GPU of its DP group (input_len x
+  // kv_bytes_per_token), its time over one GPU's NIC, and that time over the prompt's share of a
+  // prefill GPU's time.
+  double kv_transfer_bytes = 0;
+  double kv_transfer_s = 0;
+  double kv_transfer_over_prefill = 0;
 };
 
 absl::StatusOr<PlanReport> Plan(const ModelConfig& config, const ClusterSpec& cluster,

@@ -102,6 +102,19 @@ TEST(PlannerTest, TensorParallelAttentionReplicatesTheLatentCache) {
   EXPECT_TRUE(dp->fits);
 }
 
+// Disaggregation: a 2000-token prompt of DeepSeek-V3 sends its bf16 latent, 61 layers x (512 +
+// 64) values x 2 bytes a token = 140.5 MB, to each decode GPU; over H800's 50 GB/s NIC 2.8 ms.
+TEST(PlannerTest, DisaggregatedKvTransferIsThePromptsLatent) {
+  Workload w;
+  w.input_len = 2000;
+  auto r = Plan(Load("deepseek-v3"), Cluster("h800", 4), {1, 32, 0}, PlanDType::kFP8, w);
+  ASSERT_TRUE(r.ok());
+  EXPECT_DOUBLE_EQ(r->kv_transfer_bytes, 2000.0 * 61 * 576 * 2);
+  EXPECT_NEAR(r->kv_transfer_s, 2000.0 * 61 * 576 * 2 / (GpuPreset("h800")->nic_gbps * 1e9), 1e-12);
+  EXPECT_GT(r->kv_transfer_over_prefill, 0);
+  EXPECT_LT(r->kv_transfer_over_prefill, 1);  // far quicker than computing the prompt
+}
+
 TEST(PlannerTest, RedundantExpertsAddReplicas) {
   auto r = Plan(Load("deepseek-v3"), Cluster("h800", 18), {1, 144, 32}, PlanDType::kFP8, {});
   ASSERT_TRUE(r.ok());

@@ -52,6 +52,14 @@ grep -q -- "--mca btl_tcp_if_include eth1 --mca oob_tcp_if_include eth1" <<< "$o
 out=$("$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --cluster-tls /tls --dry-run)
 want="--cluster-cert /tls/cluster.pem --cluster-key /tls/cluster.key --cluster-ca /tls/cluster-ca.pem"
 [[ $(grep -c -- "$want" <<< "$out") -eq 2 ]] || fail "launch.sh --cluster-tls (coordinator and workers): $out"
+# A decode group (prefill/decode disaggregation) from a second hostfile.
+printf "node-c slots=8\nnode-d slots=4\n" > "$T/decode-hosts"
+out=$("$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --tp 8 --decode-hostfile "$T/decode-hosts" --decode-tp 4 --dry-run)
+grep -q "a decode group of 12 ranks (TP 4)" <<< "$out" || fail "launch.sh decode group: $out"
+grep -q "moe-coordinator --model /m --world-size 16 --tp 8 --decode-world-size 12 --decode-tp 4" <<< "$out" || fail "launch.sh decode coordinator: $out"
+grep -q "^decode: *mpirun -np 12 --hostfile $T/decode-hosts .*moe-worker --coordinator node-a:50052 --model /m --group decode --kv-listen 0.0.0.0:0" <<< "$out" || fail "launch.sh decode workers: $out"
+grep -q "^workers: .*--group decode" <<< "$out" && fail "launch.sh: the main group joined the decode group: $out"
+"$SRC/deploy/mpi/launch.sh" --hostfile "$T/hosts" --model /m --decode-hostfile "$T/none" --dry-run >/dev/null 2>&1 && fail "launch.sh accepted a missing --decode-hostfile"
 "$SRC/deploy/mpi/launch.sh" --model /m >/dev/null 2>&1 && fail "launch.sh accepted a missing --hostfile"
 echo "scripts-test: launch.sh ok"
 # rank-env.sh: local rank i gets GPU i.

@@ -19,6 +19,19 @@ constexpr size_t kStackBytes = size_t{8} << 20;
 }  // namespace
 
 struct TwoBatchOverlap::MicroBatch {
+  MicroBatch() {
+    void* m = mmap(nullptr, kStackBytes + Page(), PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+    MOE_CHECK(m != MAP_FAILED);
+    MOE_CHECK(mprotect(m, Page(), PROT_NONE) == 0);
+    mapping = static_cast<char*>(m);
+  }
+  ~MicroBatch() { munmap(mapping, kStackBytes + Page()); }
+  MicroBatch(const MicroBatch&) = delete;
+  MicroBatch& operator=(const MicroBatch&) = delete;
+  static size_t Page() { return static_cast<size_t>(sysconf(_SC_PAGESIZE)); }
+  char* stack() const { return mapping + Page(); }
+
   ucontext_t context;
   char* mapping = nullptr;  // guard page + stack
   bool done = false;
@@ -29,16 +42,12 @@ struct TwoBatchOverlap::MicroBatch {
   absl::Status collective_status;
 };
 
-TwoBatchOverlap::TwoBatchOverlap() : scheduler_context_(new ucontext_t) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  for (MicroBatch*& b : batches_) {
-    b = new MicroBatch;
-    void* m = mmap(nullptr, kStackBytes + page, PROT_READ | PROT_WRITE,
-                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
-    MOE_CHECK(m != MAP_FAILED);
-    MOE_CHECK(mprotect(m, page, PROT_NONE) == 0);
-    b->mapping = static_cast<char*>(m);
-  }
+struct TwoBatchOverlap::State {
+  MicroBatch batches[2];
+  ucontext_t scheduler;  // Run's own frame
+};
+
+TwoBatchOverlap::TwoBatchOverlap() : state_(std::make_unique<State>()) {
   thread_ = std::thread([this] { CommunicationLoop(); });
 }
 
@@ -49,13 +58,9 @@ TwoBatchOverlap::~TwoBatchOverlap() {
   }
   cv_.notify_all();
   thread_.join();
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
-  for (MicroBatch* b : batches_) {
-    munmap(b->mapping, kStackBytes + page);
-    delete b;
-  }
-  delete static_cast<ucontext_t*>(scheduler_context_);
 }
+
+TwoBatchOverlap::MicroBatch& TwoBatchOverlap::batch(int i) { return state_->batches[i]; }
 
 void TwoBatchOverlap::CommunicationLoop() {
   std::unique_lock<std::mutex> lock(mu_);
@@ -75,22 +80,21 @@ void TwoBatchOverlap::CommunicationLoop() {
 
 void TwoBatchOverlap::Entry(unsigned lo, unsigned hi) {
   auto* self = reinterpret_cast<TwoBatchOverlap*>((static_cast<uintptr_t>(hi) << 32) | lo);
-  MicroBatch* b = self->batches_[self->current_];
+  MicroBatch* b = &self->batch(self->current_);
   b->status = (*self->body_)(self->current_);
   b->done = true;
   // Returning resumes uc_link: Run's frame.
 }
 
 void TwoBatchOverlap::Prepare(MicroBatch* b) {
-  const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
   const auto self = reinterpret_cast<uintptr_t>(this);
   b->done = false;
   b->status = absl::OkStatus();
   b->collective = nullptr;
   MOE_CHECK(getcontext(&b->context) == 0);
-  b->context.uc_stack.ss_sp = b->mapping + page;
+  b->context.uc_stack.ss_sp = b->stack();
   b->context.uc_stack.ss_size = kStackBytes;
-  b->context.uc_link = static_cast<ucontext_t*>(scheduler_context_);
+  b->context.uc_link = &state_->scheduler;
   makecontext(&b->context, reinterpret_cast<void (*)()>(&TwoBatchOverlap::Entry), 2,
               static_cast<unsigned>(self & 0xffffffffu), static_cast<unsigned>(self >> 32));
 }
@@ -98,13 +102,13 @@ void TwoBatchOverlap::Prepare(MicroBatch* b) {
 absl::Status TwoBatchOverlap::Run(const std::function<absl::Status(int)>& micro_batch) {
   MOE_CHECK(current_ == -1);
   body_ = &micro_batch;
-  auto* scheduler = static_cast<ucontext_t*>(scheduler_context_);
-  for (MicroBatch* b : batches_) Prepare(b);
+  ucontext_t* scheduler = &state_->scheduler;
+  for (MicroBatch& b : state_->batches) Prepare(&b);
   // Strict turns: A, B, A, B, ...; once one has finished, the other runs alone.
   int turn = 0;
-  while (!(batches_[0]->done && batches_[1]->done)) {
-    const int i = batches_[turn]->done ? 1 - turn : turn;
-    MicroBatch* b = batches_[i];
+  while (!(batch(0).done && batch(1).done)) {
+    const int i = batch(turn).done ? 1 - turn : turn;
+    MicroBatch* b = &batch(i);
     if (b->collective != nullptr) {  // resumes from Communicate: wait for its collective
       std::unique_lock<std::mutex> lock(mu_);
       if (!b->complete) {
@@ -120,12 +124,12 @@ absl::Status TwoBatchOverlap::Run(const std::function<absl::Status(int)>& micro_
   }
   current_ = -1;
   body_ = nullptr;
-  return batches_[0]->status.ok() ? batches_[1]->status : batches_[0]->status;
+  return batch(0).status.ok() ? batch(1).status : batch(0).status;
 }
 
 absl::Status TwoBatchOverlap::Communicate(const std::function<absl::Status()>& collective) {
   MOE_CHECK(current_ >= 0);  // only from inside Run's micro-batches
-  MicroBatch* b = batches_[current_];
+  MicroBatch* b = &batch(current_);
   {
     std::lock_guard<std::mutex> lock(mu_);
     b->collective = &collective;
@@ -134,7 +138,7 @@ absl::Status TwoBatchOverlap::Communicate(const std::function<absl::Status()>& c
     ++collectives_;
   }
   cv_.notify_all();
-  MOE_CHECK(swapcontext(&b->context, static_cast<ucontext_t*>(scheduler_context_)) == 0);
+  MOE_CHECK(swapcontext(&b->context, &state_->scheduler) == 0);
   // Run resumes this micro-batch only once the collective completed.
   b->collective = nullptr;
   return std::move(b->collective_status);

@@ -15,6 +15,7 @@
 #include <condition_variable>
 #include <deque>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 
@@ -43,15 +44,16 @@ class TwoBatchOverlap {
 
  private:
   struct MicroBatch;
+  struct State;  // the two micro-batches (contexts, stacks) and Run's own context
   static void Entry(unsigned lo, unsigned hi);  // a coroutine's body (its `this`, split in two)
   // A fresh coroutine for `b` (getcontext returns twice: kept out of Run's frame).
   __attribute__((noinline)) void Prepare(MicroBatch* b);
   void CommunicationLoop();
 
-  MicroBatch* batches_[2];
+  MicroBatch& batch(int i);
+  std::unique_ptr<State> state_;
   int current_ = -1;  // the micro-batch running, or -1 outside Run
   const std::function<absl::Status(int)>* body_ = nullptr;
-  void* scheduler_context_;  // ucontext_t of Run's own frame
 
   std::mutex mu_;
   std::condition_variable cv_;

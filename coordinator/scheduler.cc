@@ -84,9 +84,7 @@ void Scheduler::Preempt(const SeqPtr& s) {
 }
 
 void Scheduler::PurgeCancelled(WorkerGroup group) {
-  std::vector<std::list<SeqPtr>*> lists = {&pool(group).running};
-  if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
-  for (std::list<SeqPtr>* list : lists) {
+  for (std::list<SeqPtr>* list : Queues(group)) {
     for (auto it = list->begin(); it != list->end();) {
       if ((*it)->request->cancelled()) {
         Release(**it);
@@ -150,22 +148,28 @@ bool Scheduler::Schedule(const SeqPtr& s, int64_t* budget) {
   // Disaggregated, the step that computes a prompt's end also sends its KV to the decode group,
   // when blocks can be had there now.
   if (samples && disaggregated() && s->where == WorkerGroup::kMain &&
-      s->generated + 1 < params.max_tokens && ReserveDecodeBlocks(*s, s->computed + n)) {
-    s->transferring = true;
-    p.transfers.push_back(s);
+      s->generated + 1 < params.max_tokens) {
+    PlanTransfer(s, s->computed + n);
   }
   return true;
 }
 
-bool Scheduler::ReserveDecodeBlocks(Sequence& s, int64_t tokens) {
+void Scheduler::PlanTransfer(const SeqPtr& s, int64_t tokens) {
   std::vector<PrefixCache>& caches = pool(WorkerGroup::kDecode).caches;
   int best = 0;
   for (int g = 1; g < static_cast<int>(caches.size()); ++g) {
     if (caches[g].available_blocks() > caches[best].available_blocks()) best = g;
   }
-  if (!caches[best].EnsureCapacity(&s.decode_blocks, tokens).ok()) return false;
-  s.decode_group = best;
-  return true;
+  if (!caches[best].EnsureCapacity(&s->decode_blocks, tokens).ok()) return;
+  s->decode_group = best;
+  s->transferring = true;
+  pool(WorkerGroup::kMain).transfers.push_back(s);
+}
+
+std::vector<std::list<Scheduler::SeqPtr>*> Scheduler::Queues(WorkerGroup group) {
+  std::vector<std::list<SeqPtr>*> lists = {&pool(group).running};
+  if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
+  return lists;
 }
 
 std::optional<moe::v1::StepPlan> Scheduler::NextStep(absl::Duration wait, WorkerGroup group) {
@@ -196,10 +200,7 @@ std::optional<moe::v1::StepPlan> Scheduler::Plan(WorkerGroup group) {
   for (const SeqPtr& s : running) {
     if (s->group < 0) continue;  // preempted earlier in this loop
     if (s->prefilled) {
-      if (ReserveDecodeBlocks(*s, s->computed)) {
-        s->transferring = true;
-        pl.transfers.push_back(s);
-      }
+      PlanTransfer(s, s->computed);
       continue;
     }
     if (budget <= 0) continue;
@@ -392,9 +393,7 @@ void Scheduler::ReleaseQuarantined() {
 
 void Scheduler::FailPool(WorkerGroup group, const absl::Status& status) {
   Pool& pl = pool(group);
-  std::vector<std::list<SeqPtr>*> lists = {&pl.running};
-  if (group == WorkerGroup::kMain) lists.push_back(&waiting_);
-  for (std::list<SeqPtr>* list : lists) {
+  for (std::list<SeqPtr>* list : Queues(group)) {
     for (const SeqPtr& s : *list) {
       if (s->transferring && s->decode_group >= 0 && group == WorkerGroup::kMain) {
         quarantined_.push_back({s->decode_group, std::move(s->decode_blocks),

@@ -149,8 +149,12 @@ class Scheduler {
   Pool& pool(WorkerGroup g) { return pools_[static_cast<int>(g)]; }
   std::optional<moe::v1::StepPlan> Plan(WorkerGroup group);
   // Reserves decode-group blocks for the sequence's `tokens` positions (in the DP group with the
-  // most blocks to be had); false when no DP group can hold them now.
-  bool ReserveDecodeBlocks(Sequence& s, int64_t tokens);
+  // most blocks to be had) and adds its transfer to the main group's step; nothing when no DP
+  // group can hold them now (it waits, prefilled).
+  void PlanTransfer(const SeqPtr& s, int64_t tokens);
+  // The sequences of `group` a purge or a failure goes through: its running ones, and for the
+  // main group the waiting ones.
+  std::vector<std::list<SeqPtr>*> Queues(WorkerGroup group);
   // Applies the main group's transfers: moves the sequences whose KV arrived to the decode group.
   void CompleteTransfers(const moe::v1::StepResult& result);
   // Gives back the quarantined decode blocks whose pushes can no longer arrive.

@@ -217,15 +217,9 @@ void CoordinatorServer::OnPhase(WorkerGroup group, Cluster::Phase phase, const s
   const bool decode = group == WorkerGroup::kDecode;
   MOE_LOG(INFO) << (decode ? "decode group" : "cluster") << ": " << PhaseName(phase) << " (" << why
                 << ")";
-  // Both groups' callbacks run before the constructor has made the second group.
-  const auto serving = [](const std::unique_ptr<Cluster>& c) {
-    return c && c->phase() == Cluster::Phase::kServing;
-  };
-  const bool main_serving = decode ? serving(cluster_) : phase == Cluster::Phase::kServing;
-  const bool decode_serving =
-      options_.decode_world == 0 ||
-      (decode ? phase == Cluster::Phase::kServing : serving(decode_cluster_));
-  serving_ = main_serving && decode_serving;
+  // (A callback may come before the constructor has made the second group: not serving yet.)
+  serving_ = cluster_ && (options_.decode_world == 0 || decode_cluster_) &&
+             Serving(*cluster_, decode_cluster_.get());
   if (server_) SetReadiness(server_->GetHealthCheckService(), serving_);
   if (phase != Cluster::Phase::kFailed) return;
   // Without the decode group no request can end; without the main group the ones decoding can.

@@ -122,9 +122,10 @@ absl::StatusOr<Cluster*> ClusterService::ForGroup(const std::string& group) cons
 }
 
 Cluster* ClusterService::ForSession(const std::string& session) const {
-  const std::string prefix = absl::StrCat(kDecodeGroup, "-");
-  return ctx_.decode_cluster != nullptr && session.rfind(prefix, 0) == 0 ? ctx_.decode_cluster
-                                                                         : ctx_.cluster;
+  // An ended session of either group goes to the main group, which answers that it ended.
+  return ctx_.decode_cluster != nullptr && ctx_.decode_cluster->session() == session
+             ? ctx_.decode_cluster
+             : ctx_.cluster;
 }
 
 void ClusterService::AddKvPeers(moe::v1::StepPlan* plan) const {

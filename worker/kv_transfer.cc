@@ -19,6 +19,21 @@ int64_t BlocksFor(int64_t tokens, int64_t block_size) {
   return (tokens + block_size - 1) / block_size;
 }
 
+// Why `blocks` of `cache` cannot hold positions [0, tokens) ("" when they can).
+template <class Blocks>
+std::string CheckBlocks(const Blocks& blocks, int64_t tokens, const KvCache& cache) {
+  const int64_t n = static_cast<int64_t>(blocks.size());
+  if (tokens < 1 || n != BlocksFor(tokens, cache.block_size())) {
+    return absl::StrCat(n, " blocks do not cover ", tokens, " tokens");
+  }
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= cache.num_blocks()) {
+      return absl::StrCat("block ", b, " is outside this cache's ", cache.num_blocks(), " blocks");
+    }
+  }
+  return "";
+}
+
 // Why a push's header cannot be written into `cache` ("" when it can).
 std::string CheckHeader(const moe::v1::KvPushHeader& h, const KvCache& cache,
                         const std::string& session) {
@@ -31,16 +46,7 @@ std::string CheckHeader(const moe::v1::KvPushHeader& h, const KvCache& cache,
                         ", dim ", h.dim(), ") differs from this cache's (", cache.block_size(),
                         ", ", cache.layers(), ", ", cache.dim(), ")");
   }
-  if (h.tokens() < 1 || h.blocks_size() != BlocksFor(h.tokens(), cache.block_size())) {
-    return absl::StrCat("the push's ", h.blocks_size(), " blocks do not cover its ", h.tokens(),
-                        " tokens");
-  }
-  for (int32_t b : h.blocks()) {
-    if (b < 0 || b >= cache.num_blocks()) {
-      return absl::StrCat("block ", b, " is outside this cache's ", cache.num_blocks());
-    }
-  }
-  return "";
+  return CheckBlocks(h.blocks(), h.tokens(), cache);
 }
 
 }  // namespace
@@ -165,16 +171,8 @@ absl::StatusOr<int64_t> KvPusher::Push(const std::string& address, const KvCache
                                        moe::v1::KvPushHeader header,
                                        const std::vector<int32_t>& blocks, absl::Duration timeout) {
   const int64_t tokens = header.tokens();
-  if (tokens < 1 || static_cast<int64_t>(blocks.size()) != BlocksFor(tokens, cache.block_size())) {
-    return absl::InvalidArgumentError(absl::StrCat("KV of sequence ", header.seq_id(), ": ",
-                                                   blocks.size(), " blocks do not cover ", tokens,
-                                                   " tokens"));
-  }
-  for (int32_t b : blocks) {
-    if (b < 0 || b >= cache.num_blocks()) {
-      return absl::InvalidArgumentError(absl::StrCat("KV of sequence ", header.seq_id(), ": block ",
-                                                     b, " is outside this cache"));
-    }
+  if (const std::string why = CheckBlocks(blocks, tokens, cache); !why.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat("KV of sequence ", header.seq_id(), ": ", why));
   }
   header.set_block_size(static_cast<int32_t>(cache.block_size()));
   header.set_layers(static_cast<int32_t>(cache.layers()));

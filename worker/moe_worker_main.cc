@@ -230,7 +230,8 @@ int main(int argc, char** argv) {
   flags.AddString(
       "kv-listen", &kv_listen,
       "--group decode: HOST:PORT where this rank receives prompts' KV (port 0: any; "
-      "on 0.0.0.0 it is reached at --host). Plaintext: keep it on the cluster network.");
+      "on 0.0.0.0 it is reached at --host). Mutual TLS with --cluster-cert (the certificate "
+      "must then name that host).");
   flags.AddString("collective-listen", &collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
   moe::TlsFiles cluster_tls;

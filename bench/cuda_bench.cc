@@ -4,8 +4,8 @@
 //   MLA decode attention (DeepSeek-V3 shape: 128 heads, 512 + 64 latent, float32 cache): the
 //     fewest bytes it must move per second, over the copy bandwidth (FlashMLA, the reference
 //     kernel, reports about 3000 GB/s on H800 with a bf16 cache);
-//   grouped expert GEMM (gate_up of DeepSeek-V3: 256 experts, 4096 x 7168): TFLOP/s over a
-//     cuBLAS dense GEMM of the same total shape;
+//   grouped expert GEMM (gate_up of DeepSeek-V3: 256 experts, 4096 x 7168; bf16 and fp8 blocks):
+//     TFLOP/s over a cuBLAS bf16 dense GEMM of the same total shape;
 //   end-to-end decode tokens/s of small-dsv3 at batch 1 and 64 (graphs on, greedy on the device,
 //     only token ids copied back), against a roofline of weight bytes and FLOPs.
 #include <cuda_runtime_api.h>
@@ -52,6 +52,8 @@ void FillRandom(T* dst, size_t n, float scale, uint64_t seed) {
       __nv_bfloat16_raw raw;
       raw.x = F32ToBF16(d(rng));
       v = bf16(raw);
+    } else if constexpr (std::is_same_v<T, uint8_t>) {  // fp8 e4m3 codes, none of them NaN
+      v = static_cast<uint8_t>(static_cast<int>(d(rng)) & 0xf7);
     } else {
       v = static_cast<T>(d(rng));
     }
@@ -154,10 +156,28 @@ void MlaDecode(cudaStream_t s, const Bounds& bounds) {
 void GroupedGemm(cudaStream_t s, cublasHandle_t blas, const Bounds& bounds) {
   const int64_t E = 256, top_k = 8, n = 4096, k = 7168;
   auto weights = Random<bf16>(static_cast<size_t>(E * n * k), 0.02f, 20);
-  std::vector<const bf16*> ptrs;
-  for (int64_t e = 0; e < E; ++e) ptrs.push_back(weights.data() + e * n * k);
-  DeviceBuffer<const bf16*> dptrs;
-  Check(dptrs.Upload(ptrs), "upload");
+  // The same experts as DeepSeek-V3 ships them: fp8 bytes and 128x128 block scales.
+  auto fp8 = Random<uint8_t>(static_cast<size_t>(E * n * k), 40.0f, 23);
+  const int64_t blocks = (n / 128) * (k / 128);
+  auto scales = Random<float>(static_cast<size_t>(E * blocks), 0.001f, 24);
+  std::vector<WeightView> bf16_views, fp8_views;
+  for (int64_t e = 0; e < E; ++e) {
+    WeightView v;
+    v.rows = n;
+    v.cols = k;
+    v.data = reinterpret_cast<const uint8_t*>(weights.data() + e * n * k);
+    v.row_stride = k * 2;
+    bf16_views.push_back(v);
+    v.format = WeightFormat::kF8Block;
+    v.data = fp8.data() + e * n * k;
+    v.row_stride = k;
+    v.block_scales = scales.data() + e * blocks;
+    v.scale_stride = k / 128;
+    fp8_views.push_back(v);
+  }
+  DeviceBuffer<WeightView> dbf16, dfp8;
+  Check(dbf16.Upload(bf16_views), "upload");
+  Check(dfp8.Upload(fp8_views), "upload");
   for (int64_t tokens : {64, 4096}) {
     // Uniform random routing: each token's top_k distinct experts.
     std::mt19937 rng(static_cast<unsigned>(tokens));
@@ -175,9 +195,6 @@ void GroupedGemm(cudaStream_t s, cublasHandle_t blas, const Bounds& bounds) {
     auto x = Random<float>(rows * k, 1.0f, 21);
     DeviceBuffer<float> y;
     Check(y.Allocate(rows * n), "allocate");
-    const double t = MedianSeconds(s, 2, 10, [&] {
-      GroupedLinear(x.data(), doff.data(), E, dptrs.data(), n, k, y.data(), s);
-    });
     // The dense product of the same total shape [rows, k] x [n, k]^T through cuBLAS.
     auto xb = Random<bf16>(rows * k, 1.0f, 22);
     const double td = MedianSeconds(s, 2, 10, [&] {
@@ -185,16 +202,23 @@ void GroupedGemm(cudaStream_t s, cublasHandle_t blas, const Bounds& bounds) {
                           y.data(), n, 0, s),
             "dense gemm");
     });
-    const double flops = 2.0 * rows * n * k;
-    Row(absl::StrFormat("grouped GEMM %d tokens x top-%d, %dx%d", tokens, top_k, n, k),
-        absl::StrFormat("%.1f TFLOP/s", flops / t / 1e12),
-        absl::StrFormat("%.1f TFLOP/s dense", flops / td / 1e12), td / t);
-    // Bytes view: every expert with rows reads its whole weight once.
-    int64_t active = 0;
+    int64_t active = 0;  // every expert with rows reads its whole weight once
     for (int32_t c : count) active += c > 0;
-    const double bytes = 2.0 * active * n * k + 4.0 * rows * (k + n);
-    Row("  (same, bytes moved)", absl::StrFormat("%.0f GB/s", bytes / t / 1e9),
-        absl::StrFormat("%.0f GB/s copy", bounds.copy_bw / 1e9), bytes / t / bounds.copy_bw);
+    for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF8Block}) {
+      const WeightView* views = f == WeightFormat::kBF16 ? dbf16.data() : dfp8.data();
+      const double t = MedianSeconds(s, 2, 10, [&] {
+        GroupedWeightLinear(x.data(), doff.data(), E, f, views, n, k, y.data(), n, s);
+      });
+      const double flops = 2.0 * rows * n * k;
+      const std::string name(WeightFormatName(f));
+      Row(absl::StrFormat("grouped %s GEMM %d tokens x top-%d, %dx%d", name, tokens, top_k, n, k),
+          absl::StrFormat("%.1f TFLOP/s", flops / t / 1e12),
+          absl::StrFormat("%.1f TFLOP/s dense", flops / td / 1e12), td / t);
+      const double per_weight = f == WeightFormat::kBF16 ? 2.0 : 1.0 + 4.0 / (128 * 128);
+      const double bytes = per_weight * active * n * k + 4.0 * rows * (k + n);
+      Row("  (same, bytes moved)", absl::StrFormat("%.0f GB/s", bytes / t / 1e9),
+          absl::StrFormat("%.0f GB/s copy", bounds.copy_bw / 1e9), bytes / t / bounds.copy_bw);
+    }
   }
 }
 

@@ -15,6 +15,7 @@
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/device_weight.h"
 #include "kernels/cuda/ops.h"
 #include "model/rope.h"
 
@@ -26,27 +27,35 @@ using cuda::DeviceBuffer;
 
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;
 
-// Reads checkpoint tensors (float32 on the host, fp8 already dequantized) into device memory,
-// counting the bytes read by model part.
+// Reads checkpoint tensors into device memory, counting the bytes read by model part: weight
+// matrices in their stored format (cuda::DeviceWeight), the rest float32 or bf16.
 class WeightLoader {
  public:
   WeightLoader(Checkpoint& ck, WeightBytes* bytes) : ck_(ck), bytes_(bytes) {}
   WeightBytes& bytes() { return *bytes_; }
 
-  // Writes the tensor, rounded to bf16, at `dst`.
-  absl::Status Bf16Into(const WeightSpec& spec, uint64_t* part, bf16* dst) {
+  absl::StatusOr<cuda::DeviceWeight> Matrix(const WeightSpec& spec, uint64_t* part,
+                                            bool as_bf16 = false) {
+    MOE_ASSIGN_OR_RETURN(WeightMatrix m, Metered(ck_, part, [&] {
+                           return ck_.LoadMatrix(spec.name, spec.shape, SliceSpec::All(),
+                                                 spec.quantizable());
+                         }));
+    auto d = cuda::DeviceWeight::Upload(m, as_bf16);
+    if (!d.ok()) return Annotate(spec.name, d.status());
+    return d;
+  }
+  // The tensor rounded to bf16 (the embedding table, which is looked up rather than multiplied).
+  absl::StatusOr<DeviceBuffer<bf16>> Bf16(const WeightSpec& spec, uint64_t* part) {
     const std::string& name = spec.name;
     MOE_ASSIGN_OR_RETURN(Tensor t, Metered(ck_, part, [&] { return ck_.Load(name, spec.shape); }));
     std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
     for (size_t i = 0; i < bits.size(); ++i) bits[i] = F32ToBF16(t.data()[i]);
-    return Annotate(name, cuda::CudaStatus(
-                              cudaMemcpy(dst, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice),
-                              "copy to the GPU"));
-  }
-  absl::StatusOr<DeviceBuffer<bf16>> Bf16(const WeightSpec& spec, uint64_t* part) {
     DeviceBuffer<bf16> b;
-    MOE_RETURN_IF_ERROR(Annotate(spec.name, b.Allocate(static_cast<size_t>(Numel(spec.shape)))));
-    MOE_RETURN_IF_ERROR(Bf16Into(spec, part, b.data()));
+    MOE_RETURN_IF_ERROR(Annotate(name, b.Allocate(bits.size())));
+    MOE_RETURN_IF_ERROR(Annotate(
+        name,
+        cuda::CudaStatus(cudaMemcpy(b.data(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice),
+                         "copy to the GPU")));
     return b;
   }
   absl::StatusOr<DeviceBuffer<float>> F32(const WeightSpec& spec, uint64_t* part) {
@@ -56,19 +65,8 @@ class WeightLoader {
     MOE_RETURN_IF_ERROR(Annotate(spec.name, b.Upload(t.data(), static_cast<size_t>(t.numel()))));
     return b;
   }
-  // A SiLU-gated MLP's weights: gate_proj and up_proj stacked [2 * inter, hidden], down_proj.
-  absl::Status Mlp(const MlpWeights& w, uint64_t* part, bf16* gate_up, bf16* down) {
-    MOE_RETURN_IF_ERROR(Bf16Into(w.gate_proj, part, gate_up));
-    MOE_RETURN_IF_ERROR(Bf16Into(w.up_proj, part, gate_up + Numel(w.gate_proj.shape)));
-    return Bf16Into(w.down_proj, part, down);
-  }
 
  private:
-  static int64_t Numel(const std::vector<int64_t>& shape) {
-    int64_t n = 1;
-    for (int64_t d : shape) n *= d;
-    return n;
-  }
   static absl::Status Annotate(const std::string& name, absl::Status s) {
     if (s.ok()) return s;
     return absl::Status(s.code(), absl::StrCat("loading ", name, " onto the GPU: ", s.message()));
@@ -79,29 +77,30 @@ class WeightLoader {
 
 struct DeviceMlp {
   int64_t inter = 0;
-  DeviceBuffer<bf16> gate_up;  // [2 * inter, hidden]: gate rows, then up rows
-  DeviceBuffer<bf16> down;     // [hidden, inter]
+  cuda::DeviceWeight gate, up;  // [inter, hidden]
+  cuda::DeviceWeight down;      // [hidden, inter]
 
   absl::Status Load(WeightLoader& w, const MlpWeights& spec, uint64_t* part) {
     inter = spec.intermediate();
-    const int64_t hidden = spec.gate_proj.shape[1];
-    MOE_RETURN_IF_ERROR(gate_up.Allocate(static_cast<size_t>(2 * inter * hidden)));
-    MOE_RETURN_IF_ERROR(down.Allocate(static_cast<size_t>(hidden * inter)));
-    return w.Mlp(spec, part, gate_up.data(), down.data());
+    MOE_ASSIGN_OR_RETURN(gate, w.Matrix(spec.gate_proj, part));
+    MOE_ASSIGN_OR_RETURN(up, w.Matrix(spec.up_proj, part));
+    MOE_ASSIGN_OR_RETURN(down, w.Matrix(spec.down_proj, part));
+    return absl::OkStatus();
   }
 };
 
 struct DeviceLayer {
   DeviceBuffer<float> input_layernorm, post_attention_layernorm;
-  // MLA
-  DeviceBuffer<bf16> q_a_proj, q_b_proj, q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj;
+  // MLA; kv_b_proj bf16 (the absorbed decode multiplies by it through cuBLAS)
+  cuda::DeviceWeight q_a_proj, q_b_proj, q_proj, kv_a_proj_with_mqa, kv_b_proj, o_proj;
   DeviceBuffer<float> q_a_layernorm, kv_a_layernorm;
   // MLP: dense, or routed experts + shared experts
   bool is_moe = false;
   DeviceMlp dense, shared;
-  DeviceBuffer<float> gate, bias;                     // router [experts, hidden], [experts]
-  DeviceBuffer<bf16> experts_gate_up, experts_down;   // [E, 2 * inter, hidden], [E, hidden, inter]
-  DeviceBuffer<const bf16*> gate_up_ptrs, down_ptrs;  // per expert, for the grouped GEMM
+  DeviceBuffer<float> gate, bias;  // router [experts, hidden], [experts]
+  std::vector<DeviceMlp> experts;
+  WeightFormat experts_format = WeightFormat::kBF16;
+  DeviceBuffer<cuda::WeightView> gate_views, up_views, down_views;  // per expert
 };
 
 // One step's shape, as the launches see it.
@@ -134,7 +133,8 @@ struct CudaModel::Impl {
   cublasHandle_t blas = nullptr;
   DeviceBuffer<uint8_t> blas_workspace;
 
-  DeviceBuffer<bf16> embed_tokens, lm_head;
+  DeviceBuffer<bf16> embed_tokens;
+  cuda::DeviceWeight lm_head;
   DeviceBuffer<float> norm;
   std::vector<DeviceLayer> layers;
   DeviceBuffer<float> cache;  // [layers][blocks * block_size][dim]
@@ -185,16 +185,16 @@ struct CudaModel::Impl {
       uint64_t* split = &bytes.attention_head_split;
       uint64_t* replicated = &bytes.attention_replicated;
       if (a.q_a_proj) {
-        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Bf16(*a.q_a_proj, replicated));
+        MOE_ASSIGN_OR_RETURN(L.q_a_proj, w.Matrix(*a.q_a_proj, replicated));
         MOE_ASSIGN_OR_RETURN(L.q_a_layernorm, w.F32(*a.q_a_layernorm, replicated));
-        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Bf16(*a.q_b_proj, split));
+        MOE_ASSIGN_OR_RETURN(L.q_b_proj, w.Matrix(*a.q_b_proj, split));
       } else {
-        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Bf16(*a.q_proj, split));
+        MOE_ASSIGN_OR_RETURN(L.q_proj, w.Matrix(*a.q_proj, split));
       }
-      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa, w.Bf16(a.kv_a_proj_with_mqa, replicated));
+      MOE_ASSIGN_OR_RETURN(L.kv_a_proj_with_mqa, w.Matrix(a.kv_a_proj_with_mqa, replicated));
       MOE_ASSIGN_OR_RETURN(L.kv_a_layernorm, w.F32(a.kv_a_layernorm, replicated));
-      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Bf16(a.kv_b_proj, split));
-      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Bf16(a.o_proj, split));
+      MOE_ASSIGN_OR_RETURN(L.kv_b_proj, w.Matrix(a.kv_b_proj, split, /*as_bf16=*/true));
+      MOE_ASSIGN_OR_RETURN(L.o_proj, w.Matrix(a.o_proj, split));
       L.is_moe = s.gate.has_value();
       if (!L.is_moe) {
         MOE_RETURN_IF_ERROR(L.dense.Load(w, *s.mlp, &bytes.dense_mlp));
@@ -204,25 +204,33 @@ struct CudaModel::Impl {
       if (s.e_score_correction_bias) {
         MOE_ASSIGN_OR_RETURN(L.bias, w.F32(*s.e_score_correction_bias, &bytes.router));
       }
-      const int64_t mi = c.moe_intermediate_size;
-      MOE_RETURN_IF_ERROR(L.experts_gate_up.Allocate(static_cast<size_t>(experts * 2 * mi * h)));
-      MOE_RETURN_IF_ERROR(L.experts_down.Allocate(static_cast<size_t>(experts * h * mi)));
-      std::vector<const bf16*> gate_up_ptrs, down_ptrs;
+      std::vector<cuda::WeightView> gate_views, up_views, down_views;
       for (int64_t e = 0; e < experts; ++e) {
-        bf16* gu = L.experts_gate_up.data() + e * 2 * mi * h;
-        bf16* dn = L.experts_down.data() + e * h * mi;
-        MOE_RETURN_IF_ERROR(w.Mlp(s.experts[e], &bytes.routed_experts, gu, dn));
-        gate_up_ptrs.push_back(gu);
-        down_ptrs.push_back(dn);
+        DeviceMlp& m = L.experts.emplace_back();
+        MOE_RETURN_IF_ERROR(m.Load(w, s.experts[e], &bytes.routed_experts));
+        for (const cuda::DeviceWeight* p : {&m.gate, &m.up, &m.down}) {
+          if (p->format() != L.experts.front().gate.format()) {
+            return absl::InvalidArgumentError(
+                absl::StrCat("layer ", l, ": routed experts stored in different formats (",
+                             WeightFormatName(p->format()), " and ",
+                             WeightFormatName(L.experts.front().gate.format()),
+                             "); the grouped expert product takes one"));
+          }
+        }
+        gate_views.push_back(m.gate.view());
+        up_views.push_back(m.up.view());
+        down_views.push_back(m.down.view());
       }
-      MOE_RETURN_IF_ERROR(L.gate_up_ptrs.Upload(gate_up_ptrs));
-      MOE_RETURN_IF_ERROR(L.down_ptrs.Upload(down_ptrs));
+      L.experts_format = L.experts.front().gate.format();
+      MOE_RETURN_IF_ERROR(L.gate_views.Upload(gate_views));
+      MOE_RETURN_IF_ERROR(L.up_views.Upload(up_views));
+      MOE_RETURN_IF_ERROR(L.down_views.Upload(down_views));
       if (s.shared_experts) {
         MOE_RETURN_IF_ERROR(L.shared.Load(w, *s.shared_experts, &bytes.shared_experts));
       }
     }
     MOE_ASSIGN_OR_RETURN(norm, w.F32(top.norm, &bytes.norms));
-    MOE_ASSIGN_OR_RETURN(lm_head, w.Bf16(top.lm_head, &bytes.embedding));
+    MOE_ASSIGN_OR_RETURN(lm_head, w.Matrix(top.lm_head, &bytes.embedding));
     return absl::OkStatus();
   }
 
@@ -293,12 +301,17 @@ struct CudaModel::Impl {
     return absl::OkStatus();
   }
 
+  // y = x · W^T through the format's product; rows of y `ldy` apart (0: dense).
+  absl::Status Linear(const cuda::DeviceWeight& w, const float* in, int64_t n, float* out,
+                      int64_t ldx = 0, int64_t ldy = 0) {
+    return cuda::Linear(blas, in, n, w.view(), out, x_bf16.data(), stream, ldx, ldy);
+  }
+
   absl::Status Mlp(const DeviceMlp& m, const float* in, int64_t n, float* out) {
-    MOE_RETURN_IF_ERROR(cuda::Linear(blas, in, n, h, m.gate_up.data(), 2 * m.inter,
-                                     mlp_gate_up.data(), x_bf16.data(), stream));
+    MOE_RETURN_IF_ERROR(Linear(m.gate, in, n, mlp_gate_up.data(), 0, 2 * m.inter));
+    MOE_RETURN_IF_ERROR(Linear(m.up, in, n, mlp_gate_up.data() + m.inter, 0, 2 * m.inter));
     cuda::SiluAndMul(mlp_gate_up.data(), n, m.inter, mlp_act.data(), stream);
-    return cuda::Linear(blas, mlp_act.data(), n, m.inter, m.down.data(), h, out, x_bf16.data(),
-                        stream);
+    return Linear(m.down, mlp_act.data(), n, out);
   }
 
   absl::Status Moe(const DeviceLayer& L, int64_t n) {
@@ -311,11 +324,14 @@ struct CudaModel::Impl {
                           row_of.data(), stream);
     cuda::AddExpertCounts(offsets.data(), experts, expert_counts.data(), stream);
     cuda::GatherRows(normed.data(), sorted_token.data(), n * k, h, moe_x.data(), stream);
-    cuda::GroupedLinear(moe_x.data(), offsets.data(), experts, L.gate_up_ptrs.data(), 2 * mi, h,
-                        moe_gate_up.data(), stream);
+    const WeightFormat f = L.experts_format;
+    cuda::GroupedWeightLinear(moe_x.data(), offsets.data(), experts, f, L.gate_views.data(), mi, h,
+                              moe_gate_up.data(), 2 * mi, stream);
+    cuda::GroupedWeightLinear(moe_x.data(), offsets.data(), experts, f, L.up_views.data(), mi, h,
+                              moe_gate_up.data() + mi, 2 * mi, stream);
     cuda::SiluAndMul(moe_gate_up.data(), n * k, mi, moe_act.data(), stream);
-    cuda::GroupedLinear(moe_act.data(), offsets.data(), experts, L.down_ptrs.data(), h, mi,
-                        moe_y.data(), stream);
+    cuda::GroupedWeightLinear(moe_act.data(), offsets.data(), experts, f, L.down_views.data(), h,
+                              mi, moe_y.data(), h, stream);
     const bool shared = L.shared.inter > 0;
     if (shared) MOE_RETURN_IF_ERROR(Mlp(L.shared, normed.data(), n, delta.data()));
     cuda::CombineRows(moe_y.data(), row_of.data(), topk_weights.data(), n, k, h, delta.data(),
@@ -326,20 +342,16 @@ struct CudaModel::Impl {
   absl::Status Attention(const DeviceLayer& L, int64_t layer, const StepShape& s) {
     const int64_t n = s.tokens, H = heads;
     float* layer_cache = cache.data() + layer * cache_shape.blocks * cache_shape.block_size * dim;
-    if (L.q_proj.size() > 0) {
-      MOE_RETURN_IF_ERROR(cuda::Linear(blas, normed.data(), n, h, L.q_proj.data(), H * qk, q.data(),
-                                       x_bf16.data(), stream));
+    if (!L.q_proj.empty()) {
+      MOE_RETURN_IF_ERROR(Linear(L.q_proj, normed.data(), n, q.data()));
     } else {
       const int64_t r = *c.q_lora_rank;
-      MOE_RETURN_IF_ERROR(cuda::Linear(blas, normed.data(), n, h, L.q_a_proj.data(), r, qa.data(),
-                                       x_bf16.data(), stream));
+      MOE_RETURN_IF_ERROR(Linear(L.q_a_proj, normed.data(), n, qa.data()));
       cuda::RmsNorm(qa.data(), n, r, r, L.q_a_layernorm.data(), eps, qa.data(), stream);
-      MOE_RETURN_IF_ERROR(cuda::Linear(blas, qa.data(), n, r, L.q_b_proj.data(), H * qk, q.data(),
-                                       x_bf16.data(), stream));
+      MOE_RETURN_IF_ERROR(Linear(L.q_b_proj, qa.data(), n, q.data()));
     }
     // Latent KV [c_kv | k_pe]: normalise c_kv, rotate k_pe and the queries' rope parts, store.
-    MOE_RETURN_IF_ERROR(cuda::Linear(blas, normed.data(), n, h, L.kv_a_proj_with_mqa.data(), dim,
-                                     kv.data(), x_bf16.data(), stream));
+    MOE_RETURN_IF_ERROR(Linear(L.kv_a_proj_with_mqa, normed.data(), n, kv.data()));
     cuda::RmsNorm(kv.data(), n, kv_lora, dim, L.kv_a_layernorm.data(), eps, kv.data(), stream);
     cuda::RopeInterleaved(kv.data() + kv_lora, n, 1, dim, 0, rope, cos.data(), sin.data(), stream);
     cuda::RopeInterleaved(q.data() + nope, n, H, H * qk, qk, rope, cos.data(), sin.data(), stream);
@@ -349,9 +361,8 @@ struct CudaModel::Impl {
     for (const PrefillChunk& p : s.prefill) {
       cuda::GatherRows(layer_cache, ctx_slots.data() + p.slot_offset, p.context, dim, latent.data(),
                        stream);
-      MOE_RETURN_IF_ERROR(cuda::Linear(blas, latent.data(), p.context, kv_lora, L.kv_b_proj.data(),
-                                       H * kvh, kv_expanded.data(), x_bf16.data(), stream,
-                                       /*ldx=*/dim));
+      MOE_RETURN_IF_ERROR(
+          Linear(L.kv_b_proj, latent.data(), p.context, kv_expanded.data(), /*ldx=*/dim));
       cuda::SplitMlaKv(kv_expanded.data(), latent.data(), p.context, H, nope, v_dim, kv_lora, rope,
                        k.data(), v.data(), stream);
       cuda::CausalAttention(q.data() + p.first_token * H * qk, k.data(), v.data(), p.num_tokens,
@@ -367,8 +378,8 @@ struct CudaModel::Impl {
       cuda::F32ToBf16(q_dec.data(), x_bf16.data(), b * H * qk, stream);
       MOE_RETURN_IF_ERROR(
           cuda::BatchedMatMul(blas, H, b, kv_lora, nope, {x_bf16.data(), H * qk, qk},
-                              {L.kv_b_proj.data(), kv_lora, kvh * kv_lora}, /*transpose_b=*/false,
-                              q_cat.data(), H * dim, dim, stream));
+                              {L.kv_b_proj.bf16_data(), kv_lora, kvh * kv_lora},
+                              /*transpose_b=*/false, q_cat.data(), H * dim, dim, stream));
       MOE_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
           q_cat.data() + kv_lora, dim * sizeof(float), q_dec.data() + nope, qk * sizeof(float),
           rope * sizeof(float), b * H, cudaMemcpyDeviceToDevice, stream));
@@ -378,12 +389,11 @@ struct CudaModel::Impl {
       cuda::F32ToBf16(o_lat.data(), x_bf16.data(), b * H * kv_lora, stream);
       MOE_RETURN_IF_ERROR(
           cuda::BatchedMatMul(blas, H, b, v_dim, kv_lora, {x_bf16.data(), H * kv_lora, kv_lora},
-                              {L.kv_b_proj.data() + nope * kv_lora, kv_lora, kvh * kv_lora},
+                              {L.kv_b_proj.bf16_data() + nope * kv_lora, kv_lora, kvh * kv_lora},
                               /*transpose_b=*/true, o_dec.data(), H * v_dim, v_dim, stream));
       cuda::ScatterRows(o_dec.data(), decode_rows.data(), b, H * v_dim, attn.data(), stream);
     }
-    return cuda::Linear(blas, attn.data(), n, H * v_dim, L.o_proj.data(), h, delta.data(),
-                        x_bf16.data(), stream);
+    return Linear(L.o_proj, attn.data(), n, delta.data());
   }
 
   // The whole step on `stream`: nothing here waits for the device or allocates.
@@ -406,8 +416,7 @@ struct CudaModel::Impl {
     }
     cuda::GatherRows(x.data(), logit_row_ids.data(), m, h, last.data(), stream);
     cuda::RmsNorm(last.data(), m, h, h, norm.data(), eps, last.data(), stream);
-    return cuda::Linear(blas, last.data(), m, h, lm_head.data(), c.vocab_size, logits.data(),
-                        x_bf16.data(), stream);
+    return Linear(lm_head, last.data(), m, logits.data());
   }
 
   // Replays the graph of this decode shape, capturing it the first time.

@@ -1,13 +1,17 @@
 // The CUDA backend: DeepseekV3ForCausalLM on one GPU (world size 1).
-//   - weights bf16 in device memory (fp8 checkpoints are dequantized once, at load, so they take
-//     twice their fp8 bytes); norms, the router gate and its bias float32;
+//   - weight matrices in device memory in the checkpoint's format: fp8 blocks and int4 groups as
+//     they ship (dequantized in registers by the products), bf16 as it is, f32/f16 rounded to
+//     bf16; MLA's kv_b_proj and the embedding table bf16; norms, the router gate and its bias
+//     float32;
 //   - the paged latent KV cache float32 on the device, the same layout as the CPU cache;
-//   - activations float32; GEMMs take bf16 operands and accumulate in float32 (cuBLAS); the
-//     router gate is a float32 GEMM, so expert choice does not move with activation rounding;
+//   - activations float32; bf16 weights' GEMMs take bf16 operands (cuBLAS), fp8/int4 ones float32
+//     activations, all accumulating in float32; the router gate is a float32 GEMM, so expert
+//     choice does not move with activation rounding;
 //   - MLA prefill expands K/V from the cache, decode uses the absorbed form (W_UK folded into the
 //     query, W_UV applied to the latent output) — the same split as the CPU model;
-//   - MoE: route, sort (token, slot) pairs by expert, one grouped GEMM per projection over every
-//     expert with the row ranges kept on the device, weighted combine, plus the shared expert;
+//   - MoE: route, sort (token, slot) pairs by expert, one grouped product per projection over
+//     every expert with the row ranges kept on the device, weighted combine, plus the shared
+//     expert;
 //   - a step with only decode tokens is captured into a CUDA graph the first time its shape
 //     (batch size, block-table width bucket) is seen and replayed afterwards.
 #pragma once

@@ -22,12 +22,30 @@ absl::Status BatchedMatMul(cublasHandle_t blas, int64_t batch, int64_t m, int64_
   return absl::OkStatus();
 }
 
+absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, const WeightView& w, float* y,
+                    bf16* x_bf16, cudaStream_t stream, int64_t ldx, int64_t ldy) {
+  const int64_t n = w.rows, k = w.cols;
+  if (ldx <= 0) ldx = k;
+  if (ldy <= 0) ldy = n;
+  if (m == 0 || n == 0) return absl::OkStatus();
+  if (w.format != WeightFormat::kBF16) {
+    WeightLinear(x, m, ldx, w, y, ldy, stream);
+    return absl::OkStatus();
+  }
+  F32ToBf16Rows(x, m, k, ldx, x_bf16, stream);
+  const Strided weight{reinterpret_cast<const bf16*>(w.data), w.row_stride / 2, 0};
+  return BatchedMatMul(blas, 1, m, n, k, {x_bf16, k, 0}, weight, /*transpose_b=*/true, y, ldy, 0,
+                       stream);
+}
+
 absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const bf16* w,
                     int64_t n, float* y, bf16* x_bf16, cudaStream_t stream, int64_t ldx) {
-  if (m == 0 || n == 0) return absl::OkStatus();
-  F32ToBf16Rows(x, m, k, ldx > 0 ? ldx : k, x_bf16, stream);
-  return BatchedMatMul(blas, 1, m, n, k, {x_bf16, k, 0}, {w, k, 0}, /*transpose_b=*/true, y, n, 0,
-                       stream);
+  WeightView view;
+  view.rows = n;
+  view.cols = k;
+  view.data = reinterpret_cast<const uint8_t*>(w);
+  view.row_stride = k * 2;
+  return Linear(blas, x, m, view, y, x_bf16, stream, ldx);
 }
 
 absl::Status LinearF32(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const float* w,

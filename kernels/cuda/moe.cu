@@ -1,5 +1,5 @@
-// MoE kernels: routing, permutation by expert, combine, token counts, and a grouped GEMM whose row
-// ranges live on the device (no host round trip, so decode steps can be graph-captured).
+// MoE kernels: routing, permutation by expert, combine and token counts (the grouped expert GEMM
+// is in weight_linear.cu).
 #include <cuda_bf16.h>
 
 #include "kernels/cuda/ops.h"
@@ -162,31 +162,6 @@ __global__ void CombineKernel(const float* y, const int32_t* row_of, const float
   out[i] = s;
 }
 
-constexpr int kTile = 16;
-
-// Block (col tile, expert): walks the expert's rows in tiles of kTile.
-__global__ void GroupedLinearKernel(const float* x, const int32_t* offsets, const bf16* const* w,
-                                    int64_t n, int64_t k, float* y) {
-  __shared__ float xs[kTile][kTile + 1];
-  __shared__ float ws[kTile][kTile + 1];
-  const int e = blockIdx.y, tx = threadIdx.x, ty = threadIdx.y;
-  const int64_t col0 = static_cast<int64_t>(blockIdx.x) * kTile;
-  const int64_t r_begin = offsets[e], r_end = offsets[e + 1];
-  const bf16* we = w[e];
-  for (int64_t r0 = r_begin; r0 < r_end; r0 += kTile) {
-    float acc = 0.0f;
-    for (int64_t k0 = 0; k0 < k; k0 += kTile) {
-      xs[ty][tx] = (r0 + ty < r_end && k0 + tx < k) ? x[(r0 + ty) * k + k0 + tx] : 0.0f;
-      ws[ty][tx] =
-          (col0 + ty < n && k0 + tx < k) ? __bfloat162float(we[(col0 + ty) * k + k0 + tx]) : 0.0f;
-      __syncthreads();
-      for (int kk = 0; kk < kTile; ++kk) acc += xs[ty][kk] * ws[tx][kk];
-      __syncthreads();
-    }
-    if (r0 + ty < r_end && col0 + tx < n) y[(r0 + ty) * n + col0 + tx] = acc;
-  }
-}
-
 int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -218,13 +193,6 @@ void CombineRows(const float* y, const int32_t* row_of, const float* weights, in
     CombineKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(y, row_of, weights, n, k, dim, out,
                                                             accumulate);
   }
-}
-
-void GroupedLinear(const float* x, const int32_t* offsets, int64_t experts, const bf16* const* w,
-                   int64_t n, int64_t k, float* y, cudaStream_t stream) {
-  if (experts == 0 || n == 0) return;
-  const dim3 grid(static_cast<unsigned>((n + kTile - 1) / kTile), static_cast<unsigned>(experts));
-  GroupedLinearKernel<<<grid, dim3(kTile, kTile), 0, stream>>>(x, offsets, w, n, k, y);
 }
 
 }  // namespace moe::cuda

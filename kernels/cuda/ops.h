@@ -1,6 +1,8 @@
-// The engine's op set on device memory — the CUDA twin of kernels/ops.h and kernels/attention.h.
-// Activations are float32; weights bf16 (fp8 checkpoints are dequantized to bf16 once, at load);
-// GEMMs take bf16 operands and accumulate in float32.
+// The engine's op set on device memory — the CUDA twin of kernels/cpu/ops.h, attention.h and
+// weight_matmul.h. Activations are float32. Weights stay in their checkpoint's format on the
+// device (bf16, fp8 e4m3 with 128x128 block scales, int4 groups; f32/f16 are rounded to bf16):
+// bf16 products go through cuBLAS (bf16 operands, float32 accumulation), fp8 and int4 ones
+// through kernels that dequantize each weight in registers and multiply by float32 activations.
 // Every launcher enqueues on `stream` and returns at once; none allocates or synchronises, so a
 // sequence of them can be captured in a CUDA graph.
 #pragma once
@@ -12,6 +14,7 @@
 #include <cstdint>
 
 #include "absl/status/status.h"
+#include "common/weight_matrix.h"
 #include "kernels/cpu/sampler.h"
 
 namespace moe {
@@ -49,7 +52,41 @@ void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, flo
 void ScatterRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
                  cudaStream_t stream);
 
-// ---- GEMM (cuBLAS; row-major shapes) ----------------------------------------------------------
+// ---- GEMM (row-major shapes) ------------------------------------------------------------------
+// A weight [rows, cols] in device memory in its checkpoint format: the device twin of
+// WeightMatrix (kBF16, kF8Block, kInt4Group), plain data passed to kernels by value.
+//   kBF16       rows `row_stride` bytes apart;
+//   kF8Block    e4m3 bytes times block_scales[((r + row0) / block_rows) * scale_stride +
+//               (c + col0) / block_cols] (row0, col0: the window's place in its first block);
+//   kInt4Group  eight nibbles per little-endian int32 (value i in bits 4i..4i+3, stored q + 8)
+//               times the bf16 group_scales[r * scale_stride + c / group_size].
+struct WeightView {
+  WeightFormat format = WeightFormat::kBF16;
+  int64_t rows = 0, cols = 0;
+  const uint8_t* data = nullptr;
+  int64_t row_stride = 0;
+  const float* block_scales = nullptr;
+  int64_t block_rows = 128, block_cols = 128, row0 = 0, col0 = 0;
+  const uint16_t* group_scales = nullptr;
+  int64_t group_size = 32;
+  int64_t scale_stride = 0;
+};
+// y[m, w.rows] = x[m, w.cols] · W^T for a compact W (fp8 or int4; bf16 works too), float32
+// accumulation; rows of x `ldx` apart, of y `ldy`. Up to 8 rows, each weight is read once; more
+// rows go through a tiled product.
+void WeightLinear(const float* x, int64_t m, int64_t ldx, const WeightView& w, float* y,
+                  int64_t ldy, cudaStream_t stream);
+// Grouped product over experts with the row ranges on the device (graph-capturable): for each
+// expert e, y[offsets[e]..offsets[e+1]) = x[same rows, k] · W_e^T, W_e = w[e] (device memory, all
+// of `format` and [n, k]); rows of x k apart, of y `ldy`.
+void GroupedWeightLinear(const float* x, const int32_t* offsets, int64_t experts,
+                         WeightFormat format, const WeightView* w, int64_t n, int64_t k, float* y,
+                         int64_t ldy, cudaStream_t stream);
+// y = x · W^T for any WeightView: bf16 through cuBLAS (x rounded to bf16 into `x_bf16`, m * cols
+// elements), the compact formats through WeightLinear. ldx, ldy 0: dense rows.
+absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, const WeightView& w, float* y,
+                    bf16* x_bf16, cudaStream_t stream, int64_t ldx = 0, int64_t ldy = 0);
+
 // y[m, n] = x[m, k] · w[n, k]^T, x's rows `ldx` apart (0: k): x is converted to bf16 into
 // `x_bf16` (m * k elements), the product accumulates in float32.
 absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const bf16* w,
@@ -115,10 +152,6 @@ void CombineRows(const float* y, const int32_t* row_of, const float* weights, in
                  int64_t dim, float* out, bool accumulate, cudaStream_t stream);
 // counts[e] += offsets[e + 1] - offsets[e]: tokens routed to each expert, accumulated.
 void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts, cudaStream_t stream);
-// Grouped GEMM over experts with the row ranges on the device (graph-capturable): for each expert
-// e, y[offsets[e]..offsets[e+1]) = x[same rows, k] · w[e]^T where w[e] is bf16 [n, k].
-void GroupedLinear(const float* x, const int32_t* offsets, int64_t experts, const bf16* const* w,
-                   int64_t n, int64_t k, float* y, cudaStream_t stream);
 
 // ---- sampling ---------------------------------------------------------------------------------
 // The twin of SampleToken (kernels/cpu/sampler.h): greedy, temperature, top-k, top-p, seeded

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <random>
@@ -19,7 +20,9 @@
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/router.h"
 #include "kernels/cpu/sampler.h"
+#include "kernels/cpu/weight_matmul.h"
 #include "kernels/cuda/device_buffer.h"
+#include "kernels/cuda/device_weight.h"
 #include "kernels/cuda/ops.h"
 
 namespace moe::cuda {
@@ -88,6 +91,67 @@ std::vector<float> RoundBf16(const std::vector<float>& v) {
   std::vector<float> out(v.size());
   for (size_t i = 0; i < v.size(); ++i) out[i] = BF16ToF32(F32ToBF16(v[i]));
   return out;
+}
+
+// A random weight [R, C] stored in format f (fp8 e4m3 in 128x128 blocks, int4 in groups of 32,
+// or bf16), and its windows as the checkpoint gives them (common/weight_matrix.h).
+struct HostWeight {
+  WeightFormat format;
+  int64_t R = 0, C = 0;
+  std::vector<uint8_t> data;
+  std::vector<float> block_scales;
+  std::vector<uint16_t> group_scales;
+
+  WeightMatrix Window(int64_t r0, int64_t rows, int64_t c0, int64_t cols) const {
+    WeightMatrix w;
+    w.format = format;
+    w.rows = rows;
+    w.cols = cols;
+    w.row0 = r0;
+    w.col0 = c0;
+    if (format == WeightFormat::kBF16) {
+      w.row_stride = C * 2;
+      w.data = data.data() + r0 * w.row_stride + c0 * 2;
+    } else if (format == WeightFormat::kF8Block) {
+      w.row_stride = C;
+      w.data = data.data() + r0 * w.row_stride + c0;
+      w.block_scales = block_scales.data();
+      w.scale_stride = (C + 127) / 128;
+    } else {
+      w.row_stride = C / 2;
+      w.data = data.data() + r0 * w.row_stride + c0 / 2;
+      w.scale_stride = C / 32;
+      w.group_scales = group_scales.data() + r0 * w.scale_stride + c0 / 32;
+    }
+    return w;
+  }
+  WeightMatrix All() const { return Window(0, R, 0, C); }
+};
+
+HostWeight RandomWeight(WeightFormat f, int64_t R, int64_t C, std::mt19937& rng) {
+  HostWeight h{f, R, C, {}, {}, {}};
+  std::normal_distribution<float> normal(0.0f, 0.1f);
+  if (f == WeightFormat::kBF16) {
+    h.data.resize(R * C * 2);
+    for (int64_t i = 0; i < R * C; ++i) {
+      const uint16_t b = F32ToBF16(normal(rng));
+      std::memcpy(&h.data[i * 2], &b, 2);
+    }
+  } else if (f == WeightFormat::kF8Block) {
+    h.data.resize(R * C);
+    for (uint8_t& b : h.data) {
+      b = static_cast<uint8_t>(rng() & 0xff);
+      if ((b & 0x7f) == 0x7f) b &= 0xfe;  // no NaN codes, as in checkpoints
+    }
+    h.block_scales.resize(((R + 127) / 128) * ((C + 127) / 128));
+    for (float& x : h.block_scales) x = std::exp2(static_cast<float>(rng() % 9) - 12.0f) * 1.5f;
+  } else {
+    h.data.resize(R * C / 2);
+    for (uint8_t& b : h.data) b = static_cast<uint8_t>(rng() & 0xff);
+    h.group_scales.resize(R * (C / 32));
+    for (uint16_t& x : h.group_scales) x = F32ToBF16(0.01f + 0.05f * std::fabs(normal(rng)) * 10);
+  }
+  return h;
 }
 
 TEST_F(CudaOpsTest, ConversionsAreExact) {
@@ -350,8 +414,79 @@ TEST_F(CudaOpsTest, RoutingMatchesTheCpuRouter) {
   }
 }
 
+// Each format's product against the CPU kernel (kernels/cpu/weight_matmul.h, itself checked
+// against a double-precision product): windows that cut fp8 blocks and start inside the tensor,
+// strided x and y, the few-row kernel (m <= 8) and the tiled one. The compact formats stay
+// compact on the device.
+TEST_F(CudaOpsTest, CompactWeightProductsMatchTheCpuKernels) {
+  struct Window {
+    int64_t r0, rows, c0, cols;
+  };
+  for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF8Block, WeightFormat::kInt4Group}) {
+    const HostWeight stored = RandomWeight(f, 300, 384, rng_);
+    const int64_t c0 = f == WeightFormat::kInt4Group ? 128 : 96;
+    for (const Window& win :
+         {Window{0, 300, 0, 384}, Window{37, 150, 0, 384}, Window{0, 300, c0, 384 - c0 - 32}}) {
+      const WeightMatrix w = stored.Window(win.r0, win.rows, win.c0, win.cols);
+      auto d = DeviceWeight::Upload(w);
+      ASSERT_TRUE(d.ok()) << d.status();
+      EXPECT_EQ(d->format(), f);
+      EXPECT_EQ(d->bytes(), w.bytes()) << "the device copy is not the window's bytes";
+      for (int64_t m : {1, 5, 8, 9, 40}) {
+        const int64_t ldx = win.cols + 3, ldy = win.rows + 5;
+        const auto x = Random(m * ldx);
+        auto dx = Up(x);
+        auto dy = Poisoned(m * ldy);
+        WeightLinear(dx.data(), m, ldx, d->view(), dy.data(), ldy, stream_);
+        std::vector<float> want(m * ldy, 0.0f);
+        cpu::MatMulNT(m, x.data(), ldx, w, want.data(), ldy);
+        const auto y = Down(dy, m * ldy);
+        std::vector<float> got_rows, want_rows;
+        for (int64_t i = 0; i < m; ++i) {
+          got_rows.insert(got_rows.end(), y.begin() + i * ldy, y.begin() + i * ldy + win.rows);
+          want_rows.insert(want_rows.end(), want.begin() + i * ldy,
+                           want.begin() + i * ldy + win.rows);
+        }
+        EXPECT_LE(RelativeError(got_rows, want_rows), 1e-5)
+            << WeightFormatName(f) << " window at (" << win.r0 << ", " << win.c0 << "), m " << m;
+      }
+    }
+  }
+}
+
+// Linear takes cuBLAS for bf16 and the in-register product for fp8; an fp8 weight uploaded as
+// bf16 (MLA's kv_b_proj) is its dequantized values rounded.
+TEST_F(CudaOpsTest, LinearPicksTheProductOfTheFormat) {
+  const HostWeight stored = RandomWeight(WeightFormat::kF8Block, 200, 256, rng_);
+  const WeightMatrix w = stored.All();
+  auto fp8 = DeviceWeight::Upload(w);
+  auto rounded = DeviceWeight::Upload(w, /*as_bf16=*/true);
+  ASSERT_TRUE(fp8.ok() && rounded.ok());
+  EXPECT_EQ(rounded->format(), WeightFormat::kBF16);
+  EXPECT_EQ(rounded->bytes(), 200u * 256 * 2);
+  const int64_t m = 12;
+  const auto x = Random(m * 256);
+  auto dx = Up(x);
+  DeviceBuffer<bf16> scratch;
+  ASSERT_TRUE(scratch.Allocate(m * 256).ok());
+  std::vector<float> want(m * 200);
+  cpu::MatMulNT(m, x.data(), 256, w, want.data(), 200);
+  auto y = Poisoned(m * 200);
+  ASSERT_TRUE(Linear(blas_, dx.data(), m, fp8->view(), y.data(), scratch.data(), stream_).ok());
+  EXPECT_LE(RelativeError(Down(y, m * 200), want), 1e-5);
+  // bf16 operands: x and the weights each rounded once.
+  std::vector<float> dense(200 * 256);
+  cpu::DequantizeRows(w, 0, 200, dense.data());
+  const auto xr = RoundBf16(x), wr = RoundBf16(dense);
+  cpu::MatMulNT(m, 200, 256, xr.data(), 256, wr.data(), 256, want.data(), 200);
+  auto yb = Poisoned(m * 200);
+  ASSERT_TRUE(
+      Linear(blas_, dx.data(), m, rounded->view(), yb.data(), scratch.data(), stream_).ok());
+  EXPECT_LE(RelativeError(Down(yb, m * 200), want), 1e-4);
+}
+
 TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
-  const int64_t n = 21, k = 3, E = 6, h = 40, out_dim = 24;
+  const int64_t n = 21, k = 3, E = 6, h = 64, out_dim = 24;
   std::vector<int32_t> ids(n * k);
   std::vector<int32_t> all(E);
   std::iota(all.begin(), all.end(), 0);
@@ -363,47 +498,63 @@ TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
   ids[0] = 4;
   std::vector<float> weights(n * k);
   for (float& w : weights) w = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
-  const auto x = RoundBf16(Random(n * h));
-  std::vector<std::vector<float>> w(E);
-  std::vector<DeviceBuffer<bf16>> dw(E);
-  std::vector<const bf16*> ptrs;
-  for (int64_t e = 0; e < E; ++e) {
-    w[e] = RoundBf16(Random(out_dim * h, 0.2f));
-    dw[e] = Up(ToBf16(w[e]));
-    ptrs.push_back(dw[e].data());
-  }
-  auto dptrs = Up(ptrs);
-  auto dids = Up(ids);
-  auto dx = Up(x), dweights = Up(weights);
-  DeviceBuffer<int32_t> offsets, sorted_token, row_of;
-  ASSERT_TRUE(offsets.Allocate(E + 1).ok() && sorted_token.Allocate(n * k).ok() &&
-              row_of.Allocate(n * k).ok());
-  PermuteByExpert(dids.data(), n, k, E, offsets.data(), sorted_token.data(), row_of.data(),
-                  stream_);
-  auto gathered = Poisoned(n * k * h);
-  GatherRows(dx.data(), sorted_token.data(), n * k, h, gathered.data(), stream_);
-  auto y = Poisoned(n * k * out_dim);
-  GroupedLinear(gathered.data(), offsets.data(), E, dptrs.data(), out_dim, h, y.data(), stream_);
-  auto out = Poisoned(n * out_dim);
-  CombineRows(y.data(), row_of.data(), dweights.data(), n, k, out_dim, out.data(), false, stream_);
-  std::vector<float> want(n * out_dim, 0.0f), row(out_dim);
-  for (int64_t t = 0; t < n; ++t) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = ids[t * k + j];
-      cpu::MatMulNT(1, out_dim, h, x.data() + t * h, h, w[e].data(), h, row.data(), out_dim);
-      for (int64_t c = 0; c < out_dim; ++c) want[t * out_dim + c] += weights[t * k + j] * row[c];
+  const auto x = Random(n * h);
+  for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF8Block, WeightFormat::kInt4Group}) {
+    std::vector<HostWeight> w;
+    std::vector<DeviceWeight> dw;
+    std::vector<WeightView> views;
+    for (int64_t e = 0; e < E; ++e) {
+      w.push_back(RandomWeight(f, out_dim, h, rng_));
+      auto d = DeviceWeight::Upload(w.back().All());
+      ASSERT_TRUE(d.ok()) << d.status();
+      views.push_back(d->view());
+      dw.push_back(std::move(*d));
     }
-  }
-  EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-5);
-  // Rows are grouped by expert, in (token, slot) order within an expert.
-  const auto off = Down(offsets, E + 1);
-  auto counts = Up(std::vector<int64_t>(E, 10));
-  AddExpertCounts(offsets.data(), E, counts.data(), stream_);
-  const auto got_counts = Down(counts, E);
-  for (int64_t e = 0; e < E; ++e) {
-    const auto chosen = std::count(ids.begin(), ids.end(), static_cast<int32_t>(e));
-    EXPECT_EQ(off[e + 1] - off[e], chosen);
-    EXPECT_EQ(got_counts[e], 10 + chosen);
+    auto dviews = Up(views);
+    auto dids = Up(ids);
+    auto dx = Up(x), dweights = Up(weights);
+    DeviceBuffer<int32_t> offsets, sorted_token, row_of;
+    ASSERT_TRUE(offsets.Allocate(E + 1).ok() && sorted_token.Allocate(n * k).ok() &&
+                row_of.Allocate(n * k).ok());
+    PermuteByExpert(dids.data(), n, k, E, offsets.data(), sorted_token.data(), row_of.data(),
+                    stream_);
+    auto gathered = Poisoned(n * k * h);
+    GatherRows(dx.data(), sorted_token.data(), n * k, h, gathered.data(), stream_);
+    // Written into the second half of rows twice as wide, as the gate/up products are.
+    auto y = Poisoned(n * k * 2 * out_dim);
+    GroupedWeightLinear(gathered.data(), offsets.data(), E, f, dviews.data(), out_dim, h,
+                        y.data() + out_dim, 2 * out_dim, stream_);
+    const auto wide = Down(y, n * k * 2 * out_dim);
+    for (int64_t r = 0; r < n * k; ++r) {
+      EXPECT_TRUE(std::isnan(wide[r * 2 * out_dim])) << "wrote outside its columns";
+    }
+    std::vector<float> compact(n * k * out_dim);
+    for (int64_t r = 0; r < n * k; ++r) {
+      std::copy_n(wide.begin() + r * 2 * out_dim + out_dim, out_dim, compact.begin() + r * out_dim);
+    }
+    auto dcompact = Up(compact);
+    auto out = Poisoned(n * out_dim);
+    CombineRows(dcompact.data(), row_of.data(), dweights.data(), n, k, out_dim, out.data(), false,
+                stream_);
+    std::vector<float> want(n * out_dim, 0.0f), row(out_dim);
+    for (int64_t t = 0; t < n; ++t) {
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = ids[t * k + j];
+        cpu::MatMulNT(1, x.data() + t * h, h, w[e].All(), row.data(), out_dim);
+        for (int64_t c = 0; c < out_dim; ++c) want[t * out_dim + c] += weights[t * k + j] * row[c];
+      }
+    }
+    EXPECT_LE(RelativeError(Down(out, want.size()), want), 1e-5) << WeightFormatName(f);
+    // Rows are grouped by expert, in (token, slot) order within an expert.
+    const auto off = Down(offsets, E + 1);
+    auto counts = Up(std::vector<int64_t>(E, 10));
+    AddExpertCounts(offsets.data(), E, counts.data(), stream_);
+    const auto got_counts = Down(counts, E);
+    for (int64_t e = 0; e < E; ++e) {
+      const auto chosen = std::count(ids.begin(), ids.end(), static_cast<int32_t>(e));
+      EXPECT_EQ(off[e + 1] - off[e], chosen);
+      EXPECT_EQ(got_counts[e], 10 + chosen);
+    }
   }
 }
 

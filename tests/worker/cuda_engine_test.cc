@@ -1,5 +1,6 @@
 // The whole model on the CUDA backend against the CPU engine (float32, itself checked against HF
-// transformers) on the tiny presets. The GPU rounds GEMM operands to bf16, so:
+// transformers) on the tiny presets, with bf16, fp8 and int4 checkpoints (the GPU keeps fp8 and
+// int4 weights as they are stored). The GPU rounds bf16 weights' GEMM operands to bf16, so:
 //   - logits: ||gpu - cpu|| / ||cpu|| <= 1e-2 at every step where both ran the same tokens;
 //   - greedy tokens: identical, except that at the first step where they differ the CPU's
 //     logits must show a near tie (its top token within 1e-2 of max|logit| of the GPU's pick);
@@ -83,7 +84,7 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
 
 TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
   const std::string preset = GetParam();
-  for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8}) {
+  for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8, WeightDType::kInt4}) {
     ScratchDir dir;
     ASSERT_TRUE(WriteModel(dir, preset, dtype));
     auto cpu = Load(dir.path(), Device::kCpu);
@@ -100,7 +101,10 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
       auto got = GenerateGreedy(*gpu, ga, prompt, g);
       ASSERT_TRUE(want.ok() && got.ok()) << got.status();
       ExpectSameGeneration(*got, *want, vocab,
-                           preset + (dtype == WeightDType::kFP8 ? " fp8" : " bf16") +
+                           preset +
+                               (dtype == WeightDType::kFP8    ? " fp8"
+                                : dtype == WeightDType::kInt4 ? " int4"
+                                                              : " bf16") +
                                ", prompt of " + std::to_string(prompt.size()));
     }
     auto& model = dynamic_cast<CudaModel&>(gpu->model());

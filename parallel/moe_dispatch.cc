@@ -9,29 +9,23 @@
 #include "common/status_macros.h"
 
 namespace moe {
-namespace {
-
-template <typename V>
-void Reserve(V& v, size_t n) {  // grow only: keep the pages
-  if (v.size() < n) v.resize(n);
-}
-
-void AddRow(float* dst, const float* src, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) dst[i] += src[i];
-}
-
-}  // namespace
 
 MoeDispatcher::MoeDispatcher(Communicator* comm, const ExpertPlacement* placement, int64_t hidden,
-                             int64_t top_k, Transport transport)
-    : comm_(comm), placement_(placement), hidden_(hidden), top_k_(top_k), transport_(transport) {
+                             int64_t top_k, Transport transport, RowMemory* memory)
+    : comm_(comm),
+      placement_(placement),
+      hidden_(hidden),
+      top_k_(top_k),
+      transport_(transport),
+      memory_(memory != nullptr ? memory : DefaultHostRowMemory()) {
   MOE_CHECK(placement->world() == comm->size());
   if (transport_ == Transport::kAuto) {
     const char* env = std::getenv("MOE_DISPATCH");
     const bool forced = env != nullptr && std::string(env) == "alltoallv";
-    transport_ = comm->on_one_host() && !forced ? Transport::kSharedMemory : Transport::kAllToAllV;
+    transport_ = comm->on_one_host() && memory_->host() && !forced ? Transport::kSharedMemory
+                                                                   : Transport::kAllToAllV;
   }
+  MOE_CHECK(transport_ == Transport::kAllToAllV || memory_->host());
 }
 
 absl::Status MoeDispatcher::EnsureWindow(int64_t rows) {
@@ -76,8 +70,14 @@ absl::Status MoeDispatcher::PlanRows(int64_t num_tokens, const int32_t* topk_ids
     }
     h->token_begin[t + 1] = static_cast<int64_t>(h->row_rank.size());
   }
+  // Every rank's counts, through the memory the communicator reads.
+  const size_t bytes = world * sizeof(int64_t);
+  MOE_RETURN_IF_ERROR(memory_->Reserve(&counts_send_, bytes));
+  MOE_RETURN_IF_ERROR(memory_->Reserve(&counts_recv_, world * bytes));
+  MOE_RETURN_IF_ERROR(memory_->CopyFromHost(mine.data(), bytes, counts_send_.data));
+  MOE_RETURN_IF_ERROR(comm_->AllGather(counts_send_.data, bytes, counts_recv_.data));
   h->counts.resize(static_cast<size_t>(world) * world);
-  return comm_->AllGather(mine.data(), world * sizeof(int64_t), h->counts.data());
+  return memory_->CopyToHost(counts_recv_.data, world * bytes, h->counts.data());
 }
 
 std::vector<int64_t> MoeDispatcher::RowBase(const DispatchHandle& h) const {
@@ -102,6 +102,17 @@ void MoeDispatcher::WriteMeta(int64_t t, int r, const int32_t* topk_ids, const f
 absl::StatusOr<Dispatched> MoeDispatcher::Dispatch(const float* x, int64_t num_tokens,
                                                    const int32_t* topk_ids,
                                                    const float* topk_weights) {
+  // The routing is planned on the host: copy it there unless it is there already.
+  if (!memory_->host()) {
+    const size_t entries = static_cast<size_t>(num_tokens * top_k_);
+    ids_host_.resize(entries);
+    weights_host_.resize(entries);
+    MOE_RETURN_IF_ERROR(memory_->CopyToHost(topk_ids, entries * sizeof(int32_t), ids_host_.data()));
+    MOE_RETURN_IF_ERROR(
+        memory_->CopyToHost(topk_weights, entries * sizeof(float), weights_host_.data()));
+    topk_ids = ids_host_.data();
+    topk_weights = weights_host_.data();
+  }
   Dispatched out;
   MOE_RETURN_IF_ERROR(PlanRows(num_tokens, topk_ids, &out.handle));
   const int world = comm_->size(), me = comm_->rank();
@@ -113,16 +124,12 @@ absl::StatusOr<Dispatched> MoeDispatcher::Dispatch(const float* x, int64_t num_t
   } else {
     MOE_ASSIGN_OR_RETURN(meta, SendAllToAll(x, topk_ids, topk_weights, &out));
   }
-  // Unpack the routing entries: local expert ids, then weight bits, per row.
-  const int64_t meta_ints = 2 * top_k_;
-  Reserve(recv_ids_, static_cast<size_t>(out.rows * top_k_));
-  Reserve(recv_weights_, static_cast<size_t>(out.rows * top_k_));
-  for (int64_t i = 0; i < out.rows; ++i) {
-    std::memcpy(&recv_ids_[i * top_k_], meta + i * meta_ints, top_k_ * sizeof(int32_t));
-    std::memcpy(&recv_weights_[i * top_k_], meta + i * meta_ints + top_k_, top_k_ * sizeof(float));
-  }
-  out.local_expert = recv_ids_.data();
-  out.weight = recv_weights_.data();
+  // Unpack the routing entries: local expert ids, then weights, per row.
+  MOE_RETURN_IF_ERROR(Reserve(&ids_, out.rows * top_k_));
+  MOE_RETURN_IF_ERROR(Reserve(&weights_, out.rows * top_k_));
+  MOE_RETURN_IF_ERROR(memory_->SplitMeta(meta, out.rows, top_k_, ids_.ints(), weights_.floats()));
+  out.local_expert = ids_.ints();
+  out.weight = weights_.floats();
   return out;
 }
 
@@ -166,19 +173,24 @@ absl::StatusOr<const int32_t*> MoeDispatcher::SendAllToAll(const float* x, const
   const int world = comm_->size(), me = comm_->rank();
   const size_t row_bytes = static_cast<size_t>(hidden_) * sizeof(float);
   const int64_t sent = static_cast<int64_t>(h.row_rank.size()), meta_ints = 2 * top_k_;
-  // Pack by destination rank.
+  // Pack by destination rank: packed row p is token pack_token_[p]; its routing entries go with it.
   std::vector<int64_t> offset(world, 0);
   for (int r = 1; r < world; ++r) offset[r] = offset[r - 1] + Count(h, me, r - 1);
-  Reserve(send_, static_cast<size_t>(sent * hidden_));
-  Reserve(meta_send_, static_cast<size_t>(sent * meta_ints));
+  pack_token_.resize(static_cast<size_t>(sent));
+  meta_host_.resize(static_cast<size_t>(sent * meta_ints));
   for (int64_t t = 0; t < h.num_tokens; ++t) {
     for (int64_t i = h.token_begin[t]; i < h.token_begin[t + 1]; ++i) {
       const int r = h.row_rank[i];
       const int64_t row = offset[r] + h.row_index[i];
-      std::memcpy(send_.data() + row * hidden_, x + t * hidden_, row_bytes);
-      WriteMeta(t, r, topk_ids, topk_weights, meta_send_.data() + row * meta_ints);
+      pack_token_[row] = static_cast<int32_t>(t);
+      WriteMeta(t, r, topk_ids, topk_weights, meta_host_.data() + row * meta_ints);
     }
   }
+  MOE_RETURN_IF_ERROR(Reserve(&send_, sent * hidden_));
+  MOE_RETURN_IF_ERROR(Reserve(&meta_send_, sent * meta_ints));
+  MOE_RETURN_IF_ERROR(memory_->GatherRows(x, pack_token_.data(), sent, hidden_, send_.floats()));
+  MOE_RETURN_IF_ERROR(memory_->CopyFromHost(meta_host_.data(), meta_host_.size() * sizeof(int32_t),
+                                            meta_send_.data));
   std::vector<size_t> send_bytes(world), recv_bytes(world), send_meta(world), recv_meta(world);
   for (int r = 0; r < world; ++r) {
     send_bytes[r] = static_cast<size_t>(Count(h, me, r)) * row_bytes;
@@ -186,54 +198,37 @@ absl::StatusOr<const int32_t*> MoeDispatcher::SendAllToAll(const float* x, const
     send_meta[r] = static_cast<size_t>(Count(h, me, r) * meta_ints) * sizeof(int32_t);
     recv_meta[r] = static_cast<size_t>(Count(h, r, me) * meta_ints) * sizeof(int32_t);
   }
-  Reserve(recv_, static_cast<size_t>(out->rows * hidden_));
-  Reserve(meta_recv_, static_cast<size_t>(out->rows * meta_ints));
-  Reserve(y_, static_cast<size_t>(out->rows * hidden_));
-  MOE_RETURN_IF_ERROR(comm_->AllToAllV(meta_send_.data(), send_meta, meta_recv_.data(), recv_meta));
-  MOE_RETURN_IF_ERROR(comm_->AllToAllV(send_.data(), send_bytes, recv_.data(), recv_bytes));
-  out->x = recv_.data();
-  out->y = y_.data();
-  return meta_recv_.data();
+  MOE_RETURN_IF_ERROR(Reserve(&recv_, out->rows * hidden_));
+  MOE_RETURN_IF_ERROR(Reserve(&meta_recv_, out->rows * meta_ints));
+  MOE_RETURN_IF_ERROR(Reserve(&y_, out->rows * hidden_));
+  MOE_RETURN_IF_ERROR(comm_->AllToAllV(meta_send_.data, send_meta, meta_recv_.data, recv_meta));
+  MOE_RETURN_IF_ERROR(comm_->AllToAllV(send_.data, send_bytes, recv_.data, recv_bytes));
+  out->x = recv_.floats();
+  out->y = y_.floats();
+  return meta_recv_.ints();
 }
 
 absl::Status MoeDispatcher::Combine(const DispatchHandle& h, float* out) {
-  // Where each of my rows' outputs can be read: a pointer per row.
-  std::vector<const float*> src(h.row_rank.size());
-  if (transport_ == Transport::kSharedMemory) {
-    MOE_RETURN_IF_ERROR(ReturnShared(h, &src));
-  } else {
-    MOE_RETURN_IF_ERROR(ReturnAllToAll(h, &src));
-  }
-  const size_t row_bytes = static_cast<size_t>(hidden_) * sizeof(float);
-  const int64_t n = h.num_tokens;
-#pragma omp parallel for schedule(static) if (n * hidden_ > (1 << 18))
-  for (int64_t t = 0; t < n; ++t) {
-    float* dst = out + t * hidden_;
-    const int64_t b = h.token_begin[t], e = h.token_begin[t + 1];
-    if (b == e) {
-      std::memset(dst, 0, row_bytes);
-      continue;
-    }
-    std::memcpy(dst, src[b], row_bytes);
-    for (int64_t i = b + 1; i < e; ++i) AddRow(dst, src[i], hidden_);
-  }
-  return absl::OkStatus();
+  if (transport_ == Transport::kSharedMemory) return CombineShared(h, out);
+  return CombineAllToAll(h, out);
 }
 
-absl::Status MoeDispatcher::ReturnShared(const DispatchHandle& h, std::vector<const float*>* src) {
+absl::Status MoeDispatcher::CombineShared(const DispatchHandle& h, float* out) {
   window_->Sync();
   MOE_RETURN_IF_ERROR(comm_->Barrier());  // every rank's outputs are written
   window_->Sync();
+  // Each of my rows' outputs, read in place from its rank's segment.
   const std::vector<int64_t> base = RowBase(h);
-  for (size_t i = 0; i < src->size(); ++i) {
+  std::vector<const float*> src(h.row_rank.size());
+  for (size_t i = 0; i < src.size(); ++i) {
     const int r = h.row_rank[i];
-    (*src)[i] = SegmentY(r) + (base[r] + h.row_index[i]) * hidden_;
+    src[i] = SegmentY(r) + (base[r] + h.row_index[i]) * hidden_;
   }
+  HostRowMemory::SumRowPointers(src.data(), h.token_begin.data(), h.num_tokens, hidden_, out);
   return absl::OkStatus();
 }
 
-absl::Status MoeDispatcher::ReturnAllToAll(const DispatchHandle& h,
-                                           std::vector<const float*>* src) {
+absl::Status MoeDispatcher::CombineAllToAll(const DispatchHandle& h, float* out) {
   const int world = comm_->size(), me = comm_->rank();
   const size_t row_bytes = static_cast<size_t>(hidden_) * sizeof(float);
   std::vector<size_t> send_bytes(world), recv_bytes(world);
@@ -243,12 +238,15 @@ absl::Status MoeDispatcher::ReturnAllToAll(const DispatchHandle& h,
     recv_bytes[r] = static_cast<size_t>(Count(h, me, r)) * row_bytes;
     if (r > 0) offset[r] = offset[r - 1] + Count(h, me, r - 1);
   }
-  Reserve(back_, h.row_rank.size() * hidden_);
-  MOE_RETURN_IF_ERROR(comm_->AllToAllV(y_.data(), send_bytes, back_.data(), recv_bytes));
-  for (size_t i = 0; i < src->size(); ++i) {
-    (*src)[i] = back_.data() + (offset[h.row_rank[i]] + h.row_index[i]) * hidden_;
+  MOE_RETURN_IF_ERROR(Reserve(&back_, static_cast<int64_t>(h.row_rank.size()) * hidden_));
+  MOE_RETURN_IF_ERROR(comm_->AllToAllV(y_.data, send_bytes, back_.data, recv_bytes));
+  // Row i of this rank came back at its destination's offset plus its index there.
+  src_rows_.resize(h.row_rank.size());
+  for (size_t i = 0; i < src_rows_.size(); ++i) {
+    src_rows_[i] = offset[h.row_rank[i]] + h.row_index[i];
   }
-  return absl::OkStatus();
+  return memory_->SumRows(back_.floats(), src_rows_.data(), h.token_begin.data(), h.num_tokens,
+                          hidden_, out);
 }
 
 }  // namespace moe

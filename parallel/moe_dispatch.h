@@ -9,10 +9,15 @@
 // Callers never see counts, offsets or permutations.
 //
 // Two transports, same results:
-//   shared memory (every rank on one host): senders write rows straight into the receiver's
-//     segment of an MPI shared-memory window, and combine reads the experts' outputs straight
-//     from the peers' segments — one pass over the bytes each way, like DeepEP's intranode path;
-//   all-to-all-v (any layout, e.g. across hosts): pack by destination, exchange, return, sum.
+//   shared memory (every rank on one host, host memory): senders write rows straight into the
+//     receiver's segment of an MPI shared-memory window, and combine reads the experts' outputs
+//     straight from the peers' segments — one pass over the bytes each way, like DeepEP's
+//     intranode path;
+//   all-to-all-v (any layout, e.g. across hosts): pack by destination, exchange, return, sum. Its
+//     buffers live in a RowMemory (parallel/row_memory.h) — host memory with MPI or TCP, device
+//     memory with NCCL — and the dispatcher moves rows only through it and the communicator, so
+//     the same code runs on either; x, the routing, the Dispatched rows and Combine's output are
+//     then in that memory too.
 // The dispatcher owns its buffers and reuses them (no fresh pages per call): a Dispatched's
 // pointers stay valid until the next Dispatch on the same dispatcher.
 #pragma once
@@ -24,6 +29,7 @@
 #include "absl/status/statusor.h"
 #include "common/tensor.h"
 #include "parallel/communicator.h"
+#include "parallel/row_memory.h"
 #include "parallel/shard_plan.h"
 
 namespace moe {
@@ -49,10 +55,11 @@ class MoeDispatcher {
  public:
   enum class Transport { kAuto, kSharedMemory, kAllToAllV };
 
-  // kAuto picks shared memory when every rank is on one host, unless the environment variable
-  // MOE_DISPATCH=alltoallv asks for the portable path.
+  // kAuto picks shared memory when every rank is on one host and the memory is the host's, unless
+  // the environment variable MOE_DISPATCH=alltoallv asks for the portable path. `memory` (not
+  // owned; null: host memory) is where the buffers live; shared memory needs the host's.
   MoeDispatcher(Communicator* comm, const ExpertPlacement* placement, int64_t hidden, int64_t top_k,
-                Transport transport = Transport::kAuto);
+                Transport transport = Transport::kAuto, RowMemory* memory = nullptr);
 
   // x [num_tokens, hidden]; topk_ids / topk_weights [num_tokens, top_k] (global expert ids).
   absl::StatusOr<Dispatched> Dispatch(const float* x, int64_t num_tokens, const int32_t* topk_ids,
@@ -73,14 +80,17 @@ class MoeDispatcher {
   void WriteMeta(int64_t t, int r, const int32_t* topk_ids, const float* topk_weights,
                  int32_t* meta) const;
   // The transports: send rows (setting out->x, out->y; returning the received routing entries),
-  // and return the outputs (a pointer to each of this rank's rows' outputs).
+  // and return the outputs.
   absl::StatusOr<const int32_t*> SendShared(const float* x, const int32_t* topk_ids,
                                             const float* topk_weights, Dispatched* out);
   absl::StatusOr<const int32_t*> SendAllToAll(const float* x, const int32_t* topk_ids,
                                               const float* topk_weights, Dispatched* out);
-  absl::Status ReturnShared(const DispatchHandle& h, std::vector<const float*>* src);
-  absl::Status ReturnAllToAll(const DispatchHandle& h, std::vector<const float*>* src);
+  absl::Status CombineShared(const DispatchHandle& h, float* out);
+  absl::Status CombineAllToAll(const DispatchHandle& h, float* out);
   absl::Status EnsureWindow(int64_t rows);
+  absl::Status Reserve(RowMemory::Buffer* b, int64_t elements) {
+    return memory_->Reserve(b, static_cast<size_t>(elements) * sizeof(float));
+  }
   char* Segment(int rank) { return window_->segment(rank); }
   float* SegmentX(int rank) { return reinterpret_cast<float*>(Segment(rank)); }
   float* SegmentY(int rank) { return SegmentX(rank) + capacity_ * hidden_; }
@@ -92,15 +102,17 @@ class MoeDispatcher {
   const ExpertPlacement* placement_;
   int64_t hidden_, top_k_;
   Transport transport_;
+  RowMemory* memory_;
   // Shared-memory transport: per rank [x rows | y rows | meta rows] of capacity_ rows each.
   std::unique_ptr<SharedWindow> window_;
   int64_t capacity_ = 0;
-  // All-to-all-v transport.
-  FloatVector send_, recv_, y_, back_;
-  std::vector<int32_t> meta_send_, meta_recv_;
-  // Received routing entries, unpacked.
-  std::vector<int32_t> recv_ids_;
-  std::vector<float> recv_weights_;
+  // In `memory_`: the counts' exchange, the all-to-all-v transport's rows, the received routing.
+  RowMemory::Buffer counts_send_, counts_recv_, send_, meta_send_, recv_, meta_recv_, y_, back_;
+  RowMemory::Buffer ids_, weights_;
+  // Host: the routing when the memory is not the host's, and the packing plan.
+  std::vector<int32_t> ids_host_, pack_token_, meta_host_;
+  std::vector<float> weights_host_;
+  std::vector<int64_t> src_rows_;
 };
 
 }  // namespace moe

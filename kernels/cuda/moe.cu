@@ -162,6 +162,25 @@ __global__ void CombineKernel(const float* y, const int32_t* row_of, const float
   out[i] = s;
 }
 
+__global__ void SumRowRangesKernel(const float* y, const int64_t* rows, const int64_t* begin,
+                                   int64_t n, int64_t dim, float* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * dim) return;
+  const int64_t t = i / dim, c = i % dim;
+  float s = 0.0f;
+  for (int64_t r = begin[t]; r < begin[t + 1]; ++r) s += y[rows[r] * dim + c];
+  out[i] = s;
+}
+
+__global__ void SplitRoutingRowsKernel(const int32_t* meta, int64_t n, int64_t k, int32_t* ids,
+                                       float* weights) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= n * k) return;
+  const int64_t row = i / k, j = i % k;
+  ids[i] = meta[row * 2 * k + j];
+  weights[i] = __int_as_float(meta[row * 2 * k + k + j]);
+}
+
 int Blocks(int64_t n) { return static_cast<int>((n + kThreads - 1) / kThreads); }
 
 }  // namespace
@@ -185,6 +204,20 @@ void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts,
                      cudaStream_t stream) {
   if (experts > 0)
     AddCountsKernel<<<Blocks(experts), kThreads, 0, stream>>>(offsets, experts, counts);
+}
+
+void SumRowRanges(const float* y, const int64_t* rows, const int64_t* begin, int64_t n, int64_t dim,
+                  float* out, cudaStream_t stream) {
+  if (n * dim > 0) {
+    SumRowRangesKernel<<<Blocks(n * dim), kThreads, 0, stream>>>(y, rows, begin, n, dim, out);
+  }
+}
+
+void SplitRoutingRows(const int32_t* meta, int64_t n, int64_t k, int32_t* ids, float* weights,
+                      cudaStream_t stream) {
+  if (n * k > 0) {
+    SplitRoutingRowsKernel<<<Blocks(n * k), kThreads, 0, stream>>>(meta, n, k, ids, weights);
+  }
 }
 
 void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,

@@ -150,6 +150,14 @@ void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, 
 // out[t] (+)= sum_j weights[t, j] * y[row_of[t * k + j]] — each token's rows, in slot order.
 void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,
                  int64_t dim, float* out, bool accumulate, cudaStream_t stream);
+// The MoE dispatcher's row moves on the device (parallel/cuda_row_memory.h):
+// out[t] = sum of y[rows[begin[t]]], ..., y[rows[begin[t + 1] - 1]] in that order (zero when
+// none), rows of dim floats;
+void SumRowRanges(const float* y, const int64_t* rows, const int64_t* begin, int64_t n, int64_t dim,
+                  float* out, cudaStream_t stream);
+// n routing rows [k int32 ids | k float weights (bits)] -> ids [n, k], weights [n, k].
+void SplitRoutingRows(const int32_t* meta, int64_t n, int64_t k, int32_t* ids, float* weights,
+                      cudaStream_t stream);
 // counts[e] += offsets[e + 1] - offsets[e]: tokens routed to each expert, accumulated.
 void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts, cudaStream_t stream);
 

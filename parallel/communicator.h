@@ -32,6 +32,11 @@ class Communicator {
 
   virtual absl::Status AllReduceSum(float* data, size_t count) = 0;
   virtual absl::Status AllReduceSum(int64_t* data, size_t count) = 0;
+  // The sum lands on `root` only (the other ranks' data is left as it was): what only one rank
+  // needs, e.g. the sampled tokens the leader reports. By default an all-reduce.
+  virtual absl::Status ReduceSum(int64_t* data, size_t count, int root) {
+    return AllReduceSum(data, count);
+  }
   // recv holds size() * bytes: rank r's `bytes` at offset r * bytes.
   virtual absl::Status AllGather(const void* send, size_t bytes, void* recv) = 0;
   // recv_bytes[r] bytes from rank r, packed in rank order.

@@ -118,6 +118,15 @@ class MpiCommunicator final : public Communicator {
         MPI_Allreduce(MPI_IN_PLACE, data, static_cast<int>(count), MPI_INT64_T, MPI_SUM, comm_),
         "all-reduce");
   }
+  absl::Status ReduceSum(int64_t* data, size_t count, int root) override {
+    if (count > static_cast<size_t>(INT_MAX))
+      return absl::ResourceExhaustedError("reduce too large");
+    const int n = static_cast<int>(count);
+    const int rc = rank() == root
+                       ? MPI_Reduce(MPI_IN_PLACE, data, n, MPI_INT64_T, MPI_SUM, root, comm_)
+                       : MPI_Reduce(data, nullptr, n, MPI_INT64_T, MPI_SUM, root, comm_);
+    return MpiError(rc, "reduce");
+  }
   absl::Status AllGather(const void* send, size_t bytes, void* recv) override {
     MOE_ASSIGN_OR_RETURN(auto n, Counts({bytes}, "all-gather"));
     return MpiError(MPI_Allgather(send, n[0], MPI_BYTE, recv, n[0], MPI_BYTE, comm_), "all-gather");

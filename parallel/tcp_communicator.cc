@@ -160,6 +160,18 @@ class TcpCommunicator final : public Communicator {
 
   absl::Status AllReduceSum(float* data, size_t count) override { return Reduce(data, count); }
   absl::Status AllReduceSum(int64_t* data, size_t count) override { return Reduce(data, count); }
+  // Every other rank sends its part to the root, which adds them in rank order.
+  absl::Status ReduceSum(int64_t* data, size_t count, int root) override {
+    const size_t bytes = count * sizeof(int64_t);
+    if (rank_ != root) return Exchange(root, data, bytes, root, nullptr, 0);
+    std::vector<int64_t> part(count);
+    for (int r = 0; r < size(); ++r) {
+      if (r == root) continue;
+      MOE_RETURN_IF_ERROR(Exchange(r, nullptr, 0, r, part.data(), bytes));
+      for (size_t i = 0; i < count; ++i) data[i] += part[i];
+    }
+    return absl::OkStatus();
+  }
   absl::Status AllGather(const void* send, size_t bytes, void* recv) override {
     return AllGatherV(send, bytes, recv, std::vector<size_t>(size(), bytes));
   }

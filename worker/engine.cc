@@ -414,8 +414,10 @@ absl::Status Engine::ShareSampledTokens(const std::vector<SequenceStep>& step,
   }
   for (size_t e = 0; e < counts.size(); ++e) sums[n + e] = counts[e] - expert_counts_[e];
   expert_counts_ = counts;
-  if (ctx_->world().size() > 1) {
+  if (ctx_->world().size() > 1 && (options_.tokens_on_every_rank || options_.mtp)) {
     MOE_RETURN_IF_ERROR(ctx_->world().AllReduceSum(sums.data(), sums.size()));
+  } else if (ctx_->world().size() > 1) {
+    MOE_RETURN_IF_ERROR(ctx_->world().ReduceSum(sums.data(), sums.size(), /*root=*/0));
   }
   out->next_tokens.assign(step.size(), {});
   for (size_t i = 0; i < step.size(); ++i) {

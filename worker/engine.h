@@ -58,7 +58,9 @@ struct StepOutput {
   // 1 + num_draft rows with drafts: those positions' logits, whether accepted or not).
   std::vector<int64_t> seq_ids;
   Tensor logits;  // [seq_ids.size(), vocab], unless the step asked for none
-  // On every rank, per entry of the step (every DP group's): the sampled token, or -1.
+  // On every rank (world rank 0 only, the others holding their own part, without
+  // EngineOptions::tokens_on_every_rank; so too expert_tokens and next_tokens), per entry of the
+  // step (every DP group's): the sampled token, or -1.
   std::vector<int32_t> tokens;
   // On every rank: the tokens routed to each routed expert in this step, summed over the ranks.
   std::vector<int64_t> expert_tokens;
@@ -89,6 +91,11 @@ struct EngineOptions {
   // CPU: two micro-batches per step, one's MoE all-to-all overlapping the other's compute (every
   // rank alike; TP size 1). See DecoderModelOptions.
   bool two_batch_overlap = false;
+  // Whether every rank needs the step's sampled tokens and expert counts (StepOutput::tokens,
+  // next_tokens, expert_tokens): the offline generator does; a served worker only reports them
+  // from world rank 0, so with false they are summed onto that rank alone (the MTP layer's
+  // inputs need them everywhere, so with mtp they still go to every rank).
+  bool tokens_on_every_rank = true;
 };
 
 class Engine {

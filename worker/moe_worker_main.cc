@@ -176,6 +176,7 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
   opt.mtp = assignment.mtp();
   opt.mtp_draft_tokens = std::max(1, assignment.mtp_draft_tokens());
   opt.two_batch_overlap = assignment.two_batch_overlap();
+  opt.tokens_on_every_rank = false;  // the leader (world rank 0) reports them
   MOE_LOG(INFO) << "loading shard (dp " << shard.dp_rank << ", tp " << shard.tp_rank << ", "
                 << shard.experts.size() << " experts/layer) from " << model;
   return moe::Engine::Load(model, std::move(ctx), opt);

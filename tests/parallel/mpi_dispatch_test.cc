@@ -107,6 +107,7 @@ class OpaqueCommunicator : public Communicator {
   }
   absl::Status AllReduceSum(float*, size_t) override { return Unused(); }
   absl::Status AllReduceSum(int64_t*, size_t) override { return Unused(); }
+  absl::Status ReduceSum(int64_t*, size_t, int) override { return Unused(); }
   absl::Status AllGatherV(const void*, size_t, void*, const std::vector<size_t>&) override {
     return Unused();
   }
@@ -295,6 +296,23 @@ INSTANTIATE_TEST_SUITE_P(Transports, DispatchTest,
                            return info.param.transport == Transport::kSharedMemory ? "SharedMemory"
                                                                                    : "AllToAllV";
                          });
+
+// The MPI communicator's reduce (the engine's sampled tokens go to the leader this way): the sum
+// on the root only, each root in turn.
+TEST(MpiCommunicatorTest, ReduceSumLandsOnTheRootOnly) {
+  auto comm = MakeMpiWorldCommunicator();
+  ASSERT_TRUE(comm.ok());
+  const int w = (*comm)->size(), me = (*comm)->rank();
+  for (int root = 0; root < w; ++root) {
+    std::vector<int64_t> part = {me + 1, -3 * me};
+    ASSERT_TRUE((*comm)->ReduceSum(part.data(), part.size(), root).ok());
+    if (me == root) {
+      EXPECT_EQ(part, (std::vector<int64_t>{w * (w + 1) / 2, -3 * (w * (w - 1) / 2)}));
+    } else {
+      EXPECT_EQ(part, (std::vector<int64_t>{me + 1, -3 * me}));
+    }
+  }
+}
 
 // The opaque memory really is out of the host's reach: the kernel refuses to read through one of
 // its addresses (EFAULT, where a load in this process would fault), while the real address

@@ -71,7 +71,8 @@ struct LayoutOptions {
 };
 
 std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Communicator> world,
-                                   int tp, const LayoutOptions& layout = {}) {
+                                   int tp, const LayoutOptions& layout = {},
+                                   bool tokens_on_every_rank = true) {
   auto config = LoadModelConfig(dir);
   EXPECT_TRUE(config.ok());
   auto ctx = ParallelContext::Create(*config, std::move(world), tp, layout.redundant_experts);
@@ -81,6 +82,7 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
   opt.mtp = layout.speculative;
   opt.mtp_draft_tokens = layout.draft_tokens;
   opt.two_batch_overlap = layout.two_batch_overlap;
+  opt.tokens_on_every_rank = tokens_on_every_rank;
   opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 16 << 20, opt.mtp ? 1 : 0);
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
@@ -255,6 +257,51 @@ TEST(MpiTwoBatchOverlapTest, NeedsATpSizeOfOne) {
   EXPECT_NE(e.status().message().find("two-batch overlap needs a TP size of 1"),
             absl::string_view::npos)
       << e.status();
+}
+
+// As a served worker runs (EngineOptions::tokens_on_every_rank false): the sampled tokens and
+// expert counts are summed onto world rank 0 only, and there they are one rank's, step by step
+// (prefill, then decode steps fed one rank's tokens), under every TP size.
+TEST(MpiEngineTokensTest, TokensOnTheLeaderOnlyAreOneRanks) {
+  cpu::SetNumThreads(1);
+  const std::string dir = SharedCheckpoint("tiny-dsv3", WeightDType::kF32);
+  auto single = LoadEngine(dir, MakeSelfCommunicator(), 1);
+  ASSERT_NE(single, nullptr);
+  const std::vector<std::vector<int32_t>> prompts = {{5, 6, 7}, {100}, {300, 301, 302, 303}};
+  for (int tp = 1; tp <= World(); tp *= 2) {
+    if (World() % tp != 0) continue;
+    SCOPED_TRACE(absl::StrCat("W=", World(), " T=", tp));
+    auto world = MakeMpiWorldCommunicator();
+    ASSERT_TRUE(world.ok());
+    auto engine = LoadEngine(dir, std::move(*world), tp, {}, /*tokens_on_every_rank=*/false);
+    ASSERT_NE(engine, nullptr);
+    const int dp = World() / tp;
+    std::vector<SequenceStep> one(prompts.size()), layout(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      SequenceStep& s = one[i];
+      s.seq_id = static_cast<int64_t>(i);
+      s.tokens = prompts[i];
+      for (int32_t b = 0; b < 4; ++b) s.block_table.push_back(static_cast<int32_t>(4 * i) + b);
+      s.sample = SampleRequest{};
+      layout[i] = s;
+      layout[i].dp_group = static_cast<int>(i) % dp;
+    }
+    for (int step = 0; step < 4; ++step) {
+      auto want = single->Step(one, /*return_logits=*/false);
+      auto got = engine->Step(layout, /*return_logits=*/false);
+      ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+      if (Rank() == 0) {
+        EXPECT_EQ(got->tokens, want->tokens) << "step " << step;
+        EXPECT_EQ(got->expert_tokens, want->expert_tokens) << "step " << step;
+      }
+      for (size_t i = 0; i < prompts.size(); ++i) {  // every rank goes on with one rank's token
+        for (SequenceStep* s : {&one[i], &layout[i]}) {
+          s->start_pos += static_cast<int64_t>(s->tokens.size());
+          s->tokens = {want->tokens[i]};
+        }
+      }
+    }
+  }
 }
 
 TEST_P(MpiEngineTest, EachRankReadsOnlyItsShare) {

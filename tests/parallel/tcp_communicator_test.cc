@@ -89,6 +89,16 @@ TEST_P(TcpTest, Collectives) {
     int64_t n = rank + 1;
     ASSERT_TRUE(c.AllReduceSum(&n, 1).ok());
     EXPECT_EQ(n, W * (W + 1) / 2);
+    // Reduce to each root in turn: the sum there, the others' data untouched.
+    for (int root = 0; root < W; ++root) {
+      std::vector<int64_t> part = {rank + 1, 10 * rank};
+      ASSERT_TRUE(c.ReduceSum(part.data(), part.size(), root).ok());
+      if (rank == root) {
+        EXPECT_EQ(part, (std::vector<int64_t>{W * (W + 1) / 2, 10 * (W * (W - 1) / 2)}));
+      } else {
+        EXPECT_EQ(part, (std::vector<int64_t>{rank + 1, 10 * rank}));
+      }
+    }
     // All-gather-v: rank r contributes r + 1 bytes of value r.
     std::vector<size_t> sizes(W);
     for (int r = 0; r < W; ++r) sizes[r] = r + 1;

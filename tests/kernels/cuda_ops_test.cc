@@ -24,6 +24,7 @@
 #include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_weight.h"
 #include "kernels/cuda/ops.h"
+#include "tests/kernels/stored_weight.h"
 
 namespace moe::cuda {
 namespace {
@@ -93,66 +94,8 @@ std::vector<float> RoundBf16(const std::vector<float>& v) {
   return out;
 }
 
-// A random weight [R, C] stored in format f (fp8 e4m3 in 128x128 blocks, int4 in groups of 32,
-// or bf16), and its windows as the checkpoint gives them (common/weight_matrix.h).
-struct HostWeight {
-  WeightFormat format;
-  int64_t R = 0, C = 0;
-  std::vector<uint8_t> data;
-  std::vector<float> block_scales;
-  std::vector<uint16_t> group_scales;
-
-  WeightMatrix Window(int64_t r0, int64_t rows, int64_t c0, int64_t cols) const {
-    WeightMatrix w;
-    w.format = format;
-    w.rows = rows;
-    w.cols = cols;
-    w.row0 = r0;
-    w.col0 = c0;
-    if (format == WeightFormat::kBF16) {
-      w.row_stride = C * 2;
-      w.data = data.data() + r0 * w.row_stride + c0 * 2;
-    } else if (format == WeightFormat::kF8Block) {
-      w.row_stride = C;
-      w.data = data.data() + r0 * w.row_stride + c0;
-      w.block_scales = block_scales.data();
-      w.scale_stride = (C + 127) / 128;
-    } else {
-      w.row_stride = C / 2;
-      w.data = data.data() + r0 * w.row_stride + c0 / 2;
-      w.scale_stride = C / 32;
-      w.group_scales = group_scales.data() + r0 * w.scale_stride + c0 / 32;
-    }
-    return w;
-  }
-  WeightMatrix All() const { return Window(0, R, 0, C); }
-};
-
-HostWeight RandomWeight(WeightFormat f, int64_t R, int64_t C, std::mt19937& rng) {
-  HostWeight h{f, R, C, {}, {}, {}};
-  std::normal_distribution<float> normal(0.0f, 0.1f);
-  if (f == WeightFormat::kBF16) {
-    h.data.resize(R * C * 2);
-    for (int64_t i = 0; i < R * C; ++i) {
-      const uint16_t b = F32ToBF16(normal(rng));
-      std::memcpy(&h.data[i * 2], &b, 2);
-    }
-  } else if (f == WeightFormat::kF8Block) {
-    h.data.resize(R * C);
-    for (uint8_t& b : h.data) {
-      b = static_cast<uint8_t>(rng() & 0xff);
-      if ((b & 0x7f) == 0x7f) b &= 0xfe;  // no NaN codes, as in checkpoints
-    }
-    h.block_scales.resize(((R + 127) / 128) * ((C + 127) / 128));
-    for (float& x : h.block_scales) x = std::exp2(static_cast<float>(rng() % 9) - 12.0f) * 1.5f;
-  } else {
-    h.data.resize(R * C / 2);
-    for (uint8_t& b : h.data) b = static_cast<uint8_t>(rng() & 0xff);
-    h.group_scales.resize(R * (C / 32));
-    for (uint16_t& x : h.group_scales) x = F32ToBF16(0.01f + 0.05f * std::fabs(normal(rng)) * 10);
-  }
-  return h;
-}
+// The whole of a stored tensor as a WeightMatrix.
+WeightMatrix All(WeightFormat f, const Stored& s) { return Window(f, s, 0, s.rows, 0, s.cols); }
 
 TEST_F(CudaOpsTest, ConversionsAreExact) {
   const auto x = Random(1000, 3.0f);
@@ -419,15 +362,15 @@ TEST_F(CudaOpsTest, RoutingMatchesTheCpuRouter) {
 // strided x and y, the few-row kernel (m <= 8) and the tiled one. The compact formats stay
 // compact on the device.
 TEST_F(CudaOpsTest, CompactWeightProductsMatchTheCpuKernels) {
-  struct Window {
+  struct Cut {
     int64_t r0, rows, c0, cols;
   };
   for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF8Block, WeightFormat::kInt4Group}) {
-    const HostWeight stored = RandomWeight(f, 300, 384, rng_);
+    const Stored stored = MakeStored(f, 300, 384, rng_());
     const int64_t c0 = f == WeightFormat::kInt4Group ? 128 : 96;
-    for (const Window& win :
-         {Window{0, 300, 0, 384}, Window{37, 150, 0, 384}, Window{0, 300, c0, 384 - c0 - 32}}) {
-      const WeightMatrix w = stored.Window(win.r0, win.rows, win.c0, win.cols);
+    for (const Cut& win :
+         {Cut{0, 300, 0, 384}, Cut{37, 150, 0, 384}, Cut{0, 300, c0, 384 - c0 - 32}}) {
+      const WeightMatrix w = Window(f, stored, win.r0, win.rows, win.c0, win.cols);
       auto d = DeviceWeight::Upload(w);
       ASSERT_TRUE(d.ok()) << d.status();
       EXPECT_EQ(d->format(), f);
@@ -457,8 +400,8 @@ TEST_F(CudaOpsTest, CompactWeightProductsMatchTheCpuKernels) {
 // Linear takes cuBLAS for bf16 and the in-register product for fp8; an fp8 weight uploaded as
 // bf16 (MLA's kv_b_proj) is its dequantized values rounded.
 TEST_F(CudaOpsTest, LinearPicksTheProductOfTheFormat) {
-  const HostWeight stored = RandomWeight(WeightFormat::kF8Block, 200, 256, rng_);
-  const WeightMatrix w = stored.All();
+  const Stored stored = MakeStored(WeightFormat::kF8Block, 200, 256, rng_());
+  const WeightMatrix w = All(WeightFormat::kF8Block, stored);
   auto fp8 = DeviceWeight::Upload(w);
   auto rounded = DeviceWeight::Upload(w, /*as_bf16=*/true);
   ASSERT_TRUE(fp8.ok() && rounded.ok());
@@ -500,12 +443,12 @@ TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
   for (float& w : weights) w = std::uniform_real_distribution<float>(0.1f, 1.0f)(rng_);
   const auto x = Random(n * h);
   for (WeightFormat f : {WeightFormat::kBF16, WeightFormat::kF8Block, WeightFormat::kInt4Group}) {
-    std::vector<HostWeight> w;
+    std::vector<Stored> w;
     std::vector<DeviceWeight> dw;
     std::vector<WeightView> views;
     for (int64_t e = 0; e < E; ++e) {
-      w.push_back(RandomWeight(f, out_dim, h, rng_));
-      auto d = DeviceWeight::Upload(w.back().All());
+      w.push_back(MakeStored(f, out_dim, h, rng_()));
+      auto d = DeviceWeight::Upload(All(f, w.back()));
       ASSERT_TRUE(d.ok()) << d.status();
       views.push_back(d->view());
       dw.push_back(std::move(*d));
@@ -540,7 +483,7 @@ TEST_F(CudaOpsTest, PermutedGroupedExpertsMatchADirectMoe) {
     for (int64_t t = 0; t < n; ++t) {
       for (int64_t j = 0; j < k; ++j) {
         const int32_t e = ids[t * k + j];
-        cpu::MatMulNT(1, x.data() + t * h, h, w[e].All(), row.data(), out_dim);
+        cpu::MatMulNT(1, x.data() + t * h, h, All(f, w[e]), row.data(), out_dim);
         for (int64_t c = 0; c < out_dim; ++c) want[t * out_dim + c] += weights[t * k + j] * row[c];
       }
     }

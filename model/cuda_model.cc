@@ -28,7 +28,8 @@ using cuda::DeviceBuffer;
 constexpr size_t kCublasWorkspaceBytes = 32u << 20;
 
 // Reads checkpoint tensors into device memory, counting the bytes read by model part: weight
-// matrices in their stored format (cuda::DeviceWeight), the rest float32 or bf16.
+// matrices in their stored format (cuda::DeviceWeight), or bf16 where only bf16 is read; norms,
+// router and bias float32.
 class WeightLoader {
  public:
   WeightLoader(Checkpoint& ck, WeightBytes* bytes) : ck_(ck), bytes_(bytes) {}
@@ -43,20 +44,6 @@ class WeightLoader {
     auto d = cuda::DeviceWeight::Upload(m, as_bf16);
     if (!d.ok()) return Annotate(spec.name, d.status());
     return d;
-  }
-  // The tensor rounded to bf16 (the embedding table, which is looked up rather than multiplied).
-  absl::StatusOr<DeviceBuffer<bf16>> Bf16(const WeightSpec& spec, uint64_t* part) {
-    const std::string& name = spec.name;
-    MOE_ASSIGN_OR_RETURN(Tensor t, Metered(ck_, part, [&] { return ck_.Load(name, spec.shape); }));
-    std::vector<uint16_t> bits(static_cast<size_t>(t.numel()));
-    for (size_t i = 0; i < bits.size(); ++i) bits[i] = F32ToBF16(t.data()[i]);
-    DeviceBuffer<bf16> b;
-    MOE_RETURN_IF_ERROR(Annotate(name, b.Allocate(bits.size())));
-    MOE_RETURN_IF_ERROR(Annotate(
-        name,
-        cuda::CudaStatus(cudaMemcpy(b.data(), bits.data(), bits.size() * 2, cudaMemcpyHostToDevice),
-                         "copy to the GPU")));
-    return b;
   }
   absl::StatusOr<DeviceBuffer<float>> F32(const WeightSpec& spec, uint64_t* part) {
     MOE_ASSIGN_OR_RETURN(Tensor t,
@@ -133,8 +120,7 @@ struct CudaModel::Impl {
   cublasHandle_t blas = nullptr;
   DeviceBuffer<uint8_t> blas_workspace;
 
-  DeviceBuffer<bf16> embed_tokens;
-  cuda::DeviceWeight lm_head;
+  cuda::DeviceWeight embed_tokens, lm_head;  // the table bf16 (looked up, not multiplied)
   DeviceBuffer<float> norm;
   std::vector<DeviceLayer> layers;
   DeviceBuffer<float> cache;  // [layers][blocks * block_size][dim]
@@ -171,7 +157,8 @@ struct CudaModel::Impl {
   absl::Status LoadWeights(Checkpoint& ck) {
     WeightLoader w(ck, &bytes);
     const ModelWeights top = TopLevelWeights(c);
-    MOE_ASSIGN_OR_RETURN(embed_tokens, w.Bf16(top.embed_tokens, &bytes.embedding));
+    MOE_ASSIGN_OR_RETURN(embed_tokens,
+                         w.Matrix(top.embed_tokens, &bytes.embedding, /*as_bf16=*/true));
     for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
       MOE_LOG(DEBUG) << "loading layer " << l << " onto the GPU (" << ck.bytes_read() / 1e6
                      << " MB read so far)";
@@ -399,7 +386,7 @@ struct CudaModel::Impl {
   // The whole step on `stream`: nothing here waits for the device or allocates.
   absl::Status Run(const StepShape& s) {
     const int64_t n = s.tokens, m = s.logit_rows;
-    cuda::EmbeddingLookup(embed_tokens.data(), token_ids.data(), n, h, x.data(), stream);
+    cuda::EmbeddingLookup(embed_tokens.bf16_data(), token_ids.data(), n, h, x.data(), stream);
     for (size_t l = 0; l < layers.size(); ++l) {
       const DeviceLayer& L = layers[l];
       cuda::RmsNorm(x.data(), n, h, h, L.input_layernorm.data(), eps, normed.data(), stream);

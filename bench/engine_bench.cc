@@ -12,7 +12,9 @@
 #include <string>
 #include <thread>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_split.h"
 #include "bench/bandwidth.h"
 #include "bench/bench_util.h"
 #include "common/cli.h"
@@ -102,7 +104,8 @@ int main(int argc, char** argv) {
   const double process_start = moe::Now();
   std::string model, dtype = "fp8";
   int64_t threads = 0, steps = 32;
-  std::string weights_dtype = "stored";
+  std::string weights_dtype = "stored", batches_flag = "1,8,32";
+  bool prefill = true;
   moe::FlagParser flags("engine_bench",
                         "Decode and prefill throughput of the CPU engine on small-dsv3, with the "
                         "machine bounds\nmeasured in the same run.");
@@ -113,7 +116,19 @@ int main(int argc, char** argv) {
                   "Weights at load: stored, f32 (the reference path) or fp8.");
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
+  flags.AddString("batches", &batches_flag, "Decode batch sizes, comma-separated (empty: none).");
+  flags.AddBool("prefill", &prefill, "Time the 512-token prefill.");
   flags.ParseOrExit(argc, argv);
+  std::vector<int> batches;
+  for (absl::string_view b : absl::StrSplit(batches_flag, ',', absl::SkipEmpty())) {
+    int v = 0;
+    if (!absl::SimpleAtoi(b, &v) || v < 1) {
+      std::fprintf(stderr, "engine_bench: --batches: '%s' is not a positive batch size\n",
+                   std::string(b).c_str());
+      return 1;
+    }
+    batches.push_back(v);
+  }
   if (model.empty()) model = "models/small-dsv3";
   auto wdtype = moe::ParseWeightDType(dtype);
   if (!wdtype.ok()) {
@@ -196,7 +211,7 @@ int main(int argc, char** argv) {
       copy_bw / 1e9, read_bw / 1e9, static_cast<long long>(2 * c.moe_intermediate_size * 2),
       static_cast<long long>(c.hidden_size), gemm / 1e9);
   std::printf("%-22s %14s %22s %22s %8s\n", "case", "tokens/s", "figure", "bound", "ratio");
-  for (int batch : {1, 8, 32}) {
+  for (int batch : batches) {
     std::fprintf(stderr, "engine_bench: decode batch %d\n", batch);
     const auto r = moe::RunDecode(**engine, batch, 64, static_cast<int>(steps));
     const double bytes_per_step = moe::DecodeWeightBytes(c, wb, r.experts_per_step);
@@ -206,7 +221,7 @@ int main(int argc, char** argv) {
                 read_bw / 1e9, bw / read_bw);
   }
   // Prefill: one 512-token prompt.
-  {
+  if (prefill) {
     std::fprintf(stderr, "engine_bench: prefill 512\n");
     moe::BlockAllocator alloc((*engine)->num_blocks());
     moe::SequenceStep s;

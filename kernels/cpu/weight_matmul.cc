@@ -73,6 +73,13 @@ struct Bf16Format {
   }
 };
 
+// The float32 scale of fp8 segment `seg` of a row.
+inline float ScaleOf(const uint8_t* row_scales, int64_t seg) {
+  float s;
+  std::memcpy(&s, row_scales + 4 * seg, 4);
+  return s;
+}
+
 // e4m3: sign to bit 31, exponent and mantissa to bits 20..26 give a float32 equal to the value
 // times 2^-120 (normal and subnormal alike); 2^120 is folded into the scale. The byte is
 // sign-extended, so one shift puts the sign in bit 31 and one mask clears bits 27..30.
@@ -90,9 +97,7 @@ struct F8BlockFormat {
                                             w.col0 / w.block_cols);
   }
   static float Scale(const uint8_t* row_scales, int64_t seg) {
-    float s;
-    std::memcpy(&s, row_scales + 4 * seg, 4);
-    return s * kExpBias;
+    return ScaleOf(row_scales, seg) * kExpBias;
   }
   static V Load(D d, const uint8_t* row, int64_t c, V scale) {
     const hn::Rebind<int8_t, D> d8;
@@ -107,6 +112,26 @@ struct F8BlockFormat {
     float f;
     std::memcpy(&f, &bits, 4);
     return f * scale;
+  }
+};
+
+// F8BlockFormat's bytes without their scales, for the fused product: the rows of one 128-row
+// block share their column blocks' scales, so x is multiplied by them once (FusedRowsF8) and the
+// weights are only decoded, one shift and one mask per vector.
+struct F8UnscaledFormat {
+  static int64_t Segment(const WeightMatrix& w) { return w.cols; }
+  static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
+  static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
+  static float Scale(const uint8_t*, int64_t) { return 1.0f; }
+  static V Load(D d, const uint8_t* row, int64_t c, V) {
+    const hn::Rebind<int8_t, D> d8;
+    const hn::RebindToSigned<D> di;
+    const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c));
+    return hn::BitCast(
+        d, hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(F8BlockFormat::kMask))));
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float) {
+    return F8BlockFormat::Scalar(row, c, 1.0f);
   }
 };
 
@@ -249,9 +274,39 @@ void FusedRowInt4(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j,
   }
 }
 
+// FusedRow over fp8 rows [j0, j1): for each run of rows in one 128-row block, x times the
+// block's column scales, then the unscaled weights (the values times 2^-120) against it. The
+// 2^120 is split between x (2^64) and the sums (2^56), so x keeps the float32 range for
+// |x * scale| < 2^64 and products keep full precision down to |x * scale * w| of 2^-70.
+template <int M>
+void FusedRowsF8(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0, int64_t j1,
+                 float* y, int64_t ldy) {
+  const int64_t k = w.cols;
+  thread_local FloatVector xs;
+  if (xs.size() < static_cast<size_t>(M * k)) xs.resize(static_cast<size_t>(M * k));
+  for (int64_t j = j0; j < j1;) {
+    const int64_t block_end = ((j + w.row0) / w.block_rows + 1) * w.block_rows - w.row0;
+    const uint8_t* row_scales = F8BlockFormat::RowScales(w, j);
+    int64_t s0 = 0, s1 = std::min(k, F8BlockFormat::FirstSegment(w));
+    for (int64_t s = 0; s0 < k; ++s, s0 = s1, s1 = std::min(k, s1 + w.block_cols)) {
+      const float scale = ScaleOf(row_scales, s) * 0x1p64f;
+      for (int i = 0; i < M; ++i) {
+        for (int64_t c = s0; c < s1; ++c) xs[i * k + c] = x[i * ldx + c] * scale;
+      }
+    }
+    for (const int64_t end = std::min(j1, block_end); j < end; ++j) {
+      FusedRow<M, F8UnscaledFormat>(xs.data(), k, w, j, y, ldy);
+      for (int i = 0; i < M; ++i) y[i * ldy + j] *= 0x1p56f;
+    }
+  }
+}
+
 template <int M, class F>
 void FusedRowsT(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j0, int64_t j1,
                 float* y, int64_t ldy) {
+  if constexpr (std::is_same_v<F, F8BlockFormat>) {
+    return FusedRowsF8<M>(x, ldx, w, j0, j1, y, ldy);
+  }
   for (int64_t j = j0; j < j1; ++j) {
     if constexpr (std::is_same_v<F, Int4GroupFormat>) {
       FusedRowInt4<M>(x, ldx, w, j, y, ldy);

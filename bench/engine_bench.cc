@@ -4,6 +4,7 @@
 //   prefill tokens/s of a 512-token prompt — FLOP/s over the BLAS GEMM rate at a similar shape;
 //   time from process start to the engine loaded and to the first token, and peak RSS against the
 //   weight bytes plus the KV cache.
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -52,6 +53,9 @@ struct DecodeResult {
   double experts_per_step;  // distinct (layer, expert) pairs read per step
 };
 
+// Tokens per step while prefilling, the default of moe-coordinator --max-batch-tokens.
+constexpr int kStepTokens = 512;
+
 DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
   const ModelConfig& c = engine.config();
   BlockAllocator alloc(engine.num_blocks());
@@ -68,7 +72,12 @@ DecodeResult RunDecode(Engine& engine, int batch, int prompt_len, int steps) {
       std::exit(1);
     }
   };
-  must(engine.Step(seqs));  // prefill
+  // The prompts, at most kStepTokens tokens a step, as the server's scheduler prefills them.
+  const size_t per_step = static_cast<size_t>(std::max(1, kStepTokens / prompt_len));
+  for (size_t b0 = 0; b0 < seqs.size(); b0 += per_step) {
+    must(engine.Step(std::vector<SequenceStep>(
+        seqs.begin() + b0, seqs.begin() + std::min(seqs.size(), b0 + per_step))));
+  }
   for (auto& s : seqs) {
     s.start_pos = prompt_len;
     s.tokens = {static_cast<int32_t>(s.seq_id % c.vocab_size)};

@@ -251,6 +251,9 @@ absl::Status CoordinatorServer::Listen() {
   builder.RegisterService(inference_.get());
   server_ = builder.BuildAndStart();
   if (!server_ || port_ == 0) return absl::UnavailableError("cannot listen on " + options_.listen);
+  // gRPC's default health service starts with "" SERVING: say at once that it is not (yet), or a
+  // readiness probe or client polling during the rest of startup sees SERVING with no workers.
+  SetReadiness(server_->GetHealthCheckService(), serving_);
   // The control plane on its own listener: the public port answers UNIMPLEMENTED for it and its
   // reflection does not list it.
   MOE_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> cluster_credentials,

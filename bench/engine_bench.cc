@@ -113,7 +113,7 @@ int main(int argc, char** argv) {
   const double process_start = moe::Now();
   std::string model, dtype = "fp8";
   int64_t threads = 0, steps = 32;
-  std::string weights_dtype = "stored", batches_flag = "1,8,32";
+  std::string weights_dtype = "stored", activations = "f32", batches_flag = "1,8,32";
   bool prefill = true;
   moe::FlagParser flags("engine_bench",
                         "Decode and prefill throughput of the CPU engine on small-dsv3, with the "
@@ -123,6 +123,10 @@ int main(int argc, char** argv) {
   flags.AddString("dtype", &dtype, "Weight dtype of a checkpoint written here: f32, bf16, fp8, int4.");
   flags.AddString("weights-dtype", &weights_dtype,
                   "Weights at load: stored, f32 (the reference path) or fp8.");
+  flags.AddString(
+      "activations", &activations,
+      "Few-row products: f32 (exact) or int8 (x rounded per 32 columns, int4 weights on "
+      "AVX-512-VNNI).");
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
   flags.AddString("batches", &batches_flag, "Decode batch sizes, comma-separated (empty: none).");
@@ -170,6 +174,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   eo.weights = *weights;
+  auto rounding = moe::ParseActivations(activations);
+  if (!rounding.ok()) {
+    std::fprintf(stderr, "engine_bench: %s\n", std::string(rounding.status().message()).c_str());
+    return 1;
+  }
+  eo.activations = *rounding;
   const uint64_t kv_budget = 256ull << 20;
   eo.kv_blocks = *moe::KvCache::BlocksForBudget(*config, eo.block_size, kv_budget);
   std::fprintf(stderr, "engine_bench: loading %s with %d threads\n", model.c_str(), nthreads);
@@ -204,8 +214,9 @@ int main(int argc, char** argv) {
   // The bounds' buffers are not the engine's: the peak reported at the end starts here.
   std::ofstream("/proc/self/clear_refs") << "5";
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
-  const std::string converted =
+  std::string converted =
       *weights == moe::WeightsAtLoad::kAsStored ? "" : " converted at load to " + weights_dtype;
+  if (*rounding == moe::Activations::kInt8) converted += ", activations int8 for int4 products";
   std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %s%s, weights %s (%s), "
               "%d threads\n",
               c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, model.c_str(),

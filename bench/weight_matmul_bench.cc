@@ -2,6 +2,7 @@
 // products as weight bytes read per second against the machine's read bandwidth, many-row
 // products as FLOP/s against float32 sgemm at the same shape. Both bounds measured in this run.
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -17,6 +18,7 @@
 #include "common/dtype.h"
 #include "common/machine_info.h"
 #include "common/tensor.h"
+#include "kernels/cpu/int4_int8_product.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/weight_matmul.h"
 
@@ -104,16 +106,23 @@ int main(int argc, char** argv) {
   std::printf("bounds: memory read %.1f GB/s, sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
               read_bw / 1e9, static_cast<long long>(n), static_cast<long long>(k), gemm / 1e9);
   std::printf("%-6s %5s %12s %22s %8s\n", "format", "rows", "time", "figure", "ratio");
-  for (moe::WeightFormat f : {moe::WeightFormat::kF32, moe::WeightFormat::kBF16,
-                              moe::WeightFormat::kF16, moe::WeightFormat::kF8Block,
-                              moe::WeightFormat::kInt4Group}) {
-    const moe::Stored s = moe::Make(f, n, k);
+  // int4 twice: x in float32, then x rounded to int8 per group (--activations int8; few rows,
+  // where the CPU has the 8-bit dot products).
+  const bool int8 = moe::cpu::HasInt8DotProducts();
+  for (int pass = 0; pass < (int8 ? 6 : 5); ++pass) {
+    const moe::WeightFormat f =
+        std::array{moe::WeightFormat::kF32,       moe::WeightFormat::kBF16,
+                   moe::WeightFormat::kF16,       moe::WeightFormat::kF8Block,
+                   moe::WeightFormat::kInt4Group, moe::WeightFormat::kInt4Group}[pass];
+    moe::Stored s = moe::Make(f, n, k);
+    s.w.x_int8 = pass == 5;
     for (int64_t m : {1, 4, 8, 64, 512}) {
+      if (s.w.x_int8 && m > moe::cpu::kFusedMaxRows) continue;
       moe::FloatVector x(static_cast<size_t>(m * k), 0.5f), y(static_cast<size_t>(m * n));
       const double t = moe::TimeBest(m <= 8 ? 10 : 3, [&] {
         moe::cpu::MatMulNT(m, x.data(), k, s.w, y.data(), n);
       });
-      const std::string name(moe::WeightFormatName(f));
+      const std::string name = std::string(moe::WeightFormatName(f)) + (s.w.x_int8 ? "/x8" : "");
       if (m <= moe::cpu::kFusedMaxRows) {
         const double bw = static_cast<double>(s.w.bytes()) / t;
         std::printf("%-6s %5lld %9.3f ms %17.1f GB/s %8.2f\n", name.c_str(), static_cast<long long>(m),

@@ -340,7 +340,11 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
       return LoadConverted(name, expected_shape, slice, WeightFormat::kF8Block);
     }
   }
-  if (StoredAsInt4(name)) return LoadInt4Matrix(name, expected_shape, slice);
+  if (StoredAsInt4(name)) {
+    MOE_ASSIGN_OR_RETURN(WeightMatrix w, LoadInt4Matrix(name, expected_shape, slice));
+    w.x_int8 = activations_ == Activations::kInt8;
+    return w;
+  }
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;
   const std::string& file = loc.file->path();

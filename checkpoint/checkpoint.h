@@ -68,6 +68,8 @@ class Checkpoint {
                                           SliceSpec slice = SliceSpec::All(),
                                           bool quantizable = false);
   void set_weights_at_load(WeightsAtLoad w) { weights_at_load_ = w; }
+  // kInt8: int4 matrices are marked for products with x rounded to int8 (WeightMatrix::x_int8).
+  void set_activations(Activations a) { activations_ = a; }
 
   // Bytes copied out of the files so far (data and scales), across threads.
   uint64_t bytes_read() const { return bytes_read_.load(); }
@@ -97,6 +99,7 @@ class Checkpoint {
   std::optional<QuantizationConfig> quant_;
   std::vector<std::shared_ptr<SafetensorsFile>> files_;
   WeightsAtLoad weights_at_load_ = WeightsAtLoad::kAsStored;
+  Activations activations_ = Activations::kF32;
   std::map<std::string, Location> where_;
   std::atomic<uint64_t> bytes_read_{0};
 };

@@ -28,6 +28,13 @@ absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name) {
                                                  "\" (stored, f32 or fp8)"));
 }
 
+absl::StatusOr<Activations> ParseActivations(absl::string_view name) {
+  if (name == "f32") return Activations::kF32;
+  if (name == "int8") return Activations::kInt8;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown activations \"", name, "\" (f32 or int8)"));
+}
+
 size_t WeightMatrix::bytes() const {
   const size_t n = static_cast<size_t>(rows * cols);
   switch (format) {

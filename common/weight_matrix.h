@@ -37,6 +37,14 @@ absl::string_view WeightFormatName(WeightFormat f);  // "f32", "bf16", "f16", "f
 enum class WeightsAtLoad { kAsStored, kF32, kFp8 };
 absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name);  // stored | f32 | fp8
 
+// What few-row products do with x (`--activations`):
+//   kF32   keep it in float32 (the default; exact against HF transformers);
+//   kInt8  for int4 weights on CPUs with AVX-512-VNNI, round each 32 columns of a row of x to
+//          int8 (scale max |x| / 127) and run integer dot products: faster decode, at an error
+//          stated in docs/performance.md. Other weights and CPUs keep float32.
+enum class Activations { kF32, kInt8 };
+absl::StatusOr<Activations> ParseActivations(absl::string_view name);  // f32 | int8
+
 struct WeightMatrix {
   WeightFormat format = WeightFormat::kF32;
   int64_t rows = 0;
@@ -53,6 +61,10 @@ struct WeightMatrix {
   int64_t group_size = 32;
   // Elements between scale rows: floats of a block row (kF8Block), bf16 of a row (kInt4Group).
   int64_t scale_stride = 0;
+
+  // kInt4Group: products round each row of x to int8 per 32-column group where the CPU has 8-bit
+  // dot products (`--activations int8`; kernels/cpu/int4_int8_product.h).
+  bool x_int8 = false;
 
   std::shared_ptr<const void> owner;  // keeps `data` and the scales alive
 

@@ -101,6 +101,7 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   }
   MOE_ASSIGN_OR_RETURN(auto ck, Checkpoint::Open(dir, c.quantization_config));
   ck->set_weights_at_load(options.weights);
+  ck->set_activations(options.activations);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
   std::unique_ptr<DecoderModel> m(new DecoderModel(c, cache, load_mtp, cache_dim));

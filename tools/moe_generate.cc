@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
   std::string model, prompt_ids, logits_out, device = "cpu";
   int64_t max_new = 16, threads = 0, block_size = 64, kv_mb = 256, prefill_chunk = 0, tp = 0;
   bool ignore_eos = false, no_cuda_graphs = false;
-  std::string weights_dtype = "stored";
+  std::string weights_dtype = "stored", activations = "f32";
   moe::FlagParser flags(
       "moe-generate",
       "Greedy generation from a prompt of token ids; prints the new token ids\n"
@@ -80,6 +80,11 @@ int main(int argc, char** argv) {
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
+  flags.AddString(
+      "activations", &activations,
+      "CPU few-row products: f32 (x stays float32, exact) or int8 (x rounded to int8 per "
+      "32 columns against int4 weights, on CPUs with AVX-512-VNNI: faster decode; "
+      "error in docs/performance.md).");
   flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");
@@ -122,6 +127,8 @@ int main(int argc, char** argv) {
   if (max_new < 1) return Fail(absl::InvalidArgumentError("--max-new-tokens must be >= 1"));
   auto weights = moe::ParseWeightsAtLoad(weights_dtype);
   if (!weights.ok()) return Fail(weights.status());
+  auto rounding = moe::ParseActivations(activations);
+  if (!rounding.ok()) return Fail(rounding.status());
   if (kv_mb < 1 || block_size < 1) {
     return Fail(absl::InvalidArgumentError("--kv-cache-mb and --block-size must be >= 1"));
   }
@@ -142,6 +149,7 @@ int main(int argc, char** argv) {
   opt.device = *backend;
   opt.cuda_graphs = !no_cuda_graphs;
   opt.weights = *weights;
+  opt.activations = *rounding;
   opt.mtp = mtp;
   opt.mtp_draft_tokens = static_cast<int>(mtp_draft_tokens);
   opt.two_batch_overlap = two_batch_overlap;

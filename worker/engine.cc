@@ -26,9 +26,12 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
   if (options.device == Device::kCpu) {
-    MOE_ASSIGN_OR_RETURN(
-        auto model, DecoderModel::Load(dir, config, ctx, cache,
-                                       {options.weights, options.mtp, options.two_batch_overlap}));
+    MOE_ASSIGN_OR_RETURN(auto model,
+                         DecoderModel::Load(dir, config, ctx, cache,
+                                            {.weights = options.weights,
+                                             .load_mtp = options.mtp,
+                                             .activations = options.activations,
+                                             .two_batch_overlap = options.two_batch_overlap}));
     return std::unique_ptr<ForwardModel>(std::move(model));
   }
   if (options.two_batch_overlap) {

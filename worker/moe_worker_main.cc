@@ -154,7 +154,8 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
                                                         std::unique_ptr<moe::Communicator> world,
                                                         const moe::v1::RegisterResponse& assignment,
                                                         moe::Device device,
-                                                        moe::WeightsAtLoad weights) {
+                                                        moe::WeightsAtLoad weights,
+                                                        moe::Activations activations) {
   MOE_ASSIGN_OR_RETURN(const moe::ModelConfig config, moe::LoadModelConfig(model));
   MOE_ASSIGN_OR_RETURN(auto ctx,
                        moe::ParallelContext::Create(config, std::move(world), assignment.tp_size(),
@@ -173,6 +174,7 @@ absl::StatusOr<std::unique_ptr<moe::Engine>> LoadEngine(const std::string& model
   opt.kv_blocks = assignment.kv_blocks();
   opt.device = device;
   opt.weights = weights;
+  opt.activations = activations;
   opt.mtp = assignment.mtp();
   opt.mtp_draft_tokens = std::max(1, assignment.mtp_draft_tokens());
   opt.two_batch_overlap = assignment.two_batch_overlap();
@@ -204,7 +206,8 @@ absl::StatusOr<std::unique_ptr<moe::KvTransferServer>> StartKvReceiver(
 
 int main(int argc, char** argv) {
   std::string coordinator, model, host = Hostname(), device = "cpu", collective_listen;
-  std::string weights_dtype = "stored", group = "main", kv_listen = "0.0.0.0:0";
+  std::string weights_dtype = "stored", activations = "f32", group = "main",
+              kv_listen = "0.0.0.0:0";
   int64_t rank = -1, world_size = 0, threads = 0, register_timeout_s = 600;
   int64_t heartbeat_ms = 1000, lost_after_s = 15;
   moe::FlagParser flags(
@@ -224,6 +227,11 @@ int main(int argc, char** argv) {
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
+  flags.AddString(
+      "activations", &activations,
+      "CPU few-row products: f32 (x stays float32, exact) or int8 (x rounded to int8 per "
+      "32 columns against int4 weights, on CPUs with AVX-512-VNNI: faster decode; "
+      "error in docs/performance.md).");
   flags.AddString("group", &group,
                   "The worker group this rank joins: main (receives the requests; with a decode "
                   "group it only prefills), or decode (the coordinator's --decode-world-size "
@@ -258,6 +266,8 @@ int main(int argc, char** argv) {
   if (!backend.ok()) return Fail(backend.status());
   const auto weights = moe::ParseWeightsAtLoad(weights_dtype);
   if (!weights.ok()) return Fail(weights.status());
+  const auto rounding = moe::ParseActivations(activations);
+  if (!rounding.ok()) return Fail(rounding.status());
   if (group != "main" && group != "decode") {
     return Fail(
         absl::InvalidArgumentError(absl::StrCat("--group ", group, ": expected main or decode")));
@@ -301,7 +311,7 @@ int main(int argc, char** argv) {
   if (mesh_tls) {
     MOE_LOG(INFO) << "TCP mesh joined: mutual TLS with the cluster CA " << cluster_tls.ca;
   }
-  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend, *weights);
+  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend, *weights, *rounding);
   if (!engine.ok()) return Fail(engine.status());
   const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
   MOE_LOG(INFO) << "loaded " << wb.Describe();

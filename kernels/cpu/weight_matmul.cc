@@ -1,6 +1,8 @@
 // Highway compiles the part between HWY_BEFORE_NAMESPACE and HWY_AFTER_NAMESPACE once per SIMD
 // target (this file includes itself through foreach_target.h); the dispatching code at the end
 // is compiled once.
+#include "kernels/cpu/weight_matmul.h"
+
 #include <cblas.h>
 #include <omp.h>
 
@@ -12,8 +14,8 @@
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
+#include "kernels/cpu/int4_int8_product.h"
 #include "kernels/cpu/ops.h"
-#include "kernels/cpu/weight_matmul.h"
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/weight_matmul.cc"
@@ -433,6 +435,18 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
   if (w.format == WeightFormat::kF32) {
     cpu::MatMulNT(m, n, k, x, ldx, reinterpret_cast<const float*>(w.data), w.row_stride / 4, y,
                   ldy);
+    return;
+  }
+  if (w.x_int8 && m <= kFusedMaxRows && Int4Int8Serves(w)) {
+    thread_local Int8Rows rounded;  // the calling thread's; the team reads it through xq
+    const Int8Rows& xq = rounded;
+    QuantizeRowsInt8(m, x, ldx, k, &rounded);
+    const int64_t tasks = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < tasks; ++t) {
+      const int64_t j0 = t * kFusedRowsPerTask, j1 = std::min(n, j0 + kFusedRowsPerTask);
+      Int4Int8Product(xq, w, j0, j1, y, ldy);
+    }
     return;
   }
   FloatVector permuted;

@@ -124,6 +124,21 @@ TEST(Int4CheckpointTest, MatrixIsAViewWithItsGroupScales) {
   EXPECT_EQ((*ck)->bytes_read(), m->bytes());
 }
 
+// --activations int8 marks the int4 matrices (and only with it set): their few-row products
+// round x (kernels/cpu/int4_int8_product.h).
+TEST(Int4CheckpointTest, ActivationsInt8MarksTheMatrices) {
+  ScratchDir dir;
+  auto ck = OpenWith(Int4File(), Int4Config(), dir);
+  ASSERT_TRUE(ck.ok()) << ck.status();
+  auto exact = (*ck)->LoadMatrix("w.weight", {kRows, kCols});
+  ASSERT_TRUE(exact.ok()) << exact.status();
+  EXPECT_FALSE(exact->x_int8);
+  (*ck)->set_activations(Activations::kInt8);
+  auto rounded = (*ck)->LoadMatrix("w.weight", {kRows, kCols}, SliceSpec::Cols(32, 64));
+  ASSERT_TRUE(rounded.ok()) << rounded.status();
+  EXPECT_TRUE(rounded->x_int8);
+}
+
 void ExpectError(const std::string& file_bytes, std::optional<QuantizationConfig> q,
                  const std::string& needle, SliceSpec slice = SliceSpec::All()) {
   ScratchDir dir;

@@ -112,6 +112,9 @@ TEST(WeightsAtLoadTest, ParsesTheFlagsValues) {
   EXPECT_EQ(*ParseWeightsAtLoad("f32"), WeightsAtLoad::kF32);
   EXPECT_EQ(*ParseWeightsAtLoad("fp8"), WeightsAtLoad::kFp8);
   EXPECT_FALSE(ParseWeightsAtLoad("int8").ok());
+  EXPECT_EQ(*ParseActivations("f32"), Activations::kF32);
+  EXPECT_EQ(*ParseActivations("int8"), Activations::kInt8);
+  EXPECT_FALSE(ParseActivations("bf16").ok());
 }
 
 }  // namespace

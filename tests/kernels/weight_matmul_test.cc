@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
+#include "kernels/cpu/int4_int8_product.h"
 #include "tests/kernels/stored_weight.h"
 
 namespace moe::cpu {
@@ -123,6 +124,59 @@ TEST(WeightMatMulLargeActivationsTest, Fp8ProductsStayFiniteAndRight) {
   ForEachTarget([&] {
     CheckProducts(Case{WeightFormat::kF8Block, 300, 384, 70, 150, 128, 256}, 1e6f);
   });
+}
+
+// int4 products with x rounded to int8 per 32 columns (WeightMatrix::x_int8): equal, to float
+// rounding, to the product of the weights with x rounded as llama.cpp's Q8_0 rounds it (scale
+// max |x| / 127 per group, round to nearest), computed here in double; and within the rounding's
+// own bound of the exact product. Whole tensors, windows, an odd number of groups, 1 to 8 rows.
+TEST(Int4Int8ProductTest, EqualsTheProductWithXRoundedPerGroup) {
+  if (!HasInt8DotProducts()) GTEST_SKIP() << "this CPU has no AVX-512-VNNI";
+  for (const Case& p : {Case{WeightFormat::kInt4Group, 37, 256, 0, 37, 0, 256},
+                        Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192},
+                        Case{WeightFormat::kInt4Group, 20, 160, 0, 20, 0, 160}}) {
+    const Stored s = MakeStored(p.format, p.R, p.C, 7);
+    WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
+    w.x_int8 = true;
+    ASSERT_TRUE(Int4Int8Serves(w));
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t m = 1; m <= kFusedMaxRows; ++m) {
+      const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
+      std::vector<float> x(static_cast<size_t>(m * ldx));
+      for (float& v : x) v = normal(rng);
+      x[0] = 0.0f;  // a group with a zero, and (below) one that is all zeros
+      if (p.cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+      std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+      MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
+      for (int64_t i = 0; i < m; ++i) {
+        std::vector<double> xr(static_cast<size_t>(p.cols));
+        for (int64_t g = 0; g < p.cols; g += 32) {
+          double amax = 0;
+          for (int64_t c = g; c < g + 32; ++c)
+            amax = std::max(amax, std::abs(double{x[i * ldx + c]}));
+          const double scale = amax / 127;
+          for (int64_t c = g; c < g + 32; ++c) {
+            xr[c] = scale > 0 ? std::nearbyint(x[i * ldx + c] / scale) * scale : 0.0;
+          }
+        }
+        for (int64_t j = 0; j < p.rows; ++j) {
+          double want = 0, exact = 0, mag = 0, bound = 0;
+          for (int64_t c = 0; c < p.cols; ++c) {
+            const double wv = s.dense[(p.r0 + j) * p.C + p.c0 + c];
+            want += xr[c] * wv;
+            exact += x[i * ldx + c] * wv;
+            mag += std::abs(xr[c] * wv);
+            bound += std::abs(wv) * std::abs(xr[c] - x[i * ldx + c]);
+          }
+          ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + 1e-30)
+              << "m=" << m << " " << i << "," << j;
+          ASSERT_LE(std::abs(y[i * ldy + j] - exact), bound + 1e-5 * mag) << "m=" << m;
+        }
+        for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
+      }
+    }
+  }
 }
 
 TEST(WeightKernelTargetTest, NamesTheDispatchedTarget) {

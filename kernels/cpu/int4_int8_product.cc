@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <iterator>
 
 #include "common/status_macros.h"
 #include "kernels/cpu/weight_matmul.h"
@@ -135,24 +136,11 @@ void QuantizeRowsInt8(int64_t m, const float* x, int64_t ldx, int64_t k, Int8Row
 void Int4Int8Product(const Int8Rows& x, const WeightMatrix& w, int64_t j0, int64_t j1, float* y,
                      int64_t ldy) {
   MOE_CHECK(Int4Int8Serves(w) && x.k == w.cols && x.m >= 1 && x.m <= kFusedMaxRows);
-  switch (x.m) {
-    case 1:
-      return Rows<1>(x, w, j0, j1, y, ldy);
-    case 2:
-      return Rows<2>(x, w, j0, j1, y, ldy);
-    case 3:
-      return Rows<3>(x, w, j0, j1, y, ldy);
-    case 4:
-      return Rows<4>(x, w, j0, j1, y, ldy);
-    case 5:
-      return Rows<5>(x, w, j0, j1, y, ldy);
-    case 6:
-      return Rows<6>(x, w, j0, j1, y, ldy);
-    case 7:
-      return Rows<7>(x, w, j0, j1, y, ldy);
-    default:
-      return Rows<8>(x, w, j0, j1, y, ldy);
-  }
+  using RowsFn = void (*)(const Int8Rows&, const WeightMatrix&, int64_t, int64_t, float*, int64_t);
+  static constexpr RowsFn kRows[] = {Rows<1>, Rows<2>, Rows<3>, Rows<4>,
+                                     Rows<5>, Rows<6>, Rows<7>, Rows<8>};
+  static_assert(std::size(kRows) == kFusedMaxRows);
+  kRows[x.m - 1](x, w, j0, j1, y, ldy);
 }
 
 }  // namespace moe::cpu

@@ -19,6 +19,23 @@ using ::moe::testing::ScratchDir;
 
 constexpr char kPrompt[] = "3,14,15,92,65,35,89,79,32,38,46,26,43,38,32,79,50,28,84,19";
 
+// A case: the preset, the checkpoint's dtype and moe-generate's extra flags. The int4 case rounds
+// x to int8 in its expert products (--activations int8): each rank rounds its own columns, in the
+// same 32-column groups as one rank.
+struct LayoutCase {
+  const char* preset;
+  WeightDType dtype;
+  const char* flags;
+};
+const std::map<std::string, LayoutCase>& Cases() {
+  static const auto* cases = new std::map<std::string, LayoutCase>{
+      {"tiny-dsv3", {"tiny-dsv3", WeightDType::kF32, ""}},
+      {"tiny-kimi-k2", {"tiny-kimi-k2", WeightDType::kF32, ""}},
+      {"tiny-kimi-k2-int4-x8", {"tiny-kimi-k2", WeightDType::kInt4, " --activations int8"}},
+  };
+  return *cases;
+}
+
 class LayoutTest : public ::testing::TestWithParam<std::tuple<std::string, std::tuple<int, int>>> {
  protected:
   static void SetUpTestSuite() {
@@ -26,24 +43,24 @@ class LayoutTest : public ::testing::TestWithParam<std::tuple<std::string, std::
     setenv("OMPI_ALLOW_RUN_AS_ROOT", "1", 0);
     setenv("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1", 0);
     dir_ = new ScratchDir();
-    for (const char* preset : {"tiny-dsv3", "tiny-kimi-k2"}) {
+    for (const auto& [name, c] : Cases()) {
       MakeModelOptions opt;
-      opt.out_dir = dir_->file(preset);
+      opt.out_dir = dir_->file(name);
       opt.seed = 31;
-      opt.dtype = WeightDType::kF32;
-      ASSERT_TRUE(WriteCheckpoint(*PresetConfig(preset), opt).ok());
-      auto r = RunCommand(Generate(preset, dir_->file(std::string(preset) + "_ref.npy")));
+      opt.dtype = c.dtype;
+      ASSERT_TRUE(WriteCheckpoint(*PresetConfig(c.preset), opt).ok());
+      auto r = RunCommand(Generate(name, dir_->file(name + "_ref.npy")));
       ASSERT_EQ(r.exit_code, 0) << r.err;
-      reference_[preset] = r.out;
+      reference_[name] = r.out;
     }
   }
   static void TearDownTestSuite() { delete dir_; }
 
-  static std::string Generate(const std::string& preset, const std::string& npy) {
-    return absl::StrCat(BinaryPath("tools/moe-generate"), " --model ", dir_->file(preset),
+  static std::string Generate(const std::string& name, const std::string& npy) {
+    return absl::StrCat(BinaryPath("tools/moe-generate"), " --model ", dir_->file(name),
                         " --prompt-ids ", kPrompt,
                         " --max-new-tokens 16 --ignore-eos --prefill-chunk 7 --block-size 16",
-                        " --logits-out ", npy);
+                        Cases().at(name).flags, " --logits-out ", npy);
   }
 
   static ScratchDir* dir_;
@@ -78,7 +95,7 @@ TEST_P(LayoutTest, MatchesOneRank) {
 
 INSTANTIATE_TEST_SUITE_P(
     Layouts, LayoutTest,
-    ::testing::Combine(::testing::Values("tiny-dsv3", "tiny-kimi-k2"),
+    ::testing::Combine(::testing::Values("tiny-dsv3", "tiny-kimi-k2", "tiny-kimi-k2-int4-x8"),
                        ::testing::Values(std::make_tuple(1, 1), std::make_tuple(2, 1),
                                          std::make_tuple(2, 2), std::make_tuple(4, 1),
                                          std::make_tuple(4, 2), std::make_tuple(4, 4),

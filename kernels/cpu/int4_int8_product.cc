@@ -4,9 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <iterator>
 
+#include "common/dtype.h"
 #include "common/status_macros.h"
 #include "kernels/cpu/weight_matmul.h"
 
@@ -28,13 +28,6 @@ int64_t Pairs(int64_t k) { return (k / kGroup + 1) / 2; }
 // Groups rounded up to whole 16-float vectors (the offsets' dot product reads them so).
 int64_t PaddedGroups(int64_t k) { return (k / kGroup + 15) / 16 * 16; }
 
-float Bf16ToF32(uint16_t v) {
-  const uint32_t bits = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
-}
-
 MOE_VNNI float HorizontalSum(__m512 v) { return _mm512_reduce_add_ps(v); }
 
 // Rows i < M of y for weight row j.
@@ -44,7 +37,7 @@ MOE_VNNI void Row(const Int8Rows& x, const WeightMatrix& w, int64_t j, float* y,
   const uint8_t* row = w.data + j * w.row_stride;
   const uint16_t* scales = w.group_scales + j * w.scale_stride;
   alignas(64) float sw[kMaxGroups + 16];
-  for (int64_t g = 0; g < groups; ++g) sw[g] = Bf16ToF32(scales[g]);
+  for (int64_t g = 0; g < groups; ++g) sw[g] = BF16ToF32(scales[g]);
   for (int64_t g = groups; g < padded + 2; ++g) sw[g] = 0.0f;
   const __m256i low = _mm256_set1_epi8(0x0f);
   const __m512i pattern = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);

@@ -41,11 +41,16 @@ using V = hn::Vec<D>;
 // Segment(w): columns per scale; FirstSegment(w): columns of the first one (a window may start
 // inside an fp8 block). RowScales(w, r): row r's scales, found once per row (the divisions are
 // costly next to a 128-column block's work); Scale(row_scales, s): segment s's.
-struct F16Format {
+
+// The segment functions of a format without scales: the whole row is one segment of scale 1.
+struct Unscaled {
   static int64_t Segment(const WeightMatrix& w) { return w.cols; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
   static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
   static float Scale(const uint8_t*, int64_t) { return 1.0f; }
+};
+
+struct F16Format : Unscaled {
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<hwy::float16_t, D> d16;
     return hn::PromoteTo(d, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(row) + c));
@@ -57,11 +62,7 @@ struct F16Format {
   }
 };
 
-struct Bf16Format {
-  static int64_t Segment(const WeightMatrix& w) { return w.cols; }
-  static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
-  static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
-  static float Scale(const uint8_t*, int64_t) { return 1.0f; }
+struct Bf16Format : Unscaled {
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<uint16_t, D> d16;
     const hn::RebindToUnsigned<D> du;
@@ -82,13 +83,33 @@ inline float ScaleOf(const uint8_t* row_scales, int64_t seg) {
   return s;
 }
 
-// e4m3: sign to bit 31, exponent and mantissa to bits 20..26 give a float32 equal to the value
-// times 2^-120 (normal and subnormal alike); 2^120 is folded into the scale. The byte is
+// e4m3 bytes without their scales: sign to bit 31, exponent and mantissa to bits 20..26 give a
+// float32 equal to the value times 2^-120 (normal and subnormal alike). The byte is
 // sign-extended, so one shift puts the sign in bit 31 and one mask clears bits 27..30.
-// Checkpoints hold no NaN codes (quantizers saturate), so 0x7f/0xff are not special-cased.
+// Checkpoints hold no NaN codes (quantizers saturate), so 0x7f/0xff are not special-cased. The
+// fused product uses it as it is: the rows of one 128-row block share their column blocks'
+// scales, so x is multiplied by them once (FusedRowsF8) and the weights are only decoded.
+struct F8UnscaledFormat : Unscaled {
+  static constexpr uint32_t kMask = 0x87f00000u;
+  static V Load(D d, const uint8_t* row, int64_t c, V) {
+    const hn::Rebind<int8_t, D> d8;
+    const hn::RebindToSigned<D> di;
+    const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c));
+    return hn::BitCast(d, hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(kMask))));
+  }
+  static float Scalar(const uint8_t* row, int64_t c, float) {
+    const uint32_t b = row[c];
+    const uint32_t bits = ((b & 0x80u) << 24) | ((b & 0x7fu) << 20);
+    float f;
+    std::memcpy(&f, &bits, 4);
+    return f;
+  }
+};
+
+// fp8 with DeepSeek-V3's block scales: the unscaled decode times the block's scale, with 2^120
+// folded into it.
 struct F8BlockFormat {
   static constexpr float kExpBias = 1.329228e36f;  // 2^120
-  static constexpr uint32_t kMask = 0x87f00000u;
   static int64_t Segment(const WeightMatrix& w) { return w.block_cols; }
   static int64_t FirstSegment(const WeightMatrix& w) {
     return w.block_cols - w.col0 % w.block_cols;
@@ -102,38 +123,10 @@ struct F8BlockFormat {
     return ScaleOf(row_scales, seg) * kExpBias;
   }
   static V Load(D d, const uint8_t* row, int64_t c, V scale) {
-    const hn::Rebind<int8_t, D> d8;
-    const hn::RebindToSigned<D> di;
-    const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c));
-    const auto bits = hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(kMask)));
-    return hn::Mul(hn::BitCast(d, bits), scale);
+    return hn::Mul(F8UnscaledFormat::Load(d, row, c, scale), scale);
   }
   static float Scalar(const uint8_t* row, int64_t c, float scale) {
-    const uint32_t b = row[c];
-    const uint32_t bits = ((b & 0x80u) << 24) | ((b & 0x7fu) << 20);
-    float f;
-    std::memcpy(&f, &bits, 4);
-    return f * scale;
-  }
-};
-
-// F8BlockFormat's bytes without their scales, for the fused product: the rows of one 128-row
-// block share their column blocks' scales, so x is multiplied by them once (FusedRowsF8) and the
-// weights are only decoded, one shift and one mask per vector.
-struct F8UnscaledFormat {
-  static int64_t Segment(const WeightMatrix& w) { return w.cols; }
-  static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
-  static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
-  static float Scale(const uint8_t*, int64_t) { return 1.0f; }
-  static V Load(D d, const uint8_t* row, int64_t c, V) {
-    const hn::Rebind<int8_t, D> d8;
-    const hn::RebindToSigned<D> di;
-    const auto b = hn::PromoteTo(di, hn::LoadU(d8, reinterpret_cast<const int8_t*>(row) + c));
-    return hn::BitCast(
-        d, hn::And(hn::ShiftLeft<20>(b), hn::Set(di, static_cast<int32_t>(F8BlockFormat::kMask))));
-  }
-  static float Scalar(const uint8_t* row, int64_t c, float) {
-    return F8BlockFormat::Scalar(row, c, 1.0f);
+    return F8UnscaledFormat::Scalar(row, c, scale) * scale;
   }
 };
 
@@ -410,6 +403,18 @@ int64_t PanelRows(int64_t n, int64_t k) {
   return std::min(rows, n);
 }
 
+// f(j0, j1) over the output features [0, n) in tasks of kFusedRowsPerTask, split between the
+// threads (on the calling thread inside a parallel region).
+template <class F>
+void ForEachFusedTask(int64_t n, const F& f) {
+  const int64_t tasks = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tasks; ++t) {
+    const int64_t j0 = t * kFusedRowsPerTask;
+    f(j0, std::min(n, j0 + kFusedRowsPerTask));
+  }
+}
+
 bool InKernelOrder(const WeightMatrix& w) { return w.format != WeightFormat::kInt4Group; }
 
 // x [m, k] in the kernel's column order (int4 only permutes; see Int4GroupFormat).
@@ -441,12 +446,7 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
     thread_local Int8Rows rounded;  // the calling thread's; the team reads it through xq
     const Int8Rows& xq = rounded;
     QuantizeRowsInt8(m, x, ldx, k, &rounded);
-    const int64_t tasks = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks; ++t) {
-      const int64_t j0 = t * kFusedRowsPerTask, j1 = std::min(n, j0 + kFusedRowsPerTask);
-      Int4Int8Product(xq, w, j0, j1, y, ldy);
-    }
+    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { Int4Int8Product(xq, w, j0, j1, y, ldy); });
     return;
   }
   FloatVector permuted;
@@ -459,12 +459,7 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
   }
   if (m <= kFusedMaxRows) {
     const auto fused = HWY_DYNAMIC_DISPATCH(FusedRows);
-    const int64_t tasks_fused = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
-#pragma omp parallel for schedule(static)
-    for (int64_t t = 0; t < tasks_fused; ++t) {
-      const int64_t j0 = t * kFusedRowsPerTask, j1 = std::min(n, j0 + kFusedRowsPerTask);
-      fused(m, x, ldx, w, j0, j1, y, ldy);
-    }
+    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { fused(m, x, ldx, w, j0, j1, y, ldy); });
     return;
   }
   const auto decode = HWY_DYNAMIC_DISPATCH(DecodeRows);

@@ -109,6 +109,59 @@ TEST(ChatTemplateTest, RunawayTemplatesStop) {
   EXPECT_FALSE(recursion->Render(jinja::Dict()).ok());
 }
 
+std::string Repeat(const std::string& s, int n) {
+  std::string out;
+  for (int i = 0; i < n; ++i) out += s;
+  return out;
+}
+
+// Nesting that would recurse without bound is an error, not a stack overflow: deep blocks,
+// parentheses and unary operators when parsing; long operator and filter chains (a tree as deep
+// as the chain is long) when rendering.
+TEST(ChatTemplateTest, DeepNestingIsAnError) {
+  for (const std::string& source : {"{{ " + Repeat("-", 5000) + "1 }}",
+                                    "{{ " + Repeat("(", 5000) + "1" + Repeat(")", 5000) + " }}",
+                                    "{{ " + Repeat("not ", 5000) + "true }}",
+                                    "{{ " + Repeat("[", 5000) + Repeat("]", 5000) + " }}",
+                                    Repeat("{% if true %}", 5000) + Repeat("{% endif %}", 5000)}) {
+    auto t = jinja::Template::Parse(source);
+    ASSERT_FALSE(t.ok()) << source.substr(0, 20);
+    EXPECT_NE(t.status().message().find("nested more than"), std::string::npos) << t.status();
+  }
+  for (const std::string& source :
+       {"{{ 1" + Repeat(" + 1", 5000) + " }}", "{{ 'x'" + Repeat(" | upper", 5000) + " }}",
+        "{% macro m(n) %}{{ m(n + 1) if n < 60 else ('x'" + Repeat(" ~ 'x'", 300) +
+            ") }}{% endmacro %}{{ m(0) }}"}) {
+    auto t = jinja::Template::Parse(source);
+    ASSERT_TRUE(t.ok()) << t.status();
+    auto r = t->Render(jinja::Dict());
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted) << r.status();
+  }
+  // Well within the limits, the same forms render.
+  auto t =
+      jinja::Template::Parse("{{ " + Repeat("-", 20) + "1 }}{{ 1" + Repeat(" + 1", 100) + " }}");
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->Render(jinja::Dict()).value_or("error"), "1101");
+}
+
+// Python's integers are unbounded, these are int64_t: a result past that range is an error naming
+// the overflow (Python would print the big number), never a wrapped value or undefined behaviour.
+TEST(ChatTemplateTest, IntegersPastSixtyFourBitsAreErrors) {
+  for (const char* source :
+       {"{{ (-9223372036854775807 - 1) // -1 }}", "{{ -(-9223372036854775807 - 1) }}",
+        "{{ (-9223372036854775807 - 1) | abs }}", "{{ 2 ** 63 }}", "{{ 3 ** 40 }}",
+        "{{ 9223372036854775807 + 1 }}", "{{ '1e300' | int }}", "{{ 1e300 | int }}",
+        "{{ -1e19 | int }}", "{{ '%d' | format(1e300) }}"}) {
+    auto t = jinja::Template::Parse(source);
+    ASSERT_TRUE(t.ok()) << source << ": " << t.status();
+    auto r = t->Render(jinja::Dict());
+    ASSERT_FALSE(r.ok()) << source << " rendered " << *r;
+    EXPECT_NE(r.status().message().find("integer overflow"), std::string::npos)
+        << source << ": " << r.status();
+  }
+}
+
 TEST(ChatTemplateTest, LoadsFromTokenizerConfigOrJinjaFile) {
   const std::filesystem::path dir = std::filesystem::temp_directory_path() / "moe_chat_template_test";
   std::filesystem::remove_all(dir);

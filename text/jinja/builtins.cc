@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
+#include <limits>
 
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
@@ -18,6 +19,19 @@ namespace moe::jinja {
 namespace {
 
 absl::Status TypeError(absl::string_view what) { return absl::InvalidArgumentError(what); }
+
+// Integers are int64_t here where Python's are unbounded: a result outside that range is this
+// error.
+absl::Status IntegerOverflow() {
+  return absl::InvalidArgumentError("integer overflow (integers are 64-bit here)");
+}
+
+// Python's int(f) for a finite float, truncating toward zero.
+absl::StatusOr<int64_t> FloatToInt(double f) {
+  if (std::isnan(f)) return TypeError("cannot convert float NaN to integer");
+  if (!(f >= -0x1p63 && f < 0x1p63)) return IntegerOverflow();
+  return static_cast<int64_t>(f);
+}
 
 // The argument at position `pos` or keyword `name`; null when not given.
 const Value* Arg(const Args& a, size_t pos, absl::string_view name) {
@@ -249,7 +263,12 @@ absl::StatusOr<Value> Arithmetic(absl::string_view op, const Value& a, const Val
         out += arg.Repr();
       } else if (f[i] == 'd' || f[i] == 'i') {
         if (!arg.is_number()) return TypeError("%d format: a number is required");
-        out += absl::StrCat(static_cast<int64_t>(arg.as_float()));
+        if (arg.is_int()) {
+          out += absl::StrCat(arg.as_int());
+        } else {
+          MOE_ASSIGN_OR_RETURN(const int64_t i, FloatToInt(arg.as_float()));
+          out += absl::StrCat(i);
+        }
       } else {
         return TypeError(absl::StrCat("unsupported format character '", std::string(1, f[i]), "'"));
       }
@@ -278,6 +297,11 @@ absl::StatusOr<Value> Arithmetic(absl::string_view op, const Value& a, const Val
     if (op == "*" && !__builtin_mul_overflow(x, y, &r)) return Value(r);
     if (op == "//" || op == "%") {
       if (y == 0) return TypeError("integer division or modulo by zero");
+      if (y == -1) {  // x / -1 overflows for the smallest x
+        if (op == "%") return Value(int64_t{0});
+        if (__builtin_sub_overflow(int64_t{0}, x, &r)) return IntegerOverflow();
+        return Value(r);
+      }
       int64_t q = x / y, m = x % y;
       if (m != 0 && ((m < 0) != (y < 0))) {
         --q;
@@ -285,14 +309,16 @@ absl::StatusOr<Value> Arithmetic(absl::string_view op, const Value& a, const Val
       }
       return Value(op == "//" ? q : m);
     }
-    if (op == "**" && y >= 0) {
-      int64_t p = 1;
-      for (int64_t i = 0; i < y; ++i) {
-        if (__builtin_mul_overflow(p, x, &p)) return TypeError("integer overflow");
+    if (op == "**" &&
+        y >= 0) {  // by squaring: a base squared past the range means the result is past it too
+      int64_t p = 1, base = x;
+      for (int64_t e = y; e > 0; e >>= 1) {
+        if ((e & 1) != 0 && __builtin_mul_overflow(p, base, &p)) return IntegerOverflow();
+        if (e > 1 && __builtin_mul_overflow(base, base, &base)) return IntegerOverflow();
       }
       return Value(p);
     }
-    if (op != "**") return TypeError("integer overflow");
+    if (op != "**") return IntegerOverflow();
   }
   const double x = a.as_float(), y = b.as_float();
   if (op == "+") return Value(x + y);
@@ -427,13 +453,20 @@ absl::StatusOr<Value> Indent(const Value& value, const Args& args) {
 
 absl::StatusOr<Value> ToInt(const Value& v, const Value& fallback) {
   if (v.is_int()) return Value(v.as_int());
-  if (v.kind() == Value::Kind::kFloat) return Value(static_cast<int64_t>(v.as_float()));
+  if (v.kind() == Value::Kind::kFloat) {
+    if (std::isnan(v.as_float())) return fallback;
+    MOE_ASSIGN_OR_RETURN(const int64_t i, FloatToInt(v.as_float()));
+    return Value(i);
+  }
   if (v.is_string()) {
     int64_t i = 0;
     double f = 0;
     const absl::string_view s = absl::StripAsciiWhitespace(v.as_string());
     if (absl::SimpleAtoi(s, &i)) return Value(i);
-    if (absl::SimpleAtod(s, &f) && std::isfinite(f)) return Value(static_cast<int64_t>(f));
+    if (absl::SimpleAtod(s, &f) && !std::isnan(f)) {
+      MOE_ASSIGN_OR_RETURN(const int64_t n, FloatToInt(f));
+      return Value(n);
+    }
   }
   return fallback;
 }
@@ -614,12 +647,13 @@ absl::StatusOr<Value> Slice(const Value& x, const Value& start, const Value& sto
   const int64_t from = clamp(b, s > 0 ? lower : upper), to = clamp(e, s > 0 ? upper : lower);
   List items;
   std::u32string chars;
-  for (int64_t i = from; s > 0 ? i < to : i > to; i += s) {
+  for (int64_t i = from; s > 0 ? i < to : i > to;) {
     if (x.is_string()) {
       chars += cps[static_cast<size_t>(i)];
     } else {
       items.push_back(x.as_list()[static_cast<size_t>(i)]);
     }
+    if (__builtin_add_overflow(i, s, &i)) break;  // a step past the range ends the slice
   }
   if (x.is_string()) return Value(FromCodePoints(chars));
   return x.is_tuple() ? Value::Tuple(std::move(items)) : Value(std::move(items));
@@ -693,7 +727,7 @@ absl::StatusOr<bool> ApplyTest(absl::string_view name, const Value& v, Args& arg
   if (name == "divisibleby") {
     MOE_RETURN_IF_ERROR(need_other());
     if (!v.is_int() || !other->is_int() || other->as_int() == 0) return TypeError("divisibleby: needs nonzero integers");
-    return v.as_int() % other->as_int() == 0;
+    return other->as_int() == -1 || v.as_int() % other->as_int() == 0;
   }
   if (name == "sameas") {
     MOE_RETURN_IF_ERROR(need_other());
@@ -809,7 +843,9 @@ absl::StatusOr<Value> ApplyFilter(absl::string_view name, const Value& v, Args& 
   if (name == "float") return ToFloat(v, ArgOr(args, 0, "default", Value(0.0)));
   if (name == "abs") {
     if (!v.is_number()) return TypeError("abs: expected a number");
-    return v.kind() == Value::Kind::kFloat ? Value(std::fabs(v.as_float())) : Value(static_cast<int64_t>(std::llabs(v.as_int())));
+    if (v.kind() == Value::Kind::kFloat) return Value(std::fabs(v.as_float()));
+    if (v.as_int() == std::numeric_limits<int64_t>::min()) return IntegerOverflow();
+    return Value(v.as_int() < 0 ? -v.as_int() : v.as_int());
   }
   if (name == "round") {
     if (!v.is_number()) return TypeError("round: expected a number");
@@ -894,9 +930,10 @@ Dict Globals() {
           const int64_t step = n.size() == 3 ? n[2] : 1;
           if (step == 0) return TypeError("range: step must not be zero");
           List out;
-          for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+          for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
             if (out.size() >= 1'000'000) return TypeError("range: more than 1,000,000 items");
             out.push_back(Value(i));
+            if (__builtin_add_overflow(i, step, &i)) break;  // the next item is past the range
           }
           return Value(std::move(out));
         }));

@@ -14,6 +14,10 @@ namespace {
 using ExprPtr = std::unique_ptr<Expr>;
 using K = Token::Kind;
 
+// Blocks, parentheses, brackets and unary operators nested deeper than this are an error: parsing
+// recurses once per level (real chat templates nest a few levels).
+constexpr int kMaxNesting = 100;
+
 class Parser {
  public:
   explicit Parser(const std::vector<Token>& tokens) : t_(tokens) {}
@@ -26,6 +30,18 @@ class Parser {
   }
 
  private:
+  // One level of nesting for the lifetime of the object; `status` is the error past kMaxNesting.
+  struct Nested {
+    explicit Nested(Parser* p) : parser(p) {
+      if (++parser->nesting_ > kMaxNesting) {
+        status = parser->Error(absl::StrCat("nested more than ", kMaxNesting, " levels deep"));
+      }
+    }
+    ~Nested() { --parser->nesting_; }
+    Parser* parser;
+    absl::Status status;
+  };
+
   const Token& Peek(size_t ahead = 0) const { return t_[std::min(i_ + ahead, t_.size() - 1)]; }
   const Token& Next() { return t_[std::min(i_++, t_.size() - 1)]; }
   bool IsOp(absl::string_view op, size_t ahead = 0) const {
@@ -80,6 +96,8 @@ class Parser {
 
   // Statements up to a block tag named in `ends` (left unread but for its name, stored in *end).
   absl::Status ParseBody(std::initializer_list<absl::string_view> ends, Body* body, std::string* end) {
+    const Nested nested(this);
+    MOE_RETURN_IF_ERROR(nested.status);
     while (true) {
       const Token& t = Peek();
       if (t.kind == K::kEnd) {
@@ -267,6 +285,8 @@ class Parser {
   }
 
   absl::StatusOr<ExprPtr> Not() {
+    const Nested nested(this);
+    MOE_RETURN_IF_ERROR(nested.status);
     if (IsName("not")) {
       ExprPtr e = Node(Expr::Kind::kNot, Next().line);
       MOE_ASSIGN_OR_RETURN(ExprPtr operand, Not());
@@ -318,6 +338,8 @@ class Parser {
   absl::StatusOr<ExprPtr> UnaryWithFilters() { return Unary(true); }
 
   absl::StatusOr<ExprPtr> Unary(bool with_filters) {
+    const Nested nested(this);
+    MOE_RETURN_IF_ERROR(nested.status);
     ExprPtr node;
     if (IsOp("-") || IsOp("+")) {
       const Expr::Kind kind = IsOp("-") ? Expr::Kind::kNeg : Expr::Kind::kPos;
@@ -533,6 +555,7 @@ class Parser {
 
   const std::vector<Token>& t_;
   size_t i_ = 0;
+  int nesting_ = 0;
 };
 
 }  // namespace

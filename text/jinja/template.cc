@@ -13,6 +13,10 @@ namespace {
 
 constexpr size_t kMaxOutput = size_t{16} << 20;  // a prompt is far smaller: this stops a runaway loop
 constexpr int kMaxCallDepth = 64;
+// Statements and expressions evaluated inside one another, macro bodies included: evaluation
+// recurses once per level, so this bounds the stack (a long chain such as 1 + 1 + ... or a
+// filter chain is one level per operator).
+constexpr int kMaxEvalDepth = 400;
 constexpr int64_t kMaxIterations = 1'000'000;  // loop iterations and macro calls, all together
 
 enum class Flow { kNormal, kBreak, kContinue };
@@ -97,6 +101,8 @@ class Renderer {
   }
 
   absl::StatusOr<Flow> Exec(const Stmt& s, std::string* out) {
+    const Deeper deeper(this);
+    MOE_RETURN_IF_ERROR(deeper.status);
     switch (s.kind) {
       case Stmt::Kind::kText:
         MOE_RETURN_IF_ERROR(Emit(out, s.text));
@@ -265,7 +271,23 @@ class Renderer {
     return absl::InvalidArgumentError(absl::StrCat("'", v.undefined_name(), "' is undefined"));
   }
 
+  // One level of evaluation for the lifetime of the object; `status` is the error past
+  // kMaxEvalDepth.
+  struct Deeper {
+    explicit Deeper(Renderer* r) : renderer(r) {
+      if (++renderer->eval_depth_ > kMaxEvalDepth) {
+        status = absl::ResourceExhaustedError(
+            absl::StrCat("statements and expressions nested over ", kMaxEvalDepth, " deep"));
+      }
+    }
+    ~Deeper() { --renderer->eval_depth_; }
+    Renderer* renderer;
+    absl::Status status;
+  };
+
   absl::StatusOr<Value> Eval(const Expr& e) {
+    const Deeper deeper(this);
+    if (!deeper.status.ok()) return At(e.line, deeper.status);
     auto v = EvalUnlocated(e);
     if (!v.ok()) return At(e.line, v.status());
     return v;
@@ -324,7 +346,12 @@ class Renderer {
           return absl::InvalidArgumentError(absl::StrCat("bad operand type for unary -: '", v.TypeName(), "'"));
         }
         if (e.kind == Expr::Kind::kPos) return v.kind() == Value::Kind::kFloat ? v : Value(v.as_int());
-        return v.kind() == Value::Kind::kFloat ? Value(-v.as_float()) : Value(-v.as_int());
+        if (v.kind() == Value::Kind::kFloat) return Value(-v.as_float());
+        int64_t negated = 0;
+        if (__builtin_sub_overflow(int64_t{0}, v.as_int(), &negated)) {
+          return absl::InvalidArgumentError("integer overflow (integers are 64-bit here)");
+        }
+        return Value(negated);
       }
       case Expr::Kind::kBinary: {
         MOE_ASSIGN_OR_RETURN(Value a, Eval(*e.operands[0]));
@@ -395,6 +422,7 @@ class Renderer {
   Frame globals_, top_;
   std::vector<Frame*> scope_;
   int depth_ = 0;
+  int eval_depth_ = 0;
   int64_t iterations_ = 0;
 };
 

@@ -123,10 +123,7 @@ int main(int argc, char** argv) {
   flags.AddString("dtype", &dtype, "Weight dtype of a checkpoint written here: f32, bf16, fp8, int4.");
   flags.AddString("weights-dtype", &weights_dtype,
                   "Weights at load: stored, f32 (the reference path) or fp8.");
-  flags.AddString(
-      "activations", &activations,
-      "Few-row products: f32 (exact) or int8 (x rounded per 32 columns, int4 weights on "
-      "AVX-512-VNNI).");
+  flags.AddString("activations", &activations, moe::kActivationsFlagHelp);
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("decode-steps", &steps, "Timed decode steps per batch size.");
   flags.AddString("batches", &batches_flag, "Decode batch sizes, comma-separated (empty: none).");
@@ -216,7 +213,7 @@ int main(int argc, char** argv) {
   std::printf("machine: %s\n", moe::Describe(moe::ReadMachineInfo()).c_str());
   std::string converted =
       *weights == moe::WeightsAtLoad::kAsStored ? "" : " converted at load to " + weights_dtype;
-  if (*rounding == moe::Activations::kInt8) converted += ", activations int8 for int4 products";
+  if (*rounding != moe::Activations::kF32) converted += ", --activations " + activations;
   std::printf("engine_bench: small-dsv3 (%.2fB params, %.2fB active), %s%s, weights %s (%s), "
               "%d threads\n",
               c.CountParameters().total / 1e9, c.CountParameters().active / 1e9, model.c_str(),

@@ -18,6 +18,7 @@
 #include "common/dtype.h"
 #include "common/machine_info.h"
 #include "common/tensor.h"
+#include "kernels/cpu/bf16_product.h"
 #include "kernels/cpu/int4_int8_product.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/weight_matmul.h"
@@ -105,32 +106,46 @@ int main(int argc, char** argv) {
               moe::cpu::WeightKernelTarget());
   std::printf("bounds: memory read %.1f GB/s, sgemm 512x%lldx%lld %.1f GFLOP/s\n\n",
               read_bw / 1e9, static_cast<long long>(n), static_cast<long long>(k), gemm / 1e9);
-  std::printf("%-6s %5s %12s %22s %8s\n", "format", "rows", "time", "figure", "ratio");
-  // int4 twice: x in float32, then x rounded to int8 per group (--activations int8; few rows,
-  // where the CPU has the 8-bit dot products).
-  const bool int8 = moe::cpu::HasInt8DotProducts();
-  for (int pass = 0; pass < (int8 ? 6 : 5); ++pass) {
-    const moe::WeightFormat f =
-        std::array{moe::WeightFormat::kF32,       moe::WeightFormat::kBF16,
-                   moe::WeightFormat::kF16,       moe::WeightFormat::kF8Block,
-                   moe::WeightFormat::kInt4Group, moe::WeightFormat::kInt4Group}[pass];
-    moe::Stored s = moe::Make(f, n, k);
-    s.w.x_int8 = pass == 5;
-    for (int64_t m : {1, 4, 8, 64, 512}) {
-      if (s.w.x_int8 && m > moe::cpu::kFusedMaxRows) continue;
+  std::printf("%-10s %5s %12s %22s %8s\n", "format", "rows", "time", "figure", "ratio");
+  // Each format with x in float32, then the formats the CPU has rounded products for with x
+  // rounded (--activations: bf16 for bf16 and fp8 weights, int8 for int4 up to 8 rows).
+  struct Pass {
+    moe::WeightFormat format;
+    moe::Activations x;
+  };
+  std::vector<Pass> passes;
+  for (moe::WeightFormat f :
+       {moe::WeightFormat::kF32, moe::WeightFormat::kBF16, moe::WeightFormat::kF16,
+        moe::WeightFormat::kF8Block, moe::WeightFormat::kInt4Group}) {
+    passes.push_back({f, moe::Activations::kF32});
+    const bool bf16 = f == moe::WeightFormat::kBF16 || f == moe::WeightFormat::kF8Block;
+    if (bf16 && moe::cpu::HasBf16DotProducts()) passes.push_back({f, moe::Activations::kBf16});
+    if (f == moe::WeightFormat::kInt4Group && moe::cpu::HasInt8DotProducts()) {
+      passes.push_back({f, moe::Activations::kInt8});
+    }
+  }
+  for (const Pass& pass : passes) {
+    moe::Stored s = moe::Make(pass.format, n, k);
+    s.w.x_rounding = pass.x;
+    const int64_t max_rows = pass.x == moe::Activations::kInt8 ? moe::cpu::kFusedMaxRows : 512;
+    for (int64_t m : {1, 4, 8, 16, 32, 64, 512}) {
+      if (m > max_rows) continue;
       moe::FloatVector x(static_cast<size_t>(m * k), 0.5f), y(static_cast<size_t>(m * n));
       const double t = moe::TimeBest(m <= 8 ? 10 : 3, [&] {
         moe::cpu::MatMulNT(m, x.data(), k, s.w, y.data(), n);
       });
-      const std::string name = std::string(moe::WeightFormatName(f)) + (s.w.x_int8 ? "/x8" : "");
+      const char* suffix = pass.x == moe::Activations::kBf16   ? "/xb16"
+                           : pass.x == moe::Activations::kInt8 ? "/x8"
+                                                               : "";
+      const std::string name = std::string(moe::WeightFormatName(pass.format)) + suffix;
       if (m <= moe::cpu::kFusedMaxRows) {
         const double bw = static_cast<double>(s.w.bytes()) / t;
-        std::printf("%-6s %5lld %9.3f ms %17.1f GB/s %8.2f\n", name.c_str(), static_cast<long long>(m),
-                    t * 1e3, bw / 1e9, bw / read_bw);
+        std::printf("%-10s %5lld %9.3f ms %17.1f GB/s %8.2f\n", name.c_str(),
+                    static_cast<long long>(m), t * 1e3, bw / 1e9, bw / read_bw);
       } else {
         const double flops = 2.0 * m * n * k / t;
-        std::printf("%-6s %5lld %9.3f ms %14.1f GFLOP/s %8.2f\n", name.c_str(), static_cast<long long>(m),
-                    t * 1e3, flops / 1e9, flops / gemm);
+        std::printf("%-10s %5lld %9.3f ms %14.1f GFLOP/s %8.2f\n", name.c_str(),
+                    static_cast<long long>(m), t * 1e3, flops / 1e9, flops / gemm);
       }
     }
   }

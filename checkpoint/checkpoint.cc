@@ -326,6 +326,20 @@ std::shared_ptr<const void> Checkpoint::Keeper(const SafetensorsFile* file) cons
 absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
                                                     const std::vector<int64_t>& expected_shape,
                                                     SliceSpec slice, bool quantizable) {
+  MOE_ASSIGN_OR_RETURN(WeightMatrix w,
+                       LoadMatrixInFormat(name, expected_shape, slice, quantizable));
+  const bool float_projection =
+      quantizable && (w.format == WeightFormat::kBF16 || w.format == WeightFormat::kF8Block);
+  if (activations_ != Activations::kF32 && float_projection) w.x_rounding = Activations::kBf16;
+  if (activations_ == Activations::kInt8 && w.format == WeightFormat::kInt4Group) {
+    w.x_rounding = Activations::kInt8;
+  }
+  return w;
+}
+
+absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrixInFormat(
+    const std::string& name, const std::vector<int64_t>& expected_shape, SliceSpec slice,
+    bool quantizable) {
   if (expected_shape.size() != 2) {
     return absl::InvalidArgumentError(
         absl::StrCat(dir_, ": tensor \"", name, "\": a weight matrix must be 2-D"));
@@ -341,9 +355,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
     }
   }
   if (StoredAsInt4(name)) {
-    MOE_ASSIGN_OR_RETURN(WeightMatrix w, LoadInt4Matrix(name, expected_shape, slice));
-    w.x_int8 = activations_ == Activations::kInt8;
-    return w;
+    return LoadInt4Matrix(name, expected_shape, slice);
   }
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;

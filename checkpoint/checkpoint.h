@@ -68,7 +68,8 @@ class Checkpoint {
                                           SliceSpec slice = SliceSpec::All(),
                                           bool quantizable = false);
   void set_weights_at_load(WeightsAtLoad w) { weights_at_load_ = w; }
-  // kInt8: int4 matrices are marked for products with x rounded to int8 (WeightMatrix::x_int8).
+  // Marks the matrices LoadMatrix returns for products that round x (WeightMatrix::x_rounding):
+  // kBf16 and kInt8 the projections' bf16 and fp8 ones for bf16, kInt8 the int4 ones for int8.
   void set_activations(Activations a) { activations_ = a; }
 
   // Bytes copied out of the files so far (data and scales), across threads.
@@ -91,6 +92,9 @@ class Checkpoint {
   absl::StatusOr<WeightMatrix> LoadInt4Matrix(const std::string& name,
                                               const std::vector<int64_t>& shape, SliceSpec slice);
   std::shared_ptr<const void> Keeper(const SafetensorsFile* file) const;
+  absl::StatusOr<WeightMatrix> LoadMatrixInFormat(const std::string& name,
+                                                  const std::vector<int64_t>& expected_shape,
+                                                  SliceSpec slice, bool quantizable);
   absl::StatusOr<WeightMatrix> LoadConverted(const std::string& name,
                                              const std::vector<int64_t>& shape, SliceSpec slice,
                                              WeightFormat to);

@@ -30,9 +30,10 @@ absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name) {
 
 absl::StatusOr<Activations> ParseActivations(absl::string_view name) {
   if (name == "f32") return Activations::kF32;
+  if (name == "bf16") return Activations::kBf16;
   if (name == "int8") return Activations::kInt8;
   return absl::InvalidArgumentError(
-      absl::StrCat("unknown activations \"", name, "\" (f32 or int8)"));
+      absl::StrCat("unknown activations \"", name, "\" (f32, bf16 or int8)"));
 }
 
 size_t WeightMatrix::bytes() const {

@@ -56,7 +56,7 @@ class DecoderLayer {
 struct DecoderModelOptions {
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;  // what loading does with the weights
   bool load_mtp = false;                             // the MTP layer (speculative decoding)
-  Activations activations = Activations::kF32;       // what few-row products do with x
+  Activations activations = Activations::kF32;       // what products do with x
   // Runs each step's decoder layers as two micro-batches whose MoE dispatch and combine overlap
   // the other's compute (TwoBatchOverlap). Every rank must agree; needs a TP size of 1 (DP
   // attention with expert parallelism: the MoE all-to-all is the only collective in the layers).

@@ -80,11 +80,7 @@ int main(int argc, char** argv) {
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
-  flags.AddString(
-      "activations", &activations,
-      "CPU few-row products: f32 (x stays float32, exact) or int8 (x rounded to int8 per "
-      "32 columns against int4 weights, on CPUs with AVX-512-VNNI: faster decode; "
-      "error in docs/performance.md).");
+  flags.AddString("activations", &activations, moe::kActivationsFlagHelp);
   flags.AddInt("threads", &threads, "CPU threads per rank (0: the host's cores / ranks on it).");
   flags.AddInt("block-size", &block_size, "Tokens per KV cache block.");
   flags.AddInt("kv-cache-mb", &kv_mb, "KV cache size per rank in MB.");

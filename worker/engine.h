@@ -84,7 +84,7 @@ struct EngineOptions {
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;
-  // CPU: what few-row products do with x (float32; int8 for int4 weights, see Activations).
+  // CPU: what products do with x (float32; bf16 or int8 rounded, see Activations).
   Activations activations = Activations::kF32;
   // Load the MTP layer (and its cache layer) for speculative decoding (CPU backend), drafting
   // this many tokens per step (DeepSeek deploys 1).

@@ -227,11 +227,7 @@ int main(int argc, char** argv) {
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
-  flags.AddString(
-      "activations", &activations,
-      "CPU few-row products: f32 (x stays float32, exact) or int8 (x rounded to int8 per "
-      "32 columns against int4 weights, on CPUs with AVX-512-VNNI: faster decode; "
-      "error in docs/performance.md).");
+  flags.AddString("activations", &activations, moe::kActivationsFlagHelp);
   flags.AddString("group", &group,
                   "The worker group this rank joins: main (receives the requests; with a decode "
                   "group it only prefills), or decode (the coordinator's --decode-world-size "

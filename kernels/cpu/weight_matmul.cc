@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "common/status_macros.h"
 #include "common/tensor.h"
+#include "kernels/cpu/bf16_product.h"
 #include "kernels/cpu/int4_int8_product.h"
 #include "kernels/cpu/ops.h"
 
@@ -442,7 +443,14 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
                   ldy);
     return;
   }
-  if (w.x_int8 && m <= kFusedMaxRows && Int4Int8Serves(w)) {
+  if (w.x_rounding == Activations::kBf16 && Bf16Serves(w)) {
+    thread_local Bf16Rows rounded;  // the calling thread's; the team reads it through xb
+    const Bf16Rows& xb = rounded;
+    RoundRowsBf16(m, x, ldx, k, Bf16Factor(w), &rounded);
+    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { Bf16Product(xb, w, j0, j1, y, ldy); });
+    return;
+  }
+  if (w.x_rounding == Activations::kInt8 && m <= kFusedMaxRows && Int4Int8Serves(w)) {
     thread_local Int8Rows rounded;  // the calling thread's; the team reads it through xq
     const Int8Rows& xq = rounded;
     QuantizeRowsInt8(m, x, ldx, k, &rounded);

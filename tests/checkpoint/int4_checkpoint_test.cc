@@ -124,19 +124,23 @@ TEST(Int4CheckpointTest, MatrixIsAViewWithItsGroupScales) {
   EXPECT_EQ((*ck)->bytes_read(), m->bytes());
 }
 
-// --activations int8 marks the int4 matrices (and only with it set): their few-row products
-// round x (kernels/cpu/int4_int8_product.h).
+// --activations int8 marks the int4 matrices (and only with it set; bf16 leaves them): their
+// few-row products round x (kernels/cpu/int4_int8_product.h).
 TEST(Int4CheckpointTest, ActivationsInt8MarksTheMatrices) {
   ScratchDir dir;
   auto ck = OpenWith(Int4File(), Int4Config(), dir);
   ASSERT_TRUE(ck.ok()) << ck.status();
   auto exact = (*ck)->LoadMatrix("w.weight", {kRows, kCols});
   ASSERT_TRUE(exact.ok()) << exact.status();
-  EXPECT_FALSE(exact->x_int8);
+  EXPECT_EQ(exact->x_rounding, Activations::kF32);
+  (*ck)->set_activations(Activations::kBf16);
+  auto bf16 = (*ck)->LoadMatrix("w.weight", {kRows, kCols}, {}, /*quantizable=*/true);
+  ASSERT_TRUE(bf16.ok()) << bf16.status();
+  EXPECT_EQ(bf16->x_rounding, Activations::kF32);
   (*ck)->set_activations(Activations::kInt8);
   auto rounded = (*ck)->LoadMatrix("w.weight", {kRows, kCols}, SliceSpec::Cols(32, 64));
   ASSERT_TRUE(rounded.ok()) << rounded.status();
-  EXPECT_TRUE(rounded->x_int8);
+  EXPECT_EQ(rounded->x_rounding, Activations::kInt8);
 }
 
 void ExpectError(const std::string& file_bytes, std::optional<QuantizationConfig> q,

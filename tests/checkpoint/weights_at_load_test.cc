@@ -113,8 +113,34 @@ TEST(WeightsAtLoadTest, ParsesTheFlagsValues) {
   EXPECT_EQ(*ParseWeightsAtLoad("fp8"), WeightsAtLoad::kFp8);
   EXPECT_FALSE(ParseWeightsAtLoad("int8").ok());
   EXPECT_EQ(*ParseActivations("f32"), Activations::kF32);
+  EXPECT_EQ(*ParseActivations("bf16"), Activations::kBf16);
   EXPECT_EQ(*ParseActivations("int8"), Activations::kInt8);
-  EXPECT_FALSE(ParseActivations("bf16").ok());
+  auto bad = ParseActivations("fp16");
+  ASSERT_FALSE(bad.ok());
+  EXPECT_NE(bad.status().message().find("fp16"), std::string::npos) << bad.status();
+}
+
+// --activations bf16 and int8 mark the projections' fp8 (here converted at load) matrices for
+// bf16 products; float32 matrices, weights that are not projections (the router, lm_head) and the
+// default f32 stay unrounded.
+TEST(WeightsAtLoadTest, ActivationsMarkTheFloatProjections) {
+  ScratchDir dir;
+  auto ck = OpenF32(dir);
+  ASSERT_NE(ck, nullptr);
+  auto load = [&](bool projection) {
+    auto w = ck->LoadMatrix("w.weight", {kRows, kCols}, SliceSpec::All(), projection);
+    EXPECT_TRUE(w.ok()) << w.status();
+    return w.ok() ? w->x_rounding : Activations::kF32;
+  };
+  ck->set_activations(Activations::kBf16);
+  EXPECT_EQ(load(true), Activations::kF32);  // float32 weights
+  ck->set_weights_at_load(WeightsAtLoad::kFp8);
+  EXPECT_EQ(load(true), Activations::kBf16);
+  EXPECT_EQ(load(false), Activations::kF32);
+  ck->set_activations(Activations::kInt8);
+  EXPECT_EQ(load(true), Activations::kBf16);
+  ck->set_activations(Activations::kF32);
+  EXPECT_EQ(load(true), Activations::kF32);
 }
 
 }  // namespace

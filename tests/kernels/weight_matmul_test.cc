@@ -14,6 +14,7 @@
 #include "common/dtype.h"
 #include "gtest/gtest.h"
 #include "hwy/targets.h"
+#include "kernels/cpu/bf16_product.h"
 #include "kernels/cpu/int4_int8_product.h"
 #include "tests/kernels/stored_weight.h"
 
@@ -126,8 +127,8 @@ TEST(WeightMatMulLargeActivationsTest, Fp8ProductsStayFiniteAndRight) {
   });
 }
 
-// int4 products with x rounded to int8 per 32 columns (WeightMatrix::x_int8): equal, to float
-// rounding, to the product of the weights with x rounded as llama.cpp's Q8_0 rounds it (scale
+// int4 products with x rounded to int8 per 32 columns (WeightMatrix::x_rounding kInt8): equal, to
+// float rounding, to the product of the weights with x rounded as llama.cpp's Q8_0 rounds it (scale
 // max |x| / 127 per group, round to nearest), computed here in double; and within the rounding's
 // own bound of the exact product. Whole tensors, windows, an odd number of groups, 1 to 8 rows.
 TEST(Int4Int8ProductTest, EqualsTheProductWithXRoundedPerGroup) {
@@ -137,7 +138,7 @@ TEST(Int4Int8ProductTest, EqualsTheProductWithXRoundedPerGroup) {
                         Case{WeightFormat::kInt4Group, 20, 160, 0, 20, 0, 160}}) {
     const Stored s = MakeStored(p.format, p.R, p.C, 7);
     WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
-    w.x_int8 = true;
+    w.x_rounding = Activations::kInt8;
     ASSERT_TRUE(Int4Int8Serves(w));
     std::mt19937 rng(5);
     std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -176,6 +177,86 @@ TEST(Int4Int8ProductTest, EqualsTheProductWithXRoundedPerGroup) {
         for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
       }
     }
+  }
+}
+
+// x rounded to bf16 (8 significant bits, to nearest even), from the float's definition.
+double RoundToBf16(float v) {
+  if (v == 0.0f) return 0.0;
+  int e = 0;
+  const double m = std::frexp(static_cast<double>(v), &e);  // |m| in [0.5, 1)
+  return std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8);
+}
+
+// bf16 and fp8 products with x rounded to bf16 (WeightMatrix::x_rounding kBf16): equal, to float
+// rounding, to the product of the weights with x rounded to bf16 computed here in double, but for
+// fp8's subnormal codes, which the bf16 dot products may read as zero (their products are allowed
+// as error); and within the rounding's bound of the exact product. Whole tensors, windows that cut
+// fp8 blocks, vector tails, 1 to 40 rows (several passes of 8, a partial last one).
+TEST(Bf16ProductTest, EqualsTheProductWithXRoundedToBf16) {
+  if (!HasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX-512-BF16";
+  for (const Case& p : {Case{WeightFormat::kBF16, 37, 70, 0, 37, 0, 70},
+                        Case{WeightFormat::kBF16, 64, 200, 3, 50, 8, 150},
+                        Case{WeightFormat::kF8Block, 300, 300, 0, 300, 0, 300},
+                        Case{WeightFormat::kF8Block, 300, 384, 70, 150, 128, 256},
+                        Case{WeightFormat::kF8Block, 64, 400, 0, 64, 100, 250}}) {
+    const Stored s = MakeStored(p.format, p.R, p.C, 7);
+    WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
+    w.x_rounding = Activations::kBf16;
+    ASSERT_TRUE(Bf16Serves(w));
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 23, 40}) {
+      const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
+      std::vector<float> x(static_cast<size_t>(m * ldx));
+      for (float& v : x) v = normal(rng);
+      std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+      MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = 0; j < p.rows; ++j) {
+          double want = 0, exact = 0, mag = 0, bound = 0, subnormal = 0;
+          for (int64_t c = 0; c < p.cols; ++c) {
+            const int64_t at = (p.r0 + j) * p.C + p.c0 + c;
+            const double wv = s.dense[at], xv = x[i * ldx + c], xr = RoundToBf16(x[i * ldx + c]);
+            want += xr * wv;
+            exact += xv * wv;
+            mag += std::abs(xr * wv);
+            bound += std::abs(wv) * std::abs(xr - xv);
+            if (p.format == WeightFormat::kF8Block && (s.data[at] & 0x78) == 0) {
+              subnormal += std::abs(xr * wv);
+            }
+          }
+          ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + subnormal + 1e-30)
+              << WeightFormatName(p.format) << " m=" << m << " " << i << "," << j;
+          ASSERT_LE(std::abs(y[i * ldy + j] - exact), bound + 1e-5 * mag + subnormal) << "m=" << m;
+        }
+        for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
+      }
+    }
+  }
+}
+
+// Large activations (up to 3 * 2^20) with fp8 blocks through the bf16 products: x's 2^64 keeps them
+// finite.
+TEST(Bf16ProductTest, Fp8ProductsWithLargeActivationsStayRight) {
+  if (!HasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX-512-BF16";
+  const Stored s = MakeStored(WeightFormat::kF8Block, 200, 256, 3);
+  WeightMatrix w = Window(WeightFormat::kF8Block, s, 0, 200, 0, 256);
+  w.x_rounding = Activations::kBf16;
+  std::vector<float> x(256);
+  for (size_t c = 0; c < x.size(); ++c)
+    x[c] = 0x1p20f * static_cast<float>(c % 7 - 3.0);  // exact in bf16
+  std::vector<float> y(200);
+  MatMulNT(1, x.data(), 256, w, y.data(), 200);
+  for (int64_t j = 0; j < 200; ++j) {
+    double want = 0, mag = 0, subnormal = 0;
+    for (int64_t c = 0; c < 256; ++c) {
+      want += x[c] * s.dense[j * 256 + c];
+      mag += std::abs(x[c] * s.dense[j * 256 + c]);
+      if ((s.data[j * 256 + c] & 0x78) == 0) subnormal += std::abs(x[c] * s.dense[j * 256 + c]);
+    }
+    ASSERT_TRUE(std::isfinite(y[j]));
+    ASSERT_NEAR(y[j], want, 1e-5 * mag + subnormal) << j;
   }
 }
 

@@ -7,6 +7,7 @@
 #include "common/npy.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/bf16_product.h"
 #include "kernels/cpu/int4_int8_product.h"
 #include "nlohmann/json.hpp"
 #include "tests/test_util.h"
@@ -76,44 +77,58 @@ TEST_F(MoeGenerateCliTest, TwoBatchOverlapMatchesTransformers) {
   EXPECT_EQ(r.out, absl::StrJoin(want, " ") + "\n");
 }
 
-// --activations int8 on the golden int4 case (Kimi K2 Thinking's layout): the prefill logits stay
-// within 2% of the largest of transformers' (x rounded to 1/254 of each group's largest value;
-// measured 0.7%), and where the CPU has the 8-bit dot products they are not f32's (the option
-// reaches the products).
-TEST_F(MoeGenerateCliTest, ActivationsInt8StaysCloseToTransformers) {
+// --activations on golden cases: int8 on the int4 one (Kimi K2 Thinking's layout: experts int4,
+// x rounded to 1/254 of each group's largest value; the rest bf16 products), bf16 on the fp8 one
+// (DeepSeek-V3's layout) and on a bf16 one (x rounded to 8 significant bits). The prefill logits
+// stay within 2% of the largest of transformers' (measured in docs/performance.md), and where the
+// CPU has the dot products they are not f32's (the option reaches the products).
+TEST_F(MoeGenerateCliTest, RoundedActivationsStayCloseToTransformers) {
   std::ifstream in(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/manifest.json");
-  const auto spec = nlohmann::json::parse(in)["cases"]["tiny-kimi-k2-int4"];
-  MakeModelOptions opt;
-  opt.out_dir = dir_->file("tiny-k2-int4");
-  opt.seed = spec["seed"];
-  opt.dtype = WeightDType::kInt4;
-  ASSERT_TRUE(WriteCheckpoint(*PresetConfig("tiny-kimi-k2"), opt).ok());
-  auto golden = ReadNpy(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/" +
-                        spec["logits"][0].get<std::string>());
-  ASSERT_TRUE(golden.ok()) << golden.status();
-  const std::vector<int> prompt = spec["prompts"][0];
-  auto prefill_logits = [&](const std::string& activations) {
-    const std::string npy = dir_->file("k2-" + activations + ".npy");
-    auto r = RunCommand(BinaryPath("tools/moe-generate") + " --threads 2 --model " + opt.out_dir +
-                        " --max-new-tokens 1 --activations " + activations + " --logits-out " +
-                        npy + " --prompt-ids " + absl::StrJoin(prompt, ","));
-    EXPECT_EQ(r.exit_code, 0) << r.err;
-    auto t = ReadNpy(npy);
-    EXPECT_TRUE(t.ok()) << t.status();
-    return t.ok() ? *t : Tensor();
+  const auto cases = nlohmann::json::parse(in)["cases"];
+  struct Run {
+    std::string golden, activations;
+    bool has_products;
   };
-  const Tensor exact = prefill_logits("f32"), rounded = prefill_logits("int8");
-  const int64_t vocab = golden->dim(1);
-  ASSERT_EQ(rounded.numel() % vocab, 0);
-  double largest = 0, err = 0, from_exact = 0;
-  for (int64_t v = 0; v < vocab; ++v) {
-    largest = std::max(largest, std::abs(double{(*golden)[v]}));
-    err = std::max(err, std::abs(double{rounded[v]} - (*golden)[v]));
-    from_exact = std::max(from_exact, std::abs(double{rounded[v]} - exact[v]));
-  }
-  EXPECT_LE(err, 0.02 * largest);
-  if (cpu::HasInt8DotProducts()) {
-    EXPECT_GT(from_exact, 1e-5 * largest);
+  for (const Run& run : {Run{"tiny-kimi-k2-int4", "int8", cpu::HasInt8DotProducts()},
+                         Run{"tiny-dsv3-fp8", "bf16", cpu::HasBf16DotProducts()},
+                         Run{"tiny-qwen3-moe-bf16", "bf16", cpu::HasBf16DotProducts()}}) {
+    SCOPED_TRACE(run.golden + " --activations " + run.activations);
+    const auto& spec = cases[run.golden];
+    MakeModelOptions opt;
+    opt.out_dir = dir_->file(run.golden);
+    opt.seed = spec["seed"];
+    auto dtype = ParseWeightDType(spec["dtype"].get<std::string>());
+    ASSERT_TRUE(dtype.ok()) << dtype.status();
+    opt.dtype = *dtype;
+    ASSERT_TRUE(WriteCheckpoint(*PresetConfig(spec["preset"].get<std::string>()), opt).ok());
+    auto golden = ReadNpy(std::string(MOE_SOURCE_DIR) + "/tests/golden/data/" +
+                          spec["logits"][0].get<std::string>());
+    ASSERT_TRUE(golden.ok()) << golden.status();
+    const std::vector<int> prompt = spec["prompts"][0];
+    auto prefill_logits = [&](const std::string& activations) {
+      const std::string npy = dir_->file(run.golden + "-" + activations + ".npy");
+      auto r = RunCommand(BinaryPath("tools/moe-generate") + " --threads 2 --model " + opt.out_dir +
+                          " --max-new-tokens 1 --activations " + activations + " --logits-out " +
+                          npy + " --prompt-ids " + absl::StrJoin(prompt, ","));
+      EXPECT_EQ(r.exit_code, 0) << r.err;
+      auto t = ReadNpy(npy);
+      EXPECT_TRUE(t.ok()) << t.status();
+      return t.ok() ? *t : Tensor();
+    };
+    const Tensor exact = prefill_logits("f32"), rounded = prefill_logits(run.activations);
+    const int64_t vocab = golden->dim(1);
+    ASSERT_EQ(rounded.numel() % vocab, 0);
+    ASSERT_EQ(exact.numel(), rounded.numel());
+    double largest = 0, err = 0, from_exact = 0;
+    for (int64_t v = 0; v < vocab; ++v) {
+      largest = std::max(largest, std::abs(double{(*golden)[v]}));
+      err = std::max(err, std::abs(double{rounded[v]} - (*golden)[v]));
+      from_exact = std::max(from_exact, std::abs(double{rounded[v]} - exact[v]));
+    }
+    EXPECT_LE(err, 0.02 * largest);
+    if (run.has_products) {
+      EXPECT_GT(from_exact, 1e-5 * largest);
+    }
   }
 }
 
@@ -131,7 +146,8 @@ TEST_F(MoeGenerateCliTest, BadInputIsAClearErrorNotACrash) {
            {"--prompt-ids 1 --bogus", "unknown flag --bogus"},
            {"--prompt-ids 1 --kv-cache-mb 1 --block-size 100000", "KV cache"},
            {"--prompt-ids 1 --device tpu", "device \"tpu\" is not one of"},
-           {"--prompt-ids 1 --activations bf16", "unknown activations \"bf16\" (f32 or int8)"},
+           {"--prompt-ids 1 --activations fp16",
+            "unknown activations \"fp16\" (f32, bf16 or int8)"},
        }) {
     auto r = RunCommand(Gen(c.args));
     EXPECT_NE(r.exit_code, 0) << c.args;

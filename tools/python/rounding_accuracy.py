@@ -2,11 +2,14 @@
 """Measures what the rounding options cost in accuracy (the figures quoted in README.md):
   --what weights-fp8      `--weights-dtype fp8` against `stored` (float32 checkpoints' projections
                           rounded to fp8 blocks at load)
+  --what activations-bf16 `--activations bf16` against `f32` (x rounded to bf16 in the products
+                          with bf16 and fp8 projections)
   --what activations-int8 `--activations int8` against `f32` (x rounded to int8 per 32 columns in
-                          the int4 products)
+                          the int4 products, to bf16 in the bf16 ones)
 
 1. Against the HF transformers goldens (tests/golden/data): for each golden case of the format the
-   option applies to (f32 for weights-fp8, int4 for activations-int8), the checkpoint is rewritten
+   option applies to (f32 for weights-fp8, fp8 and bf16 for activations-bf16, int4 for
+   activations-int8), the checkpoint is rewritten
    by moe-make-model, generated from with the option off and on, and compared with the golden
    logits of the prompt's last position and greedy tokens.
 2. On a checkpoint given with --model (e.g. models/small-dsv3-bf16, models/small-dsv3-int4): the
@@ -26,10 +29,11 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 GOLDEN = os.path.join(ROOT, "tests", "golden", "data")
-# Per option: the golden cases' dtype, the flag, its value off and on.
+# Per option: the golden cases' dtypes, the flag, its value off and on.
 OPTIONS = {
-    "weights-fp8": ("f32", "--weights-dtype", "stored", "fp8"),
-    "activations-int8": ("int4", "--activations", "f32", "int8"),
+    "weights-fp8": (("f32",), "--weights-dtype", "stored", "fp8"),
+    "activations-bf16": (("fp8", "bf16"), "--activations", "f32", "bf16"),
+    "activations-int8": (("int4",), "--activations", "f32", "int8"),
 }
 
 
@@ -54,15 +58,15 @@ def main():
     ap.add_argument("--build-dir", default=os.path.join(ROOT, "build"))
     ap.add_argument("--model")
     args = ap.parse_args()
-    dtype, flag, off, on = OPTIONS[args.what]
+    dtypes, flag, off, on = OPTIONS[args.what]
     manifest = json.load(open(os.path.join(GOLDEN, "manifest.json")))
     tmp = tempfile.mkdtemp()
     for case, c in manifest["cases"].items():
-        if c["dtype"] != dtype:
+        if c["dtype"] not in dtypes:
             continue
         model = os.path.join(tmp, case)
         subprocess.run([os.path.join(args.build_dir, "tools", "moe-make-model"), "--preset", c["preset"],
-                        "--dtype", dtype, "--seed", str(c["seed"]), "--out", model],
+                        "--dtype", c["dtype"], "--seed", str(c["seed"]), "--out", model],
                        check=True, stderr=subprocess.DEVNULL)
         for value in (off, on):
             err, agree, total = 0.0, 0, 0

@@ -9,8 +9,10 @@
 #        Q4_0-default  llama-quantize's own Q4_0 mixture (no pair; for reference)
 #      timed with llama-bench (prefill 512 tokens, decode 32 at batch 1) and llama-batched-bench
 #      (64-token prompts, 32 decoded tokens, 1/8/32 sequences), then this engine's engine_bench
-#      (a 64-token context, 32 decode steps at batch 1/8/32, a 512-token prefill). All on every
-#      core, the pairs back to back.
+#      (a 64-token context, 32 decode steps at batch 1/8/32, a 512-token prefill) twice: with x in
+#      float32 (exact) and with x rounded as llama.cpp rounds it for that weight type
+#      (--activations bf16 for bf16 and fp8, int8 for int4). All on every core, the pairs back to
+#      back.
 # Usage: bench/run_llama_cpp_peer.sh LLAMA_CPP_DIR PYTHON [build-dir] [work-dir]
 #   LLAMA_CPP_DIR  a llama.cpp source tree with build/bin/{llama-bench,llama-batched-bench,
 #                  llama-quantize,llama-completion} built (cmake -B build -DGGML_NATIVE=ON)
@@ -86,7 +88,12 @@ for round in $(seq "$ROUNDS"); do
     "$BIN/llama-batched-bench" -m "$WORK/small-dsv3-$gguf.gguf" -c 4096 -b 2048 -ub 512 \
       -npp 64 -ntg 32 -npl 1,8,32 -t "$THREADS" 2>/dev/null | grep "^|"
     [[ -n $ours ]] || continue
-    echo "--- engine $ours"
-    "$BUILD/bench/engine_bench" --model "$WORK/small-dsv3-$ours" --decode-steps 32 2>/dev/null
+    rounded=bf16
+    [[ $ours == int4 ]] && rounded=int8
+    for activations in f32 $rounded; do
+      echo "--- engine $ours --activations $activations"
+      "$BUILD/bench/engine_bench" --model "$WORK/small-dsv3-$ours" --decode-steps 32 \
+        --activations "$activations" 2>/dev/null
+    done
   done
 done

@@ -108,7 +108,7 @@ int main(int argc, char** argv) {
               read_bw / 1e9, static_cast<long long>(n), static_cast<long long>(k), gemm / 1e9);
   std::printf("%-10s %5s %12s %22s %8s\n", "format", "rows", "time", "figure", "ratio");
   // Each format with x in float32, then the formats the CPU has rounded products for with x
-  // rounded (--activations: bf16 for bf16 and fp8 weights, int8 for int4 up to 8 rows).
+  // rounded (--activations: bf16 for bf16 and fp8 weights, int8 for int4).
   struct Pass {
     moe::WeightFormat format;
     moe::Activations x;
@@ -127,9 +127,7 @@ int main(int argc, char** argv) {
   for (const Pass& pass : passes) {
     moe::Stored s = moe::Make(pass.format, n, k);
     s.w.x_rounding = pass.x;
-    const int64_t max_rows = pass.x == moe::Activations::kInt8 ? moe::cpu::kFusedMaxRows : 512;
     for (int64_t m : {1, 4, 8, 16, 32, 64, 512}) {
-      if (m > max_rows) continue;
       moe::FloatVector x(static_cast<size_t>(m * k), 0.5f), y(static_cast<size_t>(m * n));
       const double t = moe::TimeBest(m <= 8 ? 10 : 3, [&] {
         moe::cpu::MatMulNT(m, x.data(), k, s.w, y.data(), n);

@@ -328,9 +328,8 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrix(const std::string& name,
                                                     SliceSpec slice, bool quantizable) {
   MOE_ASSIGN_OR_RETURN(WeightMatrix w,
                        LoadMatrixInFormat(name, expected_shape, slice, quantizable));
-  const bool float_projection =
-      quantizable && (w.format == WeightFormat::kBF16 || w.format == WeightFormat::kF8Block);
-  if (activations_ != Activations::kF32 && float_projection) w.x_rounding = Activations::kBf16;
+  const bool bf16_or_fp8 = w.format == WeightFormat::kBF16 || w.format == WeightFormat::kF8Block;
+  if (activations_ != Activations::kF32 && bf16_or_fp8) w.x_rounding = Activations::kBf16;
   if (activations_ == Activations::kInt8 && w.format == WeightFormat::kInt4Group) {
     w.x_rounding = Activations::kInt8;
   }

@@ -69,7 +69,8 @@ class Checkpoint {
                                           bool quantizable = false);
   void set_weights_at_load(WeightsAtLoad w) { weights_at_load_ = w; }
   // Marks the matrices LoadMatrix returns for products that round x (WeightMatrix::x_rounding):
-  // kBf16 and kInt8 the projections' bf16 and fp8 ones for bf16, kInt8 the int4 ones for int8.
+  // kBf16 and kInt8 the bf16 and fp8 ones (projections and lm_head) for bf16, kInt8 the int4 ones
+  // for int8.
   void set_activations(Activations a) { activations_ = a; }
 
   // Bytes copied out of the files so far (data and scales), across threads.

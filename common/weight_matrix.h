@@ -39,8 +39,8 @@ absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name);  // st
 
 // What few-row products do with x (`--activations`):
 //   kF32   keep it in float32 (the default; exact against HF transformers);
-//   kBf16  for the projections' bf16 and fp8 weights on CPUs with AVX-512-BF16, round x to bf16
-//          and run bf16 dot products (kernels/cpu/bf16_product.h);
+//   kBf16  for bf16 and fp8 weights (the projections and lm_head) on CPUs with AVX-512-BF16,
+//          round x to bf16 and run bf16 dot products (kernels/cpu/bf16_product.h);
 //   kInt8  as kBf16, and for int4 weights on CPUs with AVX-512-VNNI, round each 32 columns of a
 //          row of x to int8 (scale max |x| / 127) and run integer dot products
 //          (kernels/cpu/int4_int8_product.h) — what llama.cpp does with each weight type.
@@ -50,10 +50,10 @@ enum class Activations { kF32, kBf16, kInt8 };
 absl::StatusOr<Activations> ParseActivations(absl::string_view name);  // f32 | bf16 | int8
 // The --activations flag's help, shared by the binaries that take it.
 inline constexpr char kActivationsFlagHelp[] =
-    "CPU products: f32 (x stays float32, exact), bf16 (x rounded to bf16 against the "
-    "projections' bf16 and fp8 weights, on CPUs with AVX-512-BF16) or int8 (as bf16, and x "
-    "rounded to int8 per 32 columns against int4 weights in decode, on CPUs with "
-    "AVX-512-VNNI). The rounding modes are faster; their error is in docs/performance.md.";
+    "CPU products: f32 (x stays float32, exact), bf16 (x rounded to bf16 against bf16 and fp8 "
+    "weights, on CPUs with AVX-512-BF16) or int8 (as bf16, and x rounded to int8 per 32 "
+    "columns against int4 weights, on CPUs with AVX-512-VNNI). The rounding modes are faster; "
+    "their error is in docs/performance.md.";
 
 struct WeightMatrix {
   WeightFormat format = WeightFormat::kF32;

@@ -35,14 +35,18 @@ constexpr int Unroll() {
   return M == 1 ? 4 : (M == 2 ? 2 : 1);
 }
 
-template <bool kF8>
-MOE_BF16 inline __m512bh Weights(const uint8_t* row, int64_t c, __mmask32 mask) {
+// 32 weights from column c as bf16; kMasked: only the columns in `mask`, the rest zero.
+template <bool kF8, bool kMasked = false>
+MOE_BF16 inline __m512bh Weights(const uint8_t* row, int64_t c, __mmask32 mask = 0) {
   if constexpr (kF8) {
-    const __m512i b = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(mask, row + c));
+    const __m256i bytes = kMasked ? _mm256_maskz_loadu_epi8(mask, row + c)
+                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + c));
+    const __m512i b = _mm512_cvtepi8_epi16(bytes);
     return (__m512bh)_mm512_and_si512(_mm512_slli_epi16(b, 4),
                                       _mm512_set1_epi16(static_cast<int16_t>(0x87f0)));
   } else {
-    return (__m512bh)_mm512_maskz_loadu_epi16(mask, row + 2 * c);
+    return (__m512bh)(kMasked ? _mm512_maskz_loadu_epi16(mask, row + 2 * c)
+                              : _mm512_loadu_si512(row + 2 * c));
   }
 }
 
@@ -74,7 +78,7 @@ MOE_BF16 void Row(const Bf16Rows& x, const WeightMatrix& w, int64_t j, int64_t i
     int64_t c = s0;
     for (; c + 32 * U <= s1; c += 32 * U) {
       for (int u = 0; u < U; ++u) {
-        const __m512bh wv = Weights<kF8>(row, c + 32 * u, ~__mmask32{0});
+        const __m512bh wv = Weights<kF8>(row, c + 32 * u);
         for (int i = 0; i < M; ++i) {
           const __m512bh xv = (__m512bh)_mm512_loadu_si512(xr + i * x.stride + c + 32 * u);
           acc[u][i] = _mm512_dpbf16_ps(acc[u][i], wv, xv);
@@ -83,7 +87,7 @@ MOE_BF16 void Row(const Bf16Rows& x, const WeightMatrix& w, int64_t j, int64_t i
     }
     for (; c < s1; c += 32) {
       const __mmask32 mask = c + 32 <= s1 ? ~__mmask32{0} : (__mmask32{1} << (s1 - c)) - 1;
-      const __m512bh wv = Weights<kF8>(row, c, mask);
+      const __m512bh wv = Weights<kF8, true>(row, c, mask);
       for (int i = 0; i < M; ++i) {
         const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, xr + i * x.stride + c);
         acc[0][i] = _mm512_dpbf16_ps(acc[0][i], wv, xv);

@@ -450,7 +450,7 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
     ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { Bf16Product(xb, w, j0, j1, y, ldy); });
     return;
   }
-  if (w.x_rounding == Activations::kInt8 && m <= kFusedMaxRows && Int4Int8Serves(w)) {
+  if (w.x_rounding == Activations::kInt8 && Int4Int8Serves(w)) {
     thread_local Int8Rows rounded;  // the calling thread's; the team reads it through xq
     const Int8Rows& xq = rounded;
     QuantizeRowsInt8(m, x, ldx, k, &rounded);

@@ -120,9 +120,8 @@ TEST(WeightsAtLoadTest, ParsesTheFlagsValues) {
   EXPECT_NE(bad.status().message().find("fp16"), std::string::npos) << bad.status();
 }
 
-// --activations bf16 and int8 mark the projections' fp8 (here converted at load) matrices for
-// bf16 products; float32 matrices, weights that are not projections (the router, lm_head) and the
-// default f32 stay unrounded.
+// --activations bf16 and int8 mark fp8 (here converted at load) matrices for bf16 products;
+// float32 matrices and the default f32 stay unrounded.
 TEST(WeightsAtLoadTest, ActivationsMarkTheFloatProjections) {
   ScratchDir dir;
   auto ck = OpenF32(dir);

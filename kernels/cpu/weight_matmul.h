@@ -7,6 +7,10 @@
 // registers and multiplied into all rows of x, threads splitting the output features. Many rows
 // (prefill): panels of weight rows are decoded into float32 per thread and multiplied by BLAS, so
 // the decoding is amortised over the rows. Inside a parallel region both run on the calling thread.
+//
+// A matrix marked for rounded x (WeightMatrix::x_rounding, `--activations bf16|int8`) is
+// multiplied by bf16_product.h or int4_int8_product.h instead, at every row count, where the CPU
+// has their dot products.
 #pragma once
 
 #include <cstdint>

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -127,56 +128,72 @@ TEST(WeightMatMulLargeActivationsTest, Fp8ProductsStayFiniteAndRight) {
   });
 }
 
-// int4 products with x rounded to int8 per 32 columns (WeightMatrix::x_rounding kInt8): equal, to
-// float rounding, to the product of the weights with x rounded as llama.cpp's Q8_0 rounds it (scale
-// max |x| / 127 per group, round to nearest), computed here in double; and within the rounding's
-// own bound of the exact product. Whole tensors, windows, an odd number of groups, 1 to 8 rows.
+// Products of a window marked for rounded x (`rounding`) with 1 to 40 rows of x (several passes of
+// 8, a partial last one; a group with a zero, one all zeros): equal, to float rounding, to the
+// product of the weights with x rounded by `round_row` (computed here in double), but for the
+// weights `may_drop` names, whose products are allowed as error; and within the rounding's own
+// bound of the exact product.
+void CheckRoundedProducts(
+    const Case& p, Activations rounding,
+    const std::function<std::vector<double>(const float*, int64_t)>& round_row,
+    const std::function<bool(const Stored&, int64_t)>& may_drop) {
+  const Stored s = MakeStored(p.format, p.R, p.C, 7);
+  WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
+  w.x_rounding = rounding;
+  ASSERT_TRUE(rounding == Activations::kInt8 ? Int4Int8Serves(w) : Bf16Serves(w));
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 23, 40}) {
+    const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
+    std::vector<float> x(static_cast<size_t>(m * ldx));
+    for (float& v : x) v = normal(rng);
+    x[0] = 0.0f;
+    if (p.cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+    std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
+    MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
+    for (int64_t i = 0; i < m; ++i) {
+      const std::vector<double> xr = round_row(x.data() + i * ldx, p.cols);
+      for (int64_t j = 0; j < p.rows; ++j) {
+        double want = 0, exact = 0, mag = 0, bound = 0, dropped = 0;
+        for (int64_t c = 0; c < p.cols; ++c) {
+          const int64_t at = (p.r0 + j) * p.C + p.c0 + c;
+          const double wv = s.dense[at], xv = x[i * ldx + c];
+          want += xr[c] * wv;
+          exact += xv * wv;
+          mag += std::abs(xr[c] * wv);
+          bound += std::abs(wv) * std::abs(xr[c] - xv);
+          if (may_drop(s, at)) dropped += std::abs(xr[c] * wv);
+        }
+        ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + dropped + 1e-30)
+            << WeightFormatName(p.format) << " m=" << m << " " << i << "," << j;
+        ASSERT_LE(std::abs(y[i * ldy + j] - exact), bound + 1e-5 * mag + dropped) << "m=" << m;
+      }
+      for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
+    }
+  }
+}
+
+// int4 products with x rounded to int8 per 32 columns (WeightMatrix::x_rounding kInt8), against x
+// rounded as llama.cpp's Q8_0 rounds it (scale max |x| / 127 per group, round to nearest). Whole
+// tensors, windows, an odd number of groups.
 TEST(Int4Int8ProductTest, EqualsTheProductWithXRoundedPerGroup) {
   if (!HasInt8DotProducts()) GTEST_SKIP() << "this CPU has no AVX-512-VNNI";
+  auto per_group = [](const float* x, int64_t cols) {
+    std::vector<double> xr(static_cast<size_t>(cols));
+    for (int64_t g = 0; g < cols; g += 32) {
+      double amax = 0;
+      for (int64_t c = g; c < g + 32; ++c) amax = std::max(amax, std::abs(double{x[c]}));
+      const double scale = amax / 127;
+      for (int64_t c = g; c < g + 32; ++c)
+        xr[c] = scale > 0 ? std::nearbyint(x[c] / scale) * scale : 0.0;
+    }
+    return xr;
+  };
   for (const Case& p : {Case{WeightFormat::kInt4Group, 37, 256, 0, 37, 0, 256},
                         Case{WeightFormat::kInt4Group, 40, 320, 7, 25, 96, 192},
                         Case{WeightFormat::kInt4Group, 20, 160, 0, 20, 0, 160}}) {
-    const Stored s = MakeStored(p.format, p.R, p.C, 7);
-    WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
-    w.x_rounding = Activations::kInt8;
-    ASSERT_TRUE(Int4Int8Serves(w));
-    std::mt19937 rng(5);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (int64_t m : {1, 2, 3, 4, 5, 6, 7, 8, 9, 16, 23, 40}) {
-      const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
-      std::vector<float> x(static_cast<size_t>(m * ldx));
-      for (float& v : x) v = normal(rng);
-      x[0] = 0.0f;  // a group with a zero, and (below) one that is all zeros
-      if (p.cols >= 64) std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
-      std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
-      MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
-      for (int64_t i = 0; i < m; ++i) {
-        std::vector<double> xr(static_cast<size_t>(p.cols));
-        for (int64_t g = 0; g < p.cols; g += 32) {
-          double amax = 0;
-          for (int64_t c = g; c < g + 32; ++c)
-            amax = std::max(amax, std::abs(double{x[i * ldx + c]}));
-          const double scale = amax / 127;
-          for (int64_t c = g; c < g + 32; ++c) {
-            xr[c] = scale > 0 ? std::nearbyint(x[i * ldx + c] / scale) * scale : 0.0;
-          }
-        }
-        for (int64_t j = 0; j < p.rows; ++j) {
-          double want = 0, exact = 0, mag = 0, bound = 0;
-          for (int64_t c = 0; c < p.cols; ++c) {
-            const double wv = s.dense[(p.r0 + j) * p.C + p.c0 + c];
-            want += xr[c] * wv;
-            exact += x[i * ldx + c] * wv;
-            mag += std::abs(xr[c] * wv);
-            bound += std::abs(wv) * std::abs(xr[c] - x[i * ldx + c]);
-          }
-          ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + 1e-30)
-              << "m=" << m << " " << i << "," << j;
-          ASSERT_LE(std::abs(y[i * ldy + j] - exact), bound + 1e-5 * mag) << "m=" << m;
-        }
-        for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
-      }
-    }
+    CheckRoundedProducts(p, Activations::kInt8, per_group,
+                         [](const Stored&, int64_t) { return false; });
   }
 }
 
@@ -188,51 +205,25 @@ double RoundToBf16(float v) {
   return std::ldexp(std::nearbyint(std::ldexp(m, 8)), e - 8);
 }
 
-// bf16 and fp8 products with x rounded to bf16 (WeightMatrix::x_rounding kBf16): equal, to float
-// rounding, to the product of the weights with x rounded to bf16 computed here in double, but for
-// fp8's subnormal codes, which the bf16 dot products may read as zero (their products are allowed
-// as error); and within the rounding's bound of the exact product. Whole tensors, windows that cut
-// fp8 blocks, vector tails, 1 to 40 rows (several passes of 8, a partial last one).
+// bf16 and fp8 products with x rounded to bf16 (WeightMatrix::x_rounding kBf16), against x rounded
+// to bf16 element by element; fp8's subnormal codes, which the bf16 dot products may read as zero,
+// may be dropped. Whole tensors, windows that cut fp8 blocks, vector tails.
 TEST(Bf16ProductTest, EqualsTheProductWithXRoundedToBf16) {
   if (!HasBf16DotProducts()) GTEST_SKIP() << "this CPU has no AVX-512-BF16";
+  auto per_element = [](const float* x, int64_t cols) {
+    std::vector<double> xr(static_cast<size_t>(cols));
+    for (int64_t c = 0; c < cols; ++c) xr[c] = RoundToBf16(x[c]);
+    return xr;
+  };
+  auto fp8_subnormal = [](const Stored& s, int64_t at) {
+    return !s.block_scales.empty() && (s.data[at] & 0x78) == 0;
+  };
   for (const Case& p : {Case{WeightFormat::kBF16, 37, 70, 0, 37, 0, 70},
                         Case{WeightFormat::kBF16, 64, 200, 3, 50, 8, 150},
                         Case{WeightFormat::kF8Block, 300, 300, 0, 300, 0, 300},
                         Case{WeightFormat::kF8Block, 300, 384, 70, 150, 128, 256},
                         Case{WeightFormat::kF8Block, 64, 400, 0, 64, 100, 250}}) {
-    const Stored s = MakeStored(p.format, p.R, p.C, 7);
-    WeightMatrix w = Window(p.format, s, p.r0, p.rows, p.c0, p.cols);
-    w.x_rounding = Activations::kBf16;
-    ASSERT_TRUE(Bf16Serves(w));
-    std::mt19937 rng(5);
-    std::normal_distribution<float> normal(0.0f, 1.0f);
-    for (int64_t m : {1, 2, 3, 4, 5, 8, 9, 16, 23, 40}) {
-      const int64_t ldx = p.cols + 3, ldy = p.rows + 5;
-      std::vector<float> x(static_cast<size_t>(m * ldx));
-      for (float& v : x) v = normal(rng);
-      std::vector<float> y(static_cast<size_t>(m * ldy), -7.0f);
-      MatMulNT(m, x.data(), ldx, w, y.data(), ldy);
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t j = 0; j < p.rows; ++j) {
-          double want = 0, exact = 0, mag = 0, bound = 0, subnormal = 0;
-          for (int64_t c = 0; c < p.cols; ++c) {
-            const int64_t at = (p.r0 + j) * p.C + p.c0 + c;
-            const double wv = s.dense[at], xv = x[i * ldx + c], xr = RoundToBf16(x[i * ldx + c]);
-            want += xr * wv;
-            exact += xv * wv;
-            mag += std::abs(xr * wv);
-            bound += std::abs(wv) * std::abs(xr - xv);
-            if (p.format == WeightFormat::kF8Block && (s.data[at] & 0x78) == 0) {
-              subnormal += std::abs(xr * wv);
-            }
-          }
-          ASSERT_NEAR(y[i * ldy + j], want, 1e-5 * mag + subnormal + 1e-30)
-              << WeightFormatName(p.format) << " m=" << m << " " << i << "," << j;
-          ASSERT_LE(std::abs(y[i * ldy + j] - exact), bound + 1e-5 * mag + subnormal) << "m=" << m;
-        }
-        for (int64_t j = p.rows; j < ldy; ++j) ASSERT_EQ(y[i * ldy + j], -7.0f);
-      }
-    }
+    CheckRoundedProducts(p, Activations::kBf16, per_element, fp8_subnormal);
   }
 }
 

@@ -11,33 +11,30 @@ namespace moe::cpu {
 void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
                         const float* cache, const int32_t* blocks, int64_t block_size,
                         int64_t ctx_len, float scale, float* out) {
+  // The latent rows are shared by every head, so the heads are the rows of two products per cache
+  // block (each block's tokens are consecutive rows): scores [heads, tokens] = q · block^T, then,
+  // after the softmax over all tokens, out += scores · the block's c_kv columns. Each cache row is
+  // read once for all heads instead of once per head.
   const int64_t row = kv_lora + rope;
-#pragma omp parallel if (heads * ctx_len * row > 65536)
-  {
-    std::vector<float> p(static_cast<size_t>(ctx_len));
-#pragma omp for schedule(static)
-    for (int64_t h = 0; h < heads; ++h) {
-      const float* qh = q + h * row;
-      for (int64_t t = 0; t < ctx_len; ++t) {
-        const float* kv =
-            cache +
-            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
-        float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-        for (int64_t i = 0; i < row; ++i) s += qh[i] * kv[i];
-        p[t] = s * scale;
-      }
-      SoftmaxInPlace(p.data(), ctx_len);
-      float* oh = out + h * kv_lora;
-      std::fill(oh, oh + kv_lora, 0.0f);
-      for (int64_t t = 0; t < ctx_len; ++t) {
-        const float* kv =
-            cache +
-            (static_cast<int64_t>(blocks[t / block_size]) * block_size + t % block_size) * row;
-        const float w = p[t];
-        for (int64_t i = 0; i < kv_lora; ++i) oh[i] += w * kv[i];
-      }
-    }
+  const int64_t n_blocks = (ctx_len + block_size - 1) / block_size;
+  thread_local std::vector<float> scores;
+  scores.resize(static_cast<size_t>(heads * ctx_len));
+  auto block = [&](int64_t b) {
+    return cache + static_cast<int64_t>(blocks[b]) * block_size * row;
+  };
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const int64_t t0 = b * block_size, n = std::min(block_size, ctx_len - t0);
+    MatMulNT(heads, n, row, q, row, block(b), row, scores.data() + t0, ctx_len);
+  }
+  for (int64_t h = 0; h < heads; ++h) {
+    float* p = scores.data() + h * ctx_len;
+    for (int64_t t = 0; t < ctx_len; ++t) p[t] *= scale;
+    SoftmaxInPlace(p, ctx_len);
+  }
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    const int64_t t0 = b * block_size, n = std::min(block_size, ctx_len - t0);
+    MatMulNN(heads, kv_lora, n, scores.data() + t0, ctx_len, block(b), row, out, kv_lora,
+             b == 0 ? 0.0f : 1.0f);
   }
 }
 

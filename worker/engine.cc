@@ -40,6 +40,10 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   if (options.mtp) {
     return absl::UnimplementedError("speculative decoding (the MTP layer) runs on the CPU backend only");
   }
+  if (options.activations != Activations::kF32) {
+    return absl::UnimplementedError(
+        "rounded activations (--activations bf16 or int8) run on the CPU backend only");
+  }
 #if MOE_HAVE_CUDA
   CudaModelOptions cuda;
   cuda.device = options.cuda_device;

@@ -148,6 +148,7 @@ TEST_F(MoeGenerateCliTest, BadInputIsAClearErrorNotACrash) {
            {"--prompt-ids 1 --device tpu", "device \"tpu\" is not one of"},
            {"--prompt-ids 1 --activations fp16",
             "unknown activations \"fp16\" (f32, bf16 or int8)"},
+           {"--prompt-ids 1 --device cuda --activations int8", "run on the CPU backend only"},
        }) {
     auto r = RunCommand(Gen(c.args));
     EXPECT_NE(r.exit_code, 0) << c.args;

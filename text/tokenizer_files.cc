@@ -59,6 +59,22 @@ std::string VocabBytes(const std::string& s) {
 // An added token's flags from its JSON entry (tokenizer.json's added_tokens, or
 // tokenizer_config.json's added_tokens_decoder), `special` unless it says otherwise when
 // `special_by_default`.
+// Ids in the files are JSON integers in [0, 2^24) (a float or a larger number is an error, not a
+// conversion).
+constexpr int64_t kMaxTokenId = int64_t{1} << 24;
+absl::StatusOr<int32_t> TokenIdFromJson(const json& v, absl::string_view where) {
+  if (!v.is_number_integer()) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": id ", v.dump(), " is not an integer"));
+  }
+  const int64_t id = v.is_number_unsigned() && v.get<uint64_t>() > uint64_t{INT64_MAX}
+                         ? kMaxTokenId
+                         : v.get<int64_t>();
+  if (id < 0 || id >= kMaxTokenId) {
+    return absl::InvalidArgumentError(absl::StrCat(where, ": id ", v.dump(), " out of range"));
+  }
+  return static_cast<int32_t>(id);
+}
+
 AddedToken AddedTokenFromJson(const json& t, int32_t id, bool special_by_default) {
   AddedToken a;
   a.id = id;
@@ -128,7 +144,9 @@ absl::Status ParsePostProcessor(const json& j, Tokenizer::Parts* parts) {
     const std::string name = item.at("SpecialToken").at("id").get<std::string>();
     const json& special = j.at("special_tokens").at(name);
     for (const json& id : special.at("ids")) {
-      (after_sequence ? parts->suffix : parts->prefix).push_back(id.get<int32_t>());
+      MOE_ASSIGN_OR_RETURN(const int32_t token,
+                           TokenIdFromJson(id, "post_processor.special_tokens"));
+      (after_sequence ? parts->suffix : parts->prefix).push_back(token);
     }
   }
   return absl::OkStatus();
@@ -215,10 +233,7 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
   }
   std::vector<std::string> tokens;
   for (const auto& [text, id_json] : model.at("vocab").items()) {
-    const int64_t id = id_json.get<int64_t>();
-    if (id < 0 || id >= (1 << 24)) {
-      return absl::InvalidArgumentError(absl::StrCat("model.vocab: id ", id, " out of range"));
-    }
+    MOE_ASSIGN_OR_RETURN(const int32_t id, TokenIdFromJson(id_json, "model.vocab"));
     if (id >= static_cast<int64_t>(tokens.size())) tokens.resize(id + 1);
     tokens[id] = byte_level ? VocabBytes(text) : text;
   }
@@ -262,8 +277,9 @@ absl::StatusOr<Tokenizer::Parts> ParseHfTokenizer(const json& j) {
 
   std::vector<AddedToken> added;
   for (const json& t : j.value("added_tokens", json::array())) {
-    AddedToken a = AddedTokenFromJson(t, t.at("id").get<int32_t>(), /*special_by_default=*/false);
-    if (a.id < 0 || a.id >= (1 << 24) || a.content.empty()) {
+    MOE_ASSIGN_OR_RETURN(const int32_t id, TokenIdFromJson(t.at("id"), "added_tokens"));
+    AddedToken a = AddedTokenFromJson(t, id, /*special_by_default=*/false);
+    if (a.content.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("added_tokens: bad entry ", t.dump()));
     }
     added.push_back(std::move(a));

@@ -215,6 +215,23 @@ TEST(TokenizerFilesTest, ErrorsNameTheFileAndWhatIsWrong) {
   Write(dir.file("tokenizer.json"), no_added);
   EXPECT_THAT(error(), HasSubstr("post_processor: token id 100"));
 
+  // Ids must be integers in [0, 2^24): floats and huge numbers are errors naming where they are.
+  struct BadId {
+    std::string from, to, message;
+  };
+  for (const BadId& c :
+       {BadId{"\"ab\": 4", "\"ab\": 2.39e25", "model.vocab: id 2.39e+25 is not an integer"},
+        BadId{"\"ab\": 4", "\"ab\": 99999999999", "model.vocab: id 99999999999 out of range"},
+        BadId{"{\"id\": 100,", "{\"id\": 1e300,", "added_tokens: id 1e+300 is not an integer"},
+        BadId{"\"ids\": [100]", "\"ids\": [-5]",
+              "post_processor.special_tokens: id -5 out of range"}}) {
+    std::string bad = kTinyTokenizer;
+    ASSERT_NE(bad.find(c.from), std::string::npos) << c.from;
+    bad.replace(bad.find(c.from), c.from.size(), c.to);
+    Write(dir.file("tokenizer.json"), bad);
+    EXPECT_THAT(error(), HasSubstr(c.message));
+  }
+
   Write(dir.file("tokenizer.json"), kTinyTokenizer);
   Write(dir.file("tokenizer_config.json"), R"({"bos_token": "<nope>"})");
   EXPECT_THAT(error(), HasSubstr("tokenizer_config.json: bos_token \"<nope>\" is not a token"));

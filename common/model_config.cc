@@ -1,6 +1,7 @@
 #include "common/model_config.h"
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -53,9 +54,9 @@ class Fields {
     } else if (v.is_number_unsigned()) {
       if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return Error(key, "out of range");
       value = static_cast<int64_t>(v.get<uint64_t>());
-    } else if (v.is_number_float() &&
-               v.get<double>() == static_cast<double>(static_cast<int64_t>(v.get<double>()))) {
-      value = static_cast<int64_t>(v.get<double>());  // e.g. 4096.0
+    } else if (const double d = v.is_number_float() ? v.get<double>() : 0.5;
+               d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d)) {  // e.g. 4096.0; not NaN
+      value = static_cast<int64_t>(d);
     } else {
       return TypeError(key, "an integer");
     }

@@ -37,7 +37,7 @@ absl::string_view WeightFormatName(WeightFormat f);  // "f32", "bf16", "f16", "f
 enum class WeightsAtLoad { kAsStored, kF32, kFp8 };
 absl::StatusOr<WeightsAtLoad> ParseWeightsAtLoad(absl::string_view name);  // stored | f32 | fp8
 
-// What few-row products do with x (`--activations`):
+// What the CPU products do with x (`--activations`), in decode and prefill:
 //   kF32   keep it in float32 (the default; exact against HF transformers);
 //   kBf16  for bf16 and fp8 weights (the projections and lm_head) on CPUs with AVX-512-BF16,
 //          round x to bf16 and run bf16 dot products (kernels/cpu/bf16_product.h);

@@ -353,9 +353,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadMatrixInFormat(
       return LoadConverted(name, expected_shape, slice, WeightFormat::kF8Block);
     }
   }
-  if (StoredAsInt4(name)) {
-    return LoadInt4Matrix(name, expected_shape, slice);
-  }
+  if (StoredAsInt4(name)) return LoadInt4Matrix(name, expected_shape, slice);
   MOE_ASSIGN_OR_RETURN(Location loc, Find(name));
   const TensorEntry& e = *loc.entry;
   const std::string& file = loc.file->path();

@@ -21,6 +21,10 @@ namespace {
 
 using Json = nlohmann::json;
 
+// Whether d is a whole number int64_t holds (false for NaN and infinities), checked before any
+// conversion.
+bool IsWholeInt64(double d) { return d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d); }
+
 absl::string_view TypeName(const Json& j) {
   if (j.is_null()) return "null";
   if (j.is_boolean()) return "a boolean";
@@ -54,9 +58,8 @@ class Fields {
     } else if (v.is_number_unsigned()) {
       if (v.get<uint64_t>() > static_cast<uint64_t>(INT64_MAX)) return Error(key, "out of range");
       value = static_cast<int64_t>(v.get<uint64_t>());
-    } else if (const double d = v.is_number_float() ? v.get<double>() : 0.5;
-               d >= -0x1p63 && d < 0x1p63 && d == std::trunc(d)) {  // e.g. 4096.0; not NaN
-      value = static_cast<int64_t>(d);
+    } else if (v.is_number_float() && IsWholeInt64(v.get<double>())) {  // e.g. 4096.0
+      value = static_cast<int64_t>(v.get<double>());
     } else {
       return TypeError(key, "an integer");
     }

@@ -80,6 +80,12 @@ struct WeightMatrix {
   std::shared_ptr<const void> owner;  // keeps `data` and the scales alive
 
   bool empty() const { return rows == 0 || cols == 0; }
+  // kF8Block: the scales of row r's column blocks, from the block holding this window's column 0;
+  // and the columns of the window's first block (the window may start inside one).
+  const float* BlockScalesOfRow(int64_t r) const {
+    return block_scales + (r + row0) / block_rows * scale_stride + col0 / block_cols;
+  }
+  int64_t FirstBlockCols() const { return block_cols - col0 % block_cols; }
   // Bytes of data and scales this window reads.
   size_t bytes() const;
 };

@@ -63,9 +63,9 @@ MOE_BF16 void Row(const Bf16Rows& x, const WeightMatrix& w, int64_t j, int64_t i
   const float* scales = nullptr;
   int64_t seg = k, first = k;
   if constexpr (kF8) {
-    scales = w.block_scales + (j + w.row0) / w.block_rows * w.scale_stride + w.col0 / w.block_cols;
+    scales = w.BlockScalesOfRow(j);
     seg = w.block_cols;
-    first = w.block_cols - w.col0 % w.block_cols;
+    first = w.FirstBlockCols();
   }
   __m512 total[M];
   for (int i = 0; i < M; ++i) total[i] = _mm512_setzero_ps();
@@ -124,10 +124,9 @@ MOE_BF16 void RoundRows(int64_t m, const float* x, int64_t ldx, int64_t k, float
     const float* xi = x + i * ldx;
     uint16_t* oi = out + i * stride;
     for (int64_t c = 0; c < k; c += 32) {
-      const int64_t left = std::min<int64_t>(32, k - c);
-      const __mmask16 lo_mask = left >= 16 ? __mmask16(0xffff) : __mmask16((1u << left) - 1);
-      const __mmask16 hi_mask =
-          left >= 32 ? __mmask16(0xffff) : __mmask16(left > 16 ? (1u << (left - 16)) - 1 : 0);
+      const __mmask32 mask = c + 32 <= k ? ~__mmask32{0} : (__mmask32{1} << (k - c)) - 1;
+      const __mmask16 lo_mask = static_cast<__mmask16>(mask),
+                      hi_mask = static_cast<__mmask16>(mask >> 16);
       const __m512 lo = _mm512_mul_ps(_mm512_maskz_loadu_ps(lo_mask, xi + c), f);
       const __m512 hi = _mm512_mul_ps(_mm512_maskz_loadu_ps(hi_mask, xi + c + 16), f);
       _mm512_storeu_si512(oi + c, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));

@@ -112,13 +112,9 @@ struct F8UnscaledFormat : Unscaled {
 struct F8BlockFormat {
   static constexpr float kExpBias = 1.329228e36f;  // 2^120
   static int64_t Segment(const WeightMatrix& w) { return w.block_cols; }
-  static int64_t FirstSegment(const WeightMatrix& w) {
-    return w.block_cols - w.col0 % w.block_cols;
-  }
+  static int64_t FirstSegment(const WeightMatrix& w) { return w.FirstBlockCols(); }
   static const uint8_t* RowScales(const WeightMatrix& w, int64_t r) {
-    return reinterpret_cast<const uint8_t*>(w.block_scales + (r + w.row0) / w.block_rows *
-                                                                 w.scale_stride +
-                                            w.col0 / w.block_cols);
+    return reinterpret_cast<const uint8_t*>(w.BlockScalesOfRow(r));
   }
   static float Scale(const uint8_t* row_scales, int64_t seg) {
     return ScaleOf(row_scales, seg) * kExpBias;

@@ -347,11 +347,7 @@ class Renderer {
         }
         if (e.kind == Expr::Kind::kPos) return v.kind() == Value::Kind::kFloat ? v : Value(v.as_int());
         if (v.kind() == Value::Kind::kFloat) return Value(-v.as_float());
-        int64_t negated = 0;
-        if (__builtin_sub_overflow(int64_t{0}, v.as_int(), &negated)) {
-          return absl::InvalidArgumentError("integer overflow (integers are 64-bit here)");
-        }
-        return Value(negated);
+        return BinaryOp("-", Value(int64_t{0}), v);  // 0 - x, with the subtraction's overflow check
       }
       case Expr::Kind::kBinary: {
         MOE_ASSIGN_OR_RETURN(Value a, Eval(*e.operands[0]));

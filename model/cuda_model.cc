@@ -386,7 +386,8 @@ struct CudaModel::Impl {
   // The whole step on `stream`: nothing here waits for the device or allocates.
   absl::Status Run(const StepShape& s) {
     const int64_t n = s.tokens, m = s.logit_rows;
-    cuda::EmbeddingLookup(embed_tokens.bf16_data(), token_ids.data(), n, h, x.data(), stream);
+    cuda::EmbeddingLookup(embed_tokens.bf16_data(), 0, c.vocab_size, token_ids.data(), n, h,
+                          x.data(), stream);
     for (size_t l = 0; l < layers.size(); ++l) {
       const DeviceLayer& L = layers[l];
       cuda::RmsNorm(x.data(), n, h, h, L.input_layernorm.data(), eps, normed.data(), stream);

@@ -5,18 +5,18 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/kv_layout.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/attention.h"
-#include "kernels/cpu/ops.h"
 
 namespace moe {
 
-absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint& ck, int64_t layer,
-                                                const DecoderLayerWeights& layer_w,
+absl::StatusOr<GqaAttention> GqaAttention::Load(Ops& ops, const ModelConfig& c, Checkpoint& ck,
+                                                int64_t layer, const DecoderLayerWeights& layer_w,
                                                 const ParallelContext& ctx, float softmax_scale,
                                                 WeightBytes* bytes) {
   const GqaWeights& w = *layer_w.gqa;
   GqaAttention a;
+  a.ops_ = &ops;
   const Range heads = ctx.shard().heads, kv = ctx.shard().kv_heads;
   const int64_t d = c.head_dim, h = c.hidden_size, tp = ctx.plan().tp_size();
   a.layer_ = layer;
@@ -42,17 +42,17 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   uint64_t* split = &bytes->attention_head_split;
   MOE_ASSIGN_OR_RETURN(
       a.q_proj_, Metered(ck, split, [&] {
-        return Linear::Load(ck, w.q_proj, {heads.begin * d, heads.end * d}, {0, h});
+        return Linear::Load(ops, ck, w.q_proj, {heads.begin * d, heads.end * d}, {0, h});
       }));
   MOE_ASSIGN_OR_RETURN(a.k_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, w.k_proj, {kv.begin * d, kv.end * d}, {0, h});
+                         return Linear::Load(ops, ck, w.k_proj, {kv.begin * d, kv.end * d}, {0, h});
                        }));
   MOE_ASSIGN_OR_RETURN(a.v_proj_, Metered(ck, split, [&] {
-                         return Linear::Load(ck, w.v_proj, {kv.begin * d, kv.end * d}, {0, h});
+                         return Linear::Load(ops, ck, w.v_proj, {kv.begin * d, kv.end * d}, {0, h});
                        }));
   MOE_ASSIGN_OR_RETURN(
       a.o_proj_, Metered(ck, split, [&] {
-        return Linear::Load(ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
+        return Linear::Load(ops, ck, w.o_proj, {0, h}, {heads.begin * d, heads.end * d});
       }));
   if (w.q_bias) {
     MOE_RETURN_IF_ERROR(Metered(ck, split, [&] {
@@ -73,10 +73,12 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
   uint64_t* replicated = &bytes->attention_replicated;
   if (c.qk_norm == QkNorm::kPerHead) {
     MOE_ASSIGN_OR_RETURN(a.q_norm_, Metered(ck, replicated, [&] {
-                           return RmsNorm::Load(ck, *w.q_norm, c.rms_norm_eps, c.norm_unit_offset);
+                           return RmsNorm::Load(ops, ck, *w.q_norm, c.rms_norm_eps,
+                                                c.norm_unit_offset);
                          }));
     MOE_ASSIGN_OR_RETURN(a.k_norm_, Metered(ck, replicated, [&] {
-                           return RmsNorm::Load(ck, *w.k_norm, c.rms_norm_eps, c.norm_unit_offset);
+                           return RmsNorm::Load(ops, ck, *w.k_norm, c.rms_norm_eps,
+                                                c.norm_unit_offset);
                          }));
   } else if (c.qk_norm == QkNorm::kWhole) {
     auto slice = [&](const WeightSpec& spec, Range r) -> absl::StatusOr<Tensor> {
@@ -86,41 +88,37 @@ absl::StatusOr<GqaAttention> GqaAttention::Load(const ModelConfig& c, Checkpoint
                   static_cast<size_t>(r.size() * d) * sizeof(float));
       return local;
     };
-    MOE_ASSIGN_OR_RETURN(a.q_norm_whole_,
+    MOE_ASSIGN_OR_RETURN(Tensor q_norm,
                          Metered(ck, replicated, [&] { return slice(*w.q_norm, heads); }));
-    MOE_ASSIGN_OR_RETURN(a.k_norm_whole_,
+    MOE_ASSIGN_OR_RETURN(Tensor k_norm,
                          Metered(ck, replicated, [&] { return slice(*w.k_norm, kv); }));
+    a.q_norm_ = RmsNorm::FromTensor(ops, std::move(q_norm), c.rms_norm_eps);
+    a.k_norm_ = RmsNorm::FromTensor(ops, std::move(k_norm), c.rms_norm_eps);
   }
   return a;
 }
 
-absl::Status GqaAttention::WholeNorm(float* x, int64_t n, int64_t width, const Tensor& weight,
-                                     int64_t replication) const {
-  const int64_t local = weight.numel();
-  std::vector<float> sumsq(static_cast<size_t>(n), 0.0f);
-  for (int64_t t = 0; t < n; ++t) {
-    const float* r = x + t * local;
-    float s = 0.0f;
-    for (int64_t i = 0; i < local; ++i) s += r[i] * r[i];
-    sumsq[t] = s;
-  }
+absl::Status GqaAttention::WholeNorm(float* x, int64_t n, int64_t ld, int64_t width,
+                                     const RmsNorm& norm, int64_t replication) const {
+  DeviceArray<float> sumsq = ops_->Allocate(n);
+  ops_->RowSumSquares(x, n, norm.dim(), ld, sumsq.data());
   if (tp_->size() > 1) {
-    MOE_RETURN_IF_ERROR(tp_->AllReduceSum(sumsq.data(), sumsq.size()));
-    for (float& s : sumsq) s /= static_cast<float>(replication);
+    MOE_RETURN_IF_ERROR(tp_->AllReduceSum(sumsq.data(), static_cast<size_t>(n)));
+  } else {
+    replication = 1;
   }
-  for (int64_t t = 0; t < n; ++t) {
-    float* r = x + t * local;
-    const float inv = 1.0f / std::sqrt(sumsq[t] / static_cast<float>(width) + eps_);
-    for (int64_t i = 0; i < local; ++i) r[i] = r[i] * inv * weight.data()[i];
-  }
+  ops_->NormalizeRows(x, n, norm.dim(), ld, sumsq.data(), static_cast<float>(replication),
+                      static_cast<float>(width), norm.eps(), norm.weight());
   return absl::OkStatus();
 }
 
-absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, KvCache& cache,
+absl::Status GqaAttention::Forward(const float* x, const StepInputs& step, KvCache& cache,
                                    float* out) const {
-  const int64_t n = batch.num_tokens(), d = head_dim_;
+  Ops& ops = *ops_;
+  const ForwardBatch& batch = *step.batch;
+  const int64_t n = step.num_tokens(), d = head_dim_;
   const int64_t qw = heads_ * d, kvw = kv_heads_ * d, row = 2 * kvw;
-  FloatVector q(static_cast<size_t>(n * qw)), kv(static_cast<size_t>(n * row));
+  DeviceArray<float> q = ops.Allocate(n * qw), kv = ops.Allocate(n * row);
   q_proj_.Forward(x, n, q.data());
   k_proj_.Forward(x, n, kv.data(), row);
   v_proj_.Forward(x, n, kv.data() + kvw, row);
@@ -129,32 +127,18 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
     for (int64_t t = 0; t < n; ++t)
       k_norm_->Forward(kv.data() + t * row, kv_heads_, kv.data() + t * row);
   } else if (qk_norm_ == QkNorm::kWhole) {
-    MOE_RETURN_IF_ERROR(WholeNorm(q.data(), n, full_q_, q_norm_whole_, 1));
-    FloatVector k(static_cast<size_t>(n * kvw));
-    for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(k.data() + t * kvw, kv.data() + t * row,
-                  static_cast<size_t>(kvw) * sizeof(float));
-    }
-    MOE_RETURN_IF_ERROR(WholeNorm(k.data(), n, full_kv_, k_norm_whole_, kv_replication_));
-    for (int64_t t = 0; t < n; ++t) {
-      std::memcpy(kv.data() + t * row, k.data() + t * kvw,
-                  static_cast<size_t>(kvw) * sizeof(float));
-    }
+    MOE_RETURN_IF_ERROR(WholeNorm(q.data(), n, qw, full_q_, *q_norm_, 1));
+    MOE_RETURN_IF_ERROR(WholeNorm(kv.data(), n, row, full_kv_, *k_norm_, kv_replication_));
   }
   if (rope_) {
-    const Tensor& cos_all = local_rope_ ? batch.local_rope_cos : batch.rope_cos;
-    const Tensor& sin_all = local_rope_ ? batch.local_rope_sin : batch.rope_sin;
-    for (int64_t t = 0; t < n; ++t) {
-      const float* cos = cos_all.row(t);
-      const float* sin = sin_all.row(t);
-      const auto rotate = interleaved_ ? cpu::RopeInterleaved : cpu::RopeHalves;
-      for (int64_t hd = 0; hd < heads_; ++hd) rotate(q.data() + t * qw + hd * d, d, cos, sin);
-      for (int64_t hd = 0; hd < kv_heads_; ++hd) rotate(kv.data() + t * row + hd * d, d, cos, sin);
-    }
+    const DeviceArray<float>& cos = local_rope_ ? step.local_rope_cos : step.rope_cos;
+    const DeviceArray<float>& sin = local_rope_ ? step.local_rope_sin : step.rope_sin;
+    ops.Rope(q.data(), n, heads_, qw, d, d, cos.data(), sin.data(), interleaved_);
+    ops.Rope(kv.data(), n, kv_heads_, row, d, d, cos.data(), sin.data(), interleaved_);
     if (qk_norm_ == QkNorm::kL2) {  // Llama 4: weightless RMSNorm of each rotated head
-      cpu::RmsNorm(q.data(), n * heads_, d, d, nullptr, eps_, q.data());
+      ops.RmsNorm(q.data(), n * heads_, d, d, nullptr, eps_, q.data());
       for (int64_t t = 0; t < n; ++t) {
-        cpu::RmsNorm(kv.data() + t * row, kv_heads_, d, d, nullptr, eps_, kv.data() + t * row);
+        ops.RmsNorm(kv.data() + t * row, kv_heads_, d, d, nullptr, eps_, kv.data() + t * row);
       }
     }
   } else if (temperature_) {
@@ -163,52 +147,39 @@ absl::Status GqaAttention::Forward(const float* x, const ForwardBatch& batch, Kv
       const float s =
           std::log1p(std::floor((pos + 1.0f) / static_cast<float>(floor_scale_))) * attn_scale_ +
           1.0f;
-      cpu::Scale(q.data() + t * qw, s, qw);
+      ops.Scale(q.data() + t * qw, s, qw);
     }
   }
-  const int group = cache.group(layer_);
-  for (const ForwardChunk& c : batch.chunks) {
-    const std::vector<int32_t>& table = c.table(group);
-    for (int64_t i = 0; i < c.num_tokens; ++i) {
-      const int64_t pos = c.start_pos + i;
-      const int32_t block = table[static_cast<size_t>(pos / cache.block_size())];
-      std::memcpy(cache.Row(layer_, block, pos % cache.block_size()),
-                  kv.data() + (c.first_token + i) * row, static_cast<size_t>(row) * sizeof(float));
-    }
-  }
+  const StepInputs::Group& g = step.groups[static_cast<size_t>(cache.group(layer_))];
+  float* layer_cache = cache.Layer(layer_);
+  ops.ScatterRows(kv.data(), g.slots.data(), n, row, layer_cache);
   // Attention output per token: [n, heads_local * head_dim]. Chunks of a few tokens (decode,
   // draft verification) read the paged cache per token; longer ones gather K and V once.
-  FloatVector attn(static_cast<size_t>(n * qw), 0.0f);
-  const float* layer_cache = cache.Layer(layer_);
-  const int64_t bs = cache.block_size();
-  for (const ForwardChunk& c : batch.chunks) {
-    const std::vector<int32_t>& table = c.table(group);
-    if (c.num_tokens <= kFewTokenChunk) {
-      for (int64_t i = 0; i < c.num_tokens; ++i) {
-        const int64_t r = c.first_token + i;
-        cpu::GqaDecodeAttention(q.data() + r * qw, heads_, kv_heads_, d, layer_cache, table.data(),
-                                bs, c.start_pos + i + 1, scale_, attn.data() + r * qw, window_,
-                                chunk_);
-      }
-      continue;
-    }
+  DeviceArray<float> attn = ops.AllocateZeroed(n * qw);
+  if (step.decode > 0) {
+    const int64_t b = step.decode;
+    DeviceArray<float> q_dec = ops.Allocate(b * qw), o_dec = ops.Allocate(b * qw);
+    ops.GatherRows(q.data(), step.decode_rows.data(), b, qw, q_dec.data());
+    const Ops::GqaDecodeShape shape{heads_,           kv_heads_, d,       cache.block_size(),
+                                    step.table_width, scale_,    window_, chunk_};
+    ops.GqaDecode(shape, q_dec.data(), qw, b, layer_cache, g.decode_tables.data(),
+                  step.decode_context.data(), o_dec.data());
+    ops.ScatterRows(o_dec.data(), step.decode_rows.data(), b, qw, attn.data());
+  }
+  for (const StepInputs::Prefill& c : step.prefill) {
     // K and V of the positions the chunk's queries see (the blocks before them may be freed);
     // the rows before stay zero, masked out.
-    const int64_t ctx = c.context();
-    FloatVector k(static_cast<size_t>(ctx * kvw)), v(static_cast<size_t>(ctx * kvw));
+    const int64_t ctx = c.context;
     const int64_t first = FirstVisibleKey(c.start_pos, window_, chunk_);
-    std::fill(k.begin(), k.begin() + first * kvw, 0.0f);
-    std::fill(v.begin(), v.begin() + first * kvw, 0.0f);
-    for (int64_t t = first; t < ctx; ++t) {
-      const float* src =
-          layer_cache +
-          (static_cast<int64_t>(table[static_cast<size_t>(t / bs)]) * bs + t % bs) * row;
-      std::memcpy(k.data() + t * kvw, src, static_cast<size_t>(kvw) * sizeof(float));
-      std::memcpy(v.data() + t * kvw, src + kvw, static_cast<size_t>(kvw) * sizeof(float));
-    }
-    cpu::GroupedCausalAttention(q.data() + c.first_token * qw, k.data(), v.data(), c.num_tokens,
-                                ctx, heads_, kv_heads_, d, d, c.start_pos, scale_,
-                                attn.data() + c.first_token * qw, window_, chunk_);
+    DeviceArray<float> rows = ops.Allocate(ctx * row);
+    ops.GatherRows(layer_cache, g.prefill_slots.data() + c.slot_offset, ctx, row, rows.data());
+    ops.Fill(rows.data(), first * row, 0.0f);
+    DeviceArray<float> k = ops.Allocate(ctx * kvw), v = ops.Allocate(ctx * kvw);
+    ops.CopyRows(rows.data(), row, ctx, kvw, k.data(), kvw);
+    ops.CopyRows(rows.data() + kvw, row, ctx, kvw, v.data(), kvw);
+    ops.CausalAttention(q.data() + c.first_token * qw, k.data(), v.data(), c.num_tokens, ctx,
+                        heads_, kv_heads_, d, d, c.start_pos, scale_,
+                        attn.data() + c.first_token * qw, window_, chunk_);
   }
   o_proj_.Forward(attn.data(), n, out);
   if (tp_->size() > 1) {

@@ -22,29 +22,32 @@
 #include "model/forward_batch.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/step_inputs.h"
 #include "parallel/parallel_context.h"
 
 namespace moe {
 
 class GqaAttention {
  public:
-  static absl::StatusOr<GqaAttention> Load(const ModelConfig& config, Checkpoint& ck, int64_t layer,
-                                           const DecoderLayerWeights& w, const ParallelContext& ctx,
-                                           float softmax_scale, WeightBytes* bytes);
+  static absl::StatusOr<GqaAttention> Load(Ops& ops, const ModelConfig& config, Checkpoint& ck,
+                                           int64_t layer, const DecoderLayerWeights& w,
+                                           const ParallelContext& ctx, float softmax_scale,
+                                           WeightBytes* bytes);
   // Values per token in this rank's cache rows: its KV heads' keys and values.
   static int64_t CacheDim(const ModelConfig& config, const RankShard& shard) {
     return 2 * shard.kv_heads.size() * config.head_dim;
   }
   // out [n, hidden] for x [n, hidden] (already normalised where the family does); writes this
   // layer's cache rows.
-  absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
+  absl::Status Forward(const float* x, const StepInputs& step, KvCache& cache, float* out) const;
 
  private:
-  // RMSNorm over the whole projection (OLMo 2): rows of `width` local values; the sum of squares
-  // of a row is taken over the TP group, divided by how many ranks hold each value.
-  absl::Status WholeNorm(float* x, int64_t n, int64_t width, const Tensor& weight,
+  // RMSNorm over the whole projection (OLMo 2): n rows of `norm`'s local values, `ld` apart; the
+  // sum of squares of a row is taken over the TP group, divided by how many ranks hold each value.
+  absl::Status WholeNorm(float* x, int64_t n, int64_t ld, int64_t width, const RmsNorm& norm,
                          int64_t replication) const;
 
+  Ops* ops_ = nullptr;
   int64_t layer_ = 0, heads_ = 0, kv_heads_ = 0, head_dim_ = 0, hidden_ = 0;
   int64_t full_q_ = 0, full_kv_ = 0;  // the whole projections' widths (for WholeNorm)
   int64_t kv_replication_ = 1;        // ranks holding each KV head
@@ -59,8 +62,8 @@ class GqaAttention {
   float scale_ = 1.0f, eps_ = 1e-6f;
   QkNorm qk_norm_ = QkNorm::kNone;
   Linear q_proj_, k_proj_, v_proj_, o_proj_;
-  std::optional<RmsNorm> q_norm_, k_norm_;  // per head
-  Tensor q_norm_whole_, k_norm_whole_;      // this rank's slice of the whole-projection weights
+  std::optional<RmsNorm> q_norm_, k_norm_;  // per head, or (kWhole) this rank's slice of the
+                                            // whole-projection weights
   Communicator* tp_ = nullptr;
 };
 

@@ -6,13 +6,13 @@
 
 namespace moe {
 
-KvCache::KvCache(KvLayout layout, int64_t num_blocks, int64_t block_size, int64_t dim)
+KvCache::KvCache(Ops& ops, KvLayout layout, int64_t num_blocks, int64_t block_size, int64_t dim)
     : layout_(std::move(layout)),
       num_blocks_(num_blocks),
       block_size_(block_size),
       dim_(dim),
       slot_stride_(num_blocks * block_size * dim),
-      data_(static_cast<size_t>(layout_.slots * num_blocks * block_size * dim), 0.0f) {}
+      data_(ops.AllocateZeroed(layout_.slots * num_blocks * block_size * dim)) {}
 
 absl::StatusOr<int64_t> KvCache::BlocksForBudget(const ModelConfig& c, int64_t block_size,
                                                  uint64_t bytes, int64_t mtp_layers) {

@@ -14,12 +14,18 @@
 #include "common/kv_layout.h"
 #include "common/model_config.h"
 #include "common/tensor.h"
+#include "kernels/ops.h"
 
 namespace moe {
 
 class KvCache {
  public:
-  KvCache(KvLayout layout, int64_t num_blocks, int64_t block_size, int64_t dim);
+  // Zero-filled, in `ops`'s memory.
+  KvCache(Ops& ops, KvLayout layout, int64_t num_blocks, int64_t block_size, int64_t dim);
+  KvCache(KvCache&&) = default;
+  KvCache& operator=(KvCache&&) = default;
+  KvCache(const KvCache&) = delete;  // one cache, never two views of it
+  KvCache& operator=(const KvCache&) = delete;
   // As many float32 blocks as fit in `bytes` (for the decoder's layers and `mtp_layers` MTP
   // layers, laid out as KvLayout::For says); an error when none does.
   static absl::StatusOr<int64_t> BlocksForBudget(const ModelConfig& config, int64_t block_size,
@@ -49,7 +55,7 @@ class KvCache {
   }
   KvLayout layout_;
   int64_t num_blocks_, block_size_, dim_, slot_stride_;
-  FloatVector data_;
+  DeviceArray<float> data_;
 };
 
 }  // namespace moe

@@ -1,7 +1,8 @@
-// The engine's basic layers on the CPU backend. A Linear holds its shard of a weight: a range of
-// output rows (column parallel) or of input columns (row parallel). A row-parallel product is a
-// partial sum; the block that owns it (attention, the MLP, the MoE layer) adds its partial terms
-// and sums them over the TP group with one all-reduce per block.
+// The engine's basic layers, on any device: each holds its weights where its Ops (kernels/ops.h)
+// computes and runs only those ops. A Linear holds its shard of a weight: a range of output rows
+// (column parallel) or of input columns (row parallel). A row-parallel product is a partial sum;
+// the block that owns it (attention, the MLP, the MoE layer) adds its partial terms and sums them
+// over the TP group with one all-reduce per block.
 #pragma once
 
 #include <cstdint>
@@ -13,6 +14,7 @@
 #include "checkpoint/weight_names.h"
 #include "common/tensor.h"
 #include "common/weight_matrix.h"
+#include "kernels/ops.h"
 #include "parallel/communicator.h"
 #include "parallel/shard_plan.h"
 
@@ -23,38 +25,45 @@ namespace moe {
 class Linear {
  public:
   Linear() = default;
-  static absl::StatusOr<Linear> Load(Checkpoint& ck, const WeightSpec& spec, Range rows,
+  static absl::StatusOr<Linear> Load(Ops& ops, Checkpoint& ck, const WeightSpec& spec, Range rows,
                                      Range cols);
-  static absl::StatusOr<Linear> LoadFull(Checkpoint& ck, const WeightSpec& spec) {
-    return Load(ck, spec, {0, spec.shape[0]}, {0, spec.shape[1]});
+  static absl::StatusOr<Linear> LoadFull(Ops& ops, Checkpoint& ck, const WeightSpec& spec) {
+    return Load(ops, ck, spec, {0, spec.shape[0]}, {0, spec.shape[1]});
   }
   // The float32 weight `w` [out, in], owned by the Linear.
-  static Linear FromTensor(Tensor w);
+  static absl::StatusOr<Linear> FromTensor(Ops& ops, Tensor w);
   // Adds `spec`'s bias (rows `rows` of it) to every output; a row-parallel projection loads it on
   // one rank of the group only, so the summed partials hold it once.
   absl::Status LoadBias(Checkpoint& ck, const WeightSpec& spec, Range rows);
   // x [n, in] -> y [n, out] (+ bias), rows of y `ldy` floats apart (default: out).
   void Forward(const float* x, int64_t n, float* y, int64_t ldy = -1) const;
-  int64_t out_features() const { return weight_.rows; }
-  int64_t in_features() const { return weight_.cols; }
-  const WeightMatrix& weight() const { return weight_; }
+  int64_t out_features() const { return weight_.rows(); }
+  int64_t in_features() const { return weight_.cols(); }
+  const PlacedMatrix& weight() const { return weight_; }
 
  private:
-  WeightMatrix weight_;  // [out_local, in_local], as the checkpoint stores it
-  Tensor bias_;          // [out_local] or empty
+  Ops* ops_ = nullptr;
+  PlacedMatrix weight_;      // [out_local, in_local], as the checkpoint stores it
+  DeviceArray<float> bias_;  // [out_local] or empty
 };
 
 class RmsNorm {
  public:
   RmsNorm() = default;
   // With `unit_offset` (Gemma) the scale is 1 + weight.
-  static absl::StatusOr<RmsNorm> Load(Checkpoint& ck, const WeightSpec& spec, double eps,
+  static absl::StatusOr<RmsNorm> Load(Ops& ops, Checkpoint& ck, const WeightSpec& spec, double eps,
                                       bool unit_offset = false);
+  // The norm over `weight` (host memory), for weights sliced or built by the caller.
+  static RmsNorm FromTensor(Ops& ops, Tensor weight, double eps);
   // y and x may alias; rows are `ld` apart.
   void Forward(const float* x, int64_t n, float* y, int64_t ld = -1) const;
+  int64_t dim() const { return weight_.size(); }
+  const float* weight() const { return weight_.data(); }
+  float eps() const { return eps_; }
 
  private:
-  Tensor weight_;
+  Ops* ops_ = nullptr;
+  DeviceArray<float> weight_;
   float eps_ = 1e-6f;
 };
 
@@ -62,12 +71,15 @@ class RmsNorm {
 class VocabParallelEmbedding {
  public:
   VocabParallelEmbedding() = default;
-  static absl::StatusOr<VocabParallelEmbedding> Load(Checkpoint& ck, const WeightSpec& spec,
-                                                     Range rows, Communicator* tp);
-  absl::StatusOr<Tensor> Forward(const std::vector<int32_t>& tokens) const;  // [n, hidden]
+  static absl::StatusOr<VocabParallelEmbedding> Load(Ops& ops, Checkpoint& ck,
+                                                     const WeightSpec& spec, Range rows,
+                                                     Communicator* tp);
+  // [n, hidden] for the tokens (device memory).
+  absl::StatusOr<DeviceArray<float>> Forward(const int32_t* tokens, int64_t n) const;
 
  private:
-  WeightMatrix weight_;  // rows dequantized as tokens look them up
+  Ops* ops_ = nullptr;
+  PlacedMatrix weight_;  // rows dequantized as tokens look them up
   Range rows_;
   Communicator* tp_ = nullptr;
 };
@@ -76,11 +88,13 @@ class VocabParallelEmbedding {
 class ParallelLmHead {
  public:
   ParallelLmHead() = default;
-  static absl::StatusOr<ParallelLmHead> Load(Checkpoint& ck, const WeightSpec& spec, int tp_size,
-                                             Communicator* tp);
-  absl::StatusOr<Tensor> Forward(const float* x, int64_t n) const;  // [n, vocab]
+  static absl::StatusOr<ParallelLmHead> Load(Ops& ops, Checkpoint& ck, const WeightSpec& spec,
+                                             int tp_size, Communicator* tp);
+  absl::StatusOr<DeviceArray<float>> Forward(const float* x, int64_t n) const;  // [n, vocab]
+  int64_t vocab() const { return vocab_; }
 
  private:
+  Ops* ops_ = nullptr;
   Linear local_;
   int64_t vocab_ = 0;
   int tp_size_ = 1;

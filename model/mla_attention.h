@@ -19,29 +19,25 @@
 #include "model/forward_batch.h"
 #include "model/kv_cache.h"
 #include "model/layers.h"
+#include "model/step_inputs.h"
 #include "parallel/parallel_context.h"
 
 namespace moe {
 
 class MlaAttention {
  public:
-  static absl::StatusOr<MlaAttention> Load(const ModelConfig& config, Checkpoint& ck, int64_t layer,
-                                           const DecoderLayerWeights& w, const ParallelContext& ctx,
-                                           float softmax_scale, WeightBytes* bytes);
+  static absl::StatusOr<MlaAttention> Load(Ops& ops, const ModelConfig& config, Checkpoint& ck,
+                                           int64_t layer, const DecoderLayerWeights& w,
+                                           const ParallelContext& ctx, float softmax_scale,
+                                           WeightBytes* bytes);
   // out [n, hidden] for x [n, hidden] (already input-normalised); writes this layer's cache rows.
-  absl::Status Forward(const float* x, const ForwardBatch& batch, KvCache& cache, float* out) const;
+  absl::Status Forward(const float* x, const StepInputs& step, KvCache& cache, float* out) const;
 
  private:
-  void Prefill(const ForwardChunk& chunk, const float* q, const KvCache& cache, float* attn) const;
-  // A query token attending in the latent space: its row in the step and its chunk.
-  struct LatentQuery {
-    int64_t row;
-    int64_t context;  // positions it sees: those before it, and its own
-    const std::vector<int32_t>* block_table;
-  };
-  void Decode(const std::vector<LatentQuery>& queries, const float* q, const KvCache& cache,
-              float* attn) const;
+  void Prefill(const StepInputs& step, const StepInputs::Prefill& chunk, const float* q,
+               const KvCache& cache, float* attn) const;
 
+  Ops* ops_ = nullptr;
   int64_t layer_ = 0, heads_ = 0, nope_ = 0, rope_ = 0, v_ = 0, kv_lora_ = 0, hidden_ = 0;
   float scale_ = 1.0f;
   std::optional<Linear> q_a_proj_, q_b_proj_, q_proj_;
@@ -50,7 +46,7 @@ class MlaAttention {
   RmsNorm kv_a_layernorm_;
   // [heads_local * (nope + v), kv_lora]: per head W_UK rows then W_UV rows. Float32 (widened at
   // load; about 0.15% of DeepSeek-V3's weights): decode multiplies by W_UK untransposed.
-  Tensor kv_b_proj_;
+  Linear kv_b_proj_;
   Linear o_proj_;     // [hidden, heads_local * v]
   Communicator* tp_ = nullptr;
 };

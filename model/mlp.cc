@@ -1,22 +1,22 @@
 #include "model/mlp.h"
 
 #include "common/status_macros.h"
-#include "kernels/cpu/ops.h"
 
 namespace moe {
 
-absl::StatusOr<GatedMlp> GatedMlp::Load(Checkpoint& ck, const MlpWeights& w, Range part,
+absl::StatusOr<GatedMlp> GatedMlp::Load(Ops& ops, Checkpoint& ck, const MlpWeights& w, Range part,
                                         Activation act) {
   GatedMlp m;
+  m.ops_ = &ops;
   m.act_ = act;
   const int64_t hidden = w.gate_proj.shape.at(1);
-  MOE_ASSIGN_OR_RETURN(m.gate_, Linear::Load(ck, w.gate_proj, part, {0, hidden}));
-  MOE_ASSIGN_OR_RETURN(m.up_, Linear::Load(ck, w.up_proj, part, {0, hidden}));
-  MOE_ASSIGN_OR_RETURN(m.down_, Linear::Load(ck, w.down_proj, {0, hidden}, part));
+  MOE_ASSIGN_OR_RETURN(m.gate_, Linear::Load(ops, ck, w.gate_proj, part, {0, hidden}));
+  MOE_ASSIGN_OR_RETURN(m.up_, Linear::Load(ops, ck, w.up_proj, part, {0, hidden}));
+  MOE_ASSIGN_OR_RETURN(m.down_, Linear::Load(ops, ck, w.down_proj, {0, hidden}, part));
   return m;
 }
 
-absl::StatusOr<GatedMlp> GatedMlp::LoadStacked(Checkpoint& ck, const WeightSpec& gate_up,
+absl::StatusOr<GatedMlp> GatedMlp::LoadStacked(Ops& ops, Checkpoint& ck, const WeightSpec& gate_up,
                                                const WeightSpec& down, int64_t expert,
                                                Activation act) {
   MOE_ASSIGN_OR_RETURN(Tensor gu, ck.LoadStackedPart(gate_up.name, gate_up.shape, expert));
@@ -31,24 +31,21 @@ absl::StatusOr<GatedMlp> GatedMlp::LoadStacked(Checkpoint& ck, const WeightSpec&
     }
   }
   GatedMlp m;
+  m.ops_ = &ops;
   m.act_ = act;
-  m.gate_ = Linear::FromTensor(std::move(gate));
-  m.up_ = Linear::FromTensor(std::move(up));
-  m.down_ = Linear::FromTensor(std::move(down_t));
+  MOE_ASSIGN_OR_RETURN(m.gate_, Linear::FromTensor(ops, std::move(gate)));
+  MOE_ASSIGN_OR_RETURN(m.up_, Linear::FromTensor(ops, std::move(up)));
+  MOE_ASSIGN_OR_RETURN(m.down_, Linear::FromTensor(ops, std::move(down_t)));
   return m;
 }
 
 void GatedMlp::Forward(const float* x, int64_t n, float* y) const {
   const int64_t inter = intermediate();
-  FloatVector gate_up(static_cast<size_t>(n * 2 * inter)), act(static_cast<size_t>(n * inter));
-  // gate and up side by side in each row, as SiluAndMul reads them.
+  DeviceArray<float> gate_up = ops_->Allocate(n * 2 * inter), act = ops_->Allocate(n * inter);
+  // gate and up side by side in each row, as the gated activation reads them.
   gate_.Forward(x, n, gate_up.data(), 2 * inter);
   up_.Forward(x, n, gate_up.data() + inter, 2 * inter);
-  if (act_ == Activation::kGeluTanh) {
-    cpu::GeluTanhAndMul(gate_up.data(), n, inter, act.data());
-  } else {
-    cpu::SiluAndMul(gate_up.data(), n, inter, act.data());
-  }
+  ops_->GatedActivation(gate_up.data(), n, inter, act_, act.data());
   down_.Forward(act.data(), n, y);
 }
 

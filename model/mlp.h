@@ -18,11 +18,11 @@ class GatedMlp {
  public:
   GatedMlp() = default;
   // This rank holds the intermediate rows `part` of the full weights `w`.
-  static absl::StatusOr<GatedMlp> Load(Checkpoint& ck, const MlpWeights& w, Range part,
+  static absl::StatusOr<GatedMlp> Load(Ops& ops, Checkpoint& ck, const MlpWeights& w, Range part,
                                        Activation act = Activation::kSilu);
   // Llama 4's fused expert `expert`: gate_up [E, hidden, 2 I] and down [E, I, hidden] hold
   // x -> x W layouts; transposed here into float32 [out, in] projections.
-  static absl::StatusOr<GatedMlp> LoadStacked(Checkpoint& ck, const WeightSpec& gate_up,
+  static absl::StatusOr<GatedMlp> LoadStacked(Ops& ops, Checkpoint& ck, const WeightSpec& gate_up,
                                               const WeightSpec& down, int64_t expert,
                                               Activation act);
   // y [n, hidden] = this rank's partial sum (complete when part covers all rows).
@@ -30,6 +30,7 @@ class GatedMlp {
   int64_t intermediate() const { return down_.in_features(); }
 
  private:
+  Ops* ops_ = nullptr;
   Linear gate_;  // [inter_local, hidden]
   Linear up_;    // [inter_local, hidden]
   Linear down_;  // [hidden, inter_local]

@@ -1,31 +1,32 @@
 #include "model/model.h"
 
 #include <cmath>
-#include <cstring>
+#include <optional>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "checkpoint/weight_names.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/ops.h"
 #include "model/rope.h"
 
 namespace moe {
 
-absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConfig& c,
+absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(Ops& ops, const ModelConfig& c,
                                                                  Checkpoint& ck, int64_t layer,
                                                                  const ParallelContext& ctx,
                                                                  float softmax_scale,
                                                                  WeightBytes* bytes) {
   auto d = std::make_unique<DecoderLayer>();
   const DecoderLayerWeights w = LayerWeights(c, layer, c.IsMoeLayer(layer));
+  d->ops_ = &ops;
   d->hidden_ = c.hidden_size;
   d->placement_ = c.norm_placement;
   d->tp_ = &ctx.tp();
   auto norm = [&](const std::optional<WeightSpec>& spec, RmsNorm* out) -> absl::Status {
     if (!spec) return absl::OkStatus();
     MOE_ASSIGN_OR_RETURN(*out, Metered(ck, &bytes->norms, [&] {
-      return RmsNorm::Load(ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
+      return RmsNorm::Load(ops, ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
     }));
     return absl::OkStatus();
   };
@@ -34,29 +35,31 @@ absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(const ModelConf
   MOE_RETURN_IF_ERROR(norm(w.pre_feedforward_layernorm, &d->pre_feedforward_layernorm_));
   MOE_RETURN_IF_ERROR(norm(w.post_feedforward_layernorm, &d->post_feedforward_layernorm_));
   if (w.mla) {
-    MOE_ASSIGN_OR_RETURN(d->mla_, MlaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+    MOE_ASSIGN_OR_RETURN(d->mla_,
+                         MlaAttention::Load(ops, c, ck, layer, w, ctx, softmax_scale, bytes));
   } else {
-    MOE_ASSIGN_OR_RETURN(d->gqa_, GqaAttention::Load(c, ck, layer, w, ctx, softmax_scale, bytes));
+    MOE_ASSIGN_OR_RETURN(d->gqa_,
+                         GqaAttention::Load(ops, c, ck, layer, w, ctx, softmax_scale, bytes));
   }
   if (w.gate) {
-    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(c, ck, w, ctx, bytes));
+    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(ops, c, ck, w, ctx, bytes));
   } else {
     MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
-                           return GatedMlp::Load(ck, *w.mlp, ctx.shard().dense_inter,
+                           return GatedMlp::Load(ops, ck, *w.mlp, ctx.shard().dense_inter,
                                                  c.activation());
                          }));
   }
   return d;
 }
 
-absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache& cache,
+absl::Status DecoderLayer::Forward(float* x, const StepInputs& step, KvCache& cache,
                                    const MicroBatchContext& mb) {
-  const int64_t n = batch.num_tokens();
+  const int64_t n = step.num_tokens();
   const size_t count = static_cast<size_t>(n * hidden_);
   // Norms before a block (pre, sandwich) and after it, inside the residual (post, sandwich).
   const bool norm_in = placement_ != NormPlacement::kPost;
   const bool norm_out = placement_ != NormPlacement::kPre;
-  FloatVector normed(count), delta(count);
+  DeviceArray<float> normed = ops_->Allocate(n * hidden_), delta = ops_->Allocate(n * hidden_);
   // Attention block: x += [post_attention_layernorm](attn([input_layernorm](x))).
   const float* in = x;
   if (norm_in) {
@@ -64,12 +67,12 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
     in = normed.data();
   }
   if (mla_) {
-    MOE_RETURN_IF_ERROR(mla_->Forward(in, batch, cache, delta.data()));
+    MOE_RETURN_IF_ERROR(mla_->Forward(in, step, cache, delta.data()));
   } else {
-    MOE_RETURN_IF_ERROR(gqa_->Forward(in, batch, cache, delta.data()));
+    MOE_RETURN_IF_ERROR(gqa_->Forward(in, step, cache, delta.data()));
   }
   if (norm_out) post_attention_layernorm_.Forward(delta.data(), n, delta.data());
-  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  ops_->Add(x, delta.data(), static_cast<int64_t>(count));
   // MLP block: x += [post_feedforward_layernorm](mlp([pre-MLP norm](x))), the pre-MLP norm being
   // post_attention_layernorm (pre) or pre_feedforward_layernorm (sandwich).
   in = x;
@@ -86,7 +89,7 @@ absl::Status DecoderLayer::Forward(float* x, const ForwardBatch& batch, KvCache&
     if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
   }
   if (norm_out) post_feedforward_layernorm_.Forward(delta.data(), n, delta.data());
-  cpu::Add(x, delta.data(), static_cast<int64_t>(count));
+  ops_->Add(x, delta.data(), static_cast<int64_t>(count));
   return absl::OkStatus();
 }
 
@@ -105,28 +108,30 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
   std::unique_ptr<DecoderModel> m(new DecoderModel(c, cache, load_mtp, cache_dim));
+  Ops& ops = *m->ops_;
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
   MOE_ASSIGN_OR_RETURN(m->embed_tokens_, Metered(*ck, &bytes->embedding, [&] {
-                         return VocabParallelEmbedding::Load(*ck, top.embed_tokens,
+                         return VocabParallelEmbedding::Load(ops, *ck, top.embed_tokens,
                                                              ctx.shard().vocab, &ctx.tp());
                        }));
   for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
     // Layers keep a reference to the config: give them the model's own copy.
     MOE_ASSIGN_OR_RETURN(auto layer,
-                         DecoderLayer::Load(m->config_, *ck, l, ctx, softmax_scale, bytes));
+                         DecoderLayer::Load(ops, m->config_, *ck, l, ctx, softmax_scale, bytes));
     m->layers_.push_back(std::move(layer));
     MOE_LOG(DEBUG) << "loaded layer " << l << " (" << ck->bytes_read() / 1e6 << " MB so far)";
   }
   MOE_ASSIGN_OR_RETURN(m->norm_, Metered(*ck, &bytes->norms, [&] {
-                         return RmsNorm::Load(*ck, top.norm, c.rms_norm_eps, c.norm_unit_offset);
+                         return RmsNorm::Load(ops, *ck, top.norm, c.rms_norm_eps,
+                                              c.norm_unit_offset);
                        }));
   MOE_ASSIGN_OR_RETURN(m->lm_head_, Metered(*ck, &bytes->embedding, [&] {
-                         return ParallelLmHead::Load(*ck, top.lm_head, ctx.plan().tp_size(),
+                         return ParallelLmHead::Load(ops, *ck, top.lm_head, ctx.plan().tp_size(),
                                                      &ctx.tp());
                        }));
   if (load_mtp) {
-    MOE_ASSIGN_OR_RETURN(m->mtp_, MtpLayer::Load(m->config_, *ck, ctx, softmax_scale, bytes));
+    MOE_ASSIGN_OR_RETURN(m->mtp_, MtpLayer::Load(ops, m->config_, *ck, ctx, softmax_scale, bytes));
   }
   MOE_CHECK(bytes->total() == ck->bytes_read());  // every read is attributed to a part
   m->ck_ = std::move(ck);
@@ -137,50 +142,72 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
 
 absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                                    const std::vector<int64_t>& logit_rows) {
-  logits_ = Tensor();
-  MOE_ASSIGN_OR_RETURN(Tensor x, embed_tokens_.Forward(tokens));
+  Ops& ops = *ops_;
+  const int64_t h = config_.hidden_size, n = static_cast<int64_t>(tokens.size());
+  const int64_t m = static_cast<int64_t>(logit_rows.size());
+  logits_ = {};
+  logit_rows_ = 0;
+  // What the step reads from the host goes to the device before anything runs.
+  const DeviceArray<int32_t> token_ids = ops.Place(tokens);
+  const DeviceArray<int32_t> logit_ids =
+      ops.Place(std::vector<int32_t>(logit_rows.begin(), logit_rows.end()));
+  std::optional<MicroBatches> parts;
+  std::vector<StepInputs> steps;
+  if (overlap_) {
+    parts = SplitInTwo(batch);
+    for (const ForwardBatch& part : parts->batch) {
+      steps.push_back(StepInputs::Build(ops, part, cache_));
+    }
+  } else {
+    steps.push_back(StepInputs::Build(ops, batch, cache_));
+  }
+
+  MOE_ASSIGN_OR_RETURN(DeviceArray<float> x, embed_tokens_.Forward(token_ids.data(), n));
   if (config_.scale_embeddings) {
-    cpu::Scale(x.data(), static_cast<float>(std::sqrt(static_cast<double>(config_.hidden_size))),
-               x.numel());
+    ops.Scale(x.data(), static_cast<float>(std::sqrt(static_cast<double>(h))), x.size());
   }
   if (overlap_) {
-    const MicroBatches parts = SplitInTwo(batch);
     MOE_RETURN_IF_ERROR(overlap_->Run([&](int i) -> absl::Status {
-      float* rows = x.data() + (i == 0 ? 0 : parts.first_row_of_second * config_.hidden_size);
+      float* rows = x.data() + (i == 0 ? 0 : parts->first_row_of_second * h);
       for (auto& layer : layers_) {
-        MOE_RETURN_IF_ERROR(layer->Forward(rows, parts.batch[i], cache_, {i, overlap_.get()}));
+        MOE_RETURN_IF_ERROR(layer->Forward(rows, steps[i], cache_, {i, overlap_.get()}));
       }
       return absl::OkStatus();
     }));
   } else {
     const MicroBatchContext whole{0, nullptr, &collective_seconds_};
     for (auto& layer : layers_) {
-      MOE_RETURN_IF_ERROR(layer->Forward(x.data(), batch, cache_, whole));
+      MOE_RETURN_IF_ERROR(layer->Forward(x.data(), steps[0], cache_, whole));
     }
   }
-  const int64_t m = static_cast<int64_t>(logit_rows.size());
-  Tensor last = GatherRows(x, logit_rows);
-  if (mtp_) hidden_ = std::move(x);  // the MTP layer reads rows of it after this step's sampling
+  DeviceArray<float> last = ops.Allocate(m * h);
+  ops.GatherRows(x.data(), logit_ids.data(), m, h, last.data());
+  if (mtp_) {  // the MTP layer reads rows of it after this step's sampling
+    hidden_ = std::move(x);
+    hidden_rows_ = n;
+  }
   norm_.Forward(last.data(), m, last.data());
   MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
+  logit_rows_ = m;
   if (const float cap = static_cast<float>(config_.final_logit_softcapping); cap > 0) {
-    for (int64_t i = 0; i < logits_.numel(); ++i) logits_[i] = std::tanh(logits_[i] / cap) * cap;
+    ops.SoftCap(logits_.data(), logits_.size(), cap);
   }
   return absl::OkStatus();
 }
 
+absl::StatusOr<Tensor> DecoderModel::Logits() {
+  return ToHost(*ops_, logits_, {logit_rows_, config_.vocab_size});
+}
+
 absl::StatusOr<std::vector<int32_t>> DecoderModel::Sample(
     const std::vector<SampleRequest>& requests) {
-  const int64_t rows = logits_.empty() ? 0 : logits_.dim(0);
+  const int64_t rows = logit_rows_;
   if (static_cast<int64_t>(requests.size()) != rows) {
     return absl::InvalidArgumentError(
         absl::StrCat(requests.size(), " sampling requests for ", rows, " rows of logits"));
   }
   std::vector<int32_t> tokens(requests.size());
-  for (int64_t i = 0; i < rows; ++i) {
-    tokens[i] =
-        SampleToken(logits_.row(i), config_.vocab_size, requests[i].spec, requests[i].index);
-  }
+  ops_->Sample(logits_.data(), rows, config_.vocab_size, requests, tokens.data());
   return tokens;
 }
 
@@ -196,18 +223,19 @@ absl::StatusOr<Tensor> DecoderModel::ForwardMtp(const std::vector<int64_t>& main
   }
   // The main model's final hidden states (through its final norm), or the MTP layer's own last
   // output (its hnorm normalises it).
-  const Tensor& source = from_last_draft ? mtp_->last_hidden() : hidden_;
-  if (source.shape().size() != 2) {
+  const DeviceArray<float>& source = from_last_draft ? mtp_->last_hidden() : hidden_;
+  const int64_t source_rows = from_last_draft ? mtp_->last_hidden_rows() : hidden_rows_;
+  if (source_rows < 0) {
     return absl::FailedPreconditionError(from_last_draft
                                              ? "the MTP layer drafts again after a first pass"
                                              : "the MTP layer runs after a Forward step");
   }
   for (int64_t r : main_rows) {
-    if (r < 0 || r >= source.dim(0)) {
+    if (r < 0 || r >= source_rows) {
       return absl::InvalidArgumentError("MTP row outside the last pass's rows");
     }
   }
-  Tensor input = GatherRows(source, main_rows);
+  DeviceArray<float> input = GatherRows(*ops_, source.data(), main_rows, config_.hidden_size);
   if (!from_last_draft) norm_.Forward(input.data(), n, input.data());
   return mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows);
 }

@@ -14,6 +14,8 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weight_bytes.h"
 #include "common/model_config.h"
+#include "kernels/cpu/cpu_ops.h"
+#include "kernels/ops.h"
 #include "model/forward_batch.h"
 #include "model/forward_model.h"
 #include "model/gqa_attention.h"
@@ -23,25 +25,27 @@
 #include "model/mlp.h"
 #include "model/moe_layer.h"
 #include "model/mtp_layer.h"
+#include "model/step_inputs.h"
 #include "parallel/parallel_context.h"
 
 namespace moe {
 
 class DecoderLayer {
  public:
-  static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(const ModelConfig& config,
+  static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(Ops& ops, const ModelConfig& config,
                                                             Checkpoint& ck, int64_t layer,
                                                             const ParallelContext& ctx,
                                                             float softmax_scale,
                                                             WeightBytes* bytes);
   // x [batch.num_tokens(), hidden] in place; collectives through `mb` (only the MoE layer's when
   // it overlaps: two-batch overlap needs a TP size of 1).
-  absl::Status Forward(float* x, const ForwardBatch& batch, KvCache& cache,
+  absl::Status Forward(float* x, const StepInputs& step, KvCache& cache,
                        const MicroBatchContext& mb = {});
   const MoeLayer* moe() const { return moe_.get(); }
   MoeLayer* moe() { return moe_.get(); }
 
  private:
+  Ops* ops_ = nullptr;
   int64_t hidden_ = 0;
   NormPlacement placement_ = NormPlacement::kPre;
   RmsNorm input_layernorm_, post_attention_layernorm_, pre_feedforward_layernorm_,
@@ -63,8 +67,8 @@ struct DecoderModelOptions {
   bool two_batch_overlap = false;
 };
 
-// The CPU backend: weights in the checkpoint's format (memory-mapped), float32 activations and
-// cache in host memory, any parallel layout.
+// The model over an op set (kernels/ops.h): on the CPU, weights in the checkpoint's format
+// (memory-mapped), float32 activations and cache in host memory, any parallel layout.
 class DecoderModel : public ForwardModel {
  public:
   // Maps this rank's shard of the weights in `dir` and allocates its KV cache.
@@ -74,7 +78,7 @@ class DecoderModel : public ForwardModel {
 
   absl::Status Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
                        const std::vector<int64_t>& logit_rows) override;
-  absl::StatusOr<Tensor> Logits() override { return logits_; }
+  absl::StatusOr<Tensor> Logits() override;
   absl::StatusOr<std::vector<int32_t>> Sample(const std::vector<SampleRequest>& requests) override;
   bool has_mtp() const override { return mtp_ != nullptr; }
   absl::StatusOr<Tensor> ForwardMtp(const std::vector<int64_t>& main_rows,
@@ -86,13 +90,16 @@ class DecoderModel : public ForwardModel {
   double CollectiveWaitSeconds() const override;
   absl::Status SetExpertPlacement(const std::vector<ExpertPlacement>& layers) override;
   const WeightBytes& weight_bytes() const override { return weight_bytes_; }
-  KvCache* host_kv_cache() override { return &cache_; }
+  KvCache* host_kv_cache() override { return ops_->device() == Device::kCpu ? &cache_ : nullptr; }
 
  private:
   DecoderModel(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
       : config_(config),
-        cache_(KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size, cache_dim) {}
+        ops_(std::make_unique<CpuOps>()),
+        cache_(*ops_, KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size,
+               cache_dim) {}
   ModelConfig config_;
+  std::unique_ptr<Ops> ops_;        // before the layers, which hold arrays of it
   std::unique_ptr<Checkpoint> ck_;  // kept open: EPLB loads other experts later
   int world_ = 1;                   // ranks the experts are placed over
   KvCache cache_;
@@ -104,8 +111,10 @@ class DecoderModel : public ForwardModel {
   WeightBytes weight_bytes_;
   std::unique_ptr<TwoBatchOverlap> overlap_;  // with DecoderModelOptions::two_batch_overlap
   double collective_seconds_ = 0;             // in the layers' collectives, without overlap
-  Tensor hidden_;  // the last Forward's final hidden states (before model.norm), every row
-  Tensor logits_;
+  // The last Forward's final hidden states (before model.norm), every row (-1 rows: none yet),
+  // and its logits.
+  DeviceArray<float> hidden_, logits_;
+  int64_t hidden_rows_ = -1, logit_rows_ = 0;
 };
 
 }  // namespace moe

@@ -20,7 +20,8 @@ namespace moe {
 
 class MoeLayer {
  public:
-  static absl::StatusOr<std::unique_ptr<MoeLayer>> Load(const ModelConfig& config, Checkpoint& ck,
+  static absl::StatusOr<std::unique_ptr<MoeLayer>> Load(Ops& ops, const ModelConfig& config,
+                                                        Checkpoint& ck,
                                                         const DecoderLayerWeights& w,
                                                         const ParallelContext& ctx,
                                                         WeightBytes* bytes);
@@ -36,15 +37,17 @@ class MoeLayer {
   absl::Status SetPlacement(const ExpertPlacement& placement, Checkpoint& ck);
 
  private:
-  MoeLayer(const ModelConfig& config, const ParallelContext& ctx, const DecoderLayerWeights& w);
+  MoeLayer(Ops& ops, const ModelConfig& config, const ParallelContext& ctx,
+           const DecoderLayerWeights& w);
   absl::StatusOr<GatedMlp> LoadExpert(Checkpoint& ck, int64_t expert) const;
   // Writes each received row's weighted expert outputs to d.y.
   void ComputeLocalExperts(const Dispatched& d) const;
 
+  Ops& ops_;
   const ModelConfig& config_;
   const ParallelContext& ctx_;
-  Tensor gate_;                    // [n_routed_experts, hidden]
-  Tensor bias_;                    // [n_routed_experts] or empty
+  DeviceArray<float> gate_;        // [n_routed_experts, hidden]
+  DeviceArray<float> bias_;        // [n_routed_experts] or empty
   std::vector<GatedMlp> experts_;  // this rank's routed experts, in LocalExperts order
   std::unique_ptr<GatedMlp> shared_;
   DecoderLayerWeights weights_;  // the tensor names, for loading other experts later

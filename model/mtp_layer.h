@@ -28,32 +28,35 @@ class DecoderLayer;
 
 class MtpLayer {
  public:
-  static absl::StatusOr<std::unique_ptr<MtpLayer>> Load(const ModelConfig& config, Checkpoint& ck,
-                                                        const ParallelContext& ctx,
+  static absl::StatusOr<std::unique_ptr<MtpLayer>> Load(Ops& ops, const ModelConfig& config,
+                                                        Checkpoint& ck, const ParallelContext& ctx,
                                                         float softmax_scale, WeightBytes* bytes);
   ~MtpLayer();
 
-  // `hidden` [batch.num_tokens(), hidden] (normed final hidden states of the main model at the
-  // batch's positions, or this layer's own last_hidden() rows when drafting further tokens),
-  // `next_tokens` one per row. Writes the module's cache rows of the batch's
-  // positions; returns the logits of `logit_rows`, [logit_rows.size(), vocab].
+  // `hidden` [batch.num_tokens(), hidden] (device memory; normed final hidden states of the main
+  // model at the batch's positions, or this layer's own last_hidden() rows when drafting further
+  // tokens), `next_tokens` one per row. Writes the module's cache rows of the batch's positions;
+  // returns the logits of `logit_rows`, [logit_rows.size(), vocab].
   absl::StatusOr<Tensor> Forward(const float* hidden, const std::vector<int32_t>& next_tokens,
                                  const ForwardBatch& batch, KvCache& cache,
                                  const std::vector<int64_t>& logit_rows);
   const DecoderLayer& block() const { return *block_; }
   // The block's output of the last Forward, every row (before the shared head's norm): the
-  // hidden input of a further draft.
-  const Tensor& last_hidden() const { return last_hidden_; }
+  // hidden input of a further draft (-1 rows: no Forward yet).
+  const DeviceArray<float>& last_hidden() const { return last_hidden_; }
+  int64_t last_hidden_rows() const { return last_hidden_rows_; }
 
  private:
   MtpLayer() = default;
+  Ops* ops_ = nullptr;
   int64_t hidden_ = 0;
   VocabParallelEmbedding embed_tokens_;
   RmsNorm enorm_, hnorm_, head_norm_;
   Linear eh_proj_;
   std::unique_ptr<DecoderLayer> block_;
   ParallelLmHead head_;
-  Tensor last_hidden_;
+  DeviceArray<float> last_hidden_;
+  int64_t last_hidden_rows_ = -1;
 };
 
 }  // namespace moe

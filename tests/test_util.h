@@ -11,12 +11,23 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <random>
 #include <string>
+#include <vector>
 
 #include "common/tensor.h"
 #include "gtest/gtest.h"
 
 namespace moe::testing {
+
+// n draws from N(0, scale^2), the same for the same seed.
+inline std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> d(0.0f, scale);
+  std::vector<float> v(n);
+  for (float& x : v) x = d(rng);
+  return v;
+}
 
 // A fresh folder under the test temp dir, removed when the object goes away.
 class ScratchDir {

@@ -15,6 +15,7 @@
 #include "common/kv_layout.h"
 #include "common/model_config.h"
 #include "kernels/cpu/sampler.h"
+#include "kernels/ops.h"
 #include "model/forward_model.h"
 #include "model/kv_cache.h"
 #include "model/rope.h"
@@ -73,7 +74,6 @@ struct StepOutput {
   std::vector<std::vector<int32_t>> drafts;
 };
 
-enum class Device { kCpu, kCuda };
 absl::StatusOr<Device> ParseDevice(const std::string& name);  // "cpu" | "cuda"
 
 struct EngineOptions {

@@ -49,15 +49,19 @@ absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, c
 }
 
 absl::Status LinearF32(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const float* w,
-                       int64_t n, float* y, cudaStream_t stream) {
+                       int64_t n, float* y, cudaStream_t stream, int64_t ldx, int64_t ldw,
+                       int64_t ldy) {
   if (m == 0 || n == 0) return absl::OkStatus();
+  ldx = ldx == 0 ? k : ldx;
+  ldw = ldw == 0 ? k : ldw;
+  ldy = ldy == 0 ? n : ldy;
   MOE_CUBLAS_RETURN_IF_ERROR(cublasSetStream(blas, stream));
   const float alpha = 1.0f, beta = 0.0f;
   // CUBLAS_COMPUTE_32F_PEDANTIC: true float32, whatever math mode the handle was given.
   MOE_CUBLAS_RETURN_IF_ERROR(cublasGemmEx(
       blas, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(n), static_cast<int>(m), static_cast<int>(k),
-      &alpha, w, CUDA_R_32F, static_cast<int>(k), x, CUDA_R_32F, static_cast<int>(k), &beta, y,
-      CUDA_R_32F, static_cast<int>(n), CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
+      &alpha, w, CUDA_R_32F, static_cast<int>(ldw), x, CUDA_R_32F, static_cast<int>(ldx), &beta, y,
+      CUDA_R_32F, static_cast<int>(ldy), CUBLAS_COMPUTE_32F_PEDANTIC, CUBLAS_GEMM_DEFAULT));
   return absl::OkStatus();
 }
 

@@ -32,20 +32,47 @@ void Bf16ToF32(const bf16* x, float* y, int64_t n, cudaStream_t stream);
 void F32ToBf16Rows(const float* x, int64_t rows, int64_t cols, int64_t ldx, bf16* y,
                    cudaStream_t stream);
 void Add(float* y, const float* x, int64_t n, cudaStream_t stream);  // y += x
-// y = x / sqrt(mean(x^2) + eps) * weight per row of `dim` (rows `ld` apart).
+void Fill(float* y, int64_t n, float value, cudaStream_t stream);
+void Scale(float* y, float a, int64_t n, cudaStream_t stream);  // y *= a
+// x[i] *= scales[i] for i < n (rows of dim floats).
+void ScaleRows(float* x, const float* scales, int64_t n, int64_t dim, cudaStream_t stream);
+// y[index[i]] += scales[i] * x[i] for i < n (rows of dim floats; distinct indices; null scales:
+// 1).
+void AddScaledRows(const float* x, const float* scales, const int32_t* index, int64_t n,
+                   int64_t dim, float* y, cudaStream_t stream);
+// y[r] += bias for `rows` rows of `dim` floats, `ld` apart.
+void AddToRows(float* y, int64_t rows, int64_t dim, int64_t ld, const float* bias,
+               cudaStream_t stream);
+void SoftCap(float* x, int64_t n, float cap, cudaStream_t stream);  // x = tanh(x / cap) * cap
+// y = x / sqrt(mean(x^2) + eps) * weight per row of `dim` (rows `ld` apart; null weight: 1).
 void RmsNorm(const float* x, int64_t rows, int64_t dim, int64_t ld, const float* weight, float eps,
              float* y, cudaStream_t stream);
-// out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i].
+// out[r] = sum of squares of row r; NormalizeRows scales row r by
+// weight / sqrt(sumsq[r] / replication / width + eps) (the twins of CpuOps').
+void RowSumSquares(const float* x, int64_t rows, int64_t dim, int64_t ld, float* out,
+                   cudaStream_t stream);
+void NormalizeRows(float* x, int64_t rows, int64_t dim, int64_t ld, const float* sumsq,
+                   float replication, float width, float eps, const float* weight,
+                   cudaStream_t stream);
+// out[r, i] = silu(gate_up[r, i]) * gate_up[r, inter + i]; GeluTanhAndMul with Gemma's
+// gelu_tanh.
 void SiluAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out, cudaStream_t stream);
+void GeluTanhAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out,
+                    cudaStream_t stream);
 // Interleaved RoPE on `heads` vectors of `dim` per row: vector h of row r starts at
 // x + r * row_stride + h * head_stride; cos/sin are [rows, dim / 2].
 void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
                      int64_t dim, const float* cos, const float* sin, cudaStream_t stream);
-// out[i] = table[tokens[i]] (bf16 rows of `dim`) as float32.
-void EmbeddingLookup(const bf16* table, const int32_t* tokens, int64_t n, int64_t dim, float* out,
+// The same rotating the pairs (x[i], x[i + dim / 2]) (the GQA families' rotate-half layout).
+void RopeHalves(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
+                int64_t dim, const float* cos, const float* sin, cudaStream_t stream);
+// out[i] = row tokens[i] - first_row of the table (bf16 rows of `dim`, table_rows of them) as
+// float32; zero for a token outside the table.
+void EmbeddingLookup(const bf16* table, int64_t first_row, int64_t table_rows,
+                     const int32_t* tokens, int64_t n, int64_t dim, float* out,
                      cudaStream_t stream);
 
-// out[i] = x[rows[i]] for i < n (rows of dim floats).
+// out[i] = x[rows[i]] for i < n (rows of dim floats; a negative row gives zeros).
 void GatherRows(const float* x, const int32_t* rows, int64_t n, int64_t dim, float* out,
                 cudaStream_t stream);
 // out[rows[i]] = x[i] for i < n (rows of dim floats) — e.g. new latent KV rows into cache slots.
@@ -91,9 +118,11 @@ absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, const Weight
 // `x_bf16` (m * k elements), the product accumulates in float32.
 absl::Status Linear(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const bf16* w,
                     int64_t n, float* y, bf16* x_bf16, cudaStream_t stream, int64_t ldx = 0);
-// The same product in float32 throughout (the router gate, whose top-k choice is sensitive).
+// The same product in float32 throughout (the router gate, whose top-k choice is sensitive);
+// rows of x, w and y `ldx`, `ldw`, `ldy` apart (0: dense).
 absl::Status LinearF32(cublasHandle_t blas, const float* x, int64_t m, int64_t k, const float* w,
-                       int64_t n, float* y, cudaStream_t stream);
+                       int64_t n, float* y, cudaStream_t stream, int64_t ldx = 0, int64_t ldw = 0,
+                       int64_t ldy = 0);
 // A matrix operand of a batched product: matrix i starts at data + i * stride, rows ld apart.
 struct Strided {
   const bf16* data;

@@ -7,17 +7,12 @@
 #include "gtest/gtest.h"
 #include "kernels/cpu/attention.h"
 #include "kernels/cpu/ops.h"
+#include "tests/test_util.h"
 
 namespace moe::cpu {
 namespace {
 
-std::vector<float> Random(size_t n, uint32_t seed, float scale = 1.0f) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> d(0.0f, scale);
-  std::vector<float> v(n);
-  for (float& x : v) x = d(rng);
-  return v;
-}
+using moe::testing::Random;
 
 TEST(CpuOpsTest, MatMulNTAndNNMatchNaive) {
   for (auto [m, n, k] :

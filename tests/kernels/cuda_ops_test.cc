@@ -187,17 +187,21 @@ TEST_F(CudaOpsTest, RopeOnStridedHeads) {
   EXPECT_LE(RelativeError(Down(dx, x.size()), x), 1e-6);
 }
 
+// The table holds vocabulary rows 10..59 (a TP shard): other tokens look up zeros.
 TEST_F(CudaOpsTest, EmbeddingLookup) {
   const auto table = Random(50 * 24);
-  const std::vector<int32_t> tokens = {3, 49, 0, 3};
+  const std::vector<int32_t> tokens = {13, 59, 10, 13, 60, 3};
   auto dt = Up(ToBf16(table));
   auto dtok = Up(tokens);
-  auto out = Poisoned(4 * 24);
-  EmbeddingLookup(dt.data(), dtok.data(), 4, 24, out.data(), stream_);
-  const auto got = Down(out, 4 * 24);
+  auto out = Poisoned(6 * 24);
+  EmbeddingLookup(dt.data(), 10, 50, dtok.data(), 6, 24, out.data(), stream_);
+  const auto got = Down(out, 6 * 24);
   const auto rounded = RoundBf16(table);
-  for (int i = 0; i < 4; ++i) {
-    for (int c = 0; c < 24; ++c) ASSERT_EQ(got[i * 24 + c], rounded[tokens[i] * 24 + c]);
+  for (int i = 0; i < 6; ++i) {
+    const int r = tokens[i] - 10;
+    for (int c = 0; c < 24; ++c) {
+      ASSERT_EQ(got[i * 24 + c], r >= 0 && r < 50 ? rounded[r * 24 + c] : 0.0f) << i;
+    }
   }
 }
 

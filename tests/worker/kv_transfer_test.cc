@@ -8,6 +8,7 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "kernels/cpu/ops.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
@@ -45,7 +46,10 @@ class KvTransferTest : public ::testing::Test {
     config_ = *PresetConfig("tiny-dsv3");
     layout_ = KvLayout::For(config_, 1);  // with the MTP layer's cache layer
   }
-  KvCache MakeCache(int64_t blocks) { return KvCache(layout_, blocks, 16, config_.kv_cache_dim()); }
+  CpuOps ops_;
+  KvCache MakeCache(int64_t blocks) {
+    return KvCache(ops_, layout_, blocks, 16, config_.kv_cache_dim());
+  }
   moe::v1::KvPushHeader Header(const std::string& session, int64_t tokens,
                                std::vector<int32_t> blocks) {
     moe::v1::KvPushHeader h;
@@ -112,7 +116,7 @@ TEST_F(KvTransferTest, RefusesPushesThatDoNotFit) {
   EXPECT_THAT(uncovered.status().message(), HasSubstr("do not cover"));
   auto local = pusher.Push(address, from, Header("decode-2", 20, {0, 1}), {2, 9});
   EXPECT_THAT(local.status().message(), HasSubstr("block 9 is outside this cache"));
-  KvCache other(KvLayout::For(config_, 0), 4, 16, config_.kv_cache_dim());  // no MTP layer
+  KvCache other(ops_, KvLayout::For(config_, 0), 4, 16, config_.kv_cache_dim());  // no MTP layer
   auto shape = pusher.Push(address, other, Header("decode-2", 20, {0, 1}), {2, 3});
   EXPECT_THAT(shape.status().message(), HasSubstr("differs from this cache's"));
   EXPECT_EQ((*server)->bytes_received(), 0);

@@ -8,7 +8,11 @@
 #include "checkpoint/weight_names.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "kernels/cpu/cpu_ops.h"
 #include "model/rope.h"
+#if MOE_HAVE_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
 
 namespace moe {
 
@@ -93,6 +97,38 @@ absl::Status DecoderLayer::Forward(float* x, const StepInputs& step, KvCache& ca
   return absl::OkStatus();
 }
 
+namespace {
+
+// The op set `options` asks for, or why this model cannot run on it.
+absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const ParallelContext& ctx,
+                                             const DecoderModelOptions& options) {
+  if (options.device == Device::kCpu) return std::make_unique<CpuOps>();
+  if (!c.is_mla()) {
+    return absl::UnimplementedError(
+        absl::StrCat("the CUDA op set runs MLA models only (its attention is MLA's); ",
+                     c.architectures[0], " runs on the CPU"));
+  }
+  if (ctx.world().size() != 1) {
+    return absl::UnimplementedError(
+        absl::StrCat("the CUDA op set runs on one rank, not ", ctx.world().size(),
+                     ": the MoE dispatch between GPUs (NCCL) is not wired into it yet"));
+  }
+  if (options.two_batch_overlap || options.activations != Activations::kF32) {
+    return absl::UnimplementedError(
+        "two-batch overlap and rounded activations run on the CPU only");
+  }
+#if MOE_HAVE_CUDA
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops, CudaOps::Create(options.cuda_device));
+  return std::unique_ptr<Ops>(std::move(ops));
+#else
+  return absl::FailedPreconditionError(
+      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
+      "or it was configured with -DMOE_CUDA=OFF)");
+#endif
+}
+
+}  // namespace
+
 absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
     const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
     const KvCacheShape& cache, const DecoderModelOptions& options) {
@@ -107,7 +143,8 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   ck->set_activations(options.activations);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
-  std::unique_ptr<DecoderModel> m(new DecoderModel(c, cache, load_mtp, cache_dim));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Ops> made, MakeOps(c, ctx, options));
+  std::unique_ptr<DecoderModel> m(new DecoderModel(c, std::move(made), cache, load_mtp, cache_dim));
   Ops& ops = *m->ops_;
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
@@ -192,11 +229,13 @@ absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const For
   if (const float cap = static_cast<float>(config_.final_logit_softcapping); cap > 0) {
     ops.SoftCap(logits_.data(), logits_.size(), cap);
   }
-  return absl::OkStatus();
+  return ops.TakeError();
 }
 
 absl::StatusOr<Tensor> DecoderModel::Logits() {
-  return ToHost(*ops_, logits_, {logit_rows_, config_.vocab_size});
+  Tensor logits = ToHost(*ops_, logits_, {logit_rows_, config_.vocab_size});
+  MOE_RETURN_IF_ERROR(ops_->TakeError());
+  return logits;
 }
 
 absl::StatusOr<std::vector<int32_t>> DecoderModel::Sample(
@@ -208,6 +247,7 @@ absl::StatusOr<std::vector<int32_t>> DecoderModel::Sample(
   }
   std::vector<int32_t> tokens(requests.size());
   ops_->Sample(logits_.data(), rows, config_.vocab_size, requests, tokens.data());
+  MOE_RETURN_IF_ERROR(ops_->TakeError());
   return tokens;
 }
 
@@ -237,7 +277,10 @@ absl::StatusOr<Tensor> DecoderModel::ForwardMtp(const std::vector<int64_t>& main
   }
   DeviceArray<float> input = GatherRows(*ops_, source.data(), main_rows, config_.hidden_size);
   if (!from_last_draft) norm_.Forward(input.data(), n, input.data());
-  return mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows);
+  MOE_ASSIGN_OR_RETURN(Tensor draft_logits,
+                       mtp_->Forward(input.data(), next_tokens, batch, cache_, logit_rows));
+  MOE_RETURN_IF_ERROR(ops_->TakeError());
+  return draft_logits;
 }
 
 double DecoderModel::CollectiveWaitSeconds() const {

@@ -14,7 +14,6 @@
 #include "checkpoint/checkpoint.h"
 #include "checkpoint/weight_bytes.h"
 #include "common/model_config.h"
-#include "kernels/cpu/cpu_ops.h"
 #include "kernels/ops.h"
 #include "model/forward_batch.h"
 #include "model/forward_model.h"
@@ -65,10 +64,16 @@ struct DecoderModelOptions {
   // the other's compute (TwoBatchOverlap). Every rank must agree; needs a TP size of 1 (DP
   // attention with expert parallelism: the MoE all-to-all is the only collective in the layers).
   bool two_batch_overlap = false;
+  // The op set it runs over: the CPU's, or (CUDA builds) one GPU's — `cuda_device`, MLA models
+  // on one rank only, float32 activations, no two-batch overlap.
+  Device device = Device::kCpu;
+  int cuda_device = 0;
 };
 
 // The model over an op set (kernels/ops.h): on the CPU, weights in the checkpoint's format
-// (memory-mapped), float32 activations and cache in host memory, any parallel layout.
+// (memory-mapped), float32 activations and cache in host memory, any parallel layout; on a GPU
+// (DecoderModelOptions::device), the same layers over CudaOps on one rank, eagerly (no CUDA
+// graphs yet).
 class DecoderModel : public ForwardModel {
  public:
   // Maps this rank's shard of the weights in `dir` and allocates its KV cache.
@@ -93,9 +98,10 @@ class DecoderModel : public ForwardModel {
   KvCache* host_kv_cache() override { return ops_->device() == Device::kCpu ? &cache_ : nullptr; }
 
  private:
-  DecoderModel(const ModelConfig& config, const KvCacheShape& cache, bool mtp, int64_t cache_dim)
+  DecoderModel(const ModelConfig& config, std::unique_ptr<Ops> ops, const KvCacheShape& cache,
+               bool mtp, int64_t cache_dim)
       : config_(config),
-        ops_(std::make_unique<CpuOps>()),
+        ops_(std::move(ops)),
         cache_(*ops_, KvLayout::For(config, mtp ? 1 : 0), cache.blocks, cache.block_size,
                cache_dim) {}
   ModelConfig config_;

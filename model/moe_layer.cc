@@ -131,15 +131,34 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const Micr
   ops_.CopyToHost(ids.data(), ids_host.size() * sizeof(int32_t), ids_host.data());
   for (int32_t e : ids_host) ++expert_tokens_[e];
 
-  MoeDispatcher& dispatcher = dispatchers_[mb.index];
-  Dispatched d;
-  MOE_RETURN_IF_ERROR(mb.Communicate([&]() -> absl::Status {
-    MOE_ASSIGN_OR_RETURN(d, dispatcher.Dispatch(xs, s, ids.data(), weights.data()));
-    return absl::OkStatus();
-  }));
-  ComputeLocalExperts(d);
   DeviceArray<float> routed = ops_.Allocate(s * h);
-  MOE_RETURN_IF_ERROR(mb.Communicate([&] { return dispatcher.Combine(d.handle, routed.data()); }));
+  if (ctx_.world().size() == 1) {
+    // One rank holds every expert: the rows stay where they are, the experts write their
+    // weighted outputs straight into `routed`.
+    std::vector<float> weights_host(static_cast<size_t>(s * k));
+    ops_.CopyToHost(weights.data(), weights_host.size() * sizeof(float), weights_host.data());
+    std::vector<int32_t> local(ids_host.size());
+    for (size_t i = 0; i < ids_host.size(); ++i) {
+      local[i] = static_cast<int32_t>(placement_.LocalIndex(0, ids_host[i]));
+    }
+    Dispatched d;
+    d.rows = s;
+    d.x = xs;
+    d.local_expert = local.data();
+    d.weight = weights_host.data();
+    d.y = routed.data();
+    ComputeLocalExperts(d);
+  } else {
+    MoeDispatcher& dispatcher = dispatchers_[mb.index];
+    Dispatched d;
+    MOE_RETURN_IF_ERROR(mb.Communicate([&]() -> absl::Status {
+      MOE_ASSIGN_OR_RETURN(d, dispatcher.Dispatch(xs, s, ids.data(), weights.data()));
+      return absl::OkStatus();
+    }));
+    ComputeLocalExperts(d);
+    MOE_RETURN_IF_ERROR(
+        mb.Communicate([&] { return dispatcher.Combine(d.handle, routed.data()); }));
+  }
 
   if (shared_) {
     shared_->Forward(x, n, out);

@@ -25,13 +25,15 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
                                                    options.kv_blocks));
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
-  if (options.device == Device::kCpu) {
+  if (options.device == Device::kCpu || options.cuda_op_set) {
     MOE_ASSIGN_OR_RETURN(auto model,
                          DecoderModel::Load(dir, config, ctx, cache,
                                             {.weights = options.weights,
                                              .load_mtp = options.mtp,
                                              .activations = options.activations,
-                                             .two_batch_overlap = options.two_batch_overlap}));
+                                             .two_batch_overlap = options.two_batch_overlap,
+                                             .device = options.device,
+                                             .cuda_device = options.cuda_device}));
     return std::unique_ptr<ForwardModel>(std::move(model));
   }
   if (options.two_batch_overlap) {

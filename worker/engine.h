@@ -82,6 +82,10 @@ struct EngineOptions {
   Device device = Device::kCpu;
   int cuda_device = 0;      // the GPU ordinal (of those CUDA_VISIBLE_DEVICES shows)
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
+  // Device cuda: run the one model (DecoderModel over CudaOps: the CPU's layer code, eagerly, MTP
+  // included) instead of CudaModel. Not yet the default: no CUDA graphs, and the MoE layers
+  // route on the host.
+  bool cuda_op_set = false;
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;
   // CPU: what products do with x (float32; bf16 or int8 rounded, see Activations).

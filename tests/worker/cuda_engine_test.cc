@@ -11,6 +11,7 @@
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops.h"
 #include "model/cuda_model.h"
+#include "model/model.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
@@ -49,13 +50,15 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
     return WriteCheckpoint(*PresetConfig(preset), mo).ok();
   }
 
-  std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true) {
+  std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true,
+                               bool op_set = false) {
     auto config = LoadModelConfig(dir);
     EngineOptions opt;
     opt.block_size = 16;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 32 << 20);
     opt.device = device;
     opt.cuda_graphs = graphs;
+    opt.cuda_op_set = op_set;
     auto e = Engine::Load(dir, ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
@@ -136,6 +139,36 @@ TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
   for (size_t i = 0; i < prompts.size(); ++i) {
     ExpectSameGeneration((*got)[i], (*want)[i], cpu->config().vocab_size,
                          std::string(GetParam()) + " sequence " + std::to_string(i));
+  }
+}
+
+// The one model (DecoderModel, the CPU's layer code) over CudaOps: continuous batching's mixed
+// steps in every weight format, as the CPU engine runs them.
+TEST_P(CudaEngineTest, TheModelOverCudaOpsMatchesTheCpuEngine) {
+  for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8, WeightDType::kInt4}) {
+    ScratchDir dir;
+    ASSERT_TRUE(WriteModel(dir, GetParam(), dtype));
+    auto cpu = Load(dir.path(), Device::kCpu);
+    auto gpu = Load(dir.path(), Device::kCuda, /*graphs=*/false, /*op_set=*/true);
+    ASSERT_TRUE(cpu && gpu);
+    ASSERT_NE(dynamic_cast<DecoderModel*>(&gpu->model()), nullptr);
+    std::vector<std::vector<int32_t>> prompts;
+    for (int len : {3, 18, 41, 1}) {
+      std::vector<int32_t> p;
+      for (int i = 0; i < len; ++i) p.push_back((len * 37 + i * 5) % 250);
+      prompts.push_back(p);
+    }
+    GenerateOptions g;
+    g.max_new_tokens = 12;
+    g.prefill_chunk = 8;
+    BlockAllocator ca(cpu->num_blocks()), ga(gpu->num_blocks());
+    auto want = GenerateGreedyBatch(*cpu, ca, prompts, g);
+    auto got = GenerateGreedyBatch(*gpu, ga, prompts, g);
+    ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ExpectSameGeneration((*got)[i], (*want)[i], cpu->config().vocab_size,
+                           std::string(GetParam()) + " sequence " + std::to_string(i));
+    }
   }
 }
 

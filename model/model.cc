@@ -103,6 +103,11 @@ namespace {
 absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const ParallelContext& ctx,
                                              const DecoderModelOptions& options) {
   if (options.device == Device::kCpu) return std::make_unique<CpuOps>();
+#if !MOE_HAVE_CUDA
+  return absl::FailedPreconditionError(
+      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
+      "or it was configured with -DMOE_CUDA=OFF)");
+#else
   if (!c.is_mla()) {
     return absl::UnimplementedError(
         absl::StrCat("the CUDA op set runs MLA models only (its attention is MLA's); ",
@@ -117,13 +122,8 @@ absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const Paralle
     return absl::UnimplementedError(
         "two-batch overlap and rounded activations run on the CPU only");
   }
-#if MOE_HAVE_CUDA
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops, CudaOps::Create(options.cuda_device));
   return std::unique_ptr<Ops>(std::move(ops));
-#else
-  return absl::FailedPreconditionError(
-      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
-      "or it was configured with -DMOE_CUDA=OFF)");
 #endif
 }
 

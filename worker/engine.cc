@@ -25,7 +25,12 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
                                                    options.kv_blocks));
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
-  if (options.device == Device::kCpu || options.cuda_op_set) {
+#if MOE_HAVE_CUDA
+  const bool cuda_model = options.device == Device::kCuda && !options.cuda_op_set;
+#else
+  const bool cuda_model = false;  // DecoderModel says why device cuda cannot run here
+#endif
+  if (!cuda_model) {
     MOE_ASSIGN_OR_RETURN(auto model,
                          DecoderModel::Load(dir, config, ctx, cache,
                                             {.weights = options.weights,
@@ -53,9 +58,7 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
   MOE_ASSIGN_OR_RETURN(auto model, CudaModel::Load(dir, config, ctx, cache, cuda));
   return std::unique_ptr<ForwardModel>(std::move(model));
 #else
-  return absl::FailedPreconditionError(
-      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
-      "or it was configured with -DMOE_CUDA=OFF)");
+  return absl::InternalError("unreachable: no CUDA model in this build");
 #endif
 }
 

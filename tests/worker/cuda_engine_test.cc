@@ -35,7 +35,7 @@ double RelativeError(const float* got, const float* want, int64_t n) {
 }
 
 class CudaEngineTest : public ::testing::TestWithParam<const char*> {
- protected:
+ public:
   void SetUp() override {
     if (cuda::DeviceCount() == 0)
       GTEST_SKIP() << "no CUDA device visible: the GPU engine is not run";
@@ -85,6 +85,28 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
   }
 };
 
+// Five prompts of 1 to 41 tokens generated together, prefilled in chunks of 8, so the long ones
+// still prefill while the short ones decode: the GPU's generations against the CPU's.
+void ExpectMixedStepsMatch(Engine& gpu, Engine& cpu, const std::string& what) {
+  std::vector<std::vector<int32_t>> prompts;
+  for (int len : {3, 18, 41, 1, 9}) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < len; ++i) p.push_back((len * 31 + i * 7) % 250);
+    prompts.push_back(p);
+  }
+  GenerateOptions g;
+  g.max_new_tokens = 12;
+  g.prefill_chunk = 8;
+  BlockAllocator ca(cpu.num_blocks()), ga(gpu.num_blocks());
+  auto want = GenerateGreedyBatch(cpu, ca, prompts, g);
+  auto got = GenerateGreedyBatch(gpu, ga, prompts, g);
+  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    CudaEngineTest::ExpectSameGeneration((*got)[i], (*want)[i], cpu.config().vocab_size,
+                                         what + " sequence " + std::to_string(i));
+  }
+}
+
 TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
   const std::string preset = GetParam();
   for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8, WeightDType::kInt4}) {
@@ -123,23 +145,7 @@ TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
   auto cpu = Load(dir.path(), Device::kCpu);
   auto gpu = Load(dir.path(), Device::kCuda);
   ASSERT_TRUE(cpu && gpu);
-  std::vector<std::vector<int32_t>> prompts;
-  for (int len : {3, 18, 41, 1, 9}) {
-    std::vector<int32_t> p;
-    for (int i = 0; i < len; ++i) p.push_back((len * 31 + i * 7) % 250);
-    prompts.push_back(p);
-  }
-  GenerateOptions g;
-  g.max_new_tokens = 12;
-  g.prefill_chunk = 8;  // the long prompts still prefill while the short ones decode
-  BlockAllocator ca(cpu->num_blocks()), ga(gpu->num_blocks());
-  auto want = GenerateGreedyBatch(*cpu, ca, prompts, g);
-  auto got = GenerateGreedyBatch(*gpu, ga, prompts, g);
-  ASSERT_TRUE(want.ok() && got.ok()) << got.status();
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    ExpectSameGeneration((*got)[i], (*want)[i], cpu->config().vocab_size,
-                         std::string(GetParam()) + " sequence " + std::to_string(i));
-  }
+  ExpectMixedStepsMatch(*gpu, *cpu, GetParam());
 }
 
 // The one model (DecoderModel, the CPU's layer code) over CudaOps: continuous batching's mixed
@@ -152,23 +158,8 @@ TEST_P(CudaEngineTest, TheModelOverCudaOpsMatchesTheCpuEngine) {
     auto gpu = Load(dir.path(), Device::kCuda, /*graphs=*/false, /*op_set=*/true);
     ASSERT_TRUE(cpu && gpu);
     ASSERT_NE(dynamic_cast<DecoderModel*>(&gpu->model()), nullptr);
-    std::vector<std::vector<int32_t>> prompts;
-    for (int len : {3, 18, 41, 1}) {
-      std::vector<int32_t> p;
-      for (int i = 0; i < len; ++i) p.push_back((len * 37 + i * 5) % 250);
-      prompts.push_back(p);
-    }
-    GenerateOptions g;
-    g.max_new_tokens = 12;
-    g.prefill_chunk = 8;
-    BlockAllocator ca(cpu->num_blocks()), ga(gpu->num_blocks());
-    auto want = GenerateGreedyBatch(*cpu, ca, prompts, g);
-    auto got = GenerateGreedyBatch(*gpu, ga, prompts, g);
-    ASSERT_TRUE(want.ok() && got.ok()) << got.status();
-    for (size_t i = 0; i < prompts.size(); ++i) {
-      ExpectSameGeneration((*got)[i], (*want)[i], cpu->config().vocab_size,
-                           std::string(GetParam()) + " sequence " + std::to_string(i));
-    }
+    ExpectMixedStepsMatch(
+        *gpu, *cpu, std::string(GetParam()) + " dtype " + std::to_string(static_cast<int>(dtype)));
   }
 }
 

@@ -185,6 +185,27 @@ class Ops {
   virtual void Sample(const float* logits, int64_t rows, int64_t vocab,
                       const std::vector<SampleRequest>& requests, int32_t* out) = 0;
 
+  // One MoE layer's routed experts on this rank, expert e's gate_proj and up_proj [inter, hidden]
+  // and down_proj [hidden, inter] (placed by this Ops), in the form RoutedExperts runs them.
+  struct Expert {
+    const PlacedMatrix* gate;
+    const PlacedMatrix* up;
+    const PlacedMatrix* down;
+  };
+  struct ExpertSet {
+    virtual ~ExpertSet() = default;
+    std::vector<Expert> experts;
+  };
+  virtual absl::StatusOr<std::unique_ptr<ExpertSet>> PlaceExperts(std::vector<Expert> experts);
+  // y [rows, dim] (zeroed first) = per row r the sum over j < k with local[r, j] >= 0 of
+  // weight[r, j] * expert_local[r, j](x_r), or expert(weight[r, j] * x_r) with `weight_on_input`
+  // (Llama 4); an expert is down(act(gate(x)) * up(x)). x, local and weight [rows, k] in this
+  // device's memory. Here: each expert's rows gathered and multiplied on their own, scheduled by
+  // ForEachExpert; a device may group the products instead.
+  virtual void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows,
+                             const int32_t* local, const float* weight, int64_t k, Activation act,
+                             bool weight_on_input, float* y);
+
   // Runs work(e, acc) for each e < count whose `active[e]` is set, every call adding its output
   // into a [rows, dim] accumulator that is summed into y (zeroed first). The device picks the
   // schedule: the CPU runs many experts in parallel on private accumulators, few one after
@@ -192,6 +213,10 @@ class Ops {
   virtual void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                              int64_t dim, const std::function<void(int64_t, float*)>& work) = 0;
 };
+
+// y [n, down.rows] = down(act(gate(x)) * up(x)) for x [n, gate.cols]: the gated MLP.
+void GatedMlpForward(Ops& ops, const PlacedMatrix& gate, const PlacedMatrix& up,
+                     const PlacedMatrix& down, Activation act, const float* x, int64_t n, float* y);
 
 // Rows `rows` of x [.., dim] (this device's memory), in that order: [rows.size(), dim].
 DeviceArray<float> GatherRows(Ops& ops, const float* x, const std::vector<int64_t>& rows,

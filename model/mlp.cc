@@ -40,13 +40,7 @@ absl::StatusOr<GatedMlp> GatedMlp::LoadStacked(Ops& ops, Checkpoint& ck, const W
 }
 
 void GatedMlp::Forward(const float* x, int64_t n, float* y) const {
-  const int64_t inter = intermediate();
-  DeviceArray<float> gate_up = ops_->Allocate(n * 2 * inter), act = ops_->Allocate(n * inter);
-  // gate and up side by side in each row, as the gated activation reads them.
-  gate_.Forward(x, n, gate_up.data(), 2 * inter);
-  up_.Forward(x, n, gate_up.data() + inter, 2 * inter);
-  ops_->GatedActivation(gate_up.data(), n, inter, act_, act.data());
-  down_.Forward(act.data(), n, y);
+  GatedMlpForward(*ops_, gate_.weight(), up_.weight(), down_.weight(), act_, x, n, y);
 }
 
 }  // namespace moe

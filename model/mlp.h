@@ -28,6 +28,8 @@ class GatedMlp {
   // y [n, hidden] = this rank's partial sum (complete when part covers all rows).
   void Forward(const float* x, int64_t n, float* y) const;
   int64_t intermediate() const { return down_.in_features(); }
+  // Its projections, for a MoE layer's grouped experts (Ops::RoutedExperts).
+  Ops::Expert weights() const { return {&gate_.weight(), &up_.weight(), &down_.weight()}; }
 
  private:
   Ops* ops_ = nullptr;

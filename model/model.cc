@@ -122,6 +122,14 @@ absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const Paralle
     return absl::UnimplementedError(
         "two-batch overlap and rounded activations run on the CPU only");
   }
+  if (c.kv_lora_rank > 1024 || c.qk_head_dim() > 256 || c.v_head_dim > 256 ||
+      c.n_routed_experts > 1024 || c.num_experts_per_tok > 64 || c.n_group > 64) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the CUDA kernels take kv_lora_rank <= 1024, head dims <= 256, <= 1024 experts, top-k "
+        "<= 64 and <= 64 groups; this config has ",
+        c.kv_lora_rank, ", ", c.qk_head_dim(), "/", c.v_head_dim, ", ", c.n_routed_experts, ", ",
+        c.num_experts_per_tok, " and ", c.n_group));
+  }
   MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops, CudaOps::Create(options.cuda_device));
   return std::unique_ptr<Ops>(std::move(ops));
 #endif

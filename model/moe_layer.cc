@@ -49,6 +49,7 @@ absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(Ops& ops, const ModelCo
                          }));
     m->shared_ = std::make_unique<GatedMlp>(std::move(shared));
   }
+  MOE_RETURN_IF_ERROR(m->PlaceExperts());
   return m;
 }
 
@@ -78,38 +79,20 @@ absl::Status MoeLayer::SetPlacement(const ExpertPlacement& placement, Checkpoint
   }
   experts_ = std::move(experts);
   placement_ = placement;
-  return absl::OkStatus();
+  return PlaceExperts();
 }
 
-void MoeLayer::ComputeLocalExperts(const Dispatched& d) const {
-  const int64_t h = config_.hidden_size, k = config_.num_experts_per_tok;
-  // Rows (and routing weights) per local expert.
-  std::vector<std::vector<int32_t>> rows(experts_.size());
-  std::vector<std::vector<float>> weights(experts_.size());
-  for (int64_t i = 0; i < d.rows; ++i) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = d.local_expert[i * k + j];
-      if (e < 0) continue;
-      rows[e].push_back(static_cast<int32_t>(i));
-      weights[e].push_back(d.weight[i * k + j]);
-    }
+absl::Status MoeLayer::PlaceExperts() {
+  std::vector<Ops::Expert> experts;
+  for (const GatedMlp& e : experts_) experts.push_back(e.weights());
+  MOE_ASSIGN_OR_RETURN(expert_set_, ops_.PlaceExperts(std::move(experts)));
+  const std::vector<int64_t>& local = placement_.LocalExperts(0);
+  identity_placement_ =
+      ctx_.world().size() == 1 && static_cast<int64_t>(local.size()) == config_.n_routed_experts;
+  for (size_t i = 0; identity_placement_ && i < local.size(); ++i) {
+    identity_placement_ = local[i] == static_cast<int64_t>(i);
   }
-  std::vector<bool> active(experts_.size());
-  for (size_t e = 0; e < experts_.size(); ++e) active[e] = !rows[e].empty();
-  // The routing weight scales the expert's output, or (Llama 4) its input.
-  const bool on_input = config_.router_weight_on_input;
-  ops_.ForEachExpert(
-      static_cast<int64_t>(experts_.size()), active, d.y, d.rows, h, [&](int64_t e, float* acc) {
-        const std::vector<float>& w = weights[e];
-        const auto n = static_cast<int64_t>(w.size());
-        DeviceArray<int32_t> index = ops_.Place(rows[e]);
-        DeviceArray<float> scales = ops_.Place(Tensor({n}, FloatVector(w.begin(), w.end())));
-        DeviceArray<float> in = ops_.Allocate(n * h), out = ops_.Allocate(n * h);
-        ops_.GatherRows(d.x, index.data(), n, h, in.data());
-        if (on_input) ops_.ScaleRows(in.data(), scales.data(), n, h);
-        experts_[static_cast<size_t>(e)].Forward(in.data(), n, out.data());
-        ops_.AddScaledRows(out.data(), on_input ? nullptr : scales.data(), index.data(), n, h, acc);
-      });
+  return absl::OkStatus();
 }
 
 absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const MicroBatchContext& mb) {
@@ -132,22 +115,21 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const Micr
   for (int32_t e : ids_host) ++expert_tokens_[e];
 
   DeviceArray<float> routed = ops_.Allocate(s * h);
+  const Activation act = config_.activation();
+  const bool on_input = config_.router_weight_on_input;
   if (ctx_.world().size() == 1) {
     // One rank holds every expert: the rows stay where they are, the experts write their
     // weighted outputs straight into `routed`.
-    std::vector<float> weights_host(static_cast<size_t>(s * k));
-    ops_.CopyToHost(weights.data(), weights_host.size() * sizeof(float), weights_host.data());
-    std::vector<int32_t> local(ids_host.size());
-    for (size_t i = 0; i < ids_host.size(); ++i) {
-      local[i] = static_cast<int32_t>(placement_.LocalIndex(0, ids_host[i]));
+    DeviceArray<int32_t> local = ids;
+    if (!identity_placement_) {  // replicas: the experts' local indices
+      std::vector<int32_t> mapped(ids_host.size());
+      for (size_t i = 0; i < ids_host.size(); ++i) {
+        mapped[i] = static_cast<int32_t>(placement_.LocalIndex(0, ids_host[i]));
+      }
+      local = ops_.Place(std::move(mapped));
     }
-    Dispatched d;
-    d.rows = s;
-    d.x = xs;
-    d.local_expert = local.data();
-    d.weight = weights_host.data();
-    d.y = routed.data();
-    ComputeLocalExperts(d);
+    ops_.RoutedExperts(*expert_set_, xs, s, local.data(), weights.data(), k, act, on_input,
+                       routed.data());
   } else {
     MoeDispatcher& dispatcher = dispatchers_[mb.index];
     Dispatched d;
@@ -155,7 +137,7 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const Micr
       MOE_ASSIGN_OR_RETURN(d, dispatcher.Dispatch(xs, s, ids.data(), weights.data()));
       return absl::OkStatus();
     }));
-    ComputeLocalExperts(d);
+    ops_.RoutedExperts(*expert_set_, d.x, d.rows, d.local_expert, d.weight, k, act, on_input, d.y);
     MOE_RETURN_IF_ERROR(
         mb.Communicate([&] { return dispatcher.Combine(d.handle, routed.data()); }));
   }

@@ -40,8 +40,8 @@ class MoeLayer {
   MoeLayer(Ops& ops, const ModelConfig& config, const ParallelContext& ctx,
            const DecoderLayerWeights& w);
   absl::StatusOr<GatedMlp> LoadExpert(Checkpoint& ck, int64_t expert) const;
-  // Writes each received row's weighted expert outputs to d.y.
-  void ComputeLocalExperts(const Dispatched& d) const;
+  // Places experts_ for Ops::RoutedExperts (after loading and after each move).
+  absl::Status PlaceExperts();
 
   Ops& ops_;
   const ModelConfig& config_;
@@ -49,6 +49,8 @@ class MoeLayer {
   DeviceArray<float> gate_;        // [n_routed_experts, hidden]
   DeviceArray<float> bias_;        // [n_routed_experts] or empty
   std::vector<GatedMlp> experts_;  // this rank's routed experts, in LocalExperts order
+  std::unique_ptr<Ops::ExpertSet> expert_set_;  // experts_ as RoutedExperts runs them
+  bool identity_placement_ = false;             // one rank: local expert e is expert e
   std::unique_ptr<GatedMlp> shared_;
   DecoderLayerWeights weights_;  // the tensor names, for loading other experts later
   ExpertPlacement placement_;    // this layer's (the plan's until SetPlacement)

@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "kernels/cuda/cuda_status.h"
+#include "kernels/cuda/device_buffer.h"
 #include "kernels/cuda/device_weight.h"
 #include "kernels/cuda/ops.h"
 
@@ -17,6 +18,13 @@ constexpr size_t kAlignment = 256;
 const cuda::DeviceWeight& OnDevice(const PlacedMatrix& w) {
   return *static_cast<const cuda::DeviceWeight*>(w.device.get());
 }
+
+// ExpertSet with the experts' views on the device.
+struct DeviceExperts : Ops::ExpertSet {
+  WeightFormat format = WeightFormat::kBF16;
+  int64_t inter = 0, hidden = 0;
+  cuda::DeviceBuffer<cuda::WeightView> gate, up, down;
+};
 
 }  // namespace
 
@@ -295,6 +303,62 @@ void CudaOps::Sample(const float* logits, int64_t rows, int64_t vocab,
   cuda::Sample(logits, rows, vocab, static_cast<const SampleRequest*>(req.get()), tokens.data(),
                stream_);
   CopyToHost(tokens.data(), static_cast<size_t>(rows) * sizeof(int32_t), out);
+}
+
+absl::StatusOr<std::unique_ptr<Ops::ExpertSet>> CudaOps::PlaceExperts(std::vector<Expert> experts) {
+  auto set = std::make_unique<DeviceExperts>();
+  std::vector<cuda::WeightView> gate, up, down;
+  for (const Expert& e : experts) {
+    gate.push_back(OnDevice(*e.gate).view());
+    up.push_back(OnDevice(*e.up).view());
+    down.push_back(OnDevice(*e.down).view());
+    for (const cuda::WeightView* v : {&gate.back(), &up.back(), &down.back()}) {
+      if (v->format != gate.front().format) {
+        return absl::UnimplementedError(
+            "device cuda: a MoE layer's experts in more than one weight format");
+      }
+    }
+  }
+  if (!experts.empty()) {
+    set->format = gate.front().format;
+    set->inter = gate.front().rows;
+    set->hidden = gate.front().cols;
+  }
+  MOE_RETURN_IF_ERROR(set->gate.Upload(gate, stream_));
+  MOE_RETURN_IF_ERROR(set->up.Upload(up, stream_));
+  MOE_RETURN_IF_ERROR(set->down.Upload(down, stream_));
+  MOE_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_));  // the host views go
+  set->experts = std::move(experts);
+  return std::unique_ptr<ExpertSet>(std::move(set));
+}
+
+void CudaOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows,
+                            const int32_t* local, const float* weight, int64_t k, Activation act,
+                            bool weight_on_input, float* y) {
+  if (rows == 0 || set.experts.empty()) return;
+  if (weight_on_input) {
+    Fail(absl::UnimplementedError("device cuda: routing weights on the experts' input"));
+    return;
+  }
+  const auto& d = static_cast<const DeviceExperts&>(set);
+  const auto experts = static_cast<int64_t>(set.experts.size());
+  const int64_t pairs = rows * k, h = d.hidden, inter = d.inter;
+  DeviceArray<int32_t> offsets = AllocateInts(experts + 1), sorted_token = AllocateInts(pairs);
+  DeviceArray<int32_t> row_of = AllocateInts(pairs);
+  DeviceArray<float> xs = Allocate(pairs * h), gate_up = Allocate(pairs * 2 * inter);
+  DeviceArray<float> a = Allocate(pairs * inter), out = Allocate(pairs * h);
+  cuda::PermuteByExpert(local, rows, k, experts, offsets.data(), sorted_token.data(), row_of.data(),
+                        stream_);
+  cuda::GatherRows(x, sorted_token.data(), pairs, h, xs.data(), stream_);
+  cuda::GroupedWeightLinear(xs.data(), offsets.data(), experts, d.format, d.gate.data(), inter, h,
+                            gate_up.data(), 2 * inter, stream_);
+  cuda::GroupedWeightLinear(xs.data(), offsets.data(), experts, d.format, d.up.data(), inter, h,
+                            gate_up.data() + inter, 2 * inter, stream_);
+  GatedActivation(gate_up.data(), pairs, inter, act, a.data());
+  cuda::GroupedWeightLinear(a.data(), offsets.data(), experts, d.format, d.down.data(), h, inter,
+                            out.data(), h, stream_);
+  cuda::CombineRows(out.data(), row_of.data(), weight, rows, k, h, y, /*accumulate=*/false,
+                    stream_);
 }
 
 void CudaOps::ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,

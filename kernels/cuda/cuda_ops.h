@@ -82,6 +82,14 @@ class CudaOps final : public Ops {
                    int32_t* ids, float* weights) override;
   void Sample(const float* logits, int64_t rows, int64_t vocab,
               const std::vector<SampleRequest>& requests, int32_t* out) override;
+  // The experts' weight views in device memory, one array per projection (all of one format).
+  absl::StatusOr<std::unique_ptr<ExpertSet>> PlaceExperts(std::vector<Expert> experts) override;
+  // Grouped on the device, nothing read back: the (row, choice) pairs sorted by expert, one
+  // grouped product per projection, the outputs combined with the routing weights. Every choice
+  // must be an expert of this rank (one rank; the routing weight on the output).
+  void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
+                     const float* weight, int64_t k, Activation act, bool weight_on_input,
+                     float* y) override;
   void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                      int64_t dim, const std::function<void(int64_t, float*)>& work) override;
 

@@ -1,6 +1,7 @@
 // The CPU op set (kernels/cpu/cpu_ops.h) — the oracle of every device's ops — against direct
 // double-precision computations, for the ops that are more than a call of one CPU kernel.
 #include <cmath>
+#include <limits>
 #include <random>
 #include <vector>
 
@@ -13,6 +14,8 @@ namespace moe {
 namespace {
 
 using moe::testing::Random;
+
+constexpr float kNaNForTest = std::numeric_limits<float>::quiet_NaN();
 
 // A float32 WeightMatrix over `data` [rows, cols] (not owned).
 WeightMatrix F32Matrix(const std::vector<float>& data, int64_t rows, int64_t cols) {
@@ -185,6 +188,64 @@ TEST(CpuOpSetTest, ForEachExpertSumsEveryActiveExpertOnce) {
     }
   }
   cpu::SetNumThreads(saved);
+}
+
+// The routed experts: each row's choices on this rank (-1: another rank's expert), weighted at
+// the output, or (Llama 4) at the input, against a direct computation.
+TEST(CpuOpSetTest, RoutedExpertsSumEachRowsWeightedChoices) {
+  CpuOps ops;
+  const int64_t experts = 3, hidden = 8, inter = 6, rows = 5, k = 2;
+  std::vector<std::vector<float>> w;  // gate, up, down of each expert
+  std::vector<PlacedMatrix> placed;
+  for (int64_t e = 0; e < experts; ++e) {
+    for (auto [r, c] :
+         {std::pair{inter, hidden}, std::pair{inter, hidden}, std::pair{hidden, inter}}) {
+      w.push_back(Random(r * c, static_cast<uint32_t>(50 + w.size()), 0.3f));
+      auto m = ops.Place(F32Matrix(w.back(), r, c));
+      ASSERT_TRUE(m.ok());
+      placed.push_back(*m);
+    }
+  }
+  std::vector<Ops::Expert> list;
+  for (int64_t e = 0; e < experts; ++e) {
+    list.push_back({&placed[3 * e], &placed[3 * e + 1], &placed[3 * e + 2]});
+  }
+  auto set = ops.PlaceExperts(list);
+  ASSERT_TRUE(set.ok());
+  const std::vector<float> x = Random(rows * hidden, 60), weight = Random(rows * k, 61);
+  const std::vector<int32_t> local = {0, 2, -1, 1, 2, 2, -1, -1, 1, 0};
+  for (bool on_input : {false, true}) {
+    std::vector<float> y(rows * hidden, kNaNForTest);
+    ops.RoutedExperts(**set, x.data(), rows, local.data(), weight.data(), k, Activation::kSilu,
+                      on_input, y.data());
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<double> want(hidden, 0.0);
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t e = local[r * k + j];
+        if (e < 0) continue;
+        const double s = weight[r * k + j];
+        const std::vector<float>&g = w[3 * e], &u = w[3 * e + 1], &d = w[3 * e + 2];
+        std::vector<double> a(inter);
+        for (int64_t i = 0; i < inter; ++i) {
+          double gi = 0, ui = 0;
+          for (int64_t c = 0; c < hidden; ++c) {
+            const double xc = (on_input ? s : 1.0) * x[r * hidden + c];
+            gi += g[i * hidden + c] * xc;
+            ui += u[i * hidden + c] * xc;
+          }
+          a[i] = gi / (1.0 + std::exp(-gi)) * ui;
+        }
+        for (int64_t c = 0; c < hidden; ++c) {
+          double o = 0;
+          for (int64_t i = 0; i < inter; ++i) o += d[c * inter + i] * a[i];
+          want[c] += (on_input ? 1.0 : s) * o;
+        }
+      }
+      for (int64_t c = 0; c < hidden; ++c) {
+        EXPECT_NEAR(y[r * hidden + c], want[c], 1e-5) << r << " " << c << " " << on_input;
+      }
+    }
+  }
 }
 
 TEST(CpuOpSetTest, EmbeddingRowsOutsideTheShardAreZero) {

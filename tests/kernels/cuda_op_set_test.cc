@@ -245,6 +245,41 @@ TEST_F(CudaOpSetTest, RoutingSamplingAndExperts) {
   EXPECT_EQ(Error(sum), 0.0);
 }
 
+// The routed experts, grouped on the GPU, as the CPU runs each expert's rows on their own.
+TEST_F(CudaOpSetTest, RoutedExpertsMatch) {
+  const int64_t experts = 4, hidden = 32, inter = 24, rows = 7, k = 2;
+  std::vector<std::pair<PlacedMatrix, PlacedMatrix>> placed;
+  for (int64_t e = 0; e < experts; ++e) {
+    for (auto shape :
+         {std::pair{inter, hidden}, std::pair{inter, hidden}, std::pair{hidden, inter}}) {
+      auto m = BothMatrix(Random(shape.first * shape.second, 30 + placed.size(), 0.2f), shape.first,
+                          shape.second);
+      ASSERT_TRUE(m.ok()) << m.status();
+      placed.push_back(*m);
+    }
+  }
+  std::vector<Ops::Expert> cpu_experts, gpu_experts;
+  for (int64_t e = 0; e < experts; ++e) {
+    cpu_experts.push_back(
+        {&placed[3 * e].first, &placed[3 * e + 1].first, &placed[3 * e + 2].first});
+    gpu_experts.push_back(
+        {&placed[3 * e].second, &placed[3 * e + 1].second, &placed[3 * e + 2].second});
+  }
+  auto cpu_set = cpu_.PlaceExperts(cpu_experts);
+  auto gpu_set = gpu_->PlaceExperts(gpu_experts);
+  ASSERT_TRUE(cpu_set.ok() && gpu_set.ok()) << gpu_set.status();
+  const Pair x = Both(Random(rows * hidden, 40));
+  // Expert 3 unused; expert 0 chosen by most rows.
+  const IntPair local = Both(std::vector<int32_t>{0, 1, 0, 2, 1, 0, 0, 2, 2, 1, 0, 1, 1, 0});
+  const Pair weight = Both(Random(rows * k, 41));
+  Pair y = Poisoned(rows * hidden);
+  cpu_.RoutedExperts(**cpu_set, x.cpu.data(), rows, local.cpu.data(), weight.cpu.data(), k,
+                     Activation::kSilu, false, y.cpu.data());
+  gpu_->RoutedExperts(**gpu_set, x.gpu.data(), rows, local.gpu.data(), weight.gpu.data(), k,
+                      Activation::kSilu, false, y.gpu.data());
+  EXPECT_LE(Error(y), 1e-2);  // bf16 operands on the GPU
+}
+
 TEST_F(CudaOpSetTest, OpsTheDeviceLacksAreErrors) {
   const Pair q = Both(Random(16, 25));
   Pair out = Poisoned(16);

@@ -65,6 +65,7 @@ class Ops {
   // n floats, contents unset (or zero).
   virtual DeviceArray<float> Allocate(int64_t n) = 0;
   virtual DeviceArray<int32_t> AllocateInts(int64_t n) = 0;
+  virtual DeviceArray<int64_t> AllocateCounts(int64_t n) = 0;  // zeroed
   DeviceArray<float> AllocateZeroed(int64_t n) {
     DeviceArray<float> a = Allocate(n);
     Fill(a.data(), n, 0.0f);
@@ -185,6 +186,8 @@ class Ops {
   virtual void Sample(const float* logits, int64_t rows, int64_t vocab,
                       const std::vector<SampleRequest>& requests, int32_t* out) = 0;
 
+  // counts[ids[i]] += 1 for i < n with ids[i] >= 0 (tokens per expert, summed over steps).
+  virtual void CountChoices(const int32_t* ids, int64_t n, int64_t* counts) = 0;
   // One MoE layer's routed experts on this rank, expert e's gate_proj and up_proj [inter, hidden]
   // and down_proj [hidden, inter] (placed by this Ops), in the form RoutedExperts runs them.
   struct Expert {

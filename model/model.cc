@@ -299,7 +299,7 @@ std::vector<int64_t> DecoderModel::ExpertTokenCounts() const {
   std::vector<int64_t> counts;
   auto add = [&](const DecoderLayer& l) {
     if (l.moe() == nullptr) return;
-    const std::vector<int64_t>& layer = l.moe()->expert_tokens();
+    const std::vector<int64_t> layer = l.moe()->expert_tokens();
     counts.insert(counts.end(), layer.begin(), layer.end());
   };
   for (const auto& l : layers_) add(*l);

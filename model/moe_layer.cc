@@ -19,7 +19,13 @@ MoeLayer::MoeLayer(Ops& ops, const ModelConfig& config, const ParallelContext& c
       dispatchers_{
           MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok),
           MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok)},
-      expert_tokens_(static_cast<size_t>(config.n_routed_experts), 0) {}
+      expert_tokens_(ops.AllocateCounts(config.n_routed_experts)) {}
+
+std::vector<int64_t> MoeLayer::expert_tokens() const {
+  std::vector<int64_t> counts(static_cast<size_t>(expert_tokens_.size()));
+  ops_.CopyToHost(expert_tokens_.data(), counts.size() * sizeof(int64_t), counts.data());
+  return counts;
+}
 
 absl::StatusOr<std::unique_ptr<MoeLayer>> MoeLayer::Load(Ops& ops, const ModelConfig& c,
                                                          Checkpoint& ck,
@@ -109,10 +115,7 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const Micr
   DeviceArray<float> weights = ops_.Allocate(s * k);
   ops_.RouteTokens(config_, logits.data(), bias_.empty() ? nullptr : bias_.data(), s, ids.data(),
                    weights.data());
-  // Tokens per expert, counted on the host.
-  std::vector<int32_t> ids_host(static_cast<size_t>(s * k));
-  ops_.CopyToHost(ids.data(), ids_host.size() * sizeof(int32_t), ids_host.data());
-  for (int32_t e : ids_host) ++expert_tokens_[e];
+  ops_.CountChoices(ids.data(), s * k, expert_tokens_.data());
 
   DeviceArray<float> routed = ops_.Allocate(s * h);
   const Activation act = config_.activation();
@@ -121,11 +124,10 @@ absl::Status MoeLayer::Forward(const float* x, int64_t n, float* out, const Micr
     // One rank holds every expert: the rows stay where they are, the experts write their
     // weighted outputs straight into `routed`.
     DeviceArray<int32_t> local = ids;
-    if (!identity_placement_) {  // replicas: the experts' local indices
-      std::vector<int32_t> mapped(ids_host.size());
-      for (size_t i = 0; i < ids_host.size(); ++i) {
-        mapped[i] = static_cast<int32_t>(placement_.LocalIndex(0, ids_host[i]));
-      }
+    if (!identity_placement_) {  // replicas: the experts' local indices, mapped on the host
+      std::vector<int32_t> mapped(static_cast<size_t>(s * k));
+      ops_.CopyToHost(ids.data(), mapped.size() * sizeof(int32_t), mapped.data());
+      for (int32_t& e : mapped) e = static_cast<int32_t>(placement_.LocalIndex(0, e));
       local = ops_.Place(std::move(mapped));
     }
     ops_.RoutedExperts(*expert_set_, xs, s, local.data(), weights.data(), k, act, on_input,

@@ -30,7 +30,7 @@ class MoeLayer {
   // may be in flight at once).
   absl::Status Forward(const float* x, int64_t n, float* out, const MicroBatchContext& mb = {});
   // Tokens this rank routed to each expert so far (global expert ids).
-  const std::vector<int64_t>& expert_tokens() const { return expert_tokens_; }
+  std::vector<int64_t> expert_tokens() const;
   // Moves to `placement` (EPLB; of this layer's experts over the world's ranks — the model checks):
   // loads the experts it gives this rank that it does not hold yet (memory-mapped, so only their
   // pages are read), drops the others. Between steps, on every rank.
@@ -55,7 +55,7 @@ class MoeLayer {
   DecoderLayerWeights weights_;  // the tensor names, for loading other experts later
   ExpertPlacement placement_;    // this layer's (the plan's until SetPlacement)
   MoeDispatcher dispatchers_[2];  // one per micro-batch (two-batch overlap)
-  std::vector<int64_t> expert_tokens_;
+  DeviceArray<int64_t> expert_tokens_;  // [n_routed_experts], counted where the routing is
 };
 
 }  // namespace moe

@@ -83,8 +83,7 @@ struct EngineOptions {
   int cuda_device = 0;      // the GPU ordinal (of those CUDA_VISIBLE_DEVICES shows)
   bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
   // Device cuda: run the one model (DecoderModel over CudaOps: the CPU's layer code, eagerly, MTP
-  // included) instead of CudaModel. Not yet the default: no CUDA graphs, and the MoE layers read
-  // their expert choices back for the token counts.
+  // included) instead of CudaModel. Not yet the default: it captures no CUDA graphs yet.
   bool cuda_op_set = false;
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;

@@ -27,6 +27,12 @@ DeviceArray<int32_t> CpuOps::AllocateInts(int64_t n) {
   return DeviceArray<int32_t>(Device::kCpu, data, n, std::move(v));
 }
 
+DeviceArray<int64_t> CpuOps::AllocateCounts(int64_t n) {
+  auto v = std::make_shared<std::vector<int64_t>>(static_cast<size_t>(n), 0);
+  int64_t* data = v->data();
+  return DeviceArray<int64_t>(Device::kCpu, data, n, std::move(v));
+}
+
 DeviceArray<float> CpuOps::Place(Tensor t) {
   auto owned = std::make_shared<Tensor>(std::move(t));
   float* data = owned->data();
@@ -262,6 +268,12 @@ void CpuOps::Sample(const float* logits, int64_t rows, int64_t vocab,
                     const std::vector<SampleRequest>& requests, int32_t* out) {
   for (int64_t i = 0; i < rows; ++i) {
     out[i] = SampleToken(logits + i * vocab, vocab, requests[i].spec, requests[i].index);
+  }
+}
+
+void CpuOps::CountChoices(const int32_t* ids, int64_t n, int64_t* counts) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] >= 0) ++counts[ids[i]];
   }
 }
 

@@ -13,6 +13,7 @@ class CpuOps final : public Ops {
 
   DeviceArray<float> Allocate(int64_t n) override;
   DeviceArray<int32_t> AllocateInts(int64_t n) override;
+  DeviceArray<int64_t> AllocateCounts(int64_t n) override;
   DeviceArray<float> Place(Tensor t) override;
   DeviceArray<int32_t> Place(std::vector<int32_t> v) override;
   absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) override;
@@ -65,6 +66,7 @@ class CpuOps final : public Ops {
                    int32_t* ids, float* weights) override;
   void Sample(const float* logits, int64_t rows, int64_t vocab,
               const std::vector<SampleRequest>& requests, int32_t* out) override;
+  void CountChoices(const int32_t* ids, int64_t n, int64_t* counts) override;
   void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                      int64_t dim, const std::function<void(int64_t, float*)>& work) override;
 };

@@ -109,6 +109,15 @@ DeviceArray<int32_t> CudaOps::AllocateInts(int64_t n) {
   return DeviceArray<int32_t>(Device::kCuda, data, data == nullptr ? 0 : n, std::move(h));
 }
 
+DeviceArray<int64_t> CudaOps::AllocateCounts(int64_t n) {
+  std::shared_ptr<void> h = AllocateBytes(static_cast<size_t>(n) * sizeof(int64_t));
+  auto* data = static_cast<int64_t*>(h.get());
+  if (data != nullptr) {
+    Fail(cuda::CudaStatus(cudaMemsetAsync(data, 0, n * sizeof(int64_t), stream_), "memset"));
+  }
+  return DeviceArray<int64_t>(Device::kCuda, data, data == nullptr ? 0 : n, std::move(h));
+}
+
 void CudaOps::Upload(const void* host, size_t bytes, void* device) {
   if (bytes == 0 || device == nullptr) return;
   // The host memory may go as soon as this returns: wait for the copy.
@@ -359,6 +368,10 @@ void CudaOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows,
                             out.data(), h, stream_);
   cuda::CombineRows(out.data(), row_of.data(), weight, rows, k, h, y, /*accumulate=*/false,
                     stream_);
+}
+
+void CudaOps::CountChoices(const int32_t* ids, int64_t n, int64_t* counts) {
+  cuda::CountChoices(ids, n, counts, stream_);
 }
 
 void CudaOps::ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,

@@ -29,6 +29,7 @@ class CudaOps final : public Ops {
 
   DeviceArray<float> Allocate(int64_t n) override;
   DeviceArray<int32_t> AllocateInts(int64_t n) override;
+  DeviceArray<int64_t> AllocateCounts(int64_t n) override;
   DeviceArray<float> Place(Tensor t) override;
   DeviceArray<int32_t> Place(std::vector<int32_t> v) override;
   absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) override;
@@ -90,6 +91,7 @@ class CudaOps final : public Ops {
   void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
                      const float* weight, int64_t k, Activation act, bool weight_on_input,
                      float* y) override;
+  void CountChoices(const int32_t* ids, int64_t n, int64_t* counts) override;
   void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                      int64_t dim, const std::function<void(int64_t, float*)>& work) override;
 

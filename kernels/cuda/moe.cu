@@ -150,6 +150,14 @@ __global__ void AddCountsKernel(const int32_t* offsets, int64_t experts, int64_t
   if (e < experts) counts[e] += offsets[e + 1] - offsets[e];
 }
 
+// Integer atomics: the counts do not depend on the order the adds land in.
+__global__ void CountChoicesKernel(const int32_t* ids, int64_t n, int64_t* counts) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n && ids[i] >= 0) {
+    atomicAdd(reinterpret_cast<unsigned long long*>(counts + ids[i]), 1ull);
+  }
+}
+
 __global__ void CombineKernel(const float* y, const int32_t* row_of, const float* weights,
                               int64_t n, int64_t k, int64_t dim, float* out, bool accumulate) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -198,6 +206,10 @@ void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, 
   ScanKernel<<<1, 1, 0, stream>>>(offsets, experts);
   ScatterKernel<<<Blocks(experts), kThreads, 0, stream>>>(ids, n * k, k, experts, offsets,
                                                           sorted_token, row_of);
+}
+
+void CountChoices(const int32_t* ids, int64_t n, int64_t* counts, cudaStream_t stream) {
+  if (n > 0) CountChoicesKernel<<<Blocks(n), kThreads, 0, stream>>>(ids, n, counts);
 }
 
 void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts,

@@ -187,6 +187,8 @@ void SumRowRanges(const float* y, const int64_t* rows, const int64_t* begin, int
 // n routing rows [k int32 ids | k float weights (bits)] -> ids [n, k], weights [n, k].
 void SplitRoutingRows(const int32_t* meta, int64_t n, int64_t k, int32_t* ids, float* weights,
                       cudaStream_t stream);
+// counts[ids[i]] += 1 for i < n with ids[i] >= 0 (the twin of CpuOps::CountChoices).
+void CountChoices(const int32_t* ids, int64_t n, int64_t* counts, cudaStream_t stream);
 // counts[e] += offsets[e + 1] - offsets[e]: tokens routed to each expert, accumulated.
 void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts, cudaStream_t stream);
 

@@ -248,6 +248,16 @@ TEST(CpuOpSetTest, RoutedExpertsSumEachRowsWeightedChoices) {
   }
 }
 
+TEST(CpuOpSetTest, CountChoicesAddsTokensPerExpertSkippingOtherRanks) {
+  CpuOps ops;
+  DeviceArray<int64_t> counts = ops.AllocateCounts(4);
+  const std::vector<int32_t> ids = {1, 3, -1, 1};
+  ops.CountChoices(ids.data(), 4, counts.data());
+  ops.CountChoices(ids.data(), 2, counts.data());
+  EXPECT_EQ(std::vector<int64_t>(counts.data(), counts.data() + 4),
+            (std::vector<int64_t>{0, 3, 0, 2}));
+}
+
 TEST(CpuOpSetTest, EmbeddingRowsOutsideTheShardAreZero) {
   CpuOps ops;
   const std::vector<float> table = {1, 2, 3, 4, 5, 6};  // rows 10, 11, 12 of the vocabulary

@@ -243,6 +243,18 @@ TEST_F(CudaOpSetTest, RoutingSamplingAndExperts) {
   EXPECT_LE(Error(weights), 1e-6);
   EXPECT_EQ(tokens[1], tokens[0]);
   EXPECT_EQ(Error(sum), 0.0);
+  // Tokens per expert over two calls, choices of other ranks (-1) not counted.
+  const IntPair choices = Both(std::vector<int32_t>{2, 0, -1, 2, 5, 2, 0});
+  std::vector<int64_t> counts[2];
+  OnBoth([&](Ops& ops, int s) {
+    DeviceArray<int64_t> c = ops.AllocateCounts(6);
+    ops.CountChoices(Of(choices, s), 7, c.data());
+    ops.CountChoices(Of(choices, s), 3, c.data());
+    counts[s].resize(6);
+    ops.CopyToHost(c.data(), 6 * sizeof(int64_t), counts[s].data());
+  });
+  EXPECT_EQ(counts[0], (std::vector<int64_t>{3, 0, 4, 0, 0, 1}));
+  EXPECT_EQ(counts[1], counts[0]);
 }
 
 // The routed experts, grouped on the GPU, as the CPU runs each expert's rows on their own.

@@ -1,6 +1,7 @@
 // What the engine needs from a backend: a model that runs one step's tokens through the decoder
 // into its own latent KV cache, then hands back logits or sampled tokens. The CPU backend is
-// `DecoderModel` (any parallel layout); the CUDA backend is `CudaModel` (one GPU).
+// `DecoderModel` (any parallel layout); on one GPU it is `CudaModel`, or `DecoderModel` over the
+// GPU's op set (EngineOptions::cuda_op_set).
 #pragma once
 
 #include <cstdint>

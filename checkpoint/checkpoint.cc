@@ -297,11 +297,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::LoadConverted(const std::string& name,
   w.rows = t.dim(0);
   w.cols = t.dim(1);
   if (to == WeightFormat::kF32) {
-    auto owned = std::make_shared<Tensor>(std::move(t));
-    w.format = WeightFormat::kF32;
-    w.data = reinterpret_cast<const uint8_t*>(owned->data());
-    w.row_stride = w.cols * 4;
-    w.owner = std::move(owned);
+    w = F32WeightMatrix(std::move(t));
   } else {
     auto owned = std::move(fp8);
     QuantizeFp8(t.data(), w.rows, w.cols, w.block_rows, w.block_cols, &owned->q, &owned->scales);

@@ -1,5 +1,8 @@
 #include "common/weight_matrix.h"
 
+#include <memory>
+#include <utility>
+
 #include "absl/strings/str_cat.h"
 
 namespace moe {
@@ -53,6 +56,18 @@ size_t WeightMatrix::bytes() const {
       return n / 2 + static_cast<size_t>(rows * (cols / group_size)) * 2;
   }
   return 0;
+}
+
+WeightMatrix F32WeightMatrix(Tensor t) {
+  auto owned = std::make_shared<Tensor>(std::move(t));
+  WeightMatrix w;
+  w.format = WeightFormat::kF32;
+  w.rows = owned->dim(0);
+  w.cols = owned->dim(1);
+  w.data = reinterpret_cast<const uint8_t*>(owned->data());
+  w.row_stride = w.cols * static_cast<int64_t>(sizeof(float));
+  w.owner = std::move(owned);
+  return w;
 }
 
 }  // namespace moe

@@ -20,6 +20,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/tensor.h"
 
 namespace moe {
 
@@ -89,5 +90,8 @@ struct WeightMatrix {
   // Bytes of data and scales this window reads.
   size_t bytes() const;
 };
+
+// A float32 WeightMatrix over the 2-D tensor `t` [rows, cols], which it owns.
+WeightMatrix F32WeightMatrix(Tensor t);
 
 }  // namespace moe

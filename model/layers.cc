@@ -26,17 +26,9 @@ absl::StatusOr<Linear> Linear::Load(Ops& ops, Checkpoint& ck, const WeightSpec& 
 }
 
 absl::StatusOr<Linear> Linear::FromTensor(Ops& ops, Tensor t) {
-  auto owned = std::make_shared<Tensor>(std::move(t));
-  WeightMatrix w;
-  w.format = WeightFormat::kF32;
-  w.rows = owned->dim(0);
-  w.cols = owned->dim(1);
-  w.data = reinterpret_cast<const uint8_t*>(owned->data());
-  w.row_stride = owned->dim(1) * static_cast<int64_t>(sizeof(float));
-  w.owner = owned;
   Linear l;
   l.ops_ = &ops;
-  MOE_ASSIGN_OR_RETURN(l.weight_, ops.Place(std::move(w)));
+  MOE_ASSIGN_OR_RETURN(l.weight_, ops.Place(F32WeightMatrix(std::move(t))));
   return l;
 }
 

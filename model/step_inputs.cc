@@ -12,13 +12,15 @@ StepInputs StepInputs::Build(Ops& ops, const ForwardBatch& batch, const KvCache&
   s.local_rope_cos = ops.Place(batch.local_rope_cos);
   s.local_rope_sin = ops.Place(batch.local_rope_sin);
   const int64_t bs = cache.block_size();
+  // Blocks of a table that a query seeing `context` positions reads.
+  const auto blocks_seen = [bs](int64_t context) { return (context + bs - 1) / bs; };
   std::vector<int32_t> rows, context;
   for (const ForwardChunk& c : batch.chunks) {
     if (c.num_tokens <= kFewTokenChunk) {
       for (int64_t i = 0; i < c.num_tokens; ++i) {
         rows.push_back(static_cast<int32_t>(c.first_token + i));
         context.push_back(static_cast<int32_t>(c.start_pos + i + 1));
-        s.table_width = std::max(s.table_width, (c.start_pos + i + bs) / bs);
+        s.table_width = std::max(s.table_width, blocks_seen(c.start_pos + i + 1));
       }
     } else {
       const int64_t offset =
@@ -43,8 +45,8 @@ StepInputs StepInputs::Build(Ops& ops, const ForwardBatch& batch, const KvCache&
         slots[c.first_token + i] = slot(table, c.start_pos + i);
       if (c.num_tokens <= kFewTokenChunk) {
         for (int64_t i = 0; i < c.num_tokens; ++i, ++d) {
-          const int64_t used =
-              std::min<int64_t>((c.start_pos + i + bs) / bs, static_cast<int64_t>(table.size()));
+          const int64_t used = std::min<int64_t>(blocks_seen(c.start_pos + i + 1),
+                                                 static_cast<int64_t>(table.size()));
           std::copy_n(table.begin(), used, tables.begin() + d * s.table_width);
         }
       } else {

@@ -204,11 +204,7 @@ void CudaOps::GatedActivation(const float* gate_up, int64_t rows, int64_t inter,
 }
 void CudaOps::Rope(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
                    int64_t dim, const float* cos, const float* sin, bool interleaved) {
-  if (interleaved) {
-    cuda::RopeInterleaved(x, rows, heads, row_stride, head_stride, dim, cos, sin, stream_);
-  } else {
-    cuda::RopeHalves(x, rows, heads, row_stride, head_stride, dim, cos, sin, stream_);
-  }
+  cuda::Rope(x, rows, heads, row_stride, head_stride, dim, cos, sin, interleaved, stream_);
 }
 
 void CudaOps::Linear(const PlacedMatrix& w, const float* x, int64_t n, int64_t ldx, float* y,

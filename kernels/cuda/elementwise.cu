@@ -194,21 +194,17 @@ void SiluAndMul(const float* gate_up, int64_t rows, int64_t inter, float* out, c
   const int64_t n = rows * inter;
   if (n > 0) SiluAndMulKernel<<<Blocks(n), kThreads, 0, s>>>(gate_up, rows, inter, out);
 }
-void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
-                     int64_t dim, const float* cos, const float* sin, cudaStream_t s) {
+void Rope(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
+          int64_t dim, const float* cos, const float* sin, bool interleaved, cudaStream_t s) {
   const int64_t n = rows * heads * (dim / 2);
   if (n > 0) {
     RopeKernel<<<Blocks(n), kThreads, 0, s>>>(x, rows, heads, row_stride, head_stride, dim / 2, cos,
-                                              sin, /*interleaved=*/true);
+                                              sin, interleaved);
   }
 }
-void RopeHalves(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
-                int64_t dim, const float* cos, const float* sin, cudaStream_t s) {
-  const int64_t n = rows * heads * (dim / 2);
-  if (n > 0) {
-    RopeKernel<<<Blocks(n), kThreads, 0, s>>>(x, rows, heads, row_stride, head_stride, dim / 2, cos,
-                                              sin, /*interleaved=*/false);
-  }
+void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
+                     int64_t dim, const float* cos, const float* sin, cudaStream_t s) {
+  Rope(x, rows, heads, row_stride, head_stride, dim, cos, sin, /*interleaved=*/true, s);
 }
 void EmbeddingLookup(const bf16* table, int64_t first_row, int64_t table_rows,
                      const int32_t* tokens, int64_t n, int64_t dim, float* out, cudaStream_t s) {

@@ -63,9 +63,10 @@ void GeluTanhAndMul(const float* gate_up, int64_t rows, int64_t inter, float* ou
 // x + r * row_stride + h * head_stride; cos/sin are [rows, dim / 2].
 void RopeInterleaved(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
                      int64_t dim, const float* cos, const float* sin, cudaStream_t stream);
-// The same rotating the pairs (x[i], x[i + dim / 2]) (the GQA families' rotate-half layout).
-void RopeHalves(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
-                int64_t dim, const float* cos, const float* sin, cudaStream_t stream);
+// The same, or with `interleaved` false rotating the pairs (x[i], x[i + dim / 2]) (the GQA
+// families' rotate-half layout).
+void Rope(float* x, int64_t rows, int64_t heads, int64_t row_stride, int64_t head_stride,
+          int64_t dim, const float* cos, const float* sin, bool interleaved, cudaStream_t stream);
 // out[i] = row tokens[i] - first_row of the table (bf16 rows of `dim`, table_rows of them) as
 // float32; zero for a token outside the table.
 void EmbeddingLookup(const bf16* table, int64_t first_row, int64_t table_rows,

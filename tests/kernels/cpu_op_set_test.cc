@@ -17,14 +17,9 @@ using moe::testing::Random;
 
 constexpr float kNaNForTest = std::numeric_limits<float>::quiet_NaN();
 
-// A float32 WeightMatrix over `data` [rows, cols] (not owned).
+// A float32 WeightMatrix holding a copy of `data` [rows, cols].
 WeightMatrix F32Matrix(const std::vector<float>& data, int64_t rows, int64_t cols) {
-  WeightMatrix w;
-  w.rows = rows;
-  w.cols = cols;
-  w.data = reinterpret_cast<const uint8_t*>(data.data());
-  w.row_stride = cols * static_cast<int64_t>(sizeof(float));
-  return w;
+  return F32WeightMatrix(Tensor({rows, cols}, FloatVector(data.begin(), data.end())));
 }
 
 Tensor AsTensor(const std::vector<float>& v, std::vector<int64_t> shape) {

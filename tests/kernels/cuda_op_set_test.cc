@@ -52,13 +52,7 @@ class CudaOpSetTest : public ::testing::Test {
   Pair Poisoned(int64_t n) { return Both(std::vector<float>(static_cast<size_t>(n), kNaN)); }
   absl::StatusOr<std::pair<PlacedMatrix, PlacedMatrix>> BothMatrix(const std::vector<float>& v,
                                                                    int64_t rows, int64_t cols) {
-    auto owned = std::make_shared<std::vector<float>>(v);
-    WeightMatrix w;
-    w.rows = rows;
-    w.cols = cols;
-    w.data = reinterpret_cast<const uint8_t*>(owned->data());
-    w.row_stride = cols * static_cast<int64_t>(sizeof(float));
-    w.owner = owned;
+    const WeightMatrix w = F32WeightMatrix(Tensor({rows, cols}, FloatVector(v.begin(), v.end())));
     auto c = cpu_.Place(w);
     auto g = gpu_->Place(w);
     if (!c.ok()) return c.status();

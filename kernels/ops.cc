@@ -1,5 +1,7 @@
 #include "kernels/ops.h"
 
+#include "absl/strings/str_cat.h"
+
 namespace moe {
 
 const char* DeviceName(Device device) { return device == Device::kCuda ? "cuda" : "cpu"; }
@@ -15,6 +17,13 @@ void GatedMlpForward(Ops& ops, const PlacedMatrix& gate, const PlacedMatrix& up,
   ops.GatedActivation(gate_up.data(), n, inter, act, a.data());
   ops.Linear(down, a.data(), n, inter, y, down.rows());
 }
+
+absl::Status Ops::BeginRecording() {
+  return absl::UnimplementedError(
+      absl::StrCat("device ", DeviceName(device()), " does not record steps"));
+}
+absl::StatusOr<std::unique_ptr<Ops::Recording>> Ops::EndRecording() { return BeginRecording(); }
+absl::Status Ops::Replay(const Recording&) { return BeginRecording(); }
 
 absl::StatusOr<std::unique_ptr<Ops::ExpertSet>> Ops::PlaceExperts(std::vector<Expert> experts) {
   auto set = std::make_unique<ExpertSet>();

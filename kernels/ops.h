@@ -77,9 +77,30 @@ class Ops {
   virtual absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) = 0;
   // `bytes` of `src` (this device's memory) into host memory, once the ops before have run.
   virtual void CopyToHost(const void* src, size_t bytes, void* dst) = 0;
+  // `bytes` of host memory into `dst` (this device's memory), after the ops before: new contents
+  // for an array that a recorded step reads.
+  virtual void CopyFromHost(const void* src, size_t bytes, void* dst) = 0;
   // The first error an op met since the last call (a device's ops run after they return; the
   // CPU's never fail), or OK.
   virtual absl::Status TakeError() { return absl::OkStatus(); }
+
+  // ---- recording -------------------------------------------------------------------------------
+  // A device that can replay work (CUDA graphs) records the ops called between BeginRecording and
+  // EndRecording instead of running them; Replay runs them again, on the same arrays, so a step's
+  // inputs are written into the arrays it was recorded with (CopyFromHost) before each replay.
+  // While recording nothing may be placed or copied between host and device (the recording fails
+  // with an error naming it). Arrays allocated while recording come from memory that only
+  // recordings use, shared by all of them: what a replay writes lasts until the next replay of any
+  // recording. The CPU does not record.
+  class Recording {
+   public:
+    virtual ~Recording() = default;
+  };
+  virtual bool can_record() const { return false; }
+  virtual absl::Status BeginRecording();
+  // The recording, or the first error an op met while recording.
+  virtual absl::StatusOr<std::unique_ptr<Recording>> EndRecording();
+  virtual absl::Status Replay(const Recording& recording);
 
   // ---- copies and elementwise ------------------------------------------------------------------
   virtual void Fill(float* y, int64_t n, float value) = 0;

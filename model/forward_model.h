@@ -1,7 +1,6 @@
 // What the engine needs from a backend: a model that runs one step's tokens through the decoder
-// into its own latent KV cache, then hands back logits or sampled tokens. The CPU backend is
-// `DecoderModel` (any parallel layout); on one GPU it is `CudaModel`, or `DecoderModel` over the
-// GPU's op set (EngineOptions::cuda_op_set).
+// into its own latent KV cache, then hands back logits or sampled tokens: `DecoderModel`, over the
+// CPU's op set (any parallel layout) or one GPU's.
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,7 @@
 #include "model/model.h"
 
 #include <cmath>
+#include <cstdlib>
 #include <optional>
 #include <utility>
 
@@ -12,6 +13,8 @@
 #include "model/rope.h"
 #if MOE_HAVE_CUDA
 #include "kernels/cuda/cuda_ops.h"
+#include "parallel/cuda_row_memory.h"
+#include "parallel/nccl_communicator.h"
 #endif
 
 namespace moe {
@@ -99,6 +102,10 @@ absl::Status DecoderLayer::Forward(float* x, const StepInputs& step, KvCache& ca
 
 namespace {
 
+#if MOE_HAVE_CUDA
+int RankDevice(int first, const ParallelContext& ctx);
+#endif
+
 // The op set `options` asks for, or why this model cannot run on it.
 absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const ParallelContext& ctx,
                                              const DecoderModelOptions& options) {
@@ -113,14 +120,12 @@ absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const Paralle
         absl::StrCat("the CUDA op set runs MLA models only (its attention is MLA's); ",
                      c.architectures[0], " runs on the CPU"));
   }
-  if (ctx.world().size() != 1) {
-    return absl::UnimplementedError(
-        absl::StrCat("the CUDA op set runs on one rank, not ", ctx.world().size(),
-                     ": the MoE dispatch between GPUs (NCCL) is not wired into it yet"));
+  if (options.two_batch_overlap) {
+    return absl::UnimplementedError("two-batch overlap runs on the CPU backend only");
   }
-  if (options.two_batch_overlap || options.activations != Activations::kF32) {
+  if (options.activations != Activations::kF32) {
     return absl::UnimplementedError(
-        "two-batch overlap and rounded activations run on the CPU only");
+        "rounded activations (--activations bf16 or int8) run on the CPU backend only");
   }
   if (c.kv_lora_rank > 1024 || c.qk_head_dim() > 256 || c.v_head_dim > 256 ||
       c.n_routed_experts > 1024 || c.num_experts_per_tok > 64 || c.n_group > 64) {
@@ -130,16 +135,73 @@ absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const Paralle
         c.kv_lora_rank, ", ", c.qk_head_dim(), "/", c.v_head_dim, ", ", c.n_routed_experts, ", ",
         c.num_experts_per_tok, " and ", c.n_group));
   }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops, CudaOps::Create(options.cuda_device));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops,
+                       CudaOps::Create(RankDevice(options.cuda_device, ctx)));
   return std::unique_ptr<Ops>(std::move(ops));
 #endif
 }
+
+#if MOE_HAVE_CUDA
+// The GPU of this rank: `first` plus the rank's index among its host's ranks (Open MPI's
+// OMPI_COMM_WORLD_LOCAL_RANK, or LOCAL_RANK), so that the ranks mpirun starts on one host take one
+// GPU each.
+int RankDevice(int first, const ParallelContext& ctx) {
+  if (ctx.world().size() == 1) return first;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"}) {
+    if (const char* v = std::getenv(name); v != nullptr) return first + std::atoi(v);
+  }
+  return first;
+}
+
+// On several GPUs, the layers' groups: NCCL communicators over the same ranks as ctx's, on the op
+// set's stream, with the MoE dispatcher's buffers in device memory. Null on one rank.
+absl::StatusOr<std::unique_ptr<ParallelContext>> DeviceGroups(Ops& ops, const ParallelContext& ctx,
+                                                              int device) {
+  if (ctx.world().size() == 1) return nullptr;
+  const cudaStream_t stream = static_cast<CudaOps&>(ops).stream();
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world,
+                       MakeNcclCommunicator(ctx.world(), device, stream));
+  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> tp,
+                       MakeNcclCommunicator(ctx.tp(), device, stream));
+  return ParallelContext::Over(ctx, std::move(world), std::move(tp),
+                               std::make_unique<CudaRowMemory>(stream));
+}
+#endif
 
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
     const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
     const KvCacheShape& cache, const DecoderModelOptions& options) {
+  absl::StatusOr<std::unique_ptr<Ops>> ops = MakeOps(c, ctx, options);
+  std::unique_ptr<ParallelContext> groups;
+  if (options.device == Device::kCuda && ctx.world().size() > 1) {
+    // Every rank learns whether every rank has its GPU before any joins an NCCL group.
+    int64_t failed = ops.ok() ? 0 : 1;
+    MOE_RETURN_IF_ERROR(ctx.world().AllReduceSum(&failed, 1));
+    if (!ops.ok()) return ops.status();
+    if (failed > 0) {
+      return absl::AbortedError(absl::StrCat(failed, " other rank(s) have no usable GPU"));
+    }
+#if MOE_HAVE_CUDA
+    MOE_ASSIGN_OR_RETURN(groups, DeviceGroups(**ops, ctx, RankDevice(options.cuda_device, ctx)));
+#endif
+  }
+  if (!ops.ok()) return ops.status();
+  return LoadWith(std::move(*ops), std::move(groups), dir, c, ctx, cache, options);
+}
+
+absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::LoadOver(
+    std::unique_ptr<Ops> ops, const std::string& dir, const ModelConfig& c,
+    const ParallelContext& ctx, const KvCacheShape& cache, const DecoderModelOptions& options) {
+  return LoadWith(std::move(ops), nullptr, dir, c, ctx, cache, options);
+}
+
+absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::LoadWith(
+    std::unique_ptr<Ops> made, std::unique_ptr<ParallelContext> groups, const std::string& dir,
+    const ModelConfig& c, const ParallelContext& host_ctx, const KvCacheShape& cache,
+    const DecoderModelOptions& options) {
+  const ParallelContext& ctx = groups ? *groups : host_ctx;
   const bool load_mtp = options.load_mtp;
   if (options.two_batch_overlap && ctx.plan().tp_size() > 1) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -151,8 +213,8 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   ck->set_activations(options.activations);
   const float softmax_scale = RotaryEmbedding(c).softmax_scale();
   const int64_t cache_dim = c.is_mla() ? c.kv_cache_dim() : GqaAttention::CacheDim(c, ctx.shard());
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Ops> made, MakeOps(c, ctx, options));
   std::unique_ptr<DecoderModel> m(new DecoderModel(c, std::move(made), cache, load_mtp, cache_dim));
+  m->groups_ = std::move(groups);
   Ops& ops = *m->ops_;
   WeightBytes* bytes = &m->weight_bytes_;
   const ModelWeights top = TopLevelWeights(c);
@@ -182,36 +244,24 @@ absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
   m->ck_ = std::move(ck);
   m->world_ = ctx.world().size();
   if (options.two_batch_overlap) m->overlap_ = std::make_unique<TwoBatchOverlap>();
+  // GQA layers read the step's positions on the host (Llama 4's attention temperature): only MLA
+  // models record; the collectives between ranks wait on the host.
+  m->record_ = options.record_decode_steps && ops.can_record() && c.is_mla() && !m->overlap_ &&
+               ctx.world().size() == 1;
   return m;
 }
 
-absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
-                                   const std::vector<int64_t>& logit_rows) {
+absl::Status DecoderModel::Run(const DeviceArray<int32_t>& tokens,
+                               const DeviceArray<int32_t>& logit_ids,
+                               const std::vector<StepInputs>& steps, const MicroBatches* parts,
+                               DeviceArray<float>* hidden, DeviceArray<float>* logits) {
   Ops& ops = *ops_;
-  const int64_t h = config_.hidden_size, n = static_cast<int64_t>(tokens.size());
-  const int64_t m = static_cast<int64_t>(logit_rows.size());
-  logits_ = {};
-  logit_rows_ = 0;
-  // What the step reads from the host goes to the device before anything runs.
-  const DeviceArray<int32_t> token_ids = ops.Place(tokens);
-  const DeviceArray<int32_t> logit_ids =
-      ops.Place(std::vector<int32_t>(logit_rows.begin(), logit_rows.end()));
-  std::optional<MicroBatches> parts;
-  std::vector<StepInputs> steps;
-  if (overlap_) {
-    parts = SplitInTwo(batch);
-    for (const ForwardBatch& part : parts->batch) {
-      steps.push_back(StepInputs::Build(ops, part, cache_));
-    }
-  } else {
-    steps.push_back(StepInputs::Build(ops, batch, cache_));
-  }
-
-  MOE_ASSIGN_OR_RETURN(DeviceArray<float> x, embed_tokens_.Forward(token_ids.data(), n));
+  const int64_t h = config_.hidden_size, n = tokens.size(), m = logit_ids.size();
+  MOE_ASSIGN_OR_RETURN(DeviceArray<float> x, embed_tokens_.Forward(tokens.data(), n));
   if (config_.scale_embeddings) {
     ops.Scale(x.data(), static_cast<float>(std::sqrt(static_cast<double>(h))), x.size());
   }
-  if (overlap_) {
+  if (parts != nullptr) {
     MOE_RETURN_IF_ERROR(overlap_->Run([&](int i) -> absl::Status {
       float* rows = x.data() + (i == 0 ? 0 : parts->first_row_of_second * h);
       for (auto& layer : layers_) {
@@ -227,15 +277,103 @@ absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const For
   }
   DeviceArray<float> last = ops.Allocate(m * h);
   ops.GatherRows(x.data(), logit_ids.data(), m, h, last.data());
+  norm_.Forward(last.data(), m, last.data());
+  MOE_ASSIGN_OR_RETURN(*logits, lm_head_.Forward(last.data(), m));
+  if (const float cap = static_cast<float>(config_.final_logit_softcapping); cap > 0) {
+    ops.SoftCap(logits->data(), logits->size(), cap);
+  }
+  *hidden = std::move(x);
+  return absl::OkStatus();
+}
+
+bool DecoderModel::Replays(const ForwardBatch& batch,
+                           const std::vector<int64_t>& logit_rows) const {
+  if (!record_ || !MoeRunsOnDevice() || batch.num_tokens() == 0 ||
+      static_cast<int64_t>(logit_rows.size()) != batch.num_tokens()) {
+    return false;
+  }
+  for (size_t i = 0; i < logit_rows.size(); ++i) {
+    if (logit_rows[i] != static_cast<int64_t>(i)) return false;
+  }
+  for (const ForwardChunk& c : batch.chunks) {
+    if (c.num_tokens > kFewTokenChunk) return false;
+  }
+  return true;
+}
+
+bool DecoderModel::MoeRunsOnDevice() const {
+  for (const auto& l : layers_) {
+    if (l->moe() != nullptr && !l->moe()->runs_on_device()) return false;
+  }
+  return mtp_ == nullptr || mtp_->block().moe() == nullptr || mtp_->block().moe()->runs_on_device();
+}
+
+absl::Status DecoderModel::Forward(const std::vector<int32_t>& tokens, const ForwardBatch& batch,
+                                   const std::vector<int64_t>& logit_rows) {
+  Ops& ops = *ops_;
+  logits_ = {};
+  logit_rows_ = 0;
+  if (Replays(batch, logit_rows)) return ForwardRecorded(tokens, batch);
+  // What the step reads from the host goes to the device before anything runs.
+  const DeviceArray<int32_t> token_ids = ops.Place(tokens);
+  const DeviceArray<int32_t> logit_ids =
+      ops.Place(std::vector<int32_t>(logit_rows.begin(), logit_rows.end()));
+  std::optional<MicroBatches> parts;
+  std::vector<StepInputs> steps;
+  if (overlap_) {
+    parts = SplitInTwo(batch);
+    for (const ForwardBatch& part : parts->batch) {
+      steps.push_back(StepInputs::Build(ops, part, cache_));
+    }
+  } else {
+    steps.push_back(StepInputs::Build(ops, batch, cache_));
+  }
+  DeviceArray<float> x;
+  MOE_RETURN_IF_ERROR(Run(token_ids, logit_ids, steps, parts ? &*parts : nullptr, &x, &logits_));
   if (mtp_) {  // the MTP layer reads rows of it after this step's sampling
     hidden_ = std::move(x);
-    hidden_rows_ = n;
+    hidden_rows_ = token_ids.size();
   }
-  norm_.Forward(last.data(), m, last.data());
-  MOE_ASSIGN_OR_RETURN(logits_, lm_head_.Forward(last.data(), m));
-  logit_rows_ = m;
-  if (const float cap = static_cast<float>(config_.final_logit_softcapping); cap > 0) {
-    ops.SoftCap(logits_.data(), logits_.size(), cap);
+  logit_rows_ = logit_ids.size();
+  return ops.TakeError();
+}
+
+absl::Status DecoderModel::ForwardRecorded(const std::vector<int32_t>& tokens,
+                                           const ForwardBatch& batch) {
+  Ops& ops = *ops_;
+  const auto n = static_cast<int64_t>(tokens.size());
+  const auto key = std::make_pair(n, StepInputs::TableWidth(batch, cache_.block_size(), true));
+  auto it = recorded_.find(key);
+  if (it == recorded_.end()) {
+    RecordedStep r;
+    r.tokens = ops.Place(tokens);
+    std::vector<int32_t> rows(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) rows[i] = static_cast<int32_t>(i);
+    r.logit_ids = ops.Place(std::move(rows));
+    r.steps.push_back(StepInputs::Build(ops, batch, cache_, /*rounded_width=*/true));
+    MOE_RETURN_IF_ERROR(ops.TakeError());
+    MOE_RETURN_IF_ERROR(ops.BeginRecording());
+    const absl::Status run = Run(r.tokens, r.logit_ids, r.steps, nullptr, &r.hidden, &r.logits);
+    auto recording = ops.EndRecording();
+    MOE_RETURN_IF_ERROR(run);
+    MOE_ASSIGN_OR_RETURN(r.recording, std::move(recording));
+    MOE_LOG(DEBUG) << "recorded the decode step of " << n << " tokens, tables " << key.second
+                   << " blocks wide";
+    it = recorded_.emplace(key, std::move(r)).first;
+    ++steps_recorded_;
+  } else {
+    RecordedStep& r = it->second;
+    ops.CopyFromHost(tokens.data(), tokens.size() * sizeof(int32_t), r.tokens.data());
+    MOE_RETURN_IF_ERROR(r.steps[0].Rewrite(ops, batch, cache_));
+  }
+  const RecordedStep& r = it->second;
+  MOE_RETURN_IF_ERROR(ops.Replay(*r.recording));
+  ++steps_replayed_;
+  logits_ = r.logits;
+  logit_rows_ = n;
+  if (mtp_) {
+    hidden_ = r.hidden;
+    hidden_rows_ = n;
   }
   return ops.TakeError();
 }
@@ -321,6 +459,8 @@ absl::Status DecoderModel::SetExpertPlacement(const std::vector<ExpertPlacement>
           " ranks for a model of ", config_.n_routed_experts, " experts over ", world_));
     }
   }
+  // The recordings read the experts where they were.
+  recorded_.clear();
   size_t i = 0;
   for (auto& l : layers_) {
     if (l->moe() == nullptr) continue;

@@ -17,8 +17,10 @@ MoeLayer::MoeLayer(Ops& ops, const ModelConfig& config, const ParallelContext& c
       weights_(w),
       placement_(ctx.plan().experts()),
       dispatchers_{
-          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok),
-          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok)},
+          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok,
+                        MoeDispatcher::Transport::kAuto, ctx.memory()),
+          MoeDispatcher(&ctx.world(), &placement_, config.hidden_size, config.num_experts_per_tok,
+                        MoeDispatcher::Transport::kAuto, ctx.memory())},
       expert_tokens_(ops.AllocateCounts(config.n_routed_experts)) {}
 
 std::vector<int64_t> MoeLayer::expert_tokens() const {

@@ -31,6 +31,10 @@ class MoeLayer {
   absl::Status Forward(const float* x, int64_t n, float* out, const MicroBatchContext& mb = {});
   // Tokens this rank routed to each expert so far (global expert ids).
   std::vector<int64_t> expert_tokens() const;
+  // Whether Forward only enqueues device work, reading nothing back (it can be recorded): one rank
+  // holding each expert once, in order (replicas map the choices on the host, and the dispatch
+  // between ranks runs there).
+  bool runs_on_device() const { return ctx_.world().size() == 1 && identity_placement_; }
   // Moves to `placement` (EPLB; of this layer's experts over the world's ranks — the model checks):
   // loads the experts it gives this rank that it does not hold yet (memory-mapped, so only their
   // pages are read), drops the others. Between steps, on every rank.

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "absl/status/status.h"
 #include "kernels/ops.h"
 #include "model/forward_batch.h"
 #include "model/kv_cache.h"
@@ -36,7 +37,15 @@ struct StepInputs {
   std::vector<Prefill> prefill;
 
   int64_t num_tokens() const { return batch->num_tokens(); }
-  static StepInputs Build(Ops& ops, const ForwardBatch& batch, const KvCache& cache);
+  // Blocks a decode query of `batch` reads at most, rounded up to a power of two of at least 8
+  // with `rounded` (few widths, so few recorded shapes; the tables' padding is -1).
+  static int64_t TableWidth(const ForwardBatch& batch, int64_t block_size, bool rounded);
+  static StepInputs Build(Ops& ops, const ForwardBatch& batch, const KvCache& cache,
+                          bool rounded_width = false);
+  // Writes the inputs of `batch` into these arrays (CopyFromHost), which a recorded step reads:
+  // an error unless `batch` has this one's shape (tokens, decode queries, prefill context rows,
+  // table width at most this one's).
+  absl::Status Rewrite(Ops& ops, const ForwardBatch& batch, const KvCache& cache);
 };
 
 }  // namespace moe

@@ -21,15 +21,15 @@ absl::Status CudaError(cudaError_t e, const char* what) {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream)
-      : comm_(comm), device_(device), stream_(stream) {
+  NcclCommunicator(ncclComm_t comm, int device, cudaStream_t stream, bool owns_stream)
+      : comm_(comm), device_(device), stream_(stream), owns_stream_(owns_stream) {
     ncclCommUserRank(comm_, &rank_);
     ncclCommCount(comm_, &size_);
   }
   ~NcclCommunicator() override {
     if (scratch_ != nullptr) cudaFree(scratch_);
     ncclCommDestroy(comm_);
-    cudaStreamDestroy(stream_);
+    if (owns_stream_) cudaStreamDestroy(stream_);
   }
 
   int rank() const override { return rank_; }
@@ -112,7 +112,7 @@ class NcclCommunicator final : public Communicator {
     cudaStream_t stream;
     MOE_RETURN_IF_ERROR(
         CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream create"));
-    return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_, stream));
+    return std::unique_ptr<Communicator>(new NcclCommunicator(sub, device_, stream, true));
   }
 
  private:
@@ -122,6 +122,7 @@ class NcclCommunicator final : public Communicator {
   ncclComm_t comm_;
   int device_;
   cudaStream_t stream_;
+  bool owns_stream_;
   int rank_ = 0, size_ = 1;
   void* scratch_ = nullptr;
 };
@@ -134,7 +135,8 @@ int CudaDeviceCount() {
 }
 
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap,
-                                                                   int device) {
+                                                                   int device,
+                                                                   cudaStream_t stream) {
   if (device < 0 || device >= CudaDeviceCount()) {
     return absl::FailedPreconditionError(
         absl::StrCat("CUDA device ", device, " not present (", CudaDeviceCount(), " visible)"));
@@ -146,10 +148,12 @@ absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator&
   ncclComm_t comm;
   MOE_RETURN_IF_ERROR(
       NcclError(ncclCommInitRank(&comm, bootstrap.size(), id, bootstrap.rank()), "comm init"));
-  cudaStream_t stream;
-  MOE_RETURN_IF_ERROR(
-      CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream create"));
-  return std::unique_ptr<Communicator>(new NcclCommunicator(comm, device, stream));
+  const bool own = stream == nullptr;
+  if (own) {
+    MOE_RETURN_IF_ERROR(
+        CudaError(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking), "stream create"));
+  }
+  return std::unique_ptr<Communicator>(new NcclCommunicator(comm, device, stream, own));
 }
 
 }  // namespace moe

@@ -4,6 +4,8 @@
 // mpirun, the coordinator's gRPC channel otherwise.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
 #include <memory>
 
 #include "absl/status/statusor.h"
@@ -12,9 +14,12 @@
 namespace moe {
 
 // Collective over `bootstrap`: rank 0 creates the NCCL unique id and broadcasts it; every rank
-// joins with its bootstrap rank on CUDA device `device`.
+// joins with its bootstrap rank on CUDA device `device`. The operations run on `stream` (not
+// owned), after the work already there — the stream the buffers are written on — or, when null, on
+// a stream of the communicator's own.
 absl::StatusOr<std::unique_ptr<Communicator>> MakeNcclCommunicator(Communicator& bootstrap,
-                                                                   int device);
+                                                                   int device,
+                                                                   cudaStream_t stream = nullptr);
 
 // Number of CUDA devices visible (0 when there is no GPU or no driver).
 int CudaDeviceCount();

@@ -29,4 +29,15 @@ std::unique_ptr<ParallelContext> ParallelContext::Single(const ModelConfig& conf
   return std::move(*ctx);
 }
 
+std::unique_ptr<ParallelContext> ParallelContext::Over(const ParallelContext& like,
+                                                       std::unique_ptr<Communicator> world,
+                                                       std::unique_ptr<Communicator> tp,
+                                                       std::unique_ptr<RowMemory> memory) {
+  MOE_CHECK(world->rank() == like.rank() && world->size() == like.world().size());
+  std::unique_ptr<ParallelContext> ctx(
+      new ParallelContext(like.plan_, std::move(world), std::move(tp)));
+  ctx->memory_ = std::move(memory);
+  return ctx;
+}
+
 }  // namespace moe

@@ -6,6 +6,7 @@
 
 #include "absl/status/statusor.h"
 #include "parallel/communicator.h"
+#include "parallel/row_memory.h"
 #include "parallel/shard_plan.h"
 
 namespace moe {
@@ -19,12 +20,21 @@ class ParallelContext {
       int64_t redundant_experts = 0);
   // World size 1, no MPI.
   static std::unique_ptr<ParallelContext> Single(const ModelConfig& config);
+  // The plan of `like` over other groups of the same ranks, whose collectives read and write
+  // `memory` — a GPU engine's NCCL groups over device memory, for the layers' collectives.
+  static std::unique_ptr<ParallelContext> Over(const ParallelContext& like,
+                                               std::unique_ptr<Communicator> world,
+                                               std::unique_ptr<Communicator> tp,
+                                               std::unique_ptr<RowMemory> memory);
 
   const ShardPlan& plan() const { return plan_; }
   const RankShard& shard() const { return shard_; }
   int rank() const { return shard_.rank; }
   Communicator& world() const { return *world_; }
   Communicator& tp() const { return *tp_; }
+  // Where the collectives' buffers live (a MoE dispatcher's, parallel/row_memory.h): null for host
+  // memory.
+  RowMemory* memory() const { return memory_.get(); }
 
  private:
   ParallelContext(ShardPlan plan, std::unique_ptr<Communicator> world,
@@ -33,6 +43,7 @@ class ParallelContext {
   RankShard shard_;
   std::unique_ptr<Communicator> world_;
   std::unique_ptr<Communicator> tp_;
+  std::unique_ptr<RowMemory> memory_;
 };
 
 }  // namespace moe

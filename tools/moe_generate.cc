@@ -74,7 +74,8 @@ int main(int argc, char** argv) {
   flags.AddInt("tp", &tp,
                "Attention tensor-parallel size T (divides the world size; 0: all ranks).");
   flags.AddString("device", &device,
-                  "Backend: cpu (any layout) or cuda (one GPU, one rank; bf16 weights).");
+                  "Backend: cpu or cuda (one GPU per rank, the host's i-th rank under mpirun on "
+                  "GPU i; the checkpoint's weight format; MLA models).");
   flags.AddBool("no-cuda-graphs", &no_cuda_graphs,
                 "With --device cuda: run decode steps eagerly instead of replaying CUDA graphs.");
   flags.AddString("weights-dtype", &weights_dtype,

@@ -8,9 +8,6 @@
 #include "common/status_macros.h"
 #include "kernels/cpu/ops.h"
 #include "model/model.h"
-#if MOE_HAVE_CUDA
-#include "model/cuda_model.h"
-#endif
 
 namespace moe {
 namespace {
@@ -25,41 +22,16 @@ absl::StatusOr<std::unique_ptr<ForwardModel>> LoadBackend(const std::string& dir
                                                    options.kv_blocks));
   }
   const KvCacheShape cache{options.kv_blocks, options.block_size};
-#if MOE_HAVE_CUDA
-  const bool cuda_model = options.device == Device::kCuda && !options.cuda_op_set;
-#else
-  const bool cuda_model = false;  // DecoderModel says why device cuda cannot run here
-#endif
-  if (!cuda_model) {
-    MOE_ASSIGN_OR_RETURN(auto model,
-                         DecoderModel::Load(dir, config, ctx, cache,
-                                            {.weights = options.weights,
-                                             .load_mtp = options.mtp,
-                                             .activations = options.activations,
-                                             .two_batch_overlap = options.two_batch_overlap,
-                                             .device = options.device,
-                                             .cuda_device = options.cuda_device}));
-    return std::unique_ptr<ForwardModel>(std::move(model));
-  }
-  if (options.two_batch_overlap) {
-    return absl::UnimplementedError("two-batch overlap runs on the CPU backend only");
-  }
-  if (options.mtp) {
-    return absl::UnimplementedError("speculative decoding (the MTP layer) runs on the CPU backend only");
-  }
-  if (options.activations != Activations::kF32) {
-    return absl::UnimplementedError(
-        "rounded activations (--activations bf16 or int8) run on the CPU backend only");
-  }
-#if MOE_HAVE_CUDA
-  CudaModelOptions cuda;
-  cuda.device = options.cuda_device;
-  cuda.graphs = options.cuda_graphs;
-  MOE_ASSIGN_OR_RETURN(auto model, CudaModel::Load(dir, config, ctx, cache, cuda));
+  MOE_ASSIGN_OR_RETURN(auto model,
+                       DecoderModel::Load(dir, config, ctx, cache,
+                                          {.weights = options.weights,
+                                           .load_mtp = options.mtp,
+                                           .activations = options.activations,
+                                           .two_batch_overlap = options.two_batch_overlap,
+                                           .device = options.device,
+                                           .cuda_device = options.cuda_device,
+                                           .record_decode_steps = options.cuda_graphs}));
   return std::unique_ptr<ForwardModel>(std::move(model));
-#else
-  return absl::InternalError("unreachable: no CUDA model in this build");
-#endif
 }
 
 }  // namespace

@@ -81,10 +81,7 @@ struct EngineOptions {
   int64_t kv_blocks = 0;    // blocks in this rank's cache (see KvCache::BlocksForBudget)
   Device device = Device::kCpu;
   int cuda_device = 0;      // the GPU ordinal (of those CUDA_VISIBLE_DEVICES shows)
-  bool cuda_graphs = true;  // capture decode-only steps in CUDA graphs
-  // Device cuda: run the one model (DecoderModel over CudaOps: the CPU's layer code, eagerly, MTP
-  // included) instead of CudaModel. Not yet the default: it captures no CUDA graphs yet.
-  bool cuda_op_set = false;
+  bool cuda_graphs = true;  // replay decode-only steps from CUDA graphs
   // CPU: what loading does with the weights (as stored; float32, the reference path; fp8).
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;
   // CPU: what products do with x (float32; bf16 or int8 rounded, see Activations).
@@ -109,6 +106,13 @@ class Engine {
   static absl::StatusOr<std::unique_ptr<Engine>> Load(const std::string& model_dir,
                                                       std::unique_ptr<ParallelContext> ctx,
                                                       const EngineOptions& options);
+  // An engine over a model already loaded (one rank; a test's model over an op set of its own).
+  static std::unique_ptr<Engine> Over(const ModelConfig& config,
+                                      std::unique_ptr<ParallelContext> ctx,
+                                      std::unique_ptr<ForwardModel> model,
+                                      const EngineOptions& options) {
+    return std::unique_ptr<Engine>(new Engine(config, std::move(ctx), std::move(model), options));
+  }
 
   // Checks the whole step (every group's sequences, so all ranks agree) before any collective:
   // token ids inside the vocabulary, positions inside max_position_embeddings, block tables

@@ -222,8 +222,9 @@ int main(int argc, char** argv) {
   flags.AddInt("world-size", &world_size, "Ranks in the engine (without mpirun).");
   flags.AddString("host", &host, "Host name reported to the coordinator.");
   flags.AddString("device", &device,
-                  "Backend: cpu, or cuda (one GPU per worker, world size 1 for now; the GPU is "
-                  "device 0 of those CUDA_VISIBLE_DEVICES shows).");
+                  "Backend: cpu, or cuda (one GPU per rank: device i of those "
+                  "CUDA_VISIBLE_DEVICES shows for the host's i-th rank under mpirun, else 0; "
+                  "several ranks exchange over NCCL).");
   flags.AddString("weights-dtype", &weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");

@@ -55,6 +55,8 @@ void CpuOps::CopyToHost(const void* src, size_t bytes, void* dst) {
   if (bytes > 0 && src != dst) std::memcpy(dst, src, bytes);
 }
 
+void CpuOps::CopyFromHost(const void* src, size_t bytes, void* dst) { CopyToHost(src, bytes, dst); }
+
 void CpuOps::Fill(float* y, int64_t n, float value) { std::fill(y, y + n, value); }
 
 void CpuOps::CopyRows(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,

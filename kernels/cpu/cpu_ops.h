@@ -18,6 +18,7 @@ class CpuOps final : public Ops {
   DeviceArray<int32_t> Place(std::vector<int32_t> v) override;
   absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) override;
   void CopyToHost(const void* src, size_t bytes, void* dst) override;
+  void CopyFromHost(const void* src, size_t bytes, void* dst) override;
 
   void Fill(float* y, int64_t n, float value) override;
   void CopyRows(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,

@@ -47,6 +47,7 @@ absl::StatusOr<std::unique_ptr<CudaOps>> CudaOps::Create(int device) {
 CudaOps::~CudaOps() {
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   for (const auto& [bytes, p] : free_) cudaFree(p);
+  for (const auto& [bytes, p] : recording_free_) cudaFree(p);
   if (blas_ != nullptr) cublasDestroy(blas_);
   if (blas_workspace_ != nullptr) cudaFree(blas_workspace_);
   if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -66,16 +67,18 @@ absl::Status CudaOps::TakeError() {
 
 std::shared_ptr<void> CudaOps::AllocateBytes(size_t bytes) {
   const size_t size = (std::max<size_t>(bytes, 1) + kAlignment - 1) / kAlignment * kAlignment;
+  std::multimap<size_t, void*>& list = recording_ ? recording_free_ : free_;
   void* p = nullptr;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (auto it = free_.find(size); it != free_.end()) {
+    if (auto it = list.find(size); it != list.end()) {
       p = it->second;
-      free_.erase(it);
+      list.erase(it);
     }
   }
-  if (p == nullptr && cudaMalloc(&p, size) != cudaSuccess) {
-    // Out of memory with blocks cached: give them back and try once more.
+  // Out of memory with blocks cached: give them back and try once more (not while recording,
+  // which cannot wait for the stream).
+  if (p == nullptr && cudaMalloc(&p, size) != cudaSuccess && !recording_) {
     cudaGetLastError();
     std::multimap<size_t, void*> cached;
     {
@@ -84,16 +87,17 @@ std::shared_ptr<void> CudaOps::AllocateBytes(size_t bytes) {
     }
     cudaStreamSynchronize(stream_);
     for (const auto& [b, q] : cached) cudaFree(q);
-    if (cudaMalloc(&p, size) != cudaSuccess) {
-      cudaGetLastError();
-      Fail(absl::ResourceExhaustedError(
-          absl::StrCat("device cuda: out of memory allocating ", size, " bytes")));
-      return nullptr;
-    }
+    if (cudaMalloc(&p, size) != cudaSuccess) p = nullptr;
   }
-  return std::shared_ptr<void>(p, [this, size](void* q) {
+  if (p == nullptr) {
+    cudaGetLastError();
+    Fail(absl::ResourceExhaustedError(
+        absl::StrCat("device cuda: out of memory allocating ", size, " bytes")));
+    return nullptr;
+  }
+  return std::shared_ptr<void>(p, [this, size, &list](void* q) {
     std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace(size, q);
+    list.emplace(size, q);
   });
 }
 
@@ -118,8 +122,15 @@ DeviceArray<int64_t> CudaOps::AllocateCounts(int64_t n) {
   return DeviceArray<int64_t>(Device::kCuda, data, data == nullptr ? 0 : n, std::move(h));
 }
 
+bool CudaOps::NotRecording(const char* what) {
+  if (!recording_) return true;
+  Fail(absl::FailedPreconditionError(
+      absl::StrCat("device cuda: ", what, " while recording a step (a CUDA graph)")));
+  return false;
+}
+
 void CudaOps::Upload(const void* host, size_t bytes, void* device) {
-  if (bytes == 0 || device == nullptr) return;
+  if (bytes == 0 || device == nullptr || !NotRecording("placing host data")) return;
   // The host memory may go as soon as this returns: wait for the copy.
   Fail(cuda::CudaStatus(cudaMemcpyAsync(device, host, bytes, cudaMemcpyHostToDevice, stream_),
                         "upload"));
@@ -145,11 +156,54 @@ absl::StatusOr<PlacedMatrix> CudaOps::Place(WeightMatrix w) {
   return PlacedMatrix{std::move(w), std::move(device)};
 }
 
+void CudaOps::CopyFromHost(const void* src, size_t bytes, void* dst) { Upload(src, bytes, dst); }
+
 void CudaOps::CopyToHost(const void* src, size_t bytes, void* dst) {
-  if (bytes == 0) return;
+  if (bytes == 0 || !NotRecording("reading device memory")) return;
   Fail(cuda::CudaStatus(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_),
                         "download"));
   Fail(cuda::CudaStatus(cudaStreamSynchronize(stream_), "download"));
+}
+
+namespace {
+
+struct Graph : Ops::Recording {
+  cudaGraphExec_t exec = nullptr;
+  ~Graph() override {
+    if (exec != nullptr) cudaGraphExecDestroy(exec);
+  }
+};
+
+}  // namespace
+
+absl::Status CudaOps::BeginRecording() {
+  if (recording_) return absl::FailedPreconditionError("device cuda: already recording");
+  MOE_RETURN_IF_ERROR(TakeError());
+  // Relaxed: arrays first allocated while recording come from the driver (cudaMalloc).
+  MOE_CUDA_RETURN_IF_ERROR(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeRelaxed));
+  recording_ = true;
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<Ops::Recording>> CudaOps::EndRecording() {
+  if (!recording_) return absl::FailedPreconditionError("device cuda: not recording");
+  recording_ = false;
+  cudaGraph_t graph = nullptr;
+  const cudaError_t end = cudaStreamEndCapture(stream_, &graph);
+  auto g = std::make_unique<Graph>();
+  const absl::Status ops = TakeError();
+  cudaError_t made = cudaSuccess;
+  if (ops.ok() && end == cudaSuccess) made = cudaGraphInstantiate(&g->exec, graph, 0);
+  if (graph != nullptr) cudaGraphDestroy(graph);
+  MOE_RETURN_IF_ERROR(ops);
+  MOE_CUDA_RETURN_IF_ERROR(end);
+  MOE_CUDA_RETURN_IF_ERROR(made);
+  return std::unique_ptr<Recording>(std::move(g));
+}
+
+absl::Status CudaOps::Replay(const Recording& recording) {
+  const auto& g = static_cast<const Graph&>(recording);
+  return cuda::CudaStatus(cudaGraphLaunch(g.exec, stream_), "graph launch");
 }
 
 void CudaOps::Fill(float* y, int64_t n, float value) { cuda::Fill(y, n, value, stream_); }

@@ -3,7 +3,9 @@
 // released array's memory goes back to a free list of its size, so once a step's shapes have run
 // it allocates nothing from the driver); weights are placed in their checkpoint format
 // (cuda::DeviceWeight: fp8 blocks and int4 groups as they are, the float formats as bf16). Ops
-// enqueue and return; the first error one meets is kept for TakeError. Grouped-query and windowed
+// enqueue and return; the first error one meets is kept for TakeError. Recordings are CUDA graphs
+// (the stream captured in relaxed mode), their arrays from a second free list that only
+// recordings draw from. Grouped-query and windowed
 // attention are not implemented here yet (an error naming them).
 #pragma once
 
@@ -34,7 +36,13 @@ class CudaOps final : public Ops {
   DeviceArray<int32_t> Place(std::vector<int32_t> v) override;
   absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) override;
   void CopyToHost(const void* src, size_t bytes, void* dst) override;
+  void CopyFromHost(const void* src, size_t bytes, void* dst) override;
   absl::Status TakeError() override;
+
+  bool can_record() const override { return true; }
+  absl::Status BeginRecording() override;
+  absl::StatusOr<std::unique_ptr<Recording>> EndRecording() override;
+  absl::Status Replay(const Recording& recording) override;
 
   void Fill(float* y, int64_t n, float value) override;
   void CopyRows(const float* src, int64_t lds, int64_t rows, int64_t cols, float* dst,
@@ -86,8 +94,8 @@ class CudaOps final : public Ops {
   // The experts' weight views in device memory, one array per projection (all of one format).
   absl::StatusOr<std::unique_ptr<ExpertSet>> PlaceExperts(std::vector<Expert> experts) override;
   // Grouped on the device, nothing read back: the (row, choice) pairs sorted by expert, one
-  // grouped product per projection, the outputs combined with the routing weights. Every choice
-  // must be an expert of this rank (one rank; the routing weight on the output).
+  // grouped product per projection, the outputs combined with the routing weights (choices of -1,
+  // another rank's experts, skipped; the routing weight on the output).
   void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
                      const float* weight, int64_t k, Activation act, bool weight_on_input,
                      float* y) override;
@@ -97,18 +105,21 @@ class CudaOps final : public Ops {
 
  private:
   CudaOps() = default;
-  // `bytes` of device memory (rounded up to 256), from the free list of its size or the driver;
-  // back to the free list when the last holder goes.
+  // `bytes` of device memory (rounded up to 256), from the free list of its size (the
+  // recordings' while recording) or the driver; back to that list when the last holder goes.
   std::shared_ptr<void> AllocateBytes(size_t bytes);
   void Fail(absl::Status s);  // keeps the first error
+  // Fails (and returns false) while recording: `what` moves data between host and device.
+  bool NotRecording(const char* what);
   void Upload(const void* host, size_t bytes, void* device);
 
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   void* blas_workspace_ = nullptr;
   std::mutex mu_;  // the free lists and the error
-  std::multimap<size_t, void*> free_;
+  std::multimap<size_t, void*> free_, recording_free_;
   absl::Status error_;
+  bool recording_ = false;
 };
 
 }  // namespace moe

@@ -165,7 +165,8 @@ __global__ void CombineKernel(const float* y, const int32_t* row_of, const float
   const int64_t t = i / dim, c = i % dim;
   float s = accumulate ? out[i] : 0.0f;
   for (int64_t j = 0; j < k; ++j) {
-    s += weights[t * k + j] * y[static_cast<int64_t>(row_of[t * k + j]) * dim + c];
+    const int32_t row = row_of[t * k + j];
+    if (row >= 0) s += weights[t * k + j] * y[static_cast<int64_t>(row) * dim + c];
   }
   out[i] = s;
 }
@@ -202,6 +203,9 @@ void RouteTokens(const float* logits, const float* bias, int64_t n, const Router
 
 void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, int32_t* offsets,
                      int32_t* sorted_token, int32_t* row_of, cudaStream_t stream) {
+  // -1 where no expert of this rank was chosen (all bits set).
+  cudaMemsetAsync(sorted_token, 0xff, static_cast<size_t>(n * k) * sizeof(int32_t), stream);
+  cudaMemsetAsync(row_of, 0xff, static_cast<size_t>(n * k) * sizeof(int32_t), stream);
   CountKernel<<<Blocks(experts), kThreads, 0, stream>>>(ids, n * k, experts, offsets + 1);
   ScanKernel<<<1, 1, 0, stream>>>(offsets, experts);
   ScatterKernel<<<Blocks(experts), kThreads, 0, stream>>>(ids, n * k, k, experts, offsets,

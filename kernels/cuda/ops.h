@@ -174,10 +174,13 @@ void RouteTokens(const float* logits, const float* bias, int64_t n, const Router
                  int32_t* ids, float* weights, cudaStream_t stream);
 // Sorts the n * k (token, slot) pairs by expert, keeping (token, slot) order within an expert:
 // offsets [experts + 1], sorted_token [n * k] (the row's source token), sorted_slot (its slot),
-// row_of [n * k] (the sorted row of pair token * k + slot). Deterministic, no atomics.
+// row_of [n * k] (the sorted row of pair token * k + slot). Pairs whose id is -1 (an expert of
+// another rank) get no row: row_of -1, and sorted_token -1 past the offsets[experts] sorted rows.
+// Deterministic, no atomics.
 void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, int32_t* offsets,
                      int32_t* sorted_token, int32_t* row_of, cudaStream_t stream);
-// out[t] (+)= sum_j weights[t, j] * y[row_of[t * k + j]] — each token's rows, in slot order.
+// out[t] (+)= sum_j weights[t, j] * y[row_of[t * k + j]] — each token's rows, in slot order (-1
+// rows skipped).
 void CombineRows(const float* y, const int32_t* row_of, const float* weights, int64_t n, int64_t k,
                  int64_t dim, float* out, bool accumulate, cudaStream_t stream);
 // The MoE dispatcher's row moves on the device (parallel/cuda_row_memory.h):

@@ -275,8 +275,9 @@ TEST_F(CudaOpSetTest, RoutedExpertsMatch) {
   auto gpu_set = gpu_->PlaceExperts(gpu_experts);
   ASSERT_TRUE(cpu_set.ok() && gpu_set.ok()) << gpu_set.status();
   const Pair x = Both(Random(rows * hidden, 40));
-  // Expert 3 unused; expert 0 chosen by most rows.
-  const IntPair local = Both(std::vector<int32_t>{0, 1, 0, 2, 1, 0, 0, 2, 2, 1, 0, 1, 1, 0});
+  // Expert 3 unused; expert 0 chosen by most rows; -1: an expert of another rank (row 5 has
+  // one choice here, as a row the dispatcher brings may).
+  const IntPair local = Both(std::vector<int32_t>{0, 1, 0, -1, 1, 0, 0, 2, 2, 1, -1, 1, 1, 0});
   const Pair weight = Both(Random(rows * k, 41));
   Pair y = Poisoned(rows * hidden);
   cpu_.RoutedExperts(**cpu_set, x.cpu.data(), rows, local.cpu.data(), weight.cpu.data(), k,

@@ -62,5 +62,59 @@ TEST(StepInputsTest, SlotsQueriesAndPrefillRowsOfEveryGroup) {
   EXPECT_EQ(Values(window.prefill_slots), (std::vector<int32_t>{-1, -1, -1, -1, 44, 45, 46, 47}));
 }
 
+// A recorded step's inputs: rounded table widths, and a later step of the same shape written into
+// the same arrays, as Build would have made them for it.
+TEST(StepInputsTest, RewriteWritesAStepOfTheSameShapeIntoTheSameArrays) {
+  KvLayout layout;
+  layout.groups = {{{0}, 0, 0}};
+  layout.slots = 1;
+  layout.group_of = {0};
+  layout.slot_of = {0};
+  CpuOps ops;
+  const KvCache cache(ops, layout, 64, 4, 2);
+  const std::vector<int32_t> a = {3, 7}, b = {5, 1, 9, 2, 4, 6, 8, 10, 11};
+  ForwardBatch first;  // two decode tokens at positions 5 and 1
+  first.chunks = {{0, 1, 5, &a, nullptr}, {1, 1, 1, &b, nullptr}};
+  first.positions = {5, 1};
+  first.rope_cos = Tensor({2, 1}, {0.5f, 0.25f});
+  first.rope_sin = Tensor({2, 1}, {0.1f, 0.2f});
+  EXPECT_EQ(StepInputs::TableWidth(first, 4, false), 2);
+  EXPECT_EQ(StepInputs::TableWidth(first, 4, true), 8);
+  StepInputs s = StepInputs::Build(ops, first, cache, /*rounded_width=*/true);
+  EXPECT_EQ(s.table_width, 8);
+  EXPECT_EQ(Values(s.groups[0].decode_tables),
+            (std::vector<int32_t>{3, 7, -1, -1, -1, -1, -1, -1, 5, -1, -1, -1, -1, -1, -1, -1}));
+  const int32_t* tables = s.groups[0].decode_tables.data();
+
+  ForwardBatch next;  // the same two sequences one and 28 positions on: 8 blocks seen
+  next.chunks = {{0, 1, 6, &a, nullptr}, {1, 1, 29, &b, nullptr}};
+  next.positions = {6, 29};
+  next.rope_cos = Tensor({2, 1}, {0.75f, 0.125f});
+  next.rope_sin = Tensor({2, 1}, {0.3f, 0.4f});
+  ASSERT_TRUE(s.Rewrite(ops, next, cache).ok());
+  EXPECT_EQ(s.groups[0].decode_tables.data(), tables);  // in place
+  const StepInputs want = StepInputs::Build(ops, next, cache, /*rounded_width=*/true);
+  EXPECT_EQ(Values(s.groups[0].decode_tables), Values(want.groups[0].decode_tables));
+  EXPECT_EQ(Values(s.groups[0].slots), (std::vector<int32_t>{30, 41}));
+  EXPECT_EQ(Values(s.decode_context), (std::vector<int32_t>{7, 30}));
+  EXPECT_EQ(s.rope_cos.data()[0], 0.75f);
+  EXPECT_EQ(s.rope_sin.data()[1], 0.4f);
+  EXPECT_EQ(s.batch, &next);
+
+  // Tables wider than the recorded ones, or another number of tokens: refused.
+  ForwardBatch wider;
+  wider.chunks = {{0, 1, 6, &a, nullptr}, {1, 1, 33, &b, nullptr}};
+  wider.positions = {6, 33};
+  wider.rope_cos = next.rope_cos;
+  wider.rope_sin = next.rope_sin;
+  EXPECT_FALSE(s.Rewrite(ops, wider, cache).ok());
+  ForwardBatch fewer;
+  fewer.chunks = {{0, 1, 6, &a, nullptr}};
+  fewer.positions = {6};
+  fewer.rope_cos = Tensor({1, 1});
+  fewer.rope_sin = Tensor({1, 1});
+  EXPECT_FALSE(s.Rewrite(ops, fewer, cache).ok());
+}
+
 }  // namespace
 }  // namespace moe

@@ -10,7 +10,6 @@
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops.h"
-#include "model/cuda_model.h"
 #include "model/model.h"
 #include "tests/test_util.h"
 #include "tools/model_maker.h"
@@ -50,15 +49,13 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
     return WriteCheckpoint(*PresetConfig(preset), mo).ok();
   }
 
-  std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true,
-                               bool op_set = false) {
+  std::unique_ptr<Engine> Load(const std::string& dir, Device device, bool graphs = true) {
     auto config = LoadModelConfig(dir);
     EngineOptions opt;
     opt.block_size = 16;
     opt.kv_blocks = *KvCache::BlocksForBudget(*config, opt.block_size, 32 << 20);
     opt.device = device;
     opt.cuda_graphs = graphs;
-    opt.cuda_op_set = op_set;
     auto e = Engine::Load(dir, ParallelContext::Single(*config), opt);
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
@@ -132,32 +129,22 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
                                                               : " bf16") +
                                ", prompt of " + std::to_string(prompt.size()));
     }
-    auto& model = dynamic_cast<CudaModel&>(gpu->model());
-    EXPECT_GT(model.graphs_captured(), 0) << "decode steps were not captured";
-    EXPECT_GT(model.graph_replays(), 0) << "captured decode steps were not replayed";
+    auto& model = dynamic_cast<DecoderModel&>(gpu->model());
+    EXPECT_GT(model.steps_recorded(), 0) << "decode steps were not captured";
+    EXPECT_GT(model.steps_replayed(), model.steps_recorded())
+        << "captured decode steps were not replayed";
   }
 }
 
-// Continuous batching's steps: prefill chunks of some sequences next to decode tokens of others.
+// Continuous batching's steps: prefill chunks of some sequences next to decode tokens of others,
+// in every weight format.
 TEST_P(CudaEngineTest, MixedPrefillAndDecodeStepsMatchTheCpuEngine) {
-  ScratchDir dir;
-  ASSERT_TRUE(WriteModel(dir, GetParam()));
-  auto cpu = Load(dir.path(), Device::kCpu);
-  auto gpu = Load(dir.path(), Device::kCuda);
-  ASSERT_TRUE(cpu && gpu);
-  ExpectMixedStepsMatch(*gpu, *cpu, GetParam());
-}
-
-// The one model (DecoderModel, the CPU's layer code) over CudaOps: continuous batching's mixed
-// steps in every weight format, as the CPU engine runs them.
-TEST_P(CudaEngineTest, TheModelOverCudaOpsMatchesTheCpuEngine) {
   for (WeightDType dtype : {WeightDType::kBF16, WeightDType::kFP8, WeightDType::kInt4}) {
     ScratchDir dir;
     ASSERT_TRUE(WriteModel(dir, GetParam(), dtype));
     auto cpu = Load(dir.path(), Device::kCpu);
-    auto gpu = Load(dir.path(), Device::kCuda, /*graphs=*/false, /*op_set=*/true);
+    auto gpu = Load(dir.path(), Device::kCuda);
     ASSERT_TRUE(cpu && gpu);
-    ASSERT_NE(dynamic_cast<DecoderModel*>(&gpu->model()), nullptr);
     ExpectMixedStepsMatch(
         *gpu, *cpu, std::string(GetParam()) + " dtype " + std::to_string(static_cast<int>(dtype)));
   }
@@ -184,8 +171,8 @@ TEST_P(CudaEngineTest, GraphReplayEqualsEagerExecution) {
       ASSERT_EQ((*x)[i].logits[j], (*y)[i].logits[j]) << "sequence " << i << ", element " << j;
     }
   }
-  EXPECT_GT(dynamic_cast<CudaModel&>(graphed->model()).graph_replays(), 0);
-  EXPECT_EQ(dynamic_cast<CudaModel&>(eager->model()).graphs_captured(), 0);
+  EXPECT_GT(dynamic_cast<DecoderModel&>(graphed->model()).steps_replayed(), 0);
+  EXPECT_EQ(dynamic_cast<DecoderModel&>(eager->model()).steps_recorded(), 0);
 }
 
 // Sampling on the device picks what the CPU sampler picks from the same (GPU) logits.

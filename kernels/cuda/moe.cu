@@ -145,11 +145,6 @@ __global__ void ScatterKernel(const int32_t* ids, int64_t pairs, int64_t k, int6
   }
 }
 
-__global__ void AddCountsKernel(const int32_t* offsets, int64_t experts, int64_t* counts) {
-  const int64_t e = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
-  if (e < experts) counts[e] += offsets[e + 1] - offsets[e];
-}
-
 // Integer atomics: the counts do not depend on the order the adds land in.
 __global__ void CountChoicesKernel(const int32_t* ids, int64_t n, int64_t* counts) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
@@ -214,12 +209,6 @@ void PermuteByExpert(const int32_t* ids, int64_t n, int64_t k, int64_t experts, 
 
 void CountChoices(const int32_t* ids, int64_t n, int64_t* counts, cudaStream_t stream) {
   if (n > 0) CountChoicesKernel<<<Blocks(n), kThreads, 0, stream>>>(ids, n, counts);
-}
-
-void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts,
-                     cudaStream_t stream) {
-  if (experts > 0)
-    AddCountsKernel<<<Blocks(experts), kThreads, 0, stream>>>(offsets, experts, counts);
 }
 
 void SumRowRanges(const float* y, const int64_t* rows, const int64_t* begin, int64_t n, int64_t dim,

@@ -193,8 +193,6 @@ void SplitRoutingRows(const int32_t* meta, int64_t n, int64_t k, int32_t* ids, f
                       cudaStream_t stream);
 // counts[ids[i]] += 1 for i < n with ids[i] >= 0 (the twin of CpuOps::CountChoices).
 void CountChoices(const int32_t* ids, int64_t n, int64_t* counts, cudaStream_t stream);
-// counts[e] += offsets[e + 1] - offsets[e]: tokens routed to each expert, accumulated.
-void AddExpertCounts(const int32_t* offsets, int64_t experts, int64_t* counts, cudaStream_t stream);
 
 // ---- sampling ---------------------------------------------------------------------------------
 // The twin of SampleToken (kernels/cpu/sampler.h): greedy, temperature, top-k, top-p, seeded

@@ -1,15 +1,13 @@
 // The engine on several GPUs (one per rank, the layers' collectives over NCCL, the MoE dispatch's
 // buffers in device memory) against the engine on one GPU, under every TP size the world allows.
 // The GPUs split the products and sum the partial results in another order, and bf16 operands
-// round what differs, so: logits within 1e-2 relative of one GPU's while the tokens agree, and a
-// first differing token only at a near tie of the one-GPU logits (1e-2 of their largest). Skipped
-// unless each rank has a GPU of its own.
-#include <cmath>
-
+// round what differs, so the generations agree up to near ties (tests/worker/near_tie_compare.h,
+// tolerance 1e-2). Skipped unless each rank has a GPU of its own.
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "parallel/mpi_communicator.h"
 #include "parallel/nccl_communicator.h"
+#include "tests/worker/near_tie_compare.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -32,16 +30,6 @@ std::unique_ptr<Engine> LoadEngine(const std::string& dir, std::unique_ptr<Commu
   auto e = Engine::Load(dir, std::move(*ctx), opt);
   EXPECT_TRUE(e.ok()) << e.status();
   return e.ok() ? std::move(*e) : nullptr;
-}
-
-double RelativeError(const float* got, const float* want, int64_t n) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    diff += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
-    norm += want[i] * static_cast<double>(want[i]);
-  }
-  return std::sqrt(diff / norm);
 }
 
 TEST(NcclEngineTest, EveryTpSizeOnGpusMatchesOneGpu) {
@@ -89,18 +77,8 @@ TEST(NcclEngineTest, EveryTpSizeOnGpusMatchesOneGpu) {
     const int dp = world / tp, my_group = rank / tp;
     for (size_t i = 0; i < prompts.size(); ++i) {
       if (static_cast<int>(i) % dp != my_group) continue;  // another DP group's sequence
-      const Generation &g = (*got)[i], &w = (*want)[i];
-      for (size_t s = 0; s < w.tokens.size() && s < g.tokens.size(); ++s) {
-        EXPECT_LE(RelativeError(g.logits.row(s), w.logits.row(s), vocab), kTolerance)
-            << "sequence " << i << ", step " << s;
-        if (g.tokens[s] == w.tokens[s]) continue;
-        const float* row = w.logits.row(s);
-        float scale = 0;
-        for (int64_t t = 0; t < vocab; ++t) scale = std::max(scale, std::fabs(row[t]));
-        EXPECT_LE(row[w.tokens[s]] - row[g.tokens[s]], kTolerance * scale)
-            << "sequence " << i << ": step " << s << " picked another token by a clear margin";
-        break;
-      }
+      ::moe::testing::ExpectSameUpToNearTies((*got)[i], (*want)[i], vocab, kTolerance,
+                                             absl::StrCat("sequence ", i));
     }
   }
 }

@@ -1,17 +1,15 @@
 // The whole model on the CUDA backend against the CPU engine (float32, itself checked against HF
 // transformers) on the tiny presets, with bf16, fp8 and int4 checkpoints (the GPU keeps fp8 and
-// int4 weights as they are stored). The GPU rounds bf16 weights' GEMM operands to bf16, so:
-//   - logits: ||gpu - cpu|| / ||cpu|| <= 1e-2 at every step where both ran the same tokens;
-//   - greedy tokens: identical, except that at the first step where they differ the CPU's
-//     logits must show a near tie (its top token within 1e-2 of max|logit| of the GPU's pick);
-//     after that the sequences differ and are not compared.
-// Skipped where no GPU is visible.
+// int4 weights as they are stored). The GPU rounds bf16 weights' GEMM operands to bf16, so the
+// generations agree up to near ties (tests/worker/near_tie_compare.h, tolerance 1e-2). Skipped
+// where no GPU is visible.
 #include <cmath>
 
 #include "gtest/gtest.h"
 #include "kernels/cuda/ops.h"
 #include "model/model.h"
 #include "tests/test_util.h"
+#include "tests/worker/near_tie_compare.h"
 #include "tools/model_maker.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -22,16 +20,6 @@ namespace {
 using ::moe::testing::ScratchDir;
 
 constexpr double kLogitTolerance = 1e-2;
-
-double RelativeError(const float* got, const float* want, int64_t n) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    if (!std::isfinite(got[i])) return INFINITY;
-    diff += (got[i] - want[i]) * static_cast<double>(got[i] - want[i]);
-    norm += want[i] * static_cast<double>(want[i]);
-  }
-  return std::sqrt(diff / norm);
-}
 
 class CudaEngineTest : public ::testing::TestWithParam<const char*> {
  public:
@@ -60,26 +48,6 @@ class CudaEngineTest : public ::testing::TestWithParam<const char*> {
     EXPECT_TRUE(e.ok()) << e.status();
     return e.ok() ? std::move(*e) : nullptr;
   }
-
-  // Compares one sequence's GPU generation with the CPU's under the rules above.
-  static void ExpectSameGeneration(const Generation& gpu, const Generation& cpu, int64_t vocab,
-                                   const std::string& what) {
-    ASSERT_EQ(gpu.logits.dim(0), cpu.logits.dim(0)) << what;
-    for (int64_t i = 0; i < cpu.logits.dim(0); ++i) {
-      EXPECT_LE(RelativeError(gpu.logits.row(i), cpu.logits.row(i), vocab), kLogitTolerance)
-          << what << ", step " << i;
-      if (i >= static_cast<int64_t>(cpu.tokens.size())) break;
-      const int32_t want = cpu.tokens[i], got = gpu.tokens[i];
-      if (got == want) continue;
-      const float* row = cpu.logits.row(i);
-      float scale = 0;
-      for (int64_t t = 0; t < vocab; ++t) scale = std::max(scale, std::fabs(row[t]));
-      EXPECT_LE(row[want] - row[got], kLogitTolerance * scale)
-          << what << ": step " << i << " picked " << got << " where the CPU picked " << want
-          << " by a clear margin";
-      return;  // the sequences differ from here on
-    }
-  }
 };
 
 // Five prompts of 1 to 41 tokens generated together, prefilled in chunks of 8, so the long ones
@@ -99,8 +67,9 @@ void ExpectMixedStepsMatch(Engine& gpu, Engine& cpu, const std::string& what) {
   auto got = GenerateGreedyBatch(gpu, ga, prompts, g);
   ASSERT_TRUE(want.ok() && got.ok()) << got.status();
   for (size_t i = 0; i < prompts.size(); ++i) {
-    CudaEngineTest::ExpectSameGeneration((*got)[i], (*want)[i], cpu.config().vocab_size,
-                                         what + " sequence " + std::to_string(i));
+    ::moe::testing::ExpectSameUpToNearTies((*got)[i], (*want)[i], cpu.config().vocab_size,
+                                           kLogitTolerance,
+                                           what + " sequence " + std::to_string(i));
   }
 }
 
@@ -122,12 +91,12 @@ TEST_P(CudaEngineTest, GreedyGenerationMatchesTheCpuEngine) {
       auto want = GenerateGreedy(*cpu, ca, prompt, g);
       auto got = GenerateGreedy(*gpu, ga, prompt, g);
       ASSERT_TRUE(want.ok() && got.ok()) << got.status();
-      ExpectSameGeneration(*got, *want, vocab,
-                           preset +
-                               (dtype == WeightDType::kFP8    ? " fp8"
-                                : dtype == WeightDType::kInt4 ? " int4"
-                                                              : " bf16") +
-                               ", prompt of " + std::to_string(prompt.size()));
+      ::moe::testing::ExpectSameUpToNearTies(*got, *want, vocab, kLogitTolerance,
+                                             preset +
+                                                 (dtype == WeightDType::kFP8    ? " fp8"
+                                                  : dtype == WeightDType::kInt4 ? " int4"
+                                                                                : " bf16") +
+                                                 ", prompt of " + std::to_string(prompt.size()));
     }
     auto& model = dynamic_cast<DecoderModel&>(gpu->model());
     EXPECT_GT(model.steps_recorded(), 0) << "decode steps were not captured";

@@ -1,7 +1,6 @@
 #include "model/model.h"
 
 #include <cmath>
-#include <cstdlib>
 #include <optional>
 #include <utility>
 
@@ -9,186 +8,20 @@
 #include "checkpoint/weight_names.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
-#include "kernels/cpu/cpu_ops.h"
+#include "model/op_set.h"
 #include "model/rope.h"
-#if MOE_HAVE_CUDA
-#include "kernels/cuda/cuda_ops.h"
-#include "parallel/cuda_row_memory.h"
-#include "parallel/nccl_communicator.h"
-#endif
 
 namespace moe {
-
-absl::StatusOr<std::unique_ptr<DecoderLayer>> DecoderLayer::Load(Ops& ops, const ModelConfig& c,
-                                                                 Checkpoint& ck, int64_t layer,
-                                                                 const ParallelContext& ctx,
-                                                                 float softmax_scale,
-                                                                 WeightBytes* bytes) {
-  auto d = std::make_unique<DecoderLayer>();
-  const DecoderLayerWeights w = LayerWeights(c, layer, c.IsMoeLayer(layer));
-  d->ops_ = &ops;
-  d->hidden_ = c.hidden_size;
-  d->placement_ = c.norm_placement;
-  d->tp_ = &ctx.tp();
-  auto norm = [&](const std::optional<WeightSpec>& spec, RmsNorm* out) -> absl::Status {
-    if (!spec) return absl::OkStatus();
-    MOE_ASSIGN_OR_RETURN(*out, Metered(ck, &bytes->norms, [&] {
-      return RmsNorm::Load(ops, ck, *spec, c.rms_norm_eps, c.norm_unit_offset);
-    }));
-    return absl::OkStatus();
-  };
-  MOE_RETURN_IF_ERROR(norm(w.input_layernorm, &d->input_layernorm_));
-  MOE_RETURN_IF_ERROR(norm(w.post_attention_layernorm, &d->post_attention_layernorm_));
-  MOE_RETURN_IF_ERROR(norm(w.pre_feedforward_layernorm, &d->pre_feedforward_layernorm_));
-  MOE_RETURN_IF_ERROR(norm(w.post_feedforward_layernorm, &d->post_feedforward_layernorm_));
-  if (w.mla) {
-    MOE_ASSIGN_OR_RETURN(d->mla_,
-                         MlaAttention::Load(ops, c, ck, layer, w, ctx, softmax_scale, bytes));
-  } else {
-    MOE_ASSIGN_OR_RETURN(d->gqa_,
-                         GqaAttention::Load(ops, c, ck, layer, w, ctx, softmax_scale, bytes));
-  }
-  if (w.gate) {
-    MOE_ASSIGN_OR_RETURN(d->moe_, MoeLayer::Load(ops, c, ck, w, ctx, bytes));
-  } else {
-    MOE_ASSIGN_OR_RETURN(d->dense_, Metered(ck, &bytes->dense_mlp, [&] {
-                           return GatedMlp::Load(ops, ck, *w.mlp, ctx.shard().dense_inter,
-                                                 c.activation());
-                         }));
-  }
-  return d;
-}
-
-absl::Status DecoderLayer::Forward(float* x, const StepInputs& step, KvCache& cache,
-                                   const MicroBatchContext& mb) {
-  const int64_t n = step.num_tokens();
-  const size_t count = static_cast<size_t>(n * hidden_);
-  // Norms before a block (pre, sandwich) and after it, inside the residual (post, sandwich).
-  const bool norm_in = placement_ != NormPlacement::kPost;
-  const bool norm_out = placement_ != NormPlacement::kPre;
-  DeviceArray<float> normed = ops_->Allocate(n * hidden_), delta = ops_->Allocate(n * hidden_);
-  // Attention block: x += [post_attention_layernorm](attn([input_layernorm](x))).
-  const float* in = x;
-  if (norm_in) {
-    input_layernorm_.Forward(x, n, normed.data());
-    in = normed.data();
-  }
-  if (mla_) {
-    MOE_RETURN_IF_ERROR(mla_->Forward(in, step, cache, delta.data()));
-  } else {
-    MOE_RETURN_IF_ERROR(gqa_->Forward(in, step, cache, delta.data()));
-  }
-  if (norm_out) post_attention_layernorm_.Forward(delta.data(), n, delta.data());
-  ops_->Add(x, delta.data(), static_cast<int64_t>(count));
-  // MLP block: x += [post_feedforward_layernorm](mlp([pre-MLP norm](x))), the pre-MLP norm being
-  // post_attention_layernorm (pre) or pre_feedforward_layernorm (sandwich).
-  in = x;
-  if (norm_in) {
-    const RmsNorm& pre_mlp = placement_ == NormPlacement::kSandwich ? pre_feedforward_layernorm_
-                                                                    : post_attention_layernorm_;
-    pre_mlp.Forward(x, n, normed.data());
-    in = normed.data();
-  }
-  if (moe_) {
-    MOE_RETURN_IF_ERROR(moe_->Forward(in, n, delta.data(), mb));
-  } else {
-    dense_->Forward(in, n, delta.data());
-    if (tp_->size() > 1) MOE_RETURN_IF_ERROR(tp_->AllReduceSum(delta.data(), count));
-  }
-  if (norm_out) post_feedforward_layernorm_.Forward(delta.data(), n, delta.data());
-  ops_->Add(x, delta.data(), static_cast<int64_t>(count));
-  return absl::OkStatus();
-}
-
-namespace {
-
-#if MOE_HAVE_CUDA
-int RankDevice(int first, const ParallelContext& ctx);
-#endif
-
-// The op set `options` asks for, or why this model cannot run on it.
-absl::StatusOr<std::unique_ptr<Ops>> MakeOps(const ModelConfig& c, const ParallelContext& ctx,
-                                             const DecoderModelOptions& options) {
-  if (options.device == Device::kCpu) return std::make_unique<CpuOps>();
-#if !MOE_HAVE_CUDA
-  return absl::FailedPreconditionError(
-      "device cuda: this build has no CUDA backend (nvcc was not found when it was configured, "
-      "or it was configured with -DMOE_CUDA=OFF)");
-#else
-  if (!c.is_mla()) {
-    return absl::UnimplementedError(
-        absl::StrCat("the CUDA op set runs MLA models only (its attention is MLA's); ",
-                     c.architectures[0], " runs on the CPU"));
-  }
-  if (options.two_batch_overlap) {
-    return absl::UnimplementedError("two-batch overlap runs on the CPU backend only");
-  }
-  if (options.activations != Activations::kF32) {
-    return absl::UnimplementedError(
-        "rounded activations (--activations bf16 or int8) run on the CPU backend only");
-  }
-  if (c.kv_lora_rank > 1024 || c.qk_head_dim() > 256 || c.v_head_dim > 256 ||
-      c.n_routed_experts > 1024 || c.num_experts_per_tok > 64 || c.n_group > 64) {
-    return absl::UnimplementedError(absl::StrCat(
-        "the CUDA kernels take kv_lora_rank <= 1024, head dims <= 256, <= 1024 experts, top-k "
-        "<= 64 and <= 64 groups; this config has ",
-        c.kv_lora_rank, ", ", c.qk_head_dim(), "/", c.v_head_dim, ", ", c.n_routed_experts, ", ",
-        c.num_experts_per_tok, " and ", c.n_group));
-  }
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<CudaOps> ops,
-                       CudaOps::Create(RankDevice(options.cuda_device, ctx)));
-  return std::unique_ptr<Ops>(std::move(ops));
-#endif
-}
-
-#if MOE_HAVE_CUDA
-// The GPU of this rank: `first` plus the rank's index among its host's ranks (Open MPI's
-// OMPI_COMM_WORLD_LOCAL_RANK, or LOCAL_RANK), so that the ranks mpirun starts on one host take one
-// GPU each.
-int RankDevice(int first, const ParallelContext& ctx) {
-  if (ctx.world().size() == 1) return first;
-  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "LOCAL_RANK"}) {
-    if (const char* v = std::getenv(name); v != nullptr) return first + std::atoi(v);
-  }
-  return first;
-}
-
-// On several GPUs, the layers' groups: NCCL communicators over the same ranks as ctx's, on the op
-// set's stream, with the MoE dispatcher's buffers in device memory. Null on one rank.
-absl::StatusOr<std::unique_ptr<ParallelContext>> DeviceGroups(Ops& ops, const ParallelContext& ctx,
-                                                              int device) {
-  if (ctx.world().size() == 1) return nullptr;
-  const cudaStream_t stream = static_cast<CudaOps&>(ops).stream();
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> world,
-                       MakeNcclCommunicator(ctx.world(), device, stream));
-  MOE_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> tp,
-                       MakeNcclCommunicator(ctx.tp(), device, stream));
-  return ParallelContext::Over(ctx, std::move(world), std::move(tp),
-                               std::make_unique<CudaRowMemory>(stream));
-}
-#endif
-
-}  // namespace
 
 absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::Load(
     const std::string& dir, const ModelConfig& c, const ParallelContext& ctx,
     const KvCacheShape& cache, const DecoderModelOptions& options) {
-  absl::StatusOr<std::unique_ptr<Ops>> ops = MakeOps(c, ctx, options);
-  std::unique_ptr<ParallelContext> groups;
-  if (options.device == Device::kCuda && ctx.world().size() > 1) {
-    // Every rank learns whether every rank has its GPU before any joins an NCCL group.
-    int64_t failed = ops.ok() ? 0 : 1;
-    MOE_RETURN_IF_ERROR(ctx.world().AllReduceSum(&failed, 1));
-    if (!ops.ok()) return ops.status();
-    if (failed > 0) {
-      return absl::AbortedError(absl::StrCat(failed, " other rank(s) have no usable GPU"));
-    }
-#if MOE_HAVE_CUDA
-    MOE_ASSIGN_OR_RETURN(groups, DeviceGroups(**ops, ctx, RankDevice(options.cuda_device, ctx)));
-#endif
-  }
-  if (!ops.ok()) return ops.status();
-  return LoadWith(std::move(*ops), std::move(groups), dir, c, ctx, cache, options);
+  MOE_ASSIGN_OR_RETURN(OpSet set, MakeOpSet(c, ctx,
+                                            {.device = options.device,
+                                             .cuda_device = options.cuda_device,
+                                             .two_batch_overlap = options.two_batch_overlap,
+                                             .activations = options.activations}));
+  return LoadWith(std::move(set.ops), std::move(set.groups), dir, c, ctx, cache, options);
 }
 
 absl::StatusOr<std::unique_ptr<DecoderModel>> DecoderModel::LoadOver(

@@ -1,7 +1,5 @@
-// A decoder-only causal LM on one rank: embed_tokens -> num_hidden_layers x (attention block ->
-// residual -> MLP block -> residual) -> norm -> lm_head (or the embedding, tied). The blocks are
-// the config's: MLA or GQA attention; a dense MLP or a MoE; norms before each block (DeepSeek,
-// Qwen3, Mistral, SmolLM3), after it inside the residual (OLMo 2), or both (Gemma 3).
+// A decoder-only causal LM on one rank: embed_tokens -> num_hidden_layers x DecoderLayer
+// (model/decoder_layer.h) -> norm -> lm_head (or the embedding, tied).
 // Loads only this rank's shard of the checkpoint; the MTP layer (model.layers.<L>.* for
 // L = num_hidden_layers) only when asked for (speculative decoding), with a cache layer of its own.
 #pragma once
@@ -17,6 +15,7 @@
 #include "checkpoint/weight_bytes.h"
 #include "common/model_config.h"
 #include "kernels/ops.h"
+#include "model/decoder_layer.h"
 #include "model/forward_batch.h"
 #include "model/forward_model.h"
 #include "model/gqa_attention.h"
@@ -30,33 +29,6 @@
 #include "parallel/parallel_context.h"
 
 namespace moe {
-
-class DecoderLayer {
- public:
-  static absl::StatusOr<std::unique_ptr<DecoderLayer>> Load(Ops& ops, const ModelConfig& config,
-                                                            Checkpoint& ck, int64_t layer,
-                                                            const ParallelContext& ctx,
-                                                            float softmax_scale,
-                                                            WeightBytes* bytes);
-  // x [batch.num_tokens(), hidden] in place; collectives through `mb` (only the MoE layer's when
-  // it overlaps: two-batch overlap needs a TP size of 1).
-  absl::Status Forward(float* x, const StepInputs& step, KvCache& cache,
-                       const MicroBatchContext& mb = {});
-  const MoeLayer* moe() const { return moe_.get(); }
-  MoeLayer* moe() { return moe_.get(); }
-
- private:
-  Ops* ops_ = nullptr;
-  int64_t hidden_ = 0;
-  NormPlacement placement_ = NormPlacement::kPre;
-  RmsNorm input_layernorm_, post_attention_layernorm_, pre_feedforward_layernorm_,
-      post_feedforward_layernorm_;
-  std::optional<MlaAttention> mla_;
-  std::optional<GqaAttention> gqa_;
-  std::optional<GatedMlp> dense_;  // first_k_dense_replace layers (TP-split rows)
-  std::unique_ptr<MoeLayer> moe_;
-  Communicator* tp_ = nullptr;
-};
 
 struct DecoderModelOptions {
   WeightsAtLoad weights = WeightsAtLoad::kAsStored;  // what loading does with the weights

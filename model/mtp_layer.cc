@@ -4,7 +4,7 @@
 
 #include "checkpoint/weight_names.h"
 #include "common/status_macros.h"
-#include "model/model.h"
+#include "model/decoder_layer.h"
 #include "model/step_inputs.h"
 
 namespace moe {

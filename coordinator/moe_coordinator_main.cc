@@ -23,11 +23,18 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-}  // namespace
+// The command line: the server's options, and what only main uses.
+struct CommandLine {
+  moe::CoordinatorOptions options;
+  std::string model;
+  absl::Duration drain_timeout;
+};
 
-int main(int argc, char** argv) {
-  moe::CoordinatorOptions o;
-  std::string model, api_key;
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
+  CommandLine c;
+  moe::CoordinatorOptions& o = c.options;
+  std::string& model = c.model;
+  std::string api_key;
   int64_t world = o.world, tp = o.tp, metrics_port = o.metrics_port;
   int64_t decode_world = o.decode_world, decode_tp = o.decode_tp;
   int64_t startup_timeout_s = 600, heartbeat_timeout_s = 10, drain_timeout_s = 30;
@@ -149,7 +156,6 @@ int main(int argc, char** argv) {
                   "revoked without a restart.");
   flags.ParseOrExit(argc, argv);
   o.prefix_cache = !no_prefix_cache;
-  moe::SetLogPrefix("coordinator");
   o.world = static_cast<int>(world);
   o.tp = static_cast<int>(tp);
   o.decode_world = static_cast<int>(decode_world);
@@ -158,47 +164,38 @@ int main(int argc, char** argv) {
   o.startup_timeout = absl::Seconds(startup_timeout_s);
   o.heartbeat_timeout = absl::Seconds(heartbeat_timeout_s);
   if (step_deadline_factor < 0 || step_deadline_min_s <= 0 || first_steps_deadline_s <= 0) {
-    return Fail(absl::InvalidArgumentError(
+    return absl::InvalidArgumentError(
         "--step-deadline-factor must be >= 0, --step-deadline-min-s and "
-        "--first-steps-deadline-s > 0"));
+        "--first-steps-deadline-s > 0");
   }
   o.step_deadline.factor = step_deadline_factor;
   o.step_deadline.min = absl::Seconds(step_deadline_min_s);
   o.step_deadline.warmup = absl::Seconds(first_steps_deadline_s);
   o.api_keys = {api_key};
   if (const char* env = std::getenv("MOE_API_KEY")) o.api_keys.emplace_back(env);
-
-  // Signals go to a dedicated wait below, not to whichever thread happens to run.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  // A client that goes away mid-response must not end the process: with TLS the HTTP API writes
-  // through OpenSSL, whose writes to a closed socket raise SIGPIPE.
-  signal(SIGPIPE, SIG_IGN);
-
   if (o.tokenizer_dir.empty()) o.tokenizer_dir = model;
   if (o.model_name.empty()) {  // "models/tiny-dsv3/" → "tiny-dsv3"
     std::filesystem::path p = std::filesystem::path(model).lexically_normal();
     o.model_name = (p.has_filename() ? p : p.parent_path()).filename().string();
   }
-  if (http_threads < 1) return Fail(absl::InvalidArgumentError("--http-threads must be at least 1"));
+  if (http_threads < 1) return absl::InvalidArgumentError("--http-threads must be at least 1");
   o.http_threads = static_cast<int>(http_threads);
-  auto config = moe::LoadModelConfig(model);
-  if (!config.ok()) return Fail(config.status());
-  auto server = moe::CoordinatorServer::Start(*config, o);
-  if (!server.ok()) return Fail(server.status());
+  c.drain_timeout = absl::Seconds(drain_timeout_s);
+  return c;
+}
 
-  // Wait for a signal, failing the start-up if the workers are not ready in time.
-  const absl::Time startup_deadline = absl::Now() + o.startup_timeout;
+// Waits for signals until the server has drained: SIGHUP reloads the API keys, SIGTERM or SIGINT
+// drains in-flight requests (a second one exits at once). Fails the start-up if the workers are
+// not all ready within the startup timeout. Returns the exit code.
+int ServeUntilSignalled(moe::CoordinatorServer& server, const sigset_t& signals,
+                        absl::Duration startup_timeout, absl::Duration drain_timeout) {
+  const absl::Time startup_deadline = absl::Now() + startup_timeout;
   bool ever_served = false;
   while (true) {
     timespec tick{0, 200 * 1000 * 1000};
     const int sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig == SIGHUP) {
-      auto keys = (*server)->ReloadApiKeys();
+      auto keys = server.ReloadApiKeys();
       if (keys.ok()) {
         MOE_LOG(INFO) << "SIGHUP: API keys reloaded, " << *keys << " in use";
       } else {
@@ -210,7 +207,7 @@ int main(int argc, char** argv) {
       MOE_LOG(INFO) << "signal " << sig << ": draining (a second signal exits at once)";
       std::atomic<bool> drained{false};
       std::thread drain([&] {
-        (*server)->Drain(absl::Seconds(drain_timeout_s));
+        server.Drain(drain_timeout);
         drained = true;
       });
       while (!drained) {
@@ -225,12 +222,37 @@ int main(int argc, char** argv) {
       MOE_LOG(INFO) << "bye";
       return 0;
     }
-    ever_served |= (*server)->serving();
+    ever_served |= server.serving();
     if (!ever_served && absl::Now() > startup_deadline) {
-      MOE_LOG(ERROR) << "workers not ready within " << startup_timeout_s
-                     << " s: " << (*server)->Describe();
-      (*server)->Drain(absl::ZeroDuration());
+      MOE_LOG(ERROR) << "workers not ready within " << absl::FormatDuration(startup_timeout) << ": "
+                     << server.Describe();
+      server.Drain(absl::ZeroDuration());
       return 1;
     }
   }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::SetLogPrefix("coordinator");
+  auto command_line = ParseCommandLine(argc, argv);
+  if (!command_line.ok()) return Fail(command_line.status());
+  // Signals go to a dedicated wait below, not to whichever thread happens to run.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // A client that goes away mid-response must not end the process: with TLS the HTTP API writes
+  // through OpenSSL, whose writes to a closed socket raise SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
+
+  auto config = moe::LoadModelConfig(command_line->model);
+  if (!config.ok()) return Fail(config.status());
+  auto server = moe::CoordinatorServer::Start(*config, command_line->options);
+  if (!server.ok()) return Fail(server.status());
+  return ServeUntilSignalled(**server, signals, command_line->options.startup_timeout,
+                             command_line->drain_timeout);
 }

@@ -202,139 +202,121 @@ absl::StatusOr<std::unique_ptr<moe::KvTransferServer>> StartKvReceiver(
   return server;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+// The command line, its enumerations parsed.
+struct CommandLine {
   std::string coordinator, model, host = Hostname(), device = "cpu", collective_listen;
   std::string weights_dtype = "stored", activations = "f32", group = "main",
               kv_listen = "0.0.0.0:0";
   int64_t rank = -1, world_size = 0, threads = 0, register_timeout_s = 600;
   int64_t heartbeat_ms = 1000, lost_after_s = 15;
+  moe::TlsFiles cluster_tls;
+  std::string cluster_tls_name;
+  moe::Device backend = moe::Device::kCpu;
+  moe::WeightsAtLoad weights = moe::WeightsAtLoad::kAsStored;
+  moe::Activations rounding = moe::Activations::kF32;
+};
+
+absl::StatusOr<CommandLine> ParseCommandLine(int argc, char** argv) {
+  CommandLine c;
   moe::FlagParser flags(
       "moe-worker",
       "One rank of the serving engine. Under mpirun (`mpirun -np W moe-worker ...`) ranks come\n"
       "from MPI; otherwise start W processes with --rank and --world-size (collectives over TCP,\n"
       "peers found through the coordinator). Exit codes: 0 shutdown, 1 error, 3 session lost.");
-  flags.AddString("coordinator", &coordinator,
-                  "The coordinator's control-plane address HOST:PORT (its --cluster-listen).", true);
-  flags.AddString("model", &model, "Checkpoint folder on this host.", true);
-  flags.AddInt("rank", &rank, "This rank (without mpirun).");
-  flags.AddInt("world-size", &world_size, "Ranks in the engine (without mpirun).");
-  flags.AddString("host", &host, "Host name reported to the coordinator.");
-  flags.AddString("device", &device,
+  flags.AddString("coordinator", &c.coordinator,
+                  "The coordinator's control-plane address HOST:PORT (its --cluster-listen).",
+                  true);
+  flags.AddString("model", &c.model, "Checkpoint folder on this host.", true);
+  flags.AddInt("rank", &c.rank, "This rank (without mpirun).");
+  flags.AddInt("world-size", &c.world_size, "Ranks in the engine (without mpirun).");
+  flags.AddString("host", &c.host, "Host name reported to the coordinator.");
+  flags.AddString("device", &c.device,
                   "Backend: cpu, or cuda (one GPU per rank: device i of those "
                   "CUDA_VISIBLE_DEVICES shows for the host's i-th rank under mpirun, else 0; "
                   "several ranks exchange over NCCL).");
-  flags.AddString("weights-dtype", &weights_dtype,
+  flags.AddString("weights-dtype", &c.weights_dtype,
                   "CPU weights: stored (the checkpoint's format), f32 (converted at load: the "
                   "reference path), fp8 (float projections converted to 128x128-block fp8).");
-  flags.AddString("activations", &activations, moe::kActivationsFlagHelp);
-  flags.AddString("group", &group,
+  flags.AddString("activations", &c.activations, moe::kActivationsFlagHelp);
+  flags.AddString("group", &c.group,
                   "The worker group this rank joins: main (receives the requests; with a decode "
                   "group it only prefills), or decode (the coordinator's --decode-world-size "
                   "ranks: decodes from the KV the main group sends).");
   flags.AddString(
-      "kv-listen", &kv_listen,
+      "kv-listen", &c.kv_listen,
       "--group decode: HOST:PORT where this rank receives prompts' KV (port 0: any; "
       "on 0.0.0.0 it is reached at --host). Mutual TLS with --cluster-cert (the certificate "
       "must then name that host).");
-  flags.AddString("collective-listen", &collective_listen,
+  flags.AddString("collective-listen", &c.collective_listen,
                   "Without mpirun: HOST:PORT where this rank accepts its peers (port 0: any).");
-  moe::TlsFiles cluster_tls;
-  std::string cluster_tls_name;
-  flags.AddString("cluster-cert", &cluster_tls.cert,
+  flags.AddString("cluster-cert", &c.cluster_tls.cert,
                   "PEM certificate of this rank, signed by --cluster-ca: with it, the control "
                   "plane and the TCP mesh are mutual TLS (MPI's transport is not covered).");
-  flags.AddString("cluster-key", &cluster_tls.key, "PEM private key of --cluster-cert.");
-  flags.AddString("cluster-ca", &cluster_tls.ca,
+  flags.AddString("cluster-key", &c.cluster_tls.key, "PEM private key of --cluster-cert.");
+  flags.AddString("cluster-ca", &c.cluster_tls.ca,
                   "PEM CA of the cluster: the coordinator's and every peer's certificate must be "
                   "signed by it.");
-  flags.AddString("cluster-tls-name", &cluster_tls_name,
+  flags.AddString("cluster-tls-name", &c.cluster_tls_name,
                   "The name the coordinator's certificate carries (default: the host of "
                   "--coordinator).");
-  flags.AddInt("threads", &threads, "CPU threads (0: the host's cores / ranks on it).");
-  flags.AddInt("register-timeout-s", &register_timeout_s,
+  flags.AddInt("threads", &c.threads, "CPU threads (0: the host's cores / ranks on it).");
+  flags.AddInt("register-timeout-s", &c.register_timeout_s,
                "Give up if the coordinator does not complete registration within this time.");
-  flags.AddInt("heartbeat-ms", &heartbeat_ms, "Heartbeat interval.");
-  flags.AddInt("coordinator-lost-s", &lost_after_s,
+  flags.AddInt("heartbeat-ms", &c.heartbeat_ms, "Heartbeat interval.");
+  flags.AddInt("coordinator-lost-s", &c.lost_after_s,
                "Exit when the coordinator cannot be reached for this long.");
   flags.ParseOrExit(argc, argv);
-  const auto backend = moe::ParseDevice(device);
-  if (!backend.ok()) return Fail(backend.status());
-  const auto weights = moe::ParseWeightsAtLoad(weights_dtype);
-  if (!weights.ok()) return Fail(weights.status());
-  const auto rounding = moe::ParseActivations(activations);
-  if (!rounding.ok()) return Fail(rounding.status());
-  if (group != "main" && group != "decode") {
-    return Fail(
-        absl::InvalidArgumentError(absl::StrCat("--group ", group, ": expected main or decode")));
+  MOE_ASSIGN_OR_RETURN(c.backend, moe::ParseDevice(c.device));
+  MOE_ASSIGN_OR_RETURN(c.weights, moe::ParseWeightsAtLoad(c.weights_dtype));
+  MOE_ASSIGN_OR_RETURN(c.rounding, moe::ParseActivations(c.activations));
+  if (c.group != "main" && c.group != "decode") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--group ", c.group, ": expected main or decode"));
   }
+  return c;
+}
 
-  auto collective = JoinCollective(&argc, &argv, &rank, &world_size, host, collective_listen);
-  if (!collective.ok()) return Fail(collective.status());
-  moe::SetLogPrefix(absl::StrCat("worker ", rank, "/", world_size));
-  moe::cpu::SetNumThreads(threads > 0 ? static_cast<int>(threads) : DefaultThreads());
+// The cluster's TLS material: the PEM texts for the control plane and the KV transfer, and the TCP
+// mesh's context (none under MPI, whose transport TLS does not cover).
+struct ClusterTls {
+  std::optional<moe::TlsPem> pem;
+  std::unique_ptr<moe::MeshTls> mesh;
+  const moe::TlsPem* pem_or_null() const { return pem ? &*pem : nullptr; }
+};
 
-  std::optional<moe::TlsPem> cluster_pem;
-  std::unique_ptr<moe::MeshTls> mesh_tls;
-  if (cluster_tls.enabled()) {
-    auto pem = moe::ReadTlsFiles(cluster_tls, {"--cluster-cert", "--cluster-key", "--cluster-ca"});
-    if (!pem.ok()) return Fail(pem.status());
-    cluster_pem = std::move(*pem);
-    if (collective->kind == "tcp") {
-      auto tls = moe::MeshTls::Create(cluster_tls);
-      if (!tls.ok()) return Fail(tls.status());
-      mesh_tls = std::move(*tls);
-    }
+absl::StatusOr<ClusterTls> LoadClusterTls(const moe::TlsFiles& files,
+                                          const Collective& collective) {
+  ClusterTls tls;
+  if (!files.enabled()) return tls;
+  MOE_ASSIGN_OR_RETURN(
+      tls.pem, moe::ReadTlsFiles(files, {"--cluster-cert", "--cluster-key", "--cluster-ca"}));
+  if (collective.kind == "tcp") {
+    MOE_ASSIGN_OR_RETURN(tls.mesh, moe::MeshTls::Create(files));
   }
-  moe::CoordinatorClient client(coordinator, cluster_pem ? &*cluster_pem : nullptr,
-                                cluster_tls_name);
+  return tls;
+}
+
+moe::v1::RegisterRequest RegistrationOf(const CommandLine& c, const Collective& collective) {
   moe::v1::RegisterRequest reg;
-  reg.set_collective(collective->kind);
-  reg.set_collective_address(collective->address);
-  reg.set_rank(static_cast<int>(rank));
-  reg.set_world_size(static_cast<int>(world_size));
-  reg.set_host(host);
-  reg.set_device(device);
+  reg.set_collective(collective.kind);
+  reg.set_collective_address(collective.address);
+  reg.set_rank(static_cast<int>(c.rank));
+  reg.set_world_size(static_cast<int>(c.world_size));
+  reg.set_host(c.host);
+  reg.set_device(c.device);
   reg.set_pid(getpid());
-  if (group == "decode") reg.set_group("decode");
-  MOE_LOG(INFO) << "registering with " << coordinator;
-  auto assignment = client.Register(reg, absl::Seconds(register_timeout_s));
-  if (!assignment.ok()) return Fail(assignment.status());
-  const std::string session = assignment->session();
-  auto world = ConnectWorld(*collective, static_cast<int>(rank), static_cast<int>(world_size),
-                            *assignment, mesh_tls.get());
-  if (!world.ok()) return Fail(world.status());
-  if (mesh_tls) {
-    MOE_LOG(INFO) << "TCP mesh joined: mutual TLS with the cluster CA " << cluster_tls.ca;
-  }
-  auto engine = LoadEngine(model, std::move(*world), *assignment, *backend, *weights, *rounding);
-  if (!engine.ok()) return Fail(engine.status());
-  const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
-  MOE_LOG(INFO) << "loaded " << wb.Describe();
+  if (c.group == "decode") reg.set_group("decode");
+  return reg;
+}
 
-  std::unique_ptr<moe::KvTransferServer> kv_receiver;
-  moe::v1::ReadyRequest ready;
-  if (group == "decode") {
-    std::string address;
-    auto receiver = StartKvReceiver(**engine, kv_listen, host, session,
-                                    cluster_pem ? &*cluster_pem : nullptr, &address);
-    if (!receiver.ok()) return Fail(receiver.status());
-    kv_receiver = std::move(*receiver);
-    ready.set_kv_address(address);
-    MOE_LOG(INFO) << "decode group: receiving prompts' KV on " << address
-                  << (cluster_pem ? " (mutual TLS with the cluster CA)" : "");
-  }
-  ready.set_session(session);
-  ready.set_rank(static_cast<int>(rank));
-  ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
-  ready.set_weight_bytes_detail(wb.Describe());
-  if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
-  moe::StepRunner runner(**engine, kv_receiver.get(), cluster_pem ? &*cluster_pem : nullptr);
-  const moe::StepProgress& progress = runner.progress();
+// Heartbeats carrying the runner's progress; when the coordinator is lost (or cancels the session)
+// the process exits at once, since other ranks may be blocked in a collective with this one: the
+// launcher (mpirun, Kubernetes) sees the exit.
+void StartHeartbeats(moe::CoordinatorClient& client, const std::string& session,
+                     const CommandLine& c, const moe::StepProgress& progress) {
   client.StartHeartbeats(
-      session, static_cast<int>(rank), absl::Milliseconds(heartbeat_ms),
-      absl::Seconds(lost_after_s),
+      session, static_cast<int>(c.rank), absl::Milliseconds(c.heartbeat_ms),
+      absl::Seconds(c.lost_after_s),
       [&progress](moe::v1::HeartbeatRequest* r) {
         r->set_last_step(progress.last_step);
         const int64_t current = progress.current_step;
@@ -344,12 +326,63 @@ int main(int argc, char** argv) {
         }
       },
       [](const absl::Status& why) {
-        // Other ranks may be blocked in a collective with this one: leave
-        // at once; the launcher (mpirun, Kubernetes) sees the exit.
         MOE_LOG(WARNING) << why.message() << "; exiting";
         std::_Exit(why.code() == absl::StatusCode::kCancelled ? 0 : kExitSessionLost);
       });
-  const int code = rank == 0 ? LeadSteps(client, session, runner) : FollowSteps(runner);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto command_line = ParseCommandLine(argc, argv);
+  if (!command_line.ok()) return Fail(command_line.status());
+  CommandLine& c = *command_line;
+  auto collective =
+      JoinCollective(&argc, &argv, &c.rank, &c.world_size, c.host, c.collective_listen);
+  if (!collective.ok()) return Fail(collective.status());
+  moe::SetLogPrefix(absl::StrCat("worker ", c.rank, "/", c.world_size));
+  moe::cpu::SetNumThreads(c.threads > 0 ? static_cast<int>(c.threads) : DefaultThreads());
+  auto tls = LoadClusterTls(c.cluster_tls, *collective);
+  if (!tls.ok()) return Fail(tls.status());
+
+  moe::CoordinatorClient client(c.coordinator, tls->pem_or_null(), c.cluster_tls_name);
+  MOE_LOG(INFO) << "registering with " << c.coordinator;
+  auto assignment =
+      client.Register(RegistrationOf(c, *collective), absl::Seconds(c.register_timeout_s));
+  if (!assignment.ok()) return Fail(assignment.status());
+  const std::string session = assignment->session();
+  auto world = ConnectWorld(*collective, static_cast<int>(c.rank), static_cast<int>(c.world_size),
+                            *assignment, tls->mesh.get());
+  if (!world.ok()) return Fail(world.status());
+  if (tls->mesh) {
+    MOE_LOG(INFO) << "TCP mesh joined: mutual TLS with the cluster CA " << c.cluster_tls.ca;
+  }
+  auto engine =
+      LoadEngine(c.model, std::move(*world), *assignment, c.backend, c.weights, c.rounding);
+  if (!engine.ok()) return Fail(engine.status());
+  const moe::WeightBytes& wb = (*engine)->model().weight_bytes();
+  MOE_LOG(INFO) << "loaded " << wb.Describe();
+
+  std::unique_ptr<moe::KvTransferServer> kv_receiver;
+  moe::v1::ReadyRequest ready;
+  if (c.group == "decode") {
+    std::string address;
+    auto receiver =
+        StartKvReceiver(**engine, c.kv_listen, c.host, session, tls->pem_or_null(), &address);
+    if (!receiver.ok()) return Fail(receiver.status());
+    kv_receiver = std::move(*receiver);
+    ready.set_kv_address(address);
+    MOE_LOG(INFO) << "decode group: receiving prompts' KV on " << address
+                  << (tls->pem ? " (mutual TLS with the cluster CA)" : "");
+  }
+  ready.set_session(session);
+  ready.set_rank(static_cast<int>(c.rank));
+  ready.set_weight_bytes_read(static_cast<int64_t>(wb.total()));
+  ready.set_weight_bytes_detail(wb.Describe());
+  if (absl::Status s = client.ReportReady(ready); !s.ok()) return Fail(s);
+  moe::StepRunner runner(**engine, kv_receiver.get(), tls->pem_or_null());
+  StartHeartbeats(client, session, c, runner.progress());
+  const int code = c.rank == 0 ? LeadSteps(client, session, runner) : FollowSteps(runner);
   client.StopHeartbeats();
   return code;
 }

@@ -12,8 +12,11 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "bench/bandwidth.h"
 #include "bench/bench_util.h"
+#include "checkpoint/quantize.h"
 #include "common/cli.h"
 #include "common/dtype.h"
 #include "common/machine_info.h"
@@ -33,35 +36,54 @@ struct Stored {
   WeightMatrix w;
 };
 
-// A random [n, k] weight in format f (values do not matter for timing, only layout).
+// A [n, k] weight in format f holding Gaussian values (σ 0.02, as initialised checkpoints hold)
+// stored as the checkpoint would store them: fp8 and int4 through the project's quantizers, so
+// the codes occur as often as in a real weight (e4m3's subnormal codes among them, which some
+// CPUs multiply far slower than normal floats).
 Stored Make(WeightFormat f, int64_t n, int64_t k) {
   Stored s;
   std::mt19937 rng(1);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  std::vector<float> values(static_cast<size_t>(n * k));
+  for (float& v : values) v = normal(rng);
   WeightMatrix& w = s.w;
   w.format = f;
   w.rows = n;
   w.cols = k;
+  auto to_bytes = [&](const void* p, size_t bytes) {
+    s.data.resize(bytes);
+    std::memcpy(s.data.data(), p, bytes);
+  };
   switch (f) {
     case WeightFormat::kF32:
       w.row_stride = k * 4;
+      to_bytes(values.data(), values.size() * 4);
       break;
     case WeightFormat::kBF16:
-    case WeightFormat::kF16:
+    case WeightFormat::kF16: {
       w.row_stride = k * 2;
+      std::vector<uint16_t> half(values.size());
+      for (size_t i = 0; i < values.size(); ++i) {
+        half[i] = f == WeightFormat::kBF16 ? F32ToBF16(values[i]) : F32ToF16(values[i]);
+      }
+      to_bytes(half.data(), half.size() * 2);
       break;
-    case WeightFormat::kF8Block:
+    }
+    case WeightFormat::kF8Block: {
       w.row_stride = k;
       w.scale_stride = (k + 127) / 128;
-      s.block_scales.assign(static_cast<size_t>((n + 127) / 128 * w.scale_stride), 1e-3f);
+      QuantizeFp8(values.data(), n, k, 128, 128, &s.data, &s.block_scales);
       break;
-    case WeightFormat::kInt4Group:
+    }
+    case WeightFormat::kInt4Group: {
       w.row_stride = k / 2;
       w.scale_stride = k / 32;
-      s.group_scales.assign(static_cast<size_t>(n * w.scale_stride), F32ToBF16(0.01f));
+      std::vector<int32_t> packed;
+      QuantizeInt4(values.data(), n, k, 32, &packed, &s.group_scales);
+      to_bytes(packed.data(), packed.size() * 4);
       break;
+    }
   }
-  s.data.resize(static_cast<size_t>(n * w.row_stride));
-  for (auto& b : s.data) b = static_cast<uint8_t>(rng() & 0x77);  // small finite values
   w.data = s.data.data();
   w.block_scales = s.block_scales.data();
   w.group_scales = s.group_scales.data();
@@ -84,13 +106,44 @@ double TimeBest(int repeats, const std::function<void()>& f) {
 
 int main(int argc, char** argv) {
   int64_t threads = 0, n = 8192, k = 4096;
+  std::string formats_flag = "f32,bf16,f16,fp8,int4", rows_flag = "1,4,8,16,32,64,512";
   moe::FlagParser flags("weight_matmul_bench",
                         "Throughput of y = x W^T with W in each checkpoint format (f32, bf16, f16, "
                         "fp8 blocks, int4 groups).");
   flags.AddInt("threads", &threads, "Threads (0: all cores).");
   flags.AddInt("n", &n, "Output features (rows of W).");
   flags.AddInt("k", &k, "Input features (columns of W; a multiple of 128).");
+  flags.AddString("formats", &formats_flag,
+                  "Weight formats, comma-separated: f32, bf16, f16, fp8, int4.");
+  flags.AddString("rows", &rows_flag, "Rows of x, comma-separated.");
   flags.ParseOrExit(argc, argv);
+  std::vector<moe::WeightFormat> formats;
+  for (absl::string_view name : absl::StrSplit(formats_flag, ',', absl::SkipEmpty())) {
+    bool known = false;
+    for (moe::WeightFormat f :
+         {moe::WeightFormat::kF32, moe::WeightFormat::kBF16, moe::WeightFormat::kF16,
+          moe::WeightFormat::kF8Block, moe::WeightFormat::kInt4Group}) {
+      if (moe::WeightFormatName(f) == name) {
+        formats.push_back(f);
+        known = true;
+      }
+    }
+    if (!known) {
+      std::fprintf(stderr, "weight_matmul_bench: --formats: unknown format '%s'\n",
+                   std::string(name).c_str());
+      return 1;
+    }
+  }
+  std::vector<int64_t> rows;
+  for (absl::string_view r : absl::StrSplit(rows_flag, ',', absl::SkipEmpty())) {
+    int64_t v = 0;
+    if (!absl::SimpleAtoi(r, &v) || v < 1) {
+      std::fprintf(stderr, "weight_matmul_bench: --rows: '%s' is not a positive row count\n",
+                   std::string(r).c_str());
+      return 1;
+    }
+    rows.push_back(v);
+  }
   if (n < 1 || k < 128 || k % 128 != 0) {
     std::fprintf(stderr, "weight_matmul_bench: --n must be >= 1 and --k a positive multiple of 128\n");
     return 1;
@@ -114,9 +167,7 @@ int main(int argc, char** argv) {
     moe::Activations x;
   };
   std::vector<Pass> passes;
-  for (moe::WeightFormat f :
-       {moe::WeightFormat::kF32, moe::WeightFormat::kBF16, moe::WeightFormat::kF16,
-        moe::WeightFormat::kF8Block, moe::WeightFormat::kInt4Group}) {
+  for (moe::WeightFormat f : formats) {
     passes.push_back({f, moe::Activations::kF32});
     const bool bf16 = f == moe::WeightFormat::kBF16 || f == moe::WeightFormat::kF8Block;
     if (bf16 && moe::cpu::HasBf16DotProducts()) passes.push_back({f, moe::Activations::kBf16});
@@ -127,7 +178,7 @@ int main(int argc, char** argv) {
   for (const Pass& pass : passes) {
     moe::Stored s = moe::Make(pass.format, n, k);
     s.w.x_rounding = pass.x;
-    for (int64_t m : {1, 4, 8, 16, 32, 64, 512}) {
+    for (int64_t m : rows) {
       moe::FloatVector x(static_cast<size_t>(m * k), 0.5f), y(static_cast<size_t>(m * n));
       const double t = moe::TimeBest(m <= 8 ? 10 : 3, [&] {
         moe::cpu::MatMulNT(m, x.data(), k, s.w, y.data(), n);

@@ -6,6 +6,7 @@
 #include <iterator>
 
 #include "common/status_macros.h"
+#include "kernels/cpu/weight_matmul.h"
 
 // GCC 12 reports the _mm512_undefined_*() inside its own AVX-512 intrinsics as uninitialised
 // once they are inlined here; the values are never read.
@@ -77,6 +78,11 @@ MOE_BF16 void Row(const Bf16Rows& x, const WeightMatrix& w, int64_t j, int64_t i
     }
     int64_t c = s0;
     for (; c + 32 * U <= s1; c += 32 * U) {
+      constexpr int64_t kBytes = 32 * U * (kF8 ? 1 : 2);  // weight bytes this step reads
+      const uint8_t* ahead = row + c * (kF8 ? 1 : 2) + kWeightPrefetchBytes;
+      for (int64_t b = 0; b < kBytes; b += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+      }
       for (int u = 0; u < U; ++u) {
         const __m512bh wv = Weights<kF8>(row, c + 32 * u);
         for (int i = 0; i < M; ++i) {

@@ -20,6 +20,7 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/weight_matmul.cc"
+#include "hwy/cache_control.h"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
@@ -44,7 +45,9 @@ using V = hn::Vec<D>;
 // costly next to a 128-column block's work); Scale(row_scales, s): segment s's.
 
 // The segment functions of a format without scales: the whole row is one segment of scale 1.
+// kBits: bits a weight takes in the row (0: not prefetched by FusedRow).
 struct Unscaled {
+  static constexpr int kBits = 0;
   static int64_t Segment(const WeightMatrix& w) { return w.cols; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.cols; }
   static const uint8_t* RowScales(const WeightMatrix&, int64_t) { return nullptr; }
@@ -52,6 +55,7 @@ struct Unscaled {
 };
 
 struct F16Format : Unscaled {
+  static constexpr int kBits = 16;
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<hwy::float16_t, D> d16;
     return hn::PromoteTo(d, hn::LoadU(d16, reinterpret_cast<const hwy::float16_t*>(row) + c));
@@ -64,6 +68,7 @@ struct F16Format : Unscaled {
 };
 
 struct Bf16Format : Unscaled {
+  static constexpr int kBits = 16;
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<uint16_t, D> d16;
     const hn::RebindToUnsigned<D> du;
@@ -91,6 +96,7 @@ inline float ScaleOf(const uint8_t* row_scales, int64_t seg) {
 // fused product uses it as it is: the rows of one 128-row block share their column blocks'
 // scales, so x is multiplied by them once (FusedRowsF8) and the weights are only decoded.
 struct F8UnscaledFormat : Unscaled {
+  static constexpr int kBits = 8;
   static constexpr uint32_t kMask = 0x87f00000u;
   static V Load(D d, const uint8_t* row, int64_t c, V) {
     const hn::Rebind<int8_t, D> d8;
@@ -110,6 +116,7 @@ struct F8UnscaledFormat : Unscaled {
 // fp8 with DeepSeek-V3's block scales: the unscaled decode times the block's scale, with 2^120
 // folded into it.
 struct F8BlockFormat {
+  static constexpr int kBits = 8;
   static constexpr float kExpBias = 1.329228e36f;  // 2^120
   static int64_t Segment(const WeightMatrix& w) { return w.block_cols; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.FirstBlockCols(); }
@@ -128,6 +135,7 @@ struct F8BlockFormat {
 };
 
 struct Int4GroupFormat {
+  static constexpr int kBits = 4;
   static int64_t Segment(const WeightMatrix& w) { return w.group_size; }
   static int64_t FirstSegment(const WeightMatrix& w) { return w.group_size; }  // whole groups
   static const uint8_t* RowScales(const WeightMatrix& w, int64_t r) {
@@ -185,6 +193,11 @@ void FusedRow(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j, flo
     const V sv = hn::Set(d, scale);
     int64_t c = s0;
     for (; c + U * N <= s1; c += U * N) {
+      if constexpr (F::kBits > 0) {
+        for (int64_t b = 0; b < U * N * F::kBits / 8; b += 64) {
+          hwy::Prefetch(row + c * F::kBits / 8 + b + kWeightPrefetchBytes);
+        }
+      }
       for (int u = 0; u < U; ++u) {
         const V wv = F::Load(d, row, c + u * N, sv);
         for (int i = 0; i < M; ++i) {
@@ -237,6 +250,7 @@ void FusedRowInt4(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j,
   };
   int64_t c = 0;
   for (; c + 64 <= k; c += 64) {
+    if ((c & 127) == 0) hwy::Prefetch(row + c / 2 + kWeightPrefetchBytes);
     const float sa = Int4GroupFormat::Scale(row_scales, c / w.group_size);
     const float sb = Int4GroupFormat::Scale(row_scales, (c + 32) / w.group_size);
     const V va = hn::Set(d, sa), ma = hn::Set(d, -8.0f * sa);
@@ -400,16 +414,31 @@ int64_t PanelRows(int64_t n, int64_t k) {
   return std::min(rows, n);
 }
 
-// f(j0, j1) over the output features [0, n) in tasks of kFusedRowsPerTask, split between the
-// threads (on the calling thread inside a parallel region).
+// f(j0, j1) over the output features [0, n): one contiguous range per thread, cut at multiples
+// of kFusedRowsPerTask (the whole range on the calling thread inside a parallel region), so what
+// a kernel does once per range (fp8's scaled x, a row block's scales) is done once per thread.
 template <class F>
-void ForEachFusedTask(int64_t n, const F& f) {
+void ForEachFusedRange(int64_t n, const F& f) {
   const int64_t tasks = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
-#pragma omp parallel for schedule(static)
-  for (int64_t t = 0; t < tasks; ++t) {
-    const int64_t j0 = t * kFusedRowsPerTask;
-    f(j0, std::min(n, j0 + kFusedRowsPerTask));
+  const int threads = static_cast<int>(std::min<int64_t>(NumThreads(), tasks));
+  if (omp_in_parallel() || threads <= 1) {
+    f(0, n);
+    return;
   }
+#pragma omp parallel for schedule(static) num_threads(threads)
+  for (int t = 0; t < threads; ++t) {
+    const int64_t j0 = tasks * t / threads * kFusedRowsPerTask;
+    f(j0, std::min(n, tasks * (t + 1) / threads * kFusedRowsPerTask));
+  }
+}
+
+// f over a range in tasks of kFusedRowsPerTask, for the products that pass over a task's weights
+// once per few rows of x (the task's weights stay in cache between the passes).
+template <class F>
+auto InTasks(const F& f) {
+  return [&f](int64_t j0, int64_t j1) {
+    for (int64_t j = j0; j < j1; j += kFusedRowsPerTask) f(j, std::min(j1, j + kFusedRowsPerTask));
+  };
 }
 
 bool InKernelOrder(const WeightMatrix& w) { return w.format != WeightFormat::kInt4Group; }
@@ -443,14 +472,16 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
     thread_local Bf16Rows rounded;  // the calling thread's; the team reads it through xb
     const Bf16Rows& xb = rounded;
     RoundRowsBf16(m, x, ldx, k, Bf16Factor(w), &rounded);
-    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { Bf16Product(xb, w, j0, j1, y, ldy); });
+    ForEachFusedRange(n,
+                      InTasks([&](int64_t j0, int64_t j1) { Bf16Product(xb, w, j0, j1, y, ldy); }));
     return;
   }
   if (w.x_rounding == Activations::kInt8 && Int4Int8Serves(w)) {
     thread_local Int8Rows rounded;  // the calling thread's; the team reads it through xq
     const Int8Rows& xq = rounded;
     QuantizeRowsInt8(m, x, ldx, k, &rounded);
-    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { Int4Int8Product(xq, w, j0, j1, y, ldy); });
+    ForEachFusedRange(
+        n, InTasks([&](int64_t j0, int64_t j1) { Int4Int8Product(xq, w, j0, j1, y, ldy); }));
     return;
   }
   FloatVector permuted;
@@ -463,7 +494,7 @@ void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, flo
   }
   if (m <= kFusedMaxRows) {
     const auto fused = HWY_DYNAMIC_DISPATCH(FusedRows);
-    ForEachFusedTask(n, [&](int64_t j0, int64_t j1) { fused(m, x, ldx, w, j0, j1, y, ldy); });
+    ForEachFusedRange(n, [&](int64_t j0, int64_t j1) { fused(m, x, ldx, w, j0, j1, y, ldy); });
     return;
   }
   const auto decode = HWY_DYNAMIC_DISPATCH(DecodeRows);

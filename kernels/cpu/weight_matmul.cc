@@ -241,36 +241,59 @@ void FusedRowInt4(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j,
     for (int i = 0; i < M; ++i) acc[u][i] = hn::Zero(d);
   }
   const auto low = hn::Set(du, 0xfu);
-  // (q + 8) * s - 8 * s = q * s
-  auto decode = [&](auto b, V scale, V minus8s) {
-    return hn::MulAdd(hn::ConvertTo(d, hn::BitCast(di, b)), scale, minus8s);
+  // A group's decode of a stored nibble n (the weight is (n - 8) * s): with 16 lanes, a lookup in
+  // the group's table of the 16 values; otherwise n converted, times s, minus 8 s. Both are exact
+  // (small integers times a bf16 scale), so both give the same weights.
+  constexpr bool kTable = hn::MaxLanes(D()) == 16;
+  struct Group {
+    V a, b;  // kTable: the table; otherwise s and -8 s
+  };
+  const V n_minus_8 = hn::Sub(hn::Iota(d, 0.0f), hn::Set(d, 8.0f));
+  auto group = [&](float s) {
+    if constexpr (kTable) {
+      return Group{hn::Mul(n_minus_8, hn::Set(d, s)), hn::Zero(d)};
+    } else {
+      return Group{hn::Set(d, s), hn::Set(d, -8.0f * s)};
+    }
+  };
+  auto decode = [&](auto n, const Group& g) {
+    if constexpr (kTable) {
+      return hn::TableLookupLanes(g.a, hn::IndicesFromVec(d, n));
+    } else {
+      return hn::MulAdd(hn::ConvertTo(d, hn::BitCast(di, n)), g.a, g.b);
+    }
   };
   auto fma = [&](int u, V wv, int64_t col) {
     for (int i = 0; i < M; ++i) acc[u][i] = hn::MulAdd(wv, hn::LoadU(d, x + i * ldx + col), acc[u][i]);
   };
+  // The group of column c, by a shift for the usual power-of-two group sizes (a 64-bit division
+  // per 32 columns was the kernel's largest cost).
+  const int64_t gs = w.group_size;
+  const bool pow2 = (gs & (gs - 1)) == 0;
+  const int shift = pow2 ? hwy::Num0BitsBelowLS1Bit_Nonzero64(static_cast<uint64_t>(gs)) : -1;
+  auto GroupOf = [&](int64_t col) { return shift >= 0 ? col >> shift : col / gs; };
   int64_t c = 0;
   for (; c + 64 <= k; c += 64) {
     if ((c & 127) == 0) hwy::Prefetch(row + c / 2 + kWeightPrefetchBytes);
-    const float sa = Int4GroupFormat::Scale(row_scales, c / w.group_size);
-    const float sb = Int4GroupFormat::Scale(row_scales, (c + 32) / w.group_size);
-    const V va = hn::Set(d, sa), ma = hn::Set(d, -8.0f * sa);
-    const V vb = hn::Set(d, sb), mb = hn::Set(d, -8.0f * sb);
+    const float sa = Int4GroupFormat::Scale(row_scales, GroupOf(c));
+    const float sb = Int4GroupFormat::Scale(row_scales, GroupOf(c + 32));
+    const Group ga = group(sa), gb = group(sb);
     for (int64_t o = 0; o < 16; o += N) {
       const auto ba = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + o));
       const auto bb = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + 16 + o));
-      fma(0, decode(hn::And(ba, low), va, ma), c + o);
-      fma(1 % U, decode(hn::ShiftRight<4>(ba), va, ma), c + 16 + o);
-      fma(2 % U, decode(hn::And(bb, low), vb, mb), c + 32 + o);
-      fma(3 % U, decode(hn::ShiftRight<4>(bb), vb, mb), c + 48 + o);
+      fma(0, decode(hn::And(ba, low), ga), c + o);
+      fma(1 % U, decode(hn::ShiftRight<4>(ba), ga), c + 16 + o);
+      fma(2 % U, decode(hn::And(bb, low), gb), c + 32 + o);
+      fma(3 % U, decode(hn::ShiftRight<4>(bb), gb), c + 48 + o);
     }
   }
   if (c < k) {  // one last 32-column chunk
-    const float sa = Int4GroupFormat::Scale(row_scales, c / w.group_size);
-    const V va = hn::Set(d, sa), ma = hn::Set(d, -8.0f * sa);
+    const float sa = Int4GroupFormat::Scale(row_scales, GroupOf(c));
+    const Group ga = group(sa);
     for (int64_t o = 0; o < 16; o += N) {
       const auto ba = hn::PromoteTo(du, hn::LoadU(d8, row + c / 2 + o));
-      fma(0, decode(hn::And(ba, low), va, ma), c + o);
-      fma(1 % U, decode(hn::ShiftRight<4>(ba), va, ma), c + 16 + o);
+      fma(0, decode(hn::And(ba, low), ga), c + o);
+      fma(1 % U, decode(hn::ShiftRight<4>(ba), ga), c + 16 + o);
     }
   }
   for (int i = 0; i < M; ++i) {

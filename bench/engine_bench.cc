@@ -13,9 +13,7 @@
 #include <string>
 #include <thread>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_format.h"
-#include "absl/strings/str_split.h"
 #include "bench/bandwidth.h"
 #include "bench/bench_util.h"
 #include "common/cli.h"
@@ -129,16 +127,8 @@ int main(int argc, char** argv) {
   flags.AddString("batches", &batches_flag, "Decode batch sizes, comma-separated (empty: none).");
   flags.AddBool("prefill", &prefill, "Time the 512-token prefill.");
   flags.ParseOrExit(argc, argv);
-  std::vector<int> batches;
-  for (absl::string_view b : absl::StrSplit(batches_flag, ',', absl::SkipEmpty())) {
-    int v = 0;
-    if (!absl::SimpleAtoi(b, &v) || v < 1) {
-      std::fprintf(stderr, "engine_bench: --batches: '%s' is not a positive batch size\n",
-                   std::string(b).c_str());
-      return 1;
-    }
-    batches.push_back(v);
-  }
+  const std::vector<int> batches =
+      moe::PositiveIntsOrExit<int>(batches_flag, "engine_bench", "batches", "batch size");
   if (model.empty()) model = "models/small-dsv3";
   auto wdtype = moe::ParseWeightDType(dtype);
   if (!wdtype.ok()) {

@@ -12,7 +12,6 @@
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "bench/bandwidth.h"
 #include "bench/bench_util.h"
@@ -134,16 +133,8 @@ int main(int argc, char** argv) {
       return 1;
     }
   }
-  std::vector<int64_t> rows;
-  for (absl::string_view r : absl::StrSplit(rows_flag, ',', absl::SkipEmpty())) {
-    int64_t v = 0;
-    if (!absl::SimpleAtoi(r, &v) || v < 1) {
-      std::fprintf(stderr, "weight_matmul_bench: --rows: '%s' is not a positive row count\n",
-                   std::string(r).c_str());
-      return 1;
-    }
-    rows.push_back(v);
-  }
+  const std::vector<int64_t> rows =
+      moe::PositiveIntsOrExit<int64_t>(rows_flag, "weight_matmul_bench", "rows", "row count");
   if (n < 1 || k < 128 || k % 128 != 0) {
     std::fprintf(stderr, "weight_matmul_bench: --n must be >= 1 and --k a positive multiple of 128\n");
     return 1;

@@ -75,6 +75,10 @@ class Ops {
   virtual DeviceArray<float> Place(Tensor t) = 0;
   virtual DeviceArray<int32_t> Place(std::vector<int32_t> v) = 0;
   virtual absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) = 0;
+  // MLA's kv_b_proj, which MlaDecode multiplies besides Linear: the CPU reads it as stored (and
+  // decodes each head's rows in MlaDecode); a device may hold it in another format its decode
+  // needs (the CUDA backend: bf16, for cuBLAS).
+  virtual absl::StatusOr<PlacedMatrix> PlaceKvBProj(WeightMatrix w) { return Place(std::move(w)); }
   // `bytes` of `src` (this device's memory) into host memory, once the ops before have run.
   virtual void CopyToHost(const void* src, size_t bytes, void* dst) = 0;
   // `bytes` of host memory into `dst` (this device's memory), after the ops before: new contents
@@ -173,10 +177,10 @@ class Ops {
                           int64_t nope, int64_t v_dim, int64_t kv_lora, int64_t rope, float* k,
                           float* v) = 0;
   // Absorbed MLA decode of b query tokens over the paged latent cache:
-  //   q [b, heads, nope + rope]; kv_b_proj [heads * (nope + v_dim), kv_lora], float32 (per head
-  //   W_UK rows then W_UV rows); block_tables [b, table_width]; context [b] (positions each token
-  //   sees); out [b, heads, v_dim] = W_UV_h sum_t softmax_t(scale * q_lat·row_t) c_kv_t with q_lat
-  //   = [W_UK_h^T q_nope | q_pe].
+  //   q [b, heads, nope + rope]; kv_b_proj [heads * (nope + v_dim), kv_lora] as PlaceKvBProj
+  //   placed it (per head W_UK rows then W_UV rows); block_tables [b, table_width]; context [b]
+  //   (positions each token sees); out [b, heads, v_dim] = W_UV_h sum_t softmax_t(scale *
+  //   q_lat·row_t) c_kv_t with q_lat = [W_UK_h^T q_nope | q_pe].
   struct MlaDecodeShape {
     int64_t heads, nope, rope, v_dim, kv_lora, block_size, table_width;
     float scale;

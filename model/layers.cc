@@ -26,9 +26,14 @@ absl::StatusOr<Linear> Linear::Load(Ops& ops, Checkpoint& ck, const WeightSpec& 
 }
 
 absl::StatusOr<Linear> Linear::FromTensor(Ops& ops, Tensor t) {
+  MOE_ASSIGN_OR_RETURN(PlacedMatrix w, ops.Place(F32WeightMatrix(std::move(t))));
+  return FromPlaced(ops, std::move(w));
+}
+
+Linear Linear::FromPlaced(Ops& ops, PlacedMatrix w) {
   Linear l;
   l.ops_ = &ops;
-  MOE_ASSIGN_OR_RETURN(l.weight_, ops.Place(F32WeightMatrix(std::move(t))));
+  l.weight_ = std::move(w);
   return l;
 }
 

@@ -32,6 +32,8 @@ class Linear {
   }
   // The float32 weight `w` [out, in], owned by the Linear.
   static absl::StatusOr<Linear> FromTensor(Ops& ops, Tensor w);
+  // A weight placed by the caller.
+  static Linear FromPlaced(Ops& ops, PlacedMatrix w);
   // Adds `spec`'s bias (rows `rows` of it) to every output; a row-parallel projection loads it on
   // one rank of the group only, so the summed partials hold it once.
   absl::Status LoadBias(Checkpoint& ck, const WeightSpec& spec, Range rows);

@@ -51,11 +51,15 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(Ops& ops, const ModelConfig& c, 
   MOE_ASSIGN_OR_RETURN(a.kv_a_layernorm_, Metered(ck, replicated, [&] {
                          return RmsNorm::Load(ops, ck, w.kv_a_layernorm, c.rms_norm_eps);
                        }));
-  MOE_ASSIGN_OR_RETURN(Tensor kv_b_proj, Metered(ck, split, [&] {
-                         return ck.Load(w.kv_b_proj.name, w.kv_b_proj.shape,
-                                        SliceSpec::Rows(heads.begin * kvh, heads.end * kvh));
+  // kv_b_proj as stored (never converted: decode and prefill multiply it with x in float32, so
+  // both see the same keys and values).
+  MOE_ASSIGN_OR_RETURN(WeightMatrix kv_b_proj, Metered(ck, split, [&] {
+                         return ck.LoadMatrix(w.kv_b_proj.name, w.kv_b_proj.shape,
+                                              SliceSpec::Rows(heads.begin * kvh, heads.end * kvh));
                        }));
-  MOE_ASSIGN_OR_RETURN(a.kv_b_proj_, Linear::FromTensor(ops, std::move(kv_b_proj)));
+  kv_b_proj.x_rounding = Activations::kF32;
+  MOE_ASSIGN_OR_RETURN(PlacedMatrix placed, ops.PlaceKvBProj(std::move(kv_b_proj)));
+  a.kv_b_proj_ = Linear::FromPlaced(ops, std::move(placed));
   MOE_ASSIGN_OR_RETURN(a.o_proj_, Metered(ck, split, [&] {
                          return Linear::Load(
                              ops, ck, w.o_proj, {0, h},

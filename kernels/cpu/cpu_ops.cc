@@ -206,16 +206,25 @@ void CpuOps::MlaDecode(const MlaDecodeShape& s, const float* q, int64_t b,
                        const int32_t* block_tables, const int32_t* context, float* out) {
   const int64_t heads = s.heads, nope = s.nope, rope = s.rope, v_dim = s.v_dim;
   const int64_t kv_lora = s.kv_lora, qk = nope + rope, dim = kv_lora + rope, kvh = nope + v_dim;
-  MOE_CHECK(kv_b_proj.host.format == WeightFormat::kF32 &&
-            kv_b_proj.host.row_stride == kv_lora * static_cast<int64_t>(sizeof(float)));
-  const float* w = reinterpret_cast<const float*>(kv_b_proj.host.data);
+  const WeightMatrix& w = kv_b_proj.host;
+  MOE_CHECK(w.rows == heads * kvh && w.cols == kv_lora);
+  // Rows [r0, r0 + rows) of kv_b_proj as float32: in place for float32 weights, else decoded
+  // into `panel` (each row is decoded once per call: W_UK's rows for the queries, W_UV's for
+  // the output).
+  const bool dense = w.format == WeightFormat::kF32 && w.row_stride == kv_lora * 4;
+  auto rows_of = [&](int64_t r0, int64_t rows, FloatVector& panel) -> const float* {
+    if (dense) return reinterpret_cast<const float*>(w.data + r0 * w.row_stride);
+    panel.resize(static_cast<size_t>(rows * kv_lora));
+    cpu::DequantizeRows(w, r0, r0 + rows, panel.data());
+    return panel.data();
+  };
   // Absorb W_UK into the queries: q_cat[token, head] = [W_UK_h^T q_nope | q_pe]. One parallel
   // region over heads; the per-head products inside it run single-threaded.
   FloatVector q_cat(static_cast<size_t>(b * heads * dim));
   FloatVector o_lat(static_cast<size_t>(b * heads * kv_lora));
 #pragma omp parallel
   {
-    FloatVector q_nope(static_cast<size_t>(b * nope));
+    FloatVector q_nope(static_cast<size_t>(b * nope)), panel;
 #pragma omp for schedule(static)
     for (int64_t hd = 0; hd < heads; ++hd) {
       for (int64_t i = 0; i < b; ++i) {
@@ -225,7 +234,7 @@ void CpuOps::MlaDecode(const MlaDecodeShape& s, const float* q, int64_t b,
                     static_cast<size_t>(rope) * sizeof(float));
       }
       // [b, nope] x W_UK_h [nope, kv_lora] -> rows of q_cat (stride heads * dim).
-      cpu::MatMulNN(b, kv_lora, nope, q_nope.data(), nope, w + hd * kvh * kv_lora, kv_lora,
+      cpu::MatMulNN(b, kv_lora, nope, q_nope.data(), nope, rows_of(hd * kvh, nope, panel), kv_lora,
                     q_cat.data() + hd * dim, heads * dim);
     }
   }
@@ -244,10 +253,15 @@ void CpuOps::MlaDecode(const MlaDecodeShape& s, const float* q, int64_t b,
     for (int64_t i = 0; i < b; ++i) attend(i);
   }
   // out_h = W_UV_h o_lat_h: [b, kv_lora] x W_UV_h^T -> [b, v], rows of out (stride heads * v).
-#pragma omp parallel for schedule(static)
-  for (int64_t hd = 0; hd < heads; ++hd) {
-    cpu::MatMulNT(b, v_dim, kv_lora, o_lat.data() + hd * kv_lora, heads * kv_lora,
-                  w + (hd * kvh + nope) * kv_lora, kv_lora, out + hd * v_dim, heads * v_dim);
+#pragma omp parallel
+  {
+    FloatVector panel;
+#pragma omp for schedule(static)
+    for (int64_t hd = 0; hd < heads; ++hd) {
+      cpu::MatMulNT(b, v_dim, kv_lora, o_lat.data() + hd * kv_lora, heads * kv_lora,
+                    rows_of(hd * kvh + nope, v_dim, panel), kv_lora, out + hd * v_dim,
+                    heads * v_dim);
+    }
   }
 }
 

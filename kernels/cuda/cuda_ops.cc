@@ -149,11 +149,23 @@ DeviceArray<int32_t> CudaOps::Place(std::vector<int32_t> v) {
   return a;
 }
 
-absl::StatusOr<PlacedMatrix> CudaOps::Place(WeightMatrix w) {
-  auto d = cuda::DeviceWeight::Upload(w);
+namespace {
+
+absl::StatusOr<PlacedMatrix> PlaceWeight(WeightMatrix w, bool as_bf16) {
+  auto d = cuda::DeviceWeight::Upload(w, as_bf16);
   if (!d.ok()) return d.status();
   auto device = std::make_shared<cuda::DeviceWeight>(std::move(*d));
   return PlacedMatrix{std::move(w), std::move(device)};
+}
+
+}  // namespace
+
+absl::StatusOr<PlacedMatrix> CudaOps::Place(WeightMatrix w) {
+  return PlaceWeight(std::move(w), false);
+}
+
+absl::StatusOr<PlacedMatrix> CudaOps::PlaceKvBProj(WeightMatrix w) {
+  return PlaceWeight(std::move(w), true);
 }
 
 void CudaOps::CopyFromHost(const void* src, size_t bytes, void* dst) { Upload(src, bytes, dst); }

@@ -35,6 +35,7 @@ class CudaOps final : public Ops {
   DeviceArray<float> Place(Tensor t) override;
   DeviceArray<int32_t> Place(std::vector<int32_t> v) override;
   absl::StatusOr<PlacedMatrix> Place(WeightMatrix w) override;
+  absl::StatusOr<PlacedMatrix> PlaceKvBProj(WeightMatrix w) override;  // as bf16
   void CopyToHost(const void* src, size_t bytes, void* dst) override;
   void CopyFromHost(const void* src, size_t bytes, void* dst) override;
   absl::Status TakeError() override;

@@ -39,6 +39,25 @@ absl::StatusOr<Activations> ParseActivations(absl::string_view name) {
       absl::StrCat("unknown activations \"", name, "\" (f32, bf16 or int8)"));
 }
 
+WeightMatrix WeightMatrix::Rows(int64_t r0, int64_t r1) const {
+  WeightMatrix w;
+  w.format = format;
+  w.rows = r1 - r0;
+  w.cols = cols;
+  w.data = data + r0 * row_stride;
+  w.row_stride = row_stride;
+  w.block_scales = block_scales;
+  w.block_rows = block_rows;
+  w.block_cols = block_cols;
+  w.row0 = row0 + r0;
+  w.col0 = col0;
+  w.group_scales = group_scales == nullptr ? nullptr : group_scales + r0 * scale_stride;
+  w.group_size = group_size;
+  w.scale_stride = scale_stride;
+  w.x_rounding = x_rounding;
+  return w;
+}
+
 size_t WeightMatrix::bytes() const {
   const size_t n = static_cast<size_t>(rows * cols);
   switch (format) {

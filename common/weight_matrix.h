@@ -87,6 +87,8 @@ struct WeightMatrix {
     return block_scales + (r + row0) / block_rows * scale_stride + col0 / block_cols;
   }
   int64_t FirstBlockCols() const { return block_cols - col0 % block_cols; }
+  // Rows [r0, r1) of this window, as a view that shares no ownership (valid while this lives).
+  WeightMatrix Rows(int64_t r0, int64_t r1) const;
   // Bytes of data and scales this window reads.
   size_t bytes() const;
 };

@@ -41,17 +41,10 @@ void Ops::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, cons
   std::vector<float> weights(ids.size());
   CopyToHost(local, ids.size() * sizeof(int32_t), ids.data());
   CopyToHost(weight, weights.size() * sizeof(float), weights.data());
-  // Rows (and routing weights) per expert.
-  std::vector<std::vector<int32_t>> expert_rows(experts.size());
-  std::vector<std::vector<float>> expert_weights(experts.size());
-  for (int64_t i = 0; i < rows; ++i) {
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = ids[i * k + j];
-      if (e < 0) continue;
-      expert_rows[e].push_back(static_cast<int32_t>(i));
-      expert_weights[e].push_back(weights[i * k + j]);
-    }
-  }
+  const RowsPerExpert grouped =
+      GroupRowsByExpert(ids.data(), weights.data(), rows, k, experts.size());
+  const std::vector<std::vector<int32_t>>& expert_rows = grouped.rows;
+  const std::vector<std::vector<float>>& expert_weights = grouped.weights;
   std::vector<bool> active(experts.size());
   for (size_t e = 0; e < experts.size(); ++e) active[e] = !expert_rows[e].empty();
   ForEachExpert(static_cast<int64_t>(experts.size()), active, y, rows, h,
@@ -68,6 +61,22 @@ void Ops::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, cons
                   AddScaledRows(out.data(), weight_on_input ? nullptr : scales.data(), index.data(),
                                 n, h, acc);
                 });
+}
+
+RowsPerExpert GroupRowsByExpert(const int32_t* local, const float* weight, int64_t rows, int64_t k,
+                                size_t experts) {
+  RowsPerExpert g;
+  g.rows.resize(experts);
+  g.weights.resize(experts);
+  for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = local[i * k + j];
+      if (e < 0) continue;
+      g.rows[e].push_back(static_cast<int32_t>(i));
+      g.weights[e].push_back(weight[i * k + j]);
+    }
+  }
+  return g;
 }
 
 DeviceArray<float> GatherRows(Ops& ops, const float* x, const std::vector<int64_t>& rows,

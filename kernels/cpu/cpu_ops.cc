@@ -293,6 +293,98 @@ void CpuOps::CountChoices(const int32_t* ids, int64_t n, int64_t* counts) {
   }
 }
 
+namespace {
+
+// The calling thread's share of [0, n) inside a parallel region: contiguous, cut at multiples of
+// 16 rows (whole tasks of the fused kernel).
+struct Share {
+  int64_t begin, end;
+};
+
+Share ThreadShare(int64_t n) {
+  const int64_t tasks = (n + 15) / 16;
+  const int t = omp_get_thread_num(), threads = omp_get_num_threads();
+  return {std::min(n, tasks * t / threads * 16), std::min(n, tasks * (t + 1) / threads * 16)};
+}
+
+}  // namespace
+
+void CpuOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
+                           const float* weight, int64_t k, Activation act, bool weight_on_input,
+                           float* y) {
+  const std::vector<Expert>& experts = set.experts;
+  if (experts.empty() || rows == 0) return;
+  const RowsPerExpert grouped = GroupRowsByExpert(local, weight, rows, k, experts.size());
+  size_t most = 0, busy = 0;
+  for (const std::vector<int32_t>& r : grouped.rows) {
+    most = std::max(most, r.size());
+    busy += r.empty() ? 0 : 1;
+  }
+  if (most > static_cast<size_t>(cpu::kFusedMaxRows) ||
+      busy >= 2 * static_cast<size_t>(cpu::NumThreads())) {
+    // Many rows, or enough active experts to keep every thread busy on whole experts:
+    // ForEachExpert's schedule.
+    Ops::RoutedExperts(set, x, rows, local, weight, k, act, weight_on_input, y);
+    return;
+  }
+  // Few active experts with few rows each (decode on many cores): the experts one after another
+  // inside one parallel region, each product split over all threads, instead of a parallel
+  // region per product (three per expert).
+  const int64_t h = experts.front().down->rows(), inter = experts.front().gate->rows();
+  struct Active {
+    const Expert* expert;
+    const std::vector<int32_t>* rows;
+    const std::vector<float>* weights;
+    FloatVector x, gate_up, a, out;
+  };
+  std::vector<Active> active;
+  for (size_t e = 0; e < experts.size(); ++e) {
+    const std::vector<int32_t>& r = grouped.rows[e];
+    if (r.empty()) continue;
+    const auto n = static_cast<int64_t>(r.size());
+    Active w{&experts[e],
+             &r,
+             &grouped.weights[e],
+             FloatVector(static_cast<size_t>(n * h)),
+             FloatVector(static_cast<size_t>(n * 2 * inter)),
+             FloatVector(static_cast<size_t>(n * inter)),
+             FloatVector(static_cast<size_t>(n * h))};
+    GatherRows(x, r.data(), n, h, w.x.data());
+    if (weight_on_input) ScaleRows(w.x.data(), grouped.weights[e].data(), n, h);
+    active.push_back(std::move(w));
+  }
+  std::fill(y, y + rows * h, 0.0f);
+#pragma omp parallel
+  {
+    const Share gu = ThreadShare(inter), out = ThreadShare(h);
+    for (Active& w : active) {  // gate and up: this thread's rows of each
+      const auto n = static_cast<int64_t>(w.rows->size());
+      cpu::MatMulNT(n, w.x.data(), h, w.expert->gate->host.Rows(gu.begin, gu.end),
+                    w.gate_up.data() + gu.begin, 2 * inter);
+      cpu::MatMulNT(n, w.x.data(), h, w.expert->up->host.Rows(gu.begin, gu.end),
+                    w.gate_up.data() + inter + gu.begin, 2 * inter);
+    }
+#pragma omp barrier
+#pragma omp for schedule(static)
+    for (size_t i = 0; i < active.size(); ++i) {
+      Active& w = active[i];
+      GatedActivation(w.gate_up.data(), static_cast<int64_t>(w.rows->size()), inter, act,
+                      w.a.data());
+    }
+    for (Active& w : active) {  // down: this thread's output columns, added into y's
+      const auto n = static_cast<int64_t>(w.rows->size());
+      cpu::MatMulNT(n, w.a.data(), inter, w.expert->down->host.Rows(out.begin, out.end),
+                    w.out.data() + out.begin, h);
+      for (int64_t i = 0; i < n; ++i) {
+        const float s = weight_on_input ? 1.0f : (*w.weights)[static_cast<size_t>(i)];
+        float* dst = y + static_cast<int64_t>((*w.rows)[static_cast<size_t>(i)]) * h;
+        const float* src = w.out.data() + i * h;
+        for (int64_t c = out.begin; c < out.end; ++c) dst[c] += s * src[c];
+      }
+    }
+  }
+}
+
 void CpuOps::ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                            int64_t dim, const std::function<void(int64_t, float*)>& work) {
   std::fill(y, y + rows * dim, 0.0f);

@@ -68,6 +68,11 @@ class CpuOps final : public Ops {
   void Sample(const float* logits, int64_t rows, int64_t vocab,
               const std::vector<SampleRequest>& requests, int32_t* out) override;
   void CountChoices(const int32_t* ids, int64_t n, int64_t* counts) override;
+  // With fewer active experts than twice the threads and at most kFusedMaxRows rows each, every
+  // expert's products split over all threads in one parallel region; else Ops::RoutedExperts.
+  void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
+                     const float* weight, int64_t k, Activation act, bool weight_on_input,
+                     float* y) override;
   void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                      int64_t dim, const std::function<void(int64_t, float*)>& work) override;
 };

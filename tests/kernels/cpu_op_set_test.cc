@@ -206,17 +206,22 @@ TEST(CpuOpSetTest, ForEachExpertSumsEveryActiveExpertOnce) {
 }
 
 // The routed experts: each row's choices on this rank (-1: another rank's expert), weighted at
-// the output, or (Llama 4) at the input, against a direct computation.
-TEST(CpuOpSetTest, RoutedExpertsSumEachRowsWeightedChoices) {
+// the output, or (Llama 4) at the input, against a direct computation from the weights' stored
+// values; with few rows per expert (the products split over the threads, decode) and many (each
+// expert's rows on their own), on one thread and two, in each weight format.
+class RoutedExpertsTest : public ::testing::TestWithParam<WeightFormat> {};
+
+TEST_P(RoutedExpertsTest, SumEachRowsWeightedChoices) {
   CpuOps ops;
-  const int64_t experts = 3, hidden = 8, inter = 6, rows = 5, k = 2;
-  std::vector<std::vector<float>> w;  // gate, up, down of each expert
+  const int saved = cpu::NumThreads();
+  const int64_t experts = 3, hidden = 64, inter = 96, k = 2;
+  std::vector<Stored> w;  // gate, up, down of each expert
   std::vector<PlacedMatrix> placed;
   for (int64_t e = 0; e < experts; ++e) {
     for (auto [r, c] :
          {std::pair{inter, hidden}, std::pair{inter, hidden}, std::pair{hidden, inter}}) {
-      w.push_back(Random(r * c, static_cast<uint32_t>(50 + w.size()), 0.3f));
-      auto m = ops.Place(F32Matrix(w.back(), r, c));
+      w.push_back(MakeStored(GetParam(), r, c, static_cast<uint32_t>(50 + w.size())));
+      auto m = ops.Place(Window(GetParam(), w.back(), 0, r, 0, c));
       ASSERT_TRUE(m.ok());
       placed.push_back(*m);
     }
@@ -227,41 +232,66 @@ TEST(CpuOpSetTest, RoutedExpertsSumEachRowsWeightedChoices) {
   }
   auto set = ops.PlaceExperts(list);
   ASSERT_TRUE(set.ok());
-  const std::vector<float> x = Random(rows * hidden, 60), weight = Random(rows * k, 61);
-  const std::vector<int32_t> local = {0, 2, -1, 1, 2, 2, -1, -1, 1, 0};
-  for (bool on_input : {false, true}) {
-    std::vector<float> y(rows * hidden, kNaNForTest);
-    ops.RoutedExperts(**set, x.data(), rows, local.data(), weight.data(), k, Activation::kSilu,
-                      on_input, y.data());
-    for (int64_t r = 0; r < rows; ++r) {
-      std::vector<double> want(hidden, 0.0);
-      for (int64_t j = 0; j < k; ++j) {
-        const int32_t e = local[r * k + j];
-        if (e < 0) continue;
-        const double s = weight[r * k + j];
-        const std::vector<float>&g = w[3 * e], &u = w[3 * e + 1], &d = w[3 * e + 2];
-        std::vector<double> a(inter);
-        for (int64_t i = 0; i < inter; ++i) {
-          double gi = 0, ui = 0;
-          for (int64_t c = 0; c < hidden; ++c) {
-            const double xc = (on_input ? s : 1.0) * x[r * hidden + c];
-            gi += g[i * hidden + c] * xc;
-            ui += u[i * hidden + c] * xc;
+  // x of a size that gives activations of order 0.1-1 with each format's random weights.
+  const float x_scale = GetParam() == WeightFormat::kF8Block     ? 0.002f
+                        : GetParam() == WeightFormat::kInt4Group ? 0.5f
+                                                                 : 0.05f;
+  for (int64_t rows : {5, 40}) {
+    const std::vector<float> x = Random(rows * hidden, 60, x_scale);
+    const std::vector<float> weight = Random(rows * k, 61);
+    std::vector<int32_t> local(static_cast<size_t>(rows * k));
+    for (int64_t i = 0; i < rows * k; ++i) local[i] = static_cast<int32_t>((i * 7 + i / 3) % 4) - 1;
+    for (int threads : {1, 2}) {
+      cpu::SetNumThreads(threads);
+      for (bool on_input : {false, true}) {
+        std::vector<float> y(rows * hidden, kNaNForTest);
+        ops.RoutedExperts(**set, x.data(), rows, local.data(), weight.data(), k, Activation::kSilu,
+                          on_input, y.data());
+        double worst = 0, largest = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          std::vector<double> want(hidden, 0.0);
+          for (int64_t j = 0; j < k; ++j) {
+            const int32_t e = local[r * k + j];
+            if (e < 0) continue;
+            const double s = weight[r * k + j];
+            const std::vector<double>&g = w[3 * e].dense, &u = w[3 * e + 1].dense,
+                  &d = w[3 * e + 2].dense;
+            std::vector<double> a(inter);
+            for (int64_t i = 0; i < inter; ++i) {
+              double gi = 0, ui = 0;
+              for (int64_t c = 0; c < hidden; ++c) {
+                const double xc = (on_input ? s : 1.0) * x[r * hidden + c];
+                gi += g[i * hidden + c] * xc;
+                ui += u[i * hidden + c] * xc;
+              }
+              a[i] = gi / (1.0 + std::exp(-gi)) * ui;
+            }
+            for (int64_t c = 0; c < hidden; ++c) {
+              double o = 0;
+              for (int64_t i = 0; i < inter; ++i) o += d[c * inter + i] * a[i];
+              want[c] += (on_input ? 1.0 : s) * o;
+            }
           }
-          a[i] = gi / (1.0 + std::exp(-gi)) * ui;
+          for (int64_t c = 0; c < hidden; ++c) {
+            worst = std::max(worst, std::abs(y[r * hidden + c] - want[c]));
+            largest = std::max(largest, std::abs(want[c]));
+          }
         }
-        for (int64_t c = 0; c < hidden; ++c) {
-          double o = 0;
-          for (int64_t i = 0; i < inter; ++i) o += d[c * inter + i] * a[i];
-          want[c] += (on_input ? 1.0 : s) * o;
-        }
-      }
-      for (int64_t c = 0; c < hidden; ++c) {
-        EXPECT_NEAR(y[r * hidden + c], want[c], 1e-5) << r << " " << c << " " << on_input;
+        EXPECT_GT(largest, 1e-3) << rows << " rows";
+        EXPECT_LE(worst, 1e-5 * largest)
+            << rows << " rows, " << threads << " threads, on_input " << on_input;
       }
     }
   }
+  cpu::SetNumThreads(saved);
 }
+
+INSTANTIATE_TEST_SUITE_P(Formats, RoutedExpertsTest,
+                         ::testing::Values(WeightFormat::kF32, WeightFormat::kBF16,
+                                           WeightFormat::kF8Block, WeightFormat::kInt4Group),
+                         [](const ::testing::TestParamInfo<WeightFormat>& info) {
+                           return std::string(WeightFormatName(info.param));
+                         });
 
 TEST(CpuOpSetTest, CountChoicesAddsTokensPerExpertSkippingOtherRanks) {
   CpuOps ops;

@@ -238,9 +238,9 @@ void CpuOps::MlaDecode(const MlaDecodeShape& s, const float* q, int64_t b,
                     q_cat.data() + hd * dim, heads * dim);
     }
   }
-  // Attention over the latent cache: for one token the kernel parallelises over heads; for
-  // several, tokens run in parallel (each kernel call then single-threaded). Not an `if`-clause
-  // region: even inactive, it would make the kernel's own region nested and serial.
+  // Attention over the latent cache: one token's on the calling thread (its products are small
+  // next to the weights' at short contexts; splitting the context over the threads is the next
+  // step for long ones); several tokens in parallel, each kernel call single-threaded.
   auto attend = [&](int64_t i) {
     cpu::MlaDecodeAttention(q_cat.data() + i * heads * dim, heads, kv_lora, rope, cache,
                             block_tables + i * s.table_width, s.block_size, context[i], s.scale,

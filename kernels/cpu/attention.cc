@@ -1,6 +1,7 @@
 #include "kernels/cpu/attention.h"
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -8,33 +9,77 @@
 
 namespace moe::cpu {
 
-void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
-                        const float* cache, const int32_t* blocks, int64_t block_size,
-                        int64_t ctx_len, float scale, float* out) {
+void MlaDecodeAttentionPart(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
+                            const float* cache, const int32_t* blocks, int64_t block_size,
+                            int64_t t0, int64_t t1, float scale, float* out, float* max,
+                            float* sum) {
   // The latent rows are shared by every head, so the heads are the rows of two products per cache
-  // block (each block's tokens are consecutive rows): scores [heads, tokens] = q · block^T, then,
-  // after the softmax over all tokens, out += scores · the block's c_kv columns. Each cache row is
-  // read once for all heads instead of once per head.
-  const int64_t row = kv_lora + rope;
-  const int64_t n_blocks = (ctx_len + block_size - 1) / block_size;
+  // block (each block's tokens are consecutive rows): scores [heads, tokens] = q · block^T, then
+  // out += exp(scores - max) · the block's c_kv columns. Each cache row is read once for all
+  // heads instead of once per head.
+  const int64_t row = kv_lora + rope, n = t1 - t0;
   thread_local std::vector<float> scores;
-  scores.resize(static_cast<size_t>(heads * ctx_len));
-  auto block = [&](int64_t b) {
-    return cache + static_cast<int64_t>(blocks[b]) * block_size * row;
+  scores.resize(static_cast<size_t>(heads * n));
+  auto block = [&](int64_t t) {
+    return cache + static_cast<int64_t>(blocks[t / block_size]) * block_size * row;
   };
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const int64_t t0 = b * block_size, n = std::min(block_size, ctx_len - t0);
-    MatMulNT(heads, n, row, q, row, block(b), row, scores.data() + t0, ctx_len);
+  for (int64_t t = t0; t < t1; t += block_size) {
+    MatMulNT(heads, std::min(block_size, t1 - t), row, q, row, block(t), row,
+             scores.data() + (t - t0), n);
   }
   for (int64_t h = 0; h < heads; ++h) {
-    float* p = scores.data() + h * ctx_len;
-    for (int64_t t = 0; t < ctx_len; ++t) p[t] *= scale;
-    SoftmaxInPlace(p, ctx_len);
+    float* p = scores.data() + h * n;
+    float top = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 0; t < n; ++t) top = std::max(top, p[t] *= scale);
+    float total = 0.0f;
+    for (int64_t t = 0; t < n; ++t) total += (p[t] = std::exp(p[t] - top));
+    max[h] = top;
+    sum[h] = total;
   }
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    const int64_t t0 = b * block_size, n = std::min(block_size, ctx_len - t0);
-    MatMulNN(heads, kv_lora, n, scores.data() + t0, ctx_len, block(b), row, out, kv_lora,
-             b == 0 ? 0.0f : 1.0f);
+  for (int64_t t = t0; t < t1; t += block_size) {
+    MatMulNN(heads, kv_lora, std::min(block_size, t1 - t), scores.data() + (t - t0), n, block(t),
+             row, out, kv_lora, t == t0 ? 0.0f : 1.0f);
+  }
+}
+
+void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
+                        const float* cache, const int32_t* blocks, int64_t block_size,
+                        int64_t ctx_len, float scale, float* out, int parts) {
+  const int64_t n_blocks = (ctx_len + block_size - 1) / block_size;
+  parts = static_cast<int>(std::clamp<int64_t>(parts, 1, std::max<int64_t>(1, n_blocks)));
+  std::vector<float> maxes(static_cast<size_t>(parts * heads)), sums(maxes.size());
+  std::vector<float> partial(parts > 1 ? static_cast<size_t>(parts * heads * kv_lora) : 0);
+  auto part = [&](int i) {
+    const int64_t b0 = n_blocks * i / parts, b1 = n_blocks * (i + 1) / parts;
+    MlaDecodeAttentionPart(q, heads, kv_lora, rope, cache, blocks, block_size, b0 * block_size,
+                           std::min(ctx_len, b1 * block_size), scale,
+                           parts > 1 ? partial.data() + i * heads * kv_lora : out,
+                           maxes.data() + i * heads, sums.data() + i * heads);
+  };
+  if (parts == 1) {
+    part(0);
+    for (int64_t h = 0; h < heads; ++h) Scale(out + h * kv_lora, 1.0f / sums[h], kv_lora);
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(parts)
+  for (int i = 0; i < parts; ++i) part(i);
+  // The parts' sums rescaled to the largest score of all: out = sum_i e^(m_i - m) o_i / l.
+  for (int64_t h = 0; h < heads; ++h) {
+    float top = -std::numeric_limits<float>::infinity();
+    for (int i = 0; i < parts; ++i) top = std::max(top, maxes[i * heads + h]);
+    float total = 0.0f;
+    std::vector<float> weight(static_cast<size_t>(parts));
+    for (int i = 0; i < parts; ++i) {
+      weight[i] = std::exp(maxes[i * heads + h] - top);
+      total += weight[i] * sums[i * heads + h];
+    }
+    float* o = out + h * kv_lora;
+    std::fill(o, o + kv_lora, 0.0f);
+    for (int i = 0; i < parts; ++i) {
+      const float w = weight[i] / total;
+      const float* src = partial.data() + (i * heads + h) * kv_lora;
+      for (int64_t c = 0; c < kv_lora; ++c) o[c] += w * src[c];
+    }
   }
 }
 

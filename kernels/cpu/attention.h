@@ -14,9 +14,20 @@ namespace moe::cpu {
 //   blocks: the sequence's block table, covering ctx_len tokens
 //   out:    [heads, kv_lora] — sum_t softmax_t(scale * q·row_t) * c_kv_t (W_UV applied by the
 //   caller)
+// With `parts` > 1 the positions are cut into that many ranges of whole blocks (at most one per
+// block), attended in parallel, one thread each, and their sums combined (a long context's
+// decode on several threads); otherwise on the calling thread.
 void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
                         const float* cache, const int32_t* blocks, int64_t block_size,
-                        int64_t ctx_len, float scale, float* out);
+                        int64_t ctx_len, float scale, float* out, int parts = 1);
+
+// MlaDecodeAttention over the positions [t0, t1) only (t0 a multiple of block_size), before the
+// softmax's normalisation: max [heads] the largest scaled score, sum [heads] = sum_t
+// exp(score_t - max), out [heads, kv_lora] = sum_t exp(score_t - max) c_kv_t.
+void MlaDecodeAttentionPart(const float* q, int64_t heads, int64_t kv_lora, int64_t rope,
+                            const float* cache, const int32_t* blocks, int64_t block_size,
+                            int64_t t0, int64_t t1, float scale, float* out, float* max,
+                            float* sum);
 
 // Causal multi-head attention over expanded keys and values for one chunk of queries.
 //   q [q_len, heads, dqk], k [ctx, heads, dqk], v [ctx, heads, dv], out [q_len, heads, dv].

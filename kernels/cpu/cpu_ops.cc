@@ -238,19 +238,21 @@ void CpuOps::MlaDecode(const MlaDecodeShape& s, const float* q, int64_t b,
                     q_cat.data() + hd * dim, heads * dim);
     }
   }
-  // Attention over the latent cache: one token's on the calling thread (its products are small
-  // next to the weights' at short contexts; splitting the context over the threads is the next
-  // step for long ones); several tokens in parallel, each kernel call single-threaded.
-  auto attend = [&](int64_t i) {
+  // Attention over the latent cache: one token's context split over the threads in ranges of at
+  // least kMinPositionsPerThread (one thread for short ones); several tokens in parallel, each
+  // kernel call single-threaded.
+  constexpr int64_t kMinPositionsPerThread = 128;
+  auto attend = [&](int64_t i, int parts) {
     cpu::MlaDecodeAttention(q_cat.data() + i * heads * dim, heads, kv_lora, rope, cache,
                             block_tables + i * s.table_width, s.block_size, context[i], s.scale,
-                            o_lat.data() + i * heads * kv_lora);
+                            o_lat.data() + i * heads * kv_lora, parts);
   };
   if (b == 1) {
-    attend(0);
+    attend(0, static_cast<int>(
+                  std::min<int64_t>(cpu::NumThreads(), context[0] / kMinPositionsPerThread)));
   } else {
 #pragma omp parallel for schedule(dynamic)
-    for (int64_t i = 0; i < b; ++i) attend(i);
+    for (int64_t i = 0; i < b; ++i) attend(i, 1);
   }
   // out_h = W_UV_h o_lat_h: [b, kv_lora] x W_UV_h^T -> [b, v], rows of out (stride heads * v).
 #pragma omp parallel

@@ -304,54 +304,59 @@ TEST(CpuOpsTest, GqaDecodeOverPagedCacheMatchesNaive) {
 }
 
 // The absorption identity: attention with expanded per-head keys k = [W_UK c | k_pe] and values
-// v = W_UV c equals attention of the absorbed query over the latent rows, then W_UV.
+// v = W_UV c equals attention of the absorbed query over the latent rows, then W_UV; on the
+// calling thread and with the positions split into parts of whole blocks (more parts than blocks:
+// one per block).
 TEST(CpuOpsTest, MlaDecodeEqualsExpandedAttention) {
-  const int heads = 3, lora = 8, rope = 4, nope = 5, vdim = 6, bs = 4, ctx = 11;
-  const int row = lora + rope;
-  const std::vector<int32_t> blocks = {2, 0, 3};  // scattered blocks
-  auto cache = Random(4 * bs * row, 13);
-  const auto w_uk = Random(heads * nope * lora, 14), w_uv = Random(heads * vdim * lora, 15);
-  const auto q_nope = Random(heads * nope, 16), q_pe = Random(heads * rope, 17);
-  auto latent = [&](int t) { return &cache[(blocks[t / bs] * bs + t % bs) * row]; };
-  // Absorbed query.
-  std::vector<float> q(heads * row);
-  for (int h = 0; h < heads; ++h) {
-    for (int c = 0; c < lora; ++c) {
-      double s = 0;
-      for (int n = 0; n < nope; ++n) s += q_nope[h * nope + n] * w_uk[(h * nope + n) * lora + c];
-      q[h * row + c] = static_cast<float>(s);
-    }
-    for (int r = 0; r < rope; ++r) q[h * row + lora + r] = q_pe[h * rope + r];
-  }
-  std::vector<float> o_lat(heads * lora);
-  const float scale = 0.3f;
-  MlaDecodeAttention(q.data(), heads, lora, rope, cache.data(), blocks.data(), bs, ctx, scale,
-                     o_lat.data());
-  for (int h = 0; h < heads; ++h) {
-    std::vector<double> p(ctx);
-    double z = 0;
-    for (int t = 0; t < ctx; ++t) {
-      const float* l = latent(t);
-      double s = 0;
-      for (int n = 0; n < nope; ++n) {
-        double k = 0;
-        for (int c = 0; c < lora; ++c) k += w_uk[(h * nope + n) * lora + c] * l[c];
-        s += q_nope[h * nope + n] * k;
+  for (int parts : {1, 2, 3, 5}) {
+    SCOPED_TRACE(parts);
+    const int heads = 3, lora = 8, rope = 4, nope = 5, vdim = 6, bs = 4, ctx = 11;
+    const int row = lora + rope;
+    const std::vector<int32_t> blocks = {2, 0, 3};  // scattered blocks
+    auto cache = Random(4 * bs * row, 13);
+    const auto w_uk = Random(heads * nope * lora, 14), w_uv = Random(heads * vdim * lora, 15);
+    const auto q_nope = Random(heads * nope, 16), q_pe = Random(heads * rope, 17);
+    auto latent = [&](int t) { return &cache[(blocks[t / bs] * bs + t % bs) * row]; };
+    // Absorbed query.
+    std::vector<float> q(heads * row);
+    for (int h = 0; h < heads; ++h) {
+      for (int c = 0; c < lora; ++c) {
+        double s = 0;
+        for (int n = 0; n < nope; ++n) s += q_nope[h * nope + n] * w_uk[(h * nope + n) * lora + c];
+        q[h * row + c] = static_cast<float>(s);
       }
-      for (int r = 0; r < rope; ++r) s += q_pe[h * rope + r] * l[lora + r];
-      p[t] = std::exp(scale * s);
-      z += p[t];
+      for (int r = 0; r < rope; ++r) q[h * row + lora + r] = q_pe[h * rope + r];
     }
-    for (int d = 0; d < vdim; ++d) {
-      double expanded = 0, absorbed = 0;
+    std::vector<float> o_lat(heads * lora);
+    const float scale = 0.3f;
+    MlaDecodeAttention(q.data(), heads, lora, rope, cache.data(), blocks.data(), bs, ctx, scale,
+                       o_lat.data(), parts);
+    for (int h = 0; h < heads; ++h) {
+      std::vector<double> p(ctx);
+      double z = 0;
       for (int t = 0; t < ctx; ++t) {
-        double v = 0;
-        for (int c = 0; c < lora; ++c) v += w_uv[(h * vdim + d) * lora + c] * latent(t)[c];
-        expanded += p[t] / z * v;
+        const float* l = latent(t);
+        double s = 0;
+        for (int n = 0; n < nope; ++n) {
+          double k = 0;
+          for (int c = 0; c < lora; ++c) k += w_uk[(h * nope + n) * lora + c] * l[c];
+          s += q_nope[h * nope + n] * k;
+        }
+        for (int r = 0; r < rope; ++r) s += q_pe[h * rope + r] * l[lora + r];
+        p[t] = std::exp(scale * s);
+        z += p[t];
       }
-      for (int c = 0; c < lora; ++c)
-        absorbed += w_uv[(h * vdim + d) * lora + c] * o_lat[h * lora + c];
-      EXPECT_NEAR(absorbed, expanded, 1e-4);
+      for (int d = 0; d < vdim; ++d) {
+        double expanded = 0, absorbed = 0;
+        for (int t = 0; t < ctx; ++t) {
+          double v = 0;
+          for (int c = 0; c < lora; ++c) v += w_uv[(h * vdim + d) * lora + c] * latent(t)[c];
+          expanded += p[t] / z * v;
+        }
+        for (int c = 0; c < lora; ++c)
+          absorbed += w_uv[(h * vdim + d) * lora + c] * o_lat[h * lora + c];
+        EXPECT_NEAR(absorbed, expanded, 1e-4);
+      }
     }
   }
 }

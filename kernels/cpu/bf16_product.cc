@@ -81,7 +81,7 @@ MOE_BF16 void Row(const Bf16Rows& x, const WeightMatrix& w, int64_t j, int64_t i
       constexpr int64_t kBytes = 32 * U * (kF8 ? 1 : 2);  // weight bytes this step reads
       const uint8_t* ahead = row + c * (kF8 ? 1 : 2) + kWeightPrefetchBytes;
       for (int64_t b = 0; b < kBytes; b += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(ahead + b), _MM_HINT_T0);
+        PrefetchWeights<M>(ahead + b);
       }
       for (int u = 0; u < U; ++u) {
         const __m512bh wv = Weights<kF8>(row, c + 32 * u);

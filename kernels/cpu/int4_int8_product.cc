@@ -48,8 +48,7 @@ MOE_VNNI void Row(const Int8Rows& x, const WeightMatrix& w, int64_t j, int64_t i
   __m512 acc[M];
   for (int i = 0; i < M; ++i) acc[i] = _mm512_setzero_ps();
   for (int64_t p = 0; p < pairs; ++p) {
-    if ((p & 1) == 0)
-      _mm_prefetch(reinterpret_cast<const char*>(row + 32 * p + kWeightPrefetchBytes), _MM_HINT_T0);
+    if ((p & 1) == 0) PrefetchWeights<M>(row + 32 * p + kWeightPrefetchBytes);
     // Two groups' 32 bytes; a last odd group reads its own 16 and leaves the rest zero.
     const __m256i packed =
         2 * p + 1 < groups ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 32 * p))

@@ -20,7 +20,6 @@
 
 #undef HWY_TARGET_INCLUDE
 #define HWY_TARGET_INCLUDE "kernels/cpu/weight_matmul.cc"
-#include "hwy/cache_control.h"
 #include "hwy/foreach_target.h"  // IWYU pragma: keep
 #include "hwy/highway.h"
 
@@ -195,7 +194,7 @@ void FusedRow(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j, flo
     for (; c + U * N <= s1; c += U * N) {
       if constexpr (F::kBits > 0) {
         for (int64_t b = 0; b < U * N * F::kBits / 8; b += 64) {
-          hwy::Prefetch(row + c * F::kBits / 8 + b + kWeightPrefetchBytes);
+          PrefetchWeights<M>(row + c * F::kBits / 8 + b + kWeightPrefetchBytes);
         }
       }
       for (int u = 0; u < U; ++u) {
@@ -274,7 +273,7 @@ void FusedRowInt4(const float* x, int64_t ldx, const WeightMatrix& w, int64_t j,
   auto GroupOf = [&](int64_t col) { return shift >= 0 ? col >> shift : col / gs; };
   int64_t c = 0;
   for (; c + 64 <= k; c += 64) {
-    if ((c & 127) == 0) hwy::Prefetch(row + c / 2 + kWeightPrefetchBytes);
+    if ((c & 127) == 0) PrefetchWeights<M>(row + c / 2 + kWeightPrefetchBytes);
     const float sa = Int4GroupFormat::Scale(row_scales, GroupOf(c));
     const float sb = Int4GroupFormat::Scale(row_scales, GroupOf(c + 32));
     const Group ga = group(sa), gb = group(sb);

@@ -28,6 +28,19 @@ inline constexpr int64_t kFusedMaxRows = 8;
 // and the engine's decode ran 1.3-1.6x faster (docs/performance.md).
 inline constexpr int64_t kWeightPrefetchBytes = 4096;
 
+// Prefetches the weight line at p for a few-row kernel multiplying it into kRows rows of x: into
+// L2 (prefetcht2 on x86) for one or two rows, into L1 (prefetcht0) for more. For one row, L1
+// left the engine's batch-1 decode 10-30% slower; for more rows, L2 its batch-8 decode 5-10%
+// slower; non-temporal fetches were slower still (docs/performance.md).
+template <int kRows>
+inline void PrefetchWeights(const void* p) {
+  if constexpr (kRows <= 2) {
+    __builtin_prefetch(p, 0, 1);
+  } else {
+    __builtin_prefetch(p, 0, 3);
+  }
+}
+
 // y[m, n] = x[m, k] · W^T for W = w [n, k]; rows of x are `ldx` floats apart, rows of y `ldy`.
 void MatMulNT(int64_t m, const float* x, int64_t ldx, const WeightMatrix& w, float* y,
               int64_t ldy);

@@ -36,13 +36,20 @@ void Ops::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, cons
                         float* y) {
   const std::vector<Expert>& experts = set.experts;
   if (experts.empty() || rows == 0) return;  // rows reach only ranks that hold experts
-  const int64_t h = experts.front().down->rows();
   std::vector<int32_t> ids(static_cast<size_t>(rows * k));
   std::vector<float> weights(ids.size());
   CopyToHost(local, ids.size() * sizeof(int32_t), ids.data());
   CopyToHost(weight, weights.size() * sizeof(float), weights.data());
-  const RowsPerExpert grouped =
-      GroupRowsByExpert(ids.data(), weights.data(), rows, k, experts.size());
+  RoutedExpertsByExpert(set, x, rows,
+                        GroupRowsByExpert(ids.data(), weights.data(), rows, k, experts.size()), act,
+                        weight_on_input, y);
+}
+
+void Ops::RoutedExpertsByExpert(const ExpertSet& set, const float* x, int64_t rows,
+                                const RowsPerExpert& grouped, Activation act, bool weight_on_input,
+                                float* y) {
+  const std::vector<Expert>& experts = set.experts;
+  const int64_t h = experts.front().down->rows();
   const std::vector<std::vector<int32_t>>& expert_rows = grouped.rows;
   const std::vector<std::vector<float>>& expert_weights = grouped.weights;
   std::vector<bool> active(experts.size());

@@ -56,6 +56,15 @@ struct PlacedMatrix {
   int64_t cols() const { return host.cols; }
 };
 
+// The rows routed to each of `experts` local experts, in row order, with their routing weights:
+// row r goes to local[r * k + j] (skipped where negative) with weight[r * k + j]. Host arrays.
+struct RowsPerExpert {
+  std::vector<std::vector<int32_t>> rows;
+  std::vector<std::vector<float>> weights;
+};
+RowsPerExpert GroupRowsByExpert(const int32_t* local, const float* weight, int64_t rows, int64_t k,
+                                size_t experts);
+
 class Ops {
  public:
   virtual ~Ops() = default;
@@ -229,7 +238,8 @@ class Ops {
   // weight[r, j] * expert_local[r, j](x_r), or expert(weight[r, j] * x_r) with `weight_on_input`
   // (Llama 4); an expert is down(act(gate(x)) * up(x)). x, local and weight [rows, k] in this
   // device's memory. Here: each expert's rows gathered and multiplied on their own, scheduled by
-  // ForEachExpert; a device may group the products instead (the CPU does for few rows).
+  // ForEachExpert; a device may group the products instead (the CPU does for few active experts
+  // with few rows).
   virtual void RoutedExperts(const ExpertSet& set, const float* x, int64_t rows,
                              const int32_t* local, const float* weight, int64_t k, Activation act,
                              bool weight_on_input, float* y);
@@ -240,18 +250,15 @@ class Ops {
   // another with every thread in each product.
   virtual void ForEachExpert(int64_t count, const std::vector<bool>& active, float* y, int64_t rows,
                              int64_t dim, const std::function<void(int64_t, float*)>& work) = 0;
+
+ protected:
+  // RoutedExperts' schedule by ForEachExpert, for rows already grouped by expert (host memory).
+  void RoutedExpertsByExpert(const ExpertSet& set, const float* x, int64_t rows,
+                             const RowsPerExpert& grouped, Activation act, bool weight_on_input,
+                             float* y);
 };
 
 // y [n, down.rows] = down(act(gate(x)) * up(x)) for x [n, gate.cols]: the gated MLP.
-// The rows routed to each of `experts` local experts, in row order, with their routing weights:
-// row r goes to local[r * k + j] (skipped where negative) with weight[r * k + j]. Host arrays.
-struct RowsPerExpert {
-  std::vector<std::vector<int32_t>> rows;
-  std::vector<std::vector<float>> weights;
-};
-RowsPerExpert GroupRowsByExpert(const int32_t* local, const float* weight, int64_t rows, int64_t k,
-                                size_t experts);
-
 void GatedMlpForward(Ops& ops, const PlacedMatrix& gate, const PlacedMatrix& up,
                      const PlacedMatrix& down, Activation act, const float* x, int64_t n, float* y);
 

@@ -51,8 +51,8 @@ absl::StatusOr<MlaAttention> MlaAttention::Load(Ops& ops, const ModelConfig& c, 
   MOE_ASSIGN_OR_RETURN(a.kv_a_layernorm_, Metered(ck, replicated, [&] {
                          return RmsNorm::Load(ops, ck, w.kv_a_layernorm, c.rms_norm_eps);
                        }));
-  // kv_b_proj as stored (never converted: decode and prefill multiply it with x in float32, so
-  // both see the same keys and values).
+  // kv_b_proj as stored (not converted by --weights-dtype fp8), and multiplied with x in float32
+  // under any --activations: decode and prefill then see the same keys and values.
   MOE_ASSIGN_OR_RETURN(WeightMatrix kv_b_proj, Metered(ck, split, [&] {
                          return ck.LoadMatrix(w.kv_b_proj.name, w.kv_b_proj.shape,
                                               SliceSpec::Rows(heads.begin * kvh, heads.end * kvh));

@@ -64,11 +64,11 @@ void MlaDecodeAttention(const float* q, int64_t heads, int64_t kv_lora, int64_t 
 #pragma omp parallel for schedule(static) num_threads(parts)
   for (int i = 0; i < parts; ++i) part(i);
   // The parts' sums rescaled to the largest score of all: out = sum_i e^(m_i - m) o_i / l.
+  std::vector<float> weight(static_cast<size_t>(parts));
   for (int64_t h = 0; h < heads; ++h) {
     float top = -std::numeric_limits<float>::infinity();
     for (int i = 0; i < parts; ++i) top = std::max(top, maxes[i * heads + h]);
     float total = 0.0f;
-    std::vector<float> weight(static_cast<size_t>(parts));
     for (int i = 0; i < parts; ++i) {
       weight[i] = std::exp(maxes[i * heads + h] - top);
       total += weight[i] * sums[i * heads + h];

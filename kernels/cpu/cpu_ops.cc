@@ -295,22 +295,6 @@ void CpuOps::CountChoices(const int32_t* ids, int64_t n, int64_t* counts) {
   }
 }
 
-namespace {
-
-// The calling thread's share of [0, n) inside a parallel region: contiguous, cut at multiples of
-// 16 rows (whole tasks of the fused kernel).
-struct Share {
-  int64_t begin, end;
-};
-
-Share ThreadShare(int64_t n) {
-  const int64_t tasks = (n + 15) / 16;
-  const int t = omp_get_thread_num(), threads = omp_get_num_threads();
-  return {std::min(n, tasks * t / threads * 16), std::min(n, tasks * (t + 1) / threads * 16)};
-}
-
-}  // namespace
-
 void CpuOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, const int32_t* local,
                            const float* weight, int64_t k, Activation act, bool weight_on_input,
                            float* y) {
@@ -326,7 +310,7 @@ void CpuOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, c
       busy >= 2 * static_cast<size_t>(cpu::NumThreads())) {
     // Many rows, or enough active experts to keep every thread busy on whole experts:
     // ForEachExpert's schedule.
-    Ops::RoutedExperts(set, x, rows, local, weight, k, act, weight_on_input, y);
+    RoutedExpertsByExpert(set, x, rows, grouped, act, weight_on_input, y);
     return;
   }
   // Few active experts with few rows each (decode on many cores): the experts one after another
@@ -358,7 +342,9 @@ void CpuOps::RoutedExperts(const ExpertSet& set, const float* x, int64_t rows, c
   std::fill(y, y + rows * h, 0.0f);
 #pragma omp parallel
   {
-    const Share gu = ThreadShare(inter), out = ThreadShare(h);
+    const int t = omp_get_thread_num(), threads = omp_get_num_threads();
+    const cpu::RowRange gu = cpu::FusedRowsOfThread(inter, t, threads);
+    const cpu::RowRange out = cpu::FusedRowsOfThread(h, t, threads);
     for (Active& w : active) {  // gate and up: this thread's rows of each
       const auto n = static_cast<int64_t>(w.rows->size());
       cpu::MatMulNT(n, w.x.data(), h, w.expert->gate->host.Rows(gu.begin, gu.end),

@@ -419,8 +419,6 @@ HWY_EXPORT(Target);
 
 namespace {
 
-// Output features per task of the fused kernel.
-constexpr int64_t kFusedRowsPerTask = 16;
 // Decoded panels hold up to this many floats (16 MB): a whole expert of DeepSeek-V3 at
 // 2048 x 7168 is a few panels, so each BLAS call is large and x is packed few times.
 constexpr int64_t kPanelFloats = 4 << 20;
@@ -449,8 +447,8 @@ void ForEachFusedRange(int64_t n, const F& f) {
   }
 #pragma omp parallel for schedule(static) num_threads(threads)
   for (int t = 0; t < threads; ++t) {
-    const int64_t j0 = tasks * t / threads * kFusedRowsPerTask;
-    f(j0, std::min(n, tasks * (t + 1) / threads * kFusedRowsPerTask));
+    const RowRange r = FusedRowsOfThread(n, t, threads);
+    f(r.begin, r.end);
   }
 }
 

@@ -13,6 +13,7 @@
 // has their dot products.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 
 #include "common/weight_matrix.h"
@@ -39,6 +40,20 @@ inline void PrefetchWeights(const void* p) {
   } else {
     __builtin_prefetch(p, 0, 3);
   }
+}
+
+// Output features per task of the fused kernel.
+inline constexpr int64_t kFusedRowsPerTask = 16;
+
+// Thread t's share of a few-row product's n output features when `threads` split it: one
+// contiguous range, cut at multiples of kFusedRowsPerTask (empty for threads beyond the tasks).
+struct RowRange {
+  int64_t begin, end;
+};
+inline RowRange FusedRowsOfThread(int64_t n, int t, int threads) {
+  const int64_t tasks = (n + kFusedRowsPerTask - 1) / kFusedRowsPerTask;
+  return {std::min(n, tasks * t / threads * kFusedRowsPerTask),
+          std::min(n, tasks * (t + 1) / threads * kFusedRowsPerTask)};
 }
 
 // y[m, n] = x[m, k] · W^T for W = w [n, k]; rows of x are `ldx` floats apart, rows of y `ldy`.
